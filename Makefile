@@ -1,0 +1,17 @@
+# The two set-up commands of the README: `make quickstart` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup quickstart test info
+
+setup:
+	bash scripts/setup.sh
+
+info: setup
+	$(VENV)/bin/dsr-deploy info
+
+quickstart: setup
+	$(VENV)/bin/dsr-deploy info
+
+test: setup
+	$(PY) -m pytest -q

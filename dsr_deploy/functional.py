@@ -1,0 +1,184 @@
+"""The reference DSR recurrences and gradient formulas: the one Python source of truth for the neuron math.
+
+Every backend (the native kernels, the ONNX function bodies, TorchScript, the TensorRT plugin) is tested
+against the functions here. They are written in the TorchScript subset so the TorchScript exporter scripts
+exactly this code rather than a copy of it.
+
+Numerics (float32), as in SpikingJelly's DSR nodes (Meng et al., CVPR 2022):
+
+* IF:  ``v = v + x[t]; s = (v >= alpha*vth) * vth; v = v - s; y[t] = s``
+* LIF: ``v = beta*v + (1-beta)*x[t]; s = (v >= alpha*vth) * vth; v = v - s; y[t] = s / delta_t``
+  with ``beta = exp(-delta_t/tau)`` computed in double precision and rounded to the compute dtype, and
+  ``1-beta`` rounded from the double, not ``1 - fl(beta)``.
+* The spike threshold ``alpha*vth`` is one multiplication in the compute dtype (alpha rounded first).
+* No fused multiply-add anywhere: every product and sum is rounded on its own.
+
+Compute dtype: float64 for float64 inputs, float32 otherwise. Float16 / bfloat16 inputs are upcast exactly,
+the membrane is held in float32 and the output is rounded to the input dtype (a spike's value is then vth
+rounded to that dtype). The final membrane is returned in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "compute_dtype",
+    "if_forward",
+    "lif_forward",
+    "if_step",
+    "lif_step",
+    "lif_coefficients",
+    "lif_rate_weights",
+    "lif_weighted_rate",
+    "if_backward",
+    "lif_backward",
+]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the membrane is held in for an input of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lif_coefficients(tau: float, delta_t: float) -> Tuple[float, float]:
+    """``(beta, 1 - beta)`` in double precision, exactly as the seed computes them (``math.exp``)."""
+    beta = math.exp(-delta_t / tau)
+    return beta, 1.0 - beta
+
+
+def _membrane(x: Tensor, v_init: Optional[Tensor], ct: torch.dtype) -> Tensor:
+    if v_init is None:
+        return torch.zeros(x.shape[1:], dtype=ct, device=x.device)
+    if v_init.shape != x.shape[1:]:
+        raise ValueError(
+            "v_init must have the shape of one time step " + str(list(x.shape[1:])) + ", got " + str(list(v_init.shape))
+        )
+    return v_init.to(device=x.device, dtype=ct)
+
+
+def _threshold(v_threshold: float, alpha: float, ct: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
+    # The threshold is a tensor op so alpha is rounded to the compute dtype before the product, as in the seed
+    # where `alpha * v_threshold` multiplies a Python float with the threshold parameter.
+    vth = torch.tensor(v_threshold, dtype=ct, device=device)
+    return vth, alpha * vth
+
+
+def if_forward(
+    x: Tensor,
+    v_threshold: float,
+    alpha: float,
+    v_init: Optional[Tensor] = None,
+    return_state: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """DSR-IF inference over ``x`` of layout ``[T, ...]``.
+
+    Returns ``(spikes, v_final)``; ``v_final`` is None unless ``return_state``. ``v_threshold`` is the
+    effective threshold (already clamped to its lower bound).
+    """
+    if x.dim() < 1:
+        raise ValueError("input must have a leading time dimension [T, ...]")
+    ct = compute_dtype(x.dtype)
+    v = _membrane(x, v_init, ct)
+    vth, thr = _threshold(v_threshold, alpha, ct, x.device)
+    out = torch.empty_like(x)
+    for t in range(x.size(0)):
+        v = v + x[t].to(ct)
+        s = (v >= thr).to(ct) * vth
+        v = v - s
+        out[t] = s.to(x.dtype)
+    if return_state:
+        return out, v
+    return out, None
+
+
+def lif_forward(
+    x: Tensor,
+    v_threshold: float,
+    alpha: float,
+    tau: float,
+    delta_t: float,
+    v_init: Optional[Tensor] = None,
+    return_state: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """DSR-LIF inference over ``x`` of layout ``[T, ...]``; see :func:`if_forward`."""
+    if x.dim() < 1:
+        raise ValueError("input must have a leading time dimension [T, ...]")
+    ct = compute_dtype(x.dtype)
+    v = _membrane(x, v_init, ct)
+    vth, thr = _threshold(v_threshold, alpha, ct, x.device)
+    beta = math.exp(-delta_t / tau)
+    gain = 1.0 - beta
+    out = torch.empty_like(x)
+    for t in range(x.size(0)):
+        v = beta * v + gain * x[t].to(ct)
+        s = (v >= thr).to(ct) * vth
+        v = v - s
+        out[t] = (s / delta_t).to(x.dtype)
+    if return_state:
+        return out, v
+    return out, None
+
+
+def if_step(x_t: Tensor, v: Tensor, v_threshold: float, alpha: float) -> Tuple[Tensor, Tensor]:
+    """One IF time step: ``x_t`` has no time dimension. Returns ``(spike, v_new)``."""
+    y, v_new = if_forward(x_t.unsqueeze(0), v_threshold, alpha, v, True)
+    assert v_new is not None
+    return y[0], v_new
+
+
+def lif_step(
+    x_t: Tensor, v: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float
+) -> Tuple[Tensor, Tensor]:
+    """One LIF time step: ``x_t`` has no time dimension. Returns ``(spike, v_new)``."""
+    y, v_new = lif_forward(x_t.unsqueeze(0), v_threshold, alpha, tau, delta_t, v, True)
+    assert v_new is not None
+    return y[0], v_new
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward: the seed's rate-based gradients (not a surrogate through time).
+
+
+def lif_rate_weights(T: int, tau: float, delta_t: float, device: Optional[torch.device] = None) -> Tensor:
+    """``w_i = exp(-(T*dt - i*dt)/tau)`` for i = 1..T, as float32 like the seed builds them."""
+    w = [math.exp(-1.0 / tau * (delta_t * T - i * delta_t)) for i in range(1, T + 1)]
+    return torch.tensor(w, device=device)
+
+
+def lif_weighted_rate(data: Tensor, tau: float, delta_t: float) -> Tensor:
+    """The seed's LIF weighted firing rate over the leading time dimension of ``data``."""
+    w = lif_rate_weights(data.shape[0], tau, delta_t, data.device)
+    # Time moved last and summed there, as the seed does, so the rounding of the sum is the seed's.
+    return (w * data.movedim(0, -1)).sum(dim=-1) / w.sum()
+
+
+def if_backward(
+    x: Tensor, grad_y: Tensor, v_threshold: Tensor, grad_scaling: float
+) -> Tuple[Tensor, Tensor]:
+    """The seed's DSR-IF gradients: ``(grad_x, grad_vth)``; ``grad_vth`` is not reduced across ranks."""
+    T = x.shape[0]
+    rate = x.mean(0)
+    g = grad_y.mean(0) * T
+    gx = torch.where((rate < 0) | (rate > v_threshold), torch.zeros_like(g), g)
+    grad_x = gx.unsqueeze(0).expand(x.shape) / T
+    gv = torch.where(rate <= v_threshold, torch.zeros_like(g), g)
+    return grad_x, gv.sum() * grad_scaling
+
+
+def lif_backward(
+    x: Tensor, grad_y: Tensor, v_threshold: Tensor, tau: float, delta_t: float, grad_scaling: float
+) -> Tuple[Tensor, Tensor]:
+    """The seed's DSR-LIF gradients: ``(grad_x, grad_vth)``; ``grad_vth`` is not reduced across ranks."""
+    T = x.shape[0]
+    rate = lif_weighted_rate(x, tau, delta_t)
+    g = lif_weighted_rate(grad_y, tau, delta_t) * T
+    bound = v_threshold / delta_t * tau
+    gx = torch.where((rate > 0) & (rate < bound), g / tau, torch.zeros_like(g))
+    grad_x = gx.unsqueeze(0).expand(x.shape) / T
+    gv = torch.where(rate <= bound, torch.zeros_like(g), g)
+    return grad_x, gv.sum() * delta_t * grad_scaling

@@ -1,0 +1,152 @@
+"""The ``dsr::if_spike`` / ``dsr::lif_spike`` operators: one inference op per neuron layer.
+
+The schema is defined here, once. Kernels:
+
+* ``CompositeExplicitAutograd``: the Python reference (:mod:`dsr_deploy.functional`), always registered, so
+  every device works with identical results when nothing native is built;
+* ``CPU`` / ``CUDA``: the native spike-loop kernels of ``plugins/`` (``libdsr_torch_ops.so``), registered by the
+  library itself through ``TORCH_LIBRARY_IMPL`` when it is found and loaded; backend keys win over the
+  composite kernel, so loading the library swaps the kernels with no other change;
+* a fake (meta) kernel so ``torch.export`` and dynamo see one op with known output shapes.
+
+Both ops return ``(spikes, v_final)``; ``v_final`` is an empty tensor unless ``return_state`` is set.
+Set ``DSR_DEPLOY_NATIVE=0`` to skip loading the native library.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+NAMESPACE = "dsr"
+SCHEMAS = {
+    "if_spike": "if_spike(Tensor x, float v_threshold, float alpha, Tensor? v_init=None, "
+    "bool return_state=False) -> (Tensor, Tensor)",
+    "lif_spike": "lif_spike(Tensor x, float v_threshold, float alpha, float tau, float delta_t, "
+    "Tensor? v_init=None, bool return_state=False) -> (Tensor, Tensor)",
+}
+TORCH_OPS_LIBRARY = "libdsr_torch_ops.so"
+
+_lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: the registrations live as long as this object
+for _schema in SCHEMAS.values():
+    _lib.define(_schema)
+
+
+def _empty_state(x: Tensor) -> Tensor:
+    return x.new_empty((0,), dtype=F.compute_dtype(x.dtype))
+
+
+def _if_reference(x, v_threshold, alpha, v_init=None, return_state=False):
+    y, v = F.if_forward(x, v_threshold, alpha, v_init, return_state)
+    return y, (v if v is not None else _empty_state(x))
+
+
+def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
+    y, v = F.lif_forward(x, v_threshold, alpha, tau, delta_t, v_init, return_state)
+    return y, (v if v is not None else _empty_state(x))
+
+
+_lib.impl("if_spike", _if_reference, "CompositeExplicitAutograd")
+_lib.impl("lif_spike", _lif_reference, "CompositeExplicitAutograd")
+
+
+def _fake(x: Tensor, v_init: Optional[Tensor], return_state: bool):
+    ct = F.compute_dtype(x.dtype)
+    state = x.new_empty(x.shape[1:], dtype=ct) if return_state else x.new_empty((0,), dtype=ct)
+    return torch.empty_like(x), state
+
+
+@torch.library.register_fake("dsr::if_spike")
+def _if_fake(x, v_threshold, alpha, v_init=None, return_state=False):
+    return _fake(x, v_init, return_state)
+
+
+@torch.library.register_fake("dsr::lif_spike")
+def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
+    return _fake(x, v_init, return_state)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Native library discovery.
+
+_state_lock = threading.Lock()
+_native: dict = {"loaded": False, "path": None, "reason": "not looked for yet"}
+
+
+def library_dirs() -> list[Path]:
+    """Where dsr_deploy looks for the libraries ``dsr-deploy plugins build`` makes, in order."""
+    dirs = []
+    env = os.environ.get("DSR_DEPLOY_LIB_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path(__file__).resolve().parent / "_lib")
+    return dirs
+
+
+def find_library(name: str) -> Optional[Path]:
+    for d in library_dirs():
+        p = d / name
+        if p.is_file():
+            return p
+    return None
+
+
+def load_native() -> bool:
+    """Load the native torch kernels once; returns whether they are registered."""
+    with _state_lock:
+        if _native["loaded"] or _native["reason"] != "not looked for yet":
+            return _native["loaded"]
+        if os.environ.get("DSR_DEPLOY_NATIVE", "1") == "0":
+            _native["reason"] = "disabled by DSR_DEPLOY_NATIVE=0"
+            return False
+        path = find_library(TORCH_OPS_LIBRARY)
+        if path is None:
+            _native["reason"] = f"{TORCH_OPS_LIBRARY} not built (run `dsr-deploy plugins build`)"
+            return False
+        try:
+            torch.ops.load_library(str(path))
+        except (OSError, RuntimeError) as exc:  # a library built against another torch, say
+            _native["reason"] = f"{path} failed to load: {str(exc).splitlines()[0]}"
+            return False
+        _native.update(loaded=True, path=str(path), reason="loaded")
+        return True
+
+
+def native_status() -> dict:
+    """``{"loaded": bool, "path": str|None, "reason": str}`` after trying to load the library."""
+    load_native()
+    return dict(_native)
+
+
+def has_native_kernel(device_type: str) -> bool:
+    """Whether a native kernel (not the Python reference) serves ``device_type`` ("cpu" / "cuda")."""
+    if not load_native():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::if_spike", key)
+
+
+def if_spike(x: Tensor, v_threshold: float, alpha: float, v_init: Optional[Tensor] = None,
+             return_state: bool = False, native: bool = True):
+    """Run the IF op; ``native=False`` forces the Python reference."""
+    if native:
+        load_native()
+        return torch.ops.dsr.if_spike(x, float(v_threshold), float(alpha), v_init, return_state)
+    return _if_reference(x, float(v_threshold), float(alpha), v_init, return_state)
+
+
+def lif_spike(x: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float,
+              v_init: Optional[Tensor] = None, return_state: bool = False, native: bool = True):
+    """Run the LIF op; ``native=False`` forces the Python reference."""
+    args = (x, float(v_threshold), float(alpha), float(tau), float(delta_t), v_init, return_state)
+    if native:
+        load_native()
+        return torch.ops.dsr.lif_spike(*args)
+    return _lif_reference(*args)

@@ -1,0 +1,1 @@
+"""Imports every backend module so each registers itself with :mod:`dsr_deploy.runtime.base`."""

@@ -1,0 +1,1 @@
+"""Zoo definitions register themselves here (see models/__init__.py)."""
