@@ -78,7 +78,7 @@ class PT2Runner(Runner):
                     module = module.to(self.device)
                 self.fn = module
             else:
-                raise UserError(f"pt2: {path} is not a torch.export or AOTInductor archive")
+                raise UserError(f"pt2: cannot load {path}: not a torch.export or AOTInductor archive")
         except UserError:
             raise
         except Exception as exc:
