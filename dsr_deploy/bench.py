@@ -460,7 +460,7 @@ def write_csv(result: BenchResult, path: Path | str) -> Path:
 
 
 def write_plot(result: BenchResult, path: Path | str) -> Path:
-    """PNG: mean latency (p10..p90 band not drawn; p50 markers) against batch, one line per entry (and T)."""
+    """PNG: p50 latency against batch (log-log), one line per entry (and per T when several)."""
     from .errors import require
     from .io import atomic_path
 
@@ -477,8 +477,12 @@ def write_plot(result: BenchResult, path: Path | str) -> Path:
     for (label, t), pts in series.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label} T={t}" if many_t else label)
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xticks(sorted({r["batch"] for r in result.rows}))
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency p50 (ms)")
     gpu = result.machine.get("gpu")
