@@ -17,8 +17,13 @@ from torch import Tensor, nn
 from dsr_deploy import functional as F
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 
-__all__ = ["NEURON_DEFAULTS", "NEURON_PARAMS", "make_neuron", "fold", "unfold", "SeqToANN", "RateReadout",
-           "check_neuron_kind"]
+__all__ = ["NEURON_DEFAULTS", "NEURON_PARAMS", "READOUTS", "make_neuron", "make_readout", "fold", "unfold",
+           "SeqToANN", "RateReadout", "firing_rate", "check_neuron_kind"]
+
+# What a zoo network returns: "spikes" = the output layer's spike train [T, B, classes] (the multi-step layout the
+# exporters, verify and the runners expect; the default), "rate" = the authors' readout, logits [B, classes] =
+# the firing rate over T (for training and evaluation in PyTorch).
+READOUTS = ("spikes", "rate")
 
 # The authors' settings (platform-notes §1): IF runs use vth 6, alpha 0.5, bound 0.01; their CIFAR LIF runs use
 # vth 0.3, tau 1.0, dt 0.05, alpha 0.3, bound 5e-4.
@@ -86,6 +91,21 @@ class SeqToANN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return unfold(self.module(fold(x)), x.shape[0], x.shape[1])
+
+
+def make_readout(readout: str, neuron: str, settings: dict) -> nn.Module:
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if readout == "spikes":
+        return nn.Identity()
+    return RateReadout(neuron, settings.get("tau", 1.0), settings.get("delta_t", 0.05))
+
+
+def firing_rate(spikes, neuron: str = "if", tau: float = 1.0, delta_t: float = 0.05) -> Tensor:
+    """Logits from a spike train ``[T, B, ...]`` (a tensor or a numpy array from any runtime): the readout of
+    :class:`RateReadout` in eval mode, so the logits of every artifact of an export are computed identically."""
+    y = spikes if isinstance(spikes, Tensor) else torch.as_tensor(spikes)
+    return RateReadout(neuron, tau, delta_t).eval()(y)
 
 
 class RateReadout(nn.Module):

@@ -6,6 +6,9 @@
 * ImageNet (:class:`PreActResNet18ImageNet`): 7x7/2 stem -> BN -> neuron -> AvgPool(3, 2, 1); blocks without conv
   bias, downsample = 1x1 conv + BN; head BN -> neuron -> global AvgPool -> neuron -> Linear -> BN1d -> neuron.
 
+Output: the last neuron layer's spike train ``[T, B, classes]`` (default, the multi-step layout exporters expect),
+or with ``readout="rate"`` the authors' logits ``[B, classes]`` (firing rate over T).
+
 Attribute names follow the authors' code (``conv1``, ``layer1.0.bn1``, ``relu1`` ...), so their checkpoints map
 by name (their ``Vth`` is our ``v_threshold``; see :mod:`dsr_deploy.models.interop`).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .common import RateReadout, fold, make_neuron, neuron_settings, unfold
+from .common import fold, make_neuron, make_readout, neuron_settings, unfold
 
 __all__ = ["PreActBlock", "PreActResNet18", "PreBasicBlock", "PreActResNet18ImageNet"]
 
@@ -62,10 +65,10 @@ def _init_authors(model: nn.Module, linear_std: float = 0.0) -> None:
 
 
 class PreActResNet18(nn.Module):
-    """Spiking PreAct-ResNet-18 for CIFAR-sized input ``[T, B, 3, 32, 32]`` -> logits ``[B, num_classes]``."""
+    """Spiking PreAct-ResNet-18 for CIFAR-sized input ``[T, B, 3, 32, 32]`` -> ``[T, B, num_classes]`` spikes."""
 
     def __init__(self, T: int = 20, neuron: str = "if", num_classes: int = 10, dropout: float = 0.0,
-                 in_channels: int = 3, **neuron_params):
+                 in_channels: int = 3, readout: str = "spikes", **neuron_params):
         super().__init__()
         settings = neuron_settings(neuron, neuron_params)
         self.T = T
@@ -89,7 +92,7 @@ class PreActResNet18(nn.Module):
         self.relu1 = make_neuron(neuron, T, neuron_params)
         self.relu2 = make_neuron(neuron, T, neuron_params)
         self.relu3 = make_neuron(neuron, T, neuron_params)
-        self.readout = RateReadout(neuron, settings.get("tau", 1.0), settings.get("delta_t", 0.05))
+        self.readout = make_readout(readout, neuron, settings)
         _init_authors(self)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,10 +131,10 @@ class PreBasicBlock(nn.Module):
 
 
 class PreActResNet18ImageNet(nn.Module):
-    """Spiking PreAct-ResNet-18 with the 7x7 stem, input ``[T, B, 3, 224, 224]`` -> logits ``[B, num_classes]``."""
+    """Spiking PreAct-ResNet-18 with the 7x7 stem, ``[T, B, 3, 224, 224]`` -> ``[T, B, num_classes]`` spikes."""
 
     def __init__(self, T: int = 50, neuron: str = "if", num_classes: int = 1000, base_width: int = 64,
-                 in_channels: int = 3, **neuron_params):
+                 in_channels: int = 3, readout: str = "spikes", **neuron_params):
         super().__init__()
         settings = neuron_settings(neuron, neuron_params)
         self.T = T
@@ -155,7 +158,7 @@ class PreActResNet18ImageNet(nn.Module):
         self.relu2 = make_neuron(neuron, T, neuron_params)
         self.relu3 = make_neuron(neuron, T, neuron_params)
         self.relu4 = make_neuron(neuron, T, neuron_params)
-        self.readout = RateReadout(neuron, settings.get("tau", 1.0), settings.get("delta_t", 0.05))
+        self.readout = make_readout(readout, neuron, settings)
         _init_authors(self)
 
     def forward(self, x: Tensor) -> Tensor:

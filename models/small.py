@@ -1,7 +1,8 @@
 """Small spiking networks for quick work: a two-conv CNN and an MLP, input ``[T, B, C, H, W]``.
 
 Both are ``nn.Sequential`` of :class:`SeqToANN` (stateless layers on the folded batch) and DSR neurons, ending in
-the firing-rate readout, the same layer order a SpikingJelly user writes with ``SeqToANNContainer``.
+an optional firing-rate readout (``readout="rate"``), the layer order a SpikingJelly user writes with
+``SeqToANNContainer``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .common import RateReadout, SeqToANN, make_neuron, neuron_settings
+from .common import SeqToANN, make_neuron, make_readout, neuron_settings
 
 __all__ = ["SpikingCNN", "SpikingMLP"]
 
 
 class SpikingCNN(nn.Module):
-    """conv3x3 -> BN -> neuron -> conv3x3 -> BN -> neuron -> AvgPool(2) -> Linear -> BN1d -> neuron -> rate."""
+    """conv3x3 -> BN -> neuron -> conv3x3 -> BN -> neuron -> AvgPool(2) -> Linear -> BN1d -> neuron [-> rate]."""
 
     def __init__(self, T: int = 8, neuron: str = "if", in_channels: int = 1, image_size: int = 28,
-                 channels: Sequence[int] = (16, 32), num_classes: int = 10, **neuron_params):
+                 channels: Sequence[int] = (16, 32), num_classes: int = 10, readout: str = "spikes",
+                 **neuron_params):
         super().__init__()
         if image_size % 2:
             raise ValueError(f"image_size must be even (one 2x2 pool), got {image_size}")
@@ -39,17 +41,17 @@ class SpikingCNN(nn.Module):
             SeqToANN(nn.Flatten(), nn.Linear(flat, num_classes), nn.BatchNorm1d(num_classes)),
             make_neuron(neuron, T, neuron_params),
         )
-        self.readout = RateReadout(neuron, settings.get("tau", 1.0), settings.get("delta_t", 0.05))
+        self.readout = make_readout(readout, neuron, settings)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.classifier(self.features(x)))
 
 
 class SpikingMLP(nn.Module):
-    """Flatten -> (Linear -> BN1d -> neuron) per hidden width -> Linear -> BN1d -> neuron -> rate."""
+    """Flatten -> (Linear -> BN1d -> neuron) per hidden width -> Linear -> BN1d -> neuron [-> rate]."""
 
     def __init__(self, T: int = 8, neuron: str = "if", in_features: int = 784, hidden: Sequence[int] = (256,),
-                 num_classes: int = 10, **neuron_params):
+                 num_classes: int = 10, readout: str = "spikes", **neuron_params):
         super().__init__()
         settings = neuron_settings(neuron, neuron_params)
         self.T = T
@@ -60,7 +62,7 @@ class SpikingMLP(nn.Module):
             layers += [SeqToANN(nn.Linear(width, int(h)), nn.BatchNorm1d(int(h))), make_neuron(neuron, T, neuron_params)]
             width = int(h)
         self.layers = nn.Sequential(*layers)
-        self.readout = RateReadout(neuron, settings.get("tau", 1.0), settings.get("delta_t", 0.05))
+        self.readout = make_readout(readout, neuron, settings)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.layers(x))

@@ -2,7 +2,9 @@
 
 Every factory takes ``T``, ``neuron`` ('if' | 'lif') and the neuron hyper-parameters (``v_threshold``,
 ``alpha``, ``tau``, ``delta_t``, ``v_threshold_lower_bound``, ...; defaults in :mod:`.common`), and the network
-takes ``[T, B, ...]`` (see :func:`dsr_deploy.encoding.direct_encode` for static input).
+takes ``[T, B, ...]`` (see :func:`dsr_deploy.encoding.direct_encode` for static input). Networks return the output
+layer's spike train ``[T, B, classes]``; ``readout="rate"`` returns the authors' logits (firing rate over T)
+instead, and :func:`dsr_deploy.models.common.firing_rate` turns any artifact's spike output into the same logits.
 """
 
 from __future__ import annotations

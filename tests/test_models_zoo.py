@@ -12,7 +12,7 @@ import dsr_deploy.models as zoo
 from dsr_deploy import DSRIFNode, DSRLIFNode
 from dsr_deploy.encoding import DirectEncoder, direct_encode
 from dsr_deploy.errors import UserError
-from dsr_deploy.models.common import RateReadout
+from dsr_deploy.models.common import RateReadout, firing_rate
 
 torch.set_num_threads(1)
 
@@ -45,9 +45,13 @@ def test_builds_and_runs_for_several_T_and_batch(name):
         x = torch.rand((T, B) + SMALL_IMAGE[name]) * 4
         with torch.no_grad():
             y = model(x)
-        assert y.shape == (B, NUM_CLASSES.get(name, 10))
-        assert torch.isfinite(y).all() and (y >= 0).all()
-    # one training step: the DSR backward reaches the first layer and the thresholds
+        # the output layer's spike train: 0 or one amplitude per layer
+        assert y.shape == (T, B, NUM_CLASSES.get(name, 10))
+        assert torch.isfinite(y).all() and (y >= 0).all() and len(torch.unique(y)) <= 2
+    # the authors' readout, and one training step: the DSR backward reaches the first layer and the thresholds
+    model = zoo.build(name, T=T, pretrained=False, readout="rate")
+    with torch.no_grad():
+        assert model.eval()(x).shape == (B, NUM_CLASSES.get(name, 10))
     model.train()
     model(x).sum().backward()
     first = next(p for p in model.parameters() if p.dim() > 1)
@@ -66,7 +70,7 @@ def test_neuron_kind_and_hyper_parameters_reach_every_neuron():
         assert float(n.v_threshold.detach()) == pytest.approx(0.7)
     r = zoo.build("preact-resnet18-if", T=3, pretrained=False)
     ifs = [n for n in r.modules() if isinstance(n, DSRIFNode)]
-    assert len(ifs) == 2 * 8 + 3 and all(n.alpha == 0.5 and float(n.v_threshold) == 6.0 for n in ifs)
+    assert len(ifs) == 2 * 8 + 3 and all(n.alpha == 0.5 and float(n.v_threshold.detach()) == 6.0 for n in ifs)
 
 
 def test_bad_arguments_are_clear():
@@ -74,6 +78,8 @@ def test_bad_arguments_are_clear():
         zoo.build("mlp", tau=2.0, pretrained=False)
     with pytest.raises(ValueError, match="'if' or 'lif'"):
         zoo.build("mlp", neuron="relu", pretrained=False)
+    with pytest.raises(ValueError, match="readout"):
+        zoo.build("mlp", readout="softmax", pretrained=False)
     with pytest.raises(UserError, match="unknown zoo model"):
         zoo.build("resnet-9000")
     m = zoo.build("mlp", T=4, pretrained=False)
@@ -93,6 +99,7 @@ def test_if_readout_eval_is_the_mean_firing_rate():
     assert torch.equal(r(torch.zeros(3, 2, 4)), torch.zeros(2, 4))
     r.train()
     assert torch.equal(r(y), y.mean(0))
+    assert torch.equal(firing_rate(y.numpy()), out)
 
 
 def test_lif_readout_is_the_seeds_weighted_rate():
@@ -137,9 +144,12 @@ def test_checkpoint_held_out_accuracy_matches_the_card():
     assert len(data.y_test) == 360 and len(data.y_train) == 1437
     model = zoo.build("digits-cnn").eval()
     with torch.no_grad():
-        acc = accuracy(model(direct_encode(data.x_test, DIGITS_T)), data.y_test)
+        spikes = model(direct_encode(data.x_test, DIGITS_T))
+        acc = accuracy(firing_rate(spikes), data.y_test)
+        rate_model = zoo.build("digits-cnn", readout="rate").eval()
+        assert torch.equal(rate_model(direct_encode(data.x_test, DIGITS_T)), firing_rate(spikes))
     assert acc >= 0.95
     assert round(acc * 360) == 357  # the number in models/digits-cnn.md
     untrained = zoo.build("digits-cnn", pretrained=False).eval()
     with torch.no_grad():
-        assert accuracy(untrained(direct_encode(data.x_test, DIGITS_T)), data.y_test) < 0.5
+        assert accuracy(firing_rate(untrained(direct_encode(data.x_test, DIGITS_T))), data.y_test) < 0.5
