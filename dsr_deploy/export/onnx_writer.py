@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -41,6 +42,7 @@ DEFAULT_BODY = "scan"
 LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
 _META_INDEX = "dsr.layer_index"
+_META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"
 
 
 def _quiet():
@@ -107,9 +109,11 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
                 dynamic_T: bool) -> List[str]:
     """Name the dsr nodes, append their FunctionProtos, write metadata. Returns the neuron kinds present."""
     kinds = []
+    layer_outputs = []
     for call, node in enumerate(dsr_nodes(model)):
         meta = {p.key: p.value for p in node.metadata_props}
         idx = meta.get(_META_INDEX, str(call))
+        layer_outputs.append([int(idx), node.output[0]])
         node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in {n.name for n in model.graph.node} else f"dsr_layer_{idx}_call{call}"
         kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
         if kind not in kinds:
@@ -128,6 +132,9 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         "dsr_deploy.input_layout": LAYOUT,
         "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
         "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
+        # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
+        # lowering inlines the bodies, so verify can expose them either way.
+        _META_LAYER_OUTPUTS: json.dumps(layer_outputs),
     }
     if ctx.spec:
         meta["dsr_deploy.model"] = ctx.spec
@@ -153,17 +160,33 @@ def portable(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def probe_targets(model: onnx.ModelProto) -> List[tuple]:
+    """``[(layer index, tensor name)]`` of every neuron call, in call order (dsr nodes, or the recorded
+    tensors of a portable model)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if _META_LAYER_OUTPUTS in meta:
+        return [(int(i), str(name)) for i, name in json.loads(meta[_META_LAYER_OUTPUTS])]
+    out = []
+    for call, node in enumerate(dsr_nodes(model)):
+        m = {p.key: p.value for p in node.metadata_props}
+        out.append((int(m.get(_META_INDEX, call)), node.output[0]))
+    return out
+
+
 def add_probe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a *function-lowered* model whose every dsr node's output is also a graph output
-    ``spikes_<k>`` (k = call order). The nodes and the rest of the graph are unchanged."""
+    """A copy of ``model`` whose every neuron-call output is also a graph output ``spikes_<k>`` (k = call
+    order), through an Identity. The rest of the graph is unchanged."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    nodes = dsr_nodes(probe)
-    if not nodes:
-        raise ValueError("the model holds no dsr node (a portable-lowered model cannot be probed per layer)")
-    for k, node in enumerate(nodes):
+    targets = probe_targets(probe)
+    if not targets:
+        raise ValueError("the model records no neuron layer outputs (not written by dsr-deploy?)")
+    produced = {o for n in probe.graph.node for o in n.output}
+    for k, (_, tensor) in enumerate(targets):
+        if tensor not in produced:
+            raise ValueError(f"neuron output {tensor!r} is not produced by any node of the graph")
         name = f"{PROBE_PREFIX}{k}"
-        probe.graph.node.append(helper.make_node("Identity", [node.output[0]], [name], name=f"probe_{k}"))
+        probe.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"probe_{k}"))
         probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return probe
 
@@ -185,12 +208,3 @@ def write_onnx(ctx: ExportContext, path: Path) -> Dict[str, Any]:
         "functions": [f"{f.domain}::{f.name}" for f in model.functions],
         "nodes": len(model.graph.node),
     }
-
-
-def layer_index_of_probes(model: onnx.ModelProto) -> List[Optional[int]]:
-    """For each probe output k of :func:`add_probe_outputs`, the neuron layer index of its node."""
-    out = []
-    for node in dsr_nodes(model):
-        meta = {p.key: p.value for p in node.metadata_props}
-        out.append(int(meta[_META_INDEX]) if _META_INDEX in meta else None)
-    return out

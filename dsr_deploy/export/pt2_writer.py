@@ -86,7 +86,7 @@ def write_pt2_aot(ctx: ExportContext, path: Path) -> Dict[str, Any]:
         raise
     except Exception as exc:
         raise UserError(f"AOTInductor compilation failed: {str(exc).strip().splitlines()[0]}") from exc
-    return {"format": "pt2-aot", "path": Path(path).name, "dynamic_T": True, "dynamic_batch": ctx.dynamic_batch,
+    return {"format": "aoti", "path": Path(path).name, "dynamic_T": True, "dynamic_batch": ctx.dynamic_batch,
             "loader": "torch._inductor.aoti_load_package (after import dsr_deploy.ops)"}
 
 
@@ -97,4 +97,4 @@ def write_pt2_probe(ctx: ExportContext, path: Path, aot: bool = False) -> Dict[s
     else:
         with atomic_path(path) as tmp:
             torch.export.save(ep, str(tmp))
-    return {"format": "pt2-aot" if aot else "pt2", "path": str(path), "probe_prefix": PROBE_PREFIX}
+    return {"format": "aoti" if aot else "pt2", "path": str(path), "probe_prefix": PROBE_PREFIX}
