@@ -72,6 +72,7 @@ class QuickstartResult:
     bench: Optional[dict]
     files: Dict[str, str] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
+    backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
 
     @property
     def bit_exact(self) -> bool:
@@ -94,6 +95,7 @@ class QuickstartResult:
                        | {"bit_exact": _run_bit_exact(r) if r["status"] == "ok" else None} for r in self.verify["runs"]],
             "accuracy": [a.to_dict() for a in self.accuracy],
             "bench": _bench_summary(self.bench) if self.bench else None,
+            "backends": {k: v or "available" for k, v in self.backends.items()},
             "files": self.files, "seconds": self.seconds,
         }
 
@@ -261,9 +263,11 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     else:
         log("[5/5] benchmark skipped (--no-bench)")
 
+    from .runtime import available_backends
+
     result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
                               manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
-                              seconds=seconds)
+                              seconds=seconds, backends=available_backends())
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -329,6 +333,10 @@ def render(result: QuickstartResult, console=None) -> None:
 
         console.print(B.render_table(_bench_from_dict(result.bench)))
 
+    unusable = {k: v for k, v in result.backends.items() if v}
+    if unusable:
+        console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"
+                                                                   for k, v in unusable.items()))
     w = Table(title="where everything is", show_header=False)
     w.add_column("what")
     w.add_column("path")

@@ -38,6 +38,7 @@ def test_quickstart_passes_bit_exact(quickstart):
     for r in summary["verify"]:
         if r["status"] == "skipped":
             assert r["reason"]  # a skipped backend says why
+    assert summary["backends"] and all(isinstance(v, str) and v for v in summary["backends"].values())
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in log
 
