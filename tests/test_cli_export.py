@@ -77,7 +77,7 @@ def test_export_with_checkpoint_json_and_inspect(tmp_path, capsys, checkpoints):
 
 
 def test_inspect_function_onnx_counts(capsys):
-    folder = exported("sj_neuron_net", NEURON_SHAPE, formats=("onnx",))
+    folder = exported("sj_neuron_net", NEURON_SHAPE)
     code, stdout, _ = run_cli(capsys, "inspect", str(folder / "model.onnx"), "--json")
     info = json.loads(stdout)
     assert code == 0 and info["dsr_node_count"] == 2 and info["function_count"] == 2

@@ -23,7 +23,9 @@ FACTORIES = {"sj_conv_net": (sj_conv_net, SJ_CONV_SHAPE), "ours_conv_net": (ours
 
 def _onnx(factory: str, **options):
     shape = FACTORIES[factory][1]
-    return exported(factory, shape, formats=("onnx",), **options) / "model.onnx"
+    # The default export (every format) is shared with the other test modules; variants export ONNX only.
+    formats = ("torchscript", "onnx", "pt2") if not options else ("onnx",)
+    return exported(factory, shape, formats=formats, **options) / "model.onnx"
 
 
 def _session(path):
@@ -66,9 +68,13 @@ def test_function_lowering_structure():
     assert dims == ["T", "batch", 3, 8, 8]
 
 
-@pytest.mark.parametrize("factory", ["sj_neuron_net", "ours_neuron_net"])
-@pytest.mark.parametrize("options", [dict(), dict(function_body="unrolled"), dict(lowering="portable"),
-                                     dict(lowering="portable", function_body="unrolled"), dict(opset=17)])
+NEURON_CASES = [("sj_neuron_net", dict()), ("sj_neuron_net", dict(function_body="unrolled")),
+                ("sj_neuron_net", dict(lowering="portable")), ("sj_neuron_net", dict(opset=17)),
+                ("sj_neuron_net", dict(lowering="portable", function_body="unrolled")),
+                ("ours_neuron_net", dict()), ("ours_neuron_net", dict(lowering="portable", function_body="unrolled"))]
+
+
+@pytest.mark.parametrize("factory,options", NEURON_CASES, ids=[f"{f}-{o}" for f, o in NEURON_CASES])
 def test_neuron_only_nets_bit_exact_in_stock_onnxruntime(factory, options):
     path = _onnx(factory, **options)
     model = onnx.load(str(path))
@@ -134,3 +140,21 @@ def test_conv_nets_meet_the_pass_rule(factory, lowering):
         for (layer, want), got in zip(calls, outs[1:]):
             assert got.shape == want.shape
             assert (got == want).mean() >= 0.999, (layer, (got == want).mean())
+
+
+def test_dsr_nodes_run_on_the_ort_custom_op_library_bit_exact():
+    # The node attributes are the contract the ONNX Runtime library (plugins branch) reads.
+    from dsr_deploy.runtime import load_runner
+    from dsr_deploy.runtime.onnxruntime import find_ort_library
+
+    if find_ort_library() is None:
+        pytest.skip("libdsr_ort_ops.so is not built here (dsr-deploy plugins build, or set DSR_DEPLOY_LIB_DIR)")
+    path = _onnx("sj_neuron_net")
+    net = sj_neuron_net()
+    with load_runner(path, "onnxruntime", custom_ops="require") as runner:
+        assert "custom-op library" in runner.describe()["dsr_ops"]
+        for k, b in enumerate((1, 3, 8)):
+            x = spiky_input((NEURON_SHAPE[0], b) + NEURON_SHAPE[2:], seed=k)
+            with torch.no_grad():
+                ref = net(torch.from_numpy(x)).numpy()
+            np.testing.assert_array_equal(runner.infer({"input": x})["output"], ref)

@@ -47,7 +47,12 @@ def test_verify_passes_on_a_spikingjelly_conv_net(tmp_path):
 
 def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
     folder = tmp_path / "broken"
-    shutil.copytree(exported("sj_neuron_net", NEURON_SHAPE, formats=("onnx",)), folder)
+    shutil.copytree(exported("sj_neuron_net", NEURON_SHAPE), folder)
+    for f in ("model.ts", "model.pt2"):  # only the ONNX file is tampered with; keep the test short
+        (folder / f).unlink()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["format"] == "onnx"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     model = onnx.load(str(folder / "model.onnx"))
     node = dsr_nodes(model)[0]
     for a in node.attribute:
@@ -67,7 +72,7 @@ def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
 
 
 def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
-    folder = exported("sj_neuron_net", NEURON_SHAPE, formats=("onnx",))
+    folder = exported("sj_neuron_net", NEURON_SHAPE)
     assert verify_folder(folder, min_agreement=1.0)["passed"]  # neuron-only: every spike equal
     np.save(tmp_path / "bad.npy", np.zeros((5, 2, 9), np.float32))
     with pytest.raises(UserError, match="expected"):
