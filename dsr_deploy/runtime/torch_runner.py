@@ -67,6 +67,10 @@ class TorchRunner(Runner):
             raise UserError("torch: device 'cuda' requested but torch sees no CUDA GPU")
         if _is_module(self.artifact):
             model = self.artifact
+            if self.options.get("fp16") or self.device != "cpu":
+                import copy
+
+                model = copy.deepcopy(model)  # never convert or move the caller's module in place
         else:
             loaded = build_model(str(self.artifact), self.options.get("checkpoint"),
                                  bool(self.options.get("trust_pickle")))
