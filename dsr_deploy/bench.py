@@ -350,8 +350,9 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
     plans = []
     for e in entries:
         e.runner.ensure_loaded()
-        name, tail, dtype, fixed_t, fixed_b = input_spec(e.runner, input_shape)
-        ts = list(timesteps) if timesteps else [fixed_t or (input_shape[0] if input_shape else None)]
+        shape_hint = input_shape or _manifest_shape(e.runner) or getattr(e.runner, "example_shape", None)
+        name, tail, dtype, fixed_t, fixed_b = input_spec(e.runner, shape_hint)
+        ts = list(timesteps) if timesteps else [fixed_t or (shape_hint[0] if shape_hint else None)]
         if ts == [None]:
             raise UserError(f"bench: {e.label}: the number of time steps is dynamic; pass --timesteps")
         plans.append((e, name, tail, dtype, fixed_t, fixed_b, ts))
@@ -399,6 +400,17 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
         except Exception as exc:  # pragma: no cover - describe is cheap and safe
             described[e.label] = {"backend": e.runner.backend, "error": one_line(exc)}
     return BenchResult(artifact=artifact, settings=settings, entries=described, rows=rows)
+
+
+def _manifest_shape(runner: Runner) -> Optional[list]:
+    """The export manifest's ``[T, B, ...]`` for a runner whose artifact sits in an export folder."""
+    from .runtime.base import manifest_for
+
+    if not isinstance(runner.artifact, (str, Path)):
+        return None
+    m = manifest_for(runner.artifact)
+    shape = m.get("input_shape") if m else None
+    return [int(d) for d in shape] if isinstance(shape, list) and all(isinstance(d, int) for d in shape) else None
 
 
 def _time_one(runner: Runner, name: str, shape: tuple, dtype: str, warmup: int, iters: Optional[int],
