@@ -328,6 +328,17 @@ def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) ->
     listed artifact some backend runs).
     """
     _ensure_registered()
+    if is_export_folder(artifact) and backend == "torch":
+        # The eager model the folder was exported from: the manifest's MODEL spec and checkpoint.
+        manifest = read_manifest(artifact)
+        model = manifest.get("model") or {}
+        if not isinstance(model, dict) or not model.get("spec"):
+            raise UserError(f"{artifact}/{MANIFEST} names no model spec; the torch backend needs the model")
+        options.setdefault("checkpoint", model.get("checkpoint"))
+        options.setdefault("trust_pickle", bool(model.get("trust_pickle")))
+        if isinstance(manifest.get("input_shape"), list):
+            options.setdefault("input_shape", manifest["input_shape"])
+        return _BACKENDS["torch"].factory(model["spec"], **options)
     if is_export_folder(artifact):
         if backend is None:
             found = backends_for(artifact)
@@ -351,9 +362,10 @@ def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) ->
 
 
 def _looks_like_spec(artifact: Any) -> bool:
-    # Model specs the torch runner takes ("zoo:NAME", "pkg.module:factory") are not files.
-    s = str(artifact)
-    return ":" in s and not Path(s).exists() and not s.startswith(("/", "."))
+    # MODEL specs the torch runner takes ("zoo:NAME", "pkg.module:factory", "file.py:factory") are not files.
+    from .torch_runner import _is_spec
+
+    return isinstance(artifact, str) and _is_spec(artifact)
 
 
 # ---------------------------------------------------------------------------------------------------------
