@@ -86,7 +86,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         dims[0] = "T"
     if ctx.dynamic_batch:
         dims[1] = "batch"
-    x = ctx.example_input()
+    x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
         with _quiet():
             prog = torch.onnx.export(
