@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+ORDER = 5  # place in `dsr-deploy --help`: the main job, right after info
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
