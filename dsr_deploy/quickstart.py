@@ -37,8 +37,7 @@ VERIFY_REPORT = "verify.json"
 BENCH_REPORT = "bench.json"
 HELDOUT_INPUT = "heldout_input.npy"
 HELDOUT_LABELS = "heldout_labels.npy"
-# torch.export specialises a dimension of size 1, so the export's example batch is 2 (the artifacts keep a
-# dynamic batch and run the whole held-out set at once).
+# The export's example batch; the artifacts keep a dynamic batch and run the whole held-out set at once.
 EXPORT_EXAMPLE_BATCH = 2
 
 
