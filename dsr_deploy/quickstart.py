@@ -173,7 +173,7 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
 def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
                    formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
                    bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
-                   log: Callable[[str], None] = print) -> QuickstartResult:
+                   threads: Optional[int] = None, log: Callable[[str], None] = print) -> QuickstartResult:
     import torch
 
     from . import models
@@ -255,7 +255,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
         t0 = time.perf_counter()
         log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={T}, {bench_iters} iterations each")
         bench_doc = _benchmark(model, export_dir, manifest, [r for r in rows if r.status == "ok"], T,
-                               shape, bench_batches, bench_iters, bench_warmup)
+                               shape, bench_batches, bench_iters, bench_warmup, threads)
         atomic_write_text(out / BENCH_REPORT, json.dumps(bench_doc, indent=2) + "\n")
         files["bench_report"] = str(out / BENCH_REPORT)
         seconds["bench"] = round(time.perf_counter() - t0, 2)
@@ -273,19 +273,22 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
 
 
 def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRow], T: int, shape: tuple,
-               batches: Sequence[int], iters: int, warmup: int) -> dict:
+               batches: Sequence[int], iters: int, warmup: int, threads: Optional[int] = None) -> dict:
     from . import bench as B
     from .runtime import load_runner
 
-    entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape)))]
+    opts = {"threads": threads} if threads else {}  # every runner the same intra-op thread count
+    entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape), **opts))]
     seen = set()
     for r in ok_rows:
         if (r.artifact, r.backend) in seen:
             continue
         seen.add((r.artifact, r.backend))
-        entries.append(B.BenchEntry(f"{r.format}/{r.backend}", load_runner(export_dir / r.artifact, backend=r.backend)))
+        entries.append(B.BenchEntry(f"{r.format}/{r.backend}",
+                                    load_runner(export_dir / r.artifact, backend=r.backend, **opts)))
     result = B.run_benchmark(entries, list(batches), [T], warmup=warmup, iters=iters, input_shape=list(shape),
-                             neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir))
+                             neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir),
+                             settings_extra={"threads": threads})
     for e in entries:
         e.runner.release()
     return result.to_dict()

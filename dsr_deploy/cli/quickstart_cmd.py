@@ -18,6 +18,8 @@ def register(app: typer.Typer) -> None:
         bench: bool = typer.Option(True, "--bench/--no-bench", help="run the short benchmark"),
         iters: int = typer.Option(20, "--iters", min=1, help="benchmark iterations per configuration"),
         batch: str = typer.Option("1,32", "--batch", help="benchmark batch sizes, comma-separated"),
+        threads: int = typer.Option(1, "--threads", min=0, help="benchmark: intra-op threads of every backend "
+                                    "(default 1: stable on small shared machines; 0: each library's default)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
     ):
         """Run the whole product on the shipped trained network (DSR-IF CNN, 8x8 digits): export to TorchScript,
@@ -38,6 +40,7 @@ def register(app: typer.Typer) -> None:
         # a file or pipe gets the whole tables (rich would wrap them at 80 columns)
         console = err if as_json else Console(width=None if sys.stdout.isatty() else 160)
         result = run_quickstart(out, model_name=model, bench=bench, bench_batches=batches, bench_iters=iters,
+                                threads=threads or None,
                                 log=lambda m: console.print(m, markup=False, highlight=False))
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
