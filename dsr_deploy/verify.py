@@ -108,8 +108,14 @@ class Reference:
         for m in self.model.modules():  # SpikingJelly memory modules: no state carried between inputs
             if hasattr(m, "reset") and callable(m.reset) and type(m).__module__.startswith("spikingjelly"):
                 m.reset()
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(x))
+        try:
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(x))
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the PyTorch model rejects input {list(x.shape)}: {msg}") from exc
+        if not isinstance(out, torch.Tensor):
+            raise UserError(f"the PyTorch model returned {type(out).__name__}, expected one tensor")
         return out.detach().cpu().numpy(), list(self._calls)
 
 

@@ -57,11 +57,14 @@ def check_input_shape(shape: Sequence[int]) -> tuple:
 
 
 def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Run the inference copy once on zeros of ``shape``; a UserError when the model rejects it."""
-    net = inference_copy(model, "op")
+    """Run the user's network (an eval-mode copy, so its own checks apply, e.g. our neurons' T) and its
+    inference copy once on zeros of ``shape``; a UserError when either rejects it."""
+    import copy
+
     try:
         with torch.no_grad():
-            out = net(torch.zeros(shape, dtype=dtype))
+            copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
+            out = inference_copy(model, "op")(torch.zeros(shape, dtype=dtype))
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the model rejects input shape {list(shape)}: {msg}") from exc
