@@ -76,6 +76,24 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
     return out
 
 
+def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, Any]:
+    """Run one writer; an unexpected failure becomes a one-line UserError naming the format (set
+    DSR_DEPLOY_DEBUG=1 to get the original exception and its traceback instead)."""
+    import os
+
+    try:
+        return writer(ctx, path)
+    except UserError:
+        raise
+    except Exception as exc:
+        if os.environ.get("DSR_DEPLOY_DEBUG"):
+            raise
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise UserError(f"{name} export failed: {type(exc).__name__}: {first} (DSR_DEPLOY_DEBUG=1 shows the "
+                        "traceback)") from exc
+
+
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                  formats_: Iterable[str] = ("torchscript", "onnx", "pt2"), spec: Optional[str] = None,
                  checkpoint: Optional[str] = None, lowering: str = "function", opset: Optional[int] = None,
@@ -121,13 +139,13 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
             fmt = available[name]
             if progress:
                 progress(f"writing {fmt.filename} ({name})")
-            artifacts.append(fmt.writer(ctx, tmp / fmt.filename))
+            artifacts.append(_run_writer(name, fmt.writer, ctx, tmp / fmt.filename))
             if name == "pt2" and aot and mode == "multistep":
                 from .pt2_writer import AOT_FILENAME, write_pt2_aot
 
                 if progress:
                     progress(f"compiling {AOT_FILENAME} (AOTInductor)")
-                artifacts.append(write_pt2_aot(ctx, tmp / AOT_FILENAME))
+                artifacts.append(_run_writer("aoti", write_pt2_aot, ctx, tmp / AOT_FILENAME))
         io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
                         (None, None))
         manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])
