@@ -56,7 +56,8 @@ def markdown(result, notes: list[str]) -> str:
     m, lib = result.machine, result.libraries
     s = result.settings
     lines = [
-        "# Backend latency: PreAct-ResNet-18 (CIFAR, 32x32), T=20, CPU",
+        f"# Backend latency: PreAct-ResNet-18 (CIFAR, 32x32), T={s['timesteps'][0]}, "
+        f"{'GPU ' + m['gpu'] if m['gpu'] and s.get('device', 'cpu') != 'cpu' else 'CPU'}",
         "",
         f"Written by `benchmarks/bench_backends.py` on {result.created}. One run; all entries measured in the same "
         "process, one after the other, on the same input.",
@@ -105,7 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--function-body", default="scan", choices=["scan", "unrolled"],
                     help="ONNX function fallback body the exporter writes")
     ap.add_argument("--note", action="append", default=[], help="a line to add to the results' notes")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: the same entries on the GPU (ORT CUDA EP with "
+                    "I/O binding) plus TensorRT when installed. The cuda path has not run yet (no GPU here).")
     args = ap.parse_args(argv)
+    if args.device != "cpu" and args.out == ap.get_default("out"):
+        args.out = str(ROOT / "benchmarks" / "results" / "bench_backends_cuda")
     warnings.filterwarnings("ignore")
 
     from dsr_deploy import bench as B
@@ -134,6 +139,8 @@ def main(argv=None) -> int:
         notes.append(f"Export (`dsr-deploy export`, ONNX function body: {args.function_body}) took "
                      f"{time.monotonic() - t0:.0f} s")
         opts = {"threads": args.threads} if args.threads else {}
+        opts["device"] = args.device
+        ort_opts = dict(opts, io_binding=True) if args.device.startswith("cuda") else opts
         entries = [
             B.BenchEntry("spikingjelly eager", load_runner(spikingjelly_copy(model), input_shape=shape,
                                                             reset_state=True, **opts)),
@@ -141,15 +148,27 @@ def main(argv=None) -> int:
             B.BenchEntry("torchscript", load_runner(export, backend="torchscript", **opts)),
             B.BenchEntry("pt2", load_runner(export, backend="pt2", **opts)),
             B.BenchEntry("onnxruntime function fallback", load_runner(export, backend="onnxruntime",
-                                                                      custom_ops="off", **opts)),
+                                                                      custom_ops="off", **ort_opts)),
         ]
         lib = find_ort_library()
         if lib is not None:
             entries.append(B.BenchEntry("onnxruntime custom ops", load_runner(export, backend="onnxruntime",
-                                                                              custom_ops="require", **opts)))
+                                                                              custom_ops="require", **ort_opts)))
         else:
             notes.append("onnxruntime custom ops: NOT MEASURED, libdsr_ort_ops.so is not built "
                          "(`dsr-deploy plugins build` needs the ONNX Runtime headers)")
+        if args.device.startswith("cuda"):
+            import importlib.util
+
+            if importlib.util.find_spec("tensorrt") is None:
+                notes.append("tensorrt: NOT MEASURED, TensorRT is not installed (pip install 'dsr-deploy[tensorrt]')")
+            else:
+                from dsr_deploy.engine import Range, build_engine
+
+                top = max(batches)
+                build_engine(export / "model.onnx", export / "model.plan", batch=Range(1, top, top),
+                             timesteps=Range(args.T, args.T, args.T), log=lambda m: notes.append(m))
+                entries.append(B.BenchEntry("tensorrt", load_runner(export / "model.plan")))
         load_avg = os.getloadavg()
         notes.append(f"Load average before the run: {load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} "
                      "(the machine is shared; treat small differences as noise)")
@@ -165,6 +184,7 @@ def main(argv=None) -> int:
                                  input_shape=shape, neurons=neurons, artifact=f"zoo:{name}",
                                  progress=progress,
                                  settings_extra={"threads": args.threads, "function_body": args.function_body,
+                                                 "device": args.device,
                                                  "native_torch_ops": native, "ort_ops_library": str(lib) if lib else None})
     after = os.getloadavg()
     notes.append(f"Load average after the run: {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f}")

@@ -14,7 +14,9 @@ What happens, in order (everything up to step 3 needs neither TensorRT nor a GPU
    instead of inlining their function fallback;
 4. import tensorrt (a one-line error naming the ``tensorrt`` extra when missing), require a GPU, load the
    plugin library, check the creators are registered, parse, configure (workspace, FP16 on TensorRT 10,
-   timing cache), build, and write the engine atomically (and the updated timing cache).
+   timing cache), build, and write the engine atomically (and the updated timing cache);
+5. when the ONNX model and the engine sit in one export folder, add the engine to its ``manifest.json``
+   (format ``tensorrt``) so ``verify`` / ``bench`` / ``load_runner(DIR, backend="tensorrt")`` find it.
 
 TensorRT 11 networks are always strongly typed (no FP16 builder flag): precision comes from the ONNX tensor
 types, so ``--fp16`` there is an error asking for a float16 ONNX model.
@@ -259,9 +261,41 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
     atomic_write_bytes(out, bytes(memoryview(serialized)))
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    return {"engine": str(out), "onnx": str(onnx_path), "tensorrt": str(trt.__version__), "fp16": fp16,
-            "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "plugin_library": str(lib) if lib else None,
-            "dsr_ops": info.dsr_ops, "plugin_creators": registered, "timing_cache": str(cache_path) if cache_path else None}
+    summary = {"engine": str(out), "onnx": str(onnx_path), "tensorrt": str(trt.__version__), "fp16": fp16,
+               "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+               "plugin_library": str(lib) if lib else None, "dsr_ops": info.dsr_ops, "plugin_creators": registered,
+               "timing_cache": str(cache_path) if cache_path else None}
+    summary["manifest"] = record_in_manifest(onnx_path, out, summary)
+    return summary
+
+
+def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional[str]:
+    """When the ONNX model and the engine sit in one export folder, list the engine in its manifest.
+
+    Then ``load_runner(DIR, backend="tensorrt")``, ``dsr-deploy verify DIR`` and ``bench DIR`` find it. Returns
+    the manifest path, or None when there is no export folder.
+    """
+    import json
+
+    from .io import atomic_write_text
+
+    folder = Path(onnx_path).resolve().parent
+    manifest_path = folder / "manifest.json"
+    if Path(engine).resolve().parent != folder or not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None  # not ours to repair; the engine itself is written
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        return None
+    entry = {"format": "tensorrt", "path": Path(engine).name, "onnx": Path(onnx_path).name,
+             "tensorrt": summary["tensorrt"], "fp16": summary["fp16"], "profile": summary["profile"],
+             "plugin": bool(summary["plugin_library"])}
+    manifest["artifacts"] = [a for a in manifest["artifacts"]
+                             if not (isinstance(a, dict) and a.get("path") == entry["path"])] + [entry]
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return str(manifest_path)
 
 
 def _require_gpu() -> None:

@@ -236,3 +236,13 @@ def test_cli_one_line_error_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_bench_time_budget(chain_onnx, tmp_path, capsys):
+    cs = tmp_path / "b.csv"
+    main(["bench", str(chain_onnx), "-b", "onnxruntime", "--batch", "1", "-T", "2,5", "--warmup", "0",
+          "--seconds", "0.05", "--no-memcpy", "--csv", str(cs)])
+    rows = list(csv.DictReader(cs.open()))
+    assert [int(r["timesteps"]) for r in rows] == [2, 5]  # dynamic T: every requested T runs
+    assert all(int(r["iterations"]) >= 1 and r["memcpy_ms"] == "" and r["error"] == "" for r in rows)
+    assert "wrote" in capsys.readouterr().out

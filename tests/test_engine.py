@@ -338,3 +338,31 @@ def test_plain_onnx_needs_no_plugin(tmp_path, fake_trt):
     summary = E.build_engine(p, tmp_path / "relu.plan", batch=E.Range(1, 2, 4), timesteps=E.Range(1, 2, 4),
                              log=lambda m: None)
     assert summary["dsr_ops"] == [] and trt.loaded_plugins == []
+
+
+def test_engine_is_listed_in_the_export_manifest(fake_trt, chain_onnx, tmp_path):
+    import json
+
+    from dsr_deploy.runtime.base import resolve_artifact
+
+    fake_trt()
+    d = tmp_path / "export"
+    d.mkdir()
+    model = d / "model.onnx"
+    model.write_bytes(chain_onnx.read_bytes())
+    (d / "manifest.json").write_text(json.dumps({"artifacts": [{"format": "onnx", "path": "model.onnx"}],
+                                                 "neurons": []}))
+    plugin = tmp_path / "libdsr_trt_plugin.so"
+    plugin.write_bytes(b"")
+    for _ in range(2):  # rebuilding replaces the entry, never duplicates it
+        summary = E.build_engine(model, d / "model.plan", batch=E.Range(1, 2, 4), timesteps=E.Range(4, 4, 4),
+                                 plugin=plugin, log=lambda m: None)
+    assert summary["manifest"] == str(d / "manifest.json")
+    arts = json.loads((d / "manifest.json").read_text())["artifacts"]
+    assert [a["format"] for a in arts] == ["onnx", "tensorrt"]
+    assert arts[1]["path"] == "model.plan" and arts[1]["profile"]["input"][2] == [4, 4, 4] and arts[1]["plugin"]
+    assert resolve_artifact(d, "tensorrt") == d / "model.plan"
+    # An engine written elsewhere leaves the manifest alone.
+    other = E.build_engine(model, tmp_path / "elsewhere.plan", batch=E.Range(1, 1, 1), timesteps=E.Range(4, 4, 4),
+                           plugin=plugin, log=lambda m: None)
+    assert other["manifest"] is None

@@ -351,3 +351,20 @@ def test_tensorrt_missing_is_one_line(tmp_path):
     else:
         with pytest.raises(UserError, match="cannot deserialize"):
             runner.load()
+
+
+@pytest.mark.slow
+def test_aoti_package_bit_exact_dynamic_shapes(tmp_path):
+    """An AOTInductor package (compiled code, ~30 s to build on 2 cores) through the pt2 runner."""
+    model = NeuronNet()
+    x = spiky_input(NEURON_SHAPE)
+    T_, B_ = torch.export.Dim("T", min=2), torch.export.Dim("B", min=1)
+    ep = torch.export.export(model, (torch.from_numpy(x),), dynamic_shapes={"input": {0: T_, 1: B_}})
+    path = tmp_path / "model.aoti.pt2"
+    torch._inductor.aoti_compile_and_package(ep, package_path=str(path))
+    runner = load_runner(path).load()
+    assert runner.backend == "pt2" and runner.describe()["kind"] == "aoti"
+    for shape in [NEURON_SHAPE, (9, 2, 5)]:
+        xx = spiky_input(shape, seed=12)
+        np.testing.assert_array_equal(runner.infer({"input": xx})["output"],
+                                      load_runner(model).infer({"input": xx})["output"])
