@@ -62,6 +62,24 @@ def install_dir() -> Path:
     return ops.library_dirs()[0]
 
 
+def ort_library() -> Optional[Path]:
+    """``libdsr_ort_ops.so`` if built (see :func:`dsr_deploy.ops.library_dirs`), else None."""
+    return ops.find_library(ORT_LIBRARY)
+
+
+def register_ort_custom_ops(session_options) -> bool:
+    """Register the dsr ONNX Runtime custom ops in ``session_options`` when the library is built.
+
+    With it, a model's ``dsr::DSR*Spike`` nodes run the fused kernel; without it, ONNX Runtime runs the model-local
+    function body the exporter attached. Returns whether the library was registered.
+    """
+    path = ort_library()
+    if path is None:
+        return False
+    session_options.register_custom_ops_library(str(path))
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Detection
 
@@ -124,7 +142,10 @@ def detect(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
 
     ort_root = ort_root or os.environ.get("ONNXRUNTIME_ROOT")
     trt_root = trt_root or os.environ.get("TENSORRT_ROOT")
-    cmake, ninja, nvcc = shutil.which("cmake"), shutil.which("ninja"), _nvcc()
+    venv_bin = str(Path(sys.executable).parent)  # scripts/setup.sh may have pip-installed cmake/ninja there
+    cmake = shutil.which("cmake") or shutil.which("cmake", path=venv_bin)
+    ninja = shutil.which("ninja") or shutil.which("ninja", path=venv_bin)
+    nvcc = _nvcc()
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     found: dict = {
         "cmake": {"available": cmake is not None, "path": cmake,

@@ -151,10 +151,10 @@ template <> struct Storage<BFloat16> {
 
 enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
-// One forward call on the CPU. x / y: [T, N] row-major in `dtype`; v_in / v_out: [N] in the compute type
+// One forward call (CPU or, for the CUDA launcher, device pointers). x / y: [T, N] row-major in `dtype`; v_in / v_out: [N] in the compute type
 // (double for F64, float otherwise), either may be null (null v_in = zero initial membrane). The params must be
 // the compute type's: `params_f32` for F32/F16/BF16, `params_f64` for F64 (the other may be null).
-struct CpuForwardArgs {
+struct ForwardArgs {
   DType dtype;
   const void* x;
   void* y;
@@ -171,10 +171,10 @@ constexpr int64_t kCpuBlock = 1024;
 
 // Runs neurons [n_begin, n_end) of the call (any range; callers split on kCpuBlock multiples for throughput).
 // Safe to call concurrently on disjoint ranges.
-void cpu_forward_range(const CpuForwardArgs& args, int64_t n_begin, int64_t n_end);
+void cpu_forward_range(const ForwardArgs& args, int64_t n_begin, int64_t n_end);
 
 // Runs the whole call on `num_threads` std::threads (<= 0: hardware concurrency), small calls on one thread.
-void cpu_forward(const CpuForwardArgs& args, int num_threads);
+void cpu_forward(const ForwardArgs& args, int num_threads);
 
 // Which instruction set the CPU kernels dispatched to ("avx2" or "baseline"), for status output.
 const char* cpu_kernel_isa();

@@ -6,13 +6,13 @@
 #include "dsr_spike.h"
 
 namespace dsr {
-namespace isa_baseline { void forward_range(const CpuForwardArgs& a, int64_t n_begin, int64_t n_end); }
+namespace isa_baseline { void forward_range(const ForwardArgs& a, int64_t n_begin, int64_t n_end); }
 #if defined(DSR_HAVE_AVX2_KERNELS)
-namespace isa_avx2 { void forward_range(const CpuForwardArgs& a, int64_t n_begin, int64_t n_end); }
+namespace isa_avx2 { void forward_range(const ForwardArgs& a, int64_t n_begin, int64_t n_end); }
 #endif
 
 namespace {
-using RangeFn = void (*)(const CpuForwardArgs&, int64_t, int64_t);
+using RangeFn = void (*)(const ForwardArgs&, int64_t, int64_t);
 
 struct Dispatch {
   RangeFn fn = &isa_baseline::forward_range;
@@ -35,11 +35,11 @@ const Dispatch& dispatch() {
 
 const char* cpu_kernel_isa() { return dispatch().isa; }
 
-void cpu_forward_range(const CpuForwardArgs& args, int64_t n_begin, int64_t n_end) {
+void cpu_forward_range(const ForwardArgs& args, int64_t n_begin, int64_t n_end) {
   if (n_begin < n_end) dispatch().fn(args, n_begin, n_end);
 }
 
-void cpu_forward(const CpuForwardArgs& args, int num_threads) {
+void cpu_forward(const ForwardArgs& args, int num_threads) {
   if (args.T <= 0 || args.N <= 0) {
     // Nothing to compute; still hand the initial membrane through (T == 0 keeps it unchanged).
     if (args.N > 0 && args.v_out) cpu_forward_range(args, 0, args.N);

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neur
   const dsr::DType dtype = to_core_dtype(pr.x.scalar_type());
   const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
   const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
-  dsr::CpuForwardArgs args{dtype,
+  dsr::ForwardArgs args{dtype,
                            pr.x.const_data_ptr(),
                            pr.y.mutable_data_ptr(),
                            pr.v_in.defined() ? pr.v_in.const_data_ptr() : nullptr,
