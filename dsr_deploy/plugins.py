@@ -233,13 +233,14 @@ def build(
         cuda = found["cuda"]["available"] and (found["cuda"]["gpu_visible"] or bool(_torch.version.cuda))
     elif cuda and not found["cuda"]["available"]:
         raise UserError(f"--cuda: {found['cuda']['reason']}")
+    # An explicit --ort-root / --trt-root means "build it"; the environment variables only enable auto-detection.
     if ort is None:
-        ort = found["ort"]["available"]
-    elif ort and not found["ort"]["available"]:
+        ort = True if ort_root else found["ort"]["available"]
+    if ort and not found["ort"]["available"]:
         raise UserError(found["ort"]["reason"])
     if trt is None:
-        trt = found["trt"]["available"] and cuda
-    elif trt and not found["trt"]["available"]:
+        trt = True if trt_root else found["trt"]["available"] and cuda
+    if trt and not found["trt"]["available"]:
         raise UserError(found["trt"]["reason"])
     if trt and not cuda:
         raise UserError("the TensorRT plugins need CUDA kernels: pass --cuda (nvcc must be available)")
@@ -270,7 +271,7 @@ def build(
         f"-DPython_EXECUTABLE={sys.executable}",
     ]
     if found["ninja"]["available"] and not (build_dir / "CMakeCache.txt").is_file():
-        configure += ["-G", "Ninja"]
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={found['ninja']['path']}"]
     if ort:
         configure.append(f"-DONNXRUNTIME_ROOT={found['ort']['root']}")
     if trt:
