@@ -38,10 +38,13 @@ LIBRARIES = {
     "trt": ("libdsr_trt_plugin.so", "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
     "trt_dynamic": ("libdsr_trt_plugin_dynamic.so", "TensorRT IPluginV3 plugins, exports getCreators",
                     "DSR_BUILD_TRT"),
+    "cuda_kernels": ("libdsr_cuda_kernels.so", "CUDA core behind a C function (ctypes; scripts/gpu_check.py)",
+                     "DSR_BUILD_CUDA"),
 }
 ORT_LIBRARY = LIBRARIES["ort"][0]
 TRT_LIBRARY = LIBRARIES["trt"][0]
 TRT_DYNAMIC_LIBRARY = LIBRARIES["trt_dynamic"][0]
+CUDA_KERNELS_LIBRARY = LIBRARIES["cuda_kernels"][0]
 
 
 def source_dir() -> Path:
@@ -244,11 +247,15 @@ def build(
         raise UserError(found["trt"]["reason"])
     if trt and not cuda:
         raise UserError("the TensorRT plugins need CUDA kernels: pass --cuda (nvcc must be available)")
-    if not (torch or ort or trt):
-        raise UserError("nothing to build: enable at least one of --torch, --ort-root, --trt-root")
+    if not (torch or ort or trt or cuda):
+        raise UserError("nothing to build: enable at least one of --torch, --cuda, --ort-root, --trt-root")
     if cuda and not cuda_arch:
-        # "native" needs a visible GPU; without one, compile for Hopper (the GPU check's target) and say so.
-        cuda_arch = "native" if found["cuda"]["gpu_visible"] else "90"
+        # The visible GPU's architecture; without one, Hopper (sm_90, the GPU check's target).
+        if found["cuda"]["gpu_visible"]:
+            major, minor = _torch.cuda.get_device_capability(0)
+            cuda_arch = f"{major}{minor}"
+        else:
+            cuda_arch = "90"
 
     lib_dir = Path(lib_dir) if lib_dir else install_dir()
     check_writable_dir(lib_dir)
@@ -288,7 +295,7 @@ def build(
     try:
         _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
         built = {}
-        wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt}
+        wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "cuda_kernels": cuda}
         for key, (name, what, _option) in LIBRARIES.items():
             if not wanted[key]:
                 continue
@@ -373,6 +380,13 @@ def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
                 entry["loaded"], entry["reason"] = _ort_check(path)
             else:
                 entry["reason"] = "not built: " + (found["ort"].get("reason") or "rerun `dsr-deploy plugins build`")
+        elif key == "cuda_kernels":
+            if path is not None:
+                entry["reason"] = "built" + ("" if torch.cuda.is_available() else "; no GPU visible here to run it")
+            elif not found["cuda"]["available"]:
+                entry["reason"] = "not built: " + found["cuda"]["reason"]
+            else:
+                entry["reason"] = "not built: pass --cuda to `dsr-deploy plugins build`"
         else:
             if path is not None:
                 entry["reason"] = ("built; loads only into a process with TensorRT (libnvinfer) and CUDA"

@@ -28,7 +28,7 @@ def build_cmd(
         None, "--trt-root", help="TensorRT folder with include/NvInfer.h (default $TENSORRT_ROOT); needs --cuda."
     ),
     cuda_arch: Optional[str] = typer.Option(
-        None, "--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES (default: native with a GPU, else 90)."
+        None, "--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES (default: the visible GPU's, else 90)."
     ),
     build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="CMake build folder (default build/plugins)."),
     lib_dir: Optional[Path] = typer.Option(
