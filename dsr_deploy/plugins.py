@@ -38,13 +38,13 @@ LIBRARIES = {
     "trt": ("libdsr_trt_plugin.so", "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
     "trt_dynamic": ("libdsr_trt_plugin_dynamic.so", "TensorRT IPluginV3 plugins, exports getCreators",
                     "DSR_BUILD_TRT"),
-    "cuda_kernels": ("libdsr_cuda_kernels.so", "CUDA core behind a C function (ctypes; scripts/gpu_check.py)",
-                     "DSR_BUILD_CUDA"),
+    "kernels": ("libdsr_kernels.so", "the core behind C functions (ctypes: benchmarks, scripts/gpu_check.py)",
+                "always"),
 }
 ORT_LIBRARY = LIBRARIES["ort"][0]
 TRT_LIBRARY = LIBRARIES["trt"][0]
 TRT_DYNAMIC_LIBRARY = LIBRARIES["trt_dynamic"][0]
-CUDA_KERNELS_LIBRARY = LIBRARIES["cuda_kernels"][0]
+KERNELS_LIBRARY = LIBRARIES["kernels"][0]
 
 
 def source_dir() -> Path:
@@ -295,7 +295,7 @@ def build(
     try:
         _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
         built = {}
-        wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "cuda_kernels": cuda}
+        wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "kernels": True}
         for key, (name, what, _option) in LIBRARIES.items():
             if not wanted[key]:
                 continue
@@ -356,6 +356,15 @@ def _ort_check(path: Path) -> tuple[bool, str]:
     return True, f"registers in onnxruntime {ort.__version__}"
 
 
+def _has_symbol(path: Path, name: str) -> bool:
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL(str(path)), name)
+    except OSError:
+        return False
+
+
 def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> dict:
     """What is built, where, whether it loads here, and what is missing and why."""
     import torch
@@ -380,13 +389,10 @@ def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
                 entry["loaded"], entry["reason"] = _ort_check(path)
             else:
                 entry["reason"] = "not built: " + (found["ort"].get("reason") or "rerun `dsr-deploy plugins build`")
-        elif key == "cuda_kernels":
+        elif key == "kernels":
+            entry["reason"] = "built" if path is not None else "not built: run `dsr-deploy plugins build`"
             if path is not None:
-                entry["reason"] = "built" + ("" if torch.cuda.is_available() else "; no GPU visible here to run it")
-            elif not found["cuda"]["available"]:
-                entry["reason"] = "not built: " + found["cuda"]["reason"]
-            else:
-                entry["reason"] = "not built: pass --cuda to `dsr-deploy plugins build`"
+                entry["cuda_entry"] = _has_symbol(path, "dsr_cuda_forward")
         else:
             if path is not None:
                 entry["reason"] = ("built; loads only into a process with TensorRT (libnvinfer) and CUDA"

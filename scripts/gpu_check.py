@@ -7,7 +7,7 @@ T=20, B=32, 128x16x16: the kernel vs a device-to-device copy of the same bytes (
 eager node (if importable) and the reference loop.
 
 The kernels are reached through torch.ops.dsr (libdsr_torch_ops.so built with CUDA); if that library has no CUDA
-kernel (for example the torch CMake package could not be configured), through libdsr_cuda_kernels.so and ctypes,
+kernel (for example the torch CMake package could not be configured), through libdsr_kernels.so and ctypes,
 which runs the same launcher. The table says which.
 """
 
@@ -41,10 +41,12 @@ LIF_PARAMS = (0.3, 0.3, 1.0, 0.05)  # authors' CIFAR LIF: vth 0.3, alpha 0.3, ta
 
 
 class CtypesKernels:
-    """libdsr_cuda_kernels.so through ctypes, with the reciprocal-multiply output of PyTorch CUDA eager."""
+    """libdsr_kernels.so through ctypes, with the reciprocal-multiply output of PyTorch CUDA eager."""
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
+        if not hasattr(self.lib, "dsr_cuda_forward"):
+            raise SystemExit(f"{path} was built without CUDA (no dsr_cuda_forward)")
         f = self.lib.dsr_cuda_forward
         f.restype = ctypes.c_int
         f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -80,9 +82,9 @@ def pick_kernels():
             fn = ops.if_spike if kind == "if" else ops.lif_spike
             return fn(x, *params, v_init=v_init, return_state=return_state, native=True)
         return run, f"torch.ops.dsr (libdsr_torch_ops.so {DEVICE.upper()} kernels)"
-    path = ops.find_library(plugins.CUDA_KERNELS_LIBRARY)
+    path = ops.find_library(plugins.KERNELS_LIBRARY)
     if path is None:
-        raise SystemExit("no CUDA kernels: neither libdsr_torch_ops.so with CUDA nor libdsr_cuda_kernels.so was built")
+        raise SystemExit("no CUDA kernels: neither libdsr_torch_ops.so with CUDA nor libdsr_kernels.so was built")
     return CtypesKernels(path), f"ctypes {path.name} (torch adapter without CUDA kernel: {ops.native_status()['reason']})"
 
 

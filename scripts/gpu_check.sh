@@ -35,7 +35,7 @@ ARCH=${DSR_CUDA_ARCH:-}
 ARCH_PY=${ARCH:+\"$ARCH\"}
 ARCH_PY=${ARCH_PY:-None}
 
-echo "== building the torch op with CUDA kernels (+ libdsr_cuda_kernels.so) into $LIB"
+echo "== building the torch op with CUDA kernels (+ libdsr_kernels.so) into $LIB"
 if ! "$PYTHON" -c "
 from dsr_deploy import plugins
 plugins.build(torch=True, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-torch', lib_dir='$LIB', verbose=True)

@@ -23,8 +23,8 @@ def test_status_json_reports_the_torch_library():
     st = json.loads(proc.stdout)
     torch_lib = st["libraries"]["torch"]
     assert torch_lib["built"] and torch_lib["loaded"] and torch_lib["cpu_kernel"], torch_lib
-    assert set(st["libraries"]) == {"torch", "ort", "trt", "trt_dynamic", "cuda_kernels"}
-    for key in ("ort", "trt", "trt_dynamic", "cuda_kernels"):
+    assert set(st["libraries"]) == {"torch", "ort", "trt", "trt_dynamic", "kernels"}
+    for key in ("ort", "trt", "trt_dynamic", "kernels"):
         assert st["libraries"][key]["reason"], key  # built or not, it says why
 
 
