@@ -73,9 +73,14 @@ def status_cmd(
         if key == "torch" and e["built"]:
             typer.echo(f"        loaded={e['loaded']} cpu_kernel={e['cpu_kernel']} cuda_kernel={e['cuda_kernel']}")
         typer.echo(f"        {e['reason']}")
-        if e.get("build"):
+        if e.get("build") and e["built"]:
             b = e["build"]
-            typer.echo(f"        built {b.get('built_at')} with torch={b.get('torch')} cuda={b.get('cuda')}")
+            against = {"torch": f"torch {b.get('torch')}", "ort": f"ORT headers {b.get('ort_headers')}",
+                       "trt": f"TensorRT headers {b.get('trt_headers')}",
+                       "trt_dynamic": f"TensorRT headers {b.get('trt_headers')}"}.get(key, f"{b.get('compiler')}")
+            cuda = b.get("cuda")
+            typer.echo(f"        built {b.get('built_at')} against {against}; CUDA "
+                       + (f"sm_{cuda['arch']} ({cuda['nvcc']})" if cuda else "off"))
     tc = st["toolchain"]
     typer.echo("toolchain: " + "; ".join([
         f"cmake {'yes' if tc['cmake']['available'] else 'NO'}",
