@@ -34,9 +34,9 @@ def lif_attrs(vth, alpha, tau, dt, with_coefficients=True):
     return attrs
 
 
-def make_model(op, attrs, step=False):
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+def make_model(op, attrs, step=False, elem=TensorProto.FLOAT):
+    inputs = [helper.make_tensor_value_info("x", elem, None)]
+    outputs = [helper.make_tensor_value_info("y", elem, None)]
     if step:
         inputs.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, None))
         outputs.append(helper.make_tensor_value_info("v_new", TensorProto.FLOAT, None))
@@ -65,8 +65,9 @@ def reference(kind, x, attrs, v_init=None):
 
 
 def assert_bits(a, b, what):
-    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, what
-    diff = a.view(np.int32) != b.view(np.int32)
+    assert a.dtype == b.dtype and a.dtype in (np.float32, np.float16) and a.shape == b.shape, what
+    ints = np.int32 if a.dtype == np.float32 else np.int16
+    diff = a.view(ints) != b.view(ints)
     assert not diff.any(), f"{what}: {int(diff.sum())} of {a.size} differ"
 
 
@@ -157,3 +158,22 @@ def test_step_shape_mismatch_is_a_clear_error():
     sess = session(make_model("DSRIFStep", dict(v_threshold=1.0, alpha=0.5), step=True))
     with pytest.raises(Exception, match="v has shape"):
         sess.run(None, {"x": np.zeros((2, 3), np.float32), "v": np.zeros((3, 2), np.float32)})
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_float16_inputs(kind):
+    # float16 x / y with a float32 membrane, as the reference computes float16 inputs.
+    attrs = dict(v_threshold=1.0, alpha=0.5) if kind == "if" else lif_attrs(f32(0.3), f32(0.3), 1.0, f32(0.05))
+    x = (np.random.default_rng(5).standard_normal((11, 3, 129)) * 2).astype(np.float16)
+    name = "DSRIFSpike" if kind == "if" else "DSRLIFSpike"
+    (y,) = session(make_model(name, attrs, elem=TensorProto.FLOAT16)).run(None, {"x": x})
+    ref_y, ref_v = reference(kind, x, attrs)
+    assert_bits(y, ref_y, f"{name} float16")
+    step = session(make_model(name.replace("Spike", "Step"), attrs, step=True, elem=TensorProto.FLOAT16))
+    v = np.zeros(x.shape[1:], np.float32)
+    ys = []
+    for t in range(x.shape[0]):
+        y_t, v = step.run(None, {"x": x[t], "v": v})
+        ys.append(y_t)
+    assert_bits(np.stack(ys), ref_y, "float16 steps")
+    assert_bits(v, ref_v, "float16 steps final membrane")

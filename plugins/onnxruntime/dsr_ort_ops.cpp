@@ -5,7 +5,8 @@
 //   DSRIFStep   (x_t, v) -> (y_t, v_new)             as DSRIFSpike, one time step, v the float32 membrane
 //   DSRLIFStep  (x_t, v) -> (y_t, v_new)             as DSRLIFSpike
 //
-// float32 tensors. The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
+// x / y float32 or float16 (the membrane v is float32 in both cases, as the reference computes float16 inputs).
+// The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
 // writes them (float32 tau / delta_t could not reproduce the double exp); when missing they are computed from tau
 // and delta_t in double. The output spike value is vth / fl32(delta_t), as the PyTorch CPU reference, on both EPs.
 // plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
@@ -49,6 +50,7 @@ struct OpSpec {
   const char* name;
   dsr::Neuron neuron;
   bool step;  // (x_t, v) -> (y_t, v_new)
+  ONNXTensorElementDataType type;  // of x and y (the membrane is always float32)
 };
 
 struct Kernel {
@@ -137,7 +139,7 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   DSR_ORT_TRY(g_api->KernelContext_GetInput(ctx, 0, &x));
   Shape xs;
   DSR_ORT_TRY(shape_of(x, &xs));
-  if (xs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return error(std::string(k.spec.name) + ": x must be float32");
+  if (xs.type != k.spec.type) return error(std::string(k.spec.name) + ": unexpected input element type");
   int64_t T, N = 1;
   const void* v_in = nullptr;
   void* v_out = nullptr;
@@ -174,7 +176,8 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
     DSR_ORT_TRY(g_api->KernelContext_GetOutput(ctx, 1, step_dims.data(), step_dims.size(), &vn));
     DSR_ORT_TRY(g_api->GetTensorMutableData(vn, &v_out));
   }
-  dsr::ForwardArgs args{dsr::DType::F32, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
+  const dsr::DType dtype = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? dsr::DType::F16 : dsr::DType::F32;
+  dsr::ForwardArgs args{dtype, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
   if (N == 0) return nullptr;
   if (k.ep == Ep::Cuda) {
 #if defined(DSR_WITH_CUDA)
@@ -216,9 +219,13 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
   op->GetExecutionProviderType = [](const OrtCustomOp* o) -> const char* {
     return self(o).ep == Ep::Cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
   };
-  op->GetInputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op->GetInputType = [](const OrtCustomOp* o, size_t i) {
+    return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
   op->GetInputTypeCount = [](const OrtCustomOp* o) -> size_t { return self(o).spec.step ? 2 : 1; };
-  op->GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op->GetOutputType = [](const OrtCustomOp* o, size_t i) {
+    return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
   op->GetOutputTypeCount = [](const OrtCustomOp* o) -> size_t { return self(o).spec.step ? 2 : 1; };
   op->KernelCompute = [](void*, OrtKernelContext*) {};
   op->KernelDestroy = [](void* k) { delete static_cast<Kernel*>(k); };
@@ -240,11 +247,15 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
   op->ReleaseMayInplace = [](int*, int*) {};
 }
 
+// One OrtCustomOp per (op, element type): ORT merges same-named ops of a domain into one schema with a type
+// constraint over their types.
+constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr ONNXTensorElementDataType kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
 const OpSpec kSpecs[] = {
-    {"DSRIFSpike", dsr::Neuron::IF, false},
-    {"DSRLIFSpike", dsr::Neuron::LIF, false},
-    {"DSRIFStep", dsr::Neuron::IF, true},
-    {"DSRLIFStep", dsr::Neuron::LIF, true},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF32},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF16},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
 };
 constexpr size_t kNumSpecs = sizeof(kSpecs) / sizeof(kSpecs[0]);
 
