@@ -98,14 +98,18 @@ def bits(t):
                                 torch.bfloat16: torch.int16}[t.dtype])
 
 
+CHECK_SHAPES = [(1, 1000), (8, 4096), (3, 7, 33), (32, 128, 16, 16)]
+CHECK_T = (1, 4, 20, 50)
+
+
 def check(run, gen):
     rows, failures = [], []
-    shapes = [(1, 1000), (8, 4096), (3, 7, 33), (32, 128, 16, 16)]
+    shapes = CHECK_SHAPES
     for kind in ("if", "lif"):
         params = IF_PARAMS if kind == "if" else LIF_PARAMS
         scale = 4.0 if kind == "if" else 1.0
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for T in (1, 4, 20, 50):
+            for T in CHECK_T:
                 for step in shapes:
                     if T == 50 and math.prod(step) > 200_000 and dtype != torch.float32:
                         continue  # keep the run short; float32 covers the big shape at T=50
@@ -253,9 +257,12 @@ def main():
     ap.add_argument("--dry-run-cpu", action="store_true",
                     help="run the whole script on the CPU kernels (checks the script itself; no GPU numbers)")
     ap.add_argument("--shape", type=int, nargs="+", default=[20, 32, 128, 16, 16], help="timing shape [T, ...]")
+    ap.add_argument("--quick", action="store_true", help="two small shapes, T in 1 and 4 (with --dry-run-cpu: a smoke test)")
     args = ap.parse_args()
-    global DEVICE, TIMING_SHAPE
+    global DEVICE, TIMING_SHAPE, CHECK_SHAPES, CHECK_T
     TIMING_SHAPE = tuple(args.shape)
+    if args.quick:
+        CHECK_SHAPES, CHECK_T = [(1, 1000), (3, 7, 33)], (1, 4)
     if args.dry_run_cpu:
         DEVICE = "cpu"
     elif not torch.cuda.is_available():
