@@ -50,3 +50,37 @@ def mlp_net(seed: int = 1, features: int = 6, classes: int = 3) -> nn.Module:
     with torch.no_grad():
         net[2].body[0].weight.mul_(1.0)  # LIF spikes are 1/dt = 20x the threshold
     return net.eval()
+
+
+class UnrolledMultiStep(nn.Module):
+    """A multi-step model ``input [T, B, ...] -> output [T, B, ...]`` built from a streaming module by unrolling
+    T steps: it exports to ONNX (dsr step nodes + their functions) without the export helper's lowering, so the
+    repository and serving tests have a multi-step ONNX model of the contract's names."""
+
+    def __init__(self, streaming_module):
+        super().__init__()
+        self.sm = streaming_module
+
+    def forward(self, x):
+        states = [torch.zeros((x.shape[1], *s), dtype=torch.float32) for s in self.sm.state_shapes]
+        ys = []
+        for t in range(x.shape[0]):
+            y, *states = self.sm(x[t], *states)
+            ys.append(y)
+        return torch.stack(ys)
+
+
+def export_multistep_onnx(net: nn.Module, x: torch.Tensor, path) -> None:
+    """Write ``net`` as a multi-step ONNX model (fixed T, symbolic batch at dim 1) with names input/output."""
+    import onnx
+
+    from dsr_deploy import streaming as S
+
+    model = UnrolledMultiStep(S.build_streaming_module(net, x[0])).eval()
+    with torch.no_grad():
+        prog = torch.onnx.export(model, (x,), None, dynamo=True, input_names=["input"], output_names=["output"],
+                                 dynamic_shapes=({1: torch.export.Dim("batch")},))
+    proto = prog.model_proto
+    S.add_step_functions(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
