@@ -1,0 +1,82 @@
+"""What every export writer shares: the export context, the format registry and the artifact record.
+
+A *format* is a writer ``write(ctx, path) -> dict`` registered under a name and a *mode*. The default mode
+``"multistep"`` writes whole-sequence artifacts (input ``"input"`` ``[T, B, ...]`` -> output ``"output"``);
+other modes (the streaming single-step export with membrane I/O, say) register their own writers under their
+mode name and reuse :class:`ExportContext` and the manifest unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..convert import NeuronInfo
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+PROBE_PREFIX = "spikes_"  # extra outputs of a probe artifact: the spikes of neuron layer i
+LAYOUT = "TB..."  # the leading dims of every multi-step input: time, then batch
+
+
+@dataclass
+class ExportContext:
+    """Everything a writer needs; built once by :func:`dsr_deploy.export.export_model`."""
+
+    model: nn.Module  # the user's network (never modified)
+    neurons: List[NeuronInfo]
+    input_shape: Tuple[int, ...]  # example [T, B, ...]
+    dtype: torch.dtype = torch.float32
+    dynamic_batch: bool = True
+    options: Dict[str, Any] = field(default_factory=dict)  # opset, lowering, function_body, aot, ...
+    spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
+    checkpoint: Optional[str] = None
+
+    @property
+    def T(self) -> int:
+        return int(self.input_shape[0])
+
+    @property
+    def batch(self) -> int:
+        return int(self.input_shape[1])
+
+    def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(shape or self.input_shape, generator=g, dtype=torch.float32).to(self.dtype)
+
+
+Writer = Callable[[ExportContext, Path], Dict[str, Any]]
+
+
+@dataclass
+class Format:
+    name: str
+    mode: str
+    filename: str  # default file name inside the export folder
+    writer: Writer
+    description: str = ""
+
+
+_FORMATS: Dict[Tuple[str, str], Format] = {}
+
+
+def register_format(name: str, filename: str, writer: Writer, *, mode: str = "multistep", description: str = "") -> None:
+    _FORMATS[(mode, name)] = Format(name, mode, filename, writer, description)
+
+
+def formats(mode: str = "multistep") -> Dict[str, Format]:
+    from . import _ensure_registered
+
+    _ensure_registered()
+    return {n: f for (m, n), f in _FORMATS.items() if m == mode}
+
+
+def modes() -> List[str]:
+    from . import _ensure_registered
+
+    _ensure_registered()
+    return sorted({m for m, _ in _FORMATS})

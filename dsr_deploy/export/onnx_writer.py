@@ -1,0 +1,210 @@
+"""ONNX writer: one ``dsr`` node per neuron layer plus its function fallback, or standard ops only.
+
+``torch.onnx.export`` (dynamo) of the ``"op"`` inference copy: under export each inference neuron emits one
+``dsr::DSRIFSpike`` / ``dsr::DSRLIFSpike`` node (``torch.onnx.ops.symbolic``; symbolic dims kept). The exporter
+inlines model-local functions, so the FunctionProtos of :mod:`.onnx_functions` are appended afterwards.
+
+Lowerings:
+
+* ``function`` (default): custom nodes + FunctionProtos. A runtime with the dsr kernels runs them; a stock
+  ONNX Runtime inlines the standard-op bodies.
+* ``portable``: the bodies inlined into the graph: standard ops only, no ``dsr`` domain.
+
+Function body: ``scan`` (dynamic T) or ``unrolled`` (fixed T). The default is ``scan``: in
+benchmarks/results/bench_export.md the two measure within a few percent of each other on ONNX Runtime CPU for
+conv networks (the convolutions dominate), and only Scan keeps T dynamic.
+Default opset 18: the opset torch.onnx.export implements natively (17 goes through a version conversion).
+Dynamic batch by default (``--static-batch`` fixes it), dynamic T with the scan body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import onnx
+import torch
+from onnx import helper
+
+from .. import __version__
+from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
+from ..errors import UserError
+from ..io import atomic_path
+from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+from .onnx_functions import BODIES, function_proto
+
+DEFAULT_OPSET = 18
+DEFAULT_BODY = "scan"
+LOWERINGS = ("function", "portable")
+_DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
+_META_INDEX = "dsr.layer_index"
+_META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"
+
+
+def _quiet():
+    """torch.onnx.export prints progress lines; keep the CLI output ours."""
+    import logging
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
+        logger = logging.getLogger(name)
+        old = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, old)
+    return stack
+
+
+def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == ONNX_DOMAIN and n.op_type in _DSR_OP_TYPES]
+
+
+def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
+    """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options``; checked with full_check."""
+    opset = int(ctx.options.get("opset") or DEFAULT_OPSET)
+    lowering = ctx.options.get("lowering") or "function"
+    body = ctx.options.get("function_body") or DEFAULT_BODY
+    if opset < 17:
+        raise UserError(f"--opset must be >= 17 (got {opset})")
+    if lowering not in LOWERINGS:
+        raise UserError(f"unknown lowering {lowering!r}; choose from {', '.join(LOWERINGS)}")
+    if body not in BODIES:
+        raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
+    dynamic_T = body == "scan"
+    inf = inference_copy(ctx.model, "op")
+    for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
+        if hasattr(m, "onnx_attrs"):
+            m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
+    dims: Dict[int, str] = {}
+    if dynamic_T:
+        dims[0] = "T"
+    if ctx.dynamic_batch:
+        dims[1] = "batch"
+    x = ctx.example_input()
+    try:
+        with _quiet():
+            prog = torch.onnx.export(
+                inf, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
+            )
+    except Exception as exc:  # the exporter's messages are long; the first line says what failed
+        raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    model = prog.model_proto
+    kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
+    if lowering == "portable":
+        model = portable(model)
+    elif not kinds:
+        raise UserError("ONNX export produced no dsr node (was the inference copy traced?)")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, body: str, opset: int,
+                dynamic_T: bool) -> List[str]:
+    """Name the dsr nodes, append their FunctionProtos, write metadata. Returns the neuron kinds present."""
+    kinds = []
+    layer_outputs = []
+    for call, node in enumerate(dsr_nodes(model)):
+        meta = {p.key: p.value for p in node.metadata_props}
+        idx = meta.get(_META_INDEX, str(call))
+        layer_outputs.append([int(idx), node.output[0]])
+        node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in {n.name for n in model.graph.node} else f"dsr_layer_{idx}_call{call}"
+        kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
+        if kind not in kinds:
+            kinds.append(kind)
+    for kind in kinds:
+        model.functions.append(function_proto(kind, body, opset, T=ctx.T))
+    if not any(o.domain == ONNX_DOMAIN for o in model.opset_import) and kinds:
+        model.opset_import.append(helper.make_opsetid(ONNX_DOMAIN, 1))
+    meta = {
+        "dsr_deploy.version": __version__,
+        "dsr_deploy.T": str(ctx.T),
+        "dsr_deploy.neurons": str(len(ctx.neurons)),
+        "dsr_deploy.neuron_types": ",".join(n.op_type for n in ctx.neurons),
+        "dsr_deploy.lowering": lowering,
+        "dsr_deploy.function_body": body,
+        "dsr_deploy.input_layout": LAYOUT,
+        "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
+        "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
+        # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
+        # lowering inlines the bodies, so verify can expose them either way.
+        _META_LAYER_OUTPUTS: json.dumps(layer_outputs),
+    }
+    if ctx.spec:
+        meta["dsr_deploy.model"] = ctx.spec
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    model.producer_name = "dsr-deploy"
+    model.producer_version = __version__
+    return kinds
+
+
+def portable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline the dsr functions: standard ops only (the ``portable`` lowering)."""
+    import onnx.inliner
+
+    model = onnx.inliner.inline_local_functions(model)
+    del model.functions[:]
+    keep = [o for o in model.opset_import if o.domain != ONNX_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    if dsr_nodes(model):
+        raise RuntimeError("portable lowering left a dsr node in the graph")
+    return model
+
+
+def probe_targets(model: onnx.ModelProto) -> List[tuple]:
+    """``[(layer index, tensor name)]`` of every neuron call, in call order (dsr nodes, or the recorded
+    tensors of a portable model)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if _META_LAYER_OUTPUTS in meta:
+        return [(int(i), str(name)) for i, name in json.loads(meta[_META_LAYER_OUTPUTS])]
+    out = []
+    for call, node in enumerate(dsr_nodes(model)):
+        m = {p.key: p.value for p in node.metadata_props}
+        out.append((int(m.get(_META_INDEX, call)), node.output[0]))
+    return out
+
+
+def add_probe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose every neuron-call output is also a graph output ``spikes_<k>`` (k = call
+    order), through an Identity. The rest of the graph is unchanged."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    targets = probe_targets(probe)
+    if not targets:
+        raise ValueError("the model records no neuron layer outputs (not written by dsr-deploy?)")
+    produced = {o for n in probe.graph.node for o in n.output}
+    for k, (_, tensor) in enumerate(targets):
+        if tensor not in produced:
+            raise ValueError(f"neuron output {tensor!r} is not produced by any node of the graph")
+        name = f"{PROBE_PREFIX}{k}"
+        probe.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"probe_{k}"))
+        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return probe
+
+
+def write_onnx(ctx: ExportContext, path: Path) -> Dict[str, Any]:
+    model = export_onnx_model(ctx)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    meta = {p.key: p.value for p in model.metadata_props}
+    return {
+        "format": "onnx",
+        "path": Path(path).name,
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "lowering": meta["dsr_deploy.lowering"],
+        "function_body": meta["dsr_deploy.function_body"],
+        "dynamic_T": meta["dsr_deploy.dynamic_T"] == "true",
+        "dynamic_batch": meta["dsr_deploy.dynamic_batch"] == "true",
+        "dsr_nodes": len(dsr_nodes(model)),
+        "functions": [f"{f.domain}::{f.name}" for f in model.functions],
+        "nodes": len(model.graph.node),
+    }

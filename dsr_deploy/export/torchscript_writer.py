@@ -1,0 +1,120 @@
+"""TorchScript writer: the reference recurrences of :mod:`dsr_deploy.functional` scripted into the artifact.
+
+The ``"script"`` inference copy's neurons call ``functional.if_forward`` / ``lif_forward``; scripting compiles
+that very code (a real ``for t in range(x.size(0))`` loop, so T and batch stay dynamic) into the file, which
+then loads with plain ``torch.jit.load`` in a process that never imports dsr_deploy.
+
+The whole network is scripted when TorchScript accepts it (plain ``torch.nn`` networks). SpikingJelly's layers
+do not script, so otherwise the neurons are scripted one by one and the network around them is traced: a
+traced call into a scripted module keeps its loop, and the traced layers record shapes symbolically. The writer
+then checks the traced module on a second input with a different T and batch against the eager inference copy
+and refuses to write a module that baked in the example's shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from ..convert import IFSpikeScript, LIFSpikeScript, _set_child, inference_copy
+from ..errors import UserError
+from ..io import atomic_path
+from .base import PROBE_PREFIX, ExportContext
+
+
+class _Probed(nn.Module):
+    """Wraps a network so its forward returns ``(output, spikes_0, spikes_1, ...)`` (neuron calls in order)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self._sink: list = []
+        for name, m in list(net.named_modules()):
+            if isinstance(m, (IFSpikeScript, LIFSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
+                _set_child(net, name, _Recorder(m, self._sink))
+
+    def forward(self, x):
+        self._sink.clear()
+        out = self.net(x)
+        spikes = list(self._sink)
+        self._sink.clear()
+        return (out, *spikes)
+
+
+class _Recorder(nn.Module):
+    def __init__(self, inner: nn.Module, sink: list):
+        super().__init__()
+        self.inner = inner
+        self.sink = sink
+
+    def forward(self, x):
+        y = self.inner(x)
+        self.sink.append(y)
+        return y
+
+
+def _shape_variant(shape: Tuple[int, ...], dynamic_batch: bool) -> Tuple[int, ...]:
+    s = list(shape)
+    s[0] += 1
+    if dynamic_batch:
+        s[1] += 2
+    return tuple(s)
+
+
+def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
+    """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
+    net = inference_copy(ctx.model, "script")
+    x = ctx.example_input()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not probe:
+            try:
+                return torch.jit.script(net), "script"
+            except Exception:  # SpikingJelly layers and the like: fall back to scripted neurons + trace
+                pass
+        for name, m in list(net.named_modules()):
+            if isinstance(m, (IFSpikeScript, LIFSpikeScript)):
+                scripted = torch.jit.script(m)
+                if not name:
+                    return (scripted if not probe else torch.jit.trace(_Probed(m), x, check_trace=False)), "script"
+                _set_child(net, name, scripted)
+        target = _Probed(net) if probe else net
+        try:
+            traced = torch.jit.trace(target, x, check_trace=False)
+        except Exception as exc:
+            raise UserError(f"TorchScript export failed: {str(exc).strip().splitlines()[0]}") from exc
+        # The traced layers must not have baked in the example's T / batch.
+        x2 = ctx.example_input(seed=1, shape=_shape_variant(ctx.input_shape, ctx.dynamic_batch))
+        ref = inference_copy(ctx.model, "op")
+        with torch.no_grad():
+            want = ref(x2)
+            try:
+                got = traced(x2)
+                got = got[0] if probe else got
+                ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)
+            except Exception:
+                ok = False
+        if not ok:
+            raise UserError("TorchScript export: the traced network does not generalise to another T / batch "
+                            "(it baked in the example's shape); make its forward scriptable")
+    return traced, "trace"
+
+
+def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
+    module, method = script_model(ctx)
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp))
+    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": True,
+            "dynamic_batch": True, "needs_dsr_deploy": False}
+
+
+def write_torchscript_probe(ctx: ExportContext, path: Path) -> Dict[str, Any]:
+    """The probe variant (outputs ``output``, ``spikes_<k>``) that verify uses for per-layer agreement."""
+    module, method = script_model(ctx, probe=True)
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp))
+    return {"format": "torchscript", "path": str(path), "method": method, "probe_prefix": PROBE_PREFIX}

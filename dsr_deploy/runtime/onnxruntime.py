@@ -1,0 +1,240 @@
+"""``onnxruntime`` backend: an ``.onnx`` model in an ONNX Runtime session.
+
+dsr custom nodes (domain ``dsr``: DSRIFSpike, DSRLIFSpike, DSRIFStep, DSRLIFStep): when the custom-op library
+``libdsr_ort_ops.so`` is built (``dsr_deploy.ops.find_library``) it is registered and its fused kernels run;
+otherwise ORT inlines the model-local function of the same name (the function fallback). ``describe()["dsr_ops"]``
+says which actually happened.
+
+Options:
+
+* ``device``: "cpu" (CPUExecutionProvider) or "cuda[:N]" (CUDAExecutionProvider; needs onnxruntime-gpu, the
+  ``gpu`` extra, and a GPU);
+* ``threads``: intra-op threads (default: ORT's choice);
+* ``custom_ops``: "auto" (default: the library when found), "require" (a one-line error when it is missing),
+  "off" (always the function fallback); ``custom_ops_library``: an explicit path;
+* ``io_binding``: run through an IOBinding. On CUDA, torch CUDA feeds are bound in place and, with
+  ``copy_outputs=False``, outputs stay on the GPU (``OrtValue``s), so timings exclude host copies.
+  (The CUDA paths have not run on a GPU in this project's CI.)
+* ``optimization``: "all" (default), "extended", "basic", "disabled".
+
+One runner may be shared by several threads (``InferenceSession.run`` is thread-safe; every call makes its
+own IOBinding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from ..errors import UserError, require
+from .base import Runner, TensorSpec, is_file_with, one_line, register_backend, to_numpy
+
+ORT_OPS_LIBRARY = "libdsr_ort_ops.so"
+DSR_DOMAIN = "dsr"
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+}
+
+
+def accepts(artifact: Any) -> bool:
+    return is_file_with(artifact, (".onnx",))
+
+
+def _probe() -> Optional[str]:
+    import importlib.util
+
+    return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+
+
+def inspect_dsr_usage(path: Path) -> dict:
+    """Which dsr custom ops the model uses and which of them have a model-local function (fallback)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"onnxruntime: cannot read {path} as ONNX: {one_line(exc)}") from None
+    used: set[str] = set()
+
+    def walk(graph):
+        for node in graph.node:
+            if node.domain == DSR_DOMAIN:
+                used.add(node.op_type)
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    functions = {f.name for f in model.functions if f.domain == DSR_DOMAIN}
+    return {"ops": sorted(used), "functions": sorted(functions), "missing_fallback": sorted(used - functions)}
+
+
+def find_ort_library() -> Optional[Path]:
+    from ..ops import find_library
+
+    return find_library(ORT_OPS_LIBRARY)
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, artifact: Any, **options: Any):
+        super().__init__(artifact, **options)
+        self.device = str(options.get("device") or "cpu")
+        self.session = None
+        self.dsr_ops = "not loaded"
+        self.library: Optional[str] = None
+        self.providers: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def load(self) -> "OnnxRuntimeRunner":
+        ort = require("onnxruntime", "core", "the onnxruntime backend")
+        path = Path(self.artifact)
+        if not path.is_file():
+            raise UserError(f"onnxruntime: {path}: no such file")
+        usage = inspect_dsr_usage(path)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only; we report what matters ourselves
+        if self.options.get("threads"):
+            so.intra_op_num_threads = int(self.options["threads"])
+            so.inter_op_num_threads = 1
+        level = str(self.options.get("optimization") or "all")
+        levels = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                  "disabled": "ORT_DISABLE_ALL"}
+        if level not in levels:
+            raise UserError(f"onnxruntime: optimization must be one of {', '.join(levels)}, got {level!r}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[level])
+        self._register_custom_ops(so, usage)
+        self.providers = self._providers(ort)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
+        except Exception as exc:
+            msg = one_line(exc)
+            if usage["missing_fallback"] and self.library is None:
+                raise UserError(
+                    f"onnxruntime: {path} uses dsr ops {', '.join(usage['missing_fallback'])} without a function "
+                    f"fallback and {ORT_OPS_LIBRARY} is not built (run `dsr-deploy plugins build`)") from None
+            raise UserError(f"onnxruntime: cannot load {path}: {msg}") from None
+        self.loaded = True
+        return self
+
+    def _register_custom_ops(self, so, usage: dict) -> None:
+        mode = self.options.get("custom_ops", "auto")
+        mode = {True: "require", False: "off", None: "auto"}.get(mode, mode)
+        if mode not in ("auto", "require", "off"):
+            raise UserError(f"onnxruntime: custom_ops must be auto, require or off, got {mode!r}")
+        if not usage["ops"]:
+            self.dsr_ops = "none (the model has no dsr nodes)"
+            return
+        explicit = self.options.get("custom_ops_library")
+        lib = Path(explicit) if explicit else (find_ort_library() if mode != "off" else None)
+        if mode == "off":
+            self.dsr_ops = "function fallback (custom ops disabled)"
+            return
+        if lib is None or not lib.is_file():
+            if mode == "require" or explicit:
+                raise UserError(f"onnxruntime: {explicit or ORT_OPS_LIBRARY} not found "
+                                "(build it with `dsr-deploy plugins build`)")
+            self.dsr_ops = f"function fallback ({ORT_OPS_LIBRARY} not built)"
+            return
+        try:
+            so.register_custom_ops_library(str(lib))
+        except Exception as exc:
+            if mode == "require" or explicit:
+                raise UserError(f"onnxruntime: cannot register {lib}: {one_line(exc)}") from None
+            self.dsr_ops = f"function fallback ({lib} failed to register: {one_line(exc)})"
+            return
+        self.library = str(lib)
+        self.dsr_ops = f"custom-op library {lib}"
+
+    def _providers(self, ort) -> list:
+        if self.device == "cpu":
+            return ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("onnxruntime: the CUDA execution provider is not available; install "
+                                "onnxruntime-gpu with: pip install 'dsr-deploy[gpu]' (and run on a GPU machine)")
+            device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+            return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        raise UserError(f"onnxruntime: unknown device {self.device!r} (cpu or cuda[:N])")
+
+    def release(self) -> None:
+        self.session = None
+        super().release()
+
+    # -- description -----------------------------------------------------------------------------------
+    def inputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return [TensorSpec(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+
+    def outputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return [TensorSpec(o.name, tuple(o.shape), _ORT_TYPES.get(o.type, o.type))
+                for o in self.session.get_outputs()]
+
+    def describe(self) -> dict:
+        d = {**super().describe(), "device": self.device, "dsr_ops": self.dsr_ops,
+             "io_binding": bool(self.options.get("io_binding"))}
+        if self.session is not None:
+            d["providers"] = self.session.get_providers()
+        return d
+
+    # -- inference -------------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+        self.ensure_loaded()
+        feeds = self.check_feeds(feeds)
+        names = [o.name for o in self.session.get_outputs()]
+        try:
+            if self.options.get("io_binding"):
+                return self._infer_bound(feeds, names, copy_outputs)
+            outs = self.session.run(names, {k: to_numpy(v) for k, v in feeds.items()})
+        except UserError:
+            raise
+        except Exception as exc:  # ORT raises Fail / InvalidArgument / RuntimeException with pages of text
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+            raise UserError(f"onnxruntime: inference failed on {shapes}: {one_line(exc)}") from None
+        return dict(zip(names, outs))
+
+    def _infer_bound(self, feeds: Mapping[str, Any], names: list[str], copy_outputs: bool) -> dict[str, Any]:
+        binding = self.session.io_binding()
+        on_gpu = self.device.startswith("cuda")
+        device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+        keep = []  # host copies must outlive the run
+        for name, x in feeds.items():
+            if on_gpu and not isinstance(x, np.ndarray) and getattr(x, "is_cuda", False):
+                x = x.contiguous()
+                keep.append(x)
+                binding.bind_input(name, "cuda", device_id, _np_dtype(x), list(x.shape), x.data_ptr())
+            else:
+                arr = np.ascontiguousarray(to_numpy(x))
+                keep.append(arr)
+                binding.bind_cpu_input(name, arr)
+        for name in names:
+            if on_gpu:
+                binding.bind_output(name, "cuda", device_id)
+            else:
+                binding.bind_output(name)
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        if copy_outputs or not on_gpu:
+            return dict(zip(names, binding.copy_outputs_to_cpu()))
+        return dict(zip(names, binding.get_outputs()))  # OrtValues left on the GPU
+
+    def synchronize(self) -> None:
+        # run_with_iobinding + synchronize_outputs already waits; plain run() returns host arrays.
+        pass
+
+
+def _np_dtype(t) -> Any:
+    return np.dtype(str(t.dtype).replace("torch.", ""))
+
+
+register_backend("onnxruntime", OnnxRuntimeRunner, accepts, probe=_probe, extra="core", priority=5)

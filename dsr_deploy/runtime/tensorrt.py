@@ -1,0 +1,206 @@
+"""``tensorrt`` backend: a serialized TensorRT engine (``.plan`` / ``.engine``), TensorRT 10/11 Python API.
+
+Before deserializing, the dsr plugin library is loaded so the engine finds the DSRIFSpike / DSRLIFSpike
+creators: ``libdsr_trt_plugin.so`` (static registration: a plain dlopen registers it) found by
+:func:`dsr_deploy.ops.find_library`, or the path in the ``plugin_library`` option. Device buffers are torch
+CUDA tensors; inference is enqueued with ``execute_async_v3`` on a torch CUDA stream.
+
+Options: ``device`` ("cuda" / "cuda:N"), ``plugin_library``.
+
+NOT YET RUN ON A GPU: TensorRT cannot be installed on this project's CI machines (no GPU); this module is
+written against the documented TensorRT 10 Python API and only its error paths are tested. Without the
+``tensorrt`` package the runner raises a one-line error naming the pip extra ``tensorrt``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..errors import UserError, require
+from .base import Runner, TensorSpec, is_file_with, one_line, register_backend, to_torch
+
+TRT_PLUGIN_LIBRARY = "libdsr_trt_plugin.so"
+SUFFIXES = (".plan", ".engine", ".trt")
+
+_loaded_plugins: dict[str, Any] = {}  # path -> CDLL, kept alive for the process
+_plugin_lock = threading.Lock()
+
+
+def accepts(artifact: Any) -> bool:
+    return is_file_with(artifact, SUFFIXES)
+
+
+def _probe() -> Optional[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed (pip install 'dsr-deploy[tensorrt]')"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU visible to torch"
+    except ImportError:  # pragma: no cover
+        return "torch is not installed"
+    return None
+
+
+def find_plugin_library(explicit: Optional[str] = None) -> Optional[Path]:
+    """The TensorRT plugin library to load: ``explicit`` (must exist) or the built one, or None."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise UserError(f"TensorRT plugin library {p} not found")
+        return p
+    from ..ops import find_library
+
+    return find_library(TRT_PLUGIN_LIBRARY)
+
+
+def load_plugin_library(path: Path) -> None:
+    """dlopen the plugin library once per process (its static registrar registers the creators)."""
+    key = str(Path(path).resolve())
+    with _plugin_lock:
+        if key in _loaded_plugins:
+            return
+        try:
+            _loaded_plugins[key] = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise UserError(f"cannot load TensorRT plugin library {path}: {one_line(exc)}") from None
+
+
+def require_tensorrt(what: str = "TensorRT engines"):
+    return require("tensorrt", "tensorrt", what)
+
+
+def torch_dtype(trt, dtype):
+    import torch
+
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int8: torch.int8, trt.bool: torch.bool}
+    for name, tdt in (("bfloat16", torch.bfloat16), ("int64", torch.int64), ("uint8", torch.uint8)):
+        if hasattr(trt, name):
+            table[getattr(trt, name)] = tdt
+    if dtype not in table:
+        raise UserError(f"tensorrt: unsupported tensor type {dtype}")
+    return table[dtype]
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
+    def __init__(self, artifact: Any, **options: Any):
+        super().__init__(artifact, **options)
+        self.device = str(options.get("device") or "cuda")
+        self.engine = None
+        self.plugin: Optional[str] = None
+        self._local = threading.local()  # one execution context (and stream) per thread
+        self._specs_in: list[TensorSpec] = []
+        self._specs_out: list[TensorSpec] = []
+
+    def load(self) -> "TensorRTRunner":
+        trt = require_tensorrt("the tensorrt backend")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("tensorrt: no CUDA GPU visible (TensorRT engines run on NVIDIA GPUs only)")
+        if not self.device.startswith("cuda"):
+            raise UserError(f"tensorrt: engines run on cuda devices, not {self.device!r}")
+        path = Path(self.artifact)
+        if not path.is_file():
+            raise UserError(f"tensorrt: {path}: no such file")
+        lib = find_plugin_library(self.options.get("plugin_library"))
+        if lib is not None:
+            load_plugin_library(lib)
+            self.plugin = str(lib)
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")
+        torch.cuda.set_device(torch.device(self.device))
+        runtime = trt.Runtime(self._logger)
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            hint = "" if lib else f" ({TRT_PLUGIN_LIBRARY} not found: an engine with dsr plugins needs it)"
+            raise UserError(f"tensorrt: cannot deserialize {path} (corrupt, built by another TensorRT version, "
+                            f"or a plugin is missing){hint}")
+        self._runtime = runtime
+        self.engine = engine
+        self._specs_in, self._specs_out = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            shape = tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(name))
+            dtype = str(torch_dtype(trt, engine.get_tensor_dtype(name))).replace("torch.", "")
+            spec = TensorSpec(name, shape, dtype)
+            (self._specs_in if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._specs_out).append(spec)
+        self.loaded = True
+        return self
+
+    def release(self) -> None:
+        self._local = threading.local()
+        self.engine = None
+        super().release()
+
+    def inputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return list(self._specs_in)
+
+    def outputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return list(self._specs_out)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "device": self.device, "plugin_library": self.plugin}
+
+    def _context(self):
+        import torch
+
+        ctx = getattr(self._local, "context", None)
+        if ctx is None:
+            ctx = self.engine.create_execution_context()
+            if ctx is None:
+                raise UserError("tensorrt: cannot create an execution context (out of GPU memory?)")
+            self._local.context = ctx
+            self._local.stream = torch.cuda.Stream(device=self.device)
+        return ctx, self._local.stream
+
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+        import torch
+
+        self.ensure_loaded()
+        feeds = self.check_feeds(feeds)
+        ctx, stream = self._context()
+        keep = []
+        for spec in self._specs_in:
+            x = to_torch(feeds[spec.name], self.device).contiguous()
+            keep.append(x)
+            if not ctx.set_input_shape(spec.name, tuple(x.shape)):
+                raise UserError(f"tensorrt: input {spec.name!r} shape {list(x.shape)} is outside the engine's "
+                                "optimisation profile (rebuild with wider --batch / --timesteps)")
+            ctx.set_tensor_address(spec.name, x.data_ptr())
+        outs = {}
+        for spec in self._specs_out:
+            shape = tuple(ctx.get_tensor_shape(spec.name))
+            y = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=self.device)
+            ctx.set_tensor_address(spec.name, y.data_ptr())
+            outs[spec.name] = y
+        # Inputs were written on the current stream; the engine's stream waits for them.
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise UserError("tensorrt: execute_async_v3 failed (see the TensorRT log above)")
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for t in keep + list(outs.values()):
+            t.record_stream(stream)
+        if copy_outputs:
+            return {k: v.cpu().numpy() for k, v in outs.items()}
+        return outs
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+
+
+register_backend("tensorrt", TensorRTRunner, accepts, extra="tensorrt", probe=_probe, priority=5)

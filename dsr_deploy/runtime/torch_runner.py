@@ -1,0 +1,135 @@
+"""``torch`` backend: the PyTorch model itself, eager (the reference every other runner is compared with).
+
+Artifact: an ``nn.Module``, or a model spec string: ``zoo:NAME`` (the dsr-deploy zoo) or
+``package.module:factory`` (a callable returning an ``nn.Module``). The model takes one tensor ``[T, B, ...]``
+named ``input`` (override with ``input_name``) and returns one tensor ``output`` (or a tuple / dict of them).
+
+Options: ``device`` ("cpu", "cuda", "cuda:1"), ``fp16`` (run the model in float16), ``input_shape`` (the
+``[T, B, ...]`` shape, to describe the input; T and B are reported as dynamic), ``input_name`` /
+``output_names``, ``threads`` (torch intra-op threads, process-wide), ``reset_state`` (call ``reset()`` on every
+submodule before each run: SpikingJelly's stateful neurons need it; then the runner is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Optional
+
+from ..errors import UserError
+from .base import Runner, TensorSpec, collect_outputs, one_line, register_backend, to_torch
+
+
+def _is_module(artifact: Any) -> bool:
+    try:
+        import torch
+
+        return isinstance(artifact, torch.nn.Module)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _is_spec(artifact: Any) -> bool:
+    if not isinstance(artifact, str):
+        return False
+    if artifact.startswith("zoo:"):
+        return True
+    mod, sep, attr = artifact.partition(":")
+    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in mod.split("."))
+
+
+def build_model(spec: str):
+    """Build the ``nn.Module`` a model spec names (``zoo:NAME`` or ``package.module:factory``)."""
+    import torch
+
+    if spec.startswith("zoo:"):
+        from .. import models
+
+        return models.build(spec[4:])
+    mod, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"cannot import model spec {spec!r}: {one_line(exc)}") from None
+    model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"model spec {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def spec_input_shape(spec: str) -> Optional[tuple[int, ...]]:
+    if spec.startswith("zoo:"):
+        from .. import models
+
+        return models.input_shape(spec[4:])
+    return None
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, artifact: Any, **options: Any):
+        super().__init__(artifact, **options)
+        self.device = str(options.get("device") or "cpu")
+        self.model = None
+        self._dtype = "float16" if options.get("fp16") else "float32"
+        self.input_name = options.get("input_name") or "input"
+        self.output_names = list(options.get("output_names") or ["output"])
+        shape = options.get("input_shape")
+        if shape is None and isinstance(artifact, str):
+            shape = spec_input_shape(artifact)
+        self._shape = tuple(shape) if shape is not None else None
+
+    def load(self) -> "TorchRunner":
+        import torch
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("torch: device 'cuda' requested but torch sees no CUDA GPU")
+        model = self.artifact if _is_module(self.artifact) else build_model(str(self.artifact))
+        model = model.eval().to(self.device)
+        if self.options.get("fp16"):
+            model = model.half()
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        self.model = model
+        self._resets = [m for m in model.modules() if callable(getattr(m, "reset", None))] \
+            if self.options.get("reset_state") else []
+        self.loaded = True
+        return self
+
+    def release(self) -> None:
+        self.model = None
+        super().release()
+
+    def inputs(self) -> list[TensorSpec]:
+        if self._shape is None:
+            return [TensorSpec(self.input_name, None, self._dtype)]  # rank unknown for an arbitrary module
+        return [TensorSpec(self.input_name, ("T", "B") + tuple(self._shape[2:]), self._dtype)]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, None, self._dtype) for n in self.output_names]
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if _is_module(self.artifact):
+            d["artifact"] = type(self.artifact).__name__
+        d.update(device=self.device, dtype=self._dtype)
+        return d
+
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+        import torch
+
+        self.ensure_loaded()
+        x = to_torch(self.check_feeds(feeds)[self.input_name], self.device)
+        with torch.inference_mode():
+            for m in self._resets:
+                m.reset()
+            try:
+                out = self.model(x)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise UserError(f"torch: the model failed on input {list(x.shape)}: {one_line(exc)}") from None
+        return collect_outputs(out, self.output_names, copy_outputs, self.backend)
+
+
+register_backend("torch", TorchRunner, lambda a: _is_module(a) or _is_spec(a), priority=10)
+
+__all__ = ["TorchRunner", "build_model"]
