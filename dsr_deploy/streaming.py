@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -48,8 +47,6 @@ __all__ = [
     "OUTPUT_NAME",
     "state_input_name",
     "state_output_name",
-    "NeuronInfo",
-    "find_neurons",
     "StreamingModule",
     "build_streaming_module",
     "export_torchscript",
@@ -75,71 +72,13 @@ def state_output_name(i: int) -> str:
     return f"v_out_{i}"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Neuron discovery.
+def _find_neurons(model: nn.Module) -> list:
+    from .convert import find_neurons
 
-
-@dataclass(frozen=True)
-class NeuronInfo:
-    """One DSR neuron layer as the exporters see it (the threshold is the effective one)."""
-
-    name: str  # the module's qualified name in the network
-    kind: str  # "if" | "lif"
-    v_threshold: float  # max(v_threshold, v_threshold_lower_bound), a float32 value
-    alpha: float
-    tau: Optional[float] = None
-    delta_t: Optional[float] = None
-
-    def onnx_attributes(self) -> dict:
-        attrs = {"v_threshold": self.v_threshold, "alpha": self.alpha}
-        if self.kind == "lif":
-            beta, gain = F.lif_coefficients(self.tau, self.delta_t)
-            attrs.update(tau=self.tau, delta_t=self.delta_t,
-                         decay=float(np.float32(beta)), gain=float(np.float32(gain)))
-        attrs.update(plugin_namespace=ONNX_DOMAIN, plugin_version="1")
-        return attrs
-
-
-def _neuron_kind(module: nn.Module) -> Optional[str]:
-    # Ours, SpikingJelly's (spikingjelly.activation_based.neuron) and the authors' share class names and
-    # attribute names; anything else named so must at least carry the attributes we read.
-    name = type(module).__name__
-    kind = {"DSRIFNode": "if", "DSRLIFNode": "lif"}.get(name)
-    if kind is None:
-        return None
-    needed = ("v_threshold", "alpha") + (("tau", "delta_t") if kind == "lif" else ())
-    if not all(hasattr(module, a) for a in needed):
-        return None
-    return kind
-
-
-def _effective_threshold(module: nn.Module) -> float:
-    vth = module.v_threshold
-    vth = vth.detach().float() if isinstance(vth, Tensor) else torch.tensor(float(vth), dtype=torch.float32)
-    lower = getattr(module, "v_threshold_lower_bound", None)
-    if lower is not None:
-        vth = vth.clamp(min=float(lower))  # SpikingJelly's saved threshold can sit below its bound
-    if vth.numel() != 1:
-        raise UserError(f"{type(module).__name__}: a per-channel threshold is not supported by the exporters")
-    return float(vth.reshape(()))
-
-
-def find_neurons(model: nn.Module) -> list[NeuronInfo]:
-    """Every DSR neuron in ``model`` in ``named_modules()`` order."""
-    found = []
-    for name, module in model.named_modules():
-        kind = _neuron_kind(module)
-        if kind is None:
-            continue
-        found.append(NeuronInfo(
-            name=name or "<root>",
-            kind=kind,
-            v_threshold=_effective_threshold(module),
-            alpha=float(module.alpha),
-            tau=float(module.tau) if kind == "lif" else None,
-            delta_t=float(module.delta_t) if kind == "lif" else None,
-        ))
-    return found
+    try:
+        return find_neurons(model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,9 +106,12 @@ class _StateIO:
 class _StepNeuron(nn.Module):
     """Stands in for a DSR neuron: one step of the layer, membrane read from and written to the side channel."""
 
-    def __init__(self, info: NeuronInfo, index: int, io: _StateIO, lowering: str):
+    def __init__(self, info, index: int, io: _StateIO, lowering: str):
+        from .convert import onnx_attributes
+
         super().__init__()
         self.info, self.index, self.lowering = info, index, lowering
+        self.onnx_attrs = onnx_attributes(info)
         object.__setattr__(self, "_io", io)  # not a submodule, not a buffer
 
     def forward(self, x_seq: Tensor) -> Tensor:
@@ -182,7 +124,7 @@ class _StepNeuron(nn.Module):
         if torch.onnx.is_in_onnx_export():
             op = IF_STEP_OP if n.kind == "if" else LIF_STEP_OP
             y_t, v_new = torch.onnx.ops.symbolic_multi_out(
-                f"{ONNX_DOMAIN}::{op}", (x_t, v), n.onnx_attributes(),
+                f"{ONNX_DOMAIN}::{op}", (x_t, v), self.onnx_attrs,
                 dtypes=(x_t.dtype, torch.float32), shapes=(x_t.shape, v.shape), version=ONNX_DOMAIN_VERSION,
             )
         elif self.lowering == "ops":
@@ -207,7 +149,7 @@ class _StepNeuron(nn.Module):
 class StreamingModule(nn.Module):
     """``forward(x_t, v_in_0, ..., v_in_{n-1}) -> (y_t, v_out_0, ..., v_out_{n-1})`` around a multi-step net."""
 
-    def __init__(self, net: nn.Module, neurons: list[NeuronInfo], state_shapes: list[tuple[int, ...]],
+    def __init__(self, net: nn.Module, neurons: list, state_shapes: list[tuple[int, ...]],
                  lowering: str = "functional"):
         super().__init__()
         self.net = net
@@ -234,7 +176,7 @@ class StreamingModule(nn.Module):
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    if name == "<root>":
+    if name == "":
         raise UserError("the model is a bare neuron; wrap it in a network (nn.Sequential) to stream it")
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -249,7 +191,9 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     """
     if lowering not in ("functional", "ops"):
         raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
-    neurons = find_neurons(model)
+    from .convert import find_neuron_modules
+
+    neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
     net = copy.deepcopy(model).eval()
@@ -258,9 +202,9 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     # Membrane shapes: the input shape each neuron sees in one step.
     seen: dict[str, tuple] = {}
     hooks = []
-    modules = dict(net.named_modules())
+    modules = find_neuron_modules(net)
     for n in neurons:
-        m = modules[n.name] if n.name != "<root>" else net
+        m = modules[n.name]
 
         def hook(mod, args, name=n.name):
             if name in seen:
@@ -294,8 +238,13 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
             raise UserError(f"neuron {n.name} sees {list(s)}: expected [1, B, ...] (time, then batch)")
         shapes.append(tuple(int(d) for d in s[2:]))
     io = _StateIO(len(neurons))
-    for i, n in enumerate(neurons):
-        _replace_module(net, n.name, _StepNeuron(n, i, io, lowering))
+    steps = {id(modules[n.name]): _StepNeuron(n, i, io, lowering) for i, n in enumerate(neurons)}
+    # Every place a neuron sits (a shared neuron sits in several: it then fails loudly at its second call).
+    places = [(name, m) for name, m in net.named_modules(remove_duplicate=False) if id(m) in steps]
+    for name, m in places:
+        _replace_module(net, name, steps[id(m)])
+    for p in net.parameters():
+        p.requires_grad_(False)
     sm = StreamingModule(net, neurons, shapes, lowering)
     object.__setattr__(sm, "_io", io)
     return sm.eval()
@@ -411,61 +360,97 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     return path
 
 
-def streaming_manifest(sm: StreamingModule, example_step: Tensor, artifacts: list[dict]) -> dict:
-    from . import __version__
-
-    n = len(sm.neurons)
-    in_names, out_names = _io_names(n)
-    per_sample = list(example_step.shape[1:])
-    return {
-        "dsr_deploy": __version__,
-        "mode": "streaming",
-        "layout": "[B, ...] per step; membranes float32 [B, ...]",
-        "lowering": sm.lowering,
-        "input_names": in_names,
-        "output_names": out_names,
-        "inputs": [{"name": INPUT_NAME, "shape": ["batch", *per_sample], "dtype": str(example_step.dtype).split(".")[-1]}]
-        + [{"name": state_input_name(i), "shape": ["batch", *s], "dtype": "float32"}
-           for i, s in enumerate(sm.state_shapes)],
-        "states": [
-            {"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
-             "initial": "zeros", "neuron": asdict(info)}
-            for i, (info, s) in enumerate(zip(sm.neurons, sm.state_shapes))
-        ],
-        "neurons": [asdict(info) for info in sm.neurons],
-        "artifacts": artifacts,
-    }
+MODE = "streaming"
 
 
-def export_streaming(model: nn.Module, example_step: Tensor, out_dir: Path | str,
-                     formats: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
-                     manifest_extra: Optional[dict] = None) -> dict:
+def _context_module(ctx) -> tuple:
+    """The streaming module of an export context (built once per export) and its example step."""
+    key = "_streaming_module"
+    if key not in ctx.options:
+        step = ctx.example_input(shape=(1, *ctx.input_shape[1:]))[0]
+        ctx.options[key] = (build_streaming_module(ctx.model, step, ctx.options.get("streaming_lowering",
+                                                                                     "functional")), step)
+    return ctx.options[key]
+
+
+def write_streaming_torchscript(ctx, path: Path) -> dict:
+    sm, step = _context_module(ctx)
+    export_torchscript(sm, step, path)
+    return {"format": "torchscript", "path": path.name, "mode": MODE, "lowering": sm.lowering,
+            "neuron_math": "scripted dsr_deploy.functional.if_step/lif_step" if sm.lowering == "functional"
+            else "torch.ops.dsr.if_spike/lif_spike (load libdsr_torch_ops.so)"}
+
+
+def write_streaming_onnx(ctx, path: Path) -> dict:
+    sm, step = _context_module(ctx)
+    export_onnx(sm, step, path, dynamic_batch=ctx.dynamic_batch)
+    return {"format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
+            "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP for n in sm.neurons}),
+            "fallback": "model-local functions of standard ops"}
+
+
+def register_formats() -> None:
+    """Register the streaming mode's writers with the export package (``dsr-deploy export --mode streaming``)."""
+    from .export import register_format
+
+    register_format("torchscript", "model.ts", write_streaming_torchscript, mode=MODE,
+                    description="TorchScript single step (x_t, v_in_i) -> (y_t, v_out_i)")
+    register_format("onnx", "model.onnx", write_streaming_onnx, mode=MODE,
+                    description="ONNX single step: DSRIFStep/DSRLIFStep + function fallback")
+
+
+def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
+                     formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
+                     spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
+                     force: bool = False, progress=None) -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
-    ``example_step`` is one time step ``[B, ...]``. Formats: ``torchscript`` (model.ts), ``onnx`` (model.onnx).
+    ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
+    ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
+    ``states``: per membrane its input/output names and per-sample shape.
     """
-    from .io import atomic_dir
+    from .export import ExportContext, check_input_shape, formats
+    from .export.manifest import MANIFEST, build_manifest
+    from .io import atomic_dir, atomic_write_text
 
-    unknown = set(formats) - {"torchscript", "onnx"}
-    if unknown:
-        raise UserError(f"streaming export supports torchscript and onnx, not {', '.join(sorted(unknown))}")
-    sm = build_streaming_module(model, example_step, lowering)
+    register_formats()
+    shape = check_input_shape(input_shape)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise UserError(f"{out_dir} exists; pass --force to overwrite it")
+    available = formats(MODE)
+    wanted = list(dict.fromkeys(formats_))
+    for f in wanted:
+        if f not in available:
+            raise UserError(f"streaming export supports {' and '.join(available)}, not {f!r}")
+    if lowering not in ("functional", "ops"):
+        raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
+    neurons = _find_neurons(model)
+    if not neurons:
+        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
+                        options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
+                        spec=spec, checkpoint=checkpoint)
+    sm, _ = _context_module(ctx)  # validates the model before anything is written
     artifacts = []
-    with atomic_dir(out_dir, force=True) as tmp:
-        if "torchscript" in formats:
-            export_torchscript(sm, example_step, tmp / "model.ts")
-            artifacts.append({"format": "torchscript", "path": "model.ts", "lowering": lowering})
-        if "onnx" in formats:
-            export_onnx(sm, example_step, tmp / "model.onnx")
-            artifacts.append({"format": "onnx", "path": "model.onnx", "custom_domain": ONNX_DOMAIN,
-                              "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP
-                                                    for n in sm.neurons}),
-                              "fallback": "model-local functions (standard ops)"})
-        manifest = streaming_manifest(sm, example_step, artifacts)
-        if manifest_extra:
-            manifest.update(manifest_extra)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with atomic_dir(out_dir, force=force) as tmp:
+        for name in wanted:
+            fmt = available[name]
+            if progress:
+                progress(f"writing {fmt.filename} (streaming {name})")
+            artifacts.append(fmt.writer(ctx, tmp / fmt.filename))
+        in_names, out_names = _io_names(len(neurons))
+        manifest = build_manifest(ctx, artifacts, mode=MODE, inputs=in_names, outputs=out_names)
+        manifest["step_shape"] = list(shape[1:])
+        manifest["states"] = [
+            {"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
+             "initial": "zeros", "neuron": i, "layer": n.name}
+            for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))
+        ]
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        tmp.chmod(0o755)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
     return manifest
 
 

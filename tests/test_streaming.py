@@ -31,7 +31,7 @@ def conv_export(tmp_path_factory):
     net = conv_net()
     x = _inputs((T, 3, 2, 8, 8), 0)
     out = tmp_path_factory.mktemp("stream") / "conv"
-    manifest = S.export_streaming(net, x[0], out)
+    manifest = S.export_streaming(net, tuple(x.shape), out)
     with torch.no_grad():
         ref = net(x).numpy()
     assert ref.any() and not (ref > 0).all(), "the test net must fire on some steps and not others"
@@ -69,8 +69,9 @@ def test_manifest_names_and_shapes(conv_export):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["mode"] == "streaming"
-    assert manifest["input_names"] == ["x_t", "v_in_0", "v_in_1"]
-    assert manifest["output_names"] == ["y_t", "v_out_0", "v_out_1"]
+    assert manifest["inputs"] == ["x_t", "v_in_0", "v_in_1"]
+    assert manifest["outputs"] == ["y_t", "v_out_0", "v_out_1"]
+    assert manifest["step_shape"] == [3, 2, 8, 8] and manifest["T"] == T
     assert [s["shape"] for s in manifest["states"]] == [[4, 8, 8], [5]]
     assert [n["kind"] for n in manifest["neurons"]] == ["if", "lif"]
     assert [n["name"] for n in manifest["neurons"]] == ["1", "3"]
@@ -175,7 +176,9 @@ def test_spikingjelly_nodes_stream_bit_exactly():
     x = _inputs((7, 2, 6), 4)
     with torch.no_grad():
         ref = net(x)
-    infos = S.find_neurons(net)
+    from dsr_deploy.convert import find_neurons
+
+    infos = find_neurons(net)
     assert [i.kind for i in infos] == ["if", "lif"]
     sm = S.build_streaming_module(net, x[0])
     with torch.no_grad():
@@ -194,7 +197,11 @@ def test_effective_threshold_is_clamped_to_lower_bound():
     with torch.no_grad():
         node.v_threshold.fill_(0.1)  # a saved parameter below its bound (SpikingJelly clamps out of place)
     net = nn.Sequential(SeqToANN(nn.Identity()), node)
-    assert S.find_neurons(net)[0].v_threshold == 0.5
+    sm = S.build_streaming_module(net, torch.zeros(2, 3))
+    assert sm.neurons[0].v_threshold == 0.5
+    with torch.no_grad():
+        y, v = sm(torch.full((2, 3), 0.2), torch.zeros(2, 3))
+    assert not y.any()  # 0.2 < alpha * 0.5 = 0.25; the stored 0.1 would give 0.05 and fire
 
 
 def test_bad_models_are_user_errors(tmp_path):
@@ -208,6 +215,33 @@ def test_bad_models_are_user_errors(tmp_path):
         S.build_streaming_module(nn.Sequential(DSRIFNode(T=None), Mean()), torch.zeros(2, 3))
     with pytest.raises(UserError, match="no DSR neuron"):
         S.build_streaming_module(nn.Sequential(SeqToANN(nn.Linear(3, 3))), torch.zeros(2, 3))
-    with pytest.raises(UserError, match="torchscript and onnx"):
-        S.export_streaming(mlp_net(), torch.zeros(2, 6), tmp_path / "o", formats=("tensorrt",))
+    with pytest.raises(UserError, match="streaming export supports"):
+        S.export_streaming(mlp_net(), (2, 3, 6), tmp_path / "o", formats_=("tensorrt",))
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_export_mode_streaming_and_runtime_runners(tmp_path):
+    """`dsr-deploy export --mode streaming`, then the runtime's runners drive a StreamSession bit-exactly."""
+    from pathlib import Path
+
+    from dsr_deploy.runtime import load_runner
+
+    spec = f"{Path(__file__).parent / '_streaming_nets.py'}:mlp_net"
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "dsr_deploy", "export", spec, "--input-shape", "5,3,6", "--mode", "streaming",
+           "--out", str(out), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads(res.stdout)
+    assert manifest["mode"] == "streaming" and manifest["inputs"] == ["x_t", "v_in_0", "v_in_1"]
+    x = _inputs((5, 3, 6), 11)
+    with torch.no_grad():
+        ref = mlp_net()(x).numpy()
+    assert ref.any()
+    for backend in ("onnxruntime", "torchscript"):
+        with load_runner(out, backend) as runner:
+            assert np.array_equal(S.StreamSession.from_manifest(runner, out).run(x.numpy()), ref), backend
+    bad = subprocess.run(cmd[:-3] + ["--mode", "stream", "--out", str(tmp_path / "bad")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown --mode")
+    assert not (tmp_path / "bad").exists()

@@ -48,7 +48,7 @@ def exports(tmp_path_factory):
     (multi / "manifest.json").write_text(json.dumps({"artifacts": [
         {"format": "onnx", "path": "model.onnx"}, {"format": "tensorrt", "path": "model.plan"}]}))
     stream = root / "mlp_stream"
-    S.export_streaming(net, x[0], stream, formats=("onnx",))
+    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",))
     return net, x, ref, multi, stream
 
 
