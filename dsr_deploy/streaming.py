@@ -115,7 +115,7 @@ class _StepNeuron(nn.Module):
         object.__setattr__(self, "_io", io)  # not a submodule, not a buffer
 
     def forward(self, x_seq: Tensor) -> Tensor:
-        if x_seq.dim() < 2 or x_seq.shape[0] != 1:
+        if not torch.jit.is_tracing() and (x_seq.dim() < 2 or x_seq.shape[0] != 1):
             raise RuntimeError(f"{self.info.name}: a streaming step expects [1, B, ...], got {list(x_seq.shape)}")
         io, i, n = self._io, self.index, self.info
         if io.v_out[i] is not None:
