@@ -5,15 +5,8 @@ Bounded: one server start, a few thousand small requests, every wait with a time
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +19,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.runtime import load_runner  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
+from dsr_deploy.serving.process import ServerProcess, alive  # noqa: E402
 from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 from _streaming_nets import conv_net, mlp_net  # noqa: E402
@@ -33,86 +27,6 @@ from _streaming_nets import conv_net, mlp_net  # noqa: E402
 T = 6
 IDLE_TIMEOUT_S = 3.0
 START_TIMEOUT_S = 120
-
-
-def _free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _descendants(pid):
-    children = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid):
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-class Server:
-    def __init__(self, root: Path, artifacts):
-        self.root = root
-        self.pytriton_home = root / "pytriton_home"
-        self.tmpdir = root / "tmp"
-        self.pytriton_home.mkdir()
-        self.tmpdir.mkdir()
-        self.http_port, self.grpc_port = _free_ports(2)
-        env = dict(os.environ, PYTRITON_HOME=str(self.pytriton_home), TMPDIR=str(self.tmpdir))
-        self.stderr = open(root / "server.log", "w")
-        cmd = [sys.executable, "-m", "dsr_deploy", "serve", *map(str, artifacts), "--port", str(self.http_port),
-               "--grpc-port", str(self.grpc_port), "--max-batch", "16", "--idle-timeout", str(IDLE_TIMEOUT_S),
-               "--json"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
-        line = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(START_TIMEOUT_S)
-        if not line or not line[0].strip():
-            self.kill()
-            raise RuntimeError("server did not become ready: " + (root / "server.log").read_text()[-3000:])
-        self.info = json.loads(line[0])
-        self.url = f"127.0.0.1:{self.http_port}"
-        self.children = _descendants(self.proc.pid)
-
-    def stop(self, timeout=60):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.stderr.close()
-
-    def kill(self):
-        for pid in _descendants(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        self.proc.kill()
-        self.proc.wait(30)
-        self.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +37,8 @@ def served(tmp_path_factory):
     export_model(net_multi, (T, 2, 2, 8, 8), multi, formats_=("onnx",))  # onnxruntime backend
     stream = root / "mlp_stream"
     export_streaming(net_stream, (T, 2, 6), stream, formats_=("torchscript",))  # torchscript backend
-    server = Server(root, [multi, stream])
+    server = ServerProcess(root, [multi, stream], ["--max-batch", "16", "--idle-timeout", str(IDLE_TIMEOUT_S)],
+                           start_timeout_s=START_TIMEOUT_S)
     state = {"server": server, "stopped": False}
     yield {"server": server, "multi": multi, "stream": stream, "net_multi": net_multi, "net_stream": net_stream,
            "state": state}
@@ -272,9 +187,9 @@ def test_shutdown_leaves_no_process_or_folder(served):
     assert rc == 0
     assert time.monotonic() - t0 < 30  # no 30 s exit timeout waiting on an open connection
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in server.children):
+    while time.monotonic() < deadline and any(alive(p) for p in server.children):
         time.sleep(0.2)
-    assert not [p for p in server.children if _alive(p)]
+    assert not [p for p in server.children if alive(p)]
     assert list(server.pytriton_home.iterdir()) == []
     # `import onnxruntime` itself writes $TMPDIR/.ses (a small session-id file it keeps across runs; /tmp/.ses
     # exists on any machine that ran it): not a server leftover.

@@ -238,11 +238,6 @@ def _manifest(artifact: Path) -> Optional[dict]:
     return None
 
 
-def _per_sample(shape, batch_axis: int, what: str) -> tuple:
-    dims = [d for i, d in enumerate(shape) if i != batch_axis]
-    return tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in dims)
-
-
 def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Optional[str] = None,
                   idle_timeout_s: float = 60.0, max_sequences: int = 4096) -> ServedModel:
     """Load ``artifact`` (export folder or file) with the runtime's runner and describe it for Triton."""
