@@ -150,7 +150,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        # "Unsupported global": the file pickles classes (a whole model); any other unpickling failure
+        # (an unknown opcode, say) means the bytes are not a valid pickle at all.
+        if "Unsupported global" in text or "GLOBAL " in text:
             if not trust_pickle:
                 raise UserError(f"checkpoint {path} holds pickled Python objects (a whole model?), not a plain "
                                 "state dict; loading it runs code from the file: pass --trust-pickle if you "

@@ -14,9 +14,12 @@ FORMAT_CHOICES = ("torchscript", "onnx", "pt2", "all")
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # Piped output (logs, CI) gets wide tables instead of rich's 80-column default with truncated cells.
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _err_console():
@@ -306,7 +309,9 @@ def register(app: typer.Typer) -> None:
         else:
             _print_verify(report)
         if not report["passed"]:
-            raise typer.Exit(1)
+            # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which turns
+            # typer.Exit into a return value that main() drops (the process would exit 0).
+            raise SystemExit(1)
 
     @app.command("inspect")
     def inspect(
