@@ -56,6 +56,11 @@ def build(name: str, **kwargs) -> torch.nn.Module:
         from importlib import resources
 
         path = resources.files(__name__) / e.checkpoint
+        if not path.is_file():
+            from dsr_deploy.errors import UserError
+
+            raise UserError(f"zoo model {name!r}: its checkpoint {e.checkpoint} is missing from the installed "
+                            "package (reinstall dsr-deploy, or pass pretrained=False for random weights)")
         with resources.as_file(path) as p:
             state = torch.load(p, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
@@ -68,7 +73,8 @@ def input_shape(name: str) -> tuple[int, ...]:
 
 def describe(name: str) -> dict:
     e = _entry(name)
-    return {"name": e.name, "summary": e.summary, "input_shape": list(e.input_shape), "checkpoint": e.checkpoint}
+    return {"name": e.name, "summary": e.summary, "input_shape": list(e.input_shape), "checkpoint": e.checkpoint,
+            "neuron": e.defaults.get("neuron"), "defaults": dict(e.defaults)}
 
 
 _loaded = False

@@ -184,6 +184,19 @@ def test_copy_outputs_false_returns_tensors_on_cpu(neuron_artifacts):
     np.testing.assert_array_equal(out.numpy(), load_runner(model).infer({"input": x})["output"])
 
 
+def test_fp16_torchscript_matches_torch_fp16(conv_artifacts):
+    model, arts = conv_artifacts
+    x = spiky_input(CONV_SHAPE, seed=8).astype(np.float16)
+    ts = load_runner(arts["torchscript"], fp16=True)
+    assert ts.inputs()[0].dtype == "float16"
+    out = ts.infer({"input": x})["output"]
+    ref = load_runner(ConvNet(), fp16=True).infer({"input": x})["output"]
+    assert out.dtype == ref.dtype == np.float16
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(UserError, match="fp16 is not supported"):
+        load_runner(arts["pt2"], fp16=True).load()
+
+
 def test_torch_runner_model_spec(monkeypatch):
     import sys
     import types

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import export_cmd, info_cmd, serve_cmd
+from . import bench_cmd, engine_cmd, export_cmd, info_cmd, serve_cmd
 
 app = typer.Typer(
     name="dsr-deploy",
@@ -41,7 +41,7 @@ def _root(
 
 
 # Each area adds its commands here; the order is the order of `--help`.
-for _module in (info_cmd, export_cmd, serve_cmd):
+for _module in (info_cmd, export_cmd, bench_cmd, engine_cmd, serve_cmd):
     _module.register(app)
 
 

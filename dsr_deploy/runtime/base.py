@@ -328,6 +328,17 @@ def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) ->
     listed artifact some backend runs).
     """
     _ensure_registered()
+    if is_export_folder(artifact) and backend == "torch":
+        # The eager model the folder was exported from: the manifest's MODEL spec and checkpoint.
+        manifest = read_manifest(artifact)
+        model = manifest.get("model") or {}
+        if not isinstance(model, dict) or not model.get("spec"):
+            raise UserError(f"{artifact}/{MANIFEST} names no model spec; the torch backend needs the model")
+        options.setdefault("checkpoint", model.get("checkpoint"))
+        options.setdefault("trust_pickle", bool(model.get("trust_pickle")))
+        if isinstance(manifest.get("input_shape"), list):
+            options.setdefault("input_shape", manifest["input_shape"])
+        return _BACKENDS["torch"].factory(model["spec"], **options)
     if is_export_folder(artifact):
         if backend is None:
             found = backends_for(artifact)

@@ -211,7 +211,7 @@ class OnnxRuntimeRunner(Runner):
             if on_gpu and not isinstance(x, np.ndarray) and getattr(x, "is_cuda", False):
                 x = x.contiguous()
                 keep.append(x)
-                binding.bind_input(name, "cuda", device_id, _np_dtype(x), list(x.shape), x.data_ptr())
+                binding.bind_input(name, "cuda", device_id, _np_dtype(x).type, list(x.shape), x.data_ptr())
             else:
                 arr = np.ascontiguousarray(to_numpy(x))
                 keep.append(arr)

@@ -51,6 +51,8 @@ class PT2Runner(Runner):
             raise UserError(f"pt2: {path}: no such file")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("pt2: device 'cuda' requested but torch sees no CUDA GPU")
+        if self.options.get("fp16"):
+            raise UserError("pt2: fp16 is not supported on an exported program; export the model in float16")
         ops.load_native()
         self.kind = zip_kind(path)
         if self.options.get("threads"):

@@ -1,7 +1,9 @@
 """``torch`` backend: the PyTorch model itself, eager (the reference every other runner is compared with).
 
-Artifact: an ``nn.Module``, or a model spec string: ``zoo:NAME`` (the dsr-deploy zoo) or
-``package.module:factory`` (a callable returning an ``nn.Module``). The model takes one tensor ``[T, B, ...]``
+Artifact: an ``nn.Module``, or a MODEL spec string (:mod:`dsr_deploy.model_spec`): ``zoo:NAME``,
+``package.module:factory`` or ``path/to/file.py:factory``; options ``checkpoint`` (loaded with
+``weights_only=True``) and ``trust_pickle``. For an export folder, ``load_runner(DIR, backend="torch")`` builds the
+manifest's model spec with its checkpoint. The model takes one tensor ``[T, B, ...]``
 named ``input`` (override with ``input_name``) and returns one tensor ``output`` (or a tuple / dict of them).
 
 Options: ``device`` ("cpu", "cuda", "cuda:1"), ``fp16`` (run the model in float16), ``input_shape`` (the
@@ -12,7 +14,7 @@ submodule before each run: SpikingJelly's stateful neurons need it; then the run
 
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import UserError
@@ -29,39 +31,21 @@ def _is_module(artifact: Any) -> bool:
 
 
 def _is_spec(artifact: Any) -> bool:
-    if not isinstance(artifact, str):
+    """A MODEL spec (``zoo:NAME``, ``package.module:factory``, ``path/to/file.py:factory``), not a file."""
+    if not isinstance(artifact, str) or ":" not in artifact or Path(artifact).exists():
         return False
     if artifact.startswith("zoo:"):
         return True
-    mod, sep, attr = artifact.partition(":")
-    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in mod.split("."))
+    where, _, attr = artifact.rpartition(":")
+    return bool(where) and attr.isidentifier() and (
+        where.endswith(".py") or all(p.isidentifier() for p in where.split(".")))
 
 
-def build_model(spec: str):
-    """Build the ``nn.Module`` a model spec names (``zoo:NAME`` or ``package.module:factory``)."""
-    import torch
+def build_model(spec: str, checkpoint: Optional[str] = None, trust_pickle: bool = False):
+    """The loaded MODEL spec (with ``checkpoint``): :func:`dsr_deploy.model_spec.load_model`."""
+    from ..model_spec import load_model
 
-    if spec.startswith("zoo:"):
-        from .. import models
-
-        return models.build(spec[4:])
-    mod, _, attr = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"cannot import model spec {spec!r}: {one_line(exc)}") from None
-    model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"model spec {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def spec_input_shape(spec: str) -> Optional[tuple[int, ...]]:
-    if spec.startswith("zoo:"):
-        from .. import models
-
-        return models.input_shape(spec[4:])
-    return None
+    return load_model(spec, checkpoint, trust_pickle)
 
 
 class TorchRunner(Runner):
@@ -74,17 +58,25 @@ class TorchRunner(Runner):
         self._dtype = "float16" if options.get("fp16") else "float32"
         self.input_name = options.get("input_name") or "input"
         self.output_names = list(options.get("output_names") or ["output"])
-        shape = options.get("input_shape")
-        if shape is None and isinstance(artifact, str):
-            shape = spec_input_shape(artifact)
-        self._shape = tuple(shape) if shape is not None else None
+        self._shape = tuple(options["input_shape"]) if options.get("input_shape") is not None else None
 
     def load(self) -> "TorchRunner":
         import torch
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("torch: device 'cuda' requested but torch sees no CUDA GPU")
-        model = self.artifact if _is_module(self.artifact) else build_model(str(self.artifact))
+        if _is_module(self.artifact):
+            model = self.artifact
+            if self.options.get("fp16") or self.device != "cpu":
+                import copy
+
+                model = copy.deepcopy(model)  # never convert or move the caller's module in place
+        else:
+            loaded = build_model(str(self.artifact), self.options.get("checkpoint"),
+                                 bool(self.options.get("trust_pickle")))
+            model = loaded.model
+            if self._shape is None and loaded.default_input_shape is not None:
+                self._shape = tuple(loaded.default_input_shape)
         model = model.eval().to(self.device)
         if self.options.get("fp16"):
             model = model.half()
@@ -101,6 +93,8 @@ class TorchRunner(Runner):
         super().release()
 
     def inputs(self) -> list[TensorSpec]:
+        if self._shape is None and not _is_module(self.artifact):
+            self.ensure_loaded()  # a MODEL spec says its default input shape once built
         if self._shape is None:
             return [TensorSpec(self.input_name, None, self._dtype)]  # rank unknown for an arbitrary module
         return [TensorSpec(self.input_name, ("T", "B") + tuple(self._shape[2:]), self._dtype)]

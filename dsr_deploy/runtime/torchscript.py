@@ -1,8 +1,8 @@
 """``torchscript`` backend: a ``torch.jit.save``-d module (``model.ts``), loaded with ``torch.jit.load``.
 
 Input names are the ``forward`` argument names (or the export manifest's); outputs are named by the manifest,
-else ``output``. Options: ``device``, ``threads`` (torch intra-op threads, process-wide), ``input_names`` /
-``output_names``. A scripted module is thread-safe for inference: one runner serves several threads.
+else ``output``. Options: ``device``, ``fp16`` (convert the module's parameters to float16; inputs are then float16),
+``threads`` (torch intra-op threads, process-wide), ``input_names`` / ``output_names``. A scripted module is thread-safe for inference: one runner serves several threads.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class TorchScriptRunner(Runner):
         except Exception as exc:  # corrupt zip, not TorchScript, unknown ops: all one line
             raise UserError(f"torchscript: cannot load {path}: {one_line(exc)}") from None
         module.eval()
+        if self.options.get("fp16"):
+            module = module.half()  # parameters and buffers; the dsr recurrence keeps a float32 membrane
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))
         arg_names = [a.name for a in module.forward.schema.arguments[1:]]

@@ -1,0 +1,291 @@
+"""TensorRT engine building: ``dsr-deploy build-engine MODEL.onnx --out MODEL.plan``.
+
+Written against the documented TensorRT 10 / 11 Python API (``tensorrt.Builder``, ``OnnxParser``,
+``IOptimizationProfile``, ``IBuilderConfig``); see docs/tensorrt.md for what has and has not run on a GPU.
+
+What happens, in order (everything up to step 3 needs neither TensorRT nor a GPU and is unit-tested):
+
+1. read the ONNX inputs and the ``dsr`` custom nodes (and whether each has a model-local function fallback);
+2. make one optimisation profile: every dynamic dimension is the time dimension T (dim 0 of a multi-step
+   input ``[T, B, ...]``), the batch B (dim 1 there; dim 0 of streaming inputs ``x_t``, ``v_in_<i>``), and
+   takes ``--timesteps`` / ``--batch`` MIN,OPT,MAX; any other dynamic dimension is an error;
+3. find the dsr TensorRT plugin library (``libdsr_trt_plugin.so``, static registration) so the parser maps
+   the ``dsr`` nodes (op_type = plugin name, ``plugin_namespace`` "dsr", ``plugin_version`` "1") to the plugin
+   instead of inlining their function fallback;
+4. import tensorrt (a one-line error naming the ``tensorrt`` extra when missing), require a GPU, load the
+   plugin library, check the creators are registered, parse, configure (workspace, FP16 on TensorRT 10,
+   timing cache), build, and write the engine atomically (and the updated timing cache).
+
+TensorRT 11 networks are always strongly typed (no FP16 builder flag): precision comes from the ONNX tensor
+types, so ``--fp16`` there is an error asking for a float16 ONNX model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .errors import UserError
+
+DSR_OPS = ("DSRIFSpike", "DSRLIFSpike", "DSRIFStep", "DSRLIFStep")
+PLUGIN_NAMESPACE = "dsr"
+PLUGIN_VERSION = "1"
+STREAMING_INPUT_PREFIXES = ("x_t", "v_in_")
+
+Dim = Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class Range:
+    """MIN,OPT,MAX of one dynamic dimension."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __str__(self) -> str:
+        return f"{self.min},{self.opt},{self.max}"
+
+
+def parse_range(text: Optional[str], option: str) -> Optional[Range]:
+    """``"1,8,32"`` -> Range(1, 8, 32); ``"8"`` -> Range(8, 8, 8); one-line errors naming ``option``."""
+    if text is None or str(text).strip() == "":
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise UserError(f"{option}: expected MIN,OPT,MAX (or one value), got {text!r}")
+    try:
+        lo, opt, hi = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"{option}: expected integers MIN,OPT,MAX, got {text!r}") from None
+    if lo < 1:
+        raise UserError(f"{option}: MIN must be >= 1, got {lo}")
+    if not lo <= opt <= hi:
+        raise UserError(f"{option}: need MIN <= OPT <= MAX, got {lo},{opt},{hi}")
+    return Range(lo, opt, hi)
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    inputs: list[tuple[str, tuple[Dim, ...]]]
+    dsr_ops: list[str]  # dsr op types used
+    fallbacks: list[str]  # dsr op types with a model-local function
+
+
+def read_onnx(path: Union[str, Path]) -> OnnxInfo:
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        from .runtime.base import one_line
+
+        raise UserError(f"cannot read {path} as ONNX: {one_line(exc)}") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in vi.type.tensor_type.shape.dim)
+        inputs.append((vi.name, dims))
+    used: set[str] = set()
+
+    def walk(graph):
+        for node in graph.node:
+            if node.domain == PLUGIN_NAMESPACE:
+                used.add(node.op_type)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    fallbacks = sorted(f.name for f in model.functions if f.domain == PLUGIN_NAMESPACE and f.name in used)
+    return OnnxInfo(inputs, sorted(used), fallbacks)
+
+
+def is_streaming_input(name: str) -> bool:
+    return name == "x_t" or name.startswith("v_in_")
+
+
+def dim_roles(name: str, rank: int) -> list[Optional[str]]:
+    """Which dimension of input ``name`` is T and which is B (None: a feature dimension)."""
+    roles: list[Optional[str]] = [None] * rank
+    if is_streaming_input(name):
+        if rank >= 1:
+            roles[0] = "B"
+    else:
+        if rank >= 1:
+            roles[0] = "T"
+        if rank >= 2:
+            roles[1] = "B"
+    return roles
+
+
+def plan_profile(inputs: Sequence[tuple[str, Sequence[Dim]]], batch: Optional[Range],
+                 timesteps: Optional[Range]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``{input name: (min shape, opt shape, max shape)}`` for one optimisation profile."""
+    ranges = {"T": (timesteps, "--timesteps", "time"), "B": (batch, "--batch", "batch")}
+    used = {"T": False, "B": False}
+    out = {}
+    for name, dims in inputs:
+        lo, opt, hi = [], [], []
+        for i, (d, role) in enumerate(zip(dims, dim_roles(name, len(dims)))):
+            static = isinstance(d, int) and d > 0
+            if role is not None:
+                r, option, what = ranges[role]
+                if static:
+                    if r is not None and (r.min, r.opt, r.max) != (d, d, d):
+                        raise UserError(f"{option} {r}: input {name!r} has a fixed {what} dimension of {d} "
+                                        f"(re-export with a dynamic {what} dimension, or drop {option})")
+                    lo.append(d), opt.append(d), hi.append(d)
+                    continue
+                if r is None:
+                    raise UserError(f"input {name!r} has a dynamic {what} dimension (dim {i}); pass {option} MIN,OPT,MAX")
+                used[role] = True
+                lo.append(r.min), opt.append(r.opt), hi.append(r.max)
+            elif static:
+                lo.append(d), opt.append(d), hi.append(d)
+            else:
+                raise UserError(f"input {name!r} dimension {i} ({d or '?'}) is dynamic but is neither the time nor "
+                                "the batch dimension; export the model with fixed feature dimensions")
+        out[name] = (tuple(lo), tuple(opt), tuple(hi))
+    return out
+
+
+def find_plugin(explicit: Optional[Union[str, Path]] = None) -> Optional[Path]:
+    from .runtime.tensorrt import find_plugin_library
+
+    return find_plugin_library(str(explicit) if explicit else None)
+
+
+def check_plugin_needs(info: OnnxInfo, plugin: Optional[Path]) -> Optional[str]:
+    """None when fine; a warning string when the function fallback will be used; UserError when impossible."""
+    if not info.dsr_ops or plugin is not None:
+        return None
+    missing = sorted(set(info.dsr_ops) - set(info.fallbacks))
+    if missing:
+        raise UserError(f"the model uses dsr ops {', '.join(missing)} without a function fallback and the TensorRT "
+                        "plugin library libdsr_trt_plugin.so was not found (run `dsr-deploy plugins build` on a "
+                        "machine with CUDA, or pass --plugin PATH)")
+    return ("libdsr_trt_plugin.so not found: TensorRT will build the dsr layers from their ONNX function "
+            "fallback (slower); build the plugin with `dsr-deploy plugins build`")
+
+
+def trt_major(trt) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        return 10
+
+
+def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bool = False,
+                 batch: Optional[Range] = None, timesteps: Optional[Range] = None,
+                 workspace_mb: Optional[int] = None, timing_cache: Optional[Union[str, Path]] = None,
+                 plugin: Optional[Union[str, Path]] = None, force: bool = True, log=print) -> dict:
+    """Build and atomically write a TensorRT engine; returns a summary dict. See the module docstring."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    if workspace_mb is not None and workspace_mb < 1:
+        raise UserError(f"--workspace must be >= 1 MB, got {workspace_mb}")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    if out.resolve() == onnx_path.resolve():
+        raise UserError("--out must differ from the ONNX model")
+    info = read_onnx(onnx_path)
+    if not info.inputs:
+        raise UserError(f"{onnx_path} has no inputs")
+    shapes = plan_profile(info.inputs, batch, timesteps)
+    lib = find_plugin(plugin)
+    warning = check_plugin_needs(info, lib)
+    if warning:
+        log(f"warning: {warning}")
+
+    from .runtime.tensorrt import load_plugin_library, require_tensorrt
+
+    trt = require_tensorrt("dsr-deploy build-engine")
+    major = trt_major(trt)
+    if fp16 and major >= 11:
+        raise UserError("--fp16: TensorRT 11 networks are strongly typed (no FP16 builder flag); export a float16 "
+                        "ONNX model instead")
+    _require_gpu()
+    logger = trt.Logger(trt.Logger.WARNING)
+    if lib is not None and info.dsr_ops:
+        load_plugin_library(lib)
+    trt.init_libnvinfer_plugins(logger, "")
+    registered = _check_creators(trt, info.dsr_ops) if lib is not None else {}
+
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise UserError("TensorRT could not create a builder (no usable GPU?)")
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise UserError(f"TensorRT could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}"
+                        + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):
+            log("warning: this GPU has no fast FP16; building with FP16 anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name not in shapes:
+            raise UserError(f"TensorRT network input {name!r} is not an input of {onnx_path}")
+        profile.set_shape(name, *shapes[name])
+    config.add_optimization_profile(profile)
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise UserError(f"--timing-cache {cache_path}: TensorRT rejected it (another TensorRT version or GPU?)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(out, bytes(memoryview(serialized)))
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return {"engine": str(out), "onnx": str(onnx_path), "tensorrt": str(trt.__version__), "fp16": fp16,
+            "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "plugin_library": str(lib) if lib else None,
+            "dsr_ops": info.dsr_ops, "plugin_creators": registered, "timing_cache": str(cache_path) if cache_path else None}
+
+
+def _require_gpu() -> None:
+    try:
+        import torch
+
+        ok = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        ok = False
+    if not ok:
+        raise UserError("TensorRT needs an NVIDIA GPU and none is visible; build the engine on the GPU machine "
+                        "that will run it")
+
+
+def _check_creators(trt, ops: Sequence[str]) -> dict[str, str]:
+    """Every dsr op has a registered creator (namespace "dsr", else ""); returns op -> namespace found."""
+    registry = trt.get_plugin_registry()
+    found = {}
+    for op in ops:
+        for ns in (PLUGIN_NAMESPACE, ""):
+            if registry.get_creator(op, PLUGIN_VERSION, ns) is not None:
+                found[op] = ns
+                break
+        else:
+            raise UserError(f"the TensorRT plugin library is loaded but no creator {op} (version {PLUGIN_VERSION}, "
+                            f"namespace {PLUGIN_NAMESPACE!r}) is registered; rebuild it with `dsr-deploy plugins build`")
+    return found
