@@ -115,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results" / "serving"))
     args = ap.parse_args(argv)
 
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
         tmp = Path(tmp)
@@ -184,6 +185,7 @@ def main(argv=None):
         results["server_exit_code"] = rc
         results["left_behind"] = sorted(p.name for p in server.pytriton_home.iterdir())
 
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     base = results["local_runner"]["p50_ms"]
     copy = results["memcpy_request_bytes"]["p50_ms"]
     out = Path(args.out)
@@ -198,7 +200,9 @@ def main(argv=None):
         "# Serving benchmark (`benchmarks/bench_serving.py`)", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, torch {m['torch']}, "
         f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, nvidia-pytriton {m['nvidia-pytriton']} "
-        f"(tritonserver 2.51), tritonclient {m['tritonclient']}. HTTP on loopback (127.0.0.1). One run.", "",
+        f"(tritonserver 2.51), tritonclient {m['tritonclient']}. HTTP on loopback (127.0.0.1). One run; 1-min load "
+        f"average {results['load_average']['before'][0]:.1f} before, {results['load_average']['after'][0]:.1f} after "
+        "(the machine is shared: a load above 2 means other work competed for the 2 cores).", "",
         f"Multi-step model: {results['model']['multistep']}. Streaming model: {results['model']['streaming']}.", "",
         "| path | requests | req/s | p50 ms | p99 ms | p50 vs local runner | p50 vs memcpy |",
         "|---|---|---|---|---|---|---|",

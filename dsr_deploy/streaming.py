@@ -372,10 +372,32 @@ def _context_module(ctx) -> tuple:
     return ctx.options[key]
 
 
+def _states(sm: StreamingModule) -> list[dict]:
+    return [{"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
+             "initial": "zeros", "neuron": i, "layer": n.name}
+            for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))]
+
+
+def _io_record(sm: StreamingModule) -> dict:
+    # The export package's manifest takes inputs/outputs from the artifact records (export_model(mode=...)).
+    ins, outs = _io_names(len(sm.neurons))
+    return {"inputs": ins, "outputs": outs, "states": _states(sm)}
+
+
+def manifest_states(manifest: Mapping) -> list[dict]:
+    """The membrane records of a streaming export's manifest (top level, or in an artifact record)."""
+    if isinstance(manifest.get("states"), list):
+        return manifest["states"]
+    for a in manifest.get("artifacts", []):
+        if isinstance(a, Mapping) and isinstance(a.get("states"), list):
+            return a["states"]
+    raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode streaming)")
+
+
 def write_streaming_torchscript(ctx, path: Path) -> dict:
     sm, step = _context_module(ctx)
     export_torchscript(sm, step, path)
-    return {"format": "torchscript", "path": path.name, "mode": MODE, "lowering": sm.lowering,
+    return {"format": "torchscript", "path": path.name, "mode": MODE, "lowering": sm.lowering, **_io_record(sm),
             "neuron_math": "scripted dsr_deploy.functional.if_step/lif_step" if sm.lowering == "functional"
             else "torch.ops.dsr.if_spike/lif_spike (load libdsr_torch_ops.so)"}
 
@@ -385,7 +407,7 @@ def write_streaming_onnx(ctx, path: Path) -> dict:
     export_onnx(sm, step, path, dynamic_batch=ctx.dynamic_batch)
     return {"format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
             "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP for n in sm.neurons}),
-            "fallback": "model-local functions of standard ops"}
+            "fallback": "model-local functions of standard ops", **_io_record(sm)}
 
 
 def register_formats() -> None:
@@ -441,11 +463,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
         in_names, out_names = _io_names(len(neurons))
         manifest = build_manifest(ctx, artifacts, mode=MODE, inputs=in_names, outputs=out_names)
         manifest["step_shape"] = list(shape[1:])
-        manifest["states"] = [
-            {"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
-             "initial": "zeros", "neuron": i, "layer": n.name}
-            for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))
-        ]
+        manifest["states"] = _states(sm)
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):
@@ -494,7 +512,7 @@ class StreamSession:
         if not isinstance(manifest, Mapping):
             p = Path(manifest)
             manifest = json.loads((p / "manifest.json" if p.is_dir() else p).read_text())
-        return cls(model, [s["shape"] for s in manifest["states"]])
+        return cls(model, [s["shape"] for s in manifest_states(manifest)])
 
     def reset(self) -> None:
         """Start a new stream: the next step begins from zero membranes."""

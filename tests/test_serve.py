@@ -181,6 +181,7 @@ def test_shutdown_leaves_no_process_or_folder(served):
     server, state = served["server"], served["state"]
     assert server.children, "the server runs tritonserver and backend stubs as child processes"
     assert any(server.pytriton_home.iterdir()), "PyTriton's workspace exists while serving"
+    assert all(f.is_dir() for f in server.backend_folders)
     t0 = time.monotonic()
     rc = server.stop(timeout=60)
     state["stopped"] = True
@@ -194,3 +195,5 @@ def test_shutdown_leaves_no_process_or_folder(served):
     # `import onnxruntime` itself writes $TMPDIR/.ses (a small session-id file it keeps across runs; /tmp/.ses
     # exists on any machine that ran it): not a server leftover.
     assert [p.name for p in server.tmpdir.iterdir() if p.name != ".ses"] == []
+    assert len(server.backend_folders) == 2  # one python-backend stub per model, each with its unpacked folder
+    assert [f for f in server.backend_folders if f.exists()] == []

@@ -245,3 +245,20 @@ def test_cli_export_mode_streaming_and_runtime_runners(tmp_path):
                          text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown --mode")
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_package_mode_streaming(tmp_path):
+    """The export package's own entry point with mode='streaming' uses these writers (names, states in records)."""
+    from dsr_deploy.export import export_model
+
+    S.register_formats()
+    out = tmp_path / "pkg"
+    manifest = export_model(mlp_net(), (5, 2, 6), out, formats_=("onnx",), mode="streaming")
+    assert manifest["mode"] == "streaming"
+    assert manifest["inputs"] == ["x_t", "v_in_0", "v_in_1"] and manifest["outputs"] == ["y_t", "v_out_0", "v_out_1"]
+    assert [s["shape"] for s in S.manifest_states(manifest)] == [[8], [3]]
+    x = _inputs((5, 2, 6), 12)
+    with torch.no_grad():
+        ref = mlp_net()(x).numpy()
+    session = S.StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
+    assert np.array_equal(session.run(x.numpy()), ref)

@@ -99,6 +99,21 @@ class ServerProcess:
         self.info = json.loads(line[0])
         self.url = f"127.0.0.1:{self.http_port}"
         self.children = descendants(self.proc.pid)
+        self.backend_folders = self._backend_folders()
+
+    def _backend_folders(self) -> list[Path]:
+        """The folders Triton's python backend unpacks each model into (``/tmp/folderXXXXXX``, whatever TMPDIR
+        says), read from the backend stubs' command lines: a clean stop removes them."""
+        found = set()
+        for pid in self.children:
+            try:
+                args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for a in args:
+                if a.endswith(b"/model.py"):
+                    found.add(Path(a.decode()).parent.parent)
+        return sorted(found)
 
     def rss(self) -> int:
         """Resident memory of the server and its children (tritonserver, backend stubs)."""

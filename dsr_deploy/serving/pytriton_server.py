@@ -258,10 +258,13 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "model"
     model = ServedModel(name=name, artifact=str(path), backend=runner.backend, streaming=streaming, runner=runner)
     if streaming:
-        if manifest is None or "states" not in manifest:
+        from ..streaming import manifest_states
+
+        if manifest is None:
             raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
+        states = manifest_states(manifest)
         step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
-        model.store = SequenceStore([s["shape"] for s in manifest["states"]], idle_timeout_s, max_sequences)
+        model.store = SequenceStore([s["shape"] for s in states], idle_timeout_s, max_sequences)
         model.inputs = [("x_t", np.float32, tuple(int(d) for d in step[1:]), False),
                         (SEQUENCE_ID, np.uint64, (1,), False),
                         (SEQUENCE_START, np.bool_, (1,), True),
@@ -298,7 +301,9 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None)
     if name == "y_t":
         step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
         feeds["x_t"] = np.zeros((1, *step[1:]), dtype=np.float32)
-        for i, s in enumerate(manifest["states"]):
+        from ..streaming import manifest_states
+
+        for i, s in enumerate(manifest_states(manifest)):
             feeds[f"v_in_{i}"] = np.zeros((1, *s["shape"]), dtype=np.float32)
         out = runner.infer(feeds)
         return tuple(np.asarray(out["y_t"]).shape[1:])
