@@ -183,7 +183,7 @@ def test_shutdown_leaves_no_process_or_folder(served):
     assert any(server.pytriton_home.iterdir()), "PyTriton's workspace exists while serving"
     assert all(f.is_dir() for f in server.backend_folders)
     t0 = time.monotonic()
-    rc = server.stop(timeout=60)
+    rc = server.stop(timeout_s=60)
     state["stopped"] = True
     assert rc == 0
     assert time.monotonic() - t0 < 30  # no 30 s exit timeout waiting on an open connection

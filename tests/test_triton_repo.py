@@ -162,3 +162,20 @@ def test_bad_inputs(exports, tmp_path):
     TR.write_repository([multi], tmp_path / "r")
     with pytest.raises(UserError, match="exists"):
         TR.write_repository([multi], tmp_path / "r")
+
+
+def test_cli_triton_repo(exports, tmp_path):
+    import subprocess
+    import sys
+
+    _, _, _, multi, stream = exports
+    out = tmp_path / "repo"
+    res = subprocess.run([sys.executable, "-m", "dsr_deploy", "triton-repo", str(multi), str(stream), "--out", str(out),
+                          "--max-batch", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert sorted(m["name"] for m in summary["models"]) == ["mlp_onnx", "mlp_stream_onnx", "mlp_trt"]
+    assert _parse(out / "mlp_stream_onnx" / "config.pbtxt").max_batch_size == 4
+    again = subprocess.run([sys.executable, "-m", "dsr_deploy", "triton-repo", str(multi), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.strip().startswith("error: ") and "exists" in again.stderr

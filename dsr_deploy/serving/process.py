@@ -136,6 +136,13 @@ class ServerProcess:
         self.proc.kill()
         self.proc.wait(30)
         self._log.close()
+        # A killed server cannot clean up: remove what it left (only the folders its own children used).
+        import shutil
+
+        for folder in getattr(self, "backend_folders", []):
+            shutil.rmtree(folder, ignore_errors=True)
+        for entry in self.pytriton_home.glob("workspace_*"):
+            shutil.rmtree(entry, ignore_errors=True)
 
     def __enter__(self) -> "ServerProcess":
         return self

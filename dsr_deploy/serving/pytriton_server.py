@@ -332,12 +332,15 @@ class ServerConfig:
 def bind_models(triton, models: Sequence[ServedModel], cfg: ServerConfig) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
+    # Without batching Triton passes tensors as sent: declare the leading batch dimension ourselves, so the
+    # inference callables see [B, ...] either way.
+    lead = () if cfg.max_batch > 0 else (-1,)
     for m in models:
         triton.bind(
             model_name=m.name,
             infer_func=m.infer,
-            inputs=[Tensor(name=n, dtype=dt, shape=s, optional=opt) for n, dt, s, opt in m.inputs],
-            outputs=[Tensor(name=n, dtype=dt, shape=s) for n, dt, s in m.outputs],
+            inputs=[Tensor(name=n, dtype=dt, shape=lead + tuple(s), optional=opt) for n, dt, s, opt in m.inputs],
+            outputs=[Tensor(name=n, dtype=dt, shape=lead + tuple(s)) for n, dt, s in m.outputs],
             config=ModelConfig(batching=cfg.max_batch > 0, max_batch_size=max(cfg.max_batch, 1),
                                batcher=DynamicBatcher(max_queue_delay_microseconds=cfg.queue_delay_us)),
             strict=True,
