@@ -125,11 +125,11 @@ def main(argv=None):
         pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
         steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
         results = {"machine": machine(), "model": {"multistep": "conv-BN-IF -> linear-LIF, input [1, 6, 2, 8, 8], "
-                                                    "ONNX (dsr nodes, function fallback), onnxruntime CPU",
+                                                    "ONNX (dsr nodes, function fallback), onnxruntime CPU, 1 thread",
                                                     "streaming": "linear-LIF -> linear-IF, x_t [1, 6], ONNX"}}
 
         # Peers: the runner in-process, and a memcpy of the bytes a request moves.
-        with load_runner(multi, "onnxruntime") as local:
+        with load_runner(multi, "onnxruntime", threads=1) as local:  # as the server runs it (--threads 1)
             for x in pool[:8]:
                 local.infer({"input": x})
             results["local_runner"] = timed_loop(lambda i: local.infer({"input": pool[i % 32]}), args.requests)

@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="streaming: drop a sequence's membranes "
                                            "after this many seconds without a request"),
         max_sequences: int = typer.Option(4096, "--max-sequences", help="streaming: most open sequences"),
+        threads: int = typer.Option(1, "--threads", help="compute threads per model runner (0: the backend's "
+                                    "default; more than 1 competes with the server's own threads on small hosts)"),
         as_json: bool = typer.Option(False, "--json", help="print the endpoints and models as one JSON line when "
                                      "ready"),
     ):
@@ -40,6 +42,8 @@ def register(app: typer.Typer) -> None:
                 raise UserError(f"{label} must be in 1..65535, got {value}")
         if max_batch < 0:
             raise UserError(f"--max-batch must be >= 0, got {max_batch}")
+        if threads < 0:
+            raise UserError(f"--threads must be >= 0, got {threads}")
         if idle_timeout <= 0:
             raise UserError(f"--idle-timeout must be > 0, got {idle_timeout}")
         cfg = ServerConfig(host=host, http_port=port, grpc_port=grpc_port if grpc_port else port + 1,
@@ -56,7 +60,7 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
 
         code = run_server([str(a) for a in artifacts], backend, cfg, names=name or None,
-                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, ready=ready)
+                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready)
         if code:
             raise typer.Exit(code)
 

@@ -239,7 +239,7 @@ def _manifest(artifact: Path) -> Optional[dict]:
 
 
 def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Optional[str] = None,
-                  idle_timeout_s: float = 60.0, max_sequences: int = 4096) -> ServedModel:
+                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1) -> ServedModel:
     """Load ``artifact`` (export folder or file) with the runtime's runner and describe it for Triton."""
     from ..runtime import load_runner
 
@@ -247,7 +247,9 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     if not path.exists():
         raise UserError(f"{path} does not exist")
     manifest = _manifest(path)
-    runner = load_runner(str(path), backend)
+    # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
+    # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
+    runner = load_runner(str(path), backend, **({"threads": threads} if threads else {}))
     runner.load()
     specs = {s.name: s for s in runner.inputs()}
     out_names = [s.name for s in runner.outputs()]
@@ -357,7 +359,7 @@ def triton_config(cfg: ServerConfig):
 
 def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: Optional[ServerConfig] = None,
           names: Optional[Sequence[str]] = None, idle_timeout_s: float = 60.0, max_sequences: int = 4096,
-          ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None) -> int:
+          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None) -> int:
     """Serve ``artifacts`` until SIGINT/SIGTERM (or ``stop_event``); returns 0 on a clean stop.
 
     ``ready(info)`` is called once every model is loaded and the server answers.
@@ -371,7 +373,7 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
 
     if names and len(names) != len(artifacts):
         raise UserError("--name must be given once per artifact")
-    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences)
+    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads)
               for i, a in enumerate(artifacts)]
     dup = {m.name for m in models if [x.name for x in models].count(m.name) > 1}
     if dup:
