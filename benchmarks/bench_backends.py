@@ -166,6 +166,9 @@ def main(argv=None) -> int:
                                  progress=progress,
                                  settings_extra={"threads": args.threads, "function_body": args.function_body,
                                                  "native_torch_ops": native, "ort_ops_library": str(lib) if lib else None})
+    after = os.getloadavg()
+    notes.append(f"Load average after the run: {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f}")
+    result.settings["load_average"] = {"before": list(load_avg), "after": list(after)}
     out = Path(args.out)
     B.write_json(result, out.with_suffix(".json"))
     B.write_csv(result, out.with_suffix(".csv"))

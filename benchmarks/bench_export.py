@@ -18,6 +18,7 @@ ratio to ``plain``. Usage::
 
     python benchmarks/bench_export.py [--T 4 20] [--batch 1 8] [--width 64] [--reps 5] \
         [--out benchmarks/results/bench_export]
+    python benchmarks/bench_export.py --bodies     # scan vs unrolled body on one neuron layer
 """
 
 from __future__ import annotations
@@ -162,8 +163,66 @@ def time_memcpy(nbytes, reps=20):
     return statistics.median(times)
 
 
+class _OneLayer(nn.Module):
+    """A single SpikingJelly DSR neuron layer: the function body is the whole cost."""
+
+    def __init__(self, kind: str, T: int):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.sn = (neuron.DSRIFNode(T=T, v_threshold=1.0, alpha=0.5) if kind == "if"
+                   else neuron.DSRLIFNode(T=T, v_threshold=0.3, tau=1.0, delta_t=0.05, alpha=0.3))
+
+    def forward(self, x):
+        return self.sn(x)
+
+
+def bench_bodies(args) -> None:
+    """Scan vs unrolled function body on one neuron layer [T, B, 128, 16, 16] (the body dominates), ORT CPU."""
+    rows = []
+    for kind in ("if", "lif"):
+        for T in args.T:
+            for B in args.batch:
+                shape = (T, B, 128, 16, 16)
+                model = _OneLayer(kind, T).eval()
+                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                with torch.no_grad():
+                    ref = model(torch.from_numpy(x)).numpy()
+                memcpy = time_memcpy(x.nbytes + ref.nbytes)
+                for lowering, body in (("function", "scan"), ("function", "unrolled")):
+                    proto, secs = export_ours(model, shape, lowering, body)
+                    create, lat, y = time_ort(proto, x, args.threads, args.reps)
+                    rows.append({"neuron": kind, "T": T, "batch": B, "body": body, "export_s": round(secs, 2),
+                                 "session_create_s": round(create, 4), "latency_ms": round(lat * 1e3, 3),
+                                 "vs_memcpy": round(lat / memcpy, 1), "bit_exact": bool(np.array_equal(y, ref))})
+                    print(f"{kind} T={T} B={B} {body}: {lat * 1e3:.2f} ms", file=sys.stderr)
+    out = Path(args.out + "_bodies")
+    meta = _meta(args)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["# bench_export --bodies: ONNX function body on one DSR neuron layer [T, B, 128, 16, 16], ORT CPU "
+             "(stock ORT: the function fallback)", "", "  ".join(f"{k}: {v}" for k, v in meta.items()), "",
+             "| neuron | T | batch | body | export s | session s | latency ms | x memcpy | bit-exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['neuron']} | {r['T']} | {r['batch']} | {r['body']} | {r['export_s']} | "
+                     f"{r['session_create_s']} | {r['latency_ms']} | {r['vs_memcpy']} | {r['bit_exact']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _meta(args) -> dict:
+    return {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
+        "load_avg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads, "reps": args.reps,
+        "width": args.width, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bodies", action="store_true", help="only the scan-vs-unrolled body benchmark on one layer")
     ap.add_argument("--T", type=int, nargs="+", default=[4, 20])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--width", type=int, default=64, help="stem width (64 = PreAct-ResNet-18)")
@@ -172,6 +231,9 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/bench_export")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.bodies:
+        bench_bodies(args)
+        return
     rows = []
     variants = [("function", "scan"), ("function", "unrolled"), ("portable", "scan"), ("portable", "unrolled")]
     for T in args.T:
@@ -206,12 +268,7 @@ def main(argv=None):
                 if r["T"] == T and r["batch"] == B:
                     r["vs_plain"] = round(timed[r["variant"]] / timed["plain"], 3)
                     r["memcpy_ms"] = round(memcpy * 1e3, 4)
-    meta = {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
-        "python": platform.python_version(), "torch": torch.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads, "reps": args.reps,
-        "width": args.width, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    meta = _meta(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -350,7 +350,7 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
     plans = []
     for e in entries:
         e.runner.ensure_loaded()
-        shape_hint = input_shape or _manifest_shape(e.runner)
+        shape_hint = input_shape or _manifest_shape(e.runner) or getattr(e.runner, "example_shape", None)
         name, tail, dtype, fixed_t, fixed_b = input_spec(e.runner, shape_hint)
         ts = list(timesteps) if timesteps else [fixed_t or (shape_hint[0] if shape_hint else None)]
         if ts == [None]:

@@ -103,6 +103,8 @@ def _from_file(path_text: str, attr: str) -> LoadedModel:
         raise UserError(f"cannot import {path_text} (not a Python file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module  # dataclasses / pickling look modules up by name
+    if str(path.parent) not in sys.path:  # the file may import its neighbours, as when run as a script
+        sys.path.append(str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

@@ -61,7 +61,7 @@ def _as_compute(t: Tensor) -> Tensor:
 class _DSRIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, grad_scaling: float, sync: bool, native: bool):
-        y, _ = ops.if_spike(x, float(v_threshold), alpha, native=native)
+        y, _ = ops.if_spike(x, float(v_threshold.detach()), alpha, native=native)
         ctx.save_for_backward(x, v_threshold)
         ctx.grad_scaling, ctx.sync = grad_scaling, sync
         return y
@@ -79,7 +79,7 @@ class _DSRLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float,
                 grad_scaling: float, sync: bool, native: bool):
-        y, _ = ops.lif_spike(x, float(v_threshold), alpha, tau, delta_t, native=native)
+        y, _ = ops.lif_spike(x, float(v_threshold.detach()), alpha, tau, delta_t, native=native)
         ctx.save_for_backward(x, v_threshold)
         ctx.tau, ctx.delta_t, ctx.grad_scaling, ctx.sync = tau, delta_t, grad_scaling, sync
         return y

@@ -62,7 +62,11 @@ def test_export_with_checkpoint_json_and_inspect(tmp_path, capsys, checkpoints):
     # The checkpoint reached the artifact: verify (which rebuilds model + checkpoint) passes.
     code, stdout, err = run_cli(capsys, "verify", str(out), "--json")
     assert code == 0, stdout[-3000:] + err
-    assert json.loads(stdout)["passed"]
+    report = json.loads(stdout)
+    assert report["passed"]
+    # Per-layer probes also work on a portable model (the neuron outputs keep their tensor names).
+    onnx_runs = [r for r in report["runs"] if r["artifact"] == "model.onnx" and r["status"] == "ok"]
+    assert onnx_runs and all(len(r["layers"]) == 3 for r in onnx_runs)
     # inspect: the folder, the ONNX file and the model spec.
     code, stdout, _ = run_cli(capsys, "inspect", str(out / "model.onnx"), "--json")
     info = json.loads(stdout)

@@ -49,3 +49,19 @@ def test_aot_inductor_package_loads_and_is_bit_exact():
         # Neurons and elementwise ops only: the dsr op runs the same kernel; inductor's fused
         # elementwise code must round the same as eager.
         np.testing.assert_array_equal(got.numpy(), ref.numpy())
+
+
+def test_example_shape_with_T_and_batch_of_one_still_exports_dynamic():
+    # torch.export cannot keep a dimension of size 1 symbolic; the writers trace with 2 and stay dynamic.
+    import onnxruntime as ort
+
+    folder = exported("sj_neuron_net", (1, 1) + NEURON_SHAPE[2:], formats=("onnx", "pt2"))
+    model = sj_neuron_net()
+    module = torch.export.load(str(folder / "model.pt2")).module()
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    for k, (T, B) in enumerate([(1, 1), (3, 4)]):
+        x = torch.from_numpy(spiky_input((T, B) + NEURON_SHAPE[2:], seed=k))
+        with torch.no_grad():
+            ref = model(x)
+        assert torch.equal(module(x), ref)
+        np.testing.assert_array_equal(sess.run(None, {"input": x.numpy()})[0], ref.numpy())

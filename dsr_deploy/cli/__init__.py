@@ -1,7 +1,7 @@
 """The ``dsr-deploy`` command line (Typer).
 
-Each area registers its commands from its own module (``register(app)``); heavy imports happen inside the
-commands, so ``dsr-deploy --help`` and ``info`` work with only the core dependencies installed.
+Each area registers its commands from its own module ``cli/<area>_cmd.py`` (``register(app)``, found by
+name); heavy imports happen inside the commands, so ``dsr-deploy --help`` and ``info`` work with only the core dependencies installed.
 Errors the user can fix are raised as :class:`dsr_deploy.errors.UserError` and printed as one line.
 """
 
@@ -14,7 +14,6 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import bench_cmd, engine_cmd, export_cmd, info_cmd, serve_cmd
 
 app = typer.Typer(
     name="dsr-deploy",
@@ -40,9 +39,22 @@ def _root(
     """dsr-deploy: deployment toolkit for DSR-trained spiking neural networks."""
 
 
-# Each area adds its commands here; the order is the order of `--help`.
-for _module in (info_cmd, export_cmd, bench_cmd, engine_cmd, serve_cmd):
-    _module.register(app)
+def _register_areas() -> None:
+    # Every module named *_cmd in this package registers its commands; ORDER (default 100) sets their place
+    # in `--help`. Discovery keeps areas independent: adding one touches no shared file.
+    import importlib
+    import pkgutil
+
+    modules = [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in pkgutil.iter_modules(__path__)
+        if info.name.endswith("_cmd")
+    ]
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        module.register(app)
+
+
+_register_areas()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -60,10 +72,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", fg="red", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Click usage errors (Typer may vendor its own click, so match by behaviour, not by class).
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

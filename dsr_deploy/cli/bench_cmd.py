@@ -71,9 +71,9 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
         neurons = B.neurons_from_manifest(manifest)
     if neurons is None:
         for e in entries:
-            if e.runner.backend == "torch" and shape is not None:
-                e.runner.ensure_loaded()
-                neurons = B.count_neurons(e.runner.model, [shape[0], 1, *shape[2:]])
+            known = shape or getattr(e.runner, "example_shape", None)
+            if e.runner.backend == "torch" and known:
+                neurons = B.count_neurons(e.runner.model, [known[0], 1, *known[2:]])
                 break
 
     import sys

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import UserError
 
+ORDER = 20  # place in `dsr-deploy --help` (after info)
 FORMAT_CHOICES = ("torchscript", "onnx", "pt2", "all")
 
 

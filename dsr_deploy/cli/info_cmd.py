@@ -8,6 +8,8 @@ import platform
 
 import typer
 
+ORDER = 0  # first in --help
+
 OPTIONAL = {
     # import name: (pip extra, what it enables)
     "onnxruntime": ("core", "ONNX Runtime runner (CPU)"),

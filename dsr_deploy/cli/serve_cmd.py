@@ -11,6 +11,8 @@ import typer
 
 from ..errors import UserError
 
+ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")

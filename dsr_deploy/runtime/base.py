@@ -362,9 +362,10 @@ def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) ->
 
 
 def _looks_like_spec(artifact: Any) -> bool:
-    # Model specs the torch runner takes ("zoo:NAME", "pkg.module:factory") are not files.
-    s = str(artifact)
-    return ":" in s and not Path(s).exists() and not s.startswith(("/", "."))
+    # MODEL specs the torch runner takes ("zoo:NAME", "pkg.module:factory", "file.py:factory") are not files.
+    from .torch_runner import _is_spec
+
+    return isinstance(artifact, str) and _is_spec(artifact)
 
 
 # ---------------------------------------------------------------------------------------------------------

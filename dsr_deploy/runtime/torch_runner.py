@@ -88,6 +88,11 @@ class TorchRunner(Runner):
         self.loaded = True
         return self
 
+    @property
+    def example_shape(self) -> Optional[tuple]:
+        """The full ``[T, B, ...]`` shape given or known from the MODEL spec (bench's default T)."""
+        return self._shape
+
     def release(self) -> None:
         self.model = None
         super().release()
