@@ -278,8 +278,9 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
                             f"(got inputs {sorted(specs)}, outputs {out_names})")
         shape = _input_shape(specs["input"], manifest)
-        model.inputs = [("input", np.float32, (shape[0], *shape[2:]), False)]
-        model.outputs = [("output", np.float32, _output_shape(runner, "output", manifest, shape))]
+        dtype = np.dtype(specs["input"].dtype or "float32").type  # an fp16 export is served in fp16
+        model.inputs = [("input", dtype, (shape[0], *shape[2:]), False)]
+        model.outputs = [("output", dtype, _output_shape(runner, "output", manifest, shape, dtype))]
     return model
 
 
@@ -296,7 +297,7 @@ def _input_shape(spec, manifest) -> tuple:
     return tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in shape)
 
 
-def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None) -> tuple:
+def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None, dtype=np.float32) -> tuple:
     """Per-sample output dims: run the model once on zeros (cheap; also checks that it runs)."""
     specs = {s.name: s for s in runner.inputs()}
     feeds = {}
@@ -310,7 +311,7 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None)
         out = runner.infer(feeds)
         return tuple(np.asarray(out["y_t"]).shape[1:])
     T = in_shape[0] if in_shape[0] > 0 else 1
-    feeds["input"] = np.zeros((T, 1, *[d if d > 0 else 1 for d in in_shape[2:]]), dtype=np.float32)
+    feeds["input"] = np.zeros((T, 1, *[d if d > 0 else 1 for d in in_shape[2:]]), dtype=dtype)
     out = np.asarray(runner.infer(feeds)["output"])
     dims = list(out.shape)
     return tuple([-1 if in_shape[0] < 0 else dims[0], *dims[2:]])
