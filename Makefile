@@ -10,8 +10,9 @@ setup:
 info: setup
 	$(VENV)/bin/dsr-deploy info
 
+# The main job: export the shipped trained network, verify every artifact bit-exact, score and benchmark them.
 quickstart: setup
-	$(VENV)/bin/dsr-deploy info
+	$(VENV)/bin/dsr-deploy quickstart --out quickstart-out
 
 # The native CPU torch op (plugins/) with what this machine has; the tests then check it against the reference.
 plugins: setup

@@ -26,7 +26,6 @@ uses it (see :mod:`dsr_deploy.verify`).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
@@ -336,9 +335,3 @@ def inference_modules(model: nn.Module) -> List[nn.Module]:
         if isinstance(m, (_SpikeBase, IFSpikeScript, LIFSpikeScript)) and m.index not in mods:
             mods[m.index] = m
     return [mods[i] for i in sorted(mods)]
-
-
-def lif_coefficients_f32(tau: float, delta_t: float) -> tuple:
-    """``(decay, gain)`` as float32 values from the double-precision ``exp(-dt/tau)``."""
-    beta = math.exp(-delta_t / tau)
-    return f32(beta), f32(1.0 - beta)

@@ -103,6 +103,8 @@ def _from_file(path_text: str, attr: str) -> LoadedModel:
         raise UserError(f"cannot import {path_text} (not a Python file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module  # dataclasses / pickling look modules up by name
+    if str(path.parent) not in sys.path:  # the file may import its neighbours, as when run as a script
+        sys.path.append(str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
@@ -150,7 +152,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        # "Unsupported global": the file pickles classes (a whole model); any other unpickling failure
+        # (an unknown opcode, say) means the bytes are not a valid pickle at all.
+        if "Unsupported global" in text or "GLOBAL " in text:
             if not trust_pickle:
                 raise UserError(f"checkpoint {path} holds pickled Python objects (a whole model?), not a plain "
                                 "state dict; loading it runs code from the file: pass --trust-pickle if you "

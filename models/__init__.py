@@ -6,7 +6,13 @@ Registry API (stable; the CLI and the exporters use only this):
 * ``build(name, **kwargs) -> torch.nn.Module``: the network; entries with shipped weights load them
   (``weights_only=True``) unless ``pretrained=False``
 * ``input_shape(name) -> tuple[int, ...]``: the default ``[T, B, ...]`` input shape
-* ``describe(name) -> dict``: a one-line summary, neuron type, checkpoint path if any
+* ``describe(name) -> dict``: a one-line summary, neuron type, checkpoint path if any, the factory defaults
+
+Entries: ``preact-resnet18-{if,lif}`` (CIFAR), ``preact-resnet18-imagenet-{if,lif}``, ``vgg11-dvs-{if,lif}``,
+``cnn-small``, ``mlp`` (untrained) and ``digits-cnn`` (shipped weights, the quickstart's model; card in
+``digits-cnn.md``). ``build`` forwards ``T``, ``neuron`` ('if' | 'lif'), the neuron hyper-parameters and
+``readout`` ('spikes': ``[T, B, classes]``, the default; 'rate': the authors' logits ``[B, classes]``).
+SpikingJelly / authors' checkpoints of these architectures load with :func:`.interop.load_spikingjelly`.
 """
 
 from __future__ import annotations

@@ -77,8 +77,14 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
                  formats_: Iterable[str] = ("torchscript", "onnx", "pt2"), spec: Optional[str] = None,
                  checkpoint: Optional[str] = None, lowering: str = "function", opset: Optional[int] = None,
                  function_body: Optional[str] = None, static_batch: bool = False, aot: bool = False,
-                 force: bool = False, trust_pickle: bool = False, progress=None) -> Dict[str, Any]:
-    """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest."""
+                 force: bool = False, trust_pickle: bool = False, mode: str = "multistep",
+                 extra_options: Optional[Dict[str, Any]] = None, progress=None) -> Dict[str, Any]:
+    """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest.
+
+    ``mode`` picks the writer family (:func:`register_format`); a writer may return ``inputs`` / ``outputs``
+    (lists of names) in its artifact record, and the manifest then records those instead of the multi-step
+    ``input`` / ``output``. ``extra_options`` reach the writers through ``ExportContext.options``.
+    """
     from ..io import atomic_dir
 
     shape = check_input_shape(input_shape)
@@ -93,7 +99,9 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         raise UserError("the model holds no DSR neuron (DSRIFNode / DSRLIFNode, ours or SpikingJelly's); "
                         "nothing to export")
     probe_model(model, shape)
-    available = formats()
+    available = formats(mode)
+    if not available:
+        raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")
     wanted = list(dict.fromkeys(formats_))
     for f in wanted:
         if f not in available:
@@ -101,7 +109,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     ctx = ExportContext(
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
-                 "trust_pickle": trust_pickle},
+                 "trust_pickle": trust_pickle, **(extra_options or {})},
         spec=spec, checkpoint=checkpoint,
     )
     artifacts: List[Dict[str, Any]] = []
@@ -111,13 +119,15 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
             if progress:
                 progress(f"writing {fmt.filename} ({name})")
             artifacts.append(fmt.writer(ctx, tmp / fmt.filename))
-            if name == "pt2" and aot:
+            if name == "pt2" and aot and mode == "multistep":
                 from .pt2_writer import AOT_FILENAME, write_pt2_aot
 
                 if progress:
                     progress(f"compiling {AOT_FILENAME} (AOTInductor)")
                 artifacts.append(write_pt2_aot(ctx, tmp / AOT_FILENAME))
-        manifest = build_manifest(ctx, artifacts)
+        io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
+                        (None, None))
+        manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])
         import json
 
         from ..io import atomic_write_text

@@ -44,6 +44,16 @@ class ExportContext:
     def batch(self) -> int:
         return int(self.input_shape[1])
 
+    def trace_shape(self, dynamic_T: bool = True) -> Tuple[int, ...]:
+        """The example shape to trace a dynamic-shape export with: torch.export specialises a dimension of
+        size 1 (it cannot be symbolic then), so a dynamic T or batch of 1 is traced as 2."""
+        s = list(self.input_shape)
+        if dynamic_T:
+            s[0] = max(s[0], 2)
+        if self.dynamic_batch:
+            s[1] = max(s[1], 2)
+        return tuple(s)
+
     def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(shape or self.input_shape, generator=g, dtype=torch.float32).to(self.dtype)

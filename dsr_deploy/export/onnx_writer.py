@@ -24,7 +24,7 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import onnx
 import torch
@@ -86,7 +86,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         dims[0] = "T"
     if ctx.dynamic_batch:
         dims[1] = "batch"
-    x = ctx.example_input()
+    x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
         with _quiet():
             prog = torch.onnx.export(
@@ -110,11 +110,14 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
     """Name the dsr nodes, append their FunctionProtos, write metadata. Returns the neuron kinds present."""
     kinds = []
     layer_outputs = []
+    named = set()
     for call, node in enumerate(dsr_nodes(model)):
         meta = {p.key: p.value for p in node.metadata_props}
         idx = meta.get(_META_INDEX, str(call))
         layer_outputs.append([int(idx), node.output[0]])
-        node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in {n.name for n in model.graph.node} else f"dsr_layer_{idx}_call{call}"
+        # dsr_layer_<i>; a neuron module called twice gets _call<k> on its later nodes.
+        node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in named else f"dsr_layer_{idx}_call{call}"
+        named.add(node.name)
         kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
         if kind not in kinds:
             kinds.append(kind)

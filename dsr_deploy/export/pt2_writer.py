@@ -55,7 +55,7 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(net, (ctx.example_input(),), dynamic_shapes=(dims,))
+            return torch.export.export(net, (ctx.example_input(shape=ctx.trace_shape()),), dynamic_shapes=(dims,))
     except Exception as exc:
         raise UserError(f"torch.export failed: {str(exc).strip().splitlines()[0]}") from exc
 

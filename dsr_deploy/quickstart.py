@@ -1,0 +1,360 @@
+"""``dsr-deploy quickstart``: the whole product on the shipped trained network, in one command, no download.
+
+On zoo ``digits-cnn`` (DSR-IF CNN trained on scikit-learn's 8x8 digits, models/digits-cnn.md):
+
+1. the held-out split (360 images, direct-encoded over T) and the PyTorch model's accuracy on it;
+2. export to TorchScript, ONNX and pt2 (:func:`dsr_deploy.export.export_model`);
+3. ``verify`` of every artifact on every available backend against the PyTorch model, fed the held-out data
+   (:func:`dsr_deploy.verify.verify_folder`); bit-exact means output max |diff| 0 and every neuron layer's
+   spikes 100 % equal;
+4. each artifact's held-out accuracy, through the same runners users deploy with: the logits are the firing
+   rate of the artifact's own spike output, and must equal PyTorch's exactly;
+5. a short latency benchmark of PyTorch eager and every artifact x backend (:mod:`dsr_deploy.bench`);
+6. everything written under OUT (summary in ``OUT/quickstart.json``), and printed.
+
+Backends that are not available here (TensorRT without a GPU, the ORT custom-op library when not built) are
+listed as skipped with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+DEFAULT_MODEL = "digits-cnn"
+DEFAULT_OUT = "quickstart-out"
+EXPORT_DIR = "export"
+SUMMARY = "quickstart.json"
+VERIFY_REPORT = "verify.json"
+BENCH_REPORT = "bench.json"
+HELDOUT_INPUT = "heldout_input.npy"
+HELDOUT_LABELS = "heldout_labels.npy"
+# The export's example batch; the artifacts keep a dynamic batch and run the whole held-out set at once.
+EXPORT_EXAMPLE_BATCH = 2
+
+
+@dataclass
+class AccuracyRow:
+    artifact: str
+    format: str
+    backend: str
+    status: str = "ok"  # ok | skipped | error
+    reason: str = ""
+    accuracy: Optional[float] = None
+    correct: Optional[int] = None
+    total: Optional[int] = None
+    identical_to_pytorch: Optional[bool] = None  # logits bit-equal to the PyTorch model's
+    seconds: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    model: str
+    T: int
+    heldout: int
+    pytorch_accuracy: float
+    manifest: dict
+    verify: dict
+    accuracy: List[AccuracyRow]
+    bench: Optional[dict]
+    files: Dict[str, str] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
+
+    @property
+    def bit_exact(self) -> bool:
+        runs = [r for r in self.verify["runs"] if r["status"] == "ok"]
+        return bool(runs) and all(_run_bit_exact(r) for r in runs)
+
+    @property
+    def passed(self) -> bool:
+        ran = [a for a in self.accuracy if a.status != "skipped"]
+        return (bool(self.verify.get("passed")) and self.bit_exact and bool(ran)
+                and all(a.status == "ok" and a.identical_to_pytorch for a in ran))
+
+    def to_dict(self) -> dict:
+        return {
+            "model": f"zoo:{self.model}", "T": self.T, "heldout_images": self.heldout,
+            "pytorch_accuracy": self.pytorch_accuracy, "passed": self.passed, "bit_exact": self.bit_exact,
+            "verify_passed": bool(self.verify.get("passed")),
+            "verify": [{k: r.get(k) for k in ("artifact", "format", "backend", "variant", "status", "reason",
+                                               "max_abs_diff", "top1_agreement", "passed")}
+                       | {"bit_exact": _run_bit_exact(r) if r["status"] == "ok" else None} for r in self.verify["runs"]],
+            "accuracy": [a.to_dict() for a in self.accuracy],
+            "bench": _bench_summary(self.bench) if self.bench else None,
+            "backends": {k: v or "available" for k, v in self.backends.items()},
+            "files": self.files, "seconds": self.seconds,
+        }
+
+
+def _run_bit_exact(run: dict) -> bool:
+    layers_ok = all(l.get("agreement") == 1.0 for l in run.get("layers") or [])
+    return run.get("max_abs_diff") == 0.0 and layers_ok
+
+
+def _bench_summary(bench: dict) -> list:
+    out = []
+    for r in bench.get("results", []):
+        lat = r.get("latency_ms") or {}
+        out.append({"label": r["label"], "batch": r["batch"], "T": r["timesteps"], "p50_ms": lat.get("p50"),
+                    "mean_ms": lat.get("mean"), "speedup_vs_first": r.get("speedup_vs_first"),
+                    "vs_memcpy": r.get("vs_memcpy"), "error": r.get("error")})
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _artifact_targets(folder: Path, manifest: dict) -> List[tuple]:
+    """(artifact path, format, backend, None | why skipped) for every artifact x backend that could run it."""
+    from .runtime import base as R
+
+    usable = R.available_backends()
+    targets = []
+    for art in R.manifest_artifacts(manifest):
+        path = folder / art["path"]
+        fmt = str(art.get("format", ""))
+        names = [b for b, formats in R.BACKEND_FORMATS.items() if fmt.lower() in formats]
+        names += [b for b in R.backends_for(path) if b not in names and b != "torch"]
+        if not names:
+            targets.append((path, fmt, "-", "no backend runs this format"))
+        for b in names:
+            targets.append((path, fmt, b, usable.get(b, "not registered")))
+    return targets
+
+
+def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels: np.ndarray,
+                      reference_logits: np.ndarray, neuron: str, neuron_params: dict) -> AccuracyRow:
+    """Held-out accuracy of one artifact on one backend, from the artifact's own spike output."""
+    from .models.common import firing_rate
+    from .runtime import load_runner
+
+    row = AccuracyRow(path.name, fmt, backend)
+    t0 = time.perf_counter()
+    try:
+        runner = load_runner(path, backend=backend)
+        with runner:
+            name = runner.inputs()[0].name
+            out = runner.infer({name: x})
+            spikes = np.asarray(next(iter(out.values())))
+    except UserError as exc:
+        row.status, row.reason = "error", str(exc)
+        return row
+    except Exception as exc:  # a runtime that crashes on the artifact is a failure of that artifact, reported
+        row.status, row.reason = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return row
+    row.seconds = round(time.perf_counter() - t0, 3)
+    logits = firing_rate(spikes, neuron, neuron_params.get("tau", 1.0), neuron_params.get("delta_t", 0.05)).numpy()
+    pred = logits.argmax(-1)
+    row.correct, row.total = int((pred == labels).sum()), int(len(labels))
+    row.accuracy = row.correct / row.total
+    row.identical_to_pytorch = bool(logits.shape == reference_logits.shape
+                                    and np.array_equal(logits, reference_logits))
+    return row
+
+
+def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
+                   formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
+                   bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
+                   log: Callable[[str], None] = print) -> QuickstartResult:
+    import torch
+
+    from . import models
+    from .encoding import direct_encode
+    from .export import export_model
+    from .io import atomic_write_text, check_writable_dir
+    from .models.common import NEURON_DEFAULTS, firing_rate
+    from .models.digits import load_digits_split
+    from .verify import verify_folder
+
+    out = Path(out)
+    check_writable_dir(out)
+    spec = f"zoo:{model_name}"
+    info = models.describe(model_name)
+    if not info.get("checkpoint"):
+        raise UserError(f"quickstart needs a zoo model with shipped weights; {spec} has none")
+    seconds: Dict[str, float] = {}
+    files: Dict[str, str] = {}
+
+    # 1. data and the PyTorch reference
+    t0 = time.perf_counter()
+    log(f"[1/5] {spec}: {info['summary']}")
+    model = models.build(model_name).eval()
+    T = int(models.input_shape(model_name)[0])
+    data = load_digits_split()
+    x = direct_encode(data.x_test, T)
+    x_np = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    labels = data.y_test.numpy()
+    _save_npy(out / HELDOUT_INPUT, x_np)
+    _save_npy(out / HELDOUT_LABELS, labels)
+    files["heldout_input"] = str(out / HELDOUT_INPUT)
+    files["heldout_labels"] = str(out / HELDOUT_LABELS)
+    neuron = info.get("neuron") or "if"
+    params = {**NEURON_DEFAULTS[neuron], **{k: v for k, v in info.get("defaults", {}).items()
+                                              if k in ("tau", "delta_t")}}
+    with torch.no_grad():
+        ref_logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
+    ref_correct = int((ref_logits.argmax(-1) == labels).sum())
+    pytorch_acc = ref_correct / len(labels)
+    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {pytorch_acc:.2%} ({ref_correct}/{len(labels)})")
+    seconds["data_and_pytorch"] = round(time.perf_counter() - t0, 2)
+
+    # 2. export
+    t0 = time.perf_counter()
+    export_dir = out / EXPORT_DIR
+    log(f"[2/5] export to {', '.join(formats)} -> {export_dir}")
+    shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
+    manifest = export_model(model, shape, export_dir, formats_=formats, spec=spec, force=True,
+                            progress=lambda m: log(f"      {m}"))
+    files["export"] = str(export_dir)
+    files["manifest"] = str(export_dir / "manifest.json")
+    for art in manifest.get("artifacts", []):
+        files[f"artifact:{art.get('format')}"] = str(export_dir / art["path"])
+    seconds["export"] = round(time.perf_counter() - t0, 2)
+
+    # 3. verify on the held-out data
+    t0 = time.perf_counter()
+    log("[3/5] verify every artifact on every available backend (held-out data + one random input)")
+    report = verify_folder(export_dir, input_file=str(out / HELDOUT_INPUT), progress=lambda m: log(f"      {m}"))
+    atomic_write_text(out / VERIFY_REPORT, json.dumps(report, indent=2) + "\n")
+    files["verify_report"] = str(out / VERIFY_REPORT)
+    seconds["verify"] = round(time.perf_counter() - t0, 2)
+
+    # 4. accuracy of each artifact
+    t0 = time.perf_counter()
+    log("[4/5] held-out accuracy of each artifact")
+    rows: List[AccuracyRow] = []
+    for path, fmt, backend, why in _artifact_targets(export_dir, manifest):
+        if why is not None:
+            rows.append(AccuracyRow(path.name, fmt, backend, status="skipped", reason=str(why)))
+            continue
+        log(f"      {path.name} on {backend}")
+        rows.append(artifact_accuracy(path, fmt, backend, x_np, labels, ref_logits, neuron, params))
+    seconds["accuracy"] = round(time.perf_counter() - t0, 2)
+
+    # 5. benchmark
+    bench_doc = None
+    if bench:
+        t0 = time.perf_counter()
+        log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={T}, {bench_iters} iterations each")
+        bench_doc = _benchmark(model, export_dir, manifest, [r for r in rows if r.status == "ok"], T,
+                               shape, bench_batches, bench_iters, bench_warmup)
+        atomic_write_text(out / BENCH_REPORT, json.dumps(bench_doc, indent=2) + "\n")
+        files["bench_report"] = str(out / BENCH_REPORT)
+        seconds["bench"] = round(time.perf_counter() - t0, 2)
+    else:
+        log("[5/5] benchmark skipped (--no-bench)")
+
+    from .runtime import available_backends
+
+    result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
+                              manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
+                              seconds=seconds, backends=available_backends())
+    files["summary"] = str(out / SUMMARY)
+    atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRow], T: int, shape: tuple,
+               batches: Sequence[int], iters: int, warmup: int) -> dict:
+    from . import bench as B
+    from .runtime import load_runner
+
+    entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape)))]
+    seen = set()
+    for r in ok_rows:
+        if (r.artifact, r.backend) in seen:
+            continue
+        seen.add((r.artifact, r.backend))
+        entries.append(B.BenchEntry(f"{r.format}/{r.backend}", load_runner(export_dir / r.artifact, backend=r.backend)))
+    result = B.run_benchmark(entries, list(batches), [T], warmup=warmup, iters=iters, input_shape=list(shape),
+                             neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir))
+    for e in entries:
+        e.runner.release()
+    return result.to_dict()
+
+
+def render(result: QuickstartResult, console=None) -> None:
+    """Print the summary tables and where everything is."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title="verify: every artifact x backend vs PyTorch (held-out + random inputs)")
+    for col in ("artifact", "backend", "max |diff|", "spikes equal", "top-1", "bit-exact", "result"):
+        t.add_column(col)
+    for r in result.verify["runs"]:
+        if r["status"] != "ok":
+            t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), "", "", "", "",
+                      f"[yellow]{r['status']}: {escape(r['reason'])}[/yellow]")
+            continue
+        agreements = [l["agreement"] for l in r.get("layers") or [] if l.get("agreement") is not None]
+        exact = _run_bit_exact(r)
+        t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), f"{r['max_abs_diff']:g}",
+                  f"{min(agreements):.4%}" if agreements else "-",
+                  f"{r['top1_agreement']:.2%}" if r.get("top1_agreement") is not None else "-",
+                  "[green]yes[/green]" if exact else "[red]no[/red]",
+                  "[green]pass[/green]" if r.get("passed") else "[red]FAIL[/red]")
+    console.print(t)
+
+    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch: "
+                    f"{result.pytorch_accuracy:.2%}")
+    for col in ("artifact", "backend", "accuracy", "correct", "logits identical to PyTorch"):
+        a.add_column(col)
+    for r in result.accuracy:
+        if r.status != "ok":
+            a.add_row(r.artifact, r.backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
+            continue
+        a.add_row(r.artifact, r.backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}",
+                  "[green]yes[/green]" if r.identical_to_pytorch else "[red]NO[/red]")
+    console.print(a)
+
+    if result.bench:
+        from . import bench as B
+
+        console.print(B.render_table(_bench_from_dict(result.bench)))
+
+    unusable = {k: v for k, v in result.backends.items() if v}
+    if unusable:
+        console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"
+                                                                   for k, v in unusable.items()))
+    w = Table(title="where everything is", show_header=False)
+    w.add_column("what")
+    w.add_column("path")
+    for k, v in result.files.items():
+        w.add_row(k, v)
+    console.print(w)
+    if result.passed:
+        console.print(f"[bold green]quickstart passed[/bold green]: every artifact is bit-exact with PyTorch and "
+                      f"scores {result.pytorch_accuracy:.2%} on the held-out digits. Next: "
+                      f"dsr-deploy bench {result.files.get('export')}  |  dsr-deploy verify {result.files.get('export')}")
+    else:
+        console.print("[bold red]quickstart FAILED[/bold red]: see the tables above and "
+                      f"{result.files.get('summary')}")
+
+
+def _bench_from_dict(doc: dict):
+    from . import bench as B
+
+    return B.BenchResult(artifact=doc.get("artifact", ""), settings=doc.get("settings", {}),
+                         entries=doc.get("entries", {}), rows=doc.get("results", []),
+                         machine=doc.get("machine", {}), libraries=doc.get("libraries", {}),
+                         created=doc.get("created", ""))

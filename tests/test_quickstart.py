@@ -1,0 +1,104 @@
+"""`dsr-deploy quickstart` end to end (the README's main job): export, bit-exact verify, each artifact's held-out
+accuracy equal to PyTorch's, a short benchmark, every file where the summary says. One CLI run (about a minute
+on 2 cores) shared by the tests of this module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+
+FORMATS = {"torchscript", "onnx", "pt2"}
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(out), "--iters", "3",
+                           "--batch", "1,4", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout), proc.stderr
+
+
+def test_quickstart_passes_bit_exact(quickstart):
+    out, summary, log = quickstart
+    assert summary["passed"] and summary["bit_exact"] and summary["verify_passed"]
+    assert summary["model"] == "zoo:digits-cnn" and summary["T"] == 8 and summary["heldout_images"] == 360
+    ran = [r for r in summary["verify"] if r["status"] == "ok"]
+    assert {r["format"] for r in ran} >= FORMATS | {"pytorch"}
+    assert all(r["max_abs_diff"] == 0.0 and r["bit_exact"] and r["passed"] for r in ran)
+    for r in summary["verify"]:
+        if r["status"] == "skipped":
+            assert r["reason"]  # a skipped backend says why
+    assert summary["backends"] and all(isinstance(v, str) and v for v in summary["backends"].values())
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in log
+
+
+def test_each_artifact_accuracy_equals_pytorch(quickstart):
+    out, summary, _ = quickstart
+    assert summary["pytorch_accuracy"] >= 0.95
+    ok = [a for a in summary["accuracy"] if a["status"] == "ok"]
+    assert {a["format"] for a in ok} == FORMATS
+    for a in ok:
+        assert a["accuracy"] == summary["pytorch_accuracy"] and a["total"] == 360
+        assert a["identical_to_pytorch"] is True
+
+
+def test_files_are_where_the_summary_says(quickstart):
+    out, summary, _ = quickstart
+    files = summary["files"]
+    for key in ("export", "manifest", "verify_report", "bench_report", "summary", "heldout_input", "heldout_labels",
+                "artifact:torchscript", "artifact:onnx", "artifact:pt2"):
+        assert Path(files[key]).exists(), key
+    assert json.loads(Path(files["summary"]).read_text())["passed"] is True
+    manifest = json.loads(Path(files["manifest"]).read_text())
+    assert {a["format"] for a in manifest["artifacts"]} >= FORMATS
+    x = np.load(files["heldout_input"])
+    assert x.shape == (8, 360, 1, 8, 8) and x.dtype == np.float32
+    bench = json.loads(Path(files["bench_report"]).read_text())
+    labels = {r["label"] for r in bench["results"]}
+    assert "pytorch eager" in labels and {"torchscript/torchscript", "onnx/onnxruntime", "pt2/pt2"} <= labels
+    timed = [r for r in bench["results"] if r["latency_ms"]]
+    assert timed and all(r["latency_ms"]["mean"] > 0 and r["iterations"] == 3 for r in timed)
+
+
+def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):
+    """The deployed TorchScript file alone (a fresh process that never imports dsr_deploy) gives PyTorch's score."""
+    out, summary, _ = quickstart
+    files = summary["files"]
+    code = (
+        "import sys, numpy as np, torch\n"
+        f"m = torch.jit.load({files['artifact:torchscript']!r})\n"
+        f"x = torch.from_numpy(np.load({files['heldout_input']!r}))\n"
+        f"y = np.load({files['heldout_labels']!r})\n"
+        "s = m(x)\n"
+        "assert 'dsr_deploy' not in sys.modules\n"
+        "rate = (s != 0).float().sum(0)  # IF spikes share one amplitude: the count ranks like the rate\n"
+        "print((rate.argmax(-1).numpy() == y).mean())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip()) == summary["pytorch_accuracy"]
+
+
+def test_bad_out_is_one_line_error(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(f), "--no-bench"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(tmp_path / "o"),
+                           "--model", "mlp"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no" in proc.stderr and "weights" in proc.stderr
