@@ -91,6 +91,11 @@ def preact_resnet18_sj(T: int, width: int = 64, num_classes: int = 10) -> nn.Mod
     return net.eval()
 
 
+def preact_resnet18_sj_small() -> nn.Module:
+    """T=4, stem width 16: the verify figures' PreAct-ResNet-style net (``bench_export.py:preact_resnet18_sj_small``)."""
+    return preact_resnet18_sj(4, 16)
+
+
 @contextlib.contextmanager
 def quiet():
     import logging

@@ -42,12 +42,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for net, shape_name in NETS.items():
-            shape = getattr(E, shape_name)
-            loaded = load_model(f"{E.nets_file()}:{net}")
+        todo = [(net, getattr(E, shape_name), f"{E.nets_file()}:{net}") for net, shape_name in NETS.items()]
+        # A larger net where ORT's convolutions can round differently: PreAct-ResNet-18-style, width 16, T=4.
+        todo.append(("preact_resnet18_sj_small", (4, 2, 3, 32, 32),
+                     f"{ROOT / 'benchmarks' / 'bench_export.py'}:preact_resnet18_sj_small"))
+        for net, shape, spec in todo:
+            loaded = load_model(spec)
             big = np.random.default_rng(99).standard_normal((shape[0], 8) + tuple(shape[2:])).astype(np.float32) * 2
             np.save(Path(tmp) / f"{net}_b8.npy", big)
-            for lowering in ("function", "portable"):
+            for lowering in (("function", "portable") if net in NETS else ("function",)):
                 out = Path(tmp) / f"{net}_{lowering}"
                 formats = ("torchscript", "onnx", "pt2") if lowering == "function" else ("onnx",)
                 with warnings.catch_warnings():
@@ -63,7 +66,11 @@ def main(argv=None):
                                  "layers": [(l["agreement"], l["spikes_equal"], l["spikes_total"]) for l in r["layers"]],
                                  "passed": r["passed"]})
                 print(f"{net} {lowering}: {'PASSED' if report['passed'] else 'FAILED'}", file=sys.stderr)
+    from dsr_deploy.runtime.onnxruntime import find_ort_library
+
+    lib = find_ort_library()
     meta = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+            "ort_custom_op_library": str(lib) if lib else "not built (function fallback only)",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "inputs": f"{args.random} random [T,B,...] of the export shape + one batch-8 input"}
     out = Path(args.out)

@@ -108,8 +108,14 @@ class Reference:
         for m in self.model.modules():  # SpikingJelly memory modules: no state carried between inputs
             if hasattr(m, "reset") and callable(m.reset) and type(m).__module__.startswith("spikingjelly"):
                 m.reset()
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(x))
+        try:
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(x))
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the PyTorch model rejects input {list(x.shape)}: {msg}") from exc
+        if not isinstance(out, torch.Tensor):
+            raise UserError(f"the PyTorch model returned {type(out).__name__}, expected one tensor")
         return out.detach().cpu().numpy(), list(self._calls)
 
 
@@ -164,7 +170,7 @@ def _make_probe(fmt: str, path: Path, model, manifest: dict, tmp: Path) -> Tuple
         p = tmp / ("probe.aoti.pt2" if fmt == "aoti" else "probe.pt2")
         write_pt2_probe(_torch_ctx(model, manifest), p, aot=(fmt == "aoti"))
         return p, None, f"probe: re-exported {'AOTInductor package' if fmt == 'aoti' else 'torch.export program'} with the neuron outputs exposed"
-    raise ValueError(fmt)
+    raise ValueError(f"per-layer probes are not made for {fmt} artifacts (output figures only)")
 
 
 # ---------------------------------------------------------------------------------------------------------

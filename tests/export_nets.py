@@ -175,3 +175,12 @@ def exported(factory: str, shape, formats=("torchscript", "onnx", "pt2"), **opti
             export_model(loaded.model, shape, out, formats_=formats, spec=loaded.spec, **options)
         _EXPORTS[key] = out
     return _EXPORTS[key]
+
+
+def ours_fixed_T_net() -> nn.Module:
+    """Our neuron built with T=6: it rejects any other number of time steps."""
+    return nn.Sequential(DSRIFNode(T=6, v_threshold=1.0)).eval()
+
+
+def single_neuron() -> nn.Module:
+    return DSRLIFNode(T=None, v_threshold=0.5, tau=2.0, delta_t=0.05, alpha=0.3).eval()

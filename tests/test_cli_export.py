@@ -115,6 +115,7 @@ BAD = [
     (["{nets}:not_a_module", "--input-shape", "4,2,3,8,8"], "not a torch.nn.Module"),
     (["{nets}:no_neuron_net", "--input-shape", "4,2,4"], "no DSR neuron"),
     (["{nets}:sj_conv_net", "--input-shape", "4,2,5,8,8"], "the model rejects input shape [4, 2, 5, 8, 8]"),
+    (["{nets}:ours_fixed_T_net", "--input-shape", "4,2,5"], "built with T=6 but the input has 4 time steps"),
     (["{nets}:sj_conv_net", "--input-shape", "4"], "rank 1"),
     (["{nets}:sj_conv_net", "--input-shape", "0,2,3,8,8"], "T must be > 0"),
     (["{nets}:sj_conv_net", "--input-shape", "-3,2,3,8,8"], "T must be > 0"),
@@ -169,3 +170,15 @@ def test_verify_and_inspect_bad_inputs(tmp_path, capsys):
     (tmp_path / "x.bin").write_bytes(b"abc")
     code, _, err = run_cli(capsys, "inspect", str(tmp_path / "x.bin"))
     assert code == 2 and "cannot inspect" in err
+
+
+def test_a_single_neuron_network_exports_to_every_format(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "export", f"{NETS}:single_neuron", "--input-shape", "3,2,5", "--out",
+                                str(out), "--json")
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx", "pt2"]
+    assert manifest["neurons"][0]["name"] == "" and manifest["neurons"][0]["op_type"] == "DSRLIFSpike"
+    code, stdout, err = run_cli(capsys, "verify", str(out), "--json", "--min-agreement", "1.0")
+    assert code == 0 and json.loads(stdout)["passed"], stdout[-2000:] + err

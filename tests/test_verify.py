@@ -79,3 +79,14 @@ def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
         verify_folder(folder, input_file=str(tmp_path / "bad.npy"))
     with pytest.raises(UserError, match="manifest"):
         verify_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_verify_runs_the_aot_inductor_package_per_layer():
+    # Reuses test_export_pt2's AOT export within one pytest process; the per-layer probe compiles once more.
+    folder = exported("ours_neuron_net", NEURON_SHAPE, formats=("pt2",), aot=True)
+    report = verify_folder(folder, min_agreement=1.0)
+    assert report["passed"], json.dumps(report, indent=1)[-3000:]
+    aoti = [r for r in report["runs"] if r["artifact"] == "model.aoti.pt2"]
+    assert aoti and aoti[0]["status"] == "ok" and aoti[0]["max_abs_diff"] == 0.0
+    assert [l["agreement"] for l in aoti[0]["layers"]] == [1.0, 1.0]

@@ -125,6 +125,7 @@ def inspect_onnx(path: Path) -> dict:
 
 
 def _print_inspect(info: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     c = _console()
@@ -146,10 +147,10 @@ def _print_inspect(info: dict) -> None:
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "onnx":
         c.print(f"[bold]{info['path']}[/bold]  opsets {info['opset_import']}  IR {info['ir_version']}")
-        c.print(f"nodes {info['node_count']}, dsr nodes {info['dsr_node_count']}, functions {info['function_count']}"
-                + "".join(f"  [{f['name']}: {f['nodes']} nodes, {f['body']}]" for f in info["functions"]))
-        c.print("inputs " + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
-                + "  outputs " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"]))
+        c.print(escape(f"nodes {info['node_count']}, dsr nodes {info['dsr_node_count']}, functions {info['function_count']}"
+                       + "".join(f"  [{f['name']}: {f['nodes']} nodes, {f['body']}]" for f in info["functions"])))
+        c.print(escape("inputs " + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
+                       + "  outputs " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"])))
         if info["metadata"]:
             t = Table("key", "value", title="metadata")
             for k, v in info["metadata"].items():
@@ -170,12 +171,13 @@ def _print_inspect(info: dict) -> None:
 
 
 def _print_verify(report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     c = _console()
-    c.print(f"[bold]verify {report['dir']}[/bold] against {report['model']}"
-            + (f" + {report['checkpoint']}" if report["checkpoint"] else "")
-            + f"; inputs: {', '.join(i['name'] + str(i['shape']) for i in report['inputs'])}")
+    c.print(f"[bold]verify {escape(report['dir'])}[/bold] against " + escape(
+        f"{report['model']}" + (f" + {report['checkpoint']}" if report["checkpoint"] else "")
+        + f"; inputs: {', '.join(i['name'] + str(i['shape']) for i in report['inputs'])}"))
     t = Table(title=f"output and spike agreement (pass: every layer >= {_pct(report['min_agreement'])}, top-1 equal)")
     t.add_column("artifact")
     t.add_column("backend")
@@ -188,12 +190,12 @@ def _print_verify(report: dict) -> None:
         backend = r["backend"] + (f" ({r['variant']})" if r["variant"] else "")
         if r["status"] != "ok":
             cells = ["-", "-"] + ["-"] * len(report["neurons"])
-            result = ("[yellow]skipped[/yellow]: " if r["status"] == "skipped" else "[red]ERROR[/red]: ") + r["reason"]
+            result = ("[yellow]skipped[/yellow]: " if r["status"] == "skipped" else "[red]ERROR[/red]: ") + escape(r["reason"])
         else:
             by = {l["index"]: l["agreement"] for l in r["layers"]}
             cells = [f"{r['max_abs_diff']:.3g}", _pct(r["top1_agreement"])] + [_pct(by.get(n["index"])) for n in report["neurons"]]
             result = "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]"
-        t.add_row(r["artifact"], backend, *cells, result)
+        t.add_row(escape(r["artifact"]), escape(backend), *cells, result)
     c.print(t)
     c.print("[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]")
 

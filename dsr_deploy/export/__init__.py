@@ -57,11 +57,14 @@ def check_input_shape(shape: Sequence[int]) -> tuple:
 
 
 def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Run the inference copy once on zeros of ``shape``; a UserError when the model rejects it."""
-    net = inference_copy(model, "op")
+    """Run the user's network (an eval-mode copy, so its own checks apply, e.g. our neurons' T) and its
+    inference copy once on zeros of ``shape``; a UserError when either rejects it."""
+    import copy
+
     try:
         with torch.no_grad():
-            out = net(torch.zeros(shape, dtype=dtype))
+            copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
+            out = inference_copy(model, "op")(torch.zeros(shape, dtype=dtype))
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the model rejects input shape {list(shape)}: {msg}") from exc
@@ -71,6 +74,24 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
         raise UserError(f"the model's output has shape {list(out.shape)}; expected [T, B, ...] with T={shape[0]}, "
                         f"B={shape[1]} (multi-step layout)")
     return out
+
+
+def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, Any]:
+    """Run one writer; an unexpected failure becomes a one-line UserError naming the format (set
+    DSR_DEPLOY_DEBUG=1 to get the original exception and its traceback instead)."""
+    import os
+
+    try:
+        return writer(ctx, path)
+    except UserError:
+        raise
+    except Exception as exc:
+        if os.environ.get("DSR_DEPLOY_DEBUG"):
+            raise
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise UserError(f"{name} export failed: {type(exc).__name__}: {first} (DSR_DEPLOY_DEBUG=1 shows the "
+                        "traceback)") from exc
 
 
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
@@ -118,13 +139,13 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
             fmt = available[name]
             if progress:
                 progress(f"writing {fmt.filename} ({name})")
-            artifacts.append(fmt.writer(ctx, tmp / fmt.filename))
+            artifacts.append(_run_writer(name, fmt.writer, ctx, tmp / fmt.filename))
             if name == "pt2" and aot and mode == "multistep":
                 from .pt2_writer import AOT_FILENAME, write_pt2_aot
 
                 if progress:
                     progress(f"compiling {AOT_FILENAME} (AOTInductor)")
-                artifacts.append(write_pt2_aot(ctx, tmp / AOT_FILENAME))
+                artifacts.append(_run_writer("aoti", write_pt2_aot, ctx, tmp / AOT_FILENAME))
         io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
                         (None, None))
         manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])

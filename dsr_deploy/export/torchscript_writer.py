@@ -68,6 +68,8 @@ def _shape_variant(shape: Tuple[int, ...], dynamic_batch: bool) -> Tuple[int, ..
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
+    if probe and isinstance(net, (IFSpikeScript, LIFSpikeScript)):
+        net = nn.Sequential(net)  # a single-neuron network: give the probe a child to record
     x = ctx.example_input()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
