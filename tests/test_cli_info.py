@@ -43,6 +43,10 @@ def test_exit_codes_of_commands_propagate(monkeypatch):
 
     sub = typer.Typer()
 
+    @sub.callback()
+    def _group():
+        """A group, so the command is named on the command line."""
+
     @sub.command("exit-with")
     def _exit_with(code: int):
         raise typer.Exit(code)
