@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart test info
+.PHONY: setup quickstart test info plugins
 
 setup:
 	bash scripts/setup.sh
@@ -14,5 +14,9 @@ info: setup
 quickstart: setup
 	$(VENV)/bin/dsr-deploy quickstart --out quickstart-out
 
-test: setup
+# The native CPU torch op (plugins/) with what this machine has; the tests then check it against the reference.
+plugins: setup
+	$(VENV)/bin/dsr-deploy plugins build
+
+test: setup plugins
 	$(PY) -m pytest -q

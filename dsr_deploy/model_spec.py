@@ -18,7 +18,6 @@ import importlib.util
 import pickle
 import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -161,8 +160,8 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
                                 "trust it") from exc
         else:
             raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_line(exc)})") from exc
+    except Exception as exc:  # noqa: BLE001 - garbage bytes fail anywhere in the unpickler (IndexError, ...)
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {_first_line(exc)})") from exc
     # trust_pickle: the user vouched for the file.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -10,8 +10,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==${DSR_TORCH_VERSION:-2.13.0}"
-"${PIP[@]}" -e .
+# The serve extra (nvidia-pytriton, tritonclient) so CI runs the serving tests against a real Triton server.
+# nvidia-pytriton 0.7.0 pins numpy<2; the whole suite (torch 2.13, onnx, onnxruntime, onnxscript, scikit-learn,
+# matplotlib, SpikingJelly) passes with numpy 1.26, so one venv serves everything.
+"${PIP[@]}" -e ".[serve]"
 # Test tools. SpikingJelly is the test oracle; installed without its dependencies because they pull
 # torchvision/torchaudio builds that do not match the pinned CPU torch (its neuron and layer code needs loguru only).
 "${PIP[@]}" pytest hypothesis scikit-learn matplotlib loguru
 "${PIP[@]}" --no-deps spikingjelly==2.0.0
+# `dsr-deploy plugins build` (run by `make test`) needs CMake and a C++ compiler; take CMake/Ninja from PyPI if absent.
+command -v cmake >/dev/null 2>&1 || "${PIP[@]}" cmake ninja

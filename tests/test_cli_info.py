@@ -32,3 +32,26 @@ def test_info_table_and_unknown_command():
     assert r.returncode == 0 and "torch" in r.stdout and "onnxruntime" in r.stdout
     r = _cli("no-such-command")
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_exit_codes_of_commands_propagate(monkeypatch):
+    # main() runs click outside standalone mode; a command's `typer.Exit(n)` must still end the process with n.
+    import pytest
+    import typer
+
+    from dsr_deploy import cli
+
+    sub = typer.Typer()
+
+    @sub.callback()
+    def _group():
+        """A group, so the command is named on the command line."""
+
+    @sub.command("exit-with")
+    def _exit_with(code: int):
+        raise typer.Exit(code)
+
+    monkeypatch.setattr(cli, "app", sub)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["exit-with", "3"])
+    assert info.value.code == 3

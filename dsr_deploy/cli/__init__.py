@@ -60,7 +60,10 @@ _register_areas()
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except UserError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(exc.exit_code)

@@ -219,6 +219,8 @@ def register(app: typer.Typer) -> None:
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a checkpoint holding a pickled "
                                           "model (runs code from the file)"),
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+        mode: str = typer.Option("multistep", "--mode", help="multistep ([T, B, ...] in one call) | streaming "
+                                 "(one time step per call, membranes as I/O: x_t, v_in_i -> y_t, v_out_i)"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -226,8 +228,14 @@ def register(app: typer.Typer) -> None:
 
         if out.exists() and not force:  # before any expensive work
             raise UserError(f"{out} exists; pass --force to overwrite it")
+        if mode not in ("multistep", "streaming"):
+            raise UserError(f"unknown --mode {mode!r}; choose multistep or streaming")
+        if mode == "streaming":
+            from ..streaming import register_formats
+
+            register_formats()
         names = [f.strip() for f in fmt.split(",") if f.strip()]
-        known = list(formats())
+        known = list(formats(mode))
         if not names or any(f not in known + ["all"] for f in names):
             raise UserError(f"unknown --format {fmt!r}; choose from {', '.join(known)} or all")
         wanted = known if "all" in names else names
@@ -252,11 +260,18 @@ def register(app: typer.Typer) -> None:
             shape = loaded.default_input_shape
         err = _err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
-        manifest = export_model(
-            loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
-            lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
-            force=force, trust_pickle=trust_pickle, progress=progress,
-        )
+        if mode == "streaming":
+            from ..streaming import export_streaming
+
+            manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
+                                        checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
+                                        progress=progress)
+        else:
+            manifest = export_model(
+                loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
+                lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
+                force=force, trust_pickle=trust_pickle, progress=progress,
+            )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
             return
@@ -264,7 +279,9 @@ def register(app: typer.Typer) -> None:
 
         c = _console()
         c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {list(shape)}, T={shape[0]}, "
-                f"{'dynamic' if not static_batch else 'static'} batch)")
+                f"{'dynamic' if not static_batch else 'static'} batch"
+                + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
+                   if mode == "streaming" else ")"))
         t = Table("format", "file", "details", title="artifacts")
         for a in manifest["artifacts"]:
             t.add_row(a["format"], a["path"], ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path")))

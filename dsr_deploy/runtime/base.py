@@ -34,11 +34,12 @@ Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[Dim, ...]
+    shape: Optional[tuple[Dim, ...]]  # None: rank unknown (a TorchScript input other than the first)
     dtype: str  # numpy dtype name: "float32", "float16", ...
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        # A TorchScript input's rank may be unknown (shape None): say so instead of failing.
+        return {"name": self.name, "shape": None if self.shape is None else list(self.shape), "dtype": self.dtype}
 
 
 class Runner(abc.ABC):

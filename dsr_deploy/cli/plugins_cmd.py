@@ -1,0 +1,96 @@
+"""``dsr-deploy plugins build`` and ``dsr-deploy plugins status``: the native kernels of ``plugins/``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+plugins_app = typer.Typer(
+    help="Build and inspect the native spike-loop plugins (PyTorch ops, ONNX Runtime ops, TensorRT plugins).",
+    no_args_is_help=True,
+)
+
+
+@plugins_app.command("build")
+def build_cmd(
+    torch_ops: bool = typer.Option(True, "--torch/--no-torch", help="Build the PyTorch kernels."),
+    cuda: Optional[bool] = typer.Option(
+        None, "--cuda/--no-cuda",
+        help="CUDA kernels (default: on when nvcc is found and torch is a CUDA build or sees a GPU).",
+    ),
+    ort_root: Optional[str] = typer.Option(
+        None, "--ort-root", help="Folder with onnxruntime_c_api.h (default $ONNXRUNTIME_ROOT); builds the ORT ops."
+    ),
+    trt_root: Optional[str] = typer.Option(
+        None, "--trt-root", help="TensorRT folder with include/NvInfer.h (default $TENSORRT_ROOT); needs --cuda."
+    ),
+    cuda_arch: Optional[str] = typer.Option(
+        None, "--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES (default: the visible GPU's, else 90)."
+    ),
+    build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="CMake build folder (default build/plugins)."),
+    lib_dir: Optional[Path] = typer.Option(
+        None, "--lib-dir", help="Install folder (default $DSR_DEPLOY_LIB_DIR, else dsr_deploy/_lib)."
+    ),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the CMake output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build record as JSON."),
+):
+    """Configure and build plugins/ with CMake and install the libraries where dsr_deploy finds them."""
+    from .. import plugins
+
+    record = plugins.build(torch=torch_ops, cuda=cuda, ort_root=ort_root, trt_root=trt_root, cuda_arch=cuda_arch,
+                           build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    opts = record["options"]
+    typer.echo(f"built in {record['seconds']} s into {record['lib_dir']} "
+               f"(torch={opts['torch']}, cuda={opts['cuda']}, ort={opts['ort']}, tensorrt={opts['trt']})")
+    for key, path in record["libraries"].items():
+        typer.echo(f"  {key:12s} {path}")
+
+
+@plugins_app.command("status")
+def status_cmd(
+    ort_root: Optional[str] = typer.Option(None, "--ort-root", help="ONNX Runtime headers to report on."),
+    trt_root: Optional[str] = typer.Option(None, "--trt-root", help="TensorRT headers to report on."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """What is built, whether it loads here, and what is missing and why."""
+    from .. import plugins
+
+    st = plugins.status(ort_root=ort_root, trt_root=trt_root)
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    typer.echo("library folders: " + ", ".join(st["lib_dirs"]))
+    for key, e in st["libraries"].items():
+        mark = "built  " if e["built"] else "missing"
+        typer.echo(f"{mark} {e['library']:30s} {e['what']}")
+        if key == "torch" and e["built"]:
+            typer.echo(f"        loaded={e['loaded']} cpu_kernel={e['cpu_kernel']} cuda_kernel={e['cuda_kernel']}")
+        typer.echo(f"        {e['reason']}")
+        if e.get("build") and e["built"]:
+            b = e["build"]
+            against = {"torch": f"torch {b.get('torch')}", "ort": f"ORT headers {b.get('ort_headers')}",
+                       "trt": f"TensorRT headers {b.get('trt_headers')}",
+                       "trt_dynamic": f"TensorRT headers {b.get('trt_headers')}"}.get(key, f"{b.get('compiler')}")
+            cuda = b.get("cuda")
+            typer.echo(f"        built {b.get('built_at')} against {against}; CUDA "
+                       + (f"sm_{cuda['arch']} ({cuda['nvcc']})" if cuda else "off"))
+    tc = st["toolchain"]
+    typer.echo("toolchain: " + "; ".join([
+        f"cmake {'yes' if tc['cmake']['available'] else 'NO'}",
+        f"nvcc {'yes' if tc['cuda']['available'] else 'no'}",
+        f"GPU {'yes' if tc['cuda']['gpu_visible'] else 'no'}",
+        f"torch {tc['torch']['version']} (CUDA {tc['torch']['cuda']})",
+        f"ORT headers {tc['ort']['include'] or 'no'}",
+        f"TensorRT headers {tc['trt']['include'] or 'no'}",
+    ]))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(plugins_app, name="plugins")

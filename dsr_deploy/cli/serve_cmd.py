@@ -1,0 +1,93 @@
+"""``dsr-deploy serve`` (a live Triton server through PyTriton) and ``dsr-deploy triton-repo`` (a model
+repository for a production tritonserver)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+
+ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        artifacts: List[Path] = typer.Argument(..., help="export folder(s) or model file(s); several are served "
+                                               "side by side, each under its own name"),
+        backend: Optional[str] = typer.Option(None, "--backend", help="runtime backend: onnxruntime | torchscript | "
+                                              "torch | pt2 | tensorrt (default: the first that runs the artifact)"),
+        host: str = typer.Option("127.0.0.1", "--host", help="address to bind HTTP and gRPC to (0.0.0.0 exposes "
+                                 "the server to the network)"),
+        port: int = typer.Option(8000, "--port", help="HTTP port"),
+        grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default: --port + 1)"),
+        max_batch: int = typer.Option(8, "--max-batch", help="largest dynamic batch (0: no batching)"),
+        queue_delay_us: int = typer.Option(100, "--queue-delay-us", help="dynamic batcher's max queue delay"),
+        name: Optional[List[str]] = typer.Option(None, "--name", help="model name (once per artifact)"),
+        idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="streaming: drop a sequence's membranes "
+                                           "after this many seconds without a request"),
+        max_sequences: int = typer.Option(4096, "--max-sequences", help="streaming: most open sequences"),
+        threads: int = typer.Option(1, "--threads", help="compute threads per model runner (0: the backend's "
+                                    "default; more than 1 competes with the server's own threads on small hosts)"),
+        as_json: bool = typer.Option(False, "--json", help="print the endpoints and models as one JSON line when "
+                                     "ready"),
+    ):
+        """Serve exported models through a real Triton server (PyTriton), dynamic batching, until SIGINT/SIGTERM."""
+        from ..serving.pytriton_server import ServerConfig, serve as run_server
+
+        for label, value in (("--port", port), ("--grpc-port", grpc_port)):
+            if value is not None and not 0 < value < 65536:
+                raise UserError(f"{label} must be in 1..65535, got {value}")
+        if max_batch < 0:
+            raise UserError(f"--max-batch must be >= 0, got {max_batch}")
+        if threads < 0:
+            raise UserError(f"--threads must be >= 0, got {threads}")
+        if idle_timeout <= 0:
+            raise UserError(f"--idle-timeout must be > 0, got {idle_timeout}")
+        cfg = ServerConfig(host=host, http_port=port, grpc_port=grpc_port if grpc_port else port + 1,
+                           max_batch=max_batch, queue_delay_us=queue_delay_us)
+
+        def ready(info):
+            if as_json:
+                typer.echo(json.dumps(info))
+            else:
+                typer.echo(f"serving {', '.join(m['name'] for m in info['models'])} at {info['http']} "
+                           f"(gRPC {info['grpc']}); Ctrl-C or SIGTERM stops")
+            import sys
+
+            sys.stdout.flush()
+
+        code = run_server([str(a) for a in artifacts], backend, cfg, names=name or None,
+                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready)
+        if code:
+            raise typer.Exit(code)
+
+    @app.command("triton-repo")
+    def triton_repo(
+        artifacts: List[Path] = typer.Argument(..., help="export folder(s), .onnx file(s), and optionally one "
+                                               "TensorRT plan (.plan/.engine) built from the single ONNX model"),
+        out: Path = typer.Option(..., "--out", help="the model repository folder to write"),
+        max_batch: int = typer.Option(8, "--max-batch", help="max_batch_size (0: no batching)"),
+        name: Optional[str] = typer.Option(None, "--name", help="model name (single model only)"),
+        ort_ops_library: Optional[str] = typer.Option(None, "--ort-ops-library", help="path, as the server sees "
+                                                      "it, of libdsr_ort_ops.so (fused dsr kernels for onnxruntime)"),
+        force: bool = typer.Option(False, "--force", help="replace an existing repository folder"),
+        as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
+    ):
+        """Write a Triton model repository (config.pbtxt per model, README on the dsr plugin library)."""
+        from ..serving.triton_repo import write_repository
+
+        summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
+                                   ort_ops_library=ort_ops_library)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        typer.echo(f"wrote {out}:")
+        for m in summary["models"]:
+            typer.echo(f"  {m['name']:<32} {m['backend']:<14} max_batch_size {m['max_batch_size']}"
+                       + (f"  ({m['note']})" if m["note"] else ""))
+        typer.echo(f"  see {Path(out) / 'README.md'} to start tritonserver")

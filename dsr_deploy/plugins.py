@@ -1,0 +1,409 @@
+"""Build and inspect the native plugins of ``plugins/`` (``dsr-deploy plugins build`` / ``plugins status``).
+
+One CMake project (``plugins/CMakeLists.txt``) builds the spike-loop core and whichever adapters their SDKs allow:
+
+* ``libdsr_torch_ops.so``: CPU (and, with a CUDA torch and ``--cuda``, CUDA) kernels of ``torch.ops.dsr.*``;
+* ``libdsr_ort_ops.so``: ONNX Runtime custom ops, domain ``dsr`` (needs the ONNX Runtime C API header);
+* ``libdsr_trt_plugin.so`` / ``libdsr_trt_plugin_dynamic.so``: TensorRT IPluginV3 plugins (needs the TensorRT
+  headers and CUDA).
+
+The libraries are installed into the first folder of :func:`dsr_deploy.ops.library_dirs` (``$DSR_DEPLOY_LIB_DIR``
+or ``dsr_deploy/_lib/``), each replaced atomically, with ``build_info.json`` saying what each was built against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import ops
+from .errors import UserError
+from .io import atomic_write_text, check_writable_dir
+
+BUILD_INFO = "build_info.json"
+
+# key: (file name, what it is, the CMake option that builds it)
+LIBRARIES = {
+    "torch": (ops.TORCH_OPS_LIBRARY, "PyTorch kernels of torch.ops.dsr.if_spike / lif_spike", "DSR_BUILD_TORCH"),
+    "ort": ("libdsr_ort_ops.so", "ONNX Runtime custom ops, domain dsr", "DSR_BUILD_ORT"),
+    "trt": ("libdsr_trt_plugin.so", "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
+    "trt_dynamic": ("libdsr_trt_plugin_dynamic.so", "TensorRT IPluginV3 plugins, exports getCreators",
+                    "DSR_BUILD_TRT"),
+    "kernels": ("libdsr_kernels.so", "the core behind C functions (ctypes: benchmarks, scripts/gpu_check.py)",
+                "always"),
+}
+ORT_LIBRARY = LIBRARIES["ort"][0]
+TRT_LIBRARY = LIBRARIES["trt"][0]
+TRT_DYNAMIC_LIBRARY = LIBRARIES["trt_dynamic"][0]
+KERNELS_LIBRARY = LIBRARIES["kernels"][0]
+
+
+def source_dir() -> Path:
+    """The ``plugins/`` CMake project: ``$DSR_DEPLOY_PLUGINS_SRC`` or the source checkout dsr_deploy runs from."""
+    env = os.environ.get("DSR_DEPLOY_PLUGINS_SRC")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "plugins")
+    for c in candidates:
+        if (c / "CMakeLists.txt").is_file():
+            return c
+    raise UserError(
+        "plugin sources (plugins/CMakeLists.txt) not found: build from a source checkout (pip install -e .) "
+        "or set DSR_DEPLOY_PLUGINS_SRC to the plugins/ folder"
+    )
+
+
+def install_dir() -> Path:
+    return ops.library_dirs()[0]
+
+
+def ort_library() -> Optional[Path]:
+    """``libdsr_ort_ops.so`` if built (see :func:`dsr_deploy.ops.library_dirs`), else None."""
+    return ops.find_library(ORT_LIBRARY)
+
+
+def register_ort_custom_ops(session_options) -> bool:
+    """Register the dsr ONNX Runtime custom ops in ``session_options`` when the library is built.
+
+    With it, a model's ``dsr::DSR*Spike`` nodes run the fused kernel; without it, ONNX Runtime runs the model-local
+    function body the exporter attached. Returns whether the library was registered.
+    """
+    path = ort_library()
+    if path is None:
+        return False
+    session_options.register_custom_ops_library(str(path))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Detection
+
+
+def _ort_include(root: Optional[str]) -> Optional[Path]:
+    if not root:
+        return None
+    base = Path(root)
+    for sub in ("include", "include/onnxruntime", "include/onnxruntime/core/session", "."):
+        if (base / sub / "onnxruntime_c_api.h").is_file():
+            return (base / sub).resolve()
+    return None
+
+
+def _trt_include(root: Optional[str]) -> Optional[Path]:
+    if not root:
+        return None
+    base = Path(root)
+    for sub in ("include", "."):
+        if (base / sub / "NvInferRuntime.h").is_file():
+            return (base / sub).resolve()
+    return None
+
+
+def _header_define(path: Path, names: list[str]) -> dict:
+    out = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for name in names:
+        m = re.search(rf"#define\s+{name}\s+(\S+)", text)
+        if m:
+            out[name] = m.group(1)
+    return out
+
+
+def _nvcc() -> Optional[str]:
+    for env in ("CUDACXX",):
+        if os.environ.get(env) and Path(os.environ[env]).is_file():
+            return os.environ[env]
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def _tool_version(cmd: list[str]) -> Optional[str]:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    return lines[-1].strip() if "nvcc" in cmd[0] else (lines[0].strip() if lines else None)
+
+
+def detect(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> dict:
+    """What each adapter can be built against here: ``{component: {"available": bool, "reason"/details}}``."""
+    import torch
+
+    ort_root = ort_root or os.environ.get("ONNXRUNTIME_ROOT")
+    trt_root = trt_root or os.environ.get("TENSORRT_ROOT")
+    venv_bin = str(Path(sys.executable).parent)  # scripts/setup.sh may have pip-installed cmake/ninja there
+    cmake = shutil.which("cmake") or shutil.which("cmake", path=venv_bin)
+    ninja = shutil.which("ninja") or shutil.which("ninja", path=venv_bin)
+    nvcc = _nvcc()
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    found: dict = {
+        "cmake": {"available": cmake is not None, "path": cmake,
+                  "reason": None if cmake else "cmake not on PATH (pip install cmake, or apt-get install cmake)"},
+        "ninja": {"available": ninja is not None, "path": ninja},
+        "cxx": {"available": cxx is not None, "path": cxx,
+                "reason": None if cxx else "no C++ compiler (set CXX or install g++)"},
+        "torch": {"available": True, "version": torch.__version__, "cmake_prefix": torch.utils.cmake_prefix_path,
+                  "cuda": torch.version.cuda},
+        "cuda": {"available": nvcc is not None, "nvcc": nvcc, "gpu_visible": torch.cuda.is_available(),
+                 "reason": None if nvcc else "nvcc not found (set CUDA_HOME or put nvcc on PATH)"},
+    }
+    inc = _ort_include(ort_root)
+    found["ort"] = {"available": inc is not None, "root": ort_root, "include": str(inc) if inc else None}
+    if inc:
+        found["ort"].update(_header_define(inc / "onnxruntime_c_api.h", ["ORT_API_VERSION"]))
+    else:
+        found["ort"]["reason"] = (
+            f"onnxruntime_c_api.h not found under ONNXRUNTIME_ROOT={ort_root}" if ort_root else
+            "ONNX Runtime headers not given: pass --ort-root or set ONNXRUNTIME_ROOT to a folder with "
+            "onnxruntime_c_api.h (the pip wheel ships none; see plugins/README.md)"
+        )
+    inc = _trt_include(trt_root)
+    found["trt"] = {"available": inc is not None, "root": trt_root, "include": str(inc) if inc else None}
+    if inc:
+        found["trt"].update(_header_define(inc / "NvInferVersion.h", [
+            "TRT_MAJOR_ENTERPRISE", "TRT_MINOR_ENTERPRISE", "TRT_PATCH_ENTERPRISE", "NV_TENSORRT_MAJOR",
+            "NV_TENSORRT_MINOR", "NV_TENSORRT_PATCH"]))
+    else:
+        found["trt"]["reason"] = (
+            f"NvInferRuntime.h not found under TENSORRT_ROOT={trt_root}" if trt_root else
+            "TensorRT headers not given: pass --trt-root or set TENSORRT_ROOT to a folder with include/NvInfer.h"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Build
+
+
+def _run(cmd: list[str], log: list[str], verbose: bool, env: Optional[dict] = None) -> None:
+    log.append("$ " + " ".join(cmd))
+    if verbose:
+        print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log.append(proc.stdout + proc.stderr)
+    if verbose:
+        sys.stderr.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        errors = [ln for ln in tail if "error" in ln.lower()] or tail
+        raise UserError(f"`{' '.join(cmd[:3])} ...` failed: {errors[0] if errors else 'no output'} "
+                        "(rerun with --verbose for the full log)")
+
+
+def build(
+    *,
+    torch: bool = True,
+    cuda: Optional[bool] = None,
+    ort_root: Optional[str] = None,
+    trt_root: Optional[str] = None,
+    ort: Optional[bool] = None,
+    trt: Optional[bool] = None,
+    cuda_arch: Optional[str] = None,
+    build_dir: Optional[Path] = None,
+    lib_dir: Optional[Path] = None,
+    jobs: Optional[int] = None,
+    build_type: str = "Release",
+    verbose: bool = False,
+) -> dict:
+    """Configure, build and install the plugins; returns what was built (also written to ``build_info.json``).
+
+    ``cuda=None`` builds CUDA kernels when nvcc is found and torch sees a GPU or is a CUDA build;
+    ``ort=None`` / ``trt=None`` build those adapters when their headers are found. Asking for something that cannot
+    be built (``cuda=True`` without nvcc, ``ort=True`` without headers) is an error, not a silent skip.
+    """
+    src = source_dir()
+    found = detect(ort_root, trt_root)
+    for tool in ("cmake", "cxx"):
+        if not found[tool]["available"]:
+            raise UserError(found[tool]["reason"])
+    import torch as _torch
+
+    if cuda is None:
+        cuda = found["cuda"]["available"] and (found["cuda"]["gpu_visible"] or bool(_torch.version.cuda))
+    elif cuda and not found["cuda"]["available"]:
+        raise UserError(f"--cuda: {found['cuda']['reason']}")
+    # An explicit --ort-root / --trt-root means "build it"; the environment variables only enable auto-detection.
+    if ort is None:
+        ort = True if ort_root else found["ort"]["available"]
+    if ort and not found["ort"]["available"]:
+        raise UserError(found["ort"]["reason"])
+    if trt is None:
+        trt = True if trt_root else found["trt"]["available"] and cuda
+    if trt and not found["trt"]["available"]:
+        raise UserError(found["trt"]["reason"])
+    if trt and not cuda:
+        raise UserError("the TensorRT plugins need CUDA kernels: pass --cuda (nvcc must be available)")
+    if not (torch or ort or trt or cuda):
+        raise UserError("nothing to build: enable at least one of --torch, --cuda, --ort-root, --trt-root")
+    if cuda and not cuda_arch:
+        # The visible GPU's architecture; without one, Hopper (sm_90, the GPU check's target).
+        if found["cuda"]["gpu_visible"]:
+            major, minor = _torch.cuda.get_device_capability(0)
+            cuda_arch = f"{major}{minor}"
+        else:
+            cuda_arch = "90"
+
+    lib_dir = Path(lib_dir) if lib_dir else install_dir()
+    check_writable_dir(lib_dir)
+    if build_dir is None:
+        build_dir = src.parent / "build" / "plugins"
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            build_dir = Path(tempfile.gettempdir()) / "dsr-deploy-plugins-build"
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+
+    def on(flag: bool) -> str:
+        return "ON" if flag else "OFF"
+
+    configure = [
+        found["cmake"]["path"], "-S", str(src), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
+        f"-DDSR_BUILD_TORCH={on(torch)}", f"-DDSR_BUILD_CUDA={on(cuda)}", f"-DDSR_BUILD_ORT={on(ort)}",
+        f"-DDSR_BUILD_TRT={on(trt)}", f"-DCMAKE_PREFIX_PATH={found['torch']['cmake_prefix']}",
+        f"-DPython_EXECUTABLE={sys.executable}",
+    ]
+    if found["ninja"]["available"] and not (build_dir / "CMakeCache.txt").is_file():
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={found['ninja']['path']}"]
+    if ort:
+        configure.append(f"-DONNXRUNTIME_ROOT={found['ort']['root']}")
+    if trt:
+        configure.append(f"-DTENSORRT_ROOT={found['trt']['root']}")
+    if cuda:
+        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}")
+        configure.append(f"-DCMAKE_CUDA_COMPILER={found['cuda']['nvcc']}")
+    log: list[str] = []
+    started = time.time()
+    _run(configure, log, verbose)
+    build_cmd = [found["cmake"]["path"], "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)]
+    _run(build_cmd, log, verbose)
+    staging = Path(tempfile.mkdtemp(prefix=".dsr-plugins-install.", dir=lib_dir))
+    try:
+        _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
+        built = {}
+        wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "kernels": True}
+        for key, (name, what, _option) in LIBRARIES.items():
+            if not wanted[key]:
+                continue
+            produced = staging / name
+            if not produced.is_file():
+                raise UserError(f"the build did not produce {name}; rerun with --verbose")
+            os.replace(produced, lib_dir / name)  # atomic: a loaded copy keeps its inode
+            built[key] = str(lib_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    record = {
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 1),
+        "platform": platform.platform(),
+        "compiler": _tool_version([found["cxx"]["path"], "--version"]),
+        "torch": found["torch"]["version"] if torch else None,
+        "cuda": {"nvcc": _tool_version([found["cuda"]["nvcc"], "--version"]), "arch": cuda_arch} if cuda else None,
+        "ort_headers": {k: found["ort"].get(k) for k in ("include", "ORT_API_VERSION")} if ort else None,
+        "trt_headers": {k: v for k, v in found["trt"].items() if k not in ("available",)} if trt else None,
+        "libraries": built,
+    }
+    info_path = lib_dir / BUILD_INFO
+    previous = _read_build_info(lib_dir)
+    merged = dict(previous.get("libraries_info", {}))
+    for key in built:
+        merged[key] = {k: v for k, v in record.items() if k != "libraries"}
+        merged[key]["path"] = built[key]
+        merged[key]["cuda_kernels"] = bool(cuda) and (key != "torch" or bool(_torch.version.cuda))
+    atomic_write_text(info_path, json.dumps({"last_build": record, "libraries_info": merged}, indent=2) + "\n")
+    record["build_dir"] = str(build_dir)
+    record["lib_dir"] = str(lib_dir)
+    record["options"] = {"torch": torch, "cuda": bool(cuda), "ort": bool(ort), "trt": bool(trt)}
+    return record
+
+
+def _read_build_info(lib_dir: Path) -> dict:
+    try:
+        return json.loads((lib_dir / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Status
+
+
+def _ort_check(path: Path) -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False, "onnxruntime is not installed"
+    try:
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(str(path))
+    except Exception as exc:  # ORT raises its own exception types
+        return False, f"onnxruntime {ort.__version__} could not register it: {str(exc).splitlines()[0]}"
+    return True, f"registers in onnxruntime {ort.__version__}"
+
+
+def _has_symbol(path: Path, name: str) -> bool:
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL(str(path)), name)
+    except OSError:
+        return False
+
+
+def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> dict:
+    """What is built, where, whether it loads here, and what is missing and why."""
+    import torch
+
+    found = detect(ort_root, trt_root)
+    infos = {}
+    for d in ops.library_dirs():
+        infos.update({k: v for k, v in _read_build_info(d).get("libraries_info", {}).items() if k not in infos})
+    libs = {}
+    for key, (name, what, option) in LIBRARIES.items():
+        path = ops.find_library(name)
+        entry = {"library": name, "what": what, "built": path is not None, "path": str(path) if path else None,
+                 "build": infos.get(key)}
+        if key == "torch":
+            native = ops.native_status()
+            entry["loaded"] = native["loaded"]
+            entry["cpu_kernel"] = ops.has_native_kernel("cpu")
+            entry["cuda_kernel"] = ops.has_native_kernel("cuda")
+            entry["reason"] = native["reason"]
+        elif key == "ort":
+            if path is not None:
+                entry["loaded"], entry["reason"] = _ort_check(path)
+            else:
+                entry["reason"] = "not built: " + (found["ort"].get("reason") or "rerun `dsr-deploy plugins build`")
+        elif key == "kernels":
+            entry["reason"] = "built" if path is not None else "not built: run `dsr-deploy plugins build`"
+            if path is not None:
+                entry["cuda_entry"] = _has_symbol(path, "dsr_cuda_forward")
+        else:
+            if path is not None:
+                entry["reason"] = ("built; loads only into a process with TensorRT (libnvinfer) and CUDA"
+                                   if not torch.cuda.is_available() else "built")
+            elif not found["cuda"]["available"]:
+                entry["reason"] = "not built: " + found["cuda"]["reason"] + " (the plugins need CUDA)"
+            else:
+                entry["reason"] = "not built: " + (found["trt"].get("reason") or "rerun `dsr-deploy plugins build`")
+        libs[key] = entry
+    return {
+        "lib_dirs": [str(d) for d in ops.library_dirs()],
+        "libraries": libs,
+        "toolchain": {k: {kk: vv for kk, vv in v.items()} for k, v in found.items()},
+    }

@@ -1,0 +1,424 @@
+"""``dsr-deploy serve``: exported DSR models behind a real Triton Inference Server, through PyTriton.
+
+PyTriton (``nvidia-pytriton``) runs a bundled tritonserver with its python backend; each model here is an
+inference callable over a :mod:`dsr_deploy.runtime` runner, with Triton's dynamic batching in front.
+
+Tensors (batch first, as Triton batches along the first dimension):
+
+* multi-step models: ``input [B, T, ...]`` -> ``output [B, T, ...]`` (the runner's ``[T, B, ...]`` transposed
+  at the edges; the same convention as ``dsr-deploy triton-repo``);
+* streaming models: ``x_t [B, ...]`` plus per row ``sequence_id [B, 1]`` (uint64, non-zero),
+  ``sequence_start [B, 1]`` and ``sequence_end [B, 1]`` (bool, optional) -> ``y_t [B, ...]``. PyTriton has no
+  sequence batcher and its python backend ignores Triton's implicit state, so the membranes are kept here,
+  keyed by sequence id: created (zeros) at ``sequence_start``, carried between requests, dropped at
+  ``sequence_end`` or after ``idle_timeout_s`` without a request. Rows of different sequences are batched
+  into one runner call; two rows of one sequence in a batch run one after the other, in arrival order.
+
+A request the model cannot serve (unknown sequence id, too many open sequences, a runner error) fails with an
+error response; since PyTriton reports errors per batch, every request batched with it fails too, and no
+sequence state is changed by a failed batch (it is validated before anything is written), so a client may
+simply retry. Wrong shapes and dtypes are rejected by Triton itself before the model sees them.
+
+PyTriton facts this module handles (0.7.0): its python-backend stub links ``libpython3.X.so.1.0`` and must find
+this interpreter's, so ``sysconfig.get_config_var("LIBDIR")`` goes first in ``LD_LIBRARY_PATH`` before the
+server starts; it binds 0.0.0.0 unless told (we pass 127.0.0.1 for HTTP, gRPC and metrics); ``serve()``
+reacts to SIGINT only, so we run the server ourselves and stop it on SIGINT and SIGTERM; ``stop()`` removes
+its workspace folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import sysconfig
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
+
+
+def ensure_libpython_path(env: Optional[dict] = None) -> str:
+    """Put this interpreter's LIBDIR first in ``LD_LIBRARY_PATH`` (of ``env``, default ``os.environ``).
+
+    Triton's python-backend stub loads ``libpython3.X.so.1.0`` through the dynamic loader; without this it
+    may load another libpython (Debian's 3.11.2 under a newer stdlib fails at model load with
+    ``'_thread.RLock' object has no attribute '_recursion_count'``). Must run before the server starts.
+    """
+    env = os.environ if env is None else env
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts]) if libdir else os.pathsep.join(parts)
+    return env["LD_LIBRARY_PATH"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-sequence membranes.
+
+
+class SequenceStore:
+    """Membranes of the open sequences, keyed by sequence id (one float32 array per neuron layer, no batch)."""
+
+    def __init__(self, state_shapes: Sequence[Sequence[int]], idle_timeout_s: float = 60.0, max_sequences: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
+        self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.max_sequences = int(max_sequences)
+        self._clock = clock
+        self._seq: "OrderedDict[int, tuple[list[np.ndarray], float]]" = OrderedDict()  # oldest use first
+        self.lock = threading.Lock()
+        self.dropped_idle = 0
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def __contains__(self, sid: int) -> bool:
+        return sid in self._seq
+
+    def zeros(self) -> list[np.ndarray]:
+        return [np.zeros(s, dtype=np.float32) for s in self.state_shapes]
+
+    def get(self, sid: int) -> list[np.ndarray]:
+        return self._seq[sid][0]
+
+    def put(self, sid: int, states: list[np.ndarray]) -> None:
+        self._seq[sid] = (states, self._clock())
+        self._seq.move_to_end(sid)
+
+    def drop(self, sid: int) -> None:
+        self._seq.pop(sid, None)
+
+    def sweep(self) -> int:
+        """Drop sequences idle for longer than the timeout; returns how many."""
+        now, n = self._clock(), 0
+        while self._seq:
+            sid, (_, last) = next(iter(self._seq.items()))
+            if now - last <= self.idle_timeout_s:
+                break
+            del self._seq[sid]
+            n += 1
+        self.dropped_idle += n
+        return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The models.
+
+
+@dataclass
+class ServedModel:
+    """One artifact ready to bind: its runner, the Triton tensors and the inference callable."""
+
+    name: str
+    artifact: str
+    backend: str
+    streaming: bool
+    runner: Any
+    inputs: list = field(default_factory=list)  # [(name, dtype, per-sample shape, optional)]
+    outputs: list = field(default_factory=list)  # [(name, dtype, per-sample shape)]
+    store: Optional[SequenceStore] = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- multi-step --------------------------------------------------------------------------------------
+    def infer_multistep(self, requests):
+        xs = [np.asarray(r["input"]) for r in requests]
+        sizes = [x.shape[0] for x in xs]
+        x = np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
+        x_tb = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # [B, T, ...] -> the runner's [T, B, ...]
+        with self.lock:
+            out = self.runner.infer({"input": x_tb})
+        y = np.ascontiguousarray(np.swapaxes(np.asarray(out["output"]), 0, 1))
+        return [{"output": part} for part in np.split(y, np.cumsum(sizes)[:-1], axis=0)]
+
+    # -- streaming ---------------------------------------------------------------------------------------
+    def infer_streaming(self, requests):
+        rows = []  # (request index, row in request, sequence id, start, end)
+        xs = []
+        for ri, r in enumerate(requests):
+            x = np.asarray(r["x_t"])
+            n = x.shape[0]
+            sid = np.asarray(r[SEQUENCE_ID]).reshape(n, -1)[:, 0].astype(np.uint64)
+            start = _flag(r, SEQUENCE_START, n)
+            end = _flag(r, SEQUENCE_END, n)
+            for j in range(n):
+                rows.append((ri, j, int(sid[j]), bool(start[j]), bool(end[j])))
+            xs.append(x)
+        x_all = np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
+        store = self.store
+        y_all: list[Optional[np.ndarray]] = [None] * len(rows)
+        with self.lock, store.lock:
+            store.sweep()
+            # Validate the whole batch before any state changes: a failed batch leaves every sequence as it was.
+            live = set(store._seq)
+            new = 0
+            for _, _, sid, start, end in rows:
+                if sid == 0:
+                    raise UserError("sequence_id 0 is reserved; use a non-zero id")
+                if start:
+                    if sid not in live:
+                        new += 1
+                    live.add(sid)
+                elif sid not in live:
+                    raise UserError(f"unknown sequence id {sid} (never started, ended, or idle for longer than "
+                                    f"{store.idle_timeout_s:g} s): send sequence_start=true first")
+                if end:
+                    live.discard(sid)
+            if len(store) + new > store.max_sequences:
+                raise UserError(f"too many open sequences (limit {store.max_sequences}); end some first")
+            # Work on copies; commit only after every round ran.
+            pending: dict[int, Optional[list[np.ndarray]]] = {}
+            order = list(range(len(rows)))
+            while order:
+                # One round: at most one row per sequence (rows of one sequence run in arrival order).
+                seen, this_round, rest = set(), [], []
+                for k in order:
+                    (rest if rows[k][2] in seen else this_round).append(k)
+                    seen.add(rows[k][2])
+                order = rest
+                states = []
+                for k in this_round:
+                    _, _, sid, start, _ = rows[k]
+                    if start:
+                        states.append(store.zeros())
+                    elif sid in pending:
+                        states.append(pending[sid])
+                    else:
+                        states.append(store.get(sid))
+                feeds = {"x_t": x_all[this_round] if len(this_round) != len(rows) else x_all}
+                for i in range(len(store.state_shapes)):
+                    feeds[f"v_in_{i}"] = np.stack([s[i] for s in states])
+                out = self.runner.infer(feeds)
+                y = np.asarray(out["y_t"])
+                v_out = [np.asarray(out[f"v_out_{i}"]) for i in range(len(store.state_shapes))]
+                for pos, k in enumerate(this_round):
+                    y_all[k] = y[pos]
+                    sid, end = rows[k][2], rows[k][4]
+                    pending[sid] = None if end else [np.array(v[pos]) for v in v_out]
+            for sid, st in pending.items():
+                if st is None:
+                    store.drop(sid)
+                else:
+                    store.put(sid, st)
+        responses, k = [], 0
+        for x in xs:
+            n = x.shape[0]
+            responses.append({"y_t": np.stack(y_all[k:k + n])})
+            k += n
+        return responses
+
+    def infer(self, requests):
+        return self.infer_streaming(requests) if self.streaming else self.infer_multistep(requests)
+
+
+def _flag(request, name: str, n: int) -> np.ndarray:
+    try:
+        v = request[name]
+    except KeyError:
+        return np.zeros(n, dtype=bool)
+    return np.asarray(v).reshape(n, -1)[:, 0].astype(bool)
+
+
+def _manifest(artifact: Path) -> Optional[dict]:
+    m = (artifact if artifact.is_dir() else artifact.parent) / "manifest.json"
+    if m.is_file():
+        try:
+            return json.loads(m.read_text())
+        except ValueError as exc:
+            raise UserError(f"{m} is not valid JSON: {exc}") from exc
+    return None
+
+
+def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Optional[str] = None,
+                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1) -> ServedModel:
+    """Load ``artifact`` (export folder or file) with the runtime's runner and describe it for Triton."""
+    from ..runtime import load_runner
+
+    path = Path(artifact)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    manifest = _manifest(path)
+    # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
+    # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
+    runner = load_runner(str(path), backend, **({"threads": threads} if threads else {}))
+    runner.load()
+    specs = {s.name: s for s in runner.inputs()}
+    out_names = [s.name for s in runner.outputs()]
+    streaming = "x_t" in specs or (manifest or {}).get("mode") == "streaming"
+    if name is None:
+        base = path if path.is_dir() else (path.parent if path.stem == "model" else path)
+        name = base.stem if base.is_file() else base.name
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "model"
+    model = ServedModel(name=name, artifact=str(path), backend=runner.backend, streaming=streaming, runner=runner)
+    if streaming:
+        from ..streaming import manifest_states
+
+        if manifest is None:
+            raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
+        states = manifest_states(manifest)
+        step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
+        model.store = SequenceStore([s["shape"] for s in states], idle_timeout_s, max_sequences)
+        model.inputs = [("x_t", np.float32, tuple(int(d) for d in step[1:]), False),
+                        (SEQUENCE_ID, np.uint64, (1,), False),
+                        (SEQUENCE_START, np.bool_, (1,), True),
+                        (SEQUENCE_END, np.bool_, (1,), True)]
+        y_shape = _output_shape(runner, "y_t", manifest)
+        model.outputs = [("y_t", np.float32, y_shape)]
+    else:
+        if "input" not in specs or "output" not in out_names:
+            raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
+                            f"(got inputs {sorted(specs)}, outputs {out_names})")
+        shape = _input_shape(specs["input"], manifest)
+        dtype = np.dtype(specs["input"].dtype or "float32").type  # an fp16 export is served in fp16
+        model.inputs = [("input", dtype, (shape[0], *shape[2:]), False)]
+        model.outputs = [("output", dtype, _output_shape(runner, "output", manifest, shape, dtype))]
+    return model
+
+
+def _input_shape(spec, manifest) -> tuple:
+    shape = list(spec.shape) if spec.shape else None
+    if manifest and isinstance(manifest.get("input_shape"), list):
+        known = manifest["input_shape"]
+        if shape is None or len(shape) != len(known):
+            shape = list(known)
+        else:  # a symbolic T stays dynamic; fixed dims from the model
+            shape = [d if isinstance(d, int) else (-1 if i == 0 else known[i]) for i, d in enumerate(shape)]
+    if shape is None:
+        raise UserError("cannot tell the model's input shape: serve an export folder (with manifest.json)")
+    return tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in shape)
+
+
+def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None, dtype=np.float32) -> tuple:
+    """Per-sample output dims: run the model once on zeros (cheap; also checks that it runs)."""
+    specs = {s.name: s for s in runner.inputs()}
+    feeds = {}
+    if name == "y_t":
+        step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
+        feeds["x_t"] = np.zeros((1, *step[1:]), dtype=np.float32)
+        from ..streaming import manifest_states
+
+        for i, s in enumerate(manifest_states(manifest)):
+            feeds[f"v_in_{i}"] = np.zeros((1, *s["shape"]), dtype=np.float32)
+        out = runner.infer(feeds)
+        return tuple(np.asarray(out["y_t"]).shape[1:])
+    T = in_shape[0] if in_shape[0] > 0 else 1
+    feeds["input"] = np.zeros((T, 1, *[d if d > 0 else 1 for d in in_shape[2:]]), dtype=dtype)
+    out = np.asarray(runner.infer(feeds)["output"])
+    dims = list(out.shape)
+    return tuple([-1 if in_shape[0] < 0 else dims[0], *dims[2:]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server.
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    max_batch: int = 8
+    queue_delay_us: int = 100
+    exit_timeout_s: int = 5
+    log_verbose: int = 0
+
+
+def bind_models(triton, models: Sequence[ServedModel], cfg: ServerConfig) -> None:
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    # Without batching Triton passes tensors as sent: declare the leading batch dimension ourselves, so the
+    # inference callables see [B, ...] either way.
+    lead = () if cfg.max_batch > 0 else (-1,)
+    for m in models:
+        triton.bind(
+            model_name=m.name,
+            infer_func=m.infer,
+            inputs=[Tensor(name=n, dtype=dt, shape=lead + tuple(s), optional=opt) for n, dt, s, opt in m.inputs],
+            outputs=[Tensor(name=n, dtype=dt, shape=lead + tuple(s)) for n, dt, s in m.outputs],
+            config=ModelConfig(batching=cfg.max_batch > 0, max_batch_size=max(cfg.max_batch, 1),
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=cfg.queue_delay_us)),
+            strict=True,
+        )
+
+
+def triton_config(cfg: ServerConfig):
+    from pytriton.triton import TritonConfig
+
+    return TritonConfig(http_address=cfg.host, http_port=cfg.http_port, grpc_address=cfg.host,
+                        grpc_port=cfg.grpc_port, allow_metrics=False, metrics_address=cfg.host,
+                        exit_timeout_secs=cfg.exit_timeout_s, log_verbose=cfg.log_verbose)
+
+
+def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: Optional[ServerConfig] = None,
+          names: Optional[Sequence[str]] = None, idle_timeout_s: float = 60.0, max_sequences: int = 4096,
+          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None) -> int:
+    """Serve ``artifacts`` until SIGINT/SIGTERM (or ``stop_event``); returns 0 on a clean stop.
+
+    ``ready(info)`` is called once every model is loaded and the server answers.
+    """
+    from ..errors import require
+
+    cfg = cfg or ServerConfig()
+    ensure_libpython_path()  # before the server (and its python-backend stubs) start
+    require("pytriton", "serve", "dsr-deploy serve")
+    from pytriton.triton import Triton
+
+    if names and len(names) != len(artifacts):
+        raise UserError("--name must be given once per artifact")
+    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads)
+              for i, a in enumerate(artifacts)]
+    dup = {m.name for m in models if [x.name for x in models].count(m.name) > 1}
+    if dup:
+        raise UserError(f"two models would be named {', '.join(sorted(dup))}; pass --name for each")
+    stop = stop_event or threading.Event()
+    previous = {}
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    # PyTriton prints tritonserver's log with print(): send it to stderr, keep stdout for our own output.
+    real_stdout = sys.stdout
+    log_redirect = contextlib.redirect_stdout(sys.stderr)
+    log_redirect.__enter__()
+    triton = Triton(config=triton_config(cfg))
+    try:
+        bind_models(triton, models, cfg)
+        triton.run()
+        info = {"http": f"http://{cfg.host}:{cfg.http_port}", "grpc": f"grpc://{cfg.host}:{cfg.grpc_port}",
+                "pid": os.getpid(),
+                "models": [{"name": m.name, "backend": m.backend, "streaming": m.streaming,
+                            "inputs": [{"name": n, "dtype": np.dtype(dt).name, "shape": [-1, *s]}
+                                       for n, dt, s, _ in m.inputs],
+                            "outputs": [{"name": n, "dtype": np.dtype(dt).name, "shape": [-1, *s]}
+                                        for n, dt, s in m.outputs]} for m in models]}
+        if ready:
+            with contextlib.redirect_stdout(real_stdout):
+                ready(info)
+        while not stop.wait(timeout=1.0):
+            for m in models:
+                if m.store is not None:
+                    with m.store.lock:
+                        m.store.sweep()
+            if not triton.is_alive():
+                print("error: the Triton server stopped unexpectedly", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        triton.stop()
+        log_redirect.__exit__(None, None, None)
+        for m in models:
+            m.runner.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,178 @@
+// The DSR spike loop on CUDA: one thread per short vector of neurons, membrane in registers, looping over T.
+//
+// Each thread owns VEC adjacent neurons (16 bytes of input per step: 4 float, 8 half/bfloat16, 2 double), so a warp
+// reads and writes 512 contiguous bytes per time step. Loads use the streaming cache hint (__ldcs: read once) and
+// stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is contracted
+// into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA eager,
+// which runs every op of the reference loop as its own kernel.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "dsr_spike_cuda.h"
+
+namespace dsr {
+namespace cuda {
+namespace {
+
+template <typename S> struct DevStorage;
+template <> struct DevStorage<float> {
+  using C = float;
+  using Bits = float;
+  __device__ static float load(float b) { return b; }
+};
+template <> struct DevStorage<double> {
+  using C = double;
+  using Bits = double;
+  __device__ static double load(double b) { return b; }
+};
+template <> struct DevStorage<Half> {
+  using C = float;
+  using Bits = unsigned short;
+  __device__ static float load(unsigned short b) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b));  // exact widening
+    return f;
+  }
+};
+template <> struct DevStorage<BFloat16> {
+  using C = float;
+  using Bits = unsigned short;
+  __device__ static float load(unsigned short b) { return __uint_as_float(static_cast<unsigned>(b) << 16); }
+};
+
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+// 16-byte vector of VEC storage elements.
+template <typename Bits, int VEC>
+struct alignas(16) Pack {
+  Bits e[VEC];
+};
+
+template <typename Bits, int VEC>
+__device__ __forceinline__ Pack<Bits, VEC> load_pack(const Bits* p) {
+  Pack<Bits, VEC> out;
+  if constexpr (sizeof(Pack<Bits, VEC>) == 16) {
+    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    memcpy(&out, &raw, 16);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out.e[i] = __ldcs(p + i);
+  }
+  return out;
+}
+
+template <typename Bits, int VEC>
+__device__ __forceinline__ void store_pack(Bits* p, const Pack<Bits, VEC>& v) {
+  if constexpr (sizeof(Pack<Bits, VEC>) == 16) {
+    uint4 raw;
+    memcpy(&raw, &v, 16);
+    __stcs(reinterpret_cast<uint4*>(p), raw);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) __stcs(p + i, v.e[i]);
+  }
+}
+
+template <typename S, int VEC, bool kLeaky>
+__global__ void __launch_bounds__(256) spike_kernel(SpikeParams<typename DevStorage<S>::C> p,
+                                                    typename DevStorage<S>::Bits out_spike,
+                                                    typename DevStorage<S>::Bits out_none,
+                                                    const typename DevStorage<S>::Bits* __restrict__ x,
+                                                    typename DevStorage<S>::Bits* __restrict__ y,
+                                                    const typename DevStorage<S>::C* __restrict__ v_in,
+                                                    typename DevStorage<S>::C* __restrict__ v_out, int64_t T,
+                                                    int64_t N) {
+  using C = typename DevStorage<S>::C;
+  using Bits = typename DevStorage<S>::Bits;
+  const int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (n >= N) return;  // launches guarantee n + VEC <= N for VEC > 1
+  C v[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) v[i] = v_in ? v_in[n + i] : C(0);
+  const Bits* xp = x + n;
+  Bits* yp = y + n;
+#pragma unroll 4
+  for (int64_t t = 0; t < T; ++t) {
+    const Pack<Bits, VEC> in = load_pack<Bits, VEC>(xp);
+    Pack<Bits, VEC> out;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const C xi = DevStorage<S>::load(in.e[i]);
+      const C vi = kLeaky ? add_rn(mul_rn(p.decay, v[i]), mul_rn(p.gain, xi)) : add_rn(v[i], xi);
+      const bool fire = vi >= p.threshold;
+      v[i] = sub_rn(vi, fire ? p.vth : p.no_spike);
+      out.e[i] = fire ? out_spike : out_none;
+    }
+    store_pack<Bits, VEC>(yp, out);
+    xp += N;
+    yp += N;
+  }
+  if (v_out) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v_out[n + i] = v[i];
+  }
+}
+
+template <typename S>
+typename DevStorage<S>::Bits out_bits(typename DevStorage<S>::C c) {
+  const S s = Storage<S>::from_compute(c);
+  typename DevStorage<S>::Bits b;
+  static_assert(sizeof(b) == sizeof(s), "storage size");
+  memcpy(&b, &s, sizeof(b));
+  return b;
+}
+
+template <typename S, int VEC>
+cudaError_t launch_vec(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
+  using Bits = typename DevStorage<S>::Bits;
+  using C = typename DevStorage<S>::C;
+  const Bits spike = out_bits<S>(p.out_spike), none = out_bits<S>(p.out_none);
+  const int64_t threads = (a.N + VEC - 1) / VEC;
+  const int block = 256;
+  const int64_t grid = (threads + block - 1) / block;
+  if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const auto* x = static_cast<const Bits*>(a.x);
+  auto* y = static_cast<Bits*>(a.y);
+  const auto* vi = static_cast<const C*>(a.v_in);
+  auto* vo = static_cast<C*>(a.v_out);
+  if (p.leaky)
+    spike_kernel<S, VEC, true><<<static_cast<unsigned>(grid), block, 0, stream>>>(p, spike, none, x, y, vi, vo, a.T, a.N);
+  else
+    spike_kernel<S, VEC, false><<<static_cast<unsigned>(grid), block, 0, stream>>>(p, spike, none, x, y, vi, vo, a.T, a.N);
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t launch_typed(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(typename DevStorage<S>::Bits));
+  const bool aligned = (reinterpret_cast<uintptr_t>(a.x) % 16 == 0) && (reinterpret_cast<uintptr_t>(a.y) % 16 == 0);
+  // Vector loads need every row start aligned: 16-byte aligned bases and N a multiple of the vector width.
+  if (aligned && a.N % kVec == 0) return launch_vec<S, kVec>(p, a, stream);
+  return launch_vec<S, 1>(p, a, stream);
+}
+
+}  // namespace
+
+int launch_forward(const ForwardArgs& a, void* stream_ptr) {
+  if (a.N <= 0) return 0;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaError_t err = cudaSuccess;
+  switch (a.dtype) {
+    case DType::F32: err = launch_typed<float>(*a.params_f32, a, stream); break;
+    case DType::F16: err = launch_typed<Half>(*a.params_f32, a, stream); break;
+    case DType::BF16: err = launch_typed<BFloat16>(*a.params_f32, a, stream); break;
+    case DType::F64: err = launch_typed<double>(*a.params_f64, a, stream); break;
+  }
+  return static_cast<int>(err);
+}
+
+const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+}  // namespace cuda
+}  // namespace dsr

@@ -1,0 +1,307 @@
+// ONNX Runtime adapter: custom ops of domain "dsr" on the spike-loop core, through the C API only.
+//
+//   DSRIFSpike  (x [T, ...]) -> y [T, ...]          attrs v_threshold, alpha
+//   DSRLIFSpike (x [T, ...]) -> y [T, ...]          attrs v_threshold, alpha, tau, delta_t, decay, gain
+//   DSRIFStep   (x_t, v) -> (y_t, v_new)             as DSRIFSpike, one time step, v the float32 membrane
+//   DSRLIFStep  (x_t, v) -> (y_t, v_new)             as DSRLIFSpike
+//
+// x / y float32 or float16 (the membrane v is float32 in both cases, as the reference computes float16 inputs).
+// The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
+// writes them (float32 tau / delta_t could not reproduce the double exp); when missing they are computed from tau
+// and delta_t in double. The output spike value is vth / fl32(delta_t), as the PyTorch CPU reference, on both EPs.
+// plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
+//
+// Load with SessionOptions.register_custom_ops_library(path). The library asks ONNX Runtime for OrtApi version
+// DSR_ORT_API_VERSION (default 18, ONNX Runtime >= 1.18), whatever version the headers it was compiled with are.
+#include <onnxruntime_c_api.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dsr_spike.h"
+#if defined(DSR_WITH_CUDA)
+#include "dsr_spike_cuda.h"
+#endif
+
+#ifndef DSR_ORT_API_VERSION
+#define DSR_ORT_API_VERSION 18
+#endif
+static_assert(DSR_ORT_API_VERSION >= 17, "KernelContext_ParallelFor needs OrtApi 17");
+static_assert(DSR_ORT_API_VERSION <= ORT_API_VERSION, "requested OrtApi is newer than the headers");
+
+namespace {
+
+const OrtApi* g_api = nullptr;
+
+// Turns a failed OrtStatus into an early return of that status.
+#define DSR_ORT_TRY(expr)                \
+  do {                                   \
+    OrtStatus* _st = (expr);             \
+    if (_st != nullptr) return _st;      \
+  } while (0)
+
+OrtStatus* error(const std::string& msg) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
+
+enum class Ep { Cpu, Cuda };
+
+struct OpSpec {
+  const char* name;
+  dsr::Neuron neuron;
+  bool step;  // (x_t, v) -> (y_t, v_new)
+  ONNXTensorElementDataType type;  // of x and y (the membrane is always float32)
+};
+
+struct Kernel {
+  OpSpec spec;
+  Ep ep;
+  dsr::SpikeParams<float> params;
+};
+
+OrtStatus* float_attr(const OrtKernelInfo* info, const char* name, float* out, bool* present) {
+  OrtStatus* st = g_api->KernelInfoGetAttribute_float(info, name, out);
+  if (st == nullptr) {
+    *present = true;
+    return nullptr;
+  }
+  g_api->ReleaseStatus(st);
+  *present = false;
+  return nullptr;
+}
+
+OrtStatus* create_kernel(const OpSpec& spec, Ep ep, const OrtKernelInfo* info, void** out) {
+  float vth = 0.f, alpha = 0.f, tau = 0.f, dt = 0.f, decay = 0.f, gain = 0.f;
+  bool has_vth, has_alpha, has_tau = false, has_dt = false, has_decay = false, has_gain = false;
+  DSR_ORT_TRY(float_attr(info, "v_threshold", &vth, &has_vth));
+  DSR_ORT_TRY(float_attr(info, "alpha", &alpha, &has_alpha));
+  if (!has_vth || !has_alpha) return error(std::string(spec.name) + ": attributes v_threshold and alpha are required");
+  if (spec.neuron == dsr::Neuron::LIF) {
+    DSR_ORT_TRY(float_attr(info, "tau", &tau, &has_tau));
+    DSR_ORT_TRY(float_attr(info, "delta_t", &dt, &has_dt));
+    DSR_ORT_TRY(float_attr(info, "decay", &decay, &has_decay));
+    DSR_ORT_TRY(float_attr(info, "gain", &gain, &has_gain));
+    if (!has_dt) return error(std::string(spec.name) + ": attribute delta_t is required");
+    if (!(has_decay && has_gain) && !has_tau)
+      return error(std::string(spec.name) + ": attribute tau is required when decay/gain are absent");
+  }
+  const double decay_d = decay, gain_d = gain;
+  const bool given = has_decay && has_gain;
+  auto k = std::make_unique<Kernel>();
+  k->spec = spec;
+  k->ep = ep;
+  k->params = dsr::make_params<float>(spec.neuron, vth, alpha, has_tau ? tau : 1.0, has_dt ? dt : 1.0,
+                                      dsr::OutputScaling::TrueDivision, given ? &decay_d : nullptr,
+                                      given ? &gain_d : nullptr);
+  *out = k.release();
+  return nullptr;
+}
+
+struct Shape {
+  std::vector<int64_t> dims;
+  ONNXTensorElementDataType type;
+};
+
+OrtStatus* shape_of(const OrtValue* v, Shape* s) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  DSR_ORT_TRY(g_api->GetTensorTypeAndShape(v, &info));
+  size_t n = 0;
+  OrtStatus* st = g_api->GetDimensionsCount(info, &n);
+  if (!st) {
+    s->dims.resize(n);
+    st = g_api->GetDimensions(info, s->dims.data(), n);
+  }
+  if (!st) st = g_api->GetTensorElementType(info, &s->type);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  return st;
+}
+
+std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+struct ParallelCtx {
+  const dsr::ForwardArgs* args;
+};
+
+void run_block(void* user, size_t block) {
+  const auto* c = static_cast<const ParallelCtx*>(user);
+  const int64_t b = static_cast<int64_t>(block) * dsr::kCpuBlock;
+  const int64_t e = std::min(c->args->N, b + dsr::kCpuBlock);
+  dsr::cpu_forward_range(*c->args, b, e);
+}
+
+OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
+  const Kernel& k = *static_cast<const Kernel*>(op_kernel);
+  const OrtValue* x = nullptr;
+  DSR_ORT_TRY(g_api->KernelContext_GetInput(ctx, 0, &x));
+  Shape xs;
+  DSR_ORT_TRY(shape_of(x, &xs));
+  if (xs.type != k.spec.type) return error(std::string(k.spec.name) + ": unexpected input element type");
+  int64_t T, N = 1;
+  const void* v_in = nullptr;
+  void* v_out = nullptr;
+  std::vector<int64_t> step_dims;
+  if (k.spec.step) {
+    T = 1;
+    step_dims = xs.dims;
+    for (int64_t d : xs.dims) N *= d;
+    const OrtValue* v = nullptr;
+    DSR_ORT_TRY(g_api->KernelContext_GetInput(ctx, 1, &v));
+    Shape vs;
+    DSR_ORT_TRY(shape_of(v, &vs));
+    if (vs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return error(std::string(k.spec.name) + ": the membrane v must be float32");
+    if (vs.dims != xs.dims)
+      return error(std::string(k.spec.name) + ": v has shape " + dims_str(vs.dims) + " but x_t has " +
+                   dims_str(xs.dims));
+    const void* vd = nullptr;
+    DSR_ORT_TRY(g_api->GetTensorData(v, &vd));
+    v_in = vd;
+  } else {
+    if (xs.dims.empty()) return error(std::string(k.spec.name) + ": x must have a leading time dimension [T, ...]");
+    T = xs.dims[0];
+    for (size_t i = 1; i < xs.dims.size(); ++i) N *= xs.dims[i];
+  }
+  const void* xd = nullptr;
+  DSR_ORT_TRY(g_api->GetTensorData(x, &xd));
+  OrtValue* y = nullptr;
+  DSR_ORT_TRY(g_api->KernelContext_GetOutput(ctx, 0, xs.dims.data(), xs.dims.size(), &y));
+  void* yd = nullptr;
+  DSR_ORT_TRY(g_api->GetTensorMutableData(y, &yd));
+  if (k.spec.step) {
+    OrtValue* vn = nullptr;
+    DSR_ORT_TRY(g_api->KernelContext_GetOutput(ctx, 1, step_dims.data(), step_dims.size(), &vn));
+    DSR_ORT_TRY(g_api->GetTensorMutableData(vn, &v_out));
+  }
+  const dsr::DType dtype = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? dsr::DType::F16 : dsr::DType::F32;
+  dsr::ForwardArgs args{dtype, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
+  if (N == 0) return nullptr;
+  if (k.ep == Ep::Cuda) {
+#if defined(DSR_WITH_CUDA)
+    void* stream = nullptr;
+    DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+    const int err = dsr::cuda::launch_forward(args, stream);
+    if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
+    return nullptr;
+#else
+    return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
+#endif
+  }
+  const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
+  if (blocks == 1 || T * N < (int64_t(1) << 16)) {
+    dsr::cpu_forward_range(args, 0, N);
+    return nullptr;
+  }
+  ParallelCtx pc{&args};
+  // ORT's intra-op thread pool (follows SessionOptions.intra_op_num_threads).
+  return g_api->KernelContext_ParallelFor(ctx, &run_block, blocks, 0, &pc);
+}
+
+// ---- the OrtCustomOp tables ----------------------------------------------------------------------------------
+
+struct DsrOp : OrtCustomOp {
+  OpSpec spec;
+  Ep ep;
+};
+
+const DsrOp& self(const OrtCustomOp* op) { return *static_cast<const DsrOp*>(op); }
+
+void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
+  std::memset(static_cast<OrtCustomOp*>(op), 0, sizeof(OrtCustomOp));
+  op->spec = spec;
+  op->ep = ep;
+  op->version = DSR_ORT_API_VERSION;
+  op->CreateKernel = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*) -> void* { return nullptr; };
+  op->GetName = [](const OrtCustomOp* o) -> const char* { return self(o).spec.name; };
+  op->GetExecutionProviderType = [](const OrtCustomOp* o) -> const char* {
+    return self(o).ep == Ep::Cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+  };
+  op->GetInputType = [](const OrtCustomOp* o, size_t i) {
+    return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
+  op->GetInputTypeCount = [](const OrtCustomOp* o) -> size_t { return self(o).spec.step ? 2 : 1; };
+  op->GetOutputType = [](const OrtCustomOp* o, size_t i) {
+    return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
+  op->GetOutputTypeCount = [](const OrtCustomOp* o) -> size_t { return self(o).spec.step ? 2 : 1; };
+  op->KernelCompute = [](void*, OrtKernelContext*) {};
+  op->KernelDestroy = [](void* k) { delete static_cast<Kernel*>(k); };
+  op->GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op->GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op->GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  op->GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op->CreateKernelV2 = [](const OrtCustomOp* o, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
+    return create_kernel(self(o).spec, self(o).ep, info, kernel);
+  };
+  op->KernelComputeV2 = [](void* k, OrtKernelContext* ctx) { return compute(k, ctx); };
+  op->InferOutputShapeFn = nullptr;  // ORT keeps the ONNX-level shape inference (none for a custom domain)
+  op->GetStartVersion = [](const OrtCustomOp*) { return 1; };
+  op->GetEndVersion = [](const OrtCustomOp*) { return 2147483647; };
+  op->GetMayInplace = [](int** in, int** out) -> size_t { *in = nullptr; *out = nullptr; return 0; };
+  op->ReleaseMayInplace = [](int*, int*) {};
+}
+
+// One OrtCustomOp per (op, element type): ORT merges same-named ops of a domain into one schema with a type
+// constraint over their types.
+constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr ONNXTensorElementDataType kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+const OpSpec kSpecs[] = {
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF32},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF16},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
+};
+constexpr size_t kNumSpecs = sizeof(kSpecs) / sizeof(kSpecs[0]);
+
+struct OpTables {
+  DsrOp cpu[kNumSpecs];
+#if defined(DSR_WITH_CUDA)
+  DsrOp cuda[kNumSpecs];
+#endif
+  OpTables() {
+    for (size_t i = 0; i < kNumSpecs; ++i) {
+      init_op(&cpu[i], kSpecs[i], Ep::Cpu);
+#if defined(DSR_WITH_CUDA)
+      init_op(&cuda[i], kSpecs[i], Ep::Cuda);
+#endif
+    }
+  }
+};
+
+const OpTables& tables() {
+  static const OpTables t;  // lives as long as the library: the sessions keep pointers to these ops
+  return t;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(DSR_ORT_API_VERSION);
+  if (api == nullptr) {
+    // This ONNX Runtime is older than the API version requested; say so through its oldest API.
+    const OrtApi* oldest = api_base->GetApi(1);
+    const std::string msg = "libdsr_ort_ops needs ONNX Runtime with OrtApi >= " + std::to_string(DSR_ORT_API_VERSION) +
+                            ", this one is " + api_base->GetVersionString();
+    return oldest ? oldest->CreateStatus(ORT_FAIL, msg.c_str()) : nullptr;
+  }
+  g_api = api;
+  OrtCustomOpDomain* domain = nullptr;
+  DSR_ORT_TRY(api->CreateCustomOpDomain("dsr", &domain));
+  const OpTables& t = tables();
+  for (size_t i = 0; i < kNumSpecs; ++i) {
+    DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cpu[i]));
+#if defined(DSR_WITH_CUDA)
+    DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));
+#endif
+  }
+  // The session options keep the domain; ORT never frees a custom-op domain it was given, so neither do we:
+  // a library may be registered into many sessions, each with its own domain object.
+  return api->AddCustomOpDomain(options, domain);
+}

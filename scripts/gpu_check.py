@@ -1,0 +1,298 @@
+"""The GPU half of scripts/gpu_check.sh: CUDA spike kernels vs PyTorch CUDA eager, then timings.
+
+Checks (fresh random inputs, several shapes, T in 1, 4, 20, 50): float32 spikes and final membrane bit-exact with
+the Python reference run eagerly on the GPU; float16 / bfloat16 at least 99.9% of spikes equal (reported; they are
+expected to be exact too: the membrane is float32 in both). Timings (CUDA events, median of repeats) at
+T=20, B=32, 128x16x16: the kernel vs a device-to-device copy of the same bytes (read x, write y), vs SpikingJelly's
+eager node (if importable) and the reference loop.
+
+The kernels are reached through torch.ops.dsr (libdsr_torch_ops.so built with CUDA); if that library has no CUDA
+kernel (for example the torch CMake package could not be configured), through libdsr_kernels.so and ctypes,
+which runs the same launcher. The table says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dsr_deploy import ops  # noqa: E402
+from dsr_deploy import plugins  # noqa: E402
+
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+DEVICE = "cuda"  # --dry-run-cpu switches to "cpu" to exercise this script's logic without a GPU
+TIMING_SHAPE = (20, 32, 128, 16, 16)
+IF_PARAMS = (6.0, 0.5)  # authors' IF: vth 6, alpha 0.5
+LIF_PARAMS = (0.3, 0.3, 1.0, 0.05)  # authors' CIFAR LIF: vth 0.3, alpha 0.3, tau 1, dt 0.05
+
+
+class CtypesKernels:
+    """libdsr_kernels.so through ctypes, with the reciprocal-multiply output of PyTorch CUDA eager."""
+
+    def __init__(self, path: Path):
+        self.lib = ctypes.CDLL(str(path))
+        if not hasattr(self.lib, "dsr_cuda_forward"):
+            raise SystemExit(f"{path} was built without CUDA (no dsr_cuda_forward)")
+        f = self.lib.dsr_cuda_forward
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                      ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+                      ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_void_p]
+        self.lib.dsr_cuda_error_string.restype = ctypes.c_char_p
+
+    def __call__(self, kind, x, params, v_init=None, return_state=False):
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        vi = None if v_init is None else v_init.to(x.device, ct).contiguous()
+        vo = torch.empty(x.shape[1:], dtype=ct, device=x.device) if return_state else None
+        if kind == "if":
+            vth, alpha = params
+            tau, dt, neuron = 1.0, 1.0, 0
+        else:
+            vth, alpha, tau, dt = params
+            neuron = 1
+        n = x[0].numel() if x.shape[0] else math.prod(x.shape[1:])
+        err = self.lib.dsr_cuda_forward(
+            DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), vi.data_ptr() if vi is not None else None,
+            vo.data_ptr() if vo is not None else None, x.shape[0], n, neuron, vth, alpha, tau, dt, 1,
+            torch.cuda.current_stream().cuda_stream)
+        if err:
+            raise RuntimeError(self.lib.dsr_cuda_error_string(err).decode())
+        return y, (vo if vo is not None else torch.empty(0, dtype=ct, device=x.device))
+
+
+def pick_kernels():
+    if ops.has_native_kernel(DEVICE):
+        def run(kind, x, params, v_init=None, return_state=False):
+            fn = ops.if_spike if kind == "if" else ops.lif_spike
+            return fn(x, *params, v_init=v_init, return_state=return_state, native=True)
+        return run, f"torch.ops.dsr (libdsr_torch_ops.so {DEVICE.upper()} kernels)"
+    path = ops.find_library(plugins.KERNELS_LIBRARY)
+    if path is None:
+        raise SystemExit("no CUDA kernels: neither libdsr_torch_ops.so with CUDA nor libdsr_kernels.so was built")
+    return CtypesKernels(path), f"ctypes {path.name} (torch adapter without CUDA kernel: {ops.native_status()['reason']})"
+
+
+def reference(kind, x, params, v_init=None, return_state=False):
+    fn = ops.if_spike if kind == "if" else ops.lif_spike
+    return fn(x, *params, v_init=v_init, return_state=return_state, native=False)
+
+
+def bits(t):
+    return t.contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+                                torch.bfloat16: torch.int16}[t.dtype])
+
+
+CHECK_SHAPES = [(1, 1000), (8, 4096), (3, 7, 33), (32, 128, 16, 16)]
+CHECK_T = (1, 4, 20, 50)
+
+
+def check(run, gen):
+    rows, failures = [], []
+    shapes = CHECK_SHAPES
+    for kind in ("if", "lif"):
+        params = IF_PARAMS if kind == "if" else LIF_PARAMS
+        scale = 4.0 if kind == "if" else 1.0
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for T in CHECK_T:
+                for step in shapes:
+                    if T == 50 and math.prod(step) > 200_000 and dtype != torch.float32:
+                        continue  # keep the run short; float32 covers the big shape at T=50
+                    x = (torch.randn((T, *step), generator=gen, device=DEVICE) * scale).to(dtype)
+                    v0 = torch.randn(step, generator=gen, device=DEVICE) * params[0]
+                    y, v = run(kind, x, params, v_init=v0, return_state=True)
+                    ry, rv = reference(kind, x, params, v_init=v0, return_state=True)
+                    spikes_equal = float(((y != 0) == (ry != 0)).float().mean())
+                    exact = bool(torch.equal(bits(y), bits(ry)) and torch.equal(bits(v), bits(rv)))
+                    ok = exact if dtype == torch.float32 else spikes_equal >= 0.999
+                    rows.append(dict(kind=kind, dtype=str(dtype).split(".")[-1], T=T, shape=list(step),
+                                     bit_exact=exact, spikes_equal=spikes_equal, ok=ok,
+                                     spike_rate=float((ry != 0).float().mean())))
+                    if not ok:
+                        failures.append(rows[-1])
+        # Odd layouts once per neuron: a non-contiguous input and an unaligned base (scalar kernel path).
+        x = (torch.randn(20, 64, 130, generator=gen, device=DEVICE) * scale)
+        for name, xv in (("non-contiguous", x.transpose(1, 2)), ("unaligned", x.flatten()[1:].view(-1)[: 20 * 999].view(20, 999))):
+            y, _ = run(kind, xv, params)
+            ry, _ = reference(kind, xv, params)
+            exact = bool(torch.equal(bits(y), bits(ry)))
+            rows.append(dict(kind=kind, dtype="float32", T=20, shape=name, bit_exact=exact, spikes_equal=None,
+                             ok=exact, spike_rate=float((ry != 0).float().mean())))
+            if not exact:
+                failures.append(rows[-1])
+    return rows, failures
+
+
+def time_cuda(fn, repeats, calls=10):
+    """Median seconds per call. Each measurement queues `calls` back-to-back calls between two CUDA events, so the
+    host's per-call overhead (Python, dispatcher: tens of microseconds, close to one kernel's run time on a fast
+    GPU) overlaps the GPU work instead of being counted as idle GPU time."""
+    if DEVICE == "cpu":
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls)
+        return statistics.median(times)
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    return statistics.median(times)
+
+
+def load_spikingjelly():
+    try:
+        from spikingjelly.activation_based import neuron  # noqa: F401
+
+        return neuron, "installed"
+    except ImportError:
+        pass
+    wheel_dirs = [Path(p) for p in os.environ.get("DSR_WHEELS", "").split(os.pathsep) if p]
+    wheel_dirs += [ROOT / "build" / "wheels", ROOT / "wheels"]
+    wheels = [w for d in wheel_dirs if d.is_dir() for w in sorted(d.glob("*.whl"))]
+    if not any(w.name.startswith("spikingjelly-") for w in wheels):
+        return None, ("spikingjelly not installed and no wheel found (pip download --no-deps spikingjelly==2.0.0 "
+                      "loguru -d build/wheels, then carry build/wheels)")
+    for w in wheels:  # pure-python wheels import straight from the zip
+        sys.path.append(str(w))
+    try:
+        from spikingjelly.activation_based import neuron
+
+        return neuron, "from wheel " + ", ".join(w.name for w in wheels)
+    except ImportError as exc:
+        return None, f"spikingjelly wheel found but import failed: {exc}"
+
+
+def timings(run, gen, repeats):
+    sj, sj_note = load_spikingjelly()
+    shape = TIMING_SHAPE
+    out = []
+    for kind in ("if", "lif"):
+        params = IF_PARAMS if kind == "if" else LIF_PARAMS
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            x = (torch.randn(shape, generator=gen, device=DEVICE) * (4.0 if kind == "if" else 1.0)).to(dtype)
+            dst = torch.empty_like(x)
+            nbytes = 2 * x.numel() * x.element_size()
+            with torch.no_grad():
+                t_copy = time_cuda(lambda: dst.copy_(x), repeats)
+                t_kernel = time_cuda(lambda: run(kind, x, params), repeats)
+                t_ref = time_cuda(lambda: reference(kind, x, params), max(3, repeats // 4), calls=1)
+                t_sj = None
+                if sj is not None and dtype == torch.float32:
+                    node = (sj.DSRIFNode(T=shape[0], v_threshold=params[0], alpha=params[1]) if kind == "if" else
+                            sj.DSRLIFNode(T=shape[0], v_threshold=params[0], alpha=params[1], tau=params[2],
+                                          delta_t=params[3])).to(DEVICE).eval()
+                    t_sj = time_cuda(lambda: node(x), max(3, repeats // 4), calls=1)
+            out.append(dict(kind=kind, dtype=str(dtype).split(".")[-1], shape=list(shape), bytes=nbytes,
+                            kernel_s=t_kernel, copy_s=t_copy, reference_s=t_ref, spikingjelly_s=t_sj,
+                            kernel_GBps=nbytes / t_kernel / 1e9, copy_GBps=nbytes / t_copy / 1e9,
+                            fraction_of_copy_bandwidth=t_copy / t_kernel))
+    return out, sj_note
+
+
+def render(meta, rows, failures, times, sj_note):
+    lines = [f"# GPU check: DSR spike kernels ({meta['date']})", ""]
+    lines.append(f"GPU: **{meta['gpu']}** (CUDA {meta['cuda']}, driver capability {meta['capability']}); torch "
+                 f"{meta['torch']}; kernels via {meta['kernels']}.")
+    lines.append("")
+    n_ok = sum(r["ok"] for r in rows)
+    lines.append(f"## Correctness vs PyTorch CUDA eager (the Python reference on the GPU): {n_ok}/{len(rows)} cases pass")
+    lines.append("")
+    for dtype in ("float32", "float16", "bfloat16"):
+        sel = [r for r in rows if r["dtype"] == dtype]
+        exact = sum(r["bit_exact"] for r in sel)
+        worst = min((r["spikes_equal"] for r in sel if r["spikes_equal"] is not None), default=None)
+        lines.append(f"- {dtype}: {exact}/{len(sel)} bit-exact (spikes and final membrane)"
+                     + (f", worst spike agreement {worst:.6f}" if worst is not None else ""))
+    for f in failures:
+        lines.append(f"- FAIL: {f}")
+    shape = times[0]["shape"] if times else []
+    lines += ["", f"## Timing, shape {shape} ({math.prod(shape) / 1e6:.2f}M elements), median of CUDA-event timings "
+              "(10 back-to-back calls per measurement for the kernel and the copy)", ""]
+    lines.append("| neuron | dtype | kernel ms | d2d copy ms | kernel GB/s | copy GB/s | % of copy bandwidth | "
+                 "reference eager ms | SpikingJelly eager ms | SJ / kernel |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for t in times:
+        sj = f"{t['spikingjelly_s'] * 1e3:.3f}" if t["spikingjelly_s"] else "n/a"
+        sjr = f"{t['spikingjelly_s'] / t['kernel_s']:.1f}x" if t["spikingjelly_s"] else "n/a"
+        lines.append(f"| {t['kind'].upper()} | {t['dtype']} | {t['kernel_s'] * 1e3:.3f} | {t['copy_s'] * 1e3:.3f} | "
+                     f"{t['kernel_GBps']:.0f} | {t['copy_GBps']:.0f} | {100 * t['fraction_of_copy_bandwidth']:.1f}% | "
+                     f"{t['reference_s'] * 1e3:.3f} | {sj} | {sjr} |")
+    lines += ["", f"SpikingJelly: {sj_note}. Bytes per call = input read + output write (the copy moves the same).",
+              "Target: >= 80% of the copy bandwidth (goal 85%) in float32 and float16.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="markdown report (a .json lands beside it)")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=None, help="default: fresh from the clock")
+    ap.add_argument("--dry-run-cpu", action="store_true",
+                    help="run the whole script on the CPU kernels (checks the script itself; no GPU numbers)")
+    ap.add_argument("--shape", type=int, nargs="+", default=[20, 32, 128, 16, 16], help="timing shape [T, ...]")
+    ap.add_argument("--quick", action="store_true", help="two small shapes, T in 1 and 4 (with --dry-run-cpu: a smoke test)")
+    args = ap.parse_args()
+    global DEVICE, TIMING_SHAPE, CHECK_SHAPES, CHECK_T
+    TIMING_SHAPE = tuple(args.shape)
+    if args.quick:
+        CHECK_SHAPES, CHECK_T = [(1, 1000), (3, 7, 33)], (1, 4)
+    if args.dry_run_cpu:
+        DEVICE = "cpu"
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device visible to torch")
+    seed = args.seed if args.seed is not None else int(time.time())
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    run, how = pick_kernels()
+    if DEVICE == "cpu":
+        name, capability = "CPU DRY RUN (not a GPU result)", "-"
+    else:
+        props = torch.cuda.get_device_properties(0)
+        name, capability = props.name, f"{props.major}.{props.minor}"
+    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                gpu=name, capability=capability, cuda=torch.version.cuda,
+                torch=torch.__version__, kernels=how, seed=seed, host=platform.node())
+    t0 = time.time()
+    rows, failures = check(run, gen)
+    print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} cases pass ({time.time() - t0:.1f} s)", flush=True)
+    times, sj_note = timings(run, gen, args.repeats)
+    report = render(meta, rows, failures, times, sj_note)
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from dsr_deploy.io import atomic_write_text
+
+    atomic_write_text(args.out, report)
+    atomic_write_text(args.out.with_suffix(".json"),
+                      json.dumps(dict(meta=meta, correctness=rows, timings=times, spikingjelly=sj_note), indent=2))
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine: build the CUDA spike kernels, check them against PyTorch CUDA eager on fresh random
+# inputs, time them against a device-to-device copy (and SpikingJelly's eager node), print a table, write it to a file.
+#
+#   scripts/gpu_check.sh [OUT.md]        (default benchmarks/results/gpu_check_<GPU>.md, plus a .json beside it)
+#
+# Needs: torch with CUDA, nvcc, cmake (ninja optional). Builds into build/gpu_check/ and never touches dsr_deploy/_lib.
+# SpikingJelly is optional: installed, or pure-python wheels in build/wheels/ (carry the output of
+# `pip download --no-deps spikingjelly==2.0.0 loguru -d build/wheels`); without it that column says n/a.
+# Environment: PYTHON (interpreter), CUDA_HOME / CUDACXX (nvcc), DSR_CUDA_ARCH (default: the GPU's own).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    PYTHON=.venv/bin/python
+  fi
+fi
+if ! "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "gpu_check: $PYTHON has no CUDA-capable torch or sees no GPU" >&2
+  exit 2
+fi
+GPU=$("$PYTHON" -c 'import torch,re; print(re.sub(r"[^A-Za-z0-9]+","-",torch.cuda.get_device_name(0)).strip("-"))')
+OUT=${1:-benchmarks/results/gpu_check_${GPU}.md}
+LIB="$ROOT/build/gpu_check/lib"
+mkdir -p "$LIB"
+export DSR_DEPLOY_LIB_DIR="$LIB"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+ARCH=${DSR_CUDA_ARCH:-}
+ARCH_PY=${ARCH:+\"$ARCH\"}
+ARCH_PY=${ARCH_PY:-None}
+
+echo "== building the torch op with CUDA kernels (+ libdsr_kernels.so) into $LIB"
+if ! "$PYTHON" -c "
+from dsr_deploy import plugins
+plugins.build(torch=True, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-torch', lib_dir='$LIB', verbose=True)
+"; then
+  echo "== the torch CUDA adapter did not build; building the CUDA core alone (the check then runs it through ctypes)"
+  rm -f "$LIB/libdsr_torch_ops.so"
+  "$PYTHON" -c "
+from dsr_deploy import plugins
+plugins.build(torch=False, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-core', lib_dir='$LIB', verbose=True)
+"
+fi
+
+echo "== checking and timing"
+"$PYTHON" scripts/gpu_check.py --out "$OUT"

@@ -1,0 +1,181 @@
+"""Triton model repositories: configs parse as Triton's ModelConfig protobuf; the repository's ONNX models
+(with their rewritten edges) compute exactly what the exported models compute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dsr_deploy import streaming as S
+from dsr_deploy.errors import UserError
+from dsr_deploy.serving import triton_repo as TR
+
+from _streaming_nets import export_multistep_onnx, mlp_net
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient (the serve extra) is not installed")
+from google.protobuf import text_format  # noqa: E402
+
+T, B = 5, 3
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo_src")
+    net = mlp_net()
+    x = torch.randn(T, B, 6) * 2
+    with torch.no_grad():
+        ref = net(x).numpy()
+    # A multi-step export folder ([T, B, ...], batch symbolic at dim 1) with a (fake-content) plan beside it.
+    multi = root / "mlp"
+    multi.mkdir()
+    export_multistep_onnx(net, x, multi / "model.onnx")
+    (multi / "model.plan").write_bytes(b"not a real engine: the repository writer only copies it")
+    (multi / "manifest.json").write_text(json.dumps({"artifacts": [
+        {"format": "onnx", "path": "model.onnx"}, {"format": "tensorrt", "path": "model.plan"}]}))
+    stream = root / "mlp_stream"
+    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",))
+    return net, x, ref, multi, stream
+
+
+@pytest.fixture(scope="module")
+def repo(exports, tmp_path_factory):
+    _, _, _, multi, stream = exports
+    out = tmp_path_factory.mktemp("repo") / "models"
+    summary = TR.write_repository([multi, stream], out, max_batch=8)
+    return out, summary
+
+
+def test_layout_and_readme(repo):
+    out, summary = repo
+    names = sorted(m["name"] for m in summary["models"])
+    assert names == ["mlp_onnx", "mlp_stream_onnx", "mlp_trt"]
+    for n in names:
+        assert (out / n / "config.pbtxt").is_file()
+        assert (out / n / "1").is_dir()
+    readme = (out / "README.md").read_text()
+    assert "LD_PRELOAD=" in readme and "--backend-config=tensorrt,plugins=" in readme
+    assert (out / "mlp_trt" / "1" / "model.plan").read_bytes().startswith(b"not a real engine")
+
+
+def test_multistep_onnx_config(repo):
+    out, _ = repo
+    cfg = _parse(out / "mlp_onnx" / "config.pbtxt")
+    assert cfg.name == "mlp_onnx" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 8
+    assert cfg.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [("input", [T, 6], model_config_pb2.TYPE_FP32)]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("output", [T, 3])]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+def test_multistep_onnx_batch_first_is_exact(exports, repo):
+    _, x, ref, _, _ = exports
+    out, _ = repo
+    so = _ort(out / "mlp_onnx" / "1" / "model.onnx")
+    assert [i.name for i in so.get_inputs()] == ["input"]
+    y = so.run(None, {"input": np.ascontiguousarray(x.numpy().transpose(1, 0, 2))})[0]
+    assert y.shape == (B, T, 3)
+    assert ref.any()
+    assert np.array_equal(y.transpose(1, 0, 2), ref)
+
+
+def test_plan_config_keeps_layout(repo):
+    out, _ = repo
+    cfg = _parse(out / "mlp_trt" / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan"
+    assert cfg.max_batch_size == 0  # the plan is [T, B, ...]: batch not first, no dynamic batching
+    assert [list(i.dims) for i in cfg.input] == [[T, -1, 6]]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_streaming_config_sequence_batching(repo):
+    out, _ = repo
+    cfg = _parse(out / "mlp_stream_onnx" / "config.pbtxt")
+    assert cfg.max_batch_size == 8
+    assert not cfg.HasField("dynamic_batching")
+    sb = cfg.sequence_batching
+    assert [i.name for i in cfg.input] == ["x_t"] and [o.name for o in cfg.output] == ["y_t"]
+    kinds = {c.name: c.control[0].kind for c in sb.control_input}
+    K = model_config_pb2.ModelSequenceBatching.Control
+    assert kinds == {"START": K.CONTROL_SEQUENCE_START, "READY": K.CONTROL_SEQUENCE_READY}
+    assert all(list(c.control[0].bool_false_true) == [False, True] for c in sb.control_input)
+    states = [(s.input_name, s.output_name, list(s.dims), s.initial_state[0].zero_data) for s in sb.state]
+    assert states == [("v_in_0", "v_out_0", [8], True), ("v_in_1", "v_out_1", [3], True)]
+    assert all(s.data_type == model_config_pb2.TYPE_FP32 for s in sb.state)
+    assert sb.max_sequence_idle_microseconds > 0
+
+
+def test_streaming_repo_model_controls(exports, repo):
+    """What Triton does with the repository's streaming model: state carried, START zeroes it, READY keeps it."""
+    _, x, ref, _, _ = exports
+    out, _ = repo
+    so = _ort(out / "mlp_stream_onnx" / "1" / "model.onnx")
+    names = [o.name for o in so.get_outputs()]
+    ones = np.ones((B, 1), dtype=bool)
+    garbage = [np.full((B, 8), 123.0, np.float32), np.full((B, 3), -7.0, np.float32)]
+    v, ys = garbage, []
+    for t in range(T):
+        res = dict(zip(names, so.run(None, {"x_t": x[t].numpy(), "v_in_0": v[0], "v_in_1": v[1],
+                                             "START": ones if t == 0 else ~ones, "READY": ones})))
+        ys.append(res["y_t"])
+        v = [res["v_out_0"], res["v_out_1"]]
+    assert np.array_equal(np.stack(ys), ref)  # START replaced the garbage by zeros
+    res = dict(zip(names, so.run(None, {"x_t": x[0].numpy(), "v_in_0": v[0], "v_in_1": v[1],
+                                         "START": ~ones, "READY": ~ones})))
+    assert np.array_equal(res["v_out_0"], v[0]) and np.array_equal(res["v_out_1"], v[1])
+
+
+def test_ort_ops_library_and_no_batching(exports, tmp_path):
+    _, _, _, multi, _ = exports
+    TR.write_repository([multi / "model.onnx"], tmp_path / "r", max_batch=0, name="m",
+                        ort_ops_library="/dsr_lib/libdsr_ort_ops.so")
+    cfg = _parse(tmp_path / "r" / "m_onnx" / "config.pbtxt")
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+    assert list(cfg.input[0].dims) == [T, -1, 6]
+    assert list(cfg.model_operations.op_library_filename) == ["/dsr_lib/libdsr_ort_ops.so"]
+
+
+def test_bad_inputs(exports, tmp_path):
+    _, _, _, multi, _ = exports
+    with pytest.raises(UserError, match="does not exist"):
+        TR.write_repository([tmp_path / "nope"], tmp_path / "r")
+    with pytest.raises(UserError, match="exactly one ONNX"):
+        TR.write_repository([multi / "model.plan"], tmp_path / "r")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable ONNX"):
+        TR.write_repository([tmp_path / "bad.onnx"], tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing half-written
+    TR.write_repository([multi], tmp_path / "r")
+    with pytest.raises(UserError, match="exists"):
+        TR.write_repository([multi], tmp_path / "r")
+
+
+def test_cli_triton_repo(exports, tmp_path):
+    import subprocess
+    import sys
+
+    _, _, _, multi, stream = exports
+    out = tmp_path / "repo"
+    res = subprocess.run([sys.executable, "-m", "dsr_deploy", "triton-repo", str(multi), str(stream), "--out", str(out),
+                          "--max-batch", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert sorted(m["name"] for m in summary["models"]) == ["mlp_onnx", "mlp_stream_onnx", "mlp_trt"]
+    assert _parse(out / "mlp_stream_onnx" / "config.pbtxt").max_batch_size == 4
+    again = subprocess.run([sys.executable, "-m", "dsr_deploy", "triton-repo", str(multi), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.strip().startswith("error: ") and "exists" in again.stderr
