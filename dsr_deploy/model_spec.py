@@ -186,8 +186,28 @@ def _list(keys, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bool = False) -> nn.Module:
-    """Load ``checkpoint`` into ``model`` strictly (or return the pickled model with ``trust_pickle``)."""
+def apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bool = False,
+                     remap: bool = False) -> nn.Module:
+    """Load ``checkpoint`` into ``model`` strictly (or return the pickled model with ``trust_pickle``).
+
+    With ``remap`` (zoo models), a state dict whose keys do not match is mapped with the zoo's SpikingJelly /
+    authors' key mapping (by name, else by layer order and shape) before giving up.
+    """
+    try:
+        return _apply_checkpoint(model, checkpoint, trust_pickle)
+    except UserError as exc:
+        if not remap or "does not match the model" not in str(exc):
+            raise
+        from .models.interop import load_spikingjelly
+
+        try:
+            return load_spikingjelly(model, _state_dict_of(read_checkpoint(Path(checkpoint), trust_pickle),
+                                                           Path(checkpoint)))
+        except UserError as mapping_error:
+            raise UserError(f"{exc}; nor does it map as a SpikingJelly checkpoint: {mapping_error}") from exc
+
+
+def _apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bool = False) -> nn.Module:
     path = Path(checkpoint)
     obj = read_checkpoint(path, trust_pickle)
     if isinstance(obj, nn.Module):
@@ -216,7 +236,7 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
     """Build the model of ``spec`` and load ``checkpoint`` into it (when given)."""
     loaded = build_model(spec)
     if checkpoint is not None:
-        loaded.model = apply_checkpoint(loaded.model, checkpoint, trust_pickle)
+        loaded.model = apply_checkpoint(loaded.model, checkpoint, trust_pickle, remap=spec.strip().startswith("zoo:"))
         loaded.checkpoint = str(Path(checkpoint).expanduser().resolve())
     loaded.model.eval()
     return loaded

@@ -162,3 +162,39 @@ def test_other_architecture_is_a_clear_error(tmp_path):
         read_checkpoint(bad)
     with pytest.raises(UserError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_cli_export_of_zoo_model_takes_a_spikingjelly_checkpoint(tmp_path):
+    # `dsr-deploy export zoo:NAME --checkpoint sj.pth`: keys that do not match are mapped like load_spikingjelly.
+    from dsr_deploy.cli import main
+    from dsr_deploy.runtime import load_runner
+
+    T = 8  # the zoo entry's T
+    sj = _sj_digits_cnn(T)
+    _randomise(sj, 2)
+    path = tmp_path / "sj.pth"
+    torch.save(sj.state_dict(), path)
+    out = tmp_path / "export"
+    main(["export", "zoo:digits-cnn", "--input-shape", f"{T},2,1,8,8", "--format", "torchscript",
+          "--checkpoint", str(path), "--out", str(out)])  # returns normally on success
+    sj.eval()
+    x = torch.rand(T, 3, 1, 8, 8) * 3
+    with torch.no_grad():
+        ref = sj(x)
+    with load_runner(out, backend="torchscript") as runner:
+        got = next(iter(runner.infer({"input": x.numpy()}).values()))
+    assert (ref != 0).any() and torch.equal(torch.from_numpy(got), ref)
+
+
+def test_cli_export_rejects_a_checkpoint_of_another_architecture(tmp_path, capsys):
+    from dsr_deploy.cli import main
+
+    path = tmp_path / "other.pth"
+    torch.save(nn.Sequential(nn.Linear(3, 4)).state_dict(), path)
+    with pytest.raises(SystemExit) as info:
+        main(["export", "zoo:digits-cnn", "--input-shape", "8,2,1,8,8", "--checkpoint", str(path),
+              "--out", str(tmp_path / "never")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match the model" in err[0] and "SpikingJelly" in err[0]
+    assert not (tmp_path / "never").exists()

@@ -369,16 +369,17 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
 
     cfg = cfg or ServerConfig()
     ensure_libpython_path()  # before the server (and its python-backend stubs) start
-    require("pytriton", "serve", "dsr-deploy serve")
-    from pytriton.triton import Triton
-
     if names and len(names) != len(artifacts):
         raise UserError("--name must be given once per artifact")
+    # The artifacts are checked first: a wrong path is the same one-line error with or without the serve extra.
     models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads)
               for i, a in enumerate(artifacts)]
     dup = {m.name for m in models if [x.name for x in models].count(m.name) > 1}
     if dup:
         raise UserError(f"two models would be named {', '.join(sorted(dup))}; pass --name for each")
+    require("pytriton", "serve", "dsr-deploy serve")
+    from pytriton.triton import Triton
+
     stop = stop_event or threading.Event()
     previous = {}
 
