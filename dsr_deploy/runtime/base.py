@@ -434,3 +434,45 @@ def collect_outputs(out: Any, names: Sequence[str], copy_outputs: bool, backend:
         names = ["output"] + [f"output_{i}" for i in range(1, len(items))]
     conv = (lambda t: t.detach().cpu().numpy()) if copy_outputs else (lambda t: t)
     return {n: conv(t) for n, t in zip(names, items)}
+
+
+class TorchCallableRunner(Runner):
+    """What the torch-executed artifacts (TorchScript, pt2) share once loaded: a callable ``self.fn`` taking the
+    inputs positionally, input specs, output names; ``infer`` with feed checks and one-line model errors."""
+
+    def __init__(self, artifact: Any, **options: Any):
+        super().__init__(artifact, **options)
+        self.device = str(options.get("device") or "cpu")
+        self.fn = None
+        self._inputs: list[TensorSpec] = []
+        self._output_names: list[str] = []
+
+    def release(self) -> None:
+        self.fn = None
+        super().release()
+
+    def inputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return list(self._inputs)
+
+    def outputs(self) -> list[TensorSpec]:
+        self.ensure_loaded()
+        return [TensorSpec(n, None, self._inputs[0].dtype if self._inputs else "float32")
+                for n in self._output_names]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "device": self.device}
+
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+        import torch
+
+        self.ensure_loaded()
+        feeds = self.check_feeds(feeds)
+        args = [to_torch(feeds[s.name], self.device) for s in self._inputs]
+        with torch.inference_mode():
+            try:
+                out = self.fn(*args)
+            except Exception as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError / AssertionError)
+                shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
+                raise UserError(f"{self.backend}: the model failed on {shapes}: {one_line(exc)}") from None
+        return collect_outputs(out, self._output_names, copy_outputs, self.backend)

@@ -11,11 +11,10 @@ for), ``threads``, ``input_names`` / ``output_names``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UserError
-from .base import (Runner, TensorSpec, collect_outputs, model_io_from_manifest, one_line, register_backend,
-                   to_torch, zip_kind)
+from .base import TensorSpec, TorchCallableRunner, model_io_from_manifest, one_line, register_backend, zip_kind
 
 
 def accepts(artifact: Any) -> bool:
@@ -30,16 +29,12 @@ def _dim(d) -> Any:
     return int(d) if isinstance(d, int) or str(d).isdigit() else str(d)
 
 
-class PT2Runner(Runner):
+class PT2Runner(TorchCallableRunner):
     backend = "pt2"
 
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cpu")
         self.kind = None  # "exported_program" | "aoti"
-        self.fn = None
-        self._inputs: list[TensorSpec] = []
-        self._output_names: list[str] = []
 
     def load(self) -> "PT2Runner":
         import torch
@@ -94,35 +89,8 @@ class PT2Runner(Runner):
         self.loaded = True
         return self
 
-    def release(self) -> None:
-        self.fn = None
-        super().release()
-
-    def inputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return list(self._inputs)
-
-    def outputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return [TensorSpec(n, None, self._inputs[0].dtype if self._inputs else "float32")
-                for n in self._output_names]
-
     def describe(self) -> dict:
-        return {**super().describe(), "device": self.device, "kind": self.kind}
-
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
-        import torch
-
-        self.ensure_loaded()
-        feeds = self.check_feeds(feeds)
-        args = [to_torch(feeds[s.name], self.device) for s in self._inputs]
-        with torch.inference_mode():
-            try:
-                out = self.fn(*args)
-            except Exception as exc:  # guard failures on shapes come as RuntimeError / AssertionError
-                shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
-                raise UserError(f"pt2: the model failed on {shapes}: {one_line(exc)}") from None
-        return collect_outputs(out, self._output_names, copy_outputs, self.backend)
+        return {**super().describe(), "kind": self.kind}
 
 
 register_backend("pt2", PT2Runner, accepts, priority=5)

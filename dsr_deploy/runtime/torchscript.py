@@ -8,11 +8,10 @@ else ``output``. Options: ``device``, ``fp16`` (convert the module's parameters 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UserError
-from .base import (Runner, TensorSpec, collect_outputs, is_file_with, model_io_from_manifest, one_line,
-                   register_backend, to_torch, zip_kind)
+from .base import TensorSpec, TorchCallableRunner, model_io_from_manifest, one_line, register_backend, zip_kind
 
 SUFFIXES = (".ts", ".torchscript", ".jit", ".pt", ".pth")
 
@@ -26,15 +25,8 @@ def accepts(artifact: Any) -> bool:
     return Path(artifact).is_file() and zip_kind(artifact) == "torchscript"
 
 
-class TorchScriptRunner(Runner):
+class TorchScriptRunner(TorchCallableRunner):
     backend = "torchscript"
-
-    def __init__(self, artifact: Any, **options: Any):
-        super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cpu")
-        self.module = None
-        self._inputs: list[TensorSpec] = []
-        self._output_names: list[str] = []
 
     def load(self) -> "TorchScriptRunner":
         import torch
@@ -63,39 +55,14 @@ class TorchScriptRunner(Runner):
         self._inputs = [TensorSpec(n, (("T", "B") + tuple(shape[2:])) if shape and n == "input" else None, dtype)
                         for n in ins]
         self._output_names = list(self.options.get("output_names") or outs)
-        self.module = module
+        self.fn = module
         self.loaded = True
         return self
 
-    def release(self) -> None:
-        self.module = None
-        super().release()
-
-    def inputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return list(self._inputs)
-
-    def outputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return [TensorSpec(n, None, self._inputs[0].dtype if self._inputs else "float32")
-                for n in self._output_names]
-
-    def describe(self) -> dict:
-        return {**super().describe(), "device": self.device}
-
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
-        import torch
-
-        self.ensure_loaded()
-        feeds = self.check_feeds(feeds)
-        args = [to_torch(feeds[s.name], self.device) for s in self._inputs]
-        with torch.inference_mode():
-            try:
-                out = self.module(*args)
-            except Exception as exc:  # TorchScript raises torch.jit.Error for shape errors
-                shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
-                raise UserError(f"torchscript: the model failed on {shapes}: {one_line(exc)}") from None
-        return collect_outputs(out, self._output_names, copy_outputs, self.backend)
+    @property
+    def module(self):
+        """The loaded ``torch.jit.ScriptModule``."""
+        return self.fn
 
 
 register_backend("torchscript", TorchScriptRunner, accepts, priority=5)
