@@ -97,19 +97,9 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in vi.type.tensor_type.shape.dim)
         inputs.append((vi.name, dims))
-    used: set[str] = set()
+    from .runtime.onnxruntime import dsr_ops_used  # light: onnxruntime itself is imported lazily there
 
-    def walk(graph):
-        for node in graph.node:
-            if node.domain == PLUGIN_NAMESPACE:
-                used.add(node.op_type)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-
-    walk(model.graph)
+    used = dsr_ops_used(model.graph)
     fallbacks = sorted(f.name for f in model.functions if f.domain == PLUGIN_NAMESPACE and f.name in used)
     return OnnxInfo(inputs, sorted(used), fallbacks)
 

@@ -51,6 +51,24 @@ def _probe() -> Optional[str]:
     return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
 
 
+def dsr_ops_used(graph) -> set[str]:
+    """The op types of every ``dsr``-domain node in ``graph`` and its subgraphs (Scan / Loop / If bodies)."""
+    used: set[str] = set()
+
+    def walk(g):
+        for node in g.node:
+            if node.domain == DSR_DOMAIN:
+                used.add(node.op_type)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(graph)
+    return used
+
+
 def inspect_dsr_usage(path: Path) -> dict:
     """Which dsr custom ops the model uses and which of them have a model-local function (fallback)."""
     import onnx
@@ -59,19 +77,7 @@ def inspect_dsr_usage(path: Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise UserError(f"onnxruntime: cannot read {path} as ONNX: {one_line(exc)}") from None
-    used: set[str] = set()
-
-    def walk(graph):
-        for node in graph.node:
-            if node.domain == DSR_DOMAIN:
-                used.add(node.op_type)
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-
-    walk(model.graph)
+    used = dsr_ops_used(model.graph)
     functions = {f.name for f in model.functions if f.domain == DSR_DOMAIN}
     return {"ops": sorted(used), "functions": sorted(functions), "missing_fallback": sorted(used - functions)}
 
