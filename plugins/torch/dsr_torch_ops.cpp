@@ -70,14 +70,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neur
                            pr.N,
                            &p32,
                            &p64};
-  if (pr.N > 0) {
-    // Threads over whole neuron blocks; at::parallel_for follows torch.set_num_threads and runs small calls inline.
-    const int64_t blocks = (pr.N + dsr::kCpuBlock - 1) / dsr::kCpuBlock;
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, pr.T * dsr::kCpuBlock));
-    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-      dsr::cpu_forward_range(args, b0 * dsr::kCpuBlock, std::min(pr.N, b1 * dsr::kCpuBlock));
-    });
-  }
+  // Threads: the core's std::thread driver, sized by torch.set_num_threads. Not at::parallel_for: with torch's
+  // OpenMP backend its body is an inline `#pragma omp parallel` in the ATen headers, which runs serially in a library
+  // not built with -fopenmp (and building with it would load a second OpenMP runtime beside torch's own libgomp).
+  // Inside an ATen parallel region (a caller's parallel_for) stay on the calling thread, as parallel_for would.
+  const int threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  dsr::cpu_forward(args, threads);
   return finish(pr, return_state);
 }
 
