@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -81,6 +82,30 @@ def test_authors_defaults_many_neurons_threaded(kind, dtype):
     finally:
         torch.set_num_threads(before)
     assert_bit_equal(single, nat[0], "one thread vs several")
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_outputs_recycled_overwritten(kind, dtype):
+    # Outputs >= 4 MB come from 2 MB-aligned mappings that are recycled when the tensor dies (plugins/torch): a reused
+    # buffer must be fully overwritten, and live outputs must never share memory.
+    params = (6.0, 0.5) if kind == "if" else (0.3, 0.3, 1.0, 0.05)
+    fn = ops.if_spike if kind == "if" else ops.lif_spike
+    T, n = 4, 300_001 if dtype == torch.float32 else 150_001  # > 4 MB, N not a multiple of the 1024-neuron block
+    g = torch.Generator().manual_seed(2)
+    xs = [(torch.randn(T, n, generator=g, dtype=dtype) * s) for s in (8.0, 3.0, 0.5)]
+    refs = [fn(x, *params, native=False)[0] for x in xs]
+    y0 = fn(xs[0], *params, native=True)[0]
+    y1 = fn(xs[1], *params, native=True)[0]
+    assert y0.data_ptr() != y1.data_ptr()
+    ptr0 = y0.data_ptr()
+    del y0  # its mapping goes back to the pool
+    y2 = fn(xs[2], *params, native=True)[0]
+    if os.environ.get("DSR_DEPLOY_OUTPUT_CACHE_MB", "") != "0":
+        assert y2.data_ptr() == ptr0, "the freed output's mapping was not reused"
+    assert_bit_equal(y1, refs[1], f"{kind} {dtype} live output")
+    assert_bit_equal(y2, refs[2], f"{kind} {dtype} output in a recycled buffer")
+    assert (refs[0] != refs[2]).any(), "degenerate test: the recycled buffer's old content equals the new"
 
 
 @pytest.mark.parametrize("kind", ["if", "lif"])

@@ -32,7 +32,9 @@ inline std::string shape_str(at::IntArrayRef s) {
   return out + "]";
 }
 
-inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& v_init, bool return_state) {
+// allocate_output = false leaves pr.y undefined for the caller to allocate (the CPU kernel's own huge-page output).
+inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& v_init, bool return_state,
+                        bool allocate_output = true) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "input must have a leading time dimension [T, ...]");
   Prepared pr;
   pr.x = x_in.contiguous();
@@ -41,7 +43,7 @@ inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>&
   for (int64_t d = 1; d < pr.x.dim(); ++d) pr.N *= pr.x.size(d);
   const auto step_shape = pr.x.sizes().slice(1);
   const auto ct = compute_dtype(pr.x.scalar_type());
-  pr.y = at::empty_like(pr.x, at::MemoryFormat::Contiguous);
+  if (allocate_output) pr.y = at::empty_like(pr.x, at::MemoryFormat::Contiguous);
   if (v_init.has_value() && v_init->defined()) {
     TORCH_CHECK_VALUE(v_init->sizes() == step_shape, "v_init must have the shape of one time step ",
                       shape_str(step_shape), ", got ", shape_str(v_init->sizes()));

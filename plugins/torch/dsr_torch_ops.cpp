@@ -8,9 +8,13 @@
 #include "dsr_torch_common.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/from_blob.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <utility>
+#include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -31,34 +35,117 @@ dsr::DType to_core_dtype(at::ScalarType st) {
   return dsr::DType::F32;
 }
 
-// A fresh output of tens of MB costs more in first-touch page faults than the whole spike loop (measured: a clone of
-// 84 MB took 4-6x a memcpy into an existing buffer). Asking for transparent huge pages on the 2 MB-aligned interior
-// of the new, not yet touched, output cuts the faults 512-fold (as PyTorch's THP_MEM_ALLOC_ENABLE=1 does for all
-// large tensors). Only a hint: no effect where THP is off; DSR_DEPLOY_HUGEPAGES=0 turns it off.
-void advise_huge_pages(void* data, size_t nbytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (nbytes < 2 * kHuge) return;
-  static const bool enabled = [] {
-    const char* env = std::getenv("DSR_DEPLOY_HUGEPAGES");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  if (!enabled) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + nbytes) & ~(kHuge - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)nbytes;
+// Large outputs. A fresh output of tens of MB costs more in first-touch page faults than the spike loop itself
+// (measured, 84 MB: 4 KB pages ~50 ms, the loop ~10 ms). So a large output (>= 4 MB) is
+//  * a 2 MB-aligned anonymous mapping with MADV_HUGEPAGE set before the first touch: every page of it can be a
+//    transparent huge page (512x fewer faults; the glibc mapping behind at::empty_like is not 2 MB aligned, so only
+//    its interior could be advised), faulted in by the kernel's own threads as they write;
+//  * recycled: when the tensor dies its mapping goes to a small pool (DSR_DEPLOY_OUTPUT_CACHE_MB, default 256; 0
+//    turns recycling off) and the next output of the same rounded size reuses it, already faulted in, as an arena
+//    allocator does. Every element of a recycled buffer is overwritten by the kernel before it is returned.
+// DSR_DEPLOY_HUGEPAGES=0 skips the huge-page advice. Elsewhere than Linux: at::empty_like.
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kPooledMinBytes = 2 * kHugePage;
+
+size_t env_size(const char* name, size_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(env, &end, 10);
+  return (end && *end == '\0') ? static_cast<size_t>(v) : fallback;
+}
+
+#if defined(__linux__)
+class OutputPool {
+ public:
+  static OutputPool& instance() {
+    static OutputPool* pool = new OutputPool();  // never destroyed: tensors may outlive static destruction
+    return *pool;
+  }
+
+  // A mapping of `len` bytes (a multiple of 2 MB), 2 MB aligned; nullptr when mmap fails.
+  void* acquire(size_t len) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = free_.size(); i-- > 0;) {
+        if (free_[i].second == len) {
+          void* p = free_[i].first;
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          cached_ -= len;
+          return p;
+        }
+      }
+    }
+    return map_aligned(len);
+  }
+
+  void release(void* p, size_t len) {
+    std::vector<std::pair<void*, size_t>> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (len <= cap_) {
+        while (cached_ + len > cap_ && !free_.empty()) {  // oldest first
+          evicted.push_back(free_.front());
+          cached_ -= free_.front().second;
+          free_.erase(free_.begin());
+        }
+        free_.emplace_back(p, len);
+        cached_ += len;
+      } else {
+        evicted.emplace_back(p, len);
+      }
+    }
+    for (auto& e : evicted) munmap(e.first, e.second);
+  }
+
+ private:
+  OutputPool()
+      : cap_(env_size("DSR_DEPLOY_OUTPUT_CACHE_MB", 256) << 20), huge_([] {
+          const char* env = std::getenv("DSR_DEPLOY_HUGEPAGES");
+          return env == nullptr || std::strcmp(env, "0") != 0;
+        }()) {}
+
+  void* map_aligned(size_t len) const {
+    const size_t map_len = len + kHugePage;  // slack to cut a 2 MB-aligned range out of
+    void* raw = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t a = (r + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+    if (a > r) munmap(raw, a - r);
+    if (r + map_len > a + len) munmap(reinterpret_cast<void*>(a + len), r + map_len - (a + len));
+#if defined(MADV_HUGEPAGE)
+    if (huge_) (void)madvise(reinterpret_cast<void*>(a), len, MADV_HUGEPAGE);  // a hint: no effect where THP is off
 #endif
+    return reinterpret_cast<void*>(a);
+  }
+
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> free_;
+  size_t cached_ = 0;
+  const size_t cap_;
+  const bool huge_;
+};
+#endif
+
+at::Tensor empty_output(const at::Tensor& x) {
+  const size_t nbytes = static_cast<size_t>(x.numel()) * x.element_size();
+#if defined(__linux__)
+  if (nbytes >= kPooledMinBytes) {
+    const size_t len = (nbytes + kHugePage - 1) & ~(kHugePage - 1);
+    if (void* p = OutputPool::instance().acquire(len)) {
+      return at::from_blob(p, x.sizes(), [len](void* q) { OutputPool::instance().release(q, len); }, x.options());
+    }
+  }
+#endif
+  return at::empty_like(x, at::MemoryFormat::Contiguous);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neuron neuron, double v_threshold,
                                                double alpha, double tau, double delta_t,
                                                const std::optional<at::Tensor>& v_init, bool return_state) {
-  Prepared pr = prepare(x_in, v_init, return_state);
+  Prepared pr = prepare(x_in, v_init, return_state, /*allocate_output=*/false);
   const dsr::DType dtype = to_core_dtype(pr.x.scalar_type());
-  advise_huge_pages(pr.y.mutable_data_ptr(), pr.y.nbytes());
+  pr.y = empty_output(pr.x);
   const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
   const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
   dsr::ForwardArgs args{dtype,
