@@ -274,54 +274,17 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
     return path
 
 
-def _step_function_proto(kind: str, opset: int):
-    """The standard-op body of DSRIFStep / DSRLIFStep, parametrised by the node's attributes.
-
-    Same float32 operations, in the same order, as :mod:`dsr_deploy.functional` (no fused multiply-add):
-    IF  v1 = v + x; s = (v1 >= fl(alpha*vth)) ? vth : 0; v_new = v1 - s; y = s
-    LIF v1 = fl(decay*v) + fl(gain*x); s as IF; v_new = v1 - s; y = s / delta_t
-    """
-    from onnx import AttributeProto, helper
-
-    def const(out, attr):
-        node = helper.make_node("Constant", [], [out])
-        a = AttributeProto()
-        a.name, a.ref_attr_name, a.type = "value_float", attr, AttributeProto.FLOAT
-        node.attribute.append(a)
-        return node
-
-    nodes = [const("vth", "v_threshold"), const("alpha", "alpha"), helper.make_node("Mul", ["alpha", "vth"], ["thr"])]
-    if kind == "if":
-        nodes.append(helper.make_node("Add", ["v", "x_t"], ["v1"]))
-        attrs = ["v_threshold", "alpha", "plugin_namespace", "plugin_version"]
-    else:
-        nodes += [const("decay", "decay"), const("gain", "gain"), const("dt", "delta_t"),
-                  helper.make_node("Mul", ["decay", "v"], ["dv"]), helper.make_node("Mul", ["gain", "x_t"], ["gx"]),
-                  helper.make_node("Add", ["dv", "gx"], ["v1"])]
-        attrs = ["v_threshold", "alpha", "tau", "delta_t", "decay", "gain", "plugin_namespace", "plugin_version"]
-    nodes += [
-        helper.make_node("Constant", [], ["zero"], value_float=0.0),
-        helper.make_node("GreaterOrEqual", ["v1", "thr"], ["fire"]),
-        helper.make_node("Where", ["fire", "vth", "zero"], ["s"]),
-        helper.make_node("Sub", ["v1", "s"], ["v_new"]),
-    ]
-    nodes.append(helper.make_node("Identity", ["s"], ["y_t"]) if kind == "if"
-                 else helper.make_node("Div", ["s", "dt"], ["y_t"]))
-    return helper.make_function(
-        ONNX_DOMAIN, IF_STEP_OP if kind == "if" else LIF_STEP_OP, ["x_t", "v"], ["y_t", "v_new"], nodes,
-        [helper.make_opsetid("", opset)], attributes=attrs,
-    )
-
-
 def add_step_functions(model_proto) -> None:
     """Append the DSRIFStep / DSRLIFStep function bodies the graph uses (torch.onnx.export inlines functions,
     so they are added after export)."""
+    from .export.onnx_functions import step_function_proto
+
     used = {n.op_type for n in model_proto.graph.node if n.domain == ONNX_DOMAIN}
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
         if op in used and (ONNX_DOMAIN, op) not in have:
-            model_proto.functions.append(_step_function_proto(kind, opset))
+            model_proto.functions.append(step_function_proto(kind, op, opset))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
         from onnx import helper
 

@@ -144,3 +144,16 @@ def function_proto(kind: str, body: str, opset: int, T: int | None = None) -> on
         doc_string=f"DSR-{kind.upper()} spike recurrence over a leading time axis, {body} body "
                    "(bit-exact with dsr_deploy.functional in float32).",
     )
+
+
+def step_function_proto(kind: str, op_type: str, opset: int) -> onnx.FunctionProto:
+    """The single-step body (streaming ``DSRIFStep`` / ``DSRLIFStep``: inputs ``x_t, v`` -> ``y_t, v_new``):
+    the same prologue and step as the multi-step bodies, so the ONNX math stays in one place."""
+    nodes = _prologue(kind) + _step(kind, "v", "x_t", "v_new", "y_t", "step_")
+    return helper.make_function(
+        ONNX_DOMAIN, op_type, ["x_t", "v"], ["y_t", "v_new"], nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=IF_ATTRS if kind == "if" else LIF_ATTRS,
+        doc_string=f"One DSR-{kind.upper()} time step with the membrane as explicit I/O "
+                   "(bit-exact with dsr_deploy.functional in float32).",
+    )
