@@ -100,6 +100,8 @@ def find_library(name: str) -> Optional[Path]:
 
 def load_native() -> bool:
     """Load the native torch kernels once; returns whether they are registered."""
+    if _native["reason"] != "not looked for yet":  # decided already: no lock on the per-call path
+        return _native["loaded"]
     with _state_lock:
         if _native["loaded"] or _native["reason"] != "not looked for yet":
             return _native["loaded"]
