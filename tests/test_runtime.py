@@ -23,30 +23,25 @@ NEURON_SHAPE = (T, B, 5)
 CONV_SHAPE = (4, 2, 3, 8, 8)
 
 
-@pytest.fixture(scope="module")
-def neuron_artifacts(tmp_path_factory):
+def _artifacts(d: Path, model: torch.nn.Module, shape):
+    """The model and its TorchScript, pt2 and ONNX files, by the backend that runs each."""
     quiet()
-    d = tmp_path_factory.mktemp("neuron")
-    model = NeuronNet()
-    example = torch.from_numpy(spiky_input(NEURON_SHAPE))
+    example = torch.from_numpy(spiky_input(shape))
     return model, {
         "torchscript": save_torchscript(model, d / "model.ts"),
         "pt2": save_pt2(model, example, d / "model.pt2"),
         "onnxruntime": save_onnx_unrolled(model, example, d / "model.onnx"),
     }
+
+
+@pytest.fixture(scope="module")
+def neuron_artifacts(tmp_path_factory):
+    return _artifacts(tmp_path_factory.mktemp("neuron"), NeuronNet(), NEURON_SHAPE)
 
 
 @pytest.fixture(scope="module")
 def conv_artifacts(tmp_path_factory):
-    quiet()
-    d = tmp_path_factory.mktemp("conv")
-    model = ConvNet()
-    example = torch.from_numpy(spiky_input(CONV_SHAPE))
-    return model, {
-        "torchscript": save_torchscript(model, d / "model.ts"),
-        "pt2": save_pt2(model, example, d / "model.pt2"),
-        "onnxruntime": save_onnx_unrolled(model, example, d / "model.onnx"),
-    }
+    return _artifacts(tmp_path_factory.mktemp("conv"), ConvNet(), CONV_SHAPE)
 
 
 @pytest.fixture(scope="module")
