@@ -176,7 +176,7 @@ def main():
     klib = ctypes.CDLL(str(klib_path))
     klib.dsr_cpu_forward.restype = ctypes.c_int
     klib.dsr_cpu_forward.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int] + \
-        [ctypes.c_double] * 4 + [ctypes.c_int] * 2
+        [ctypes.c_double] * 4 + [ctypes.c_int]
     klib.dsr_cpu_kernel_isa.restype = ctypes.c_char_p
     ort_lib = plugins.ort_library()
     try:
@@ -207,7 +207,7 @@ def main():
         # std::threads are started per call: on a loaded machine one thread can win; keep the faster setting.
         per_threads = {n: median_time(
             lambda: klib.dsr_cpu_forward(0, x.data_ptr(), y.data_ptr(), None, None, T, N, neuron, p["v_threshold"],
-                                         p["alpha"], tau, dt, 0, n), args.repeats) for n in sorted({1, threads})}
+                                         p["alpha"], tau, dt, n), args.repeats) for n in sorted({1, threads})}
         row["kernel_prealloc_threads_s"] = per_threads
         row["kernel_prealloc_s"] = min(per_threads.values())
         op = (lambda: ops.if_spike(x, **p)) if kind == "if" else (lambda: ops.lif_spike(x, **p))

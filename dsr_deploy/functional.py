@@ -12,6 +12,10 @@ Numerics (float32), as in SpikingJelly's DSR nodes (Meng et al., CVPR 2022):
   ``1-beta`` rounded from the double, not ``1 - fl(beta)``.
 * The spike threshold ``alpha*vth`` is one multiplication in the compute dtype (alpha rounded first).
 * No fused multiply-add anywhere: every product and sum is rounded on its own.
+* The LIF output ``s / delta_t`` divides by ``delta_t`` held in a tensor on the input's device, not by a Python
+  scalar: PyTorch CUDA eager turns a division by a Python scalar into a product with the scalar's float32
+  reciprocal (``s * fl(1/dt)``, which can differ in the last bit), so the scalar spelling would make a model's
+  spikes depend on the device. Every kernel, CPU and CUDA, and the ONNX body's ``Div`` divide.
 
 Compute dtype: float64 for float64 inputs, float32 otherwise. Float16 / bfloat16 inputs are upcast exactly,
 the membrane is held in float32 and the output is rounded to the input dtype (a spike's value is then vth
@@ -113,12 +117,13 @@ def lif_forward(
     vth, thr = _threshold(v_threshold, alpha, ct, x.device)
     beta = math.exp(-delta_t / tau)
     gain = 1.0 - beta
+    dt = torch.tensor(delta_t, dtype=ct, device=x.device)  # a tensor divisor: true division on every device
     out = torch.empty_like(x)
     for t in range(x.size(0)):
         v = beta * v + gain * x[t].to(ct)
         s = (v >= thr).to(ct) * vth
         v = v - s
-        out[t] = (s / delta_t).to(x.dtype)
+        out[t] = (s / dt).to(x.dtype)
     if return_state:
         return out, v
     return out, None

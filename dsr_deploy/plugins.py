@@ -130,6 +130,45 @@ def _nvcc() -> Optional[str]:
     return shutil.which("nvcc")
 
 
+def _cuda_root(nvcc: Optional[str]) -> Optional[str]:
+    """The CUDA toolkit folder of ``nvcc`` (the one holding ``include/cuda.h``).
+
+    A CUDA build of torch configures CUDA through the legacy FindCUDA, which finds the toolkit from nvcc's folder;
+    an ``nvcc`` that is a wrapper script (``/usr/local/bin/nvcc`` calling the real one) leaves it with no headers
+    or libcudart. nvcc itself says where its toolkit is (``--dryrun`` prints ``TOP=``).
+    """
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home).resolve())
+    if not nvcc:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull], capture_output=True, text=True, timeout=30)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    m = re.search(r"^#\$ TOP=(.+)$", text, re.MULTILINE)
+    candidates = [Path(m.group(1).strip())] if m else []
+    candidates.append(Path(nvcc).resolve().parent.parent)
+    for c in candidates:
+        c = c.resolve()
+        if (c / "bin" / "nvcc").is_file() and any((c / sub / "cuda_runtime.h").is_file()
+                                                 for sub in ("include", "targets/x86_64-linux/include",
+                                                             "targets/sbsa-linux/include")):
+            return str(c)
+    return None
+
+
+def _torch_arch(cuda_arch: str) -> Optional[str]:
+    """CMake's ``90;100a`` / ``90`` as torch's ``9.0;10.0a`` (None for what has no such spelling, e.g. ``native``)."""
+    out = []
+    for a in re.split(r"[;, ]+", str(cuda_arch).strip()):
+        m = re.fullmatch(r"(\d+)(\d)([af]?)(?:-(?:real|virtual))?", a)
+        if m:
+            out.append(f"{m.group(1)}.{m.group(2)}{m.group(3)}")
+    return ";".join(out) or None
+
+
 def _tool_version(cmd: list[str]) -> Optional[str]:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
@@ -158,7 +197,8 @@ def detect(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
                 "reason": None if cxx else "no C++ compiler (set CXX or install g++)"},
         "torch": {"available": True, "version": torch.__version__, "cmake_prefix": torch.utils.cmake_prefix_path,
                   "cuda": torch.version.cuda},
-        "cuda": {"available": nvcc is not None, "nvcc": nvcc, "gpu_visible": torch.cuda.is_available(),
+        "cuda": {"available": nvcc is not None, "nvcc": nvcc, "root": _cuda_root(nvcc),
+                 "gpu_visible": torch.cuda.is_available(),
                  "reason": None if nvcc else "nvcc not found (set CUDA_HOME or put nvcc on PATH)"},
     }
     inc = _ort_include(ort_root)
@@ -199,7 +239,10 @@ def _run(cmd: list[str], log: list[str], verbose: bool, env: Optional[dict] = No
         sys.stderr.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-        errors = [ln for ln in tail if "error" in ln.lower()] or tail
+        # The compiler's own message ("nvcc fatal : ...", "x.cpp:3: error: ..."), not the build tool's progress lines.
+        errors = ([ln for ln in tail if re.search(r"\b(error|fatal)\b", ln, re.IGNORECASE)
+                   and not ln.lstrip().startswith(("[", "FAILED:", "ninja:", "gmake", "make"))]
+                  or [ln for ln in tail if "error" in ln.lower()] or tail[-1:])
         raise UserError(f"`{' '.join(cmd[:3])} ...` failed: {errors[0] if errors else 'no output'} "
                         "(rerun with --verbose for the full log)")
 
@@ -285,7 +328,15 @@ def build(
         configure.append(f"-DTENSORRT_ROOT={found['trt']['root']}")
     if cuda:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}")
-        configure.append(f"-DCMAKE_CUDA_COMPILER={found['cuda']['nvcc']}")
+        root = found["cuda"]["root"]
+        nvcc = str(Path(root) / "bin" / "nvcc") if root else found["cuda"]["nvcc"]
+        configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+        # A CUDA torch adds its own -gencode list (TORCH_CUDA_ARCH_LIST, else every arch it was built for, some of
+        # which a newer nvcc refuses); give it the one architecture asked for.
+        if _torch_arch(cuda_arch):
+            configure.append(f"-DTORCH_CUDA_ARCH_LIST={_torch_arch(cuda_arch)}")
+        if root:  # for torch's FindCUDA and for FindCUDAToolkit, which would otherwise guess from a wrapper's folder
+            configure += [f"-DCUDA_TOOLKIT_ROOT_DIR={root}", f"-DCUDAToolkit_ROOT={root}"]
     log: list[str] = []
     started = time.time()
     _run(configure, log, verbose)

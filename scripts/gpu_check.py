@@ -41,7 +41,7 @@ LIF_PARAMS = (0.3, 0.3, 1.0, 0.05)  # authors' CIFAR LIF: vth 0.3, alpha 0.3, ta
 
 
 class CtypesKernels:
-    """libdsr_kernels.so through ctypes, with the reciprocal-multiply output of PyTorch CUDA eager."""
+    """libdsr_kernels.so through ctypes (the same launcher and constants as the torch op)."""
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
@@ -51,7 +51,7 @@ class CtypesKernels:
         f.restype = ctypes.c_int
         f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
-                      ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_void_p]
+                      ctypes.c_double, ctypes.c_double, ctypes.c_void_p]
         self.lib.dsr_cuda_error_string.restype = ctypes.c_char_p
 
     def __call__(self, kind, x, params, v_init=None, return_state=False):
@@ -69,7 +69,7 @@ class CtypesKernels:
         n = x[0].numel() if x.shape[0] else math.prod(x.shape[1:])
         err = self.lib.dsr_cuda_forward(
             DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), vi.data_ptr() if vi is not None else None,
-            vo.data_ptr() if vo is not None else None, x.shape[0], n, neuron, vth, alpha, tau, dt, 1,
+            vo.data_ptr() if vo is not None else None, x.shape[0], n, neuron, vth, alpha, tau, dt,
             torch.cuda.current_stream().cuda_stream)
         if err:
             raise RuntimeError(self.lib.dsr_cuda_error_string(err).decode())
@@ -119,9 +119,12 @@ def check(run, gen):
                     ry, rv = reference(kind, x, params, v_init=v0, return_state=True)
                     spikes_equal = float(((y != 0) == (ry != 0)).float().mean())
                     exact = bool(torch.equal(bits(y), bits(ry)) and torch.equal(bits(v), bits(rv)))
-                    ok = exact if dtype == torch.float32 else spikes_equal >= 0.999
+                    # The reference is device-independent (functional.py): the GPU result equals the CPU one.
+                    cy, cv = reference(kind, x.cpu(), params, v_init=v0.cpu(), return_state=True)
+                    same_as_cpu = bool(torch.equal(bits(y.cpu()), bits(cy)) and torch.equal(bits(v.cpu()), bits(cv)))
+                    ok = (exact and same_as_cpu) if dtype == torch.float32 else spikes_equal >= 0.999
                     rows.append(dict(kind=kind, dtype=str(dtype).split(".")[-1], T=T, shape=list(step),
-                                     bit_exact=exact, spikes_equal=spikes_equal, ok=ok,
+                                     bit_exact=exact, same_as_cpu=same_as_cpu, spikes_equal=spikes_equal, ok=ok,
                                      spike_rate=float((ry != 0).float().mean())))
                     if not ok:
                         failures.append(rows[-1])
@@ -136,6 +139,52 @@ def check(run, gen):
             if not exact:
                 failures.append(rows[-1])
     return rows, failures
+
+
+def torchscript_rows(gen):
+    """The TorchScript export's neuron (functional.py scripted) on the device, vs the eager reference.
+
+    TorchScript's GPU fuser (NNC) compiles fused kernels with NVRTC's default --fmad=true, so the LIF update may
+    become an FMA; the torchscript runner turns GPU fusion off on CUDA. Both settings are measured: each scripted
+    module is called 4 times (the profiling executor optimises, and fuses, from the third call on) and every call's
+    output is compared with the reference.
+    """
+    rows = []
+    if DEVICE == "cpu":
+        settings = [("default (CPU fuser off)", None)]
+    else:
+        settings = [("GPU fusion on (TorchScript default)", True), ("GPU fusion off (dsr-deploy runner)", False)]
+    previous = torch._C._jit_can_fuse_on_gpu()
+    try:
+        for label, fuse in settings:
+            if fuse is not None:
+                torch._C._jit_override_can_fuse_on_gpu(fuse)
+            for kind in ("if", "lif"):
+                params = IF_PARAMS if kind == "if" else LIF_PARAMS
+                module = torch.jit.script(_script_neuron(kind, params)).to(DEVICE).eval()
+                exact = True
+                for _ in range(4):
+                    x = torch.randn((20, 32, 4096), generator=gen, device=DEVICE) * (4.0 if kind == "if" else 1.0)
+                    with torch.no_grad():
+                        y = module(x)
+                    ry, _ = reference(kind, x, params)
+                    exact = exact and bool(torch.equal(bits(y), bits(ry)))
+                rows.append(dict(kind=kind, setting=label, bit_exact=exact))
+    finally:
+        if DEVICE != "cpu":
+            torch._C._jit_override_can_fuse_on_gpu(previous)
+    return rows
+
+
+def _script_neuron(kind, params):
+    from types import SimpleNamespace
+
+    from dsr_deploy.convert import IFSpikeScript, LIFSpikeScript
+
+    # the NeuronInfo attributes the TorchScript export's neuron modules read
+    tau, delta_t = (params[2], params[3]) if kind == "lif" else (1.0, 1.0)
+    info = SimpleNamespace(index=0, v_threshold=params[0], alpha=params[1], tau=tau, delta_t=delta_t)
+    return IFSpikeScript(info) if kind == "if" else LIFSpikeScript(info)
 
 
 def time_cuda(fn, repeats, calls=10):
@@ -216,7 +265,7 @@ def timings(run, gen, repeats):
     return out, sj_note
 
 
-def render(meta, rows, failures, times, sj_note):
+def render(meta, rows, failures, times, sj_note, ts_rows=()):
     lines = [f"# GPU check: DSR spike kernels ({meta['date']})", ""]
     lines.append(f"GPU: **{meta['gpu']}** (CUDA {meta['cuda']}, driver capability {meta['capability']}); torch "
                  f"{meta['torch']}; kernels via {meta['kernels']}.")
@@ -230,8 +279,16 @@ def render(meta, rows, failures, times, sj_note):
         worst = min((r["spikes_equal"] for r in sel if r["spikes_equal"] is not None), default=None)
         lines.append(f"- {dtype}: {exact}/{len(sel)} bit-exact (spikes and final membrane)"
                      + (f", worst spike agreement {worst:.6f}" if worst is not None else ""))
+    same = [r for r in rows if r.get("same_as_cpu") is not None and r["dtype"] == "float32"]
+    if same:
+        lines.append(f"- float32 equal to the reference run on the CPU (device independence): "
+                     f"{sum(r['same_as_cpu'] for r in same)}/{len(same)}")
     for f in failures:
         lines.append(f"- FAIL: {f}")
+    if ts_rows:
+        lines += ["", "## TorchScript export's neurons on this device vs the eager reference (4 calls each)", "",
+                  "| neuron | setting | bit-exact |", "|---|---|---|"]
+        lines += [f"| {r['kind'].upper()} | {r['setting']} | {'yes' if r['bit_exact'] else '**no**'} |" for r in ts_rows]
     shape = times[0]["shape"] if times else []
     lines += ["", f"## Timing, shape {shape} ({math.prod(shape) / 1e6:.2f}M elements), median of CUDA-event timings "
               "(10 back-to-back calls per measurement for the kernel and the copy)", ""]
@@ -281,15 +338,18 @@ def main():
     t0 = time.time()
     rows, failures = check(run, gen)
     print(f"correctness: {sum(r['ok'] for r in rows)}/{len(rows)} cases pass ({time.time() - t0:.1f} s)", flush=True)
+    ts_rows = torchscript_rows(gen)
+    print(f"torchscript: {ts_rows}", flush=True)
     times, sj_note = timings(run, gen, args.repeats)
-    report = render(meta, rows, failures, times, sj_note)
+    report = render(meta, rows, failures, times, sj_note, ts_rows)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from dsr_deploy.io import atomic_write_text
 
     atomic_write_text(args.out, report)
     atomic_write_text(args.out.with_suffix(".json"),
-                      json.dumps(dict(meta=meta, correctness=rows, timings=times, spikingjelly=sj_note), indent=2))
+                      json.dumps(dict(meta=meta, correctness=rows, torchscript=ts_rows, timings=times,
+                                      spikingjelly=sj_note), indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 1 if failures else 0
 

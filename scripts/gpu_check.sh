@@ -3,6 +3,8 @@
 # inputs, time them against a device-to-device copy (and SpikingJelly's eager node), print a table, write it to a file.
 #
 #   scripts/gpu_check.sh [OUT.md]        (default benchmarks/results/gpu_check_<GPU>.md, plus a .json beside it)
+#   scripts/gpu_check.sh --build-only    (no GPU needed, a CUDA build of torch is: build, then check that the
+#                                         torch op registered CUDA kernels; the preflight for a GPU session)
 #
 # Needs: torch with CUDA, nvcc, cmake (ninja optional). Builds into build/gpu_check/ and never touches dsr_deploy/_lib.
 # SpikingJelly is optional: installed, or pure-python wheels in build/wheels/ (carry the output of
@@ -12,17 +14,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+BUILD_ONLY=0
+if [ "${1:-}" = "--build-only" ]; then
+  BUILD_ONLY=1
+  shift
+fi
+# What the interpreter must have: a GPU it can see, or (--build-only) just a CUDA build of torch.
+if [ "$BUILD_ONLY" = 1 ]; then
+  NEED='import torch,sys; sys.exit(0 if torch.version.cuda else 1)'
+else
+  NEED='import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'
+fi
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
-  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "$NEED" 2>/dev/null; then
     PYTHON=.venv/bin/python
   fi
 fi
-if ! "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  echo "gpu_check: $PYTHON has no CUDA-capable torch or sees no GPU" >&2
+if ! "$PYTHON" -c "$NEED"; then
+  if [ "$BUILD_ONLY" = 1 ]; then
+    echo "gpu_check: $PYTHON has no CUDA build of torch" >&2
+  else
+    echo "gpu_check: $PYTHON has no CUDA-capable torch or sees no GPU" >&2
+  fi
   exit 2
 fi
-GPU=$("$PYTHON" -c 'import torch,re; print(re.sub(r"[^A-Za-z0-9]+","-",torch.cuda.get_device_name(0)).strip("-"))')
+if [ "$BUILD_ONLY" = 1 ]; then
+  GPU=none
+else
+  GPU=$("$PYTHON" -c 'import torch,re; print(re.sub(r"[^A-Za-z0-9]+","-",torch.cuda.get_device_name(0)).strip("-"))')
+fi
 OUT=${1:-benchmarks/results/gpu_check_${GPU}.md}
 LIB="$ROOT/build/gpu_check/lib"
 mkdir -p "$LIB"
@@ -46,6 +67,24 @@ plugins.build(torch=True, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, b
 from dsr_deploy import plugins
 plugins.build(torch=False, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-core', lib_dir='$LIB', verbose=True)
 "
+fi
+
+if [ "$BUILD_ONLY" = 1 ]; then
+  echo "== build only: do the libraries load, and did the torch op register its CUDA kernels?"
+  "$PYTHON" - <<'PY'
+import ctypes, os, sys
+import torch
+from dsr_deploy import ops, plugins
+lib = os.environ["DSR_DEPLOY_LIB_DIR"]
+kernels = ctypes.CDLL(os.path.join(lib, plugins.KERNELS_LIBRARY))
+print("libdsr_kernels.so: dsr_cuda_forward", "present" if hasattr(kernels, "dsr_cuda_forward") else "MISSING")
+status = ops.native_status()
+print("libdsr_torch_ops.so:", status["reason"])
+cuda = {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"dsr::{op}", "CUDA") for op in ("if_spike", "lif_spike")}
+print("CUDA kernels registered:", cuda)
+sys.exit(0 if hasattr(kernels, "dsr_cuda_forward") and status["loaded"] and all(cuda.values()) else 1)
+PY
+  exit $?
 fi
 
 echo "== checking and timing"

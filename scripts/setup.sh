@@ -20,3 +20,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --no-deps spikingjelly==2.0.0
 # `dsr-deploy plugins build` (run by `make test`) needs CMake and a C++ compiler; take CMake/Ninja from PyPI if absent.
 command -v cmake >/dev/null 2>&1 || "${PIP[@]}" cmake ninja
+# With nvcc on the machine, tests/test_cuda_codegen.py also reads the kernels' SASS: cuobjdump and nvdisasm are not
+# part of every toolkit install, but NVIDIA publishes them on PyPI (5 MB).
+if command -v nvcc >/dev/null 2>&1; then
+  "${PIP[@]}" nvidia-cuda-cuobjdump==13.5.37 nvidia-cuda-nvdisasm==13.5.37 || echo "setup: cuobjdump/nvdisasm not installed; the SASS check will skip" >&2
+fi

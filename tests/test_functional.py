@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from dsr_deploy import functional as F
 from dsr_deploy import ops
@@ -108,3 +109,37 @@ def test_nan_and_inf_follow_the_reference_rules():
     y, v = F.if_forward(x, 1.0, 0.5, None, True)
     assert y[:, 0].eq(0).all() and y[:, 1].eq(1.0).all() and y[:, 2].eq(0).all()
     assert math.isnan(v[0]) and v[1] == float("inf") and v[2] == -float("inf")
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_lif_output_divides_by_a_tensor_on_the_input_device():
+    # PyTorch CUDA eager computes `tensor / python_scalar` as tensor * fl(1/scalar), which can differ from the
+    # division in the last bit (vth=1.3, dt=0.05: 25.999998 vs 26.0). The reference divides by delta_t held in a
+    # tensor on the input's device, so its spikes (and every kernel's) are the same on CPU and GPU. Checked on the
+    # meta device, where a Python-scalar divisor shows up as a float argument.
+    x = torch.empty(3, 5, device="meta")
+    with _RecordOps() as rec:
+        F.lif_forward(x, 1.3, 0.3, 2.0, 0.05)
+    divs = [args for func, args in rec.calls if func.overloadpacket in (torch.ops.aten.div, torch.ops.aten.div_)]
+    assert divs, "lif_forward should divide the spikes by delta_t"
+    for args in divs:
+        assert isinstance(args[1], torch.Tensor) and args[1].device.type == "meta", args
+
+
+def test_lif_spike_value_is_the_float32_division():
+    vth, dt = 1.3, 0.05
+    x = torch.full((1, 4), 100.0)
+    y, _ = F.lif_forward(x, vth, 0.3, 2.0, dt)
+    division = torch.tensor(vth, dtype=torch.float32) / torch.tensor(dt, dtype=torch.float32)
+    reciprocal = torch.tensor(vth, dtype=torch.float32) * (1 / torch.tensor(dt, dtype=torch.float32))
+    assert division.item() != reciprocal.item()  # the case distinguishes the two roundings
+    assert torch.equal(y, torch.full((1, 4), division.item()))

@@ -22,7 +22,7 @@ def lib():
     lib = ctypes.CDLL(str(path))
     lib.dsr_cpu_forward.restype = ctypes.c_int
     lib.dsr_cpu_forward.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int] + \
-        [ctypes.c_double] * 4 + [ctypes.c_int] * 2
+        [ctypes.c_double] * 4 + [ctypes.c_int]
     lib.dsr_cpu_kernel_isa.restype = ctypes.c_char_p
     return lib
 
@@ -36,7 +36,7 @@ def test_c_entry_matches_reference(lib, kind, dtype):
     v = torch.empty_like(v0)
     params = (1.0, 0.5, 1.0, 1.0) if kind == "if" else (0.3, 0.3, 1.0, 0.05)
     rc = lib.dsr_cpu_forward(CODES[dtype], x.data_ptr(), y.data_ptr(), v0.data_ptr(), v.data_ptr(), 12, 3001,
-                             0 if kind == "if" else 1, *params, 0, 2)
+                             0 if kind == "if" else 1, *params, 2)
     assert rc == 0
     fn = ops.if_spike if kind == "if" else ops.lif_spike
     ry, rv = fn(x, *(params[:2] if kind == "if" else params), v_init=v0, return_state=True, native=False)
@@ -47,4 +47,4 @@ def test_c_entry_matches_reference(lib, kind, dtype):
 
 def test_c_entry_rejects_bad_codes(lib):
     x = torch.zeros(2, 3)
-    assert lib.dsr_cpu_forward(7, x.data_ptr(), x.data_ptr(), None, None, 2, 3, 0, 1.0, 0.5, 1.0, 1.0, 0, 1) != 0
+    assert lib.dsr_cpu_forward(7, x.data_ptr(), x.data_ptr(), None, None, 2, 3, 0, 1.0, 0.5, 1.0, 1.0, 1) != 0

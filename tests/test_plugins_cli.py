@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from dsr_deploy import plugins
+from dsr_deploy.errors import UserError
 
 from _native_util import ensure_torch_native
 
@@ -66,3 +70,60 @@ def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
         found = plugins.detect(ort_root=str(root))["ort"]
         assert found["available"] and found["ORT_API_VERSION"] == "23", found
     assert not plugins.detect(ort_root=str(tmp_path / "none"))["ort"]["available"]
+
+
+# ---- CUDA build configuration (found by building the torch CUDA adapter against a CUDA build of torch) ----------
+
+def test_torch_arch_list_spelling():
+    # A CUDA torch appends its own -gencode list unless TORCH_CUDA_ARCH_LIST is set, and its default list holds
+    # architectures (compute_50) that nvcc 13 refuses; the build passes the one asked for, in torch's spelling.
+    assert plugins._torch_arch("90") == "9.0"
+    assert plugins._torch_arch("90;100a") == "9.0;10.0a"
+    assert plugins._torch_arch("86-real") == "8.6"
+    assert plugins._torch_arch("120") == "12.0"
+    assert plugins._torch_arch("native") is None
+
+
+def test_cuda_root_sees_through_an_nvcc_wrapper(tmp_path, monkeypatch):
+    # /usr/local/bin/nvcc here is a shell script that execs the real one; torch's FindCUDA then looked for the
+    # headers next to the wrapper and failed. The root must be the real toolkit's.
+    real = plugins._nvcc()
+    if real is None:
+        pytest.skip("nvcc not found")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    wrapper = tmp_path / "bin" / "nvcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    root = plugins._cuda_root(str(wrapper))
+    assert root is not None and root != str(tmp_path)
+    assert (Path(root) / "bin" / "nvcc").is_file()
+    assert any((Path(root) / sub / "cuda_runtime.h").is_file()
+               for sub in ("include", "targets/x86_64-linux/include", "targets/sbsa-linux/include"))
+    # CUDA_HOME, when it points at a toolkit, wins.
+    monkeypatch.setenv("CUDA_HOME", root)
+    assert plugins._cuda_root(str(wrapper)) == str(Path(root).resolve())
+
+
+def test_cuda_root_of_something_that_is_not_nvcc(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    fake = tmp_path / "nvcc"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    assert plugins._cuda_root(str(fake)) is None
+    assert plugins._cuda_root(None) is None
+
+
+def test_a_failed_build_step_names_the_compiler_message(tmp_path):
+    # The one-line error must carry the compiler's words, not ninja's progress line before them.
+    script = tmp_path / "fake_build.sh"
+    script.write_text("#!/bin/sh\necho '[1/3] Building CXX object a.o'\necho 'FAILED: [code=1] b.cu.o'\n"
+                      "echo \"nvcc fatal   : Unsupported gpu architecture 'compute_50'\"\n"
+                      "echo 'ninja: build stopped: subcommand failed.'\nexit 1\n")
+    script.chmod(0o755)
+    with pytest.raises(UserError) as info:
+        plugins._run([str(script)], [], verbose=False)
+    msg = str(info.value)
+    assert "Unsupported gpu architecture 'compute_50'" in msg and "\n" not in msg

@@ -2,7 +2,15 @@
 
 Input names are the ``forward`` argument names (or the export manifest's); outputs are named by the manifest,
 else ``output``. Options: ``device``, ``fp16`` (convert the module's parameters to float16; inputs are then float16),
-``threads`` (torch intra-op threads, process-wide), ``input_names`` / ``output_names``. A scripted module is thread-safe for inference: one runner serves several threads.
+``threads`` (torch intra-op threads, process-wide), ``input_names`` / ``output_names``, ``gpu_fusion`` (default
+False, see below). A scripted module is thread-safe for inference: one runner serves several threads.
+
+On CUDA, TorchScript's profiling executor fuses elementwise ops with NNC, which compiles the fused kernel with
+NVRTC's default ``--fmad=true``: the LIF update ``beta*v + gain*x`` may then become one fused multiply-add and the
+spikes stop being bit-exact with eager PyTorch (the CPU fuser is off by default, so CPU runs are unaffected).
+Loading on a CUDA device therefore turns GPU fusion off for the process
+(``torch._C._jit_override_can_fuse_on_gpu(False)``, what ``torch.jit.fuser("none")`` sets); pass
+``gpu_fusion=True`` to keep it. ``describe()`` says which.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class TorchScriptRunner(TorchCallableRunner):
             raise UserError(f"torchscript: {path}: no such file")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("torchscript: device 'cuda' requested but torch sees no CUDA GPU")
+        if self.device.startswith("cuda") and not self.options.get("gpu_fusion"):
+            torch._C._jit_override_can_fuse_on_gpu(False)  # before the first call: the executor fuses on call 2
         try:
             module = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:  # corrupt zip, not TorchScript, unknown ops: all one line
@@ -58,6 +68,14 @@ class TorchScriptRunner(TorchCallableRunner):
         self.fn = module
         self.loaded = True
         return self
+
+    def describe(self) -> dict:
+        import torch
+
+        out = super().describe()
+        if self.device.startswith("cuda"):
+            out["gpu_fusion"] = bool(torch._C._jit_can_fuse_on_gpu())
+        return out
 
     @property
     def module(self):

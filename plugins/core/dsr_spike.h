@@ -17,10 +17,6 @@ namespace dsr {
 
 enum class Neuron : int { IF = 0, LIF = 1 };
 
-// How the LIF output s / delta_t is rounded. PyTorch CPU divides (s / fl(dt)); PyTorch CUDA eager multiplies by a
-// reciprocal computed once (s * (1 / fl(dt))). Each device's kernel reproduces its own PyTorch device.
-enum class OutputScaling : int { TrueDivision = 0, ReciprocalMultiply = 1 };
-
 // Per-layer constants, all in the compute type C.
 template <typename C>
 struct SpikeParams {
@@ -30,7 +26,7 @@ struct SpikeParams {
                 // exactly as the reference's (v >= thr) * vth)
   C decay;      // LIF: fl(exp(-dt/tau)) from the double; IF: 1 (unused)
   C gain;       // LIF: fl(1 - exp(-dt/tau)) from the double, not 1 - fl(decay); IF: 1 (unused)
-  C out_spike;  // output value of a spike: IF vth; LIF vth / dt (rounded per OutputScaling)
+  C out_spike;  // output value of a spike: IF vth; LIF vth / fl(dt), one division (on every device, as the reference)
   C out_none;   // output value of no spike (0 scaled the same way)
   int leaky;    // 1 for LIF
 };
@@ -40,7 +36,7 @@ struct SpikeParams {
 // float32 attributes would not reproduce the double exp); pass nullptr to compute them from tau / delta_t.
 template <typename C>
 inline SpikeParams<C> make_params(Neuron neuron, double v_threshold, double alpha, double tau, double delta_t,
-                                  OutputScaling scaling, const double* decay_given = nullptr,
+                                  const double* decay_given = nullptr,
                                   const double* gain_given = nullptr) {
   SpikeParams<C> p;
   const C vth = static_cast<C>(v_threshold);
@@ -54,14 +50,8 @@ inline SpikeParams<C> make_params(Neuron neuron, double v_threshold, double alph
     p.decay = decay_given ? static_cast<C>(*decay_given) : static_cast<C>(beta);
     p.gain = gain_given ? static_cast<C>(*gain_given) : static_cast<C>(1.0 - beta);
     const C dt = static_cast<C>(delta_t);
-    if (scaling == OutputScaling::TrueDivision) {
-      p.out_spike = p.vth / dt;
-      p.out_none = p.no_spike / dt;
-    } else {
-      const C inv = C(1) / dt;
-      p.out_spike = p.vth * inv;
-      p.out_none = p.no_spike * inv;
-    }
+    p.out_spike = p.vth / dt;
+    p.out_none = p.no_spike / dt;
   } else {
     p.decay = C(1);
     p.gain = C(1);

@@ -2,8 +2,8 @@
 // benchmarks/bench_kernels.py times the CPU loop into a preallocated output with it, and scripts/gpu_check.py falls
 // back to the CUDA entry when the PyTorch CUDA adapter cannot be built.
 //
-// dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. neuron: 0 IF, 1 LIF. output_scaling: 0 s/dt (PyTorch CPU),
-// 1 s*(1/dt) (PyTorch CUDA eager). v_in / v_out: compute-dtype membranes or NULL. Returns 0 on success.
+// dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. neuron: 0 IF, 1 LIF. v_in / v_out: compute-dtype membranes or
+// NULL. Returns 0 on success.
 #include "dsr_spike.h"
 #if defined(DSR_WITH_CUDA)
 #include "dsr_spike_cuda.h"
@@ -15,19 +15,17 @@ namespace {
 struct CallParams {
   dsr::SpikeParams<float> p32;
   dsr::SpikeParams<double> p64;
-  CallParams(int neuron, double vth, double alpha, double tau, double dt, int scaling)
-      : p32(dsr::make_params<float>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt,
-                                    static_cast<dsr::OutputScaling>(scaling))),
-        p64(dsr::make_params<double>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt,
-                                     static_cast<dsr::OutputScaling>(scaling))) {}
+  CallParams(int neuron, double vth, double alpha, double tau, double dt)
+      : p32(dsr::make_params<float>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt)),
+        p64(dsr::make_params<double>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt)) {}
 };
 }  // namespace
 
 DSR_C_EXPORT int dsr_cpu_forward(int dtype, const void* x, void* y, const void* v_in, void* v_out, int64_t T,
                                  int64_t N, int neuron, double v_threshold, double alpha, double tau, double delta_t,
-                                 int output_scaling, int num_threads) {
+                                 int num_threads) {
   if (dtype < 0 || dtype > 3 || neuron < 0 || neuron > 1) return 1;
-  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t, output_scaling);
+  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t);
   const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &cp.p32, &cp.p64};
   dsr::cpu_forward(args, num_threads);
   return 0;
@@ -38,9 +36,9 @@ DSR_C_EXPORT const char* dsr_cpu_kernel_isa() { return dsr::cpu_kernel_isa(); }
 #if defined(DSR_WITH_CUDA)
 DSR_C_EXPORT int dsr_cuda_forward(int dtype, const void* x, void* y, const void* v_in, void* v_out, int64_t T,
                                   int64_t N, int neuron, double v_threshold, double alpha, double tau, double delta_t,
-                                  int output_scaling, void* stream) {
+                                  void* stream) {
   if (dtype < 0 || dtype > 3 || neuron < 0 || neuron > 1) return 1;
-  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t, output_scaling);
+  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t);
   const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &cp.p32, &cp.p64};
   return dsr::cuda::launch_forward(args, stream);
 }

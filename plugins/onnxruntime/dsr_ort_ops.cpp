@@ -91,7 +91,7 @@ OrtStatus* create_kernel(const OpSpec& spec, Ep ep, const OrtKernelInfo* info, v
   k->spec = spec;
   k->ep = ep;
   k->params = dsr::make_params<float>(spec.neuron, vth, alpha, has_tau ? tau : 1.0, has_dt ? dt : 1.0,
-                                      dsr::OutputScaling::TrueDivision, given ? &decay_d : nullptr,
+                                      given ? &decay_d : nullptr,
                                       given ? &gain_d : nullptr);
   *out = k.release();
   return nullptr;

@@ -20,7 +20,7 @@ ILoggerFinder* g_logger_finder = nullptr;
 dsr::SpikeParams<float> params_of(OpKind const& kind, Attributes const& a) {
   double const decay = a.decay, gain = a.gain;
   return dsr::make_params<float>(kind.neuron, a.v_threshold, a.alpha, a.tau, a.delta_t,
-                                 dsr::OutputScaling::TrueDivision, a.has_coefficients ? &decay : nullptr,
+                                 a.has_coefficients ? &decay : nullptr,
                                  a.has_coefficients ? &gain : nullptr);
 }
 

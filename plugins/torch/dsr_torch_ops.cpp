@@ -146,8 +146,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neur
   Prepared pr = prepare(x_in, v_init, return_state, /*allocate_output=*/false);
   const dsr::DType dtype = to_core_dtype(pr.x.scalar_type());
   pr.y = empty_output(pr.x);
-  const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
-  const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t, dsr::OutputScaling::TrueDivision);
+  const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t);
+  const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t);
   dsr::ForwardArgs args{dtype,
                            pr.x.const_data_ptr(),
                            pr.y.mutable_data_ptr(),

@@ -1,8 +1,7 @@
 // PyTorch adapter: CUDA kernels for dsr::if_spike / dsr::lif_spike (built with DSR_BUILD_CUDA and a CUDA torch).
 //
-// Same argument handling as the CPU kernels (dsr_torch_common.h). The LIF output uses the reciprocal multiply
-// s * (1 / fl(dt)) that PyTorch CUDA eager uses for `s / delta_t`, so float32 is bit-exact with the reference run
-// on the GPU. The kernel runs on the current stream of the input's device.
+// Same argument handling and constants as the CPU kernels (dsr_torch_common.h, make_params), so float32 is bit-exact
+// with the reference run on the GPU, and with the CPU. The kernel runs on the current stream of the input's device.
 #include "dsr_torch_common.h"
 
 #include <c10/cuda/CUDAGuard.h>
@@ -30,10 +29,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x_in, dsr::Neu
                                                 const std::optional<at::Tensor>& v_init, bool return_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   Prepared pr = prepare(x_in, v_init, return_state);
-  const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t,
-                                           dsr::OutputScaling::ReciprocalMultiply);
-  const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t,
-                                            dsr::OutputScaling::ReciprocalMultiply);
+  const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t);
+  const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t);
   dsr::ForwardArgs args{to_core_dtype_cuda(pr.x.scalar_type()),
                         pr.x.const_data_ptr(),
                         pr.y.mutable_data_ptr(),
