@@ -363,3 +363,22 @@ def test_aoti_package_bit_exact_dynamic_shapes(tmp_path):
         xx = spiky_input(shape, seed=12)
         np.testing.assert_array_equal(runner.infer({"input": xx})["output"],
                                       load_runner(model).infer({"input": xx})["output"])
+
+
+@pytest.mark.parametrize("gpu_fusion", [False, True])
+def test_torchscript_on_cuda_turns_the_gpu_fuser_off(neuron_artifacts, monkeypatch, gpu_fusion):
+    # NNC compiles fused GPU kernels with NVRTC's default --fmad=true (a fused LIF update is then no longer
+    # bit-exact): loading for CUDA turns TorchScript's GPU fusion off unless asked to keep it. No GPU here (and a
+    # CPU build of torch reports GPU fusion off whatever it is told), so the load is redirected to the CPU and the
+    # switch itself is recorded.
+    _, arts = neuron_artifacts
+    real_load = torch.jit.load
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.jit, "load", lambda path, map_location=None: real_load(path, map_location="cpu"))
+    monkeypatch.setattr(torch._C, "_jit_override_can_fuse_on_gpu", calls.append)
+    monkeypatch.setattr(torch._C, "_jit_can_fuse_on_gpu", lambda: calls[-1] if calls else True)
+    runner = load_runner(arts["torchscript"], backend="torchscript", device="cuda", gpu_fusion=gpu_fusion)
+    runner.ensure_loaded()
+    assert calls == ([] if gpu_fusion else [False])
+    assert runner.describe()["gpu_fusion"] is gpu_fusion

@@ -5,7 +5,14 @@
 // stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is contracted
 // into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA eager,
 // which runs every op of the reference loop as its own kernel.
+//
+// DSR_CUDA_HOST_EMULATION (tests only: tests/test_cuda_emulation.py) compiles this same file as host C++ against a
+// shim that runs the grid as loops, so the indexing, vector and tail paths, state in/out and 16-bit conversions are
+// checked bit-exact on a machine without a GPU. The two hooks it needs: DSR_LAUNCH and the half widening below.
+#ifndef DSR_CUDA_HOST_EMULATION
 #include <cuda_runtime.h>
+#define DSR_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#endif
 
 #include <cstdint>
 
@@ -30,9 +37,13 @@ template <> struct DevStorage<Half> {
   using C = float;
   using Bits = unsigned short;
   __device__ static float load(unsigned short b) {
+#ifndef DSR_CUDA_HOST_EMULATION
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b));  // exact widening
     return f;
+#else
+    return half_to_float(b);  // also exact: both are the identity on the value
+#endif
   }
 };
 template <> struct DevStorage<BFloat16> {
@@ -48,16 +59,21 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
-// 16-byte vector of VEC storage elements.
+// VEC storage elements; a 16-byte pack moves as one uint4, anything smaller element by element. The test is on the
+// payload size, not sizeof(Pack): an alignas(16) pack of one float is 16 bytes big but holds 4, and moving it as a
+// uint4 would write 12 bytes past the neuron (and fault on an unaligned base).
 template <typename Bits, int VEC>
-struct alignas(16) Pack {
+constexpr bool kWidePack = sizeof(Bits) * VEC == 16;
+
+template <typename Bits, int VEC>
+struct alignas(kWidePack<Bits, VEC> ? 16 : alignof(Bits)) Pack {
   Bits e[VEC];
 };
 
 template <typename Bits, int VEC>
 __device__ __forceinline__ Pack<Bits, VEC> load_pack(const Bits* p) {
   Pack<Bits, VEC> out;
-  if constexpr (sizeof(Pack<Bits, VEC>) == 16) {
+  if constexpr (kWidePack<Bits, VEC>) {
     const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
     memcpy(&out, &raw, 16);
   } else {
@@ -69,7 +85,7 @@ __device__ __forceinline__ Pack<Bits, VEC> load_pack(const Bits* p) {
 
 template <typename Bits, int VEC>
 __device__ __forceinline__ void store_pack(Bits* p, const Pack<Bits, VEC>& v) {
-  if constexpr (sizeof(Pack<Bits, VEC>) == 16) {
+  if constexpr (kWidePack<Bits, VEC>) {
     uint4 raw;
     memcpy(&raw, &v, 16);
     __stcs(reinterpret_cast<uint4*>(p), raw);
@@ -142,9 +158,9 @@ cudaError_t launch_vec(const SpikeParams<typename DevStorage<S>::C>& p, const Fo
   const auto* vi = static_cast<const C*>(a.v_in);
   auto* vo = static_cast<C*>(a.v_out);
   if (p.leaky)
-    spike_kernel<S, VEC, true><<<static_cast<unsigned>(grid), block, 0, stream>>>(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(static_cast<unsigned>(grid), block, stream, spike_kernel<S, VEC, true>)(p, spike, none, x, y, vi, vo, a.T, a.N);
   else
-    spike_kernel<S, VEC, false><<<static_cast<unsigned>(grid), block, 0, stream>>>(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(static_cast<unsigned>(grid), block, stream, spike_kernel<S, VEC, false>)(p, spike, none, x, y, vi, vo, a.T, a.N);
   return cudaGetLastError();
 }
 

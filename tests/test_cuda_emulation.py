@@ -1,0 +1,157 @@
+"""The CUDA kernel source, compiled as host C++ and run on the CPU: bit-exact with the reference.
+
+No GPU runs on the development and CI machines. ``plugins/core/dsr_spike_cuda.cu`` is compiled here with g++
+against a shim (``tests/cuda_emulation/cuda_host_emulation.h``) that runs a launch's grid as loops and the _rn
+intrinsics as plain IEEE operations, then driven through the real C entry ``dsr_cuda_forward``. That checks the
+kernel's own logic on every path: thread/vector indexing, the 16-byte vector path and the scalar fallback (and the
+launcher's choice between them: a misaligned vector access, or a load or store outside the buffers, is reported
+as the GPU would fault), the T loop,
+initial/final membrane, the 16-bit widening and output bits, for all four dtypes, against the Python reference.
+What it cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the generated PTX/SASS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from dsr_deploy import ops
+
+from _native_util import assert_bit_equal, repo_root
+
+CXX = shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+
+CORE = repo_root() / "plugins" / "core"
+SHIM = repo_root() / "tests" / "cuda_emulation" / "cuda_host_emulation.h"
+DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+VEC = {torch.float32: 4, torch.float64: 2, torch.float16: 8, torch.bfloat16: 8}
+IF_PARAMS = (1.0, 0.5, 1.0, 1.0)
+LIF_PARAMS = (1.3, 0.3, 2.0, 0.05)  # vth/dt where the float32 division and the reciprocal product differ
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cuda_emu")
+    flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-DDSR_WITH_CUDA=1",
+             f"-I{CORE}"]
+    obj = d / "dsr_spike_cuda_emu.o"
+    steps = [
+        [CXX, *flags, "-DDSR_CUDA_HOST_EMULATION", "-include", str(SHIM), "-x", "c++", "-c",
+         str(CORE / "dsr_spike_cuda.cu"), "-o", str(obj)],
+        [CXX, *flags, "-shared", str(CORE / "dsr_spike_capi.cpp"), str(CORE / "dsr_spike_cpu.cpp"),
+         str(CORE / "dsr_spike_cpu_baseline.cpp"), str(obj), "-o", str(d / "libdsr_cuda_emu.so"), "-pthread"],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    lib = ctypes.CDLL(str(d / "libdsr_cuda_emu.so"))
+    lib.dsr_cuda_forward.restype = ctypes.c_int
+    lib.dsr_cuda_forward.argtypes = ([ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+                                     + [ctypes.c_double] * 4 + [ctypes.c_void_p])
+    lib.dsr_cuda_error_string.restype = ctypes.c_char_p
+    lib.dsr_emu_vector_accesses.restype = ctypes.c_long
+    lib.dsr_emu_scalar_accesses.restype = ctypes.c_long
+    lib.dsr_emu_set_regions.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+GUARD = 64  # elements of canary on each side of every output buffer
+
+
+def run_emulated(lib, kind, x, params, v0=None, offset=0):
+    """One dsr_cuda_forward call on host memory; x's rows start `offset` elements into a fresh buffer."""
+    T, N = x.shape[0], math.prod(x.shape[1:])
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xbuf = torch.zeros(offset + x.numel() + GUARD, dtype=x.dtype)
+    xbuf[offset:offset + x.numel()] = x.reshape(-1)
+    ybuf = torch.full((GUARD + offset + x.numel() + GUARD,), 7.0, dtype=x.dtype)
+    vbuf = torch.full((GUARD + N + GUARD,), 7.0, dtype=ct)
+    vin = None if v0 is None else v0.to(ct).contiguous()
+    ptr = lambda t, i: t.data_ptr() + i * t.element_size()  # noqa: E731
+    # streamed loads may only touch x's elements, stores y's
+    nbytes = x.numel() * x.element_size()
+    lo = (ctypes.c_size_t * 2)(ptr(xbuf, offset), ptr(ybuf, GUARD + offset))
+    size = (ctypes.c_size_t * 2)(nbytes, nbytes)
+    lib.dsr_emu_set_regions(lo, size, 2)
+    rc = lib.dsr_cuda_forward(DTYPES[x.dtype], ptr(xbuf, offset), ptr(ybuf, GUARD + offset),
+                              None if vin is None else vin.data_ptr(), ptr(vbuf, GUARD), T, N,
+                              0 if kind == "if" else 1, *params, None)
+    assert rc == 0, lib.dsr_cuda_error_string(rc).decode()
+    # nothing written outside the output and the final membrane
+    assert bool((ybuf[:GUARD + offset] == 7).all()) and bool((ybuf[GUARD + offset + x.numel():] == 7).all())
+    assert bool((vbuf[:GUARD] == 7).all()) and bool((vbuf[GUARD + N:] == 7).all())
+    y = ybuf[GUARD + offset:GUARD + offset + x.numel()].view(x.shape)
+    return y, vbuf[GUARD:GUARD + N].view(x.shape[1:])
+
+
+def reference(kind, x, params, v0=None):
+    if kind == "if":
+        return ops.if_spike(x, *params[:2], v_init=v0, return_state=True, native=False)
+    return ops.lif_spike(x, *params, v_init=v0, return_state=True, native=False)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("kind", ["if", "lif"])
+@pytest.mark.parametrize("T", [1, 4, 20])
+@pytest.mark.parametrize("N", [1, 3, 8, 1000, 1024, 4099])
+def test_emulated_kernel_is_bit_exact(emu, kind, dtype, T, N):
+    gen = torch.Generator().manual_seed(T * 7919 + N)
+    scale = 3.0 if kind == "if" else 1.5
+    x = (torch.randn(T, N, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    v0 = torch.randn(N, generator=gen) * 0.5
+    params = IF_PARAMS if kind == "if" else LIF_PARAMS
+    for offset in (0, 1):  # an aligned base and a base one element off (no vector access may then happen)
+        for init in (None, v0):
+            y, v = run_emulated(emu, kind, x, params, init, offset)
+            ry, rv = reference(kind, x, params, init)
+            assert_bit_equal(y, ry, f"spikes offset={offset} v0={init is not None}")
+            assert_bit_equal(v, rv, f"final membrane offset={offset} v0={init is not None}")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+def test_the_launcher_takes_the_vector_path_exactly_when_it_is_safe(emu, dtype):
+    vec = VEC[dtype]
+    for N, offset, vector in [(vec * 64, 0, True), (vec * 64 + 1, 0, False), (vec * 64, 1, False)]:
+        x = torch.randn(3, N).to(dtype)
+        before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
+        run_emulated(emu, "lif", x, LIF_PARAMS, None, offset)
+        used_vector = emu.dsr_emu_vector_accesses() > before_v
+        used_scalar = emu.dsr_emu_scalar_accesses() > before_s
+        assert (used_vector, used_scalar) == (vector, not vector), (N, offset)
+
+
+def same_bits_or_both_nan(a, b, what):
+    # IEEE 754 leaves open which NaN an operation on NaNs returns (x86 keeps an operand's sign, a GPU returns the
+    # canonical NaN), so NaN positions must agree and every other value must agree bit for bit.
+    assert torch.equal(torch.isnan(a), torch.isnan(b)), what + ": NaN positions differ"
+    keep = ~torch.isnan(a)
+    assert_bit_equal(a[keep], b[keep], what)
+
+
+def test_specials_follow_the_reference(emu):
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, -1e-45, 3.4e38, 0.5, 2.0])
+    x = specials.repeat(6, 8).view(6, 80)
+    x[1::2] = x[1::2].flip(-1)
+    for kind, params in (("if", IF_PARAMS), ("lif", LIF_PARAMS), ("if", (-1.0, 0.5, 1.0, 1.0)),
+                         ("lif", (float("inf"), 0.3, 2.0, 0.05))):
+        y, v = run_emulated(emu, kind, x, params)
+        ry, rv = reference(kind, x, params)
+        same_bits_or_both_nan(y, ry, f"{kind} {params} spikes")
+        same_bits_or_both_nan(v, rv, f"{kind} {params} membrane")
+
+
+def test_time_zero_keeps_the_initial_membrane(emu):
+    x = torch.empty(0, 16)
+    y, v = run_emulated(emu, "if", x, IF_PARAMS, torch.full((16,), 0.25))
+    assert y.shape == (0, 16)
+    assert torch.equal(v, torch.full((16,), 0.25))
+
+
+def test_no_neurons_launches_nothing(emu):
+    assert emu.dsr_cuda_forward(0, None, None, None, None, 5, 0, 0, *IF_PARAMS, None) == 0
