@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from dsr_deploy import ops
+from dsr_deploy import ops, plugins
 
 from _native_util import assert_bit_equal, repo_root
 
@@ -51,6 +54,7 @@ def emu(tmp_path_factory):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     lib = ctypes.CDLL(str(d / "libdsr_cuda_emu.so"))
+    lib.emulated_object = obj  # the TensorRT check links the same object
     lib.dsr_cuda_forward.restype = ctypes.c_int
     lib.dsr_cuda_forward.argtypes = ([ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int]
                                      + [ctypes.c_double] * 4 + [ctypes.c_void_p])
@@ -155,3 +159,87 @@ def test_time_zero_keeps_the_initial_membrane(emu):
 
 def test_no_neurons_launches_nothing(emu):
     assert emu.dsr_cuda_forward(0, None, None, None, None, 5, 0, 0, *IF_PARAMS, None) == 0
+
+
+# ---- the TensorRT plugins' runtime path on the emulated core ---------------------------------------------------
+
+TRT = plugins.detect(trt_root=os.environ.get("TENSORRT_ROOT"))["trt"]
+CUDA_ROOT = plugins._cuda_root(plugins._nvcc())
+TRT_DTYPE = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+@pytest.fixture(scope="module")
+def trt_emu(emu, tmp_path_factory):
+    if not TRT["available"]:
+        pytest.skip(str(TRT.get("reason")))
+    cuda_inc = [d for d in (Path(CUDA_ROOT or "/nonexistent") / "include",
+                            Path(CUDA_ROOT or "/nonexistent") / "targets" / "x86_64-linux" / "include")
+                if (d / "cuda_runtime_api.h").is_file()]
+    if not cuda_inc:
+        pytest.skip("CUDA headers (cuda_runtime_api.h, needed by NvInferRuntime.h) not found")
+    exe = tmp_path_factory.mktemp("trt_emu") / "trt_enqueue_emu"
+    src = repo_root() / "plugins"
+    cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-Wno-deprecated-declarations",
+           "-DDSR_WITH_CUDA=1", f"-I{CORE}", f"-I{src / 'tensorrt'}", f"-I{TRT['include']}", f"-I{cuda_inc[0]}",
+           str(repo_root() / "tests" / "cuda_emulation" / "trt_enqueue_emu.cpp"), str(src / "tensorrt" / "dsr_trt_plugin.cpp"),
+           str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
+           "-o", str(exe), "-pthread"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return exe
+
+
+def run_trt(exe, tmp_path, op, x, attrs, v=None):
+    """attrs: v_threshold, alpha, tau, delta_t, decay, gain as the ONNX node carries them (None: field absent)."""
+    T, N = (1, x.numel()) if v is not None else (x.shape[0], math.prod(x.shape[1:]))
+    (tmp_path / "x.bin").write_bytes(x.contiguous().view(torch.int16 if x.element_size() == 2 else torch.int32)
+                                     .numpy().tobytes())
+    if v is not None:
+        (tmp_path / "v.bin").write_bytes(v.contiguous().numpy().tobytes())
+    args = [str(exe), op, TRT_DTYPE[x.dtype], str(T), str(N)]
+    args += ["-" if a is None else repr(float(a)) for a in attrs] + [str(tmp_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    raw = np.frombuffer((tmp_path / "y.bin").read_bytes(), dtype=np.int16 if x.element_size() == 2 else np.int32)
+    y = torch.from_numpy(raw.copy()).view(x.dtype).view(x.shape)
+    v_new = None
+    if v is not None:
+        v_new = torch.from_numpy(np.frombuffer((tmp_path / "v_new.bin").read_bytes(), dtype=np.float32).copy())
+        v_new = v_new.view(v.shape)
+    return y, v_new
+
+
+def f32(a: float) -> float:
+    return float(np.float32(a))
+
+
+@pytest.mark.parametrize("dtype", list(TRT_DTYPE), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("kind, coefficients", [("if", False), ("lif", True), ("lif", False)],
+                         ids=["if", "lif-decay-gain-fields", "lif-from-tau-dt"])
+def test_tensorrt_spike_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, kind, dtype, coefficients):
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    beta = math.exp(-dt / tau)
+    decay, gain = (f32(beta), f32(1.0 - beta)) if coefficients else (None, None)
+    attrs = [vth, alpha] + ([tau, dt, decay, gain] if kind == "lif" else [None] * 4)
+    for T, N in [(20, 4096), (7, 1001), (1, 8)]:
+        x = (torch.randn(T, N, dtype=torch.float64, generator=torch.Generator().manual_seed(T + N)) * 2).to(dtype)
+        y, _ = run_trt(trt_emu, tmp_path, "DSRIFSpike" if kind == "if" else "DSRLIFSpike", x, attrs)
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        assert_bit_equal(y, ry, f"{kind} {dtype} T={T} N={N}")
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_tensorrt_step_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, kind):
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    beta = math.exp(-dt / tau)
+    attrs = [vth, alpha] + ([tau, dt, f32(beta), f32(1.0 - beta)] if kind == "lif" else [None] * 4)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 999, generator=gen) * 2
+    v = torch.zeros(999)
+    ys = []
+    for t in range(x.shape[0]):  # a stream: each step's v_new is the next step's v
+        y_t, v = run_trt(trt_emu, tmp_path, "DSRIFStep" if kind == "if" else "DSRLIFStep", x[t], attrs, v)
+        ys.append(y_t)
+    ry, rv = reference(kind, x, (vth, alpha, tau, dt))
+    assert_bit_equal(torch.stack(ys), ry, f"{kind} step spikes")
+    assert_bit_equal(v, rv, f"{kind} step final membrane")

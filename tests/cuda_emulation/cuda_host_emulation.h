@@ -17,12 +17,17 @@
 #define __forceinline__ inline
 #define __launch_bounds__(n)
 
+// The emulator's own types live in dsr_emu (so a program that links this object beside real CUDA headers, as the
+// TensorRT check does, sees no second definition of ::dim3 or ::uint4).
+namespace dsr_emu {
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+}  // namespace dsr_emu
+using dsr_emu::uint4;
 typedef int cudaError_t;
 typedef void* cudaStream_t;
 enum : int {
