@@ -243,3 +243,88 @@ def test_tensorrt_step_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, k
     ry, rv = reference(kind, x, (vth, alpha, tau, dt))
     assert_bit_equal(torch.stack(ys), ry, f"{kind} step spikes")
     assert_bit_equal(v, rv, f"{kind} step final membrane")
+
+
+# ---- the ONNX Runtime CUDA EP kernels on the emulated core -----------------------------------------------------
+
+ORT_HEADERS = plugins.detect(ort_root=os.environ.get("ONNXRUNTIME_ROOT"))["ort"]
+
+
+@pytest.fixture(scope="module")
+def ort_cuda_emu(emu, tmp_path_factory):
+    """libdsr_ort_ops built with its CUDA EP kernels registered for the CPU EP (and no CPU kernels), over the
+    emulated core: the pip onnxruntime then runs the CUDA EP code path (stream query, shapes, Step I/O)."""
+    pytest.importorskip("onnxruntime")
+    if not ORT_HEADERS["available"]:
+        pytest.skip(str(ORT_HEADERS.get("reason")))
+    lib = tmp_path_factory.mktemp("ort_emu") / "libdsr_ort_ops_cuda_emu.so"
+    cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared",
+           "-DDSR_WITH_CUDA=1", "-DDSR_ORT_CUDA_KERNELS_ON_CPU_EP", "-DDSR_ORT_API_VERSION=18", f"-I{CORE}",
+           f"-I{ORT_HEADERS['include']}", str(repo_root() / "plugins" / "onnxruntime" / "dsr_ort_ops.cpp"),
+           str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
+           "-o", str(lib), "-pthread", "-Wl,--no-undefined"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return lib
+
+
+def ort_dsr_model(op, attrs, elem, step):
+    """One dsr node and no function body: only a registered kernel can run it."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("x", elem, None)]
+    outputs = [helper.make_tensor_value_info("y", elem, None)]
+    if step:
+        inputs.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info("v_new", TensorProto.FLOAT, None))
+    node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr", **attrs)
+    graph = helper.make_graph([node], "dsr_node", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])
+
+
+def ort_session(lib, model):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(lib))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, dtype):
+    from onnx import TensorProto
+
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    beta = math.exp(-dt / tau)
+    attrs = dict(v_threshold=vth, alpha=alpha)
+    if kind == "lif":
+        attrs.update(tau=tau, delta_t=dt, decay=f32(beta), gain=f32(1.0 - beta))
+    elem = TensorProto.FLOAT if dtype == torch.float32 else TensorProto.FLOAT16
+    sess = ort_session(ort_cuda_emu, ort_dsr_model("DSRIFSpike" if kind == "if" else "DSRLIFSpike", attrs, elem, False))
+    for shape in [(20, 4, 1024), (7, 3, 333), (1, 8)]:
+        x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))) * 2).to(dtype)
+        (y,) = sess.run(None, {"x": x.numpy()})
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        assert_bit_equal(torch.from_numpy(y), ry, f"{kind} {dtype} {shape}")
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_ort_cuda_ep_step_kernels_chain_like_the_reference(ort_cuda_emu, kind):
+    from onnx import TensorProto
+
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    attrs = dict(v_threshold=vth, alpha=alpha)
+    if kind == "lif":
+        attrs.update(tau=tau, delta_t=dt)  # decay/gain computed by the kernel from tau and delta_t
+    sess = ort_session(ort_cuda_emu, ort_dsr_model("DSRIFStep" if kind == "if" else "DSRLIFStep", attrs,
+                                                   TensorProto.FLOAT, True))
+    x = torch.randn(6, 5, 77, generator=torch.Generator().manual_seed(5)) * 2
+    v = np.zeros((5, 77), dtype=np.float32)
+    ys = []
+    for t in range(x.shape[0]):
+        y_t, v = sess.run(None, {"x": x[t].numpy(), "v": v})
+        ys.append(torch.from_numpy(y_t))
+    ry, rv = reference(kind, x, (vth, alpha, tau, dt))
+    assert_bit_equal(torch.stack(ys), ry, f"{kind} step spikes")
+    assert_bit_equal(torch.from_numpy(v), rv, f"{kind} step final membrane")

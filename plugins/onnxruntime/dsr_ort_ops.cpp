@@ -217,7 +217,13 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
   op->CreateKernel = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*) -> void* { return nullptr; };
   op->GetName = [](const OrtCustomOp* o) -> const char* { return self(o).spec.name; };
   op->GetExecutionProviderType = [](const OrtCustomOp* o) -> const char* {
+#if defined(DSR_ORT_CUDA_KERNELS_ON_CPU_EP)
+    // Tests only (tests/test_cuda_emulation.py): the CUDA kernels, over the host-emulated core, serve the CPU EP.
+    (void)o;
+    return "CPUExecutionProvider";
+#else
     return self(o).ep == Ep::Cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+#endif
   };
   op->GetInputType = [](const OrtCustomOp* o, size_t i) {
     return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -296,7 +302,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   DSR_ORT_TRY(api->CreateCustomOpDomain("dsr", &domain));
   const OpTables& t = tables();
   for (size_t i = 0; i < kNumSpecs; ++i) {
+#if !defined(DSR_ORT_CUDA_KERNELS_ON_CPU_EP)
     DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cpu[i]));
+#endif
 #if defined(DSR_WITH_CUDA)
     DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));
 #endif
