@@ -3,11 +3,15 @@
 No GPU runs on the development and CI machines. ``plugins/core/dsr_spike_cuda.cu`` is compiled here with g++
 against a shim (``tests/cuda_emulation/cuda_host_emulation.h``) that runs a launch's grid as loops and the _rn
 intrinsics as plain IEEE operations, then driven through the real C entry ``dsr_cuda_forward``. That checks the
-kernel's own logic on every path: thread/vector indexing, the 16-byte vector path and the scalar fallback (and the
-launcher's choice between them: a misaligned vector access, or a load or store outside the buffers, is reported
-as the GPU would fault), the T loop,
-initial/final membrane, the 16-bit widening and output bits, for all four dtypes, against the Python reference.
-What it cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the generated PTX/SASS.
+kernel's own logic on every path, for all four dtypes, against the Python reference:
+
+* thread and vector indexing, the 16-byte vector path and the scalar fallback, and the launcher's choice between
+  them (a misaligned vector access, or a load or store outside the buffers, is reported as the GPU would fault);
+* the T loop, the initial and final membrane, the 16-bit widening and the output bits.
+
+With SDK headers (DEVELOPERS.md) the TensorRT plugins' ``enqueue`` and the ONNX Runtime CUDA EP kernels run over the
+same emulated core. What this cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the
+generated PTX/SASS.
 """
 
 from __future__ import annotations
