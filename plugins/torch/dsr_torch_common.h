@@ -17,6 +17,18 @@ namespace dsr_torch {
 
 inline at::ScalarType compute_dtype(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
+inline dsr::DType to_core_dtype(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return dsr::DType::F32;
+    case at::kDouble: return dsr::DType::F64;
+    case at::kHalf: return dsr::DType::F16;
+    case at::kBFloat16: return dsr::DType::BF16;
+    default: TORCH_CHECK_VALUE(false, "dsr spike ops: unsupported input dtype ", st,
+                               " (float32, float64, float16 and bfloat16 are supported)");
+  }
+  return dsr::DType::F32;
+}
+
 struct Prepared {
   at::Tensor x;      // contiguous input
   at::Tensor y;      // contiguous output, like x
@@ -36,6 +48,7 @@ inline std::string shape_str(at::IntArrayRef s) {
 inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& v_init, bool return_state,
                         bool allocate_output = true) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "input must have a leading time dimension [T, ...]");
+  to_core_dtype(x_in.scalar_type());  // refuses integer and other inputs before anything is allocated
   Prepared pr;
   pr.x = x_in.contiguous();
   pr.T = pr.x.size(0);
@@ -53,9 +66,48 @@ inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>&
   return pr;
 }
 
+// One call of the core on a prepared (and output-allocated) call: the layer constants from make_params, the
+// pointers. Built in place (the args point at the params it holds), so it is neither copied nor moved.
+struct CoreCall {
+  dsr::SpikeParams<float> p32;
+  dsr::SpikeParams<double> p64;
+  dsr::ForwardArgs args;
+  CoreCall(const Prepared& pr, dsr::Neuron neuron, double v_threshold, double alpha, double tau, double delta_t)
+      : p32(dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t)),
+        p64(dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t)),
+        args{to_core_dtype(pr.x.scalar_type()),
+             pr.x.const_data_ptr(),
+             pr.y.mutable_data_ptr(),
+             pr.v_in.defined() ? pr.v_in.const_data_ptr() : nullptr,
+             pr.v_out.defined() ? pr.v_out.mutable_data_ptr() : nullptr,
+             pr.T,
+             pr.N,
+             &p32,
+             &p64} {}
+  CoreCall(const CoreCall&) = delete;
+  CoreCall& operator=(const CoreCall&) = delete;
+};
+
 inline std::tuple<at::Tensor, at::Tensor> finish(Prepared& pr, bool return_state) {
   if (!return_state) return {pr.y, at::empty({0}, pr.x.options().dtype(compute_dtype(pr.x.scalar_type())))};
   return {pr.y, pr.v_out};
+}
+
+// The two ops' kernels for a device, from its forward(x, neuron, vth, alpha, tau, delta_t, v_init, return_state).
+using ForwardFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, dsr::Neuron, double, double, double, double,
+                                                         const std::optional<at::Tensor>&, bool);
+
+template <ForwardFn Forward>
+std::tuple<at::Tensor, at::Tensor> if_spike(const at::Tensor& x, double v_threshold, double alpha,
+                                            const std::optional<at::Tensor>& v_init, bool return_state) {
+  return Forward(x, dsr::Neuron::IF, v_threshold, alpha, 1.0, 1.0, v_init, return_state);
+}
+
+template <ForwardFn Forward>
+std::tuple<at::Tensor, at::Tensor> lif_spike(const at::Tensor& x, double v_threshold, double alpha, double tau,
+                                             double delta_t, const std::optional<at::Tensor>& v_init,
+                                             bool return_state) {
+  return Forward(x, dsr::Neuron::LIF, v_threshold, alpha, tau, delta_t, v_init, return_state);
 }
 
 }  // namespace dsr_torch

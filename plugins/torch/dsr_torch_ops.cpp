@@ -23,18 +23,6 @@ namespace dsr_torch {
 
 namespace {
 
-dsr::DType to_core_dtype(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return dsr::DType::F32;
-    case at::kDouble: return dsr::DType::F64;
-    case at::kHalf: return dsr::DType::F16;
-    case at::kBFloat16: return dsr::DType::BF16;
-    default: TORCH_CHECK_VALUE(false, "dsr spike ops: unsupported input dtype ", st,
-                               " (float32, float64, float16 and bfloat16 are supported)");
-  }
-  return dsr::DType::F32;
-}
-
 // Large outputs. A fresh output of tens of MB costs more in first-touch page faults than the spike loop itself
 // (measured, 84 MB: 4 KB pages ~50 ms, the loop ~10 ms). So a large output (>= 4 MB) is
 //  * a 2 MB-aligned anonymous mapping with MADV_HUGEPAGE set before the first touch: every page of it can be a
@@ -144,37 +132,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neur
                                                double alpha, double tau, double delta_t,
                                                const std::optional<at::Tensor>& v_init, bool return_state) {
   Prepared pr = prepare(x_in, v_init, return_state, /*allocate_output=*/false);
-  const dsr::DType dtype = to_core_dtype(pr.x.scalar_type());
   pr.y = empty_output(pr.x);
-  const auto p32 = dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t);
-  const auto p64 = dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t);
-  dsr::ForwardArgs args{dtype,
-                           pr.x.const_data_ptr(),
-                           pr.y.mutable_data_ptr(),
-                           pr.v_in.defined() ? pr.v_in.const_data_ptr() : nullptr,
-                           pr.v_out.defined() ? pr.v_out.mutable_data_ptr() : nullptr,
-                           pr.T,
-                           pr.N,
-                           &p32,
-                           &p64};
+  const CoreCall call(pr, neuron, v_threshold, alpha, tau, delta_t);
   // Threads: the core's std::thread driver, sized by torch.set_num_threads. Not at::parallel_for: with torch's
   // OpenMP backend its body is an inline `#pragma omp parallel` in the ATen headers, which runs serially in a library
   // not built with -fopenmp (and building with it would load a second OpenMP runtime beside torch's own libgomp).
   // Inside an ATen parallel region (a caller's parallel_for) stay on the calling thread, as parallel_for would.
   const int threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
-  dsr::cpu_forward(args, threads);
+  dsr::cpu_forward(call.args, threads);
   return finish(pr, return_state);
-}
-
-std::tuple<at::Tensor, at::Tensor> if_spike_cpu(const at::Tensor& x, double v_threshold, double alpha,
-                                                const std::optional<at::Tensor>& v_init, bool return_state) {
-  return forward_cpu(x, dsr::Neuron::IF, v_threshold, alpha, 1.0, 1.0, v_init, return_state);
-}
-
-std::tuple<at::Tensor, at::Tensor> lif_spike_cpu(const at::Tensor& x, double v_threshold, double alpha, double tau,
-                                                 double delta_t, const std::optional<at::Tensor>& v_init,
-                                                 bool return_state) {
-  return forward_cpu(x, dsr::Neuron::LIF, v_threshold, alpha, tau, delta_t, v_init, return_state);
 }
 
 }  // namespace
@@ -182,6 +148,6 @@ std::tuple<at::Tensor, at::Tensor> lif_spike_cpu(const at::Tensor& x, double v_t
 }  // namespace dsr_torch
 
 TORCH_LIBRARY_IMPL(dsr, CPU, m) {
-  m.impl("if_spike", &dsr_torch::if_spike_cpu);
-  m.impl("lif_spike", &dsr_torch::lif_spike_cpu);
+  m.impl("if_spike", &dsr_torch::if_spike<&dsr_torch::forward_cpu>);
+  m.impl("lif_spike", &dsr_torch::lif_spike<&dsr_torch::forward_cpu>);
 }
