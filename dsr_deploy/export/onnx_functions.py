@@ -17,7 +17,7 @@ The step is written to round exactly as :mod:`dsr_deploy.functional` in float32:
     LIF: v = Add(Mul(decay, v), Mul(gain, x_t))       # two roundings, no FMA
     s = Where(GreaterOrEqual(v, thr), v_threshold, 0)
     v = Sub(v, s)
-    y_t = s (IF) | Div(s, delta_t) (LIF)              # true division, as PyTorch CPU
+    y_t = s (IF) | Div(s, delta_t) (LIF)              # true division, as the reference on every device
 
 Bodies are float32 (the dtype the exporter writes).
 """

@@ -8,7 +8,7 @@
 // x / y float32 or float16 (the membrane v is float32 in both cases, as the reference computes float16 inputs).
 // The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
 // writes them (float32 tau / delta_t could not reproduce the double exp); when missing they are computed from tau
-// and delta_t in double. The output spike value is vth / fl32(delta_t), as the PyTorch CPU reference, on both EPs.
+// and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both EPs.
 // plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
 //
 // Load with SessionOptions.register_custom_ops_library(path). The library asks ONNX Runtime for OrtApi version

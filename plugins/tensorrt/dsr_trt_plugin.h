@@ -6,7 +6,7 @@
 // creator by field name; plugin_namespace / plugin_version attributes only steer the parser's lookup.
 //   *Spike: x [T, ...] (float32 / float16 / bfloat16) -> y [T, ...] of x's type
 //   *Step:  (x_t [...], v [...] float32) -> (y_t [...] of x's type, v_new [...] float32)
-// Output spike value vth / fl32(delta_t) (true division, as the PyTorch CPU reference and the ONNX function body).
+// Output spike value vth / fl32(delta_t) (true division, as the reference on every device and the ONNX function body).
 #pragma once
 
 #include <NvInferRuntime.h>
