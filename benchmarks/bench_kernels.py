@@ -164,7 +164,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs="+", default=[20, 32, 128, 16, 16])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--slow-repeats", type=int, default=3)
+    ap.add_argument("--slow-repeats", type=int, default=9, help="calls per timing of the slow peers (SpikingJelly, the reference loop, the function fallback); their times vary most")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_kernels_cpu.md")
     args = ap.parse_args()
 
