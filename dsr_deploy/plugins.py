@@ -131,7 +131,7 @@ def _nvcc() -> Optional[str]:
 
 
 def _cuda_root(nvcc: Optional[str]) -> Optional[str]:
-    """The CUDA toolkit folder of ``nvcc`` (the one holding ``include/cuda.h``).
+    """The CUDA toolkit folder of ``nvcc``: the one with ``bin/nvcc`` and the runtime headers, or None.
 
     A CUDA build of torch configures CUDA through the legacy FindCUDA, which finds the toolkit from nvcc's folder;
     an ``nvcc`` that is a wrapper script (``/usr/local/bin/nvcc`` calling the real one) leaves it with no headers
@@ -143,7 +143,8 @@ def _cuda_root(nvcc: Optional[str]) -> Optional[str]:
     if not nvcc:
         return None
     try:
-        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=30)
         text = out.stdout + out.stderr
     except (OSError, subprocess.SubprocessError):
         text = ""
