@@ -288,7 +288,8 @@ def render(meta, rows, failures, times, sj_note, ts_rows=()):
     if ts_rows:
         lines += ["", "## TorchScript export's neurons on this device vs the eager reference (4 calls each)", "",
                   "| neuron | setting | bit-exact |", "|---|---|---|"]
-        lines += [f"| {r['kind'].upper()} | {r['setting']} | {'yes' if r['bit_exact'] else '**no**'} |" for r in ts_rows]
+        lines += [f"| {r['kind'].upper()} | {r['setting']} | {'yes' if r['bit_exact'] else '**no**'} |"
+                  for r in ts_rows]
     shape = times[0]["shape"] if times else []
     lines += ["", f"## Timing, shape {shape} ({math.prod(shape) / 1e6:.2f}M elements), median of CUDA-event timings "
               "(10 back-to-back calls per measurement for the kernel and the copy)", ""]

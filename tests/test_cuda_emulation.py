@@ -185,7 +185,8 @@ def trt_emu(emu, tmp_path_factory):
     src = repo_root() / "plugins"
     cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-Wno-deprecated-declarations",
            "-DDSR_WITH_CUDA=1", f"-I{CORE}", f"-I{src / 'tensorrt'}", f"-I{TRT['include']}", f"-I{cuda_inc[0]}",
-           str(repo_root() / "tests" / "cuda_emulation" / "trt_enqueue_emu.cpp"), str(src / "tensorrt" / "dsr_trt_plugin.cpp"),
+           str(repo_root() / "tests" / "cuda_emulation" / "trt_enqueue_emu.cpp"),
+           str(src / "tensorrt" / "dsr_trt_plugin.cpp"),
            str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
            "-o", str(exe), "-pthread"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

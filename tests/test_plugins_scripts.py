@@ -26,5 +26,6 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     assert {r["dtype"] for r in data["correctness"]} == {"float32", "float16", "bfloat16"}
     assert all(r["same_as_cpu"] for r in data["correctness"] if r.get("same_as_cpu") is not None)
     # the TorchScript export's neurons are checked on the device too
-    assert {r["kind"] for r in data["torchscript"]} == {"if", "lif"} and all(r["bit_exact"] for r in data["torchscript"])
+    assert {r["kind"] for r in data["torchscript"]} == {"if", "lif"}
+    assert all(r["bit_exact"] for r in data["torchscript"])
     assert "TorchScript export's neurons" in report
