@@ -84,7 +84,7 @@ def status_cmd(
     tc = st["toolchain"]
     typer.echo("toolchain: " + "; ".join([
         f"cmake {'yes' if tc['cmake']['available'] else 'NO'}",
-        f"nvcc {'yes' if tc['cuda']['available'] else 'no'}",
+        (f"nvcc yes (toolkit {tc['cuda'].get('root') or 'not found'})" if tc['cuda']['available'] else "nvcc no"),
         f"GPU {'yes' if tc['cuda']['gpu_visible'] else 'no'}",
         f"torch {tc['torch']['version']} (CUDA {tc['torch']['cuda']})",
         f"ORT headers {tc['ort']['include'] or 'no'}",
