@@ -334,8 +334,9 @@ def build(
         configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         # A CUDA torch adds its own -gencode list (TORCH_CUDA_ARCH_LIST, else every arch it was built for, some of
         # which a newer nvcc refuses); give it the one architecture asked for.
-        if _torch_arch(cuda_arch):
-            configure.append(f"-DTORCH_CUDA_ARCH_LIST={_torch_arch(cuda_arch)}")
+        torch_arch = _torch_arch(cuda_arch)
+        if torch_arch:
+            configure.append(f"-DTORCH_CUDA_ARCH_LIST={torch_arch}")
         if root:  # for torch's FindCUDA and for FindCUDAToolkit, which would otherwise guess from a wrapper's folder
             configure += [f"-DCUDA_TOOLKIT_ROOT_DIR={root}", f"-DCUDAToolkit_ROOT={root}"]
     log: list[str] = []

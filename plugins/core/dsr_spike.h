@@ -61,6 +61,16 @@ inline SpikeParams<C> make_params(Neuron neuron, double v_threshold, double alph
   return p;
 }
 
+// A layer's constants in both compute types, for callers that take any input dtype (float64 inputs compute in
+// double, the others in float): the torch op and the C entry points.
+struct LayerParams {
+  SpikeParams<float> f32;
+  SpikeParams<double> f64;
+  LayerParams(Neuron neuron, double v_threshold, double alpha, double tau, double delta_t)
+      : f32(make_params<float>(neuron, v_threshold, alpha, tau, delta_t)),
+        f64(make_params<double>(neuron, v_threshold, alpha, tau, delta_t)) {}
+};
+
 // ---- 16-bit storage types (bit patterns; the core never needs arithmetic on them) ----------------------------
 
 struct Half { uint16_t bits; };

@@ -11,22 +11,12 @@
 
 #define DSR_C_EXPORT extern "C" __attribute__((visibility("default")))
 
-namespace {
-struct CallParams {
-  dsr::SpikeParams<float> p32;
-  dsr::SpikeParams<double> p64;
-  CallParams(int neuron, double vth, double alpha, double tau, double dt)
-      : p32(dsr::make_params<float>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt)),
-        p64(dsr::make_params<double>(static_cast<dsr::Neuron>(neuron), vth, alpha, tau, dt)) {}
-};
-}  // namespace
-
 DSR_C_EXPORT int dsr_cpu_forward(int dtype, const void* x, void* y, const void* v_in, void* v_out, int64_t T,
                                  int64_t N, int neuron, double v_threshold, double alpha, double tau, double delta_t,
                                  int num_threads) {
   if (dtype < 0 || dtype > 3 || neuron < 0 || neuron > 1) return 1;
-  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t);
-  const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &cp.p32, &cp.p64};
+  const dsr::LayerParams lp(static_cast<dsr::Neuron>(neuron), v_threshold, alpha, tau, delta_t);
+  const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &lp.f32, &lp.f64};
   dsr::cpu_forward(args, num_threads);
   return 0;
 }
@@ -38,8 +28,8 @@ DSR_C_EXPORT int dsr_cuda_forward(int dtype, const void* x, void* y, const void*
                                   int64_t N, int neuron, double v_threshold, double alpha, double tau, double delta_t,
                                   void* stream) {
   if (dtype < 0 || dtype > 3 || neuron < 0 || neuron > 1) return 1;
-  const CallParams cp(neuron, v_threshold, alpha, tau, delta_t);
-  const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &cp.p32, &cp.p64};
+  const dsr::LayerParams lp(static_cast<dsr::Neuron>(neuron), v_threshold, alpha, tau, delta_t);
+  const dsr::ForwardArgs args{static_cast<dsr::DType>(dtype), x, y, v_in, v_out, T, N, &lp.f32, &lp.f64};
   return dsr::cuda::launch_forward(args, stream);
 }
 

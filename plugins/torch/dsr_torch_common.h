@@ -66,15 +66,13 @@ inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>&
   return pr;
 }
 
-// One call of the core on a prepared (and output-allocated) call: the layer constants from make_params, the
-// pointers. Built in place (the args point at the params it holds), so it is neither copied nor moved.
+// One call of the core on a prepared (and output-allocated) call: the layer constants and the pointers. Built in
+// place (the args point at the params it holds), so it is neither copied nor moved.
 struct CoreCall {
-  dsr::SpikeParams<float> p32;
-  dsr::SpikeParams<double> p64;
+  dsr::LayerParams params;
   dsr::ForwardArgs args;
   CoreCall(const Prepared& pr, dsr::Neuron neuron, double v_threshold, double alpha, double tau, double delta_t)
-      : p32(dsr::make_params<float>(neuron, v_threshold, alpha, tau, delta_t)),
-        p64(dsr::make_params<double>(neuron, v_threshold, alpha, tau, delta_t)),
+      : params(neuron, v_threshold, alpha, tau, delta_t),
         args{to_core_dtype(pr.x.scalar_type()),
              pr.x.const_data_ptr(),
              pr.y.mutable_data_ptr(),
@@ -82,8 +80,8 @@ struct CoreCall {
              pr.v_out.defined() ? pr.v_out.mutable_data_ptr() : nullptr,
              pr.T,
              pr.N,
-             &p32,
-             &p64} {}
+             &params.f32,
+             &params.f64} {}
   CoreCall(const CoreCall&) = delete;
   CoreCall& operator=(const CoreCall&) = delete;
 };
