@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,3 +54,28 @@ def ensure_torch_native() -> None:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def f32(v: float) -> float:
+    """``v`` rounded to float32, as a Python float (what a float32 ONNX attribute or TensorRT field holds)."""
+    return float(np.float32(v))
+
+
+def dsr_node_model(op: str, attrs: dict, step: bool = False, elem: int | None = None):
+    """An ONNX model of one ``dsr::<op>`` node and no function body: only a registered kernel can run it.
+
+    Spike ops: ``x -> y``; Step ops: ``(x, v) -> (y, v_new)`` with a float32 membrane. ``elem``: the ONNX element
+    type of x and y (default float32).
+    """
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT if elem is None else elem
+    inputs = [helper.make_tensor_value_info("x", elem, None)]
+    outputs = [helper.make_tensor_value_info("y", elem, None)]
+    if step:
+        inputs.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info("v_new", TensorProto.FLOAT, None))
+    node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr",
+                            plugin_namespace="dsr", plugin_version="1", **attrs)
+    graph = helper.make_graph([node], "dsr_node", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])

@@ -29,7 +29,7 @@ import torch
 
 from dsr_deploy import ops, plugins
 
-from _native_util import assert_bit_equal, repo_root
+from _native_util import assert_bit_equal, dsr_node_model, f32, repo_root
 
 CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
@@ -86,10 +86,14 @@ def run_emulated(lib, kind, x, params, v0=None, offset=0):
     nbytes = x.numel() * x.element_size()
     lo = (ctypes.c_size_t * 2)(ptr(xbuf, offset), ptr(ybuf, GUARD + offset))
     size = (ctypes.c_size_t * 2)(nbytes, nbytes)
+    # The registry is process-wide (its symbols are GNU-unique, shared with the ORT library below): clear it after.
     lib.dsr_emu_set_regions(lo, size, 2)
-    rc = lib.dsr_cuda_forward(DTYPES[x.dtype], ptr(xbuf, offset), ptr(ybuf, GUARD + offset),
-                              None if vin is None else vin.data_ptr(), ptr(vbuf, GUARD), T, N,
-                              0 if kind == "if" else 1, *params, None)
+    try:
+        rc = lib.dsr_cuda_forward(DTYPES[x.dtype], ptr(xbuf, offset), ptr(ybuf, GUARD + offset),
+                                  None if vin is None else vin.data_ptr(), ptr(vbuf, GUARD), T, N,
+                                  0 if kind == "if" else 1, *params, None)
+    finally:
+        lib.dsr_emu_set_regions(None, None, 0)
     assert rc == 0, lib.dsr_cuda_error_string(rc).decode()
     # nothing written outside the output and the final membrane
     assert bool((ybuf[:GUARD + offset] == 7).all()) and bool((ybuf[GUARD + offset + x.numel():] == 7).all())
@@ -214,10 +218,6 @@ def run_trt(exe, tmp_path, op, x, attrs, v=None):
     return y, v_new
 
 
-def f32(a: float) -> float:
-    return float(np.float32(a))
-
-
 @pytest.mark.parametrize("dtype", list(TRT_DTYPE), ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("kind, coefficients", [("if", False), ("lif", True), ("lif", False)],
                          ids=["if", "lif-decay-gain-fields", "lif-from-tau-dt"])
@@ -273,20 +273,6 @@ def ort_cuda_emu(emu, tmp_path_factory):
     return lib
 
 
-def ort_dsr_model(op, attrs, elem, step):
-    """One dsr node and no function body: only a registered kernel can run it."""
-    from onnx import TensorProto, helper
-
-    inputs = [helper.make_tensor_value_info("x", elem, None)]
-    outputs = [helper.make_tensor_value_info("y", elem, None)]
-    if step:
-        inputs.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, None))
-        outputs.append(helper.make_tensor_value_info("v_new", TensorProto.FLOAT, None))
-    node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr", **attrs)
-    graph = helper.make_graph([node], "dsr_node", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])
-
-
 def ort_session(lib, model):
     import onnxruntime as ort
 
@@ -306,7 +292,7 @@ def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, dtype
     if kind == "lif":
         attrs.update(tau=tau, delta_t=dt, decay=f32(beta), gain=f32(1.0 - beta))
     elem = TensorProto.FLOAT if dtype == torch.float32 else TensorProto.FLOAT16
-    sess = ort_session(ort_cuda_emu, ort_dsr_model("DSRIFSpike" if kind == "if" else "DSRLIFSpike", attrs, elem, False))
+    sess = ort_session(ort_cuda_emu, dsr_node_model("DSRIFSpike" if kind == "if" else "DSRLIFSpike", attrs, elem=elem))
     for shape in [(20, 4, 1024), (7, 3, 333), (1, 8)]:
         x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))) * 2).to(dtype)
         (y,) = sess.run(None, {"x": x.numpy()})
@@ -316,14 +302,12 @@ def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, dtype
 
 @pytest.mark.parametrize("kind", ["if", "lif"])
 def test_ort_cuda_ep_step_kernels_chain_like_the_reference(ort_cuda_emu, kind):
-    from onnx import TensorProto
-
     vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
     attrs = dict(v_threshold=vth, alpha=alpha)
     if kind == "lif":
         attrs.update(tau=tau, delta_t=dt)  # decay/gain computed by the kernel from tau and delta_t
-    sess = ort_session(ort_cuda_emu, ort_dsr_model("DSRIFStep" if kind == "if" else "DSRLIFStep", attrs,
-                                                   TensorProto.FLOAT, True))
+    sess = ort_session(ort_cuda_emu, dsr_node_model("DSRIFStep" if kind == "if" else "DSRLIFStep", attrs,
+                                                    step=True))
     x = torch.randn(6, 5, 77, generator=torch.Generator().manual_seed(5)) * 2
     v = np.zeros((5, 77), dtype=np.float32)
     ys = []

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from dsr_deploy import ops, plugins
 
+from _native_util import dsr_node_model, f32
+
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
 
 LIB = plugins.ort_library()
 pytestmark = pytest.mark.skipif(
@@ -32,18 +34,6 @@ def lif_attrs(vth, alpha, tau, dt, with_coefficients=True):
         beta = math.exp(-dt / tau)
         attrs.update(decay=float(np.float32(beta)), gain=float(np.float32(1.0 - beta)))
     return attrs
-
-
-def make_model(op, attrs, step=False, elem=TensorProto.FLOAT):
-    inputs = [helper.make_tensor_value_info("x", elem, None)]
-    outputs = [helper.make_tensor_value_info("y", elem, None)]
-    if step:
-        inputs.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, None))
-        outputs.append(helper.make_tensor_value_info("v_new", TensorProto.FLOAT, None))
-    node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr",
-                            plugin_namespace="dsr", plugin_version="1", **attrs)
-    graph = helper.make_graph([node], "dsr_node", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])
 
 
 def session(model, threads=0):
@@ -71,10 +61,6 @@ def assert_bits(a, b, what):
     assert not diff.any(), f"{what}: {int(diff.sum())} of {a.size} differ"
 
 
-def f32(v):
-    return float(np.float32(v))
-
-
 @settings(max_examples=12, deadline=None)
 @given(
     kind=st.sampled_from(["if", "lif"]),
@@ -91,10 +77,10 @@ def test_spike_ops_bit_exact(kind, T, step_shape, vth, alpha, tau, dt, seed):
     x = (rng.standard_normal([T, *step_shape]) * vth * 1.5).astype(np.float32)
     if kind == "if":
         attrs = dict(v_threshold=vth, alpha=alpha)
-        model = make_model("DSRIFSpike", attrs)
+        model = dsr_node_model("DSRIFSpike", attrs)
     else:
         attrs = lif_attrs(vth, alpha, tau, dt)
-        model = make_model("DSRLIFSpike", attrs)
+        model = dsr_node_model("DSRLIFSpike", attrs)
     (y,) = session(model).run(None, {"x": x})
     assert_bits(y, reference(kind, x, attrs)[0], f"{kind} {x.shape}")
 
@@ -102,7 +88,7 @@ def test_spike_ops_bit_exact(kind, T, step_shape, vth, alpha, tau, dt, seed):
 def test_lif_without_coefficients_computes_them_in_double():
     attrs = lif_attrs(f32(0.3), f32(0.3), f32(1.0), f32(0.05), with_coefficients=False)
     x = (np.random.default_rng(0).standard_normal((20, 3, 77)) * 0.5).astype(np.float32)
-    (y,) = session(make_model("DSRLIFSpike", attrs)).run(None, {"x": x})
+    (y,) = session(dsr_node_model("DSRLIFSpike", attrs)).run(None, {"x": x})
     ref = reference("lif", x, attrs)[0]
     assert_bits(y, ref, "lif without decay/gain")
     assert (y != 0).any()
@@ -116,7 +102,7 @@ def test_threads_and_large_inputs(kind):
     x = (np.random.default_rng(1).standard_normal((20, 8, 4097)) * (4 if kind == "if" else 1)).astype(np.float32)
     ref = reference(kind, x, attrs)[0]
     for threads in (1, 2):
-        (y,) = session(make_model(op, attrs), threads).run(None, {"x": x})
+        (y,) = session(dsr_node_model(op, attrs), threads).run(None, {"x": x})
         assert_bits(y, ref, f"{kind} threads={threads}")
 
 
@@ -126,7 +112,7 @@ def test_step_ops_chain_equals_sequence(kind):
     op = "DSRIFStep" if kind == "if" else "DSRLIFStep"
     x = (np.random.default_rng(2).standard_normal((9, 2, 5, 3)) * 2).astype(np.float32)
     v0 = np.random.default_rng(3).standard_normal((2, 5, 3)).astype(np.float32)
-    sess = session(make_model(op, attrs, step=True))
+    sess = session(dsr_node_model(op, attrs, step=True))
     v, ys = v0, []
     for t in range(x.shape[0]):
         y_t, v = sess.run(None, {"x": x[t], "v": v})
@@ -138,7 +124,7 @@ def test_step_ops_chain_equals_sequence(kind):
 
 def test_nan_inf_and_empty_time():
     attrs = dict(v_threshold=1.0, alpha=0.5)
-    sess = session(make_model("DSRIFSpike", attrs))
+    sess = session(dsr_node_model("DSRIFSpike", attrs))
     x = np.random.default_rng(4).standard_normal((6, 40)).astype(np.float32)
     x[0, :3] = np.nan
     x[1, 3:6] = np.inf
@@ -151,11 +137,11 @@ def test_nan_inf_and_empty_time():
 
 def test_missing_attribute_is_a_clear_error():
     with pytest.raises(Exception, match="v_threshold and alpha are required"):
-        session(make_model("DSRIFSpike", dict(alpha=0.5))).run(None, {"x": np.zeros((2, 3), np.float32)})
+        session(dsr_node_model("DSRIFSpike", dict(alpha=0.5))).run(None, {"x": np.zeros((2, 3), np.float32)})
 
 
 def test_step_shape_mismatch_is_a_clear_error():
-    sess = session(make_model("DSRIFStep", dict(v_threshold=1.0, alpha=0.5), step=True))
+    sess = session(dsr_node_model("DSRIFStep", dict(v_threshold=1.0, alpha=0.5), step=True))
     with pytest.raises(Exception, match="v has shape"):
         sess.run(None, {"x": np.zeros((2, 3), np.float32), "v": np.zeros((3, 2), np.float32)})
 
@@ -166,10 +152,10 @@ def test_float16_inputs(kind):
     attrs = dict(v_threshold=1.0, alpha=0.5) if kind == "if" else lif_attrs(f32(0.3), f32(0.3), 1.0, f32(0.05))
     x = (np.random.default_rng(5).standard_normal((11, 3, 129)) * 2).astype(np.float16)
     name = "DSRIFSpike" if kind == "if" else "DSRLIFSpike"
-    (y,) = session(make_model(name, attrs, elem=TensorProto.FLOAT16)).run(None, {"x": x})
+    (y,) = session(dsr_node_model(name, attrs, elem=TensorProto.FLOAT16)).run(None, {"x": x})
     ref_y, ref_v = reference(kind, x, attrs)
     assert_bits(y, ref_y, f"{name} float16")
-    step = session(make_model(name.replace("Spike", "Step"), attrs, step=True, elem=TensorProto.FLOAT16))
+    step = session(dsr_node_model(name.replace("Spike", "Step"), attrs, step=True, elem=TensorProto.FLOAT16))
     v = np.zeros(x.shape[1:], np.float32)
     ys = []
     for t in range(x.shape[0]):
