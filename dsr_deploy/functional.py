@@ -68,7 +68,9 @@ def _membrane(x: Tensor, v_init: Optional[Tensor], ct: torch.dtype) -> Tensor:
 def _threshold(v_threshold: float, alpha: float, ct: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
     # The threshold is a tensor op so alpha is rounded to the compute dtype before the product, as in the seed
     # where `alpha * v_threshold` multiplies a Python float with the threshold parameter.
-    vth = torch.tensor(v_threshold, dtype=ct, device=device)
+    # torch.full, not torch.tensor: on a GPU it is a fill kernel, not a blocking host-to-device copy (the streaming
+    # step calls this once per layer and time step). The value is the same: v_threshold rounded to ct.
+    vth = torch.full((), v_threshold, dtype=ct, device=device)
     return vth, alpha * vth
 
 
@@ -117,7 +119,7 @@ def lif_forward(
     vth, thr = _threshold(v_threshold, alpha, ct, x.device)
     beta = math.exp(-delta_t / tau)
     gain = 1.0 - beta
-    dt = torch.tensor(delta_t, dtype=ct, device=x.device)  # a tensor divisor: true division on every device
+    dt = torch.full((), delta_t, dtype=ct, device=x.device)  # a tensor divisor: true division on every device
     out = torch.empty_like(x)
     for t in range(x.size(0)):
         v = beta * v + gain * x[t].to(ct)
