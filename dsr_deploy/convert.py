@@ -187,14 +187,14 @@ class _SpikeBase(nn.Module):
         self.layer_name = info.name
         self.v_threshold = float(info.v_threshold)
         self.alpha = float(info.alpha)
-        # verify sets this to a list to collect each layer's spikes (see dsr_deploy.verify); None otherwise.
+        # verify sets this to a list to collect each call's (layer, input, spikes) (dsr_deploy.verify); else None.
         self.probe: Optional[list] = None
         # metadata_props of the emitted ONNX node (the ONNX writer sets the layer index here).
         self.onnx_meta: Optional[Dict[str, str]] = None
 
-    def _record(self, y: Tensor) -> Tensor:
+    def _record(self, x: Tensor, y: Tensor) -> Tensor:
         if self.probe is not None:
-            self.probe.append((self.index, y))
+            self.probe.append((self.index, x, y))
         return y
 
 
@@ -211,7 +211,7 @@ class IFSpike(_SpikeBase):
                                         dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
         else:
             y = torch.ops.dsr.if_spike(x, self.v_threshold, self.alpha)[0]
-        return self._record(y)
+        return self._record(x, y)
 
     def extra_repr(self) -> str:
         return f"v_threshold={self.v_threshold}, alpha={self.alpha}"
@@ -232,7 +232,7 @@ class LIFSpike(_SpikeBase):
                                         dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
         else:
             y = torch.ops.dsr.lif_spike(x, self.v_threshold, self.alpha, self.tau, self.delta_t)[0]
-        return self._record(y)
+        return self._record(x, y)
 
     def extra_repr(self) -> str:
         return f"v_threshold={self.v_threshold}, alpha={self.alpha}, tau={self.tau}, delta_t={self.delta_t}"

@@ -242,6 +242,23 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
     return loaded
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes, bytes): tells whether a MODEL spec rebuilt
+    later (by verify) holds the weights that were exported, e.g. not a fresh random initialisation."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def parse_shape(text: str) -> Tuple[int, ...]:
     """``"4,2,3,32,32"`` -> (4, 2, 3, 32, 32); a UserError for anything else (rank and T are checked later)."""
     parts = [p.strip() for p in str(text).replace("x", ",").split(",")]

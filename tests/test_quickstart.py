@@ -1,6 +1,9 @@
-"""`dsr-deploy quickstart` end to end (the README's main job): export, bit-exact verify, each artifact's held-out
-accuracy equal to PyTorch's, a short benchmark, every file where the summary says. One CLI run (about a minute
-on 2 cores) shared by the tests of this module."""
+"""`dsr-deploy quickstart` end to end (the README's main job): export, verify (every backend's neurons bit-exact
+given the same input), each artifact's held-out accuracy within the rule, a short benchmark, every file where the
+summary says. One CLI run (about a minute on 2 cores) shared by the tests of this module.
+
+Nothing here depends on which convolution kernels ONNX Runtime or oneDNN pick on this CPU: end-to-end logits may
+differ in the last bits between backends, and the assertions allow exactly what the pass rule allows."""
 
 from __future__ import annotations
 
@@ -28,13 +31,17 @@ def quickstart(tmp_path_factory):
     return out, json.loads(proc.stdout), proc.stderr
 
 
-def test_quickstart_passes_bit_exact(quickstart):
+def test_quickstart_passes_neuron_exact(quickstart):
     out, summary, log = quickstart
-    assert summary["passed"] and summary["bit_exact"] and summary["verify_passed"]
+    assert summary["passed"] and summary["neurons_exact"] and summary["verify_passed"]
     assert summary["model"] == "zoo:digits-cnn" and summary["T"] == 8 and summary["heldout_images"] == 360
     ran = [r for r in summary["verify"] if r["status"] == "ok"]
     assert {r["format"] for r in ran} >= FORMATS | {"pytorch"}
-    assert all(r["max_abs_diff"] == 0.0 and r["bit_exact"] and r["passed"] for r in ran)
+    assert all(r["neuron_exact"] is True and r["passed"] and not r["failures"] for r in ran)
+    assert all(r["top1_agreement"] >= 0.99 for r in ran)
+    # The inference copy runs the same torch convolutions as the model: identical end to end on any CPU.
+    torch_row = next(r for r in ran if r["format"] == "pytorch")
+    assert torch_row["max_abs_diff"] == 0.0 and torch_row["divergence"] is None and torch_row["bit_exact"]
     for r in summary["verify"]:
         if r["status"] == "skipped":
             assert r["reason"]  # a skipped backend says why
@@ -43,14 +50,18 @@ def test_quickstart_passes_bit_exact(quickstart):
         assert step in log
 
 
-def test_each_artifact_accuracy_equals_pytorch(quickstart):
+def test_each_artifact_accuracy_within_the_rule(quickstart):
     out, summary, _ = quickstart
     assert summary["pytorch_accuracy"] >= 0.95
     ok = [a for a in summary["accuracy"] if a["status"] == "ok"]
     assert {a["format"] for a in ok} == FORMATS
     for a in ok:
-        assert a["accuracy"] == summary["pytorch_accuracy"] and a["total"] == 360
-        assert a["identical_to_pytorch"] is True
+        assert a["total"] == 360
+        assert 100 * (summary["pytorch_accuracy"] - a["accuracy"]) <= summary["max_accuracy_drop"]
+        if a["identical_to_pytorch"]:
+            assert a["predictions_differing"] == 0 and a["accuracy"] == summary["pytorch_accuracy"]
+        else:
+            assert a["predictions_differing"] is not None
 
 
 def test_files_are_where_the_summary_says(quickstart):
@@ -72,7 +83,8 @@ def test_files_are_where_the_summary_says(quickstart):
 
 
 def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):
-    """The deployed TorchScript file alone (a fresh process that never imports dsr_deploy) gives PyTorch's score."""
+    """The deployed TorchScript file alone (a fresh process that never imports dsr_deploy) scores what the
+    quickstart reported for it."""
     out, summary, _ = quickstart
     files = summary["files"]
     code = (
@@ -88,7 +100,9 @@ def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.strip()) == summary["pytorch_accuracy"]
+    # The same TorchScript runtime on the same machine as the summary's torchscript row: the same score.
+    ts_row = next(a for a in summary["accuracy"] if a["format"] == "torchscript" and a["status"] == "ok")
+    assert float(proc.stdout.strip()) == ts_row["accuracy"]
 
 
 def test_bad_out_is_one_line_error(tmp_path):

@@ -149,6 +149,10 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
                         (None, None))
         manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])
+        from ..model_spec import weights_digest
+
+        # verify rebuilds the model from its spec: this says whether it got the exported weights back.
+        manifest["model"]["weights_sha256"] = weights_digest(model)
         import json
 
         from ..io import atomic_write_text

@@ -19,7 +19,8 @@ from ..convert import NeuronInfo
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-PROBE_PREFIX = "spikes_"  # extra outputs of a probe artifact: the spikes of neuron layer i
+PROBE_PREFIX = "spikes_"  # extra outputs of a probe artifact: the spikes of neuron call k
+CURRENT_PREFIX = "currents_"  # ... and the input current of neuron call k (where divergence starts)
 LAYOUT = "TB..."  # the leading dims of every multi-step input: time, then batch
 
 

@@ -99,6 +99,11 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (GPU runners); the timing code calls it."""
 
+    def neurons(self) -> list:
+        """The artifact's own neurons, each runnable alone in this backend (:mod:`.neurons`): what verify's
+        teacher-forced check feeds with the PyTorch reference's neuron inputs."""
+        raise UserError(f"{self.backend}: this backend cannot run the artifact's neurons on their own")
+
     # -- helpers for implementations -------------------------------------------------------------------
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``feeds`` against ``inputs()``: names, dtypes, ranks and fixed sizes; one-line errors."""

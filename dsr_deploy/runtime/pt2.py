@@ -70,6 +70,7 @@ class PT2Runner(TorchCallableRunner):
                         shape = tuple(_dim(d) for d in val.shape) if val is not None else None
                         dtype = str(val.dtype).replace("torch.", "") if val is not None else "float32"
                         specs.append(TensorSpec(node.name, shape, dtype))
+                self.program = ep
                 module = ep.module()
                 if self.device != "cpu":
                     module = module.to(self.device)
@@ -91,6 +92,22 @@ class PT2Runner(TorchCallableRunner):
 
     def describe(self) -> dict:
         return {**super().describe(), "kind": self.kind}
+
+    def neurons(self) -> list:
+        """The program's dsr op calls, each called alone with the arguments the program (or, for an AOTInductor
+        package, its extern-kernel record) holds."""
+        from .neurons import aoti_neurons, program_neurons
+
+        self.ensure_loaded()
+        if self.kind == "aoti":
+            try:
+                found = aoti_neurons(Path(self.artifact), self.device)
+            except Exception as exc:
+                raise UserError(f"pt2: cannot read the dsr calls of {self.artifact}: {one_line(exc)}") from None
+            if not found:
+                raise UserError(f"pt2: {self.artifact} records no dsr op call")
+            return found
+        return program_neurons(self.program.graph, self.device)
 
 
 register_backend("pt2", PT2Runner, accepts, priority=5)
