@@ -126,6 +126,15 @@ class Run:
                         "neuron_exact": (l.neuron_equal == l.neuron_total) if l.neuron_total else None}
         return None
 
+    def input_difference(self) -> Optional[dict]:
+        """The first layer whose *input* differs end to end from the reference's (the backend's own arithmetic
+        upstream of it), whether or not any spike flipped."""
+        for l in self.layers:
+            if l.input_differing:
+                return {"layer": l.index, "name": l.name, "input_differing": l.input_differing,
+                        "input_max_abs_diff": l.input_max_abs_diff, "input_max_rel_diff": l.input_max_rel_diff}
+        return None
+
     def to_dict(self) -> dict:
         ok = self.status == "ok"
         return {
@@ -140,6 +149,7 @@ class Run:
             "layers": [l.to_dict() for l in self.layers],
             "min_layer_agreement": _min_or_none(l.agreement for l in self.layers),
             "divergence": self.divergence() if ok else None,
+            "first_input_difference": self.input_difference() if ok else None,
             "layers_note": self.layers_note,
             "failures": list(self.failures),
             "passed": self.passed,

@@ -173,6 +173,9 @@ def _print_inspect(info: dict) -> None:
 def _divergence_cell(r: dict) -> str:
     d = r.get("divergence")
     if not d:
+        f = r.get("first_input_difference")
+        if f and f.get("input_max_rel_diff") is not None:
+            return f"none (inputs differ from L{f['layer']}, by {f['input_max_rel_diff']:.2g} rel.)"
         return "none"
     cell = f"L{d['layer']} ({d['spikes_differing']} spikes)"
     if d.get("input_max_rel_diff") is not None:
