@@ -53,7 +53,9 @@ class _Recorder(nn.Module):
 
     def forward(self, x):
         y = self.inner(x)
-        self.sink.append(y)
+        # A flat layer ([T*B, ...]) records its [T, B, ...] spikes, as the other formats' probes do.
+        t = int(getattr(self.inner, "timesteps", 0) or 0)
+        self.sink.append(y.unflatten(0, (t, -1)) if t > 0 else y)
         return y
 
 
