@@ -59,14 +59,6 @@ class _Recorder(nn.Module):
         return y
 
 
-def _shape_variant(shape: Tuple[int, ...], dynamic_batch: bool) -> Tuple[int, ...]:
-    s = list(shape)
-    s[0] += 1
-    if dynamic_batch:
-        s[1] += 2
-    return tuple(s)
-
-
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
@@ -92,7 +84,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
         except Exception as exc:
             raise UserError(f"TorchScript export failed: {str(exc).strip().splitlines()[0]}") from exc
         # The traced layers must not have baked in the example's T / batch.
-        x2 = ctx.example_input(seed=1, shape=_shape_variant(ctx.input_shape, ctx.dynamic_batch))
+        x2 = ctx.example_input(seed=1, shape=ctx.shape_variant())
         ref = inference_copy(ctx.model, "op")
         with torch.no_grad():
             want = ref(x2)
@@ -112,7 +104,7 @@ def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     module, method = script_model(ctx)
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))
-    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": True,
+    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": not ctx.fixed_T,
             "dynamic_batch": True, "needs_dsr_deploy": False}
 
 
