@@ -396,3 +396,38 @@ def test_streaming_refuses_the_flat_layout(tmp_path):
 
     with pytest.raises(UserError, match="multi-step mode"):
         export_streaming(A.resnet_lif(), (4, *A.CIFAR_SHAPE), tmp_path / "s")
+
+
+@pytest.mark.parametrize("rule", ["double", "float32"])
+def test_rule_through_streaming_step_exports(tmp_path, rule):
+    """Our DSRLIFNode with each rule: the streaming step module (both lowerings) and its ONNX export (stock ORT)
+    fed one step at a time equal the multi-step network of that rule."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from dsr_deploy import streaming as S
+    from dsr_deploy.neuron import DSRLIFNode
+
+    ensure_torch_native()
+    net = torch.nn.Sequential(torch.nn.Identity(), DSRLIFNode(T=None, v_threshold=0.3, tau=1.0, delta_t=0.05,
+                                                               alpha=0.3, v_threshold_lower_bound=5e-4,
+                                                               lif_rule=rule)).eval()
+    x = _rule_input().reshape(6, 40, 100)
+    with torch.no_grad():
+        ref = net(x)
+    assert_bit_equal(ref, _reference(x, rule), "multi-step")
+    for lowering in ("functional", "ops"):
+        sm = S.build_streaming_module(net, x[0], lowering)
+        states = sm.zero_states(x.shape[1])
+        ys = []
+        with torch.no_grad():
+            for t in range(x.shape[0]):
+                y, *states = sm(x[t], *states)
+                ys.append(y)
+        assert_bit_equal(torch.stack(ys), ref, f"streaming {lowering}")
+    out = tmp_path / "s"
+    S.export_streaming(net, tuple(x.shape), out, formats_=("onnx",))
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    session = S.StreamSession.from_manifest(lambda feeds: dict(zip(names, sess.run(None, dict(feeds)))), out)
+    assert_bit_equal(torch.from_numpy(session.run(x.numpy())), ref, "streaming ONNX")
