@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from _native_util import assert_bit_equal, ensure_torch_native, f32
+from test_cli_export import run_cli
 from dsr_deploy import functional as F
 from dsr_deploy import ops
 from dsr_deploy.convert import find_neuron_modules, find_neurons, inference_copy, inference_modules
@@ -352,28 +353,16 @@ def test_lif_export_carries_the_float32_coefficients_into_every_format(exported)
 # CLI.
 
 
-def _cli(capsys, *argv):
-    from dsr_deploy.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_export_and_inspect_of_the_authors_model(tmp_path, capsys):
-    code, out, err = _cli(capsys, "inspect", f"{NETS}:vgg_lif")
+    code, out, err = run_cli(capsys, "inspect", f"{NETS}:vgg_lif")
     assert code == 0, err
     assert "authors" in out and "float32" in out and "T*B (T=3)" in out and "0.0487705469" in out
     folder = tmp_path / "e"
-    code, out, err = _cli(capsys, "export", f"{NETS}:resnet_if", "--input-shape", "2,3,8,8", "--format", "onnx",
+    code, out, err = run_cli(capsys, "export", f"{NETS}:resnet_if", "--input-shape", "2,3,8,8", "--format", "onnx",
                           "--out", str(folder))
     assert code == 0, err
     assert json.loads((folder / "manifest.json").read_text())["io"]["input_layout"] == "static"
-    code, out, err = _cli(capsys, "inspect", str(folder))
+    code, out, err = run_cli(capsys, "inspect", str(folder))
     assert code == 0 and "source=model" in out
 
 
@@ -381,7 +370,7 @@ def test_cli_export_and_inspect_of_the_authors_model(tmp_path, capsys):
 def test_cli_model_without_a_recognisable_neuron(tmp_path, capsys, command):
     args = [command, f"{NETS}:no_neuron"] + (["--input-shape", "2,3,8,8", "--out", str(tmp_path / "o")]
                                               if command == "export" else [])
-    code, out, err = _cli(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err  # one line, no traceback
