@@ -102,8 +102,9 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
         with torch.no_grad():
             copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
             inf = inference_copy(model, "op")
+            # The input shape of the first neuron call (not the first module by name).
             hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
-                     for m in inference_modules(inf)[:1]] if flat else []
+                     for m in inference_modules(inf)] if flat else []
             try:
                 out = inf(torch.zeros(shape, dtype=dtype))
             finally:
