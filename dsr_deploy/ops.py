@@ -29,8 +29,10 @@ NAMESPACE = "dsr"
 SCHEMAS = {
     "if_spike": "if_spike(Tensor x, float v_threshold, float alpha, Tensor? v_init=None, "
     "bool return_state=False) -> (Tensor, Tensor)",
+    # decay / gain: the LIF coefficients by the layer's rule (functional.lif_coefficients); None: the double rule
+    # from tau / delta_t (files written before the rule existed call the op without them).
     "lif_spike": "lif_spike(Tensor x, float v_threshold, float alpha, float tau, float delta_t, "
-    "Tensor? v_init=None, bool return_state=False) -> (Tensor, Tensor)",
+    "Tensor? v_init=None, bool return_state=False, float? decay=None, float? gain=None) -> (Tensor, Tensor)",
 }
 TORCH_OPS_LIBRARY = "libdsr_torch_ops.so"
 
@@ -48,8 +50,8 @@ def _if_reference(x, v_threshold, alpha, v_init=None, return_state=False):
     return y, (v if v is not None else _empty_state(x))
 
 
-def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
-    y, v = F.lif_forward(x, v_threshold, alpha, tau, delta_t, v_init, return_state)
+def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
+    y, v = F.lif_forward(x, v_threshold, alpha, tau, delta_t, v_init, return_state, decay, gain)
     return y, (v if v is not None else _empty_state(x))
 
 
@@ -69,7 +71,7 @@ def _if_fake(x, v_threshold, alpha, v_init=None, return_state=False):
 
 
 @torch.library.register_fake("dsr::lif_spike")
-def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
+def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
     return _fake(x, v_init, return_state)
 
 
@@ -145,9 +147,12 @@ def if_spike(x: Tensor, v_threshold: float, alpha: float, v_init: Optional[Tenso
 
 
 def lif_spike(x: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float,
-              v_init: Optional[Tensor] = None, return_state: bool = False, native: bool = True):
-    """Run the LIF op; ``native=False`` forces the Python reference."""
-    args = (x, float(v_threshold), float(alpha), float(tau), float(delta_t), v_init, return_state)
+              v_init: Optional[Tensor] = None, return_state: bool = False, native: bool = True,
+              decay: Optional[float] = None, gain: Optional[float] = None):
+    """Run the LIF op; ``native=False`` forces the Python reference. ``decay`` / ``gain``: see
+    :func:`dsr_deploy.functional.lif_coefficients` (None: the double rule)."""
+    args = (x, float(v_threshold), float(alpha), float(tau), float(delta_t), v_init, return_state,
+            None if decay is None else float(decay), None if gain is None else float(gain))
     if native:
         load_native()
         return torch.ops.dsr.lif_spike(*args)

@@ -133,14 +133,15 @@ class _StepNeuron(nn.Module):
             if n.kind == "if":
                 y, v_new = torch.ops.dsr.if_spike(x_seq, n.v_threshold, n.alpha, v, True)
             else:
-                y, v_new = torch.ops.dsr.lif_spike(x_seq, n.v_threshold, n.alpha, n.tau, n.delta_t, v, True)
+                y, v_new = torch.ops.dsr.lif_spike(x_seq, n.v_threshold, n.alpha, n.tau, n.delta_t, v, True,
+                                                   n.decay, n.gain)
             y_t = y[0]
         else:
             if_step, lif_step = step_functions()
             if n.kind == "if":
                 y_t, v_new = if_step(x_t, v, n.v_threshold, n.alpha)
             else:
-                y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t)
+                y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t, n.decay, n.gain)
         io.v_out[i] = v_new
         return y_t.unsqueeze(0)
 
@@ -195,6 +196,10 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+    flat = [n.name for n in neurons if n.layout == "flat"]
+    if flat:
+        raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
+                        "it cannot be streamed one step at a time: export it in multi-step mode")
     net = copy.deepcopy(model).eval()
     if example_step.dim() < 1:
         raise UserError("the example step must be [B, ...]")
@@ -412,6 +417,10 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+    flat = [n.name for n in neurons if n.layout == "flat"]
+    if flat:
+        raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
+                        "it cannot be streamed one step at a time: export it in multi-step mode")
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
                         spec=spec, checkpoint=checkpoint)

@@ -618,8 +618,10 @@ def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], p
         seen[layer] = j + 1
         want = by_layer[layer][j]
         have = np.asarray(got[key])
-        if have.shape != want.y.shape:
+        if have.size != want.y.size:
             raise UserError(f"layer {layer}: spikes of shape {list(have.shape)}, the model's are {list(want.y.shape)}")
+        # A flat layer's probe gives [T, B, ...] spikes for the training neuron's [T*B, ...]: same order.
+        have = have.reshape(want.y.shape)
         st = _stat(stats, layer, infos)
         st.equal += int((have == want.y).sum())
         st.total += int(want.y.size)
@@ -642,9 +644,8 @@ def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], p
 def _to_time_major(x: np.ndarray, info) -> np.ndarray:
     """A training neuron's input in the ``[T, B, ...]`` layout the dsr ops take (the authors' neurons take
     ``[T*B, ...]``, time-major flattened)."""
-    if getattr(info, "layout", "TB") == "flat":
-        T = int(getattr(info, "timesteps", None) or info.T)
-        return x.reshape((T, x.shape[0] // T) + x.shape[1:])
+    if info.layout == "flat":
+        return x.reshape((info.timesteps, x.shape[0] // info.timesteps) + x.shape[1:])
     return x
 
 
@@ -675,10 +676,10 @@ def _run_neuron_check(run: Run, runner, refs, infos) -> None:
                 raise UserError(f"layer {call.layer} ({infos[call.layer].name}): the artifact holds no neuron for "
                                 f"its call {j}")
             info = infos[call.layer]
-            x = _to_time_major(call.x, info)
-            want = call.y.reshape(x.shape)
             st = _stat(stats, call.layer, infos)
             for n in match:
+                x = _to_time_major(call.x, info) if n.time_major else call.x
+                want = call.y.reshape(x.shape)
                 have = np.asarray(n.run(np.ascontiguousarray(x.astype(_input_dtype(run.precision)))))
                 if have.shape != want.shape:
                     raise UserError(f"layer {call.layer}: the artifact's neuron returned {list(have.shape)}, "

@@ -102,10 +102,11 @@ def run_emulated(lib, kind, x, params, v0=None, offset=0):
     return y, vbuf[GUARD:GUARD + N].view(x.shape[1:])
 
 
-def reference(kind, x, params, v0=None):
+def reference(kind, x, params, v0=None, coefficients=(None, None)):
     if kind == "if":
         return ops.if_spike(x, *params[:2], v_init=v0, return_state=True, native=False)
-    return ops.lif_spike(x, *params, v_init=v0, return_state=True, native=False)
+    decay, gain = coefficients
+    return ops.lif_spike(x, *params, v_init=v0, return_state=True, native=False, decay=decay, gain=gain)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
@@ -219,17 +220,20 @@ def run_trt(exe, tmp_path, op, x, attrs, v=None):
 
 
 @pytest.mark.parametrize("dtype", list(TRT_DTYPE), ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("kind, coefficients", [("if", False), ("lif", True), ("lif", False)],
-                         ids=["if", "lif-decay-gain-fields", "lif-from-tau-dt"])
+@pytest.mark.parametrize("kind, coefficients", [("if", None), ("lif", "double"), ("lif", "float32"), ("lif", None)],
+                         ids=["if", "lif-decay-gain-fields", "lif-float32-rule-fields", "lif-from-tau-dt"])
 def test_tensorrt_spike_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, kind, dtype, coefficients):
+    from dsr_deploy.functional import lif_coefficients
+
     vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
-    beta = math.exp(-dt / tau)
-    decay, gain = (f32(beta), f32(1.0 - beta)) if coefficients else (None, None)
+    decay, gain = (None, None)
+    if coefficients:  # the fields carry the layer's rule (float32: the authors' arithmetic)
+        decay, gain = (f32(c) for c in lif_coefficients(tau, dt, coefficients))
     attrs = [vth, alpha] + ([tau, dt, decay, gain] if kind == "lif" else [None] * 4)
     for T, N in [(20, 4096), (7, 1001), (1, 8)]:
         x = (torch.randn(T, N, dtype=torch.float64, generator=torch.Generator().manual_seed(T + N)) * 2).to(dtype)
         y, _ = run_trt(trt_emu, tmp_path, "DSRIFSpike" if kind == "if" else "DSRLIFSpike", x, attrs)
-        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt), coefficients=(decay, gain))
         assert_bit_equal(y, ry, f"{kind} {dtype} T={T} N={N}")
 
 
@@ -282,21 +286,24 @@ def ort_session(lib, model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
-@pytest.mark.parametrize("kind", ["if", "lif"])
-def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, dtype):
+@pytest.mark.parametrize("kind, rule", [("if", None), ("lif", "double"), ("lif", "float32")])
+def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, rule, dtype):
     from onnx import TensorProto
 
+    from dsr_deploy.functional import lif_coefficients
+
     vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
-    beta = math.exp(-dt / tau)
     attrs = dict(v_threshold=vth, alpha=alpha)
-    if kind == "lif":
-        attrs.update(tau=tau, delta_t=dt, decay=f32(beta), gain=f32(1.0 - beta))
+    decay = gain = None
+    if kind == "lif":  # decay / gain by the layer's rule (float32: the authors' arithmetic)
+        decay, gain = (f32(c) for c in lif_coefficients(tau, dt, rule))
+        attrs.update(tau=tau, delta_t=dt, decay=decay, gain=gain)
     elem = TensorProto.FLOAT if dtype == torch.float32 else TensorProto.FLOAT16
     sess = ort_session(ort_cuda_emu, dsr_node_model("DSRIFSpike" if kind == "if" else "DSRLIFSpike", attrs, elem=elem))
     for shape in [(20, 4, 1024), (7, 3, 333), (1, 8)]:
         x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))) * 2).to(dtype)
         (y,) = sess.run(None, {"x": x.numpy()})
-        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt), coefficients=(decay, gain))
         assert_bit_equal(torch.from_numpy(y), ry, f"{kind} {dtype} {shape}")
 
 

@@ -33,6 +33,10 @@ def _fmt_float(v) -> str:
     return "-" if v is None else f"{v:.6g}"
 
 
+def _fmt_coef(v) -> str:
+    return "-" if v is None else f"{v:.9g}"
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100.0 * v:.4f}%"
 
@@ -41,14 +45,18 @@ def _neuron_table(neurons: List[dict], title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("#", "layer", "op", "source", "v_threshold", "alpha", "tau", "delta_t", "decay", "gain", "note"):
+    for col in ("#", "layer", "op", "source", "layout", "v_threshold", "alpha", "tau", "delta_t", "rule", "decay",
+                "gain", "note"):
         t.add_column(col)
     for n in neurons:
         note = (f"clamped from {n['v_threshold_stored']:.6g} to bound {n['v_threshold_lower_bound']:.6g}"
                 if n.get("clamped") else "")
-        t.add_row(str(n["index"]), n["name"] or "<root>", n["op_type"], n.get("source", ""),
+        layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
+        # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
+        t.add_row(str(n["index"]), n["name"] or "<root>", n["op_type"], n.get("source", ""), layout,
                   _fmt_float(n["v_threshold"]), _fmt_float(n["alpha"]), _fmt_float(n.get("tau")),
-                  _fmt_float(n.get("delta_t")), _fmt_float(n.get("decay")), _fmt_float(n.get("gain")), note)
+                  _fmt_float(n.get("delta_t")), n.get("lif_rule") or "-", _fmt_coef(n.get("decay")),
+                  _fmt_coef(n.get("gain")), note)
     return t
 
 
@@ -74,11 +82,17 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
         return info
     if p.is_file():
         raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
-    from ..convert import find_neurons
+    from ..convert import NO_NEURON_HINT, find_neurons
     from ..model_spec import load_model
 
     loaded = load_model(target, checkpoint, trust_pickle)
-    neurons = [n.to_dict() for n in find_neurons(loaded.model)]
+    try:
+        found = find_neurons(loaded.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not found:
+        raise UserError(NO_NEURON_HINT)
+    neurons = [n.to_dict() for n in found]
     return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint,
             "default_input_shape": list(loaded.default_input_shape) if loaded.default_input_shape else None,
             "neurons": neurons}
@@ -139,6 +153,8 @@ def _print_inspect(info: dict) -> None:
         m = info["manifest"]
         c.print(f"[bold]{info['path']}[/bold]: {m['model'].get('spec')} T={m['T']} input {m['input_shape']} "
                 f"layout {m['layout']} (dsr-deploy {m['dsr_deploy_version']})")
+        if isinstance(m.get("io"), dict):
+            c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
         t = Table("format", "path", "details", title="artifacts")
         for a in info["artifacts"]:
             extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
@@ -299,7 +315,11 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c = _console()
-        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {list(shape)}, T={shape[0]}, "
+        io = manifest.get("io")
+        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {list(shape)}, T={manifest['T']}, "
+                + (f"{io['input_layout']} input, {io['output']} out ({io['readout']} readout, the model's own), "
+                   if io else "")
+                + 
                 f"{'dynamic' if not static_batch else 'static'} batch"
                 + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
                    if mode == "streaming" else ")"))

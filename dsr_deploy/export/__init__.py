@@ -11,12 +11,12 @@ writers without touching these.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..convert import find_neurons, inference_copy
+from ..convert import NO_NEURON_HINT, NeuronInfo, find_neurons, inference_copy, inference_modules
 from ..errors import UserError
 from .base import (INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext, Format, formats, modes,
                    register_format)
@@ -24,7 +24,7 @@ from .manifest import MANIFEST, build_manifest, read_manifest
 
 __all__ = [
     "ExportContext", "Format", "register_format", "formats", "modes", "export_model", "check_input_shape",
-    "read_manifest", "MANIFEST", "INPUT_NAME", "OUTPUT_NAME", "PROBE_PREFIX", "LAYOUT",
+    "read_manifest", "MANIFEST", "INPUT_NAME", "OUTPUT_NAME", "PROBE_PREFIX", "LAYOUT", "model_io", "probe_model",
 ]
 
 _registered = False
@@ -56,24 +56,73 @@ def check_input_shape(shape: Sequence[int]) -> tuple:
     return shape
 
 
-def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def model_io(neurons: Sequence[NeuronInfo], shape: tuple, first_neuron_input: Optional[tuple] = None,
+             output_shape: Optional[tuple] = None) -> Optional[Dict[str, Any]]:
+    """The manifest ``io`` record of a model whose own I/O is not ``[T, B, ...]`` -> spike train: one whose neurons
+    take the flat ``[T*B, ...]`` layout (the authors' networks: T fixed by the neurons, the input repeated T times
+    inside, logits out). None for ours / SpikingJelly's (``[T, B, ...]`` in, spikes out).
+
+    ``first_neuron_input`` (the first flat neuron's input shape on ``shape``) tells a static ``[B, ...]`` input
+    (CIFAR / ImageNet: the model repeats it T times) from a ``[B, T, ...]`` one (DVS: one frame per step).
+    """
+    flat = [n for n in neurons if n.layout == "flat"]
+    if not flat:
+        return None
+    if len(flat) != len(neurons):
+        raise UserError(f"the model mixes [T*B, ...] neurons ({flat[0].name}) with [T, B, ...] ones "
+                        f"({next(n.name for n in neurons if n.layout != 'flat')}); one layout per model")
+    steps = sorted({int(n.timesteps) for n in flat})
+    if len(steps) != 1:
+        raise UserError(f"the model's neurons disagree on timesteps: {steps}")
+    T = steps[0]
+    kinds = {n.kind for n in neurons}
+    layout = "static"
+    if first_neuron_input is not None and len(shape) == len(first_neuron_input) + 1 and len(shape) >= 2 \
+            and shape[1] == T:
+        layout = "BT"
+    if output_shape is not None and (len(output_shape) < 1 or output_shape[0] != shape[0]):
+        raise UserError(f"the model's output has shape {list(output_shape)}; a model with [T*B, ...] neurons must "
+                        f"return [B, ...] (logits after its rate readout) with B={shape[0]}")
+    return {"input_layout": layout, "output": "logits", "T": T, "encode": "direct" if layout == "static" else "none",
+            # the authors' readout: IF networks average the output over T, LIF networks take the weighted rate
+            "readout": "lif-rate" if kinds == {"lif"} else "mean", "source": "model"}
+
+
+def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32,
+                neurons: Optional[Sequence[NeuronInfo]] = None) -> Tuple[torch.Tensor, Optional[Dict[str, Any]]]:
     """Run the user's network (an eval-mode copy, so its own checks apply, e.g. our neurons' T) and its
-    inference copy once on zeros of ``shape``; a UserError when either rejects it."""
+    inference copy once on zeros of ``shape``; a UserError when either rejects it. Returns the inference copy's
+    output and the ``io`` record (:func:`model_io`)."""
     import copy
 
+    neurons = list(neurons) if neurons is not None else find_neurons(model)
+    flat = any(n.layout == "flat" for n in neurons)
+    seen: List[tuple] = []
     try:
         with torch.no_grad():
             copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
-            out = inference_copy(model, "op")(torch.zeros(shape, dtype=dtype))
+            inf = inference_copy(model, "op")
+            # The input shape of the first neuron call (not the first module by name).
+            hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+                     for m in inference_modules(inf)] if flat else []
+            try:
+                out = inf(torch.zeros(shape, dtype=dtype))
+            finally:
+                for h in hooks:
+                    h.remove()
+    except UserError:
+        raise
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the model rejects input shape {list(shape)}: {msg}") from exc
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the model must return one tensor, it returned {type(out).__name__}")
+    if flat:
+        return out, model_io(neurons, shape, seen[0] if seen else None, tuple(out.shape))
     if out.dim() < 2 or out.shape[0] != shape[0] or out.shape[1] != shape[1]:
         raise UserError(f"the model's output has shape {list(out.shape)}; expected [T, B, ...] with T={shape[0]}, "
                         f"B={shape[1]} (multi-step layout)")
-    return out
+    return out, None
 
 
 def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, Any]:
@@ -117,9 +166,8 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if not neurons:
-        raise UserError("the model holds no DSR neuron (DSRIFNode / DSRLIFNode, ours or SpikingJelly's); "
-                        "nothing to export")
-    probe_model(model, shape)
+        raise UserError(NO_NEURON_HINT)
+    _, io = probe_model(model, shape, neurons=neurons)
     available = formats(mode)
     if not available:
         raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")
@@ -131,7 +179,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
                  "trust_pickle": trust_pickle, **(extra_options or {})},
-        spec=spec, checkpoint=checkpoint,
+        spec=spec, checkpoint=checkpoint, io=io,
     )
     artifacts: List[Dict[str, Any]] = []
     with atomic_dir(out_dir, force=force) as tmp:

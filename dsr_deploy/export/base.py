@@ -36,23 +36,61 @@ class ExportContext:
     options: Dict[str, Any] = field(default_factory=dict)  # opset, lowering, function_body, aot, ...
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
+    # The manifest's "io" record (docs/export.md) when the artifact does not take [T, B, ...] spikes in and give
+    # the spike train out, e.g. the authors' models ({"input_layout": "static", "output": "logits", "T": 20, ...,
+    # "source": "model"}); None: TB in, spikes out.
+    io: Optional[Dict[str, Any]] = None
+
+    @property
+    def input_layout(self) -> str:
+        return (self.io or {}).get("input_layout", "TB")
+
+    @property
+    def time_dim(self) -> Optional[int]:
+        """The input's time dimension (None for a static input repeated T times inside the artifact)."""
+        return {"TB": 0, "BT": 1}.get(self.input_layout)
+
+    @property
+    def batch_dim(self) -> int:
+        return 1 if self.input_layout == "TB" else 0
 
     @property
     def T(self) -> int:
-        return int(self.input_shape[0])
+        if self.io and self.io.get("T"):
+            return int(self.io["T"])
+        return int(self.input_shape[self.time_dim if self.time_dim is not None else 0])
 
     @property
     def batch(self) -> int:
-        return int(self.input_shape[1])
+        return int(self.input_shape[self.batch_dim])
+
+    @property
+    def fixed_T(self) -> bool:
+        """T is fixed by the model itself (its neurons hold it): no export may make it dynamic."""
+        return bool(self.io and self.io.get("source") == "model")
+
+    def dynamic_dims(self, dynamic_T: bool = True) -> Dict[int, str]:
+        """``{dim: "T" | "batch"}``: the input dimensions an export keeps symbolic."""
+        dims: Dict[int, str] = {}
+        if dynamic_T and self.time_dim is not None and not self.fixed_T:
+            dims[self.time_dim] = "T"
+        if self.dynamic_batch:
+            dims[self.batch_dim] = "batch"
+        return dims
 
     def trace_shape(self, dynamic_T: bool = True) -> Tuple[int, ...]:
         """The example shape to trace a dynamic-shape export with: torch.export specialises a dimension of
         size 1 (it cannot be symbolic then), so a dynamic T or batch of 1 is traced as 2."""
         s = list(self.input_shape)
-        if dynamic_T:
-            s[0] = max(s[0], 2)
-        if self.dynamic_batch:
-            s[1] = max(s[1], 2)
+        for d in self.dynamic_dims(dynamic_T):
+            s[d] = max(s[d], 2)
+        return tuple(s)
+
+    def shape_variant(self) -> Tuple[int, ...]:
+        """Another input shape the artifact must accept (a different T where it is dynamic, and batch)."""
+        s = list(self.input_shape)
+        for d, what in self.dynamic_dims().items():
+            s[d] += 1 if what == "T" else 2
         return tuple(s)
 
     def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Keys: ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``),
 ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one dict per layer:
 :meth:`dsr_deploy.convert.NeuronInfo.to_dict`), ``artifacts`` (``[{format, path, ...}]``, paths relative to DIR),
-``inputs`` / ``outputs`` (names).
+``inputs`` / ``outputs`` (names), ``io`` (only when the artifact does not take ``[T, B, ...]`` in and give the spike
+train out: ``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``; see docs/export.md). Each neuron
+records its ``layout`` (``TB`` / ``flat``), ``timesteps`` and LIF ``lif_rule``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
                   "trust_pickle": bool(ctx.options.get("trust_pickle", False))},
         "input_shape": list(ctx.input_shape),
         "T": ctx.T,
-        "layout": LAYOUT,
+        "layout": LAYOUT if ctx.io is None else ctx.input_layout,
         "dtype": str(ctx.dtype).replace("torch.", ""),
         "dynamic_batch": ctx.dynamic_batch,
         "lowering": ctx.options.get("lowering") or "function",
@@ -41,6 +43,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "artifacts": artifacts,
         "inputs": inputs or [INPUT_NAME],
         "outputs": outputs or [OUTPUT_NAME],
+        **({"io": dict(ctx.io)} if ctx.io is not None else {}),
     }
 
 

@@ -80,16 +80,12 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"unknown lowering {lowering!r}; choose from {', '.join(LOWERINGS)}")
     if body not in BODIES:
         raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
-    dynamic_T = body == "scan"
+    dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
-    dims: Dict[int, str] = {}
-    if dynamic_T:
-        dims[0] = "T"
-    if ctx.dynamic_batch:
-        dims[1] = "batch"
+    dims: Dict[int, str] = ctx.dynamic_dims(dynamic_T)
     x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
         with _quiet():
@@ -138,7 +134,7 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         "dsr_deploy.neuron_types": ",".join(n.op_type for n in ctx.neurons),
         "dsr_deploy.lowering": lowering,
         "dsr_deploy.function_body": body,
-        "dsr_deploy.input_layout": LAYOUT,
+        "dsr_deploy.input_layout": LAYOUT if ctx.io is None else ctx.input_layout,
         "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
         "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
         # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
@@ -147,6 +143,8 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         # ... and of each call's input: verify cuts every neuron out of the file (onnx_neurons) to run it alone.
         _META_LAYER_INPUTS: json.dumps(layer_inputs),
     }
+    if ctx.io is not None:
+        meta["dsr_deploy.io"] = json.dumps(ctx.io, sort_keys=True)
     if ctx.spec:
         meta["dsr_deploy.model"] = ctx.spec
     del model.metadata_props[:]

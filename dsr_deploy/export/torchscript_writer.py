@@ -58,17 +58,11 @@ class _Recorder(nn.Module):
 
     def forward(self, x):
         y = self.inner(x)
-        self.sink.append(y)
-        self.currents.append(x)
+        # A flat layer ([T*B, ...]) records its [T, B, ...] spikes, as the other formats' probes do.
+        t = int(getattr(self.inner, "timesteps", 0) or 0)
+        self.sink.append(y.unflatten(0, (t, -1)) if t > 0 else y)
+        self.currents.append(x.unflatten(0, (t, -1)) if t > 0 else x)
         return y
-
-
-def _shape_variant(shape: Tuple[int, ...], dynamic_batch: bool) -> Tuple[int, ...]:
-    s = list(shape)
-    s[0] += 1
-    if dynamic_batch:
-        s[1] += 2
-    return tuple(s)
 
 
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
@@ -96,7 +90,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
         except Exception as exc:
             raise UserError(f"TorchScript export failed: {str(exc).strip().splitlines()[0]}") from exc
         # The traced layers must not have baked in the example's T / batch.
-        x2 = ctx.example_input(seed=1, shape=_shape_variant(ctx.input_shape, ctx.dynamic_batch))
+        x2 = ctx.example_input(seed=1, shape=ctx.shape_variant())
         ref = inference_copy(ctx.model, "op")
         with torch.no_grad():
             want = ref(x2)
@@ -116,7 +110,7 @@ def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     module, method = script_model(ctx)
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))
-    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": True,
+    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": not ctx.fixed_T,
             "dynamic_batch": True, "needs_dsr_deploy": False}
 
 

@@ -26,7 +26,8 @@ class ArtifactNeuron:
     where: str  # where it sits in the artifact (node name, module path)
     params: Dict[str, Any] = field(default_factory=dict)
     run: Callable[[np.ndarray], np.ndarray] = None  # type: ignore[assignment]
-    time_major: bool = True  # takes [T, B, ...] (False: whatever layout the training neuron took)
+    time_major: bool = True  # takes [T, B, ...], as the dsr ops and nodes do (False: a module that takes what the
+    #                          training neuron took, e.g. the authors' [T*B, ...])
 
 
 class OnnxNeuronSet:
@@ -113,7 +114,9 @@ def torch_module_neurons(named_modules, kinds=INFERENCE_NEURON_CLASSES, device: 
             y = y[0] if isinstance(y, (tuple, list)) else y
             return y.detach().cpu().numpy()
 
-        out.append(ArtifactNeuron(int(layer) if layer is not None else None, None, name or "<root>", params, run))
+        # A module takes what the training neuron took ([T*B, ...] for the authors' flat layers).
+        out.append(ArtifactNeuron(int(layer) if layer is not None else None, None, name or "<root>", params, run,
+                                  time_major=False))
     return out
 
 
