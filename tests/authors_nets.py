@@ -177,6 +177,8 @@ def _init(net: nn.Module, seed: int, gain: float) -> nn.Module:
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * gain / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:  # every parameter from the seed: a rebuilt net is the same net (verify)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 m.running_mean.uniform_(-0.2, 0.2, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)

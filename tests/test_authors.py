@@ -420,3 +420,20 @@ def test_rule_through_streaming_step_exports(tmp_path, rule):
     names = [o.name for o in sess.get_outputs()]
     session = S.StreamSession.from_manifest(lambda feeds: dict(zip(names, sess.run(None, dict(feeds)))), out)
     assert_bit_equal(torch.from_numpy(session.run(x.numpy())), ref, "streaming ONNX")
+
+
+@pytest.mark.parametrize("name,shape", CASES)
+def test_verify_proves_the_authors_exports_neuron_exact(exported, name, shape):
+    """verify on a direct export of their model: the reference is their own forward ([B, ...] in, logits out),
+    every backend's neurons are fed their [T*B, ...] inputs (unflattened for the dsr ops) and match bit for bit."""
+    from dsr_deploy.verify import verify_folder
+
+    net, shape, folder, m = exported[name]
+    report = verify_folder(folder)
+    assert report["passed"], json.dumps([r for r in report["runs"] if not r["passed"]], indent=1)[-3000:]
+    ran = [r for r in report["runs"] if r["status"] == "ok"]
+    assert {r["format"] for r in ran} >= {"pytorch", "torchscript", "onnx", "pt2"}
+    for r in ran:
+        assert r["neuron_exact"] is True and r["top1_agreement"] == 1.0
+        assert all(l["neuron_spikes_total"] > 0 for l in r["layers"])
+        assert len(r["layers"]) == len(m["neurons"])
