@@ -37,7 +37,7 @@ import torch
 from .convert import find_neuron_modules, find_neurons
 from .errors import UserError
 from .export.base import INPUT_NAME, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .export.manifest import read_manifest
+from .manifest import read_manifest
 
 DEFAULT_MIN_AGREEMENT = 0.999
 
@@ -256,21 +256,28 @@ def _fits(art: dict, manifest: dict, x: np.ndarray) -> Optional[str]:
 
 
 def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, min_agreement: float = DEFAULT_MIN_AGREEMENT,
-                  n_random: int = 1, layers: bool = True, progress=None) -> dict:
-    """Verify every artifact of ``folder``; returns the report (``report["passed"]``)."""
-    from .model_spec import load_model
+                  n_random: int = 1, layers: bool = True, progress=None, model: Optional[str] = None,
+                  checkpoint: Optional[str] = None, trust_pickle: bool = False, trust_model_code: bool = False,
+                  allow_skipped: bool = False) -> dict:
+    """Verify every artifact of ``folder``; returns the report (``report["passed"]``).
+
+    The folder is untrusted (:mod:`dsr_deploy.manifest`, :func:`dsr_deploy.model_spec.load_reference_model`):
+    ``model`` / ``checkpoint`` given by the user replace the manifest's; ``trust_pickle`` and
+    ``trust_model_code`` come from the caller only. An artifact no backend ran fails the verification unless
+    ``allow_skipped``.
+    """
+    from .model_spec import load_reference_model
     from .runtime import load_runner
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.get("mode", "multistep") != "multistep":
-        raise UserError(f"verify handles multi-step exports; {folder} holds mode {manifest.get('mode')!r}")
+    if manifest.mode != "multistep":
+        raise UserError(f"verify handles multi-step exports; {folder} holds mode {manifest.mode!r}")
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"--min-agreement must be within [0, 1], got {min_agreement}")
-    m = manifest.get("model") or {}
-    if not m.get("spec"):
-        raise UserError(f"{folder}/manifest.json records no MODEL spec to compare against")
-    loaded = load_model(m["spec"], m.get("checkpoint"), bool(m.get("trust_pickle")))
+    manifest.require("input_shape", why="verify makes inputs of that shape")
+    loaded = load_reference_model(manifest, model=model, checkpoint=checkpoint, trust_pickle=trust_pickle,
+                                  trust_model_code=trust_model_code)
     ref = Reference(loaded.model)
     infos = {n.index: n for n in ref.infos}
     inputs = load_inputs(manifest, input_file, n_random)
@@ -292,7 +299,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, min_a
                 path, probe_path, probe_idx, note = None, None, None, "the inference copy's own neuron outputs"
                 module = _ProbedOp(inference_copy(loaded.model, "op"))
             else:
-                path = folder / art["path"]
+                path = manifest.path_of(art)
                 if not path.exists():
                     runs.append(Run(art["path"], fmt, "-", status="error", reason="listed in the manifest but missing",
                                     passed=False))
@@ -319,6 +326,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, min_a
                     continue
                 if progress:
                     progress(f"running {label} on {backend} {variant}".rstrip())
+                opts = {**opts, "trust_pickle": trust_pickle}
                 try:
                     _execute(run, art, manifest, path, backend, opts, refs, infos, probe_path, probe_idx,
                              module if fmt == "pytorch" else None, load_runner)
@@ -333,17 +341,29 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, min_a
                 low = [l for l in run.layers if l.agreement is not None and l.agreement < min_agreement]
                 run.passed = not low and run.top1_equal == run.top1_total
     ok_runs = [r for r in runs if r.status != "skipped"]
-    passed = bool(ok_runs) and all(r.passed for r in ok_runs)
+    unchecked = unchecked_artifacts(runs)
+    passed = bool(ok_runs) and all(r.passed for r in ok_runs) and (allow_skipped or not unchecked)
     return {
         "dir": str(folder),
-        "model": m.get("spec"),
-        "checkpoint": m.get("checkpoint"),
+        "model": loaded.spec,
+        "checkpoint": loaded.checkpoint,
         "min_agreement": min_agreement,
+        "unchecked": unchecked,
+        "allow_skipped": allow_skipped,
         "inputs": [{"name": n, "shape": list(x.shape)} for n, x in inputs],
         "neurons": [{"index": n.index, "name": n.name, "op_type": n.op_type} for n in ref.infos],
         "runs": [r.to_dict() for r in runs],
         "passed": passed,
     }
+
+
+def unchecked_artifacts(runs: List[Run]) -> List[dict]:
+    """The listed artifacts that no backend ran (every row skipped), with why: not a pass."""
+    by: Dict[str, List[Run]] = {}
+    for r in runs:
+        by.setdefault(r.artifact, []).append(r)
+    return [{"artifact": a, "format": rs[0].format, "reason": "; ".join(dict.fromkeys(r.reason for r in rs))}
+            for a, rs in by.items() if all(r.status == "skipped" for r in rs)]
 
 
 def _execute(run: Run, art: dict, manifest: dict, path: Optional[Path], backend: str, opts: dict, refs,

@@ -25,7 +25,7 @@ def test_verify_passes_on_a_spikingjelly_conv_net(tmp_path):
     folder = exported("sj_conv_net", SJ_CONV_SHAPE)
     x = spiky_input((SJ_CONV_SHAPE[0], 3) + SJ_CONV_SHAPE[2:], seed=7)
     np.save(tmp_path / "x.npy", x)
-    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"))
+    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"), trust_model_code=True)
     assert report["passed"], json.dumps(report, indent=1)
     runs = _runs(report)
     ran = {(a, b) for (a, b, _), r in runs.items() if r["status"] == "ok"}
@@ -59,13 +59,13 @@ def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
         if a.name == "v_threshold":
             a.f = 1.7  # the function fallback reads the attribute: a wrong threshold
     onnx.save(model, str(folder / "model.onnx"))
-    report = verify_folder(folder)
+    report = verify_folder(folder, trust_model_code=True)
     assert not report["passed"]
     bad = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert bad["passed"] is False and bad["layers"][0]["agreement"] < 0.999
     assert _runs(report)[("(PyTorch)", "torch", "inference copy (dsr ops)")]["passed"]
     with pytest.raises(SystemExit) as exc:
-        main(["verify", str(folder), "--json"])
+        main(["verify", str(folder), "--json", "--trust-model-code"])
     assert exc.value.code == 1
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] is False
@@ -73,10 +73,10 @@ def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
 
 def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
     folder = exported("sj_neuron_net", NEURON_SHAPE)
-    assert verify_folder(folder, min_agreement=1.0)["passed"]  # neuron-only: every spike equal
+    assert verify_folder(folder, min_agreement=1.0, trust_model_code=True)["passed"]  # neuron-only: every spike equal
     np.save(tmp_path / "bad.npy", np.zeros((5, 2, 9), np.float32))
     with pytest.raises(UserError, match="expected"):
-        verify_folder(folder, input_file=str(tmp_path / "bad.npy"))
+        verify_folder(folder, input_file=str(tmp_path / "bad.npy"), trust_model_code=True)
     with pytest.raises(UserError, match="manifest"):
         verify_folder(tmp_path)
 
@@ -85,7 +85,7 @@ def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
 def test_verify_runs_the_aot_inductor_package_per_layer():
     # Reuses test_export_pt2's AOT export within one pytest process; the per-layer probe compiles once more.
     folder = exported("ours_neuron_net", NEURON_SHAPE, formats=("pt2",), aot=True)
-    report = verify_folder(folder, min_agreement=1.0)
+    report = verify_folder(folder, min_agreement=1.0, trust_model_code=True)
     assert report["passed"], json.dumps(report, indent=1)[-3000:]
     aoti = [r for r in report["runs"] if r["artifact"] == "model.aoti.pt2"]
     assert aoti and aoti[0]["status"] == "ok" and aoti[0]["max_abs_diff"] == 0.0

@@ -20,7 +20,7 @@ from ..convert import find_neurons, inference_copy
 from ..errors import UserError
 from .base import (INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext, Format, formats, modes,
                    register_format)
-from .manifest import MANIFEST, build_manifest, read_manifest
+from .manifest import MANIFEST, build_manifest, read_manifest, write_manifest
 
 __all__ = [
     "ExportContext", "Format", "register_format", "formats", "modes", "export_model", "check_input_shape",
@@ -149,11 +149,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
                         (None, None))
         manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])
-        import json
-
-        from ..io import atomic_write_text
-
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
         # mkdtemp/mkstemp create private files; an export folder is ordinary output.
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):
