@@ -62,11 +62,12 @@ def pickled_entries(path: Any) -> list[str]:
     found = []
     try:
         with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                tail = name.split("/", 1)[1] if "/" in name else name
+            for member in z.namelist():
+                tail = member.split("/", 1)[1] if "/" in member else member
+                name = member if member in _LEGACY_PICKLES else tail  # messages: without the archive's root folder
                 if tail.startswith(("data/weights/", "data/constants/")) and tail.endswith("_config.json"):
                     try:
-                        config = json.loads(z.read(name)).get("config", {})
+                        config = json.loads(z.read(member)).get("config", {})
                         entries = list(config.items()) if isinstance(config, dict) else None
                     except (ValueError, AttributeError):
                         entries = None
@@ -80,7 +81,7 @@ def pickled_entries(path: Any) -> list[str]:
                         elif str(meta.get("path_name", "")).startswith(_PICKLED_CONSTANT_PREFIXES):
                             found.append(f"{name}:{key} (pickled object constant)")
                 elif (tail.startswith("data/") and tail.endswith(".pt")) or name in _LEGACY_PICKLES:
-                    if not _safe_pickle(z.read(name)):
+                    if not _safe_pickle(z.read(member)):
                         found.append(f"{name} (pickled objects beyond tensors)")
     except (OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"pt2: cannot read {path}: {one_line(exc)}") from None
