@@ -141,21 +141,22 @@ _BAD = {
 }
 
 
-@pytest.mark.parametrize("command", ["verify", "inspect", "bench"])
+@pytest.mark.parametrize("command", ["verify", "inspect", "bench", "triton-repo"])
 @pytest.mark.parametrize("case", sorted(_BAD))
 def test_weak_manifest_cases_on_the_command_line(zoo_export, tmp_path, capsys, command, case):
     d = _copy(zoo_export, tmp_path / "d", _BAD[case])
     if case == "not-json":
         (d / "manifest.json").write_text('{"schema": 1, "artifacts": [')
     before, files = _temp_leftovers(), sorted(p.name for p in d.iterdir())
-    extra = ["--iters", "1", "--batch", "1", "--no-memcpy"] if command == "bench" else []
-    code, out, err = run_cli(capsys, command, d, *extra)
+    extra = {"bench": ["--iters", "1", "--batch", "1", "--no-memcpy"], "triton-repo": ["--out", tmp_path / "repo"]}
+    code, out, err = run_cli(capsys, command, d, *extra.get(command, []))
     assert code == 2, out + err
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "manifest.json" in err, err
     if case == "not-json":
         assert "not valid JSON" in err  # bench used to say "no usable backend"
     assert sorted(p.name for p in d.iterdir()) == files and _temp_leftovers() <= before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
 # -- 1. a manifest never switches trust_pickle on ---------------------------------------------------------
@@ -288,6 +289,11 @@ def test_a_tampered_pt2_is_refused_unless_trusted(zoo_export, tmp_path, capsys, 
     code, out, _ = run_cli(capsys, "verify", d, "--json")
     pt2 = [r for r in json.loads(out)["runs"] if r["artifact"] == "model.pt2"]
     assert code == 1 and pt2 and "pickled Python objects" in pt2[0]["reason"] and not marker.exists()
+    from dsr_deploy.serving.pytriton_server import prepare_model  # serve --backend pt2 loads it the same way
+
+    with pytest.raises(UserError, match="--trust-pickle"):
+        prepare_model(d, "pt2")
+    assert not marker.exists()
     code, out, _ = run_cli(capsys, "inspect", d / "model.pt2", "--json")
     assert code == 0 and json.loads(out)["pickled_entries"] and not marker.exists()
     # --trust-pickle (the command line) lets torch unpickle it: the code runs.
@@ -304,6 +310,9 @@ def test_torchscript_loading_refuses_foreign_globals(tmp_path):
     folder = exported("sj_neuron_net", NEURON_SHAPE, formats=("torchscript",))
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Marker(marker), protocol=2)  # GLOBAL builtins.open + REDUCE
+    control = tmp_path / "control.ts"  # the same rewrite with data.pkl unchanged loads: only the pickle differs
+    _rewrite_zip(folder / "model.ts", control, lambda name, data: data if name is not None else None)
+    assert load_runner(control, backend="torchscript").load().backend == "torchscript"
     ts = tmp_path / "model.ts"
     _rewrite_zip(folder / "model.ts", ts,
                  lambda name, data: (evil if name is not None and name.endswith("/data.pkl") else data)

@@ -18,7 +18,6 @@ for the backend) or, for the ``torch`` backend, an ``nn.Module`` / model spec.
 from __future__ import annotations
 
 import abc
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -29,7 +29,6 @@ its workspace folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys

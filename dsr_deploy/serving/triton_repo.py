@@ -20,7 +20,6 @@ with explicit dims, and a streaming plan's sequence batcher uses the zero initia
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
