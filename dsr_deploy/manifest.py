@@ -130,9 +130,9 @@ def dims(*, min_rank: int = 1) -> Check:
 
     def check(v: Any) -> list:
         shape = each(v)
-        n = math.prod(shape)
-        if n > MAX_ELEMENTS:
-            raise Invalid(f"{shape} has {n} elements, more than the {MAX_ELEMENTS} a dsr-deploy input may have")
+        if math.prod(shape) > MAX_ELEMENTS:
+            text = str(shape) if len(str(shape)) <= 60 else str(shape)[:57] + "..."
+            raise Invalid(f"{text} has more than the {MAX_ELEMENTS} elements a dsr-deploy input may have")
         return shape
     return check
 
@@ -249,6 +249,7 @@ NEURON = Record("neuron", {
     "gain": optional(number), "T": optional(integer(1)),
     # sizes bench reads when a hand-written manifest gives them (neurons per sample per step)
     "size": integer(0), "neurons": integer(0), "numel": integer(0), "shape": dims(min_rank=0),
+    "step_shape": dims(min_rank=0), "output_shape": dims(min_rank=0), "layout": string,
 }, required=("index", "name", "op_type", "v_threshold", "alpha"))
 
 TOP = Record("manifest", {
@@ -411,6 +412,8 @@ def read_manifest(folder: Union[str, Path]) -> Manifest:
         data = json.loads(text)
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a manifest") from None
     return parse_manifest(data, path, folder)
 
 

@@ -103,7 +103,7 @@ def test_unknown_keys_are_kept_and_new_fields_are_one_line_to_add():
     (lambda m: m["artifacts"][0].update(path=None), "artifacts[0].path: expected a string"),
     (lambda m: m["artifacts"][0].pop("format"), "artifacts[0].format: missing"),
     (lambda m: m.update(input_shape=[8, -1, 1, 8, 8]), "input_shape[1]: expected an integer >= 1"),
-    (lambda m: m.update(input_shape=[1 << 20, 1 << 20, 1 << 10]), f"more than the {MAX_ELEMENTS}"),
+    (lambda m: m.update(input_shape=[1 << 20, 1 << 20, 1 << 10]), f"more than the {MAX_ELEMENTS} elements"),
     (lambda m: m.update(input_shape=[8]), "input_shape: expected at least 2"),
     (lambda m: m.update(schema=2), "unknown schema version 2"),
     (lambda m: m.update(schema="1"), "unknown schema version"),
@@ -138,15 +138,17 @@ _BAD = {
     "path-dotdot": lambda m: m["artifacts"][0].update(path="../../../../etc/passwd"),
     "neuron-index": lambda m: m["neurons"][0].update(index="x"),
     "not-json": None,
+    "too-deep": None,
 }
+_RAW = {"not-json": '{"schema": 1, "artifacts": [', "too-deep": "[" * 200_000}
 
 
 @pytest.mark.parametrize("command", ["verify", "inspect", "bench", "triton-repo"])
 @pytest.mark.parametrize("case", sorted(_BAD))
 def test_weak_manifest_cases_on_the_command_line(zoo_export, tmp_path, capsys, command, case):
     d = _copy(zoo_export, tmp_path / "d", _BAD[case])
-    if case == "not-json":
-        (d / "manifest.json").write_text('{"schema": 1, "artifacts": [')
+    if case in _RAW:
+        (d / "manifest.json").write_text(_RAW[case])
     before, files = _temp_leftovers(), sorted(p.name for p in d.iterdir())
     extra = {"bench": ["--iters", "1", "--batch", "1", "--no-memcpy"], "triton-repo": ["--out", tmp_path / "repo"]}
     code, out, err = run_cli(capsys, command, d, *extra.get(command, []))
