@@ -223,6 +223,12 @@ MODEL = Record("model", {
     "spec": optional(nonempty_string),
     "checkpoint": optional(nonempty_string),
     "trust_pickle": boolean,
+    "weights_sha256": optional(nonempty_string),  # digest of the exported weights (verify compares)
+})
+
+IO = Record("io", {  # how the exported model takes its input and gives its output (export options)
+    "input_layout": nonempty_string,
+    "output": nonempty_string,
 })
 
 STATE = Record("state", {
@@ -272,6 +278,7 @@ TOP = Record("manifest", {
     "output_names": list_of(nonempty_string),
     "step_shape": dims(min_rank=1),
     "states": list_of(STATE),
+    "io": IO,
 }, required=("artifacts",))
 
 

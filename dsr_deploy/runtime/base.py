@@ -206,8 +206,11 @@ def manifest_for(path: Union[str, Path]) -> Optional[Manifest]:
     return manifest_beside(path)
 
 
-def manifest_artifacts(manifest: Manifest) -> list[dict]:
-    return manifest.artifacts
+def manifest_artifacts(manifest: Mapping) -> list[dict]:
+    """The artifact records of a manifest (a plain dict is validated first)."""
+    from ..manifest import parse_manifest
+
+    return (manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))).artifacts
 
 
 def resolve_artifact(folder: Union[str, Path], backend: str, manifest: Optional[Manifest] = None) -> Path:
