@@ -322,3 +322,25 @@ def test_torchscript_loading_refuses_foreign_globals(tmp_path):
     with pytest.raises(UserError, match="torchscript: cannot load"):
         load_runner(ts, backend="torchscript").load()
     assert not marker.exists()
+
+
+def test_verify_takes_the_checkpoint_from_the_command_line(zoo_export, tmp_path, capsys):
+    from dsr_deploy import models
+
+    torch.save(models.build("digits-cnn").state_dict(), tmp_path / "weights.pt")
+    d = _copy(zoo_export, tmp_path / "d", lambda m: m["model"].update(checkpoint=str(tmp_path / "missing.pt")))
+    code, _, err = run_cli(capsys, "verify", d)
+    assert code == 2 and "missing.pt" in err
+    code, out, err = run_cli(capsys, "verify", d, "--checkpoint", tmp_path / "weights.pt", "--json")
+    assert code == 0, err
+    assert json.loads(out)["checkpoint"] == str(tmp_path / "weights.pt")
+
+
+def test_the_writer_never_writes_a_manifest_its_readers_refuse(tmp_path):
+    from dsr_deploy.manifest import write_manifest
+
+    with pytest.raises(UserError, match="artifacts\\[0\\].path"):
+        write_manifest(tmp_path, {"schema": 1, "artifacts": [{"format": "onnx", "path": "../x.onnx"}]})
+    assert not (tmp_path / "manifest.json").exists()
+    m = write_manifest(tmp_path, {"schema": 1, "artifacts": [{"format": "onnx", "path": "x.onnx"}], "extra": 1})
+    assert read_manifest(tmp_path) == m and m["extra"] == 1
