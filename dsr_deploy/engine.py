@@ -265,26 +265,21 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
     Then ``load_runner(DIR, backend="tensorrt")``, ``dsr-deploy verify DIR`` and ``bench DIR`` find it. Returns
     the manifest path, or None when there is no export folder.
     """
-    import json
-
-    from .io import atomic_write_text
+    from .manifest import MANIFEST, read_manifest, write_manifest
 
     folder = Path(onnx_path).resolve().parent
-    manifest_path = folder / "manifest.json"
+    manifest_path = folder / MANIFEST
     if Path(engine).resolve().parent != folder or not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
+        manifest = dict(read_manifest(folder))
+    except UserError:
         return None  # not ours to repair; the engine itself is written
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        return None
     entry = {"format": "tensorrt", "path": Path(engine).name, "onnx": Path(onnx_path).name,
              "tensorrt": summary["tensorrt"], "fp16": summary["fp16"], "profile": summary["profile"],
              "plugin": bool(summary["plugin_library"])}
-    manifest["artifacts"] = [a for a in manifest["artifacts"]
-                             if not (isinstance(a, dict) and a.get("path") == entry["path"])] + [entry]
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
+    write_manifest(folder, manifest)
     return str(manifest_path)
 
 

@@ -259,6 +259,34 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def check_manifest_spec(spec: str, where: str, *, trust_model_code: bool = False,
+                        hint: str = "pass --model SPEC to give the model yourself, or --trust-model-code if you "
+                                    "trust the folder") -> None:
+    """A MODEL spec read from a file someone else wrote (an export folder's manifest) is built only when it
+    names the zoo (our own code) or with ``trust_model_code``: any other spec imports and runs Python code the
+    folder chose. A one-line UserError otherwise."""
+    spec = (spec or "").strip()
+    if spec.startswith("zoo:") or trust_model_code:
+        return
+    raise UserError(f"{where} names the model {spec!r}, which is code outside the zoo; building it would import "
+                    f"and run that code, so it is not built from an export folder; {hint}")
+
+
+def load_reference_model(manifest, *, model: Optional[str] = None, checkpoint: Optional[str] = None,
+                         trust_pickle: bool = False, trust_model_code: bool = False) -> LoadedModel:
+    """The model an export folder was made from, for verify. Trust comes from the caller's arguments (the
+    command line), never from the manifest: ``model`` (a MODEL spec given by the user) replaces the manifest's
+    spec; otherwise the manifest's spec is built only under :func:`check_manifest_spec`. ``checkpoint``
+    replaces the manifest's; either is read with ``weights_only=True`` unless ``trust_pickle``."""
+    spec = model or manifest.model_spec
+    if not spec:
+        raise UserError(f"{manifest.where} records no MODEL spec to compare against; pass --model SPEC")
+    if model is None:
+        check_manifest_spec(spec, manifest.where, trust_model_code=trust_model_code)
+    ckpt = checkpoint if checkpoint is not None else manifest.checkpoint
+    return load_model(spec, ckpt, trust_pickle)
+
+
 def parse_shape(text: str) -> Tuple[int, ...]:
     """``"4,2,3,32,32"`` -> (4, 2, 3, 32, 32); a UserError for anything else (rank and T are checked later)."""
     parts = [p.strip() for p in str(text).replace("x", ",").split(",")]

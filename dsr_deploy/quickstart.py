@@ -139,15 +139,17 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _artifact_targets(folder: Path, manifest: dict) -> List[tuple]:
+def _artifact_targets(folder: Path) -> List[tuple]:
     """(artifact path, format, backend, None | why skipped) for every artifact x backend that could run it."""
+    from .manifest import read_manifest
     from .runtime import base as R
 
+    manifest = read_manifest(folder)
     usable = R.available_backends()
     targets = []
-    for art in R.manifest_artifacts(manifest):
-        path = folder / art["path"]
-        fmt = str(art.get("format", ""))
+    for art in manifest.artifacts:
+        path = manifest.path_of(art)
+        fmt = art["format"]
         names = [b for b, formats in R.BACKEND_FORMATS.items() if fmt.lower() in formats]
         names += [b for b in R.backends_for(path) if b not in names and b != "torch"]
         if not names:
@@ -260,7 +262,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     t0 = time.perf_counter()
     log("[4/5] held-out accuracy of each artifact")
     rows: List[AccuracyRow] = []
-    for path, fmt, backend, why in _artifact_targets(export_dir, manifest):
+    for path, fmt, backend, why in _artifact_targets(export_dir):
         if why is not None:
             rows.append(AccuracyRow(path.name, fmt, backend, status="skipped", reason=str(why)))
             continue

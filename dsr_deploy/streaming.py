@@ -30,7 +30,6 @@ it holds the membranes between steps and resets on demand.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -399,8 +398,8 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     ``states``: per membrane its input/output names and per-sample shape.
     """
     from .export import ExportContext, check_input_shape, formats
-    from .export.manifest import MANIFEST, build_manifest
-    from .io import atomic_dir, atomic_write_text
+    from .export.manifest import build_manifest, write_manifest
+    from .io import atomic_dir
 
     register_formats()
     shape = check_input_shape(input_shape)
@@ -436,7 +435,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
         manifest = build_manifest(ctx, artifacts, mode=MODE, inputs=in_names, outputs=out_names)
         manifest["step_shape"] = list(shape[1:])
         manifest["states"] = _states(sm)
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
@@ -482,8 +481,10 @@ class StreamSession:
     @classmethod
     def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> "StreamSession":
         if not isinstance(manifest, Mapping):
+            from .manifest import read_manifest
+
             p = Path(manifest)
-            manifest = json.loads((p / "manifest.json" if p.is_dir() else p).read_text())
+            manifest = read_manifest(p if p.is_dir() else p.parent)
         return cls(model, [s["shape"] for s in manifest_states(manifest)])
 
     def reset(self) -> None:

@@ -46,7 +46,7 @@ import torch
 from .convert import find_neuron_modules, find_neurons
 from .errors import UserError
 from .export.base import CURRENT_PREFIX, INPUT_NAME, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .export.manifest import read_manifest
+from .manifest import read_manifest
 
 DEFAULT_MIN_TOP1 = 0.99
 DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
@@ -412,15 +412,23 @@ def _fits(art: dict, manifest: dict, x: np.ndarray) -> Optional[str]:
 def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, labels_file: Optional[str] = None,
                   min_top1: float = DEFAULT_MIN_TOP1, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
                   min_agreement: Optional[float] = None, n_random: int = 1, layers: bool = True,
-                  encoding: Optional[str] = None, progress=None) -> dict:
-    """Verify every artifact of ``folder``; returns the report (``report["passed"]``)."""
-    from .model_spec import load_model
+                  encoding: Optional[str] = None, progress=None, model: Optional[str] = None,
+                  checkpoint: Optional[str] = None, trust_pickle: bool = False, trust_model_code: bool = False,
+                  allow_skipped: bool = False) -> dict:
+    """Verify every artifact of ``folder``; returns the report (``report["passed"]``).
+
+    The folder is untrusted (:mod:`dsr_deploy.manifest`, :func:`dsr_deploy.model_spec.load_reference_model`):
+    ``model`` / ``checkpoint`` given by the user replace the manifest's; ``trust_pickle`` and
+    ``trust_model_code`` come from the caller only. An artifact no backend ran fails the verification unless
+    ``allow_skipped``.
+    """
+    from .model_spec import load_reference_model
     from .runtime import load_runner
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.get("mode", "multistep") != "multistep":
-        raise UserError(f"verify handles multi-step exports; {folder} holds mode {manifest.get('mode')!r}")
+    if manifest.mode != "multistep":
+        raise UserError(f"verify handles multi-step exports; {folder} holds mode {manifest.mode!r}")
     for name, v, lo, hi in (("--min-top1", min_top1, 0.0, 1.0), ("--max-accuracy-drop", max_accuracy_drop, 0.0, 100.0)):
         if not lo <= v <= hi:
             raise UserError(f"{name} must be within [{lo:g}, {hi:g}], got {v}")
@@ -430,17 +438,18 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
         raise UserError("--labels needs --input: the labels are those of the --input batch")
     if encoding not in (None, "direct", "noise"):
         raise UserError(f"unknown input encoding {encoding!r}; choose direct or noise")
-    m = manifest.get("model") or {}
-    if not m.get("spec"):
-        raise UserError(f"{folder}/manifest.json records no MODEL spec to compare against")
+    manifest.require("input_shape", why="verify makes inputs of that shape")
     io = manifest.get("io") or {}
-    loaded = load_model(m["spec"], m.get("checkpoint"), bool(m.get("trust_pickle")))
-    if m.get("weights_sha256"):
+    loaded = load_reference_model(manifest, model=model, checkpoint=checkpoint, trust_pickle=trust_pickle,
+                                  trust_model_code=trust_model_code)
+    digest = (manifest.get("model") or {}).get("weights_sha256")
+    if digest:
         from .model_spec import weights_digest
 
-        if weights_digest(loaded.model) != m["weights_sha256"]:
-            raise UserError(f"{m['spec']} rebuilt here does not hold the weights that were exported (a random "
-                            "initialisation?); export with --checkpoint so verify can rebuild the same network")
+        if weights_digest(loaded.model) != digest:
+            raise UserError(f"{loaded.spec} rebuilt here does not hold the weights that were exported (a random "
+                            "initialisation, or another checkpoint?); export with --checkpoint so verify can "
+                            "rebuild the same network")
     ref = Reference(loaded.model)
     infos = {n.index: n for n in ref.infos}
     inputs = load_inputs(manifest, input_file, n_random, encoding)
@@ -465,7 +474,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                 module = _ProbedOp(inference_copy(loaded.model, "op"))
             else:
                 module = None
-                path = folder / art["path"]
+                path = manifest.path_of(art)
                 if not path.exists():
                     runs.append(Run(art["path"], fmt, "-", status="error", reason="listed in the manifest but missing",
                                     passed=False))
@@ -492,6 +501,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                     continue
                 if progress:
                     progress(f"running {label} on {backend} {variant}".rstrip())
+                opts = {**opts, "trust_pickle": trust_pickle}
                 try:
                     runner = load_runner(module if module is not None else path, backend, **opts)
                     try:
@@ -510,15 +520,18 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                     continue
                 _judge(run, min_top1, max_accuracy_drop, min_agreement, ref_correct)
     ok_runs = [r for r in runs if r.status != "skipped"]
-    passed = bool(ok_runs) and all(r.passed for r in ok_runs)
+    unchecked = unchecked_artifacts(runs)
+    passed = bool(ok_runs) and all(r.passed for r in ok_runs) and (allow_skipped or not unchecked)
     return {
         "dir": str(folder),
-        "model": m.get("spec"),
-        "checkpoint": m.get("checkpoint"),
+        "model": loaded.spec,
+        "checkpoint": loaded.checkpoint,
         "rule": {"min_top1": min_top1, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
                  "neuron": "float32: every spike equal given the reference's input; float16/bfloat16: >= "
                            f"{HALF_NEURON_AGREEMENT:.1%}"},
         "min_agreement": min_agreement,
+        "unchecked": unchecked,
+        "allow_skipped": allow_skipped,
         "inputs": [{"name": n, "shape": list(x.shape)} for n, x in inputs],
         "encoding": input_encoding(manifest) if encoding is None else encoding,
         "labels": labels_file,
@@ -527,6 +540,15 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
         "runs": [r.to_dict() for r in runs],
         "passed": passed,
     }
+
+
+def unchecked_artifacts(runs: List[Run]) -> List[dict]:
+    """The listed artifacts that no backend ran (every row skipped), with why: not a pass."""
+    by: Dict[str, List[Run]] = {}
+    for r in runs:
+        by.setdefault(r.artifact, []).append(r)
+    return [{"artifact": a, "format": rs[0].format, "reason": "; ".join(dict.fromkeys(r.reason for r in rs))}
+            for a, rs in by.items() if all(r.status == "skipped" for r in rs)]
 
 
 def _judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: Optional[float],

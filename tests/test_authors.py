@@ -429,7 +429,7 @@ def test_verify_proves_the_authors_exports_neuron_exact(exported, name, shape):
     from dsr_deploy.verify import verify_folder
 
     net, shape, folder, m = exported[name]
-    report = verify_folder(folder)
+    report = verify_folder(folder, trust_model_code=True)  # the test's own model file
     assert report["passed"], json.dumps([r for r in report["runs"] if not r["passed"]], indent=1)[-3000:]
     ran = [r for r in report["runs"] if r["status"] == "ok"]
     assert {r["format"] for r in ran} >= {"pytorch", "torchscript", "onnx", "pt2"}

@@ -25,7 +25,7 @@ def test_verify_passes_on_a_spikingjelly_conv_net(tmp_path):
     folder = exported("sj_conv_net", SJ_CONV_SHAPE)
     x = spiky_input((SJ_CONV_SHAPE[0], 3) + SJ_CONV_SHAPE[2:], seed=7)
     np.save(tmp_path / "x.npy", x)
-    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"))
+    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"), trust_model_code=True)
     assert report["passed"], json.dumps(report, indent=1)
     runs = _runs(report)
     ran = {(a, b) for (a, b, _), r in runs.items() if r["status"] == "ok"}
@@ -59,14 +59,14 @@ def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
         if a.name == "v_threshold":
             a.f = 1.7  # the function fallback reads the attribute: a wrong threshold
     onnx.save(model, str(folder / "model.onnx"))
-    report = verify_folder(folder)
+    report = verify_folder(folder, trust_model_code=True)
     assert not report["passed"]
     bad = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert bad["passed"] is False and bad["layers"][0]["agreement"] < 0.999
     assert bad["neuron_exact"] is False and bad["layers"][0]["neuron_agreement"] < 1.0
     assert _runs(report)[("(PyTorch)", "torch", "inference copy (dsr ops)")]["passed"]
     with pytest.raises(SystemExit) as exc:
-        main(["verify", str(folder), "--json"])
+        main(["verify", str(folder), "--json", "--trust-model-code"])
     assert exc.value.code == 1
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] is False
@@ -74,14 +74,14 @@ def test_verify_fails_when_an_artifact_disagrees(tmp_path, capsys):
 
 def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
     folder = exported("sj_neuron_net", NEURON_SHAPE)
-    assert verify_folder(folder, min_agreement=1.0)["passed"]  # neuron-only: every spike equal
+    assert verify_folder(folder, min_agreement=1.0, trust_model_code=True)["passed"]  # neuron-only: every spike equal
     with pytest.raises(UserError, match="min-top1"):
-        verify_folder(folder, min_top1=1.5)
+        verify_folder(folder, min_top1=1.5, trust_model_code=True)
     with pytest.raises(UserError, match="--labels needs --input"):
-        verify_folder(folder, labels_file=str(tmp_path / "y.npy"))
+        verify_folder(folder, labels_file=str(tmp_path / "y.npy"), trust_model_code=True)
     np.save(tmp_path / "bad.npy", np.zeros((5, 2, 9), np.float32))
     with pytest.raises(UserError, match="expected"):
-        verify_folder(folder, input_file=str(tmp_path / "bad.npy"))
+        verify_folder(folder, input_file=str(tmp_path / "bad.npy"), trust_model_code=True)
     with pytest.raises(UserError, match="manifest"):
         verify_folder(tmp_path)
 
@@ -90,7 +90,7 @@ def test_verify_min_agreement_is_configurable_and_inputs_are_checked(tmp_path):
 def test_verify_runs_the_aot_inductor_package_per_layer():
     # Reuses test_export_pt2's AOT export within one pytest process; the per-layer probe compiles once more.
     folder = exported("ours_neuron_net", NEURON_SHAPE, formats=("pt2",), aot=True)
-    report = verify_folder(folder, min_agreement=1.0)
+    report = verify_folder(folder, min_agreement=1.0, trust_model_code=True)
     assert report["passed"], json.dumps(report, indent=1)[-3000:]
     aoti = [r for r in report["runs"] if r["artifact"] == "model.aoti.pt2"]
     assert aoti and aoti[0]["status"] == "ok" and aoti[0]["max_abs_diff"] == 0.0
@@ -124,7 +124,7 @@ def test_a_one_ulp_threshold_tamper_fails_verify_naming_the_layer(tmp_path, caps
     onnx.save(model, str(folder / "model.onnx"))
     x = spiky_input((SJ_CONV_SHAPE[0], 3) + SJ_CONV_SHAPE[2:], seed=7)
     np.save(tmp_path / "x.npy", x)
-    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"))
+    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"), trust_model_code=True)
     assert not report["passed"]
     bad = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert bad["neuron_exact"] is False and not bad["passed"]
@@ -133,7 +133,7 @@ def test_a_one_ulp_threshold_tamper_fails_verify_naming_the_layer(tmp_path, caps
     assert all(l["neuron_spikes_equal"] == l["neuron_spikes_total"] for l in bad["layers"] if l["index"] != 1)
     assert any("layer 1 " in f and "neuron differs" in f for f in bad["failures"])
     with pytest.raises(SystemExit) as exc:
-        main(["verify", str(folder), "--input", str(tmp_path / "x.npy")])
+        main(["verify", str(folder), "--input", str(tmp_path / "x.npy"), "--trust-model-code"])
     assert exc.value.code == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "layer 1" in out
@@ -163,7 +163,7 @@ def test_perturbed_convolution_keeps_neurons_exact_and_shows_where_divergence_st
     onnx.save(model, str(folder / "model.onnx"))
     x = spiky_input((SJ_CONV_SHAPE[0], 3) + SJ_CONV_SHAPE[2:], seed=7)
     np.save(tmp_path / "x.npy", x)
-    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"))
+    report = verify_folder(folder, input_file=str(tmp_path / "x.npy"), trust_model_code=True)
     run = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert run["status"] == "ok"
     assert run["neuron_exact"] is True  # the neurons are fine whatever the convolution did
@@ -199,7 +199,7 @@ def test_neuron_check_is_exact_with_onnxruntime_optimisations_on_and_off(level):
 
 def test_neuron_check_runs_the_portable_lowering(tmp_path):
     folder = exported("sj_conv_net", SJ_CONV_SHAPE, formats=("onnx",), lowering="portable")
-    report = verify_folder(folder)
+    report = verify_folder(folder, trust_model_code=True)
     run = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert run["neuron_exact"] is True and run["passed"]
     assert all(l["neuron_spikes_total"] > 0 for l in run["layers"])
@@ -216,13 +216,15 @@ def test_labels_gate_accuracy(tmp_path):
 
     ref_out, _ = Reference(load_model(f"{nets_file()}:sj_neuron_net").model).run(x)
     np.save(tmp_path / "y.npy", top1(ref_out).astype(np.int64))  # PyTorch: 100 %
-    good = verify_folder(folder, input_file=str(tmp_path / "x.npy"), labels_file=str(tmp_path / "y.npy"))
+    good = verify_folder(folder, input_file=str(tmp_path / "x.npy"), labels_file=str(tmp_path / "y.npy"),
+                         trust_model_code=True)
     assert good["passed"] and good["pytorch_accuracy"] == 1.0
     run = _runs(good)[("model.onnx", "onnxruntime", "function fallback")]
     assert run["accuracy"] == 1.0
     np.save(tmp_path / "bad.npy", np.zeros(3, np.int64))
     with pytest.raises(UserError, match="3 labels"):
-        verify_folder(folder, input_file=str(tmp_path / "x.npy"), labels_file=str(tmp_path / "bad.npy"))
+        verify_folder(folder, input_file=str(tmp_path / "x.npy"), labels_file=str(tmp_path / "bad.npy"),
+                      trust_model_code=True)
 
 
 def test_generated_inputs_are_direct_encoded_for_zoo_image_models():

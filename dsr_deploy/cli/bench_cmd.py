@@ -9,7 +9,7 @@ import typer
 
 
 def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
-            input_shape, neurons, memcpy: bool, json_out, csv_out, plot) -> "object":
+            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, trust_pickle: bool = False) -> "object":
     """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
     from rich.console import Console
 
@@ -41,6 +41,9 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     is_spec = R._looks_like_spec(artifact) and not Path(artifact).exists()
     if not is_spec and not Path(artifact).exists():
         raise UserError(f"{artifact}: no such file or folder")
+    # An export folder's manifest is read (and validated) first: a broken one is the error, not "no backend".
+    manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
+        None if is_spec else R.manifest_for(artifact))
     choices = B.parse_backends(backend)
     if not choices:
         names = (["torch"] if is_spec else R.backends_for(artifact))
@@ -49,10 +52,8 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
         if not choices:
             raise UserError(f"no usable backend for {artifact} (available here: "
                             f"{', '.join(n for n, why in usable.items() if why is None)})")
-    manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
-        None if is_spec else R.manifest_for(artifact))
-    if shape is None and manifest and isinstance(manifest.get("input_shape"), list):
-        shape = [int(d) for d in manifest["input_shape"]]
+    if shape is None and manifest is not None and manifest.input_shape is not None:
+        shape = list(manifest.input_shape)
     entries = []
     for label, name, opts in choices:
         opts = dict(opts)
@@ -64,6 +65,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
             opts.setdefault("io_binding", True)  # device-resident inputs/outputs: no host copies in the timing
         if name == "torch" and shape is not None:
             opts["input_shape"] = shape
+        opts["trust_pickle"] = trust_pickle
         entries.append(B.BenchEntry(label, R.load_runner(artifact, backend=name, **opts)))
     for e in entries:  # load before the progress bar, so a load error is the only output
         e.runner.ensure_loaded()
@@ -145,8 +147,11 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (docs/bench-schema.md)."),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV (docs/bench-schema.md)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency against batch per backend."),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects in a .pt2 "
+                                          "archive (runs code from the file)."),
     ):
         """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
         run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
                 iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
-                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot)
+                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot,
+                trust_pickle=trust_pickle)

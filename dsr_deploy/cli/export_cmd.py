@@ -42,6 +42,7 @@ def _pct(v) -> str:
 
 
 def _neuron_table(neurons: List[dict], title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title)
@@ -49,11 +50,12 @@ def _neuron_table(neurons: List[dict], title: str):
                 "gain", "note"):
         t.add_column(col)
     for n in neurons:
-        note = (f"clamped from {n['v_threshold_stored']:.6g} to bound {n['v_threshold_lower_bound']:.6g}"
-                if n.get("clamped") else "")
+        note = (f"clamped from {_fmt_float(n.get('v_threshold_stored'))} to bound "
+                f"{_fmt_float(n.get('v_threshold_lower_bound'))}" if n.get("clamped") else "")
         layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
         # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
-        t.add_row(str(n["index"]), n["name"] or "<root>", n["op_type"], n.get("source", ""), layout,
+        t.add_row(str(n["index"]), escape(n["name"] or "<root>"), escape(n["op_type"]), escape(str(n.get("source", ""))),
+                  layout,
                   _fmt_float(n["v_threshold"]), _fmt_float(n["alpha"]), _fmt_float(n.get("tau")),
                   _fmt_float(n.get("delta_t")), n.get("lif_rule") or "-", _fmt_coef(n.get("decay")),
                   _fmt_coef(n.get("gain")), note)
@@ -64,21 +66,26 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
     """What ``dsr-deploy inspect`` reports for a MODEL spec, an export folder or an artifact file."""
     p = Path(target)
     if p.is_dir():
-        from ..export.manifest import read_manifest
+        from ..manifest import read_manifest
 
         m = read_manifest(p)
-        return {"kind": "export-folder", "path": str(p), "manifest": m, "neurons": m["neurons"],
-                "artifacts": m["artifacts"]}
+        return {"kind": "export-folder", "path": str(p), "manifest": dict(m), "neurons": m.neurons,
+                "artifacts": m.artifacts}
     if p.is_file() and p.suffix == ".onnx":
         return inspect_onnx(p)
     if p.is_file() and p.suffix in (".ts", ".pt2"):
-        from ..export.manifest import MANIFEST
+        from ..manifest import manifest_beside
 
         info = {"kind": "torchscript" if p.suffix == ".ts" else "pt2", "path": str(p), "bytes": p.stat().st_size}
-        if (p.parent / MANIFEST).is_file():
-            m = json.loads((p.parent / MANIFEST).read_text())
-            info["neurons"] = m.get("neurons", [])
-            info["artifact"] = next((a for a in m.get("artifacts", []) if a.get("path") == p.name), None)
+        if p.suffix == ".pt2":
+            from ..runtime.pt2 import pickled_entries
+
+            # Read from the zip only (nothing is unpickled): what loading it would need --trust-pickle for.
+            info["pickled_entries"] = pickled_entries(p)
+        m = manifest_beside(p)
+        if m is not None:
+            info["neurons"] = m.neurons
+            info["artifact"] = next((a for a in m.artifacts if a["path"] == p.name), None)
         return info
     if p.is_file():
         raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
@@ -151,14 +158,14 @@ def _print_inspect(info: dict) -> None:
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "export-folder":
         m = info["manifest"]
-        c.print(f"[bold]{info['path']}[/bold]: {m['model'].get('spec')} T={m['T']} input {m['input_shape']} "
-                f"layout {m['layout']} (dsr-deploy {m['dsr_deploy_version']})")
+        c.print(escape(f"{info['path']}: {(m.get('model') or {}).get('spec')} T={m.get('T')} input "
+                       f"{m.get('input_shape')} layout {m.get('layout')} (dsr-deploy {m.get('dsr_deploy_version')})"))
         if isinstance(m.get("io"), dict):
             c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
         t = Table("format", "path", "details", title="artifacts")
         for a in info["artifacts"]:
             extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
-            t.add_row(a["format"], a["path"], extra)
+            t.add_row(escape(a["format"]), escape(a["path"]), escape(extra))
         c.print(t)
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "onnx":
@@ -179,7 +186,10 @@ def _print_inspect(info: dict) -> None:
                                                            for k, v in n["attributes"].items()))
             c.print(t)
     else:
-        c.print(f"[bold]{info['path']}[/bold] ({kind}, {info['bytes']} bytes)")
+        c.print(f"[bold]{escape(info['path'])}[/bold] ({kind}, {info['bytes']} bytes)")
+        if info.get("pickled_entries"):
+            c.print(escape(f"pickled entries (loading runs code; refused without --trust-pickle): "
+                           f"{', '.join(info['pickled_entries'])}"))
         if info.get("artifact"):
             c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
         if info.get("neurons"):
@@ -234,6 +244,9 @@ def _print_verify(report: dict) -> None:
             result = "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]: " + escape("; ".join(r["failures"]))
         t.add_row(escape(r["artifact"]), escape(backend), *cells, result)
     c.print(t)
+    for u in report.get("unchecked", []):
+        verdict = "[yellow]not checked[/yellow] (--allow-skipped)" if report.get("allow_skipped") else "[red]not checked[/red]"
+        c.print(f"{verdict}: {escape(u['artifact'])} ({escape(u['format'])}) ran in no backend here: {escape(u['reason'])}")
     c.print("[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]")
 
 
@@ -346,6 +359,16 @@ def register(app: typer.Typer) -> None:
                                                "image repeated over T) | noise (N(0,1) every step); default: "
                                                "direct for zoo models fed images, else noise"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        model: Optional[str] = typer.Option(None, "--model", help="the MODEL spec to compare against, instead of "
+                                            "the manifest's (a folder's own spec is built only for zoo: models)"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for the model, instead "
+                                                  "of the manifest's"),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow pickled Python objects in the "
+                                          "checkpoint and .pt2 archives (runs code from those files)"),
+        trust_model_code: bool = typer.Option(False, "--trust-model-code", help="build the manifest's MODEL spec "
+                                              "even when it is code outside the zoo (imports and runs it)"),
+        allow_skipped: bool = typer.Option(False, "--allow-skipped", help="pass even when some artifact ran in "
+                                           "no backend here (e.g. a TensorRT plan without a GPU)"),
     ):
         """Run every artifact of FOLDER in every available backend against the PyTorch model; exit 1 on failure.
 
@@ -356,7 +379,9 @@ def register(app: typer.Typer) -> None:
         --max-accuracy-drop points below PyTorch's; (5) only with --min-agreement, every layer's end-to-end
         spike agreement at least that. End to end a backend's own convolutions may round differently from
         PyTorch's (CPU-dependent kernels); the report shows where divergence starts and how far that layer's
-        input already differed."""
+        input already differed.
+
+        FOLDER is untrusted: it can never grant trust; only --trust-pickle / --trust-model-code do."""
         from ..verify import verify_folder
 
         if random_inputs < 0:
@@ -368,6 +393,9 @@ def register(app: typer.Typer) -> None:
                                labels_file=str(labels) if labels else None, min_top1=min_top1,
                                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
                                n_random=random_inputs, encoding=encoding,
+                               min_agreement=min_agreement, n_random=random_inputs, model=model,
+                               checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle,
+                               trust_model_code=trust_model_code, allow_skipped=allow_skipped,
                                progress=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
         if as_json:
             typer.echo(json.dumps(report, indent=2))

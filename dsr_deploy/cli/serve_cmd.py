@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
                                     "default; more than 1 competes with the server's own threads on small hosts)"),
         as_json: bool = typer.Option(False, "--json", help="print the endpoints and models as one JSON line when "
                                      "ready"),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a .pt2 holding pickled Python "
+                                          "objects (runs code from the file)"),
     ):
         """Serve exported models through a real Triton server (PyTriton), dynamic batching, until SIGINT/SIGTERM."""
         from ..serving.pytriton_server import ServerConfig, serve as run_server
@@ -62,7 +64,8 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
 
         code = run_server([str(a) for a in artifacts], backend, cfg, names=name or None,
-                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready)
+                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready,
+                          trust_pickle=trust_pickle)
         if code:
             raise typer.Exit(code)
 

@@ -20,7 +20,7 @@ from ..convert import NO_NEURON_HINT, NeuronInfo, find_neurons, inference_copy, 
 from ..errors import UserError
 from .base import (INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext, Format, formats, modes,
                    register_format)
-from .manifest import MANIFEST, build_manifest, read_manifest
+from .manifest import MANIFEST, build_manifest, read_manifest, write_manifest
 
 __all__ = [
     "ExportContext", "Format", "register_format", "formats", "modes", "export_model", "check_input_shape",
@@ -201,11 +201,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
 
         # verify rebuilds the model from its spec: this says whether it got the exported weights back.
         manifest["model"]["weights_sha256"] = weights_digest(model)
-        import json
-
-        from ..io import atomic_write_text
-
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
         # mkdtemp/mkstemp create private files; an export folder is ordinary output.
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):

@@ -29,7 +29,6 @@ its workspace folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -229,17 +228,14 @@ def _flag(request, name: str, n: int) -> np.ndarray:
 
 
 def _manifest(artifact: Path) -> Optional[dict]:
-    m = (artifact if artifact.is_dir() else artifact.parent) / "manifest.json"
-    if m.is_file():
-        try:
-            return json.loads(m.read_text())
-        except ValueError as exc:
-            raise UserError(f"{m} is not valid JSON: {exc}") from exc
-    return None
+    from ..manifest import manifest_beside, read_manifest
+
+    return read_manifest(artifact) if artifact.is_dir() else manifest_beside(artifact)
 
 
 def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Optional[str] = None,
-                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1) -> ServedModel:
+                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1,
+                  trust_pickle: bool = False) -> ServedModel:
     """Load ``artifact`` (export folder or file) with the runtime's runner and describe it for Triton."""
     from ..runtime import load_runner
 
@@ -249,7 +245,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     manifest = _manifest(path)
     # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
     # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
-    runner = load_runner(str(path), backend, **({"threads": threads} if threads else {}))
+    runner = load_runner(str(path), backend, trust_pickle=trust_pickle, **({"threads": threads} if threads else {}))
     runner.load()
     specs = {s.name: s for s in runner.inputs()}
     out_names = [s.name for s in runner.outputs()]
@@ -360,7 +356,8 @@ def triton_config(cfg: ServerConfig):
 
 def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: Optional[ServerConfig] = None,
           names: Optional[Sequence[str]] = None, idle_timeout_s: float = 60.0, max_sequences: int = 4096,
-          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None) -> int:
+          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None,
+          trust_pickle: bool = False) -> int:
     """Serve ``artifacts`` until SIGINT/SIGTERM (or ``stop_event``); returns 0 on a clean stop.
 
     ``ready(info)`` is called once every model is loaded and the server answers.
@@ -372,8 +369,8 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
     if names and len(names) != len(artifacts):
         raise UserError("--name must be given once per artifact")
     # The artifacts are checked first: a wrong path is the same one-line error with or without the serve extra.
-    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads)
-              for i, a in enumerate(artifacts)]
+    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads,
+                            trust_pickle) for i, a in enumerate(artifacts)]
     dup = {m.name for m in models if [x.name for x in models].count(m.name) > 1}
     if dup:
         raise UserError(f"two models would be named {', '.join(sorted(dup))}; pass --name for each")

@@ -20,7 +20,6 @@ with explicit dims, and a streaming plan's sequence batcher uses the zero initia
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,17 +108,14 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
         if not p.exists():
             raise UserError(f"{p} does not exist")
         if p.is_dir():
-            mpath = p / "manifest.json"
-            if not mpath.is_file():
-                raise UserError(f"{p} is a folder without manifest.json (not an export folder)")
-            try:
-                manifest = json.loads(mpath.read_text())
-            except ValueError as exc:
-                raise UserError(f"{mpath} is not valid JSON: {exc}") from exc
-            arts = manifest.get("artifacts", [])
-            onnx_paths = [p / x["path"] for x in arts if str(x.get("format", "")).lower() == "onnx"]
-            plan_paths = [p / x["path"] for x in arts if str(x.get("path", "")).endswith(PLAN_SUFFIXES)
-                          or str(x.get("format", "")).lower() in ("tensorrt", "tensorrt_plan", "plan")]
+            from ..manifest import read_manifest
+
+            manifest = read_manifest(p)  # validated; every path inside the folder
+            mpath = manifest.where
+            arts = manifest.artifacts
+            onnx_paths = [manifest.path_of(x) for x in arts if x["format"].lower() == "onnx"]
+            plan_paths = [manifest.path_of(x) for x in arts if x["path"].endswith(PLAN_SUFFIXES)
+                          or x["format"].lower() in ("tensorrt", "tensorrt_plan", "plan")]
             if not onnx_paths and (p / "model.onnx").is_file():
                 onnx_paths = [p / "model.onnx"]
             if not onnx_paths:
