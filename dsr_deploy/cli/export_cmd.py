@@ -393,8 +393,7 @@ def register(app: typer.Typer) -> None:
                                labels_file=str(labels) if labels else None, min_top1=min_top1,
                                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
                                n_random=random_inputs, encoding=encoding,
-                               min_agreement=min_agreement, n_random=random_inputs, model=model,
-                               checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle,
+                               model=model, checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle,
                                trust_model_code=trust_model_code, allow_skipped=allow_skipped,
                                progress=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
         if as_json:
