@@ -188,7 +188,7 @@ def test_inference_copy_matches_their_forward(name, shape):
         m.probe = sink
     with torch.no_grad():
         assert_bit_equal(inf(x), want["logits"], "logits")
-    for (i, got), ref in zip(sink, want["layers"]):
+    for (i, _current, got), ref in zip(sink, want["layers"]):
         assert_bit_equal(got.flatten(0, 1), ref, f"layer {i}")
     assert len(sink) == len(want["layers"])
 
@@ -267,8 +267,9 @@ def test_torchscript_and_pt2_bit_exact_per_layer(exported, name, shape):
     for what, probe in probes.items():
         with torch.no_grad():
             outs = probe(x)
-        assert len(outs) == 1 + len(want["layers"])
-        for k, (got, ref) in enumerate(zip(outs[1:], want["layers"])):
+        n = len(want["layers"])
+        assert len(outs) == 1 + 2 * n  # output, each call's spikes, each call's input
+        for k, (got, ref) in enumerate(zip(outs[1:1 + n], want["layers"])):
             assert got.shape[:2] == (m["io"]["T"], 3), (what, k, got.shape)
             assert_bit_equal(got.flatten(0, 1), ref, f"{what} layer {k}")
 
