@@ -274,17 +274,18 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
     return path
 
 
-def add_step_functions(model_proto) -> None:
+def add_step_functions(model_proto, elem: int = 1) -> None:
     """Append the DSRIFStep / DSRLIFStep function bodies the graph uses (torch.onnx.export inlines functions,
     so they are added after export)."""
-    from .export.onnx_functions import step_function_proto
+    from .export.onnx_functions import scope_prefix, step_function_proto
 
     used = {n.op_type for n in model_proto.graph.node if n.domain == ONNX_DOMAIN}
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    prefix = scope_prefix(model_proto.graph)  # formals never collide with x_t / v_in_i (onnx-tensorrt < 10.8)
     for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
         if op in used and (ONNX_DOMAIN, op) not in have:
-            model_proto.functions.append(step_function_proto(kind, op, opset))
+            model_proto.functions.append(step_function_proto(kind, op, opset, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
         from onnx import helper
 

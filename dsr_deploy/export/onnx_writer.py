@@ -37,7 +37,7 @@ from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .onnx_functions import BODIES, function_proto
+from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 
 DEFAULT_OPSET = 18
 DEFAULT_BODY = "scan"
@@ -123,8 +123,10 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
         if kind not in kinds:
             kinds.append(kind)
+    prefix = scope_prefix(model.graph)  # function names never collide with the graph's (onnx-tensorrt < 10.8)
+    elem = onnx_elem_type(ctx.dtype)
     for kind in kinds:
-        model.functions.append(function_proto(kind, body, opset, T=ctx.T))
+        model.functions.append(function_proto(kind, body, opset, T=ctx.T, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model.opset_import) and kinds:
         model.opset_import.append(helper.make_opsetid(ONNX_DOMAIN, 1))
     meta = {
