@@ -80,6 +80,8 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
     dynamic_T = body == "scan"
     inf = inference_copy(ctx.model, "op")
+    if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+        inf = inf.to(ctx.dtype)
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
