@@ -9,7 +9,8 @@ What happens, in order (everything up to step 3 needs neither TensorRT nor a GPU
 2. make one optimisation profile: every dynamic dimension is the time dimension T (dim 0 of a multi-step
    input ``[T, B, ...]``), the batch B (dim 1 there; dim 0 of streaming inputs ``x_t``, ``v_in_<i>``), and
    takes ``--timesteps`` / ``--batch`` MIN,OPT,MAX; any other dynamic dimension is an error;
-3. find the dsr TensorRT plugin library (``libdsr_trt_plugin.so``, static registration) so the parser maps
+3. find the dsr TensorRT plugin library (``libdsr_trt_plugin_dynamic.so``, loaded through TensorRT's registry, else
+   ``libdsr_trt_plugin.so``, static registration) so the parser maps
    the ``dsr`` nodes (op_type = plugin name, ``plugin_namespace`` "dsr", ``plugin_version`` "1") to the plugin
    instead of inlining their function fallback;
 4. import tensorrt (a one-line error naming the ``tensorrt`` extra when missing), require a GPU, load the
