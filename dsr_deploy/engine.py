@@ -175,10 +175,10 @@ def check_plugin_needs(info: OnnxInfo, plugin: Optional[Path]) -> Optional[str]:
         return None
     missing = sorted(set(info.dsr_ops) - set(info.fallbacks))
     if missing:
-        raise UserError(f"the model uses dsr ops {', '.join(missing)} without a function fallback and the TensorRT "
-                        "plugin library libdsr_trt_plugin.so was not found (run `dsr-deploy plugins build` on a "
-                        "machine with CUDA, or pass --plugin PATH)")
-    return ("libdsr_trt_plugin.so not found: TensorRT will build the dsr layers from their ONNX function "
+        raise UserError(f"the model uses dsr ops {', '.join(missing)} without a function fallback and no TensorRT "
+                        "plugin library (libdsr_trt_plugin_dynamic.so or libdsr_trt_plugin.so) was found (run "
+                        "`dsr-deploy plugins build` on a machine with CUDA, or pass --plugin PATH)")
+    return ("no dsr TensorRT plugin library found: TensorRT will build the dsr layers from their ONNX function "
             "fallback (slower); build the plugin with `dsr-deploy plugins build`")
 
 

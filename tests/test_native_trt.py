@@ -122,9 +122,11 @@ def test_without_libnvinfer_only_the_dynamic_library_is_built(built):
     if "libnvinfer for TensorRT" in out and "NOT BUILT" not in out:
         pytest.skip("this machine has a libnvinfer of the headers' major in its system library folders")
     assert rc != 0 and sum(plugins.TRT_NOT_BUILT in ln for ln in out.splitlines()) == 1
-    rc, out = _run(_configure(build, "-DTENSORRT_LIB_DIR=", "-DDSR_TRT_REQUIRE_STATIC=OFF"))
-    assert rc == 0, out[-2000:]
-    rc, out = _run([FOUND["cmake"]["path"], "--build", str(build), "--parallel", "2",
-                    "--target", "dsr_trt_plugin_dynamic"])
-    assert rc == 0, out[-2000:]
-    assert (build / plugins.TRT_DYNAMIC_LIBRARY).is_file() and not (build / plugins.TRT_LIBRARY).exists()
+    # `plugins build` (the CLI's path): the static library is skipped with that one line, the dynamic one installed.
+    os.environ.pop("TENSORRT_LIB_DIR", None)
+    lib_dir = built["tmp"] / "lib"
+    record = plugins.build(torch=False, cuda=True, ort=False, trt=True, trt_root=FOUND["trt"]["root"],
+                           cuda_arch="90", build_dir=built["tmp"] / "cli-build", lib_dir=lib_dir)
+    assert record["skipped"]["trt"].startswith("dsr: " + plugins.TRT_NOT_BUILT)
+    assert set(record["libraries"]) == {"trt_dynamic", "kernels"}
+    assert (lib_dir / plugins.TRT_DYNAMIC_LIBRARY).is_file() and not (lib_dir / plugins.TRT_LIBRARY).exists()
