@@ -309,7 +309,9 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
                                  output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
     proto = prog.model_proto
-    add_step_functions(proto)
+    from .export.onnx_functions import onnx_elem_type
+
+    add_step_functions(proto, onnx_elem_type(example_step.dtype))
     if dynamic_batch:  # one name for the batch dimension everywhere (the exporter may name each differently)
         for vi in list(proto.graph.input) + list(proto.graph.output):
             d = vi.type.tensor_type.shape.dim
@@ -331,8 +333,13 @@ def _context_module(ctx) -> tuple:
     key = "_streaming_module"
     if key not in ctx.options:
         step = ctx.example_input(shape=(1, *ctx.input_shape[1:]))[0]
-        ctx.options[key] = (build_streaming_module(ctx.model, step, ctx.options.get("streaming_lowering",
-                                                                                     "functional")), step)
+        model = ctx.model
+        if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+            import copy
+
+            model = copy.deepcopy(model).to(ctx.dtype)
+        ctx.options[key] = (build_streaming_module(model, step, ctx.options.get("streaming_lowering",
+                                                                                "functional")), step)
     return ctx.options[key]
 
 
@@ -387,14 +394,15 @@ def register_formats() -> None:
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None) -> dict:
+                     force: bool = False, progress=None, precision: str = "float32") -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
+    ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32.
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
     """
-    from .export import ExportContext, check_input_shape, formats
+    from .export import ExportContext, check_input_shape, check_precision, formats
     from .export.manifest import MANIFEST, build_manifest
     from .io import atomic_dir, atomic_write_text
 
@@ -413,7 +421,8 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
-    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
+    dtype = check_precision(precision, wanted)
+    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
                         spec=spec, checkpoint=checkpoint)
     sm, _ = _context_module(ctx)  # validates the model before anything is written

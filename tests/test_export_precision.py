@@ -136,3 +136,44 @@ def test_cli_precision(tmp_path, capsys):
           "--format", "onnx", "--precision", "float16", "--json"])
     model = onnx.load(str(tmp_path / "h" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+
+
+def test_streaming_float16_steps_teacher_forced(tmp_path):
+    """The streaming export in float16: x_t / y_t half, membranes float32; every step node, fed what ONNX Runtime
+    computed for it, gives the reference step's spikes and membrane bit for bit."""
+    import onnxruntime as ort
+
+    from dsr_deploy.streaming import export_streaming
+
+    net = _mlp()
+    manifest = export_streaming(net, SHAPE, tmp_path / "s", formats_=("onnx",), precision="float16")
+    assert manifest["dtype"] == "float16" and all(s["dtype"] == "float32" for s in manifest["states"])
+    model = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert types["x_t"] == TensorProto.FLOAT16 and types["v_in_0"] == TensorProto.FLOAT
+    nodes = _dsr_nodes(model)
+    extra = []
+    for node in nodes:
+        extra += [n for n in list(node.input) + list(node.output) if n not in {o.name for o in model.graph.output}]
+    for name in dict.fromkeys(extra):
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    onnx.save(model, str(tmp_path / "probe.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "probe.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    x = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)) * 3).to(torch.float16)
+    v = [np.zeros((SHAPE[1], 8), np.float32), np.zeros((SHAPE[1], 4), np.float32)]
+    fired = 0
+    for t in range(SHAPE[0]):
+        res = dict(zip(names, sess.run(None, {"x_t": x[t].numpy(), "v_in_0": v[0], "v_in_1": v[1]})))
+        for node in nodes:
+            xin, vin = (torch.from_numpy(res[n]) for n in node.input[:2])
+            assert xin.dtype == torch.float16 and vin.dtype == torch.float32
+            if node.op_type == "DSRIFStep":
+                y, vn = F.if_step(xin, vin, IF["v_threshold"], IF["alpha"])
+            else:
+                y, vn = F.lif_step(xin, vin, LIF["v_threshold"], LIF["alpha"], LIF["tau"], LIF["delta_t"])
+            assert torch.equal(torch.from_numpy(res[node.output[0]]).view(torch.int16), y.view(torch.int16))
+            assert torch.equal(torch.from_numpy(res[node.output[1]]), vn)
+            fired += int((y != 0).sum())
+        v = [res["v_out_0"], res["v_out_1"]]
+    assert fired > 0

@@ -244,8 +244,6 @@ def register(app: typer.Typer) -> None:
         wanted = known if "all" in names else names
         from ..export import check_precision
 
-        if precision != "float32" and mode != "multistep":
-            raise UserError(f"--precision {precision}: only the multistep export writes half precision so far")
         check_precision(precision, wanted)
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
@@ -273,7 +271,7 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress)
+                                        progress=progress, precision=precision)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
