@@ -45,6 +45,8 @@ ORT_LIBRARY = LIBRARIES["ort"][0]
 TRT_LIBRARY = LIBRARIES["trt"][0]
 TRT_DYNAMIC_LIBRARY = LIBRARIES["trt_dynamic"][0]
 KERNELS_LIBRARY = LIBRARIES["kernels"][0]
+#: The line plugins/CMakeLists.txt prints when it refuses libdsr_trt_plugin.so (no libnvinfer to link).
+TRT_NOT_BUILT = "libdsr_trt_plugin.so NOT BUILT"
 
 
 def source_dir() -> Path:
@@ -347,12 +349,18 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=".dsr-plugins-install.", dir=lib_dir))
     try:
         _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
-        built = {}
+        built, skipped = {}, {}
         wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "kernels": True}
         for key, (name, what, _option) in LIBRARIES.items():
             if not wanted[key]:
                 continue
             produced = staging / name
+            if not produced.is_file() and key == "trt":
+                # CMake refuses the static-registration library without libnvinfer (it would not load): say why.
+                why = next((ln.strip() for chunk in log for ln in chunk.splitlines() if TRT_NOT_BUILT in ln), None)
+                if why:
+                    skipped[key] = why
+                    continue
             if not produced.is_file():
                 raise UserError(f"the build did not produce {name}; rerun with --verbose")
             os.replace(produced, lib_dir / name)  # atomic: a loaded copy keeps its inode
@@ -370,6 +378,7 @@ def build(
         "ort_headers": {k: found["ort"].get(k) for k in ("include", "ORT_API_VERSION")} if ort else None,
         "trt_headers": {k: v for k, v in found["trt"].items() if k not in ("available",)} if trt else None,
         "libraries": built,
+        "skipped": skipped,
     }
     info_path = lib_dir / BUILD_INFO
     previous = _read_build_info(lib_dir)
@@ -407,6 +416,39 @@ def _ort_check(path: Path) -> tuple[bool, str]:
     except Exception as exc:  # ORT raises its own exception types
         return False, f"onnxruntime {ort.__version__} could not register it: {str(exc).splitlines()[0]}"
     return True, f"registers in onnxruntime {ort.__version__}"
+
+
+def elf_exports(path: Path | str, name: str) -> bool:
+    """Whether the ELF shared library ``path`` defines the dynamic symbol ``name``, read from its ``.dynsym``
+    without loading it (loading a static-registration library registers its plugins). False when unreadable."""
+    import struct
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only
+        return False
+    end = "<" if data[5] == 1 else ">"
+    try:
+        shoff, = struct.unpack_from(end + "Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
+        sections = [struct.unpack_from(end + "IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        want = name.encode()
+        for sh in sections:
+            if sh[1] != 11:  # SHT_DYNSYM
+                continue
+            str_off = sections[sh[6]][4]
+            for off in range(sh[4], sh[4] + sh[5], sh[9] or 24):
+                st_name, _info, _other, st_shndx = struct.unpack_from(end + "IBBH", data, off)
+                if st_shndx == 0:  # undefined here
+                    continue
+                stop = data.index(b"\0", str_off + st_name)
+                if data[str_off + st_name:stop] == want:
+                    return True
+    except (struct.error, IndexError, ValueError):
+        return False
+    return False
 
 
 def _has_symbol(path: Path, name: str) -> bool:

@@ -278,17 +278,18 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
     return path
 
 
-def add_step_functions(model_proto) -> None:
+def add_step_functions(model_proto, elem: int = 1) -> None:
     """Append the DSRIFStep / DSRLIFStep function bodies the graph uses (torch.onnx.export inlines functions,
     so they are added after export)."""
-    from .export.onnx_functions import step_function_proto
+    from .export.onnx_functions import scope_prefix, step_function_proto
 
     used = {n.op_type for n in model_proto.graph.node if n.domain == ONNX_DOMAIN}
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    prefix = scope_prefix(model_proto.graph)  # formals never collide with x_t / v_in_i (onnx-tensorrt < 10.8)
     for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
         if op in used and (ONNX_DOMAIN, op) not in have:
-            model_proto.functions.append(step_function_proto(kind, op, opset))
+            model_proto.functions.append(step_function_proto(kind, op, opset, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
         from onnx import helper
 
@@ -312,7 +313,9 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
                                  output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
     proto = prog.model_proto
-    add_step_functions(proto)
+    from .export.onnx_functions import onnx_elem_type
+
+    add_step_functions(proto, onnx_elem_type(example_step.dtype))
     if dynamic_batch:  # one name for the batch dimension everywhere (the exporter may name each differently)
         for vi in list(proto.graph.input) + list(proto.graph.output):
             d = vi.type.tensor_type.shape.dim
@@ -334,8 +337,13 @@ def _context_module(ctx) -> tuple:
     key = "_streaming_module"
     if key not in ctx.options:
         step = ctx.example_input(shape=(1, *ctx.input_shape[1:]))[0]
-        ctx.options[key] = (build_streaming_module(ctx.model, step, ctx.options.get("streaming_lowering",
-                                                                                     "functional")), step)
+        model = ctx.model
+        if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+            import copy
+
+            model = copy.deepcopy(model).to(ctx.dtype)
+        ctx.options[key] = (build_streaming_module(model, step, ctx.options.get("streaming_lowering",
+                                                                                "functional")), step)
     return ctx.options[key]
 
 
@@ -390,14 +398,15 @@ def register_formats() -> None:
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None) -> dict:
+                     force: bool = False, progress=None, precision: str = "float32") -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
+    ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32.
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
     """
-    from .export import ExportContext, check_input_shape, formats
+    from .export import ExportContext, check_input_shape, check_precision, formats
     from .export.manifest import build_manifest, write_manifest
     from .io import atomic_dir
 
@@ -420,7 +429,8 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     if flat:
         raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
                         "it cannot be streamed one step at a time: export it in multi-step mode")
-    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
+    dtype = check_precision(precision, wanted)
+    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
                         spec=spec, checkpoint=checkpoint)
     sm, _ = _context_module(ctx)  # validates the model before anything is written

@@ -66,6 +66,9 @@ def emu(tmp_path_factory):
     lib.dsr_emu_vector_accesses.restype = ctypes.c_long
     lib.dsr_emu_scalar_accesses.restype = ctypes.c_long
     lib.dsr_emu_set_regions.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.dsr_emu_set_device.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.dsr_emu_last_grid.restype = ctypes.c_long
+    lib.dsr_cuda_launch_shape.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -130,13 +133,53 @@ def test_emulated_kernel_is_bit_exact(emu, kind, dtype, T, N):
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
 def test_the_launcher_takes_the_vector_path_exactly_when_it_is_safe(emu, dtype):
     vec = VEC[dtype]
-    for N, offset, vector in [(vec * 64, 0, True), (vec * 64 + 1, 0, False), (vec * 64, 1, False)]:
-        x = torch.randn(3, N).to(dtype)
-        before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
-        run_emulated(emu, "lif", x, LIF_PARAMS, None, offset)
-        used_vector = emu.dsr_emu_vector_accesses() > before_v
-        used_scalar = emu.dsr_emu_scalar_accesses() > before_s
-        assert (used_vector, used_scalar) == (vector, not vector), (N, offset)
+    emu.dsr_emu_set_device(1, 1)  # a one-SM device: 1024 vectors already fill it (the large-N shape)
+    try:
+        for N, offset, vector in [(vec * 1024, 0, True), (vec * 1024 + 1, 0, False), (vec * 1024, 1, False)]:
+            x = torch.randn(3, N).to(dtype)
+            before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
+            run_emulated(emu, "lif", x, LIF_PARAMS, None, offset)
+            used_vector = emu.dsr_emu_vector_accesses() > before_v
+            used_scalar = emu.dsr_emu_scalar_accesses() > before_s
+            assert (used_vector, used_scalar) == (vector, not vector), (N, offset)
+    finally:
+        emu.dsr_emu_set_device(0, 0)
+
+
+def launch_shape(lib, dtype, N, sms):
+    out = (ctypes.c_int64 * 3)()
+    assert lib.dsr_cuda_launch_shape(DTYPES[dtype], ctypes.c_int64(N), sms, out) == 0
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_launch_shape_fills_the_sms_for_small_layers_and_keeps_the_large_path(emu, dtype):
+    vec, sms = VEC[dtype], 132
+    for N in (4096, 32768, 262144):  # the small-N rows of scripts/gpu_check.py
+        v, block, grid = launch_shape(emu, dtype, N, sms)
+        assert v == 1 and 32 <= block <= 256 and block % 32 == 0, N
+        # Every SM gets a block, down to one warp per block (4096 neurons are only 128 warps).
+        assert grid * block * v >= N and grid >= min(sms, N // 32), (N, v, block, grid)
+    # Before: one thread per vector, blocks of 256, whatever the device: 32 blocks at N = 32K float32.
+    assert launch_shape(emu, dtype, 32768, 0) == (vec, 256, 32768 // vec // 256)
+    big = 64 * 1024 * 1024
+    assert launch_shape(emu, dtype, big, sms) == (vec, 256, big // vec // 256)  # the bandwidth path, unchanged
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("N", [4096, 32768 + 3, 40000])
+def test_small_layer_launch_shapes_are_bit_exact(emu, dtype, N):
+    """The launches the small-N shapes make (one neuron per thread, blocks of 32-256) on a 132-SM device."""
+    gen = torch.Generator().manual_seed(N)
+    x = (torch.randn(4, N, generator=gen, dtype=torch.float64) * 2.0).to(dtype)
+    v0 = torch.randn(N, generator=gen) * 0.5
+    for kind, params in (("if", IF_PARAMS), ("lif", LIF_PARAMS)):
+        y, v = run_emulated(emu, kind, x, params, v0)
+        _v, block, grid = launch_shape(emu, dtype, N, 132)
+        assert (emu.dsr_emu_last_block(), emu.dsr_emu_last_grid()) == (block, grid)
+        ry, rv = reference(kind, x, params, v0)
+        assert_bit_equal(y, ry, f"{kind} spikes N={N}")
+        assert_bit_equal(v, rv, f"{kind} membrane N={N}")
 
 
 def same_bits_or_both_nan(a, b, what):

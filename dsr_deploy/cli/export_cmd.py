@@ -271,6 +271,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
         mode: str = typer.Option("multistep", "--mode", help="multistep ([T, B, ...] in one call) | streaming "
                                  "(one time step per call, membranes as I/O: x_t, v_in_i -> y_t, v_out_i)"),
+        precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
+                                      "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
+                                      "TensorRT 11's strongly typed networks); non-float32 needs --format onnx"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -289,6 +292,9 @@ def register(app: typer.Typer) -> None:
         if not names or any(f not in known + ["all"] for f in names):
             raise UserError(f"unknown --format {fmt!r}; choose from {', '.join(known)} or all")
         wanted = known if "all" in names else names
+        from ..export import check_precision
+
+        check_precision(precision, wanted)
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
@@ -315,12 +321,12 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress)
+                                        progress=progress, precision=precision)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
-                force=force, trust_pickle=trust_pickle, progress=progress,
+                force=force, trust_pickle=trust_pickle, progress=progress, precision=precision,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))

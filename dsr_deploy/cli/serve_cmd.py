@@ -78,6 +78,9 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="model name (single model only)"),
         ort_ops_library: Optional[str] = typer.Option(None, "--ort-ops-library", help="path, as the server sees "
                                                       "it, of libdsr_ort_ops.so (fused dsr kernels for onnxruntime)"),
+        instance_kind: str = typer.Option("cpu", "--instance-kind", help="where the onnxruntime models run: cpu "
+                                          "(KIND_CPU) | gpu (KIND_GPU: the CUDA execution provider, and the fused "
+                                          "CUDA kernels with --ort-ops-library)"),
         force: bool = typer.Option(False, "--force", help="replace an existing repository folder"),
         as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
     ):
@@ -85,7 +88,7 @@ def register(app: typer.Typer) -> None:
         from ..serving.triton_repo import write_repository
 
         summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
-                                   ort_ops_library=ort_ops_library)
+                                   ort_ops_library=ort_ops_library, instance_kind=instance_kind)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return

@@ -143,17 +143,37 @@ def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, 
                         "traceback)") from exc
 
 
+#: ``export --precision``: the dtype of the exported activations (the int8 issue adds ``int8`` here).
+PRECISIONS = ("float32", "float16", "bfloat16")
+#: The formats that honour a precision other than float32.
+HALF_FORMATS = ("onnx",)
+
+
+def check_precision(precision: str, formats_: Sequence[str]) -> torch.dtype:
+    """``--precision`` -> torch dtype; one-line errors for an unknown value or a format that cannot do it."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    other = [f for f in formats_ if f not in HALF_FORMATS]
+    if precision != "float32" and other:
+        raise UserError(f"--precision {precision} is written for {', '.join(HALF_FORMATS)} only (not "
+                        f"{', '.join(other)}); pass --format onnx")
+    return getattr(torch, precision)
+
+
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                  formats_: Iterable[str] = ("torchscript", "onnx", "pt2"), spec: Optional[str] = None,
                  checkpoint: Optional[str] = None, lowering: str = "function", opset: Optional[int] = None,
                  function_body: Optional[str] = None, static_batch: bool = False, aot: bool = False,
                  force: bool = False, trust_pickle: bool = False, mode: str = "multistep",
-                 extra_options: Optional[Dict[str, Any]] = None, progress=None) -> Dict[str, Any]:
+                 extra_options: Optional[Dict[str, Any]] = None, progress=None,
+                 precision: Optional[str] = None) -> Dict[str, Any]:
     """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest.
 
     ``mode`` picks the writer family (:func:`register_format`); a writer may return ``inputs`` / ``outputs``
     (lists of names) in its artifact record, and the manifest then records those instead of the multi-step
     ``input`` / ``output``. ``extra_options`` reach the writers through ``ExportContext.options``.
+    ``precision`` (float32 / float16 / bfloat16; also ``extra_options["precision"]``): the activations' dtype of
+    the ONNX model; membranes stay float32 (see :mod:`dsr_deploy.export.onnx_functions`).
     """
     from ..io import atomic_dir
 
@@ -175,8 +195,9 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     for f in wanted:
         if f not in available:
             raise UserError(f"unknown format {f!r}; choose from {', '.join(available)} or all")
+    dtype = check_precision(precision or (extra_options or {}).get("precision") or "float32", wanted)
     ctx = ExportContext(
-        model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
+        model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
                  "trust_pickle": trust_pickle, **(extra_options or {})},
         spec=spec, checkpoint=checkpoint, io=io,

@@ -37,7 +37,7 @@ from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .onnx_functions import BODIES, function_proto
+from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
@@ -82,6 +82,8 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
     dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
+    if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+        inf = inf.to(ctx.dtype)
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
@@ -123,8 +125,10 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
         if kind not in kinds:
             kinds.append(kind)
+    prefix = scope_prefix(model.graph)  # function names never collide with the graph's (onnx-tensorrt < 10.8)
+    elem = onnx_elem_type(ctx.dtype)
     for kind in kinds:
-        model.functions.append(function_proto(kind, body, opset, T=ctx.T))
+        model.functions.append(function_proto(kind, body, opset, T=ctx.T, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model.opset_import) and kinds:
         model.opset_import.append(helper.make_opsetid(ONNX_DOMAIN, 1))
     meta = {
