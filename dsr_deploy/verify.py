@@ -494,8 +494,13 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                         note = f"no per-layer probe: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             for backend, opts, variant, why in targets:
                 label = art["path"] if path is not None else "(PyTorch)"
-                run = Run(label, fmt, backend, variant, precision=str(art.get("precision") or "float32"))
+                precision = "float32" if fmt == "pytorch" else str(art.get("precision") or manifest.get("dtype")
+                                                                    or "float32")
+                run = Run(label, fmt, backend, variant, precision=precision)
                 runs.append(run)
+                if why is None and precision == "bfloat16":
+                    why = "bfloat16 inputs cannot be fed from numpy here (and ONNX Runtime's CPU provider has no " \
+                          "bfloat16 convolutions)"
                 if why is not None:
                     run.status, run.reason = "skipped", why
                     continue
@@ -599,8 +604,9 @@ def _run_end_to_end(run: Run, art: dict, manifest: dict, io: dict, runner, refs,
             if skip:
                 run.layers_note = (run.layers_note + f"; input {name} skipped ({skip})").lstrip("; ")
                 continue
+            x = x.astype(_input_dtype(run.precision))
             out = runner.infer({INPUT_NAME: x})
-            y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values())))
+            y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values()))).astype(np.float32)
             if y.shape != ref_out.shape:
                 raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
             diff = np.abs(y.astype(np.float64) - ref_out)
@@ -618,14 +624,15 @@ def _run_end_to_end(run: Run, art: dict, manifest: dict, io: dict, runner, refs,
                 got = probe_runner.infer({INPUT_NAME: x})
             else:
                 continue
-            _accumulate(stats, got, ref_calls, probe_idx, infos)
+            _accumulate(stats, got, ref_calls, probe_idx, infos, run.precision)
     finally:
         if probe_runner is not None:
             probe_runner.release()
     run.layers = [stats[i] for i in sorted(stats)]
 
 
-def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], probe_idx, infos) -> None:
+def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], probe_idx, infos,
+                precision: str = "float32") -> None:
     # Match the j-th call of layer i in the probe with the j-th call of layer i in the reference.
     by_layer: Dict[int, List[Call]] = {}
     for c in ref_calls:
@@ -643,9 +650,9 @@ def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], p
         if have.size != want.y.size:
             raise UserError(f"layer {layer}: spikes of shape {list(have.shape)}, the model's are {list(want.y.shape)}")
         # A flat layer's probe gives [T, B, ...] spikes for the training neuron's [T*B, ...]: same order.
-        have = have.reshape(want.y.shape)
+        have = have.reshape(want.y.shape).astype(np.float32)
         st = _stat(stats, layer, infos)
-        st.equal += int((have == want.y).sum())
+        st.equal += int((have == _rounded(want.y, precision)).sum())
         st.total += int(want.y.size)
         cur = got.get(f"{CURRENT_PREFIX}{key[len(PROBE_PREFIX):]}")
         if cur is not None:
@@ -706,13 +713,19 @@ def _run_neuron_check(run: Run, runner, refs, infos) -> None:
                 if have.shape != want.shape:
                     raise UserError(f"layer {call.layer}: the artifact's neuron returned {list(have.shape)}, "
                                     f"the reference {list(want.shape)}")
-                st.neuron_equal += int((have.astype(np.float32) == want).sum())
+                st.neuron_equal += int((have.astype(np.float32) == _rounded(want, run.precision)).sum())
                 st.neuron_total += int(want.size)
     run.layers = [stats[i] for i in sorted(stats)]
     run.neuron_checked = True
 
 
 def _input_dtype(precision: str):
+    return np.float16 if precision == "float16" else np.float32
+
+
+def _rounded(spikes: np.ndarray, precision: str) -> np.ndarray:
+    """The reference's float32 spikes as a half-precision artifact represents them (each spike value, vth or
+    vth/dt, rounded once to the artifact's dtype)."""
     if precision == "float16":
-        return np.float16
-    return np.float32
+        return spikes.astype(np.float16).astype(np.float32)
+    return spikes
