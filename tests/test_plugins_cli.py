@@ -59,7 +59,13 @@ def test_tensorrt_without_cuda_is_a_one_line_error(tmp_path):
 
 def test_nothing_to_build_is_a_one_line_error(monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("ONNXRUNTIME_ROOT", "TENSORRT_ROOT")}
-    one_line_error(cli("build", "--no-torch", "--no-cuda", env=env), "nothing to build")
+    one_line_error(cli("build", "--no-torch", "--no-ort", "--no-cuda", env=env), "nothing to build")
+
+
+def test_ort_root_with_no_ort_is_a_one_line_error(tmp_path):
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 29\n")
+    one_line_error(cli("build", "--ort-root", str(tmp_path), "--no-ort", "--no-torch"), "--no-ort")
 
 
 def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
@@ -68,8 +74,11 @@ def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
         (root / sub).mkdir(parents=True)
         (root / sub / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 23\n")
         found = plugins.detect(ort_root=str(root))["ort"]
-        assert found["available"] and found["ORT_API_VERSION"] == "23", found
-    assert not plugins.detect(ort_root=str(tmp_path / "none"))["ort"]["available"]
+        assert found["include"] == str((root / sub).resolve()) and found["ORT_API_VERSION"] == "23", found
+    missing = plugins.detect(ort_root=str(tmp_path / "none"))["ort"]
+    assert missing["include"] is None and "onnxruntime_c_api.h not found" in missing["reason"]
+    # The library itself needs no header: it can always be built (with a compiler).
+    assert missing["available"] and missing["api_version"] == 18
 
 
 # ---- CUDA build configuration (found by building the torch CUDA adapter against a CUDA build of torch) ----------
