@@ -87,6 +87,21 @@ def ort_library() -> Optional[Path]:
     return ops.find_library(ORT_LIBRARY)
 
 
+def missing_reason(key: str) -> Optional[str]:
+    """None when library ``key`` (of :data:`LIBRARIES`) is built, else one line: not built, and why (no compiler, no
+    CMake, or simply not built yet)."""
+    name = LIBRARIES[key][0]
+    if ops.find_library(name) is not None:
+        return None
+    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+        why = "no C++ compiler here (set CXX or install g++), so `dsr-deploy plugins build` cannot build it"
+    elif not (shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))):
+        why = "cmake not found (pip install cmake), so `dsr-deploy plugins build` cannot build it"
+    else:
+        why = "run `dsr-deploy plugins build` (a few seconds; `make quickstart` and `make test` run it)"
+    return f"{name} not built: {why}"
+
+
 def register_ort_custom_ops(session_options) -> bool:
     """Register the dsr ONNX Runtime custom ops in ``session_options`` when the library is built.
 

@@ -97,4 +97,6 @@ def dsr_node_model(op: str, attrs: dict, step: bool = False, elem: int | None = 
     node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr",
                             plugin_namespace="dsr", plugin_version="1", **attrs)
     graph = helper.make_graph([node], "dsr_node", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])
+    # IR version 8 (the first with opset 17): loads in every ONNX Runtime the library supports (1.18 and newer).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)],
+                             ir_version=8)
