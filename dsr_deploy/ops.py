@@ -121,7 +121,14 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "dsr-deploy"
+    if xdg:
+        return Path(xdg) / "dsr-deploy"
+    try:
+        return Path.home() / ".cache" / "dsr-deploy"
+    except RuntimeError:  # no home folder for this user
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"dsr-deploy-cache-{os.getuid()}"
 
 
 def build_key(src: Optional[Path] = None) -> Optional[str]:

@@ -338,7 +338,13 @@ def build(
 
     lib_dir = Path(lib_dir) if lib_dir else install_dir()
     check_writable_dir(lib_dir)
-    build_dir = Path(build_dir) if build_dir else default_build_dir(src)
+    if build_dir is None:
+        build_dir = default_build_dir(src)
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: build in the temp folder (the libraries still go to lib_dir)
+            build_dir = Path(tempfile.gettempdir()) / f"dsr-deploy-plugins-build-{build_dir.name}"
+    build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
 
     def on(flag: bool) -> str:
@@ -472,7 +478,7 @@ def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
             if path is not None:
                 entry["loaded"], entry["reason"] = _ort_check(path)
             else:
-                entry["reason"] = "not built: " + (found["ort"].get("reason") or "rerun `dsr-deploy plugins build`")
+                entry["reason"] = missing_reason("ort")
         elif key == "kernels":
             entry["reason"] = "built" if path is not None else "not built: run `dsr-deploy plugins build`"
             if path is not None:
