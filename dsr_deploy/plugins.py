@@ -87,15 +87,32 @@ def ort_library() -> Optional[Path]:
     return ops.find_library(ORT_LIBRARY)
 
 
+def _cxx() -> tuple[Optional[str], Optional[str]]:
+    """(the C++ compiler the build will use, None) or (None, why there is none): ``$CXX`` when it names a program
+    here, else ``c++`` / ``g++`` on PATH."""
+    env = os.environ.get("CXX")
+    if env:
+        found = shutil.which(env)
+        return (found, None) if found else (None, f"CXX={env} is not a program on this machine")
+    found = shutil.which("c++") or shutil.which("g++")
+    return (found, None) if found else (None, "no C++ compiler (set CXX or install g++)")
+
+
+def _cmake() -> Optional[str]:
+    # scripts/setup.sh may have pip-installed cmake into the venv's bin, which need not be on PATH
+    return shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))
+
+
 def missing_reason(key: str) -> Optional[str]:
     """None when library ``key`` (of :data:`LIBRARIES`) is built, else one line: not built, and why (no compiler, no
     CMake, or simply not built yet)."""
     name = LIBRARIES[key][0]
     if ops.find_library(name) is not None:
         return None
-    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
-        why = "no C++ compiler here (set CXX or install g++), so `dsr-deploy plugins build` cannot build it"
-    elif not (shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))):
+    cxx, no_cxx = _cxx()
+    if cxx is None:
+        why = f"{no_cxx}, so `dsr-deploy plugins build` cannot build it"
+    elif _cmake() is None:
         why = "cmake not found (pip install cmake), so `dsr-deploy plugins build` cannot build it"
     else:
         why = "run `dsr-deploy plugins build` (a few seconds; `make quickstart` and `make test` run it)"
@@ -218,16 +235,15 @@ def detect(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
     ort_root = ort_root or os.environ.get("ONNXRUNTIME_ROOT")
     trt_root = trt_root or os.environ.get("TENSORRT_ROOT")
     venv_bin = str(Path(sys.executable).parent)  # scripts/setup.sh may have pip-installed cmake/ninja there
-    cmake = shutil.which("cmake") or shutil.which("cmake", path=venv_bin)
+    cmake = _cmake()
     ninja = shutil.which("ninja") or shutil.which("ninja", path=venv_bin)
     nvcc = _nvcc()
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    cxx, no_cxx = _cxx()
     found: dict = {
         "cmake": {"available": cmake is not None, "path": cmake,
                   "reason": None if cmake else "cmake not on PATH (pip install cmake, or apt-get install cmake)"},
         "ninja": {"available": ninja is not None, "path": ninja},
-        "cxx": {"available": cxx is not None, "path": cxx,
-                "reason": None if cxx else "no C++ compiler (set CXX or install g++)"},
+        "cxx": {"available": cxx is not None, "path": cxx, "reason": no_cxx},
         "torch": {"available": True, "version": torch.__version__, "cmake_prefix": torch.utils.cmake_prefix_path,
                   "cuda": torch.version.cuda},
         "cuda": {"available": nvcc is not None, "nvcc": nvcc, "root": _cuda_root(nvcc),

@@ -174,7 +174,9 @@ def _native_summary() -> Dict[str, str]:
 
     st = ops.native_status()
     lib = plugins.ort_library()
-    return {"torch op (libdsr_torch_ops.so)": f"loaded from {st['path']}" if st["loaded"] else st["reason"],
+    torch_op = (f"loaded from {st['path']}" if st["loaded"] else
+                plugins.missing_reason("torch") or st["reason"])  # not built and why, else why it did not load
+    return {"torch op (libdsr_torch_ops.so)": torch_op,
             "ONNX Runtime custom ops (libdsr_ort_ops.so)": f"built: {lib}" if lib else plugins.missing_reason("ort")}
 
 
