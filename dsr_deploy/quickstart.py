@@ -49,6 +49,7 @@ class AccuracyRow:
     artifact: str
     format: str
     backend: str
+    variant: str = ""  # ONNX Runtime: "function fallback" or "dsr custom-op library"
     status: str = "ok"  # ok | skipped | error
     reason: str = ""
     accuracy: Optional[float] = None
@@ -76,6 +77,7 @@ class QuickstartResult:
     files: Dict[str, str] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
     backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
+    native: Dict[str, str] = field(default_factory=dict)  # native kernel -> where it was loaded from, or why not
 
     @property
     def bit_exact(self) -> bool:
@@ -108,6 +110,7 @@ class QuickstartResult:
             "accuracy": [a.to_dict() for a in self.accuracy],
             "bench": _bench_summary(self.bench) if self.bench else None,
             "backends": {k: v or "available" for k, v in self.backends.items()},
+            "native_kernels": self.native,
             "files": self.files, "seconds": self.seconds,
         }
 
@@ -139,8 +142,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# The two ways ONNX Runtime runs a model's dsr nodes: the model-local function bodies, and the fused kernels of the
+# custom-op library (libdsr_ort_ops.so); the quickstart scores and benchmarks both. (label, runner options)
+ORT_VARIANTS = (("function fallback", {"custom_ops": "off"}), ("dsr custom-op library", {"custom_ops": "require"}))
+
+
 def _artifact_targets(folder: Path) -> List[tuple]:
-    """(artifact path, format, backend, None | why skipped) for every artifact x backend that could run it."""
+    """(artifact path, format, backend, variant, runner options, None | why skipped) for every artifact x backend
+    (x ONNX Runtime variant) that could run it."""
     from .manifest import read_manifest
     from .runtime import base as R
 
@@ -153,22 +162,54 @@ def _artifact_targets(folder: Path) -> List[tuple]:
         names = [b for b, formats in R.BACKEND_FORMATS.items() if fmt.lower() in formats]
         names += [b for b in R.backends_for(path) if b not in names and b != "torch"]
         if not names:
-            targets.append((path, fmt, "-", "no backend runs this format"))
+            targets.append((path, fmt, "-", "", {}, "no backend runs this format"))
         for b in names:
-            targets.append((path, fmt, b, usable.get(b, "not registered")))
+            why = usable.get(b, "not registered")
+            if b == "onnxruntime" and _has_dsr_nodes(path):
+                from . import plugins
+
+                for variant, opts in ORT_VARIANTS:
+                    missing = plugins.missing_reason("ort") if opts["custom_ops"] == "require" else None
+                    targets.append((path, fmt, b, variant, opts, why or missing))
+            else:
+                targets.append((path, fmt, b, "", {}, why))
     return targets
 
 
+def _has_dsr_nodes(path: Path) -> bool:
+    try:
+        import onnx
+
+        from .export.onnx_writer import dsr_nodes
+
+        return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
+    except Exception:  # not an ONNX file this can read: no variants, the backend reports its own error
+        return False
+
+
+def _native_summary() -> Dict[str, str]:
+    """Which native kernels this run uses: the torch op (pt2 / TorchScript / eager neurons) and the ORT library."""
+    from . import ops, plugins
+
+    st = ops.native_status()
+    lib = plugins.ort_library()
+    torch_op = (f"loaded from {st['path']}" if st["loaded"] else
+                plugins.missing_reason("torch") or st["reason"])  # not built and why, else why it did not load
+    return {"torch op (libdsr_torch_ops.so)": torch_op,
+            "ONNX Runtime custom ops (libdsr_ort_ops.so)": f"built: {lib}" if lib else plugins.missing_reason("ort")}
+
+
 def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels: np.ndarray,
-                      reference_logits: np.ndarray, neuron: str, neuron_params: dict) -> AccuracyRow:
+                      reference_logits: np.ndarray, neuron: str, neuron_params: dict, variant: str = "",
+                      options: Optional[dict] = None) -> AccuracyRow:
     """Held-out accuracy of one artifact on one backend, from the artifact's own spike output."""
     from .models.common import firing_rate
     from .runtime import load_runner
 
-    row = AccuracyRow(path.name, fmt, backend)
+    row = AccuracyRow(path.name, fmt, backend, variant)
     t0 = time.perf_counter()
     try:
-        runner = load_runner(path, backend=backend)
+        runner = load_runner(path, backend=backend, **(options or {}))
         with runner:
             name = runner.inputs()[0].name
             out = runner.infer({name: x})
@@ -216,6 +257,8 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     # 1. data and the PyTorch reference
     t0 = time.perf_counter()
     log(f"[1/5] {spec}: {info['summary']}")
+    for kernel, state in _native_summary().items():
+        log(f"      native {kernel}: {state}")
     model = models.build(model_name).eval()
     T = int(models.input_shape(model_name)[0])
     data = load_digits_split()
@@ -262,12 +305,12 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     t0 = time.perf_counter()
     log("[4/5] held-out accuracy of each artifact")
     rows: List[AccuracyRow] = []
-    for path, fmt, backend, why in _artifact_targets(export_dir):
+    for path, fmt, backend, variant, opts, why in _artifact_targets(export_dir):
         if why is not None:
-            rows.append(AccuracyRow(path.name, fmt, backend, status="skipped", reason=str(why)))
+            rows.append(AccuracyRow(path.name, fmt, backend, variant, status="skipped", reason=str(why)))
             continue
-        log(f"      {path.name} on {backend}")
-        rows.append(artifact_accuracy(path, fmt, backend, x_np, labels, ref_logits, neuron, params))
+        log(f"      {path.name} on {backend}" + (f" ({variant})" if variant else ""))
+        rows.append(artifact_accuracy(path, fmt, backend, x_np, labels, ref_logits, neuron, params, variant, opts))
     seconds["accuracy"] = round(time.perf_counter() - t0, 2)
 
     # 5. benchmark
@@ -287,7 +330,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
 
     result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
                               manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
-                              seconds=seconds, backends=available_backends())
+                              seconds=seconds, backends=available_backends(), native=_native_summary())
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -301,12 +344,14 @@ def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRo
     opts = {"threads": threads} if threads else {}  # every runner the same intra-op thread count
     entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape), **opts))]
     seen = set()
+    variants = dict(ORT_VARIANTS)
     for r in ok_rows:
-        if (r.artifact, r.backend) in seen:
+        if (r.artifact, r.backend, r.variant) in seen:
             continue
-        seen.add((r.artifact, r.backend))
-        entries.append(B.BenchEntry(f"{r.format}/{r.backend}",
-                                    load_runner(export_dir / r.artifact, backend=r.backend, **opts)))
+        seen.add((r.artifact, r.backend, r.variant))
+        label = f"{r.format}/{r.backend}" + (f" ({r.variant})" if r.variant else "")
+        entries.append(B.BenchEntry(label, load_runner(export_dir / r.artifact, backend=r.backend, **opts,
+                                                       **variants.get(r.variant, {}))))
     result = B.run_benchmark(entries, list(batches), [T], warmup=warmup, iters=iters, input_shape=list(shape),
                              neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir),
                              settings_extra={"threads": threads})
@@ -347,8 +392,9 @@ def render(result: QuickstartResult, console=None) -> None:
     for col in ("artifact", "backend", "accuracy", "correct", "vs PyTorch"):
         a.add_column(col)
     for r in result.accuracy:
+        backend = f"{r.backend} {r.variant}".strip()
         if r.status != "ok":
-            a.add_row(r.artifact, r.backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
+            a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
             continue
         if r.identical_to_pytorch:
             vs = "[green]identical logits[/green]"
@@ -358,7 +404,7 @@ def render(result: QuickstartResult, console=None) -> None:
             vs = f"{r.predictions_differing} of {r.total} predictions differ"
         if not _within_rule(r, result.pytorch_accuracy):
             vs = f"[red]{vs}; more than {MAX_ACCURACY_DROP} points below PyTorch[/red]"
-        a.add_row(r.artifact, r.backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
+        a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
     console.print(a)
 
     if result.bench:
@@ -366,6 +412,8 @@ def render(result: QuickstartResult, console=None) -> None:
 
         console.print(B.render_table(_bench_from_dict(result.bench)))
 
+    if result.native:
+        console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
     unusable = {k: v for k, v in result.backends.items() if v}
     if unusable:
         console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"

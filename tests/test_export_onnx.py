@@ -149,10 +149,10 @@ def test_conv_nets_neurons_exact_on_ort_own_inputs(factory, lowering):
 def test_dsr_nodes_run_on_the_ort_custom_op_library_bit_exact():
     # The node attributes are the contract the ONNX Runtime library (plugins branch) reads.
     from dsr_deploy.runtime import load_runner
-    from dsr_deploy.runtime.onnxruntime import find_ort_library
 
-    if find_ort_library() is None:
-        pytest.skip("libdsr_ort_ops.so is not built here (dsr-deploy plugins build, or set DSR_DEPLOY_LIB_DIR)")
+    from _native_util import ensure_ort_library
+
+    ensure_ort_library()  # no SDK needed: built here when missing
     path = _onnx("sj_neuron_net")
     net = sj_neuron_net()
     with load_runner(path, "onnxruntime", custom_ops="require") as runner:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _native_util import ensure_ort_library, ensure_torch_native
+
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
 FORMATS = {"torchscript", "onnx", "pt2"}
@@ -23,6 +25,8 @@ FORMATS = {"torchscript", "onnx", "pt2"}
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
+    ensure_torch_native()  # `make quickstart` / `make test` build both libraries first; a bare pytest run here
+    ensure_ort_library()
     out = tmp_path_factory.mktemp("qs") / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(out), "--iters", "3",
@@ -77,9 +81,46 @@ def test_files_are_where_the_summary_says(quickstart):
     assert x.shape == (8, 360, 1, 8, 8) and x.dtype == np.float32
     bench = json.loads(Path(files["bench_report"]).read_text())
     labels = {r["label"] for r in bench["results"]}
-    assert "pytorch eager" in labels and {"torchscript/torchscript", "onnx/onnxruntime", "pt2/pt2"} <= labels
+    assert "pytorch eager" in labels and {"torchscript/torchscript", "onnx/onnxruntime (function fallback)",
+                                          "onnx/onnxruntime (dsr custom-op library)", "pt2/pt2"} <= labels
     timed = [r for r in bench["results"] if r["latency_ms"]]
     assert timed and all(r["latency_ms"]["mean"] > 0 and r["iterations"] == 3 for r in timed)
+
+
+def test_the_fast_path_is_verified_scored_and_benchmarked(quickstart):
+    # The native kernels are built (make quickstart builds them first): the ORT custom-op library runs next to the
+    # function fallback in verify, accuracy and the benchmark, and the torch op serves pt2 and the eager neurons.
+    out, summary, log = quickstart
+    native = summary["native_kernels"]
+    assert native["torch op (libdsr_torch_ops.so)"].startswith("loaded from"), native
+    assert native["ONNX Runtime custom ops (libdsr_ort_ops.so)"].startswith("built:"), native
+    assert "native torch op" in log
+    for variant in ("function fallback", "dsr custom-op library"):
+        runs = [r for r in summary["verify"] if r["backend"] == "onnxruntime" and r.get("variant") == variant]
+        assert runs and all(r["status"] == "ok" and r["passed"] and r["neuron_exact"] for r in runs), runs
+        acc = [a for a in summary["accuracy"] if a["backend"] == "onnxruntime" and a["variant"] == variant]
+        assert len(acc) == 1 and acc[0]["status"] == "ok", acc
+        assert 100 * (summary["pytorch_accuracy"] - acc[0]["accuracy"]) <= summary["max_accuracy_drop"]
+        timed = [r for r in summary["bench"] if r["label"] == f"onnx/onnxruntime ({variant})"]
+        assert timed and all(r["mean_ms"] and r["mean_ms"] > 0 for r in timed), summary["bench"]
+
+
+def test_without_a_compiler_the_custom_op_rows_say_why(quickstart, tmp_path, monkeypatch):
+    # No library built (an empty cache) and no compiler on PATH: the custom-op variant is a skipped row whose reason
+    # says the compiler is missing; the function fallback still runs.
+    from dsr_deploy import plugins
+    from dsr_deploy.quickstart import _artifact_targets
+
+    out, summary, _ = quickstart
+    monkeypatch.setenv("DSR_DEPLOY_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("DSR_DEPLOY_LIB_DIR", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert plugins.ort_library() is None
+    ort_rows = {t[3]: t for t in _artifact_targets(Path(summary["files"]["export"])) if t[2] == "onnxruntime"}
+    assert ort_rows["function fallback"][5] is None
+    why = ort_rows["dsr custom-op library"][5]
+    assert why.startswith("libdsr_ort_ops.so not built: no C++ compiler"), why
 
 
 def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):

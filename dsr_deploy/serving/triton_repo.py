@@ -319,7 +319,7 @@ Models:
 ## Start Triton
 
     docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 \\
-        -v $PWD:/models -v /path/to/dsr_deploy/_lib:/dsr_lib \\
+        -v $PWD:/models -v ~/.cache/dsr-deploy/plugins/<build>:/dsr_lib \\
         nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
         tritonserver --model-repository=/models {plugin_flag}
 
