@@ -10,7 +10,8 @@ setup:
 info: setup
 	$(VENV)/bin/dsr-deploy info
 
-# The main job: export the shipped trained network, verify every artifact bit-exact, score and benchmark them.
+# The main job: export the shipped trained network, verify every backend's neurons bit-exact and every artifact's
+# agreement, score and benchmark them.
 # The native kernels first (the torch op and the ONNX Runtime custom-op library, no SDK needed; seconds), so the
 # quickstart runs the fast path; if they cannot be built (no compiler) it still runs and lists what it skipped and why.
 quickstart: setup
