@@ -57,8 +57,27 @@ def _register_areas() -> None:
 _register_areas()
 
 
+def _interrupted(exc: BaseException) -> None:
+    """Ctrl-C (exit 130) or SIGTERM / SIGHUP (exit 128 + signal), after the cleanup unwinding did."""
+    from ..guard import Terminated
+
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__cause__ or exc.__context__  # click wraps Ctrl-C in Abort
+    if isinstance(exc, Terminated):
+        typer.secho(f"terminated ({exc.args[0]})", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    typer.secho("interrupted" if exc is not None else "aborted", fg="red", err=True)
+    sys.exit(130)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed."""
+    """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
+
+    SIGTERM and SIGHUP unwind like Ctrl-C (see :mod:`dsr_deploy.guard`), so every command cleans up the same way.
+    """
+    from ..guard import install_signal_handlers
+
+    restore_signals = install_signal_handlers()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
         rc = app(args=argv, standalone_mode=False)
@@ -69,15 +88,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.secho("aborted", fg="red", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except Exception as exc:
         # Click usage errors (Typer may vendor its own click, so match by behaviour, not by class).
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    finally:
+        restore_signals()

@@ -10,6 +10,7 @@ writers without touching these.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -56,18 +57,23 @@ def check_input_shape(shape: Sequence[int]) -> tuple:
     return shape
 
 
-def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32,
+                spec: Optional[str] = None) -> torch.Tensor:
     """Run the user's network (an eval-mode copy, so its own checks apply, e.g. our neurons' T) and its
-    inference copy once on zeros of ``shape``; a UserError when either rejects it."""
+    inference copy once on zeros of ``shape``; a UserError when either rejects it (or exits: SystemExit is
+    user code failing too, see :func:`dsr_deploy.guard.user_code`)."""
     import copy
 
-    try:
-        with torch.no_grad():
-            copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
-            out = inference_copy(model, "op")(torch.zeros(shape, dtype=dtype))
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the model rejects input shape {list(shape)}: {msg}") from exc
+    from ..guard import user_code
+
+    def message(err: str) -> str:
+        exc = sys.exc_info()[1]
+        text = str(exc).strip().splitlines()[0] if isinstance(exc, Exception) and str(exc).strip() else err
+        return f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
+
+    with user_code(message), torch.no_grad():
+        copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
+        out = inference_copy(model, "op")(torch.zeros(shape, dtype=dtype))
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the model must return one tensor, it returned {type(out).__name__}")
     if out.dim() < 2 or out.shape[0] != shape[0] or out.shape[1] != shape[1]:
@@ -81,16 +87,17 @@ def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, 
     DSR_DEPLOY_DEBUG=1 to get the original exception and its traceback instead)."""
     import os
 
+    from ..guard import first_line
+
     try:
         return writer(ctx, path)
-    except UserError:
+    except (UserError, KeyboardInterrupt, GeneratorExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - tracing runs the user's forward: SystemExit is a failure too
         if os.environ.get("DSR_DEPLOY_DEBUG"):
             raise
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        raise UserError(f"{name} export failed: {type(exc).__name__}: {first} (DSR_DEPLOY_DEBUG=1 shows the "
+        model = f" of {ctx.spec}" if ctx.spec else ""
+        raise UserError(f"{name} export{model} failed: {first_line(exc)} (DSR_DEPLOY_DEBUG=1 shows the "
                         "traceback)") from exc
 
 
@@ -119,7 +126,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     if not neurons:
         raise UserError("the model holds no DSR neuron (DSRIFNode / DSRLIFNode, ours or SpikingJelly's); "
                         "nothing to export")
-    probe_model(model, shape)
+    probe_model(model, shape, spec=spec)
     available = formats(mode)
     if not available:
         raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")
