@@ -38,6 +38,7 @@ from .convert import find_neuron_modules, find_neurons
 from .errors import UserError
 from .export.base import INPUT_NAME, OUTPUT_NAME, PROBE_PREFIX, ExportContext
 from .export.manifest import read_manifest
+from .numerics import count_equal, max_abs_diff
 
 DEFAULT_MIN_AGREEMENT = 0.999
 
@@ -367,7 +368,7 @@ def _execute(run: Run, art: dict, manifest: dict, path: Optional[Path], backend:
             y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values())))
             if y.shape != ref_out.shape:
                 raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
-            run.max_abs_diff = max(run.max_abs_diff, float(np.max(np.abs(y.astype(np.float64) - ref_out))) if y.size else 0.0)
+            run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)  # NaN-aware (dsr_deploy.numerics)
             t_art, t_ref = top1(y), top1(ref_out)
             run.top1_equal += int((t_art == t_ref).sum())
             run.top1_total += int(t_ref.size)
@@ -403,5 +404,5 @@ def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls, probe_idx, in
         if have.shape != want.shape:
             raise UserError(f"layer {layer}: spikes of shape {list(have.shape)}, the model's are {list(want.shape)}")
         st = stats.setdefault(layer, LayerStat(layer, infos[layer].name, infos[layer].op_type))
-        st.equal += int((have == want).sum())
+        st.equal += count_equal(have, want)  # NaN spikes of a NaN model agree with NaN
         st.total += int(want.size)
