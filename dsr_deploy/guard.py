@@ -3,8 +3,8 @@
 * **Signals**: :func:`install_signal_handlers` (called once by the CLI entry) makes SIGTERM and SIGHUP raise
   :class:`Terminated` in the main thread, a :class:`KeyboardInterrupt`, so every ``finally`` / ``except
   BaseException`` that cleans up after Ctrl-C (temporary folders next to ``--out``, probe folders in the system
-  temp directory) runs for them too; the process then exits ``128 + signal``. A signal ignored when the process
-  started (``nohup``) stays ignored; a second signal while cleaning up is ignored.
+  temp directory) runs for them too; the process then exits ``128 + signal`` (also when a library wrapped the
+  interruption in an exception of its own). A signal ignored when the process started (``nohup``) stays ignored.
 * **User code** (a model factory, a model file's top level, a model's forward): :func:`user_code` turns any
   exception or exit it raises (``SystemExit(0)`` included; Ctrl-C and SIGTERM aside) into a one-line
   :class:`~dsr_deploy.errors.UserError` naming it, exit code 2.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from .errors import UserError
 
@@ -34,14 +34,19 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
-_state = {"fired": False}
+_state: dict = {"signum": None}
 
 
 def _on_signal(signum, frame):
-    if _state["fired"]:
-        return  # already unwinding: let the cleanup finish
-    _state["fired"] = True
+    # Raised again for a repeated signal: a library that swallowed the first one must not keep the process.
+    _state["signum"] = signum
     raise Terminated(signum)
+
+
+def terminated_by() -> Optional[int]:
+    """The SIGTERM / SIGHUP received since :func:`install_signal_handlers`, or None. The CLI exits with it even
+    when a library wrapped the :class:`Terminated` it raised in an exception of its own (torch.export does)."""
+    return _state["signum"]
 
 
 def install_signal_handlers() -> Callable[[], None]:
@@ -49,7 +54,7 @@ def install_signal_handlers() -> Callable[[], None]:
     function that puts the previous handlers back (the CLI run in-process, by tests, leaves no trace)."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        _state["fired"] = False
+        _state["signum"] = None
         for sig in HANDLED_SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 previous[sig] = signal.signal(sig, _on_signal)

@@ -145,6 +145,18 @@ def atomic_write_text(target: Path | str, text: str, *, force: bool = True) -> P
     return atomic_write_bytes(target, text.encode(), force=force)
 
 
+def check_can_create(folder: Path | str) -> None:
+    """Check, creating nothing, that ``folder`` exists as a writable folder or can be made: its nearest existing
+    ancestor is a writable folder (a failed command must not leave folders it made)."""
+    p = Path(os.path.abspath(folder))
+    while not _exists(p) and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"cannot create output folder {folder}: {p} is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create output folder {folder}: {p} is not writable")
+
+
 def check_output_file(path: Path | str, label: str) -> Path:
     """Check, before any work, that the file ``path`` (given with option ``label``) can be written: not a folder,
     in an existing writable folder. The write itself is atomic (:func:`atomic_path`)."""

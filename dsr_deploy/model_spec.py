@@ -18,6 +18,7 @@ import importlib.util
 import pickle
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -173,7 +174,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
     unsafe = (f"checkpoint {path} is not a state dict we can load safely ({{why}}); if you trust it, pass "
               "--trust-pickle")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a foreign file's pickle protocol are not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         # "Unsupported global": the file pickles classes (a whole model, or code); any other unpickling failure

@@ -57,15 +57,18 @@ def _register_areas() -> None:
 _register_areas()
 
 
-def _interrupted(exc: BaseException) -> None:
+def _interrupted(exc: Optional[BaseException]) -> None:
     """Ctrl-C (exit 130) or SIGTERM / SIGHUP (exit 128 + signal), after the cleanup unwinding did."""
-    from ..guard import Terminated
+    from ..guard import terminated_by
 
+    signum = terminated_by()
+    if signum is not None:  # whatever a library turned the interruption into on its way up
+        import signal
+
+        typer.secho(f"terminated ({signal.Signals(signum).name})", fg="red", err=True)
+        sys.exit(128 + signum)
     while exc is not None and not isinstance(exc, KeyboardInterrupt):
         exc = exc.__cause__ or exc.__context__  # click wraps Ctrl-C in Abort
-    if isinstance(exc, Terminated):
-        typer.secho(f"terminated ({exc.args[0]})", fg="red", err=True)
-        sys.exit(exc.exit_code)
     typer.secho("interrupted" if exc is not None else "aborted", fg="red", err=True)
     sys.exit(130)
 
@@ -73,24 +76,38 @@ def _interrupted(exc: BaseException) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
 
-    SIGTERM and SIGHUP unwind like Ctrl-C (see :mod:`dsr_deploy.guard`), so every command cleans up the same way.
+    SIGTERM and SIGHUP unwind like Ctrl-C (see :mod:`dsr_deploy.guard`), so every command cleans up the same way;
+    once one arrived, the command ends with it (exit 128 + signal) whatever error the unwinding produced (a
+    library may wrap the interruption in its own exception).
     """
-    from ..guard import install_signal_handlers
+    from ..guard import install_signal_handlers, terminated_by
 
     restore_signals = install_signal_handlers()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
         rc = app(args=argv, standalone_mode=False)
+        if terminated_by() is not None:
+            _interrupted(None)
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
+    except SystemExit:
+        if terminated_by() is not None:
+            _interrupted(None)
+        raise
     except UserError as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt) as exc:
         _interrupted(exc)
     except Exception as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         # Click usage errors (Typer may vendor its own click, so match by behaviour, not by class).
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()

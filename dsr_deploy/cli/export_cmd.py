@@ -285,9 +285,9 @@ def register(app: typer.Typer) -> None:
         shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
         if shape is not None:
             check_input_shape(shape)
-        from ..io import check_writable_dir
+        from ..io import check_can_create
 
-        check_writable_dir(out.parent if out.parent != Path("") else Path("."))
+        check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
         loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle)
         _warn_non_finite(loaded.model)
         if shape is None:
