@@ -47,3 +47,29 @@ def test_sequence_store_idle_sweep_oldest_first():
     now[0] = 21
     assert store.sweep() == 0 and len(store) == 1
     assert [z.shape for z in store.zeros()] == [(2,), (3, 1)]
+
+
+@pytest.mark.parametrize("which", ["--port", "--grpc-port"])
+def test_taken_port_is_one_line_before_anything_starts(tmp_path, which):
+    import socket
+    import time
+
+    from dsr_deploy.serving.process import free_ports
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    other = free_ports(1)[0]
+    ports = ["--port", str(port), "--grpc-port", str(other)] if which == "--port" else \
+        ["--port", str(other), "--grpc-port", str(port)]
+    try:
+        t0 = time.monotonic()
+        res = _run("serve", str(tmp_path), *ports)
+        elapsed = time.monotonic() - t0
+    finally:
+        taken.close()
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"error: cannot listen on 127.0.0.1:{port} ({which}): Address already in use"
+    assert elapsed < 30  # no server was started
