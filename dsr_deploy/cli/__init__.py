@@ -73,6 +73,16 @@ def _interrupted(exc: Optional[BaseException]) -> None:
     sys.exit(130)
 
 
+def _quiet_library_warnings() -> None:
+    """Library remarks that are not the user's business: TorchScript is one of our formats, so torch's
+    ``torch.jit.save`` / ``load`` / ``script`` / ``trace`` deprecation notes (shown under ``-W default`` / ``PYTHONWARNINGS``)
+    are noise in every command that writes or reads a ``model.ts``."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)",
+                            category=DeprecationWarning)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
 
@@ -83,6 +93,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from ..guard import install_signal_handlers, terminated_by
 
     restore_signals = install_signal_handlers()
+    _quiet_library_warnings()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
         rc = app(args=argv, standalone_mode=False)
