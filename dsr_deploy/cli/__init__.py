@@ -73,14 +73,18 @@ def _interrupted(exc: Optional[BaseException]) -> None:
     sys.exit(130)
 
 
-def _quiet_library_warnings() -> None:
+def _quiet_library_warnings():
     """Library remarks that are not the user's business: TorchScript is one of our formats, so torch's
-    ``torch.jit.save`` / ``load`` / ``script`` / ``trace`` deprecation notes (shown under ``-W default`` / ``PYTHONWARNINGS``)
-    are noise in every command that writes or reads a ``model.ts``."""
+    ``torch.jit.save`` / ``load`` / ``script`` / ``trace`` deprecation notes (shown under ``-W default`` or
+    ``PYTHONWARNINGS``) are noise in every command that writes or reads a ``model.ts``. Returns a function
+    that restores the previous filters."""
     import warnings
 
+    scope = warnings.catch_warnings()
+    scope.__enter__()
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)",
                             category=DeprecationWarning)
+    return lambda: scope.__exit__(None, None, None)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -93,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from ..guard import install_signal_handlers, terminated_by
 
     restore_signals = install_signal_handlers()
-    _quiet_library_warnings()
+    restore_warnings = _quiet_library_warnings()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
         rc = app(args=argv, standalone_mode=False)
@@ -126,3 +130,4 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise
     finally:
         restore_signals()
+        restore_warnings()
