@@ -18,23 +18,13 @@ import pytest
 import torch
 
 from dsr_deploy import io as dio
-from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
 
 from export_nets import nets_file
+from test_cli_export import run_cli
 
 NETS = nets_file()
 SHAPE = "3,2,5"  # export_nets.py:single_neuron / ours_neuron_net take [T, B, 5]
-
-
-def run_cli(capsys, *argv):
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:
@@ -146,28 +136,32 @@ def _cli_proc(args, cwd, tmpdir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _signal_once_there(proc, pattern: Path, sig, settle: float = 0.3) -> str:
+    """Wait (bounded) until ``pattern`` (a glob) matches, then send ``sig``; returns the process's stderr."""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not list(pattern.parent.glob(pattern.name)):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        assert list(pattern.parent.glob(pattern.name)), f"{pattern} never appeared"
+        time.sleep(settle)  # well inside the work now
+        proc.send_signal(sig)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_mid_export_leaves_nothing(tmp_path, user_file, sig):
     work = tmp_path / "work"
     tmpdir = tmp_path / "tmp"
     work.mkdir()
     tmpdir.mkdir()
-    out = work / "out"
     proc = _cli_proc(["export", f"{user_file}:slow", "--input-shape", SHAPE, "--format", "torchscript,onnx",
-                      "--out", str(out)], work, tmpdir)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and not list(work.glob(".out.*.tmp")):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        assert list(work.glob(".out.*.tmp")), "the export never started writing"
-        time.sleep(0.3)  # inside a writer now
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+                      "--out", str(work / "out")], work, tmpdir)
+    err = _signal_once_there(proc, work / ".out.*.tmp", sig)
     assert proc.returncode == 128 + sig, err
     assert err.strip().splitlines()[-1] == f"terminated ({signal.Signals(sig).name})"
     assert "Traceback" not in err
@@ -181,20 +175,10 @@ def test_sigterm_during_verify_removes_its_probe_folder(tmp_path):
     folder = exported("ours_neuron_net", (3, 2, 5), formats=("torchscript",))
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _cli_proc(["verify", str(folder), "--random", "200"], tmp_path, tmpdir)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and not list(tmpdir.glob("dsr-verify-*")):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        assert list(tmpdir.glob("dsr-verify-*")), "verify never made its probe folder"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = _cli_proc(["verify", str(folder), "--random", "5000"], tmp_path, tmpdir)  # seconds of work
+    err = _signal_once_there(proc, tmpdir / "dsr-verify-*", signal.SIGTERM, settle=0.0)
     assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
     assert [p for p in tmpdir.iterdir() if p.name != ".ses"] == []
 
 
