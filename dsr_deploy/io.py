@@ -210,9 +210,7 @@ def atomic_dir(target: Path | str, *, force: bool = False) -> Iterator[Path]:
     aside, the new folder renamed in without replace, and the old one removed. Parent folders created for
     ``target`` are removed again when the work fails.
     """
-    target = Path(target)
-    if _exists(target) and not force:
-        raise UserError(f"{target} exists; pass --force to overwrite it")
+    target = check_output_target(target, force=force)  # never the current folder, nor one above it
     created = _missing_parents(target.parent)
     check_writable_dir(target.parent)
     tmp = None

@@ -20,7 +20,7 @@ import torch
 from dsr_deploy import io as dio
 from dsr_deploy.errors import UserError
 
-from export_nets import nets_file
+from export_nets import exported, nets_file
 from test_cli_export import run_cli
 
 NETS = nets_file()
@@ -170,8 +170,6 @@ def test_signal_mid_export_leaves_nothing(tmp_path, user_file, sig):
 
 
 def test_sigterm_during_verify_removes_its_probe_folder(tmp_path):
-    from export_nets import exported
-
     folder = exported("ours_neuron_net", (3, 2, 5), formats=("torchscript",))
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
@@ -286,6 +284,7 @@ WEAK = [
       "--force"], "an input of this command", "checkpoint"),
     (["export", "{nets}:single_neuron", "--input-shape", SHAPE, "--checkpoint", "ck/model.pt", "--out", ".",
       "--force"], "the current folder", "checkpoint"),
+    (["triton-repo", "{onnx_export}", "--out", ".", "--force"], "the current folder", None),
     (["bench", "zoo:digits-cnn", "--json", "missing/r.json", "--iters", "1"], "does not exist", None),
     (["bench", "zoo:digits-cnn", "--plot", "missing/r.png", "--iters", "1"], "does not exist", None),
 ]
@@ -302,7 +301,8 @@ def test_weak_cases_one_line_nothing_left(tmp_path, monkeypatch, capsys, inputs,
         (work / "ck").mkdir()
         torch.save(single_neuron().state_dict(), work / "ck" / "model.pt")
     before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
-    argv = [a.format(nets=NETS, inp=inputs, user=user_file) for a in argv]
+    onnx_export = exported("ours_neuron_net", (3, 2, 5), formats=("onnx",)) if "{onnx_export}" in argv else None
+    argv = [a.format(nets=NETS, inp=inputs, user=user_file, onnx_export=onnx_export) for a in argv]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2, err
     assert message in one_line(err)
