@@ -112,7 +112,9 @@ class Reference:
         try:
             with torch.no_grad():
                 out = self.model(torch.from_numpy(x))
-        except Exception as exc:
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # the user's forward: SystemExit is a failure too (dsr_deploy.guard)
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"the PyTorch model rejects input {list(x.shape)}: {msg}") from exc
         if not isinstance(out, torch.Tensor):

@@ -120,6 +120,15 @@ def test_user_code_exit_is_an_error_naming_the_factory(tmp_path, capsys, user_fi
     assert not out.exists()
 
 
+def test_forward_exit_anywhere_is_an_error_naming_the_place(tmp_path, capsys, user_file):
+    """bench runs the eager model outside any factory / probe wrapper (its neuron count): the CLI entry still
+    turns an exit from the user's code into one line naming the file and function, exit 2."""
+    code, _, err = run_cli(capsys, "bench", f"{user_file}:forward_exits", "--input-shape", SHAPE, "--batch", "1",
+                           "--iters", "1", "--warmup", "0", "--no-memcpy")
+    line = one_line(err)
+    assert code == 2 and "SystemExit: 0" in line and f"{user_file}:" in line and "(forward)" in line, line
+
+
 def test_module_level_exit_is_an_error(tmp_path, capsys):
     f = tmp_path / "mod.py"
     f.write_text("raise SystemExit(0)\n")

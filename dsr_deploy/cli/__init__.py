@@ -87,6 +87,30 @@ def _quiet_library_warnings():
     return lambda: scope.__exit__(None, None, None)
 
 
+def _outside_code_exit(exc: BaseException) -> None:
+    """A SystemExit (or another non-Exception) raised by code outside dsr-deploy and its CLI libraries, the
+    user's model code run anywhere (a factory, a forward in bench's neuron count, ...): one line naming where,
+    exit 2, instead of ending the command with the user code's exit status."""
+    import os
+
+    from ..guard import first_line
+
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return
+    where = os.path.abspath(last.tb_frame.f_code.co_filename)
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    libs = [os.path.dirname(os.path.abspath(m.__file__)) for m in (typer, sys.modules.get("click"))
+            if m is not None and getattr(m, "__file__", None)]
+    if any(where.startswith(d + os.sep) for d in [ours, *libs]):
+        return
+    typer.secho(f"error: model code raised {first_line(exc)} at {where}:{last.tb_lineno} "
+                f"({last.tb_frame.f_code.co_name})", fg="red", err=True)
+    sys.exit(2)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
 
@@ -105,9 +129,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             _interrupted(None)
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
-    except SystemExit:
+    except SystemExit as exc:
         if terminated_by() is not None:
             _interrupted(None)
+        _outside_code_exit(exc)
         raise
     except UserError as exc:
         if terminated_by() is not None:
@@ -127,6 +152,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
+        raise
+    except BaseException as exc:  # GeneratorExit or a user's own BaseException subclass
+        _outside_code_exit(exc)
         raise
     finally:
         restore_signals()
