@@ -55,7 +55,7 @@ def rename_noreplace(src: Path | str, dst: Path | str) -> str:
 
     Linux: ``renameat2(RENAME_NOREPLACE)`` (returns ``"renameat2"``). Where that is missing or the file system
     refuses it (EINVAL / ENOSYS / ENOTSUP): a file is published with ``os.link`` (fails if ``dst`` exists,
-    ``"link"``); a folder claims ``dst`` with ``os.mkdir`` (fails if it exists) and is then renamed onto that
+    ``"link"``; without hard links an ``O_EXCL`` claim of ``dst`` is then replaced, ``"claim"``); a folder claims ``dst`` with ``os.mkdir`` (fails if it exists) and is then renamed onto that
     empty folder it owns (``"mkdir"``; only a writer that ignores the claim could still replace it).
     """
     src, dst = os.fspath(src), os.fspath(dst)
@@ -70,9 +70,16 @@ def rename_noreplace(src: Path | str, dst: Path | str) -> str:
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise OSError(err, os.strerror(err), src)
     if not os.path.isdir(src) or os.path.islink(src):
-        os.link(src, dst, follow_symlinks=False)  # FileExistsError if dst exists
-        os.unlink(src)
-        return "link"
+        try:
+            os.link(src, dst, follow_symlinks=False)  # FileExistsError if dst exists
+            os.unlink(src)
+            return "link"
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some FUSE / FAT mounts): claim the name, then replace the claim
+            os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # FileExistsError if taken
+            os.replace(src, dst)
+            return "claim"
     os.mkdir(dst)  # FileExistsError if dst exists: the claim
     try:
         os.rename(src, dst)  # onto the empty folder we just made

@@ -250,6 +250,16 @@ def test_rename_noreplace_says_how(tmp_path, monkeypatch):
     assert dio.rename_noreplace(tmp_path / "f", tmp_path / "g") == "link"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "g"]
 
+    def no_hard_links(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(dio.os, "link", no_hard_links)
+    assert dio.rename_noreplace(tmp_path / "g", tmp_path / "h") == "claim"
+    (tmp_path / "i").write_text("y")
+    with pytest.raises(FileExistsError):
+        dio.rename_noreplace(tmp_path / "i", tmp_path / "h")
+    assert (tmp_path / "h").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["c", "h", "i"]
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Weak cases: exit 2, one stderr line, nothing left.
