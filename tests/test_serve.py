@@ -200,6 +200,8 @@ HOSTILE = [
     ("negative dimension", "conv", {"inputs": [{"name": "input", "shape": [1, -5, 2, 8, 8], "datatype": "FP32",
                                                 "data": [0.0]}]}, {}, 400, "negative"),
     ("not JSON", "conv", b"{nope", {}, 400, "not valid JSON"),
+    ("absurdly nested JSON", "conv", b'{"inputs": ' + b"[" * 100000 + b"]" * 100000 + b"}", {}, 400,
+     "not valid JSON"),
     ("gzip bomb", "conv", "gzip-bomb", {"Content-Encoding": "gzip"}, 413, "inflates to more than"),
     ("unknown sequence id", "mlp_stream", {"inputs": [
         {"name": "x_t", "shape": [1, 6], "datatype": "FP32", "data": [0.0] * 6},

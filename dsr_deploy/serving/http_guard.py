@@ -233,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 n = int(head_len) if head_len is not None else len(body)
                 header = json.loads(body[:n]) if 0 <= n <= len(body) else None
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested arrays
                 raise Refused(400, "the request header is not valid JSON") from None
             check_request(header, guard.models.get(match.group(1)), guard.max_bytes)
         except Refused as exc:
@@ -260,6 +260,16 @@ class _Server(ThreadingHTTPServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-answer (or any slip in one connection) ends that connection only; no
+        # traceback in the server's log.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            print(f"dsr-deploy serve: HTTP connection from {client_address[0]} failed: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr)
 
     def process_request_thread(self, request, client_address):
         try:
