@@ -179,10 +179,15 @@ def test_signal_mid_export_leaves_nothing(tmp_path, user_file, sig):
 
 
 def test_sigterm_during_verify_removes_its_probe_folder(tmp_path):
-    folder = exported("ours_neuron_net", (3, 2, 5), formats=("torchscript",))
+    from dsr_deploy.export import export_model
+    from dsr_deploy.model_spec import load_model
+
+    loaded = load_model("zoo:digits-cnn")  # a zoo spec: verify rebuilds it without any trust option
+    folder = tmp_path / "export"
+    export_model(loaded.model, loaded.default_input_shape, folder, formats_=("torchscript",), spec=loaded.spec)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _cli_proc(["verify", str(folder), "--random", "5000"], tmp_path, tmpdir)  # seconds of work
+    proc = _cli_proc(["verify", str(folder), "--random", "300"], tmp_path, tmpdir)  # seconds of work
     err = _signal_once_there(proc, tmpdir / "dsr-verify-*", signal.SIGTERM, settle=0.0)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
