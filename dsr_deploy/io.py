@@ -55,8 +55,9 @@ def rename_noreplace(src: Path | str, dst: Path | str) -> str:
 
     Linux: ``renameat2(RENAME_NOREPLACE)`` (returns ``"renameat2"``). Where that is missing or the file system
     refuses it (EINVAL / ENOSYS / ENOTSUP): a file is published with ``os.link`` (fails if ``dst`` exists,
-    ``"link"``; without hard links an ``O_EXCL`` claim of ``dst`` is then replaced, ``"claim"``); a folder claims ``dst`` with ``os.mkdir`` (fails if it exists) and is then renamed onto that
-    empty folder it owns (``"mkdir"``; only a writer that ignores the claim could still replace it).
+    ``"link"``; without hard links an ``O_EXCL`` claim of ``dst`` is then replaced, ``"claim"``); a folder
+    claims ``dst`` with ``os.mkdir`` (fails if it exists) and is then renamed onto that empty folder it owns
+    (``"mkdir"``; only a writer that ignores the claim could still replace it).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     if _renameat2 is not None:
@@ -192,7 +193,8 @@ def check_output_target(target: Path | str, *, force: bool = False, protect: tup
     target = Path(text)
     resolved = target.resolve() if not target.is_symlink() else target.parent.resolve() / target.name
     cwd = Path.cwd().resolve()
-    if target.name in ("", ".", "..") or resolved == Path(resolved.anchor) or resolved == cwd or resolved in cwd.parents:
+    if (target.name in ("", ".", "..") or resolved == Path(resolved.anchor) or resolved == cwd
+            or resolved in cwd.parents):
         raise UserError(f"--out {text!r} is empty, the current folder or one above it; name a new folder to write")
     if _exists(target) and not force:
         raise UserError(f"{target} exists; pass --force to overwrite it")

@@ -357,8 +357,8 @@ def triton_config(cfg: ServerConfig):
 
     # HTTP: tritonserver on a private loopback port, behind the guard (dsr_deploy.serving.http_guard) that
     # owns the user's address; gRPC: tritonserver directly.
-    return TritonConfig(http_address="127.0.0.1", http_port=cfg.backend_http_port or cfg.http_port, grpc_address=cfg.host,
-                        grpc_port=cfg.grpc_port, allow_metrics=False, metrics_address=cfg.host,
+    return TritonConfig(http_address="127.0.0.1", http_port=cfg.backend_http_port or cfg.http_port,
+                        grpc_address=cfg.host, grpc_port=cfg.grpc_port, allow_metrics=False, metrics_address=cfg.host,
                         exit_timeout_secs=cfg.exit_timeout_s, log_verbose=cfg.log_verbose)
 
 
