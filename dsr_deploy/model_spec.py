@@ -18,6 +18,7 @@ import importlib.util
 import pickle
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .guard import first_line as _first_line, user_code
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
@@ -40,18 +42,9 @@ class LoadedModel:
     checkpoint: Optional[str] = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _call_factory(factory, what: str) -> nn.Module:
-    try:
+    with user_code(lambda err: f"model factory {what} raised {err}"):
         model = factory()
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"model factory {what} raised {_first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {what} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -105,10 +98,11 @@ def _from_file(path_text: str, attr: str) -> LoadedModel:
     if str(path.parent) not in sys.path:  # the file may import its neighbours, as when run as a script
         sys.path.append(str(path.parent))
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
+        with user_code(lambda err: f"importing {path_text} failed: {err}"):
+            spec.loader.exec_module(module)
+    except BaseException:
         sys.modules.pop(mod_name, None)
-        raise UserError(f"importing {path_text} failed: {_first_line(exc)}") from exc
+        raise
     factory = _resolve(module, attr, path_text)
     return LoadedModel(_call_factory(factory, f"{path_text}:{attr}"), f"{path}:{attr}")
 
@@ -120,7 +114,9 @@ def _from_module(mod: str, attr: str) -> LoadedModel:
         module = importlib.import_module(mod)
     except ModuleNotFoundError as exc:
         raise UserError(f"cannot import module {mod!r}: {_first_line(exc)}") from exc
-    except Exception as exc:
+    except (UserError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit at import time too
         raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
     factory = _resolve(module, attr, mod)
     return LoadedModel(_call_factory(factory, f"{mod}:{attr}"), f"{mod}:{attr}")
@@ -142,30 +138,60 @@ def build_model(spec: str) -> LoadedModel:
     return _from_module(where, attr)
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` name, or the format's start: an 8-byte little-endian header length, then ``{``."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise UserError(f"checkpoint {path} is a safetensors file; install safetensors (pip install safetensors) "
+                        "to read it") from exc
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in several ways
+        raise UserError(f"checkpoint {path} is not a valid safetensors file ({type(exc).__name__})") from exc
+
+
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """``torch.load`` a checkpoint safely; a UserError for every way it can be unreadable."""
+    """``torch.load`` a checkpoint safely (``.safetensors`` with safetensors); a UserError for every way it can
+    be unreadable. Torch's own message is never repeated: it advises ``weights_only=False``, which runs the
+    file's code; the only switch for that is the user's ``--trust-pickle``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    unsafe = (f"checkpoint {path} is not a state dict we can load safely ({{why}}); if you trust it, pass "
+              "--trust-pickle")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a foreign file's pickle protocol are not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        # "Unsupported global": the file pickles classes (a whole model); any other unpickling failure
+        # "Unsupported global": the file pickles classes (a whole model, or code); any other unpickling failure
         # (an unknown opcode, say) means the bytes are not a valid pickle at all.
         if "Unsupported global" in text or "GLOBAL " in text:
             if not trust_pickle:
-                raise UserError(f"checkpoint {path} holds pickled Python objects (a whole model?), not a plain "
-                                "state dict; loading it runs code from the file: pass --trust-pickle if you "
-                                "trust it") from exc
-        else:
-            raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from exc
+                raise UserError(unsafe.format(why="it holds pickled Python objects, a whole model or code")) from exc
+        elif not trust_pickle:
+            raise UserError(unsafe.format(why="corrupt, or not a PyTorch file")) from exc
     except Exception as exc:  # noqa: BLE001 - garbage bytes fail anywhere in the unpickler (IndexError, ...)
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__})") from exc
     # trust_pickle: the user vouched for the file.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise UserError(f"checkpoint {path} could not be unpickled ({_first_line(exc)})") from exc
 
 

@@ -309,7 +309,9 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     if dynamic_batch:
         b = torch.export.Dim("batch")
         dyn = ({0: b}, tuple({0: b} for _ in states))  # forward(x_t, *v_in)
-    with torch.no_grad():
+    from .export.onnx_writer import _quiet
+
+    with torch.no_grad(), _quiet():  # the exporter's warnings and log lines are not the user's business
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
                                  output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
     proto = prog.model_proto

@@ -47,6 +47,7 @@ from .convert import find_neuron_modules, find_neurons
 from .errors import UserError
 from .export.base import CURRENT_PREFIX, INPUT_NAME, OUTPUT_NAME, PROBE_PREFIX, ExportContext
 from .manifest import read_manifest
+from .numerics import count_equal, max_abs_diff
 
 DEFAULT_MIN_TOP1 = 0.99
 DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
@@ -198,7 +199,9 @@ class Reference:
         try:
             with torch.no_grad():
                 out = self.model(torch.from_numpy(x))
-        except Exception as exc:
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # the user's forward: SystemExit is a failure too (dsr_deploy.guard)
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"the PyTorch model rejects input {list(x.shape)}: {msg}") from exc
         if not isinstance(out, torch.Tensor):
@@ -609,10 +612,7 @@ def _run_end_to_end(run: Run, art: dict, manifest: dict, io: dict, runner, refs,
             y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values()))).astype(np.float32)
             if y.shape != ref_out.shape:
                 raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
-            diff = np.abs(y.astype(np.float64) - ref_out)
-            run.max_abs_diff = max(run.max_abs_diff, float(np.nanmax(diff)) if y.size else 0.0)
-            if y.size and np.isnan(diff).any() and not np.array_equal(np.isnan(y), np.isnan(ref_out)):
-                run.max_abs_diff = float("nan")
+            run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)  # NaN-aware (dsr_deploy.numerics)
             t_art, t_ref = top1(y, io), top1(ref_out, io)
             run.top1_equal += int((t_art == t_ref).sum())
             run.top1_total += int(t_ref.size)
@@ -652,7 +652,7 @@ def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], p
         # A flat layer's probe gives [T, B, ...] spikes for the training neuron's [T*B, ...]: same order.
         have = have.reshape(want.y.shape).astype(np.float32)
         st = _stat(stats, layer, infos)
-        st.equal += int((have == _rounded(want.y, precision)).sum())
+        st.equal += count_equal(have, _rounded(want.y, precision))  # NaN spikes of a NaN model agree
         st.total += int(want.y.size)
         cur = got.get(f"{CURRENT_PREFIX}{key[len(PROBE_PREFIX):]}")
         if cur is not None:
@@ -713,7 +713,7 @@ def _run_neuron_check(run: Run, runner, refs, infos) -> None:
                 if have.shape != want.shape:
                     raise UserError(f"layer {call.layer}: the artifact's neuron returned {list(have.shape)}, "
                                     f"the reference {list(want.shape)}")
-                st.neuron_equal += int((have.astype(np.float32) == _rounded(want, run.precision)).sum())
+                st.neuron_equal += count_equal(have.astype(np.float32), _rounded(want, run.precision))
                 st.neuron_total += int(want.size)
     run.layers = [stats[i] for i in sorted(stats)]
     run.neuron_checked = True

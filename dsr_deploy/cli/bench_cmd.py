@@ -30,9 +30,11 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     shape = B.parse_int_list(input_shape, "--input-shape")
     if shape is not None and len(shape) < 3:
         raise UserError(f"--input-shape: expected T,B,... with at least 3 dims, got {input_shape}")
-    for out in (json_out, csv_out, plot):
-        if out is not None and Path(out).is_dir():
-            raise UserError(f"{out} is a folder; give a file name")
+    from ..io import check_output_file
+
+    for label, out in (("--json", json_out), ("--csv", csv_out), ("--plot", plot)):
+        if out is not None:  # before the benchmark, not after it
+            check_output_file(out, label)
     if plot is not None:
         from ..errors import require
 

@@ -250,6 +250,37 @@ def _print_verify(report: dict) -> None:
     c.print("[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]")
 
 
+def _max_opset() -> int:
+    """The newest ONNX opset both torch.onnx and the onnx package here support."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants
+
+        torch_max = int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        torch_max = onnx.defs.onnx_opset_version()
+    return min(torch_max, onnx.defs.onnx_opset_version())
+
+
+def _warn_non_finite(model) -> None:
+    """One warning line when the weights hold NaN / infinity: the export works, its outputs will not."""
+    from ..numerics import non_finite_parameters
+
+    bad = non_finite_parameters(model)
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        _err_console().print(f"[yellow]warning:[/yellow] non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                             f"{more}; the exported model will compute NaN", markup=True, highlight=False,
+                             soft_wrap=True)
+
+
+def _spec_file(model: str) -> Optional[Path]:
+    """The file of a ``path/to/file.py:factory`` MODEL spec, if it is one."""
+    where = model.rpartition(":")[0]
+    return Path(where) if where.endswith(".py") and Path(where).is_file() else None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
@@ -279,8 +310,11 @@ def register(app: typer.Typer) -> None:
         from ..export import check_input_shape, export_model, formats
         from ..model_spec import load_model, parse_shape
 
-        if out.exists() and not force:  # before any expensive work
-            raise UserError(f"{out} exists; pass --force to overwrite it")
+        from ..io import check_output_target
+
+        # Before any expensive work: an empty / current folder, an existing one without --force, or one holding
+        # the checkpoint or the model file (--force would delete what this command reads).
+        check_output_target(out, force=force, protect=(checkpoint, _spec_file(model)))
         if mode not in ("multistep", "streaming"):
             raise UserError(f"unknown --mode {mode!r}; choose multistep or streaming")
         if mode == "streaming":
@@ -299,17 +333,19 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
             raise UserError(f"unknown --function-body {function_body!r}; choose scan or unrolled")
-        if opset < 17:
-            raise UserError(f"--opset must be >= 17, got {opset}")
+        if not 17 <= opset <= _max_opset():
+            raise UserError(f"--opset must be >= 17 and <= {_max_opset()} (what torch.onnx and onnx here "
+                            f"support), got {opset}")
         if aot and "pt2" not in wanted:
             raise UserError("--aot compiles the pt2 export; add pt2 to --format")
-        shape = parse_shape(input_shape) if input_shape else None
+        shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
         if shape is not None:
             check_input_shape(shape)
-        from ..io import check_writable_dir
+        from ..io import check_can_create
 
-        check_writable_dir(out.parent if out.parent != Path("") else Path("."))
+        check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
         loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle)
+        _warn_non_finite(loaded.model)
         if shape is None:
             if loaded.default_input_shape is None:
                 raise UserError("--input-shape T,B,... is required for a model outside the zoo")

@@ -10,6 +10,7 @@ writers without touching these.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -89,32 +90,35 @@ def model_io(neurons: Sequence[NeuronInfo], shape: tuple, first_neuron_input: Op
 
 
 def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float32,
-                neurons: Optional[Sequence[NeuronInfo]] = None) -> Tuple[torch.Tensor, Optional[Dict[str, Any]]]:
+                neurons: Optional[Sequence[NeuronInfo]] = None,
+                spec: Optional[str] = None) -> Tuple[torch.Tensor, Optional[Dict[str, Any]]]:
     """Run the user's network (an eval-mode copy, so its own checks apply, e.g. our neurons' T) and its
-    inference copy once on zeros of ``shape``; a UserError when either rejects it. Returns the inference copy's
-    output and the ``io`` record (:func:`model_io`)."""
+    inference copy once on zeros of ``shape``; a UserError when either rejects it (or exits: SystemExit is
+    user code failing too, see :func:`dsr_deploy.guard.user_code`). Returns the inference copy's output and the
+    ``io`` record (:func:`model_io`)."""
     import copy
+
+    from ..guard import user_code
+
+    def message(err: str) -> str:
+        exc = sys.exc_info()[1]
+        text = str(exc).strip().splitlines()[0] if isinstance(exc, Exception) and str(exc).strip() else err
+        return f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
 
     neurons = list(neurons) if neurons is not None else find_neurons(model)
     flat = any(n.layout == "flat" for n in neurons)
     seen: List[tuple] = []
-    try:
-        with torch.no_grad():
-            copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
-            inf = inference_copy(model, "op")
-            # The input shape of the first neuron call (not the first module by name).
-            hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
-                     for m in inference_modules(inf)] if flat else []
-            try:
-                out = inf(torch.zeros(shape, dtype=dtype))
-            finally:
-                for h in hooks:
-                    h.remove()
-    except UserError:
-        raise
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the model rejects input shape {list(shape)}: {msg}") from exc
+    with user_code(message), torch.no_grad():
+        copy.deepcopy(model).eval()(torch.zeros(shape, dtype=dtype))
+        inf = inference_copy(model, "op")
+        # The input shape of the first neuron call (not the first module by name).
+        hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+                 for m in inference_modules(inf)] if flat else []
+        try:
+            out = inf(torch.zeros(shape, dtype=dtype))
+        finally:
+            for h in hooks:
+                h.remove()
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the model must return one tensor, it returned {type(out).__name__}")
     if flat:
@@ -130,16 +134,17 @@ def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, 
     DSR_DEPLOY_DEBUG=1 to get the original exception and its traceback instead)."""
     import os
 
+    from ..guard import first_line
+
     try:
         return writer(ctx, path)
-    except UserError:
+    except (UserError, KeyboardInterrupt, GeneratorExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - tracing runs the user's forward: SystemExit is a failure too
         if os.environ.get("DSR_DEPLOY_DEBUG"):
             raise
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        raise UserError(f"{name} export failed: {type(exc).__name__}: {first} (DSR_DEPLOY_DEBUG=1 shows the "
+        model = f" of {ctx.spec}" if ctx.spec else ""
+        raise UserError(f"{name} export{model} failed: {first_line(exc)} (DSR_DEPLOY_DEBUG=1 shows the "
                         "traceback)") from exc
 
 
@@ -187,7 +192,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         raise UserError(str(exc)) from exc
     if not neurons:
         raise UserError(NO_NEURON_HINT)
-    _, io = probe_model(model, shape, neurons=neurons)
+    _, io = probe_model(model, shape, neurons=neurons, spec=spec)
     available = formats(mode)
     if not available:
         raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")

@@ -448,7 +448,10 @@ class TorchCallableRunner(Runner):
         with torch.inference_mode():
             try:
                 out = self.fn(*args)
-            except Exception as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError / AssertionError)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError /
+                # AssertionError); an eager model's forward is user code: SystemExit is its failure too
                 shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
                 raise UserError(f"{self.backend}: the model failed on {shapes}: {one_line(exc)}") from None
         return collect_outputs(out, self._output_names, copy_outputs, self.backend)
