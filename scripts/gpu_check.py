@@ -179,13 +179,16 @@ def torchscript_rows(gen):
 
 
 def _script_neuron(kind, params):
-    from types import SimpleNamespace
+    from dsr_deploy import DSRIFNode, DSRLIFNode
+    from dsr_deploy.convert import IFSpikeScript, LIFSpikeScript, find_neurons
 
-    from dsr_deploy.convert import IFSpikeScript, LIFSpikeScript
-
-    # the NeuronInfo attributes the TorchScript export's neuron modules read
-    tau, delta_t = (params[2], params[3]) if kind == "lif" else (1.0, 1.0)
-    info = SimpleNamespace(index=0, v_threshold=params[0], alpha=params[1], tau=tau, delta_t=delta_t)
+    # the NeuronInfo the exporter reads from a training neuron with these parameters (bound below the threshold)
+    if kind == "if":
+        node = DSRIFNode(T=None, v_threshold=params[0], alpha=params[1], v_threshold_lower_bound=1e-6)
+    else:
+        node = DSRLIFNode(T=None, v_threshold=params[0], alpha=params[1], tau=params[2], delta_t=params[3],
+                          v_threshold_lower_bound=1e-6)
+    info = find_neurons(node)[0]
     return IFSpikeScript(info) if kind == "if" else LIFSpikeScript(info)
 
 
