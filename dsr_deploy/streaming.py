@@ -386,7 +386,7 @@ def register_formats() -> None:
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None) -> dict:
+                     force: bool = False, progress=None, model_info: Optional[dict] = None) -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
@@ -414,7 +414,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
-                        spec=spec, checkpoint=checkpoint)
+                        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}))
     sm, _ = _context_module(ctx)  # validates the model before anything is written
     artifacts = []
     with atomic_dir(out_dir, force=force) as tmp:

@@ -52,7 +52,8 @@ def _neuron_table(neurons: List[dict], title: str):
     return t
 
 
-def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: bool = False) -> dict:
+def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: bool = False,
+                   settings: Optional[List[str]] = None) -> dict:
     """What ``dsr-deploy inspect`` reports for a MODEL spec, an export folder or an artifact file."""
     p = Path(target)
     if p.is_dir():
@@ -75,13 +76,27 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
     if p.is_file():
         raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
     from ..convert import find_neurons
-    from ..model_spec import load_model
+    from ..model_spec import load_model, parse_set_options
 
-    loaded = load_model(target, checkpoint, trust_pickle)
+    loaded = load_model(target, checkpoint, trust_pickle, settings=parse_set_options(settings))
+    warn_assumed(loaded)
     neurons = [n.to_dict() for n in find_neurons(loaded.model)]
-    return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint,
+    return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint, **loaded.record(),
             "default_input_shape": list(loaded.default_input_shape) if loaded.default_input_shape else None,
             "neurons": neurons}
+
+
+def warn_assumed(loaded) -> None:
+    """The one-line warning on stderr naming the settings a checkpoint did not store and no --set gave."""
+    line = loaded.warning()
+    if line:
+        import sys
+
+        print(f"warning: {line}", file=sys.stderr)
+
+
+SET_HELP = ("KEY=VALUE for the model's factory / constructor (repeatable; e.g. --set T=5 --set num_classes=100 "
+            "--set v_threshold=0.6), checked against its signature and recorded in the manifest")
 
 
 def inspect_onnx(path: Path) -> dict:
@@ -221,10 +236,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
         mode: str = typer.Option("multistep", "--mode", help="multistep ([T, B, ...] in one call) | streaming "
                                  "(one time step per call, membranes as I/O: x_t, v_in_i -> y_t, v_out_i)"),
+        settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
-        from ..model_spec import load_model, parse_shape
+        from ..model_spec import load_model, parse_set_options, parse_shape
 
         if out.exists() and not force:  # before any expensive work
             raise UserError(f"{out} exists; pass --force to overwrite it")
@@ -253,7 +269,11 @@ def register(app: typer.Typer) -> None:
         from ..io import check_writable_dir
 
         check_writable_dir(out.parent if out.parent != Path("") else Path("."))
-        loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle)
+        set_opts = parse_set_options(settings)
+        if shape is not None and model.strip().startswith("zoo:") and "T" not in set_opts:
+            set_opts["T"] = str(shape[0])  # a zoo network is built for the T of the input shape given
+        loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle, settings=set_opts)
+        warn_assumed(loaded)
         if shape is None:
             if loaded.default_input_shape is None:
                 raise UserError("--input-shape T,B,... is required for a model outside the zoo")
@@ -265,12 +285,12 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress)
+                                        progress=progress, model_info=loaded.record())
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
-                force=force, trust_pickle=trust_pickle, progress=progress,
+                force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
@@ -322,9 +342,12 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for a MODEL spec"),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model checkpoint"),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
+        settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     ):
         """Show the neuron layers and their parameters; for ONNX also node / function counts and metadata."""
-        info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle)
+        if settings and Path(target).exists():
+            raise UserError("--set applies to a MODEL spec, not to an export folder or artifact file")
+        info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle, settings)
         if as_json:
             typer.echo(json.dumps(info, indent=2, default=str))
         else:

@@ -99,7 +99,8 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
                  checkpoint: Optional[str] = None, lowering: str = "function", opset: Optional[int] = None,
                  function_body: Optional[str] = None, static_batch: bool = False, aot: bool = False,
                  force: bool = False, trust_pickle: bool = False, mode: str = "multistep",
-                 extra_options: Optional[Dict[str, Any]] = None, progress=None) -> Dict[str, Any]:
+                 extra_options: Optional[Dict[str, Any]] = None, model_info: Optional[Dict[str, Any]] = None,
+                 progress=None) -> Dict[str, Any]:
     """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest.
 
     ``mode`` picks the writer family (:func:`register_format`); a writer may return ``inputs`` / ``outputs``
@@ -131,7 +132,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
                  "trust_pickle": trust_pickle, **(extra_options or {})},
-        spec=spec, checkpoint=checkpoint,
+        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}),
     )
     artifacts: List[Dict[str, Any]] = []
     with atomic_dir(out_dir, force=force) as tmp:

@@ -35,6 +35,7 @@ class ExportContext:
     options: Dict[str, Any] = field(default_factory=dict)  # opset, lowering, function_body, aot, ...
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
+    model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
 
     @property
     def T(self) -> int:

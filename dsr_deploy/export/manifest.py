@@ -1,6 +1,8 @@
 """``DIR/manifest.json``: what an export folder holds and how it was made (the shared contract).
 
-Keys: ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``),
+Keys: ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``, and
+for a MODEL spec ``settings`` (the factory's keyword arguments from ``--set`` and the checkpoint) and
+``assumed_defaults`` (neuron settings neither gave; see :func:`dsr_deploy.model_spec.rebuild_model`)),
 ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one dict per layer:
 :meth:`dsr_deploy.convert.NeuronInfo.to_dict`), ``artifacts`` (``[{format, path, ...}]``, paths relative to DIR),
 ``inputs`` / ``outputs`` (names).
@@ -30,7 +32,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         "model": {"spec": ctx.spec, "checkpoint": ctx.checkpoint,
-                  "trust_pickle": bool(ctx.options.get("trust_pickle", False))},
+                  "trust_pickle": bool(ctx.options.get("trust_pickle", False)), **(ctx.model_info or {})},
         "input_shape": list(ctx.input_shape),
         "T": ctx.T,
         "layout": LAYOUT,
