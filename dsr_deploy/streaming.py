@@ -196,6 +196,11 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
     net = copy.deepcopy(model).eval()
+    from .neuron import DSRIFNode, DSRLIFNode
+
+    for m in net.modules():  # a network built for a fixed T (every zoo model) streams one step at a time
+        if isinstance(m, (DSRIFNode, DSRLIFNode)):
+            m.T = None
     if example_step.dim() < 1:
         raise UserError("the example step must be [B, ...]")
     # Membrane shapes: the input shape each neuron sees in one step.
