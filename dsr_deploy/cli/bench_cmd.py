@@ -57,7 +57,10 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
         None if is_spec else R.manifest_for(artifact))
     if shape is None and manifest and isinstance(manifest.get("input_shape"), list):
-        shape = [int(d) for d in manifest["input_shape"]]
+        from ..io_adapter import canonical_shape
+
+        io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
+        shape = [int(d) for d in canonical_shape(manifest["input_shape"], io)]  # as [T, B, ...]
     entries = []
     for label, name, opts in choices:
         opts = dict(opts)

@@ -237,6 +237,13 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("multistep", "--mode", help="multistep ([T, B, ...] in one call) | streaming "
                                  "(one time step per call, membranes as I/O: x_t, v_in_i -> y_t, v_out_i)"),
         settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+        layout: str = typer.Option("TB", "--layout", help="artifact input (and spike output) layout: TB "
+                                   "[T, B, ...] | BT [B, T, ...]"),
+        encode: str = typer.Option("none", "--encode", help="none | direct: the artifact takes a static [B, ...] "
+                                   "input and repeats it T times inside (the authors' CIFAR/ImageNet input)"),
+        readout: str = typer.Option("none", "--readout", help="none (spike train out) | mean (logits [B, classes]: "
+                                    "firing rate over T, the authors' IF readout) | lif-rate (the authors' LIF "
+                                    "weighted rate)"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -263,6 +270,11 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--opset must be >= 17, got {opset}")
         if aot and "pt2" not in wanted:
             raise UserError("--aot compiles the pt2 export; add pt2 to --format")
+        from ..io_adapter import io_record
+
+        io_record(1, layout, encode, readout)  # bad options fail before any work
+        if mode == "streaming" and (layout, encode, readout) != ("TB", "none", "none"):
+            raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
         shape = parse_shape(input_shape) if input_shape else None
         if shape is not None:
             check_input_shape(shape)
@@ -291,6 +303,7 @@ def register(app: typer.Typer) -> None:
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
+                io=io_record(shape[0], layout, encode, readout),
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
@@ -298,10 +311,12 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c = _console()
-        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {list(shape)}, T={shape[0]}, "
+        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {manifest['input_shape']}, T={shape[0]}, "
                 f"{'dynamic' if not static_batch else 'static'} batch"
                 + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
-                   if mode == "streaming" else ")"))
+                   if mode == "streaming" else ")")
+                + ("; io: " + ", ".join(f"{k}={v}" for k, v in manifest["io"].items() if k != "source")
+                   if manifest.get("io") else ""))
         t = Table("format", "file", "details", title="artifacts")
         for a in manifest["artifacts"]:
             t.add_row(a["format"], a["path"], ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path")))

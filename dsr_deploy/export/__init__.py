@@ -100,7 +100,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
                  function_body: Optional[str] = None, static_batch: bool = False, aot: bool = False,
                  force: bool = False, trust_pickle: bool = False, mode: str = "multistep",
                  extra_options: Optional[Dict[str, Any]] = None, model_info: Optional[Dict[str, Any]] = None,
-                 progress=None) -> Dict[str, Any]:
+                 io: Optional[Dict[str, Any]] = None, progress=None) -> Dict[str, Any]:
     """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest.
 
     ``mode`` picks the writer family (:func:`register_format`); a writer may return ``inputs`` / ``outputs``
@@ -121,6 +121,18 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         raise UserError("the model holds no DSR neuron (DSRIFNode / DSRLIFNode, ours or SpikingJelly's); "
                         "nothing to export")
     probe_model(model, shape)
+    if io:
+        from ..io_adapter import IOAdapter, artifact_shape, check_output
+
+        if mode != "multistep":
+            raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
+        model = IOAdapter(model, io, neurons)
+        shape = artifact_shape(shape, io)
+        with torch.no_grad():
+            problem = check_output(inference_copy(model, "op")(torch.zeros(shape)), shape, io)
+        if problem:
+            raise UserError(problem)
+        neurons = find_neurons(model)
     available = formats(mode)
     if not available:
         raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")
@@ -132,7 +144,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
                  "trust_pickle": trust_pickle, **(extra_options or {})},
-        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}),
+        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}), io=dict(io) if io else None,
     )
     artifacts: List[Dict[str, Any]] = []
     with atomic_dir(out_dir, force=force) as tmp:

@@ -36,23 +36,53 @@ class ExportContext:
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
     model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
+    # The manifest's "io" record (dsr_deploy.io_adapter): None = [T, B, ...] in, spikes out. With it, ``model``
+    # is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
+    io: Optional[Dict[str, Any]] = None
 
     @property
     def T(self) -> int:
-        return int(self.input_shape[0])
+        return int(self.io["T"]) if self.io else int(self.input_shape[0])
 
     @property
     def batch(self) -> int:
-        return int(self.input_shape[1])
+        return int(self.input_shape[self.batch_dim])
+
+    @property
+    def time_dim(self) -> Optional[int]:
+        """Where T sits in the input (None: a static input, repeated inside)."""
+        from ..io_adapter import time_dim
+
+        return time_dim(self.io)
+
+    @property
+    def batch_dim(self) -> int:
+        from ..io_adapter import batch_dim
+
+        return batch_dim(self.io)
+
+    @property
+    def T_may_vary(self) -> bool:
+        """Whether an artifact may take another T than the example's (not with direct encoding or a readout)."""
+        from ..io_adapter import dynamic_T
+
+        return dynamic_T(self.io)
+
+    def dynamic_dims(self, dynamic_T: bool = True) -> Dict[int, str]:
+        """``{dim: "T" | "batch"}`` of the input dims a dynamic-shape export leaves symbolic."""
+        dims: Dict[int, str] = {}
+        if dynamic_T and self.T_may_vary:
+            dims[self.time_dim] = "T"
+        if self.dynamic_batch:
+            dims[self.batch_dim] = "batch"
+        return dims
 
     def trace_shape(self, dynamic_T: bool = True) -> Tuple[int, ...]:
         """The example shape to trace a dynamic-shape export with: torch.export specialises a dimension of
         size 1 (it cannot be symbolic then), so a dynamic T or batch of 1 is traced as 2."""
         s = list(self.input_shape)
-        if dynamic_T:
-            s[0] = max(s[0], 2)
-        if self.dynamic_batch:
-            s[1] = max(s[1], 2)
+        for d in self.dynamic_dims(dynamic_T):
+            s[d] = max(s[d], 2)
         return tuple(s)
 
     def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ for a MODEL spec ``settings`` (the factory's keyword arguments from ``--set`` an
 ``assumed_defaults`` (neuron settings neither gave; see :func:`dsr_deploy.model_spec.rebuild_model`)),
 ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one dict per layer:
 :meth:`dsr_deploy.convert.NeuronInfo.to_dict`), ``artifacts`` (``[{format, path, ...}]``, paths relative to DIR),
-``inputs`` / ``outputs`` (names).
+``inputs`` / ``outputs`` (names); ``io`` when the artifact does not take ``[T, B, ...]`` and return the spike
+train (``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``: :mod:`dsr_deploy.io_adapter`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
                    inputs: List[str] = None, outputs: List[str] = None) -> Dict[str, Any]:
     from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME
 
-    return {
+    io = getattr(ctx, "io", None)
+    layout = {"BT": "BT...", "static": "B..."}.get((io or {}).get("input_layout"), LAYOUT)
+    manifest = {
         "schema": SCHEMA_VERSION,
         "dsr_deploy_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -35,7 +38,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
                   "trust_pickle": bool(ctx.options.get("trust_pickle", False)), **(ctx.model_info or {})},
         "input_shape": list(ctx.input_shape),
         "T": ctx.T,
-        "layout": LAYOUT,
+        "layout": layout,
         "dtype": str(ctx.dtype).replace("torch.", ""),
         "dynamic_batch": ctx.dynamic_batch,
         "lowering": ctx.options.get("lowering") or "function",
@@ -44,6 +47,9 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "inputs": inputs or [INPUT_NAME],
         "outputs": outputs or [OUTPUT_NAME],
     }
+    if io:
+        manifest["io"] = dict(io)
+    return manifest
 
 
 def read_manifest(folder: Path | str) -> Dict[str, Any]:

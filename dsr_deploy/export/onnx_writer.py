@@ -83,11 +83,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
-    dims: Dict[int, str] = {}
-    if dynamic_T:
-        dims[0] = "T"
-    if ctx.dynamic_batch:
-        dims[1] = "batch"
+    dims: Dict[int, str] = ctx.dynamic_dims(dynamic_T)  # T at dim 0 (1 for a [B, T] layout), batch at 1 (0)
     x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
         with _quiet():
@@ -135,7 +131,7 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         "dsr_deploy.lowering": lowering,
         "dsr_deploy.function_body": body,
         "dsr_deploy.input_layout": LAYOUT,
-        "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
+        "dsr_deploy.dynamic_T": str(dynamic_T and ctx.T_may_vary).lower(),
         "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
         # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
         # lowering inlines the bodies, so verify can expose them either way.

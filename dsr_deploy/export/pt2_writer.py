@@ -51,7 +51,7 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
     if probe:
         net = _ProbedOp(net)
     D = torch.export.Dim.DYNAMIC
-    dims = {0: D, 1: D} if ctx.dynamic_batch else {0: D}
+    dims = {d: D for d in ctx.dynamic_dims()} or None  # T and batch (where the io layout puts them)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -65,7 +65,7 @@ def write_pt2(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     with atomic_path(path) as tmp:
         torch.export.save(ep, str(tmp))
     ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith("dsr.")]
-    entry = {"format": "pt2", "path": Path(path).name, "dsr_nodes": len(ops), "dynamic_T": True,
+    entry = {"format": "pt2", "path": Path(path).name, "dsr_nodes": len(ops), "dynamic_T": ctx.T_may_vary,
              "dynamic_batch": ctx.dynamic_batch, "loader": "torch.export.load (after import dsr_deploy.ops)"}
     return entry
 
@@ -86,7 +86,7 @@ def write_pt2_aot(ctx: ExportContext, path: Path) -> Dict[str, Any]:
         raise
     except Exception as exc:
         raise UserError(f"AOTInductor compilation failed: {str(exc).strip().splitlines()[0]}") from exc
-    return {"format": "aoti", "path": Path(path).name, "dynamic_T": True, "dynamic_batch": ctx.dynamic_batch,
+    return {"format": "aoti", "path": Path(path).name, "dynamic_T": ctx.T_may_vary, "dynamic_batch": ctx.dynamic_batch,
             "loader": "torch._inductor.aoti_load_package (after import dsr_deploy.ops)"}
 
 
