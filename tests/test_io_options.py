@@ -11,23 +11,13 @@ import pytest
 import torch
 
 from dsr_deploy import models
-from dsr_deploy.cli import main
+from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 from dsr_deploy.export import export_model
 from dsr_deploy.io_adapter import io_record, wrap_io
 from dsr_deploy.models.common import firing_rate
 
 T, B = 4, 3
 SHAPE = (T, 2, 1, 8, 8)  # the network's [T, B, ...] (the export example)
-
-
-def run_cli(capsys, *argv):
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _net(neuron: str, seed: int = 0, **kw) -> torch.nn.Module:

@@ -11,22 +11,12 @@ import pytest
 import torch
 
 from dsr_deploy import models
-from dsr_deploy.cli import main
+from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 from dsr_deploy.errors import UserError
 from dsr_deploy.model_spec import load_model, parse_set_options, rebuild_model
 
 SMALL = {"T": 4, "neuron": "lif", "image_size": 8, "channels": (4, 8)}
 SMALL_SET = ["--set", "T=4", "--set", "neuron=lif", "--set", "image_size=8", "--set", "channels=4,8"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _trained_small(seed: int = 0, **extra) -> torch.nn.Module:
@@ -219,3 +209,14 @@ def test_inspect_takes_settings(capsys):
     assert {n["delta_t"] for n in info["neurons"]} == {0.1}
     code, _, err = run_cli(capsys, "inspect", "zoo:cnn-small", "--set", "delta_t=0.1")  # IF: no delta_t
     assert code == 2 and "has no setting 'delta_t'" in err
+
+
+def test_bench_on_a_model_spec_takes_settings(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "bench", "zoo:cnn-small", "--set", "T=3", "--set", "image_size=8", "--input-shape", "3,2,1,8,8",
+                           "--batch", "2", "--iters", "1", "--warmup", "0", "--no-memcpy",
+                           "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [(r["timesteps"], r["input_shape"], r["error"]) for r in rows] == [(3, [3, 2, 1, 8, 8], None)]
+    code, _, err = run_cli(capsys, "bench", "zoo:cnn-small", "--set", "size=8", "--batch", "1", "--iters", "1")
+    assert code == 2 and "has no setting 'size'" in err
