@@ -212,8 +212,8 @@ def test_inspect_takes_settings(capsys):
 
 
 def test_bench_on_a_model_spec_takes_settings(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "bench", "zoo:cnn-small", "--set", "T=3", "--set", "image_size=8", "--input-shape", "3,2,1,8,8",
-                           "--batch", "2", "--iters", "1", "--warmup", "0", "--no-memcpy",
+    code, _, err = run_cli(capsys, "bench", "zoo:cnn-small", "--set", "T=3", "--set", "image_size=8",
+                           "--input-shape", "3,2,1,8,8", "--batch", "2", "--iters", "1", "--warmup", "0", "--no-memcpy",
                            "--json", str(tmp_path / "b.json"))
     assert code == 0, err
     rows = json.loads((tmp_path / "b.json").read_text())["results"]

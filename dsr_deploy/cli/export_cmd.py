@@ -149,11 +149,17 @@ def _print_inspect(info: dict) -> None:
         c.print(f"[bold]{info['spec']}[/bold]" + (f"  checkpoint {info['checkpoint']}" if info["checkpoint"] else ""))
         if info.get("default_input_shape"):
             c.print(f"default input shape {info['default_input_shape']}")
+        if info.get("settings"):
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items())))
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "export-folder":
         m = info["manifest"]
         c.print(f"[bold]{info['path']}[/bold]: {m['model'].get('spec')} T={m['T']} input {m['input_shape']} "
                 f"layout {m['layout']} (dsr-deploy {m['dsr_deploy_version']})")
+        if isinstance(m["model"].get("settings"), dict) and m["model"]["settings"]:
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in m["model"]["settings"].items())))
+        if isinstance(m.get("io"), dict):
+            c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
         t = Table("format", "path", "details", title="artifacts")
         for a in info["artifacts"]:
             extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
