@@ -36,42 +36,46 @@ class ExportContext:
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
     model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
-    # The manifest's "io" record (dsr_deploy.io_adapter): None = [T, B, ...] in, spikes out. With it, ``model``
+    # The manifest's "io" record (dsr_deploy.io_adapter, docs/export.md) when the artifact does not take
+    # [T, B, ...] spikes in and give the spike train out; None: TB in, spikes out. With export options ``model``
     # is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
     io: Optional[Dict[str, Any]] = None
 
     @property
+    def input_layout(self) -> str:
+        return (self.io or {}).get("input_layout", "TB")
+
+    @property
+    def time_dim(self) -> Optional[int]:
+        """The input's time dimension (None for a static input repeated T times inside the artifact)."""
+        return {"TB": 0, "BT": 1}.get(self.input_layout)
+
+    @property
+    def batch_dim(self) -> int:
+        return 1 if self.input_layout == "TB" else 0
+
+    @property
     def T(self) -> int:
-        return int(self.io["T"]) if self.io else int(self.input_shape[0])
+        if self.io and self.io.get("T"):
+            return int(self.io["T"])
+        return int(self.input_shape[self.time_dim if self.time_dim is not None else 0])
 
     @property
     def batch(self) -> int:
         return int(self.input_shape[self.batch_dim])
 
     @property
-    def time_dim(self) -> Optional[int]:
-        """Where T sits in the input (None: a static input, repeated inside)."""
-        from ..io_adapter import time_dim
-
-        return time_dim(self.io)
-
-    @property
-    def batch_dim(self) -> int:
-        from ..io_adapter import batch_dim
-
-        return batch_dim(self.io)
-
-    @property
-    def T_may_vary(self) -> bool:
-        """Whether an artifact may take another T than the example's (not with direct encoding or a readout)."""
+    def fixed_T(self) -> bool:
+        """No export may make T dynamic: a static input repeated T times inside, or a readout over T (the LIF
+        weights depend on T); ``io.source == "model"``: the model itself holds T."""
         from ..io_adapter import dynamic_T
 
-        return dynamic_T(self.io)
+        return bool(self.io) and (self.io.get("source") == "model" or not dynamic_T(self.io))
 
     def dynamic_dims(self, dynamic_T: bool = True) -> Dict[int, str]:
-        """``{dim: "T" | "batch"}`` of the input dims a dynamic-shape export leaves symbolic."""
+        """``{dim: "T" | "batch"}``: the input dimensions an export keeps symbolic."""
         dims: Dict[int, str] = {}
-        if dynamic_T and self.T_may_vary:
+        if dynamic_T and self.time_dim is not None and not self.fixed_T:
             dims[self.time_dim] = "T"
         if self.dynamic_batch:
             dims[self.batch_dim] = "batch"
@@ -83,6 +87,13 @@ class ExportContext:
         s = list(self.input_shape)
         for d in self.dynamic_dims(dynamic_T):
             s[d] = max(s[d], 2)
+        return tuple(s)
+
+    def shape_variant(self) -> Tuple[int, ...]:
+        """Another input shape the artifact must accept (a different T where it is dynamic, and batch)."""
+        s = list(self.input_shape)
+        for d, what in self.dynamic_dims().items():
+            s[d] += 1 if what == "T" else 2
         return tuple(s)
 
     def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:

@@ -78,7 +78,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"unknown lowering {lowering!r}; choose from {', '.join(LOWERINGS)}")
     if body not in BODIES:
         raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
-    dynamic_T = body == "scan"
+    dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
@@ -131,7 +131,7 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         "dsr_deploy.lowering": lowering,
         "dsr_deploy.function_body": body,
         "dsr_deploy.input_layout": LAYOUT,
-        "dsr_deploy.dynamic_T": str(dynamic_T and ctx.T_may_vary).lower(),
+        "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
         "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
         # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
         # lowering inlines the bodies, so verify can expose them either way.

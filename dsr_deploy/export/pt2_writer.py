@@ -65,7 +65,7 @@ def write_pt2(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     with atomic_path(path) as tmp:
         torch.export.save(ep, str(tmp))
     ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith("dsr.")]
-    entry = {"format": "pt2", "path": Path(path).name, "dsr_nodes": len(ops), "dynamic_T": ctx.T_may_vary,
+    entry = {"format": "pt2", "path": Path(path).name, "dsr_nodes": len(ops), "dynamic_T": not ctx.fixed_T,
              "dynamic_batch": ctx.dynamic_batch, "loader": "torch.export.load (after import dsr_deploy.ops)"}
     return entry
 
@@ -86,7 +86,7 @@ def write_pt2_aot(ctx: ExportContext, path: Path) -> Dict[str, Any]:
         raise
     except Exception as exc:
         raise UserError(f"AOTInductor compilation failed: {str(exc).strip().splitlines()[0]}") from exc
-    return {"format": "aoti", "path": Path(path).name, "dynamic_T": ctx.T_may_vary, "dynamic_batch": ctx.dynamic_batch,
+    return {"format": "aoti", "path": Path(path).name, "dynamic_T": not ctx.fixed_T, "dynamic_batch": ctx.dynamic_batch,
             "loader": "torch._inductor.aoti_load_package (after import dsr_deploy.ops)"}
 
 

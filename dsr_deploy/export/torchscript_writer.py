@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -57,16 +57,6 @@ class _Recorder(nn.Module):
         return y
 
 
-def _shape_variant(shape: Tuple[int, ...], dynamic_batch: bool, time_dim: Optional[int] = 0,
-                   batch_dim: int = 1) -> Tuple[int, ...]:
-    s = list(shape)
-    if time_dim is not None:
-        s[time_dim] += 1
-    if dynamic_batch:
-        s[batch_dim] += 2
-    return tuple(s)
-
-
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
@@ -92,8 +82,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
         except Exception as exc:
             raise UserError(f"TorchScript export failed: {str(exc).strip().splitlines()[0]}") from exc
         # The traced layers must not have baked in the example's T / batch.
-        x2 = ctx.example_input(seed=1, shape=_shape_variant(ctx.input_shape, ctx.dynamic_batch,
-                                                            ctx.time_dim if ctx.T_may_vary else None, ctx.batch_dim))
+        x2 = ctx.example_input(seed=1, shape=ctx.shape_variant())
         ref = inference_copy(ctx.model, "op")
         with torch.no_grad():
             want = ref(x2)
@@ -113,7 +102,7 @@ def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     module, method = script_model(ctx)
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))
-    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": ctx.T_may_vary,
+    return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": not ctx.fixed_T,
             "dynamic_batch": True, "needs_dsr_deploy": False}
 
 
