@@ -432,8 +432,7 @@ def _manifest_shape(runner: Runner) -> Optional[list]:
     if not isinstance(runner.artifact, (str, Path)):
         return None
     m = manifest_for(runner.artifact)
-    shape = m.get("input_shape") if m else None
-    return [int(d) for d in shape] if isinstance(shape, list) and all(isinstance(d, int) for d in shape) else None
+    return list(m.input_shape) if m is not None and m.input_shape is not None else None
 
 
 def _time_one(runner: Runner, name: str, shape: tuple, dtype: str, warmup: int, iters: Optional[int],

@@ -1,8 +1,16 @@
 """Find the DSR neurons of a network and build its inference copy.
 
-A network may hold our :class:`dsr_deploy.neuron.DSRIFNode` / ``DSRLIFNode`` or SpikingJelly's
-(``spikingjelly.activation_based.neuron.dsr``). SpikingJelly's are recognised by class name, module path and
-attributes, so a model object that holds them is handled without this module importing spikingjelly.
+A network may hold our :class:`dsr_deploy.neuron.DSRIFNode` / ``DSRLIFNode``, SpikingJelly's
+(``spikingjelly.activation_based.neuron.dsr``) or the authors' (github qymeng94/DSR: ``IFNeuron`` /
+``LIFNeuron``). They are recognised by structure (class name along the MRO, module path for ours and
+SpikingJelly's, the attributes the parameters are read from), so no package of theirs is ever imported.
+
+Layouts (:attr:`NeuronInfo.layout`): ours and SpikingJelly's take ``[T, B, ...]`` (``"TB"``); the authors' take and
+return ``[T*B, ...]``, time-major flattened, with T in the module's ``timesteps`` (``"flat"``). Their inference
+modules unflatten to ``[T, B, ...]`` around the one op and flatten back, so the network around them is unchanged.
+LIF coefficient rule (:attr:`NeuronInfo.lif_rule`, see :func:`dsr_deploy.functional.lif_coefficients`): the
+authors' ``tau`` is a float32 tensor, so their neurons get the ``"float32"`` rule; SpikingJelly's the
+``"double"`` rule; ours the rule they were built with (``DSRLIFNode(lif_rule=...)``, default ``"double"``).
 
 Every neuron's parameters are read as the effective ones: ``threshold = max(v_threshold, lower bound)``
 (SpikingJelly 2.0 clamps out of place, so a saved threshold can sit below its bound; the clamp is what the
@@ -40,6 +48,9 @@ __all__ = [
     "NeuronInfo",
     "find_neurons",
     "neuron_kind",
+    "neuron_family",
+    "SUPPORTED_NEURONS",
+    "NO_NEURON_HINT",
     "inference_copy",
     "inference_modules",
     "IFSpike",
@@ -64,6 +75,21 @@ _REQUIRED_ATTRS = {
     "if": ("v_threshold", "alpha", "v_threshold_lower_bound"),
     "lif": ("v_threshold", "alpha", "v_threshold_lower_bound", "tau", "delta_t"),
 }
+# The authors' training code (github qymeng94/DSR): any module path (their files are the user's), matched on the
+# class name and the attributes their forward reads. Their attribute names -> ours.
+_AUTHORS_CLASSES = {"IFNeuron": "if", "LIFNeuron": "lif"}
+_AUTHORS_ATTRS = {"v_threshold": "Vth", "v_threshold_lower_bound": "Vth_bound", "alpha": "alpha", "tau": "tau",
+                  "delta_t": "delta_t", "timesteps": "timesteps"}
+_AUTHORS_REQUIRED = {
+    "if": ("timesteps", "Vth", "alpha", "Vth_bound"),
+    "lif": ("timesteps", "Vth", "alpha", "Vth_bound", "tau", "delta_t"),
+}
+SUPPORTED_NEURONS = ("dsr_deploy's DSRIFNode / DSRLIFNode, SpikingJelly's DSRIFNode / DSRLIFNode, the authors' "
+                     "(qymeng94/DSR) IFNeuron / LIFNeuron")
+NO_NEURON_HINT = ("the model holds no DSR neuron (supported: " + SUPPORTED_NEURONS + "); a network "
+                  "with other neuron classes can be exported as the matching zoo model with its weights: "
+                  "`dsr-deploy export zoo:<name> --checkpoint FILE` (see `dsr-deploy info`)")
+LAYOUTS = ("TB", "flat")
 
 
 def f32(value: float) -> float:
@@ -71,19 +97,28 @@ def f32(value: float) -> float:
     return float(np.float32(value))
 
 
-def neuron_kind(module: nn.Module) -> Optional[str]:
-    """``"if"`` / ``"lif"`` when ``module`` is a DSR training neuron (ours or SpikingJelly's), else None.
+def neuron_family(module: nn.Module) -> Optional[tuple]:
+    """``(kind, family)`` when ``module`` is a DSR training neuron, else None. kind: ``"if"`` / ``"lif"``;
+    family: ``"dsr_deploy"`` / ``"spikingjelly"`` / ``"authors"``.
 
-    Matched on the class name along the MRO (a user's subclass counts), the defining module's path and the
-    attributes the parameters are read from; spikingjelly is never imported here.
+    Matched on the class name along the MRO (a user's subclass counts), the defining module's path (ours and
+    SpikingJelly's) and the attributes the parameters are read from; no neuron package is ever imported here.
     """
     for cls in type(module).__mro__:
         kind = _NEURON_CLASSES.get(cls.__name__)
-        if kind is None or not cls.__module__.startswith(_NEURON_MODULE_PREFIXES):
-            continue
-        if all(hasattr(module, a) for a in _REQUIRED_ATTRS[kind]):
-            return kind
+        if kind is not None and cls.__module__.startswith(_NEURON_MODULE_PREFIXES):
+            if all(hasattr(module, a) for a in _REQUIRED_ATTRS[kind]):
+                return kind, cls.__module__.split(".")[0]
+        kind = _AUTHORS_CLASSES.get(cls.__name__)
+        if kind is not None and all(hasattr(module, a) for a in _AUTHORS_REQUIRED[kind]):
+            return kind, "authors"
     return None
+
+
+def neuron_kind(module: nn.Module) -> Optional[str]:
+    """``"if"`` / ``"lif"`` when ``module`` is a DSR training neuron (see :func:`neuron_family`), else None."""
+    found = neuron_family(module)
+    return found[0] if found else None
 
 
 @dataclass
@@ -101,9 +136,12 @@ class NeuronInfo:
     alpha: float
     tau: Optional[float] = None
     delta_t: Optional[float] = None
-    decay: Optional[float] = None  # fl32(exp(-dt/tau)) from the double
-    gain: Optional[float] = None  # fl32(1 - exp(-dt/tau)) from the double
-    T: Optional[int] = None  # the T the module was built with (informative; inference takes T from the input)
+    decay: Optional[float] = None  # beta by lif_rule, rounded to float32
+    gain: Optional[float] = None  # 1 - beta by lif_rule, rounded to float32
+    T: Optional[int] = None  # the T the module was built with (informative for "TB"; the T of a "flat" layer)
+    layout: str = "TB"  # "TB": input [T, B, ...]; "flat": [T*B, ...] time-major, T = timesteps (the authors')
+    timesteps: Optional[int] = None  # T of a "flat" layer (None for "TB": T is the input's first dimension)
+    lif_rule: Optional[str] = None  # LIF: "double" | "float32" (functional.lif_coefficients); None for IF
 
     @property
     def op_type(self) -> str:
@@ -115,9 +153,21 @@ class NeuronInfo:
         return d
 
 
-def _read_neuron(index: int, name: str, module: nn.Module, kind: str) -> NeuronInfo:
-    vth = module.v_threshold
-    lower = float(module.v_threshold_lower_bound)
+def _scalar(value, what: str, name: str) -> float:
+    """A Python float from a number or a one-element tensor (a float32 tensor gives its exact value)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"neuron {name or '<root>'}: {what} must be a scalar, has shape {list(value.shape)}")
+        return float(value.detach().reshape(()).item())
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"neuron {name or '<root>'}: {what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _read_neuron(index: int, name: str, module: nn.Module, kind: str, family: str) -> NeuronInfo:
+    attr = _AUTHORS_ATTRS if family == "authors" else {k: k for k in _AUTHORS_ATTRS}
+    vth = getattr(module, attr["v_threshold"])
+    lower = _scalar(getattr(module, attr["v_threshold_lower_bound"]), "the threshold's lower bound", name)
     if isinstance(vth, Tensor):
         vth = vth.detach()
         if vth.numel() != 1:
@@ -130,25 +180,29 @@ def _read_neuron(index: int, name: str, module: nn.Module, kind: str) -> NeuronI
     else:
         stored = f32(float(vth))
         eff = f32(max(float(vth), lower))
-    cls = type(module)
-    source = "dsr_deploy" if cls.__module__.startswith("dsr_deploy.") else (
-        "spikingjelly" if cls.__module__.startswith("spikingjelly.") else cls.__module__)
-    for c in cls.__mro__:
-        if c.__name__ in _NEURON_CLASSES and c.__module__.startswith(_NEURON_MODULE_PREFIXES):
-            source = c.__module__.split(".")[0]
-            break
-    T = getattr(module, "T", None)
+    if family == "authors":
+        T = module.timesteps
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"neuron {name or '<root>'}: timesteps must be an int >= 1, got {T!r}")
+        layout, timesteps, rule = "flat", int(T), "float32"  # their tau is a float32 tensor
+    else:
+        T = getattr(module, "T", None)
+        T = int(T) if isinstance(T, int) and not isinstance(T, bool) else None
+        layout, timesteps, rule = "TB", None, getattr(module, "lif_rule", "double")
     info = NeuronInfo(
-        index=index, name=name, kind=kind, source=source, v_threshold=float(eff), v_threshold_stored=float(stored),
-        v_threshold_lower_bound=lower, clamped=bool(stored < eff), alpha=float(module.alpha),
-        T=int(T) if isinstance(T, int) and not isinstance(T, bool) else None,
+        index=index, name=name, kind=kind, source=family, v_threshold=float(eff), v_threshold_stored=float(stored),
+        v_threshold_lower_bound=lower, clamped=bool(stored < eff),
+        alpha=_scalar(getattr(module, attr["alpha"]), "alpha", name), T=T, layout=layout, timesteps=timesteps,
     )
     if kind == "lif":
-        tau, dt = float(module.tau), float(module.delta_t)
+        tau = _scalar(getattr(module, attr["tau"]), "tau", name)
+        dt = _scalar(getattr(module, attr["delta_t"]), "delta_t", name)
         if not (tau > 0 and dt > 0):
             raise ValueError(f"neuron {name or '<root>'}: tau and delta_t must be > 0, got tau={tau} delta_t={dt}")
-        beta, gain = F.lif_coefficients(tau, dt)
-        info.tau, info.delta_t, info.decay, info.gain = tau, dt, f32(beta), f32(gain)
+        if rule not in F.LIF_RULES:
+            raise ValueError(f"neuron {name or '<root>'}: unknown lif_rule {rule!r}; known: {', '.join(F.LIF_RULES)}")
+        beta, gain = F.lif_coefficients(tau, dt, rule)
+        info.tau, info.delta_t, info.decay, info.gain, info.lif_rule = tau, dt, f32(beta), f32(gain), rule
     return info
 
 
@@ -157,11 +211,11 @@ def find_neurons(model: nn.Module) -> List[NeuronInfo]:
     found: List[NeuronInfo] = []
     seen = set()
     for name, m in model.named_modules():
-        kind = neuron_kind(m)
-        if kind is None or id(m) in seen:
+        fam = neuron_family(m)
+        if fam is None or id(m) in seen:
             continue
         seen.add(id(m))
-        found.append(_read_neuron(len(found), name, m, kind))
+        found.append(_read_neuron(len(found), name, m, *fam))
     return found
 
 
@@ -169,6 +223,8 @@ def onnx_attributes(info: NeuronInfo) -> Dict[str, object]:
     """The attributes of the ``dsr`` ONNX node for one neuron layer (the shared contract)."""
     attrs: Dict[str, object] = {"v_threshold": f32(info.v_threshold), "alpha": f32(info.alpha)}
     if info.kind == "lif":
+        # decay / gain by the layer's rule, computed once here: every backend takes them as given (a file without
+        # them, written before they were always set, gets the double rule from tau / delta_t).
         attrs.update(tau=f32(info.tau), delta_t=f32(info.delta_t), decay=info.decay, gain=info.gain)
     attrs.update(plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
     return attrs
@@ -187,14 +243,28 @@ class _SpikeBase(nn.Module):
         self.layer_name = info.name
         self.v_threshold = float(info.v_threshold)
         self.alpha = float(info.alpha)
-        # verify sets this to a list to collect each layer's spikes (see dsr_deploy.verify); None otherwise.
+        # 0: input [T, B, ...]; T > 0: a "flat" layer, input [T*B, ...] unflattened to [T, B, ...] around the op.
+        self.timesteps = int(info.timesteps or 0) if info.layout == "flat" else 0
+        # verify sets this to a list to collect each call's (layer, input, spikes) (dsr_deploy.verify); else None.
         self.probe: Optional[list] = None
         # metadata_props of the emitted ONNX node (the ONNX writer sets the layer index here).
         self.onnx_meta: Optional[Dict[str, str]] = None
 
-    def _record(self, y: Tensor) -> Tensor:
+    def _spikes(self, x: Tensor) -> Tensor:  # [T, B, ...] -> [T, B, ...]
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        # A flat layer's probe records the [T, B, ...] spikes (what the dsr node of an ONNX file outputs too).
+        if self.timesteps:
+            xs = x.unflatten(0, (self.timesteps, -1))
+            y = self._spikes(xs)
+            self._record(xs, y)
+            return y.flatten(0, 1)
+        return self._record(x, self._spikes(x))
+
+    def _record(self, x: Tensor, y: Tensor) -> Tensor:
         if self.probe is not None:
-            self.probe.append((self.index, y))
+            self.probe.append((self.index, x, y))
         return y
 
 
@@ -205,13 +275,11 @@ class IFSpike(_SpikeBase):
         super().__init__(info)
         self.onnx_attrs = onnx_attributes(info)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _spikes(self, x: Tensor) -> Tensor:
         if torch.onnx.is_in_onnx_export():
-            y = torch.onnx.ops.symbolic(f"{ONNX_DOMAIN}::{ONNX_OP_TYPES['if']}", [x], attrs=self.onnx_attrs,
-                                        dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
-        else:
-            y = torch.ops.dsr.if_spike(x, self.v_threshold, self.alpha)[0]
-        return self._record(y)
+            return torch.onnx.ops.symbolic(f"{ONNX_DOMAIN}::{ONNX_OP_TYPES['if']}", [x], attrs=self.onnx_attrs,
+                                           dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
+        return torch.ops.dsr.if_spike(x, self.v_threshold, self.alpha)[0]
 
     def extra_repr(self) -> str:
         return f"v_threshold={self.v_threshold}, alpha={self.alpha}"
@@ -224,39 +292,48 @@ class LIFSpike(_SpikeBase):
         super().__init__(info)
         self.tau = float(info.tau)
         self.delta_t = float(info.delta_t)
+        self.decay = float(info.decay)
+        self.gain = float(info.gain)
+        self.lif_rule = info.lif_rule
         self.onnx_attrs = onnx_attributes(info)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _spikes(self, x: Tensor) -> Tensor:
         if torch.onnx.is_in_onnx_export():
-            y = torch.onnx.ops.symbolic(f"{ONNX_DOMAIN}::{ONNX_OP_TYPES['lif']}", [x], attrs=self.onnx_attrs,
-                                        dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
-        else:
-            y = torch.ops.dsr.lif_spike(x, self.v_threshold, self.alpha, self.tau, self.delta_t)[0]
-        return self._record(y)
+            return torch.onnx.ops.symbolic(f"{ONNX_DOMAIN}::{ONNX_OP_TYPES['lif']}", [x], attrs=self.onnx_attrs,
+                                           dtype=x.dtype, shape=x.shape, version=1, metadata_props=self.onnx_meta)
+        return torch.ops.dsr.lif_spike(x, self.v_threshold, self.alpha, self.tau, self.delta_t, None, False,
+                                       self.decay, self.gain)[0]
 
     def extra_repr(self) -> str:
-        return f"v_threshold={self.v_threshold}, alpha={self.alpha}, tau={self.tau}, delta_t={self.delta_t}"
+        return (f"v_threshold={self.v_threshold}, alpha={self.alpha}, tau={self.tau}, delta_t={self.delta_t}, "
+                f"lif_rule={self.lif_rule}")
 
 
 class IFSpikeScript(nn.Module):
-    """DSR-IF for TorchScript: scripts :func:`dsr_deploy.functional.if_forward` itself (a real loop)."""
+    """DSR-IF for TorchScript: scripts :func:`dsr_deploy.functional.if_forward` itself (a real loop).
+    A flat layer (``timesteps`` > 0) unflattens its ``[T*B, ...]`` input around it."""
 
-    __constants__ = ["v_threshold", "alpha"]
+    __constants__ = ["v_threshold", "alpha", "timesteps"]
 
     def __init__(self, info: NeuronInfo):
         super().__init__()
         self.index = info.index
         self.v_threshold = float(info.v_threshold)
         self.alpha = float(info.alpha)
+        self.timesteps = int(info.timesteps or 0) if info.layout == "flat" else 0
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.timesteps > 0:
+            y = F.if_forward(x.unflatten(0, [self.timesteps, -1]), self.v_threshold, self.alpha, None, False)[0]
+            return y.flatten(0, 1)
         return F.if_forward(x, self.v_threshold, self.alpha, None, False)[0]
 
 
 class LIFSpikeScript(nn.Module):
-    """DSR-LIF for TorchScript: scripts :func:`dsr_deploy.functional.lif_forward` itself (a real loop)."""
+    """DSR-LIF for TorchScript: scripts :func:`dsr_deploy.functional.lif_forward` itself (a real loop), with the
+    layer's coefficients (by its rule) as constants. A flat layer unflattens its input around it."""
 
-    __constants__ = ["v_threshold", "alpha", "tau", "delta_t"]
+    __constants__ = ["v_threshold", "alpha", "tau", "delta_t", "decay", "gain", "timesteps"]
 
     def __init__(self, info: NeuronInfo):
         super().__init__()
@@ -265,9 +342,17 @@ class LIFSpikeScript(nn.Module):
         self.alpha = float(info.alpha)
         self.tau = float(info.tau)
         self.delta_t = float(info.delta_t)
+        self.decay = float(info.decay)
+        self.gain = float(info.gain)
+        self.timesteps = int(info.timesteps or 0) if info.layout == "flat" else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.lif_forward(x, self.v_threshold, self.alpha, self.tau, self.delta_t, None, False)[0]
+        if self.timesteps > 0:
+            y = F.lif_forward(x.unflatten(0, [self.timesteps, -1]), self.v_threshold, self.alpha, self.tau,
+                              self.delta_t, None, False, self.decay, self.gain)[0]
+            return y.flatten(0, 1)
+        return F.lif_forward(x, self.v_threshold, self.alpha, self.tau, self.delta_t, None, False, self.decay,
+                             self.gain)[0]
 
 
 _TARGETS = {
@@ -297,7 +382,7 @@ def inference_copy(model: nn.Module, target: str = "op") -> nn.Module:
         raise ValueError(f"unknown inference target {target!r}; known: {sorted(_TARGETS)}")
     infos = find_neurons(model)
     if not infos:
-        raise ValueError("the model holds no DSR neuron (DSRIFNode / DSRLIFNode, ours or SpikingJelly's)")
+        raise ValueError(NO_NEURON_HINT)
     copied = copy.deepcopy(model)
     copied.eval()
     classes = _TARGETS[target]
@@ -322,7 +407,7 @@ def find_neuron_modules(model: nn.Module) -> Dict[str, nn.Module]:
     out: Dict[str, nn.Module] = {}
     seen = set()
     for name, m in model.named_modules():
-        if neuron_kind(m) is not None and id(m) not in seen:
+        if neuron_family(m) is not None and id(m) not in seen:
             seen.add(id(m))
             out[name] = m
     return out

@@ -9,7 +9,8 @@ What happens, in order (everything up to step 3 needs neither TensorRT nor a GPU
 2. make one optimisation profile: every dynamic dimension is the time dimension T (dim 0 of a multi-step
    input ``[T, B, ...]``), the batch B (dim 1 there; dim 0 of streaming inputs ``x_t``, ``v_in_<i>``), and
    takes ``--timesteps`` / ``--batch`` MIN,OPT,MAX; any other dynamic dimension is an error;
-3. find the dsr TensorRT plugin library (``libdsr_trt_plugin.so``, static registration) so the parser maps
+3. find the dsr TensorRT plugin library (``libdsr_trt_plugin_dynamic.so``, loaded through TensorRT's registry, else
+   ``libdsr_trt_plugin.so``, static registration) so the parser maps
    the ``dsr`` nodes (op_type = plugin name, ``plugin_namespace`` "dsr", ``plugin_version`` "1") to the plugin
    instead of inlining their function fallback;
 4. import tensorrt (a one-line error naming the ``tensorrt`` extra when missing), require a GPU, load the
@@ -19,7 +20,14 @@ What happens, in order (everything up to step 3 needs neither TensorRT nor a GPU
    (format ``tensorrt``) so ``verify`` / ``bench`` / ``load_runner(DIR, backend="tensorrt")`` find it.
 
 TensorRT 11 networks are always strongly typed (no FP16 builder flag): precision comes from the ONNX tensor
-types, so ``--fp16`` there is an error asking for a float16 ONNX model.
+types, so ``--fp16`` there is an error asking for a float16 ONNX model (``export --precision float16``). A float16 /
+bfloat16 model is built with a strongly typed network on TensorRT 10 too.
+
+TensorRT versions (onnx-tensorrt's parser): 10.0-10.6 always build a dsr node that carries a model-local function
+from that function, never from the plugin, so with a plugin library there the build is refused unless
+``allow_function_fallback``; from 10.7 a registered plugin wins. After parsing, the network's layers are inspected
+(plugin layers vs loops) and what the engine really holds is recorded (``contents`` in the summary, ``dsr_path``
+and ``plugin`` in the manifest entry).
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ class OnnxInfo:
     inputs: list[tuple[str, tuple[Dim, ...]]]
     dsr_ops: list[str]  # dsr op types used
     fallbacks: list[str]  # dsr op types with a model-local function
+    dsr_nodes: int = 0  # how many dsr nodes the graph holds
 
 
 def read_onnx(path: Union[str, Path]) -> OnnxInfo:
@@ -101,7 +110,8 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
 
     used = dsr_ops_used(model.graph)
     fallbacks = sorted(f.name for f in model.functions if f.domain == PLUGIN_NAMESPACE and f.name in used)
-    return OnnxInfo(inputs, sorted(used), fallbacks)
+    nodes = sum(1 for n in model.graph.node if n.domain == PLUGIN_NAMESPACE and n.op_type in used)
+    return OnnxInfo(inputs, sorted(used), fallbacks, nodes)
 
 
 def is_streaming_input(name: str) -> bool:
@@ -165,24 +175,91 @@ def check_plugin_needs(info: OnnxInfo, plugin: Optional[Path]) -> Optional[str]:
         return None
     missing = sorted(set(info.dsr_ops) - set(info.fallbacks))
     if missing:
-        raise UserError(f"the model uses dsr ops {', '.join(missing)} without a function fallback and the TensorRT "
-                        "plugin library libdsr_trt_plugin.so was not found (run `dsr-deploy plugins build` on a "
-                        "machine with CUDA, or pass --plugin PATH)")
-    return ("libdsr_trt_plugin.so not found: TensorRT will build the dsr layers from their ONNX function "
+        raise UserError(f"the model uses dsr ops {', '.join(missing)} without a function fallback and no TensorRT "
+                        "plugin library (libdsr_trt_plugin_dynamic.so or libdsr_trt_plugin.so) was found (run "
+                        "`dsr-deploy plugins build` on a machine with CUDA, or pass --plugin PATH)")
+    return ("no dsr TensorRT plugin library found: TensorRT will build the dsr layers from their ONNX function "
             "fallback (slower); build the plugin with `dsr-deploy plugins build`")
 
 
-def trt_major(trt) -> int:
+def trt_version(trt) -> tuple[int, int]:
+    """(major, minor) of the tensorrt module (10.0 when unreadable)."""
+    parts = str(getattr(trt, "__version__", "")).split(".")
     try:
-        return int(str(trt.__version__).split(".")[0])
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
-        return 10
+        return 10, 0
+
+
+def trt_major(trt) -> int:
+    return trt_version(trt)[0]
+
+
+#: onnx-tensorrt picks a registered plugin over a same-named model-local function from this version on; before
+#: it, the local function always wins and the plugin is never used (TensorRT 10.7 CHANGELOG).
+PLUGIN_WINS_FROM = (10, 7)
+#: From here a node with a ``plugin_namespace`` attribute goes to the plugin before TensorRT's built-in ops.
+NAMESPACE_FIRST_FROM = (10, 15)
+#: Before this, a function formal named like an outer tensor bound the outer tensor (fixed in 10.8); the exporter
+#: scopes every function name (export/onnx_functions.py), so this no longer matters for dsr-deploy's models.
+FUNCTION_SCOPE_FIXED_IN = (10, 8)
+
+
+def expected_dsr_path(version: tuple[int, int], info: OnnxInfo, plugin_loaded: bool) -> str:
+    """What the parser will build the dsr nodes from: ``"plugin"``, ``"function"`` or ``"none"`` (no dsr node)."""
+    if not info.dsr_ops:
+        return "none"
+    if not plugin_loaded:
+        return "function"
+    if info.fallbacks and tuple(version) < PLUGIN_WINS_FROM:
+        return "function"
+    return "plugin"
+
+
+_PLUGIN_LAYER_TYPES = ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")
+_LOOP_LAYER_TYPES = ("TRIP_LIMIT",)  # one per loop (a Scan / Loop body)
+
+
+def network_contents(trt, network, info: OnnxInfo) -> dict:
+    """What the parsed network holds for the dsr nodes: plugin layers vs loops (a Scan body) vs neither."""
+    layer_type = getattr(trt, "LayerType", None)
+    kinds = {getattr(layer_type, n) for n in _PLUGIN_LAYER_TYPES if hasattr(layer_type, n)}
+    loops = {getattr(layer_type, n) for n in _LOOP_LAYER_TYPES if hasattr(layer_type, n)}
+    plugin_layers, loop_layers, total = 0, 0, int(getattr(network, "num_layers", 0))
+    for i in range(total):
+        t = network.get_layer(i).type
+        plugin_layers += t in kinds
+        loop_layers += t in loops
+    if not info.dsr_ops:
+        path = "none"
+    elif plugin_layers == 0:
+        path = "function"
+    elif plugin_layers >= info.dsr_nodes:
+        path = "plugin"
+    else:
+        path = "mixed"
+    return {"dsr_path": path, "dsr_nodes": info.dsr_nodes, "plugin_layers": plugin_layers, "loops": loop_layers,
+            "layers": total}
+
+
+def _model_precision(onnx_path: Path) -> str:
+    """float32 / float16 / bfloat16: the element type of the model's first input."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    names = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    for vi in model.graph.input:
+        if vi.name not in init:
+            return names.get(vi.type.tensor_type.elem_type, "float32")
+    return "float32"
 
 
 def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bool = False,
                  batch: Optional[Range] = None, timesteps: Optional[Range] = None,
                  workspace_mb: Optional[int] = None, timing_cache: Optional[Union[str, Path]] = None,
-                 plugin: Optional[Union[str, Path]] = None, force: bool = True, log=print) -> dict:
+                 plugin: Optional[Union[str, Path]] = None, force: bool = True, allow_function_fallback: bool = False,
+                 log=print) -> dict:
     """Build and atomically write a TensorRT engine; returns a summary dict. See the module docstring."""
     onnx_path, out = Path(onnx_path), Path(out)
     if workspace_mb is not None and workspace_mb < 1:
@@ -195,6 +272,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
     if not info.inputs:
         raise UserError(f"{onnx_path} has no inputs")
     shapes = plan_profile(info.inputs, batch, timesteps)
+    precision = _model_precision(onnx_path)
     lib = find_plugin(plugin)
     warning = check_plugin_needs(info, lib)
     if warning:
@@ -203,26 +281,47 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
     from .runtime.tensorrt import load_plugin_library, require_tensorrt
 
     trt = require_tensorrt("dsr-deploy build-engine")
-    major = trt_major(trt)
-    if fp16 and major >= 11:
+    version = trt_version(trt)
+    if fp16 and version[0] >= 11:
         raise UserError("--fp16: TensorRT 11 networks are strongly typed (no FP16 builder flag); export a float16 "
-                        "ONNX model instead")
+                        "model instead (dsr-deploy export --precision float16) and build that")
+    if fp16 and precision != "float32":
+        raise UserError(f"--fp16: {onnx_path} is already {precision} (its types set the precision); drop --fp16")
+    expected = expected_dsr_path(version, info, lib is not None)
+    if lib is not None and expected == "function":
+        msg = (f"TensorRT {trt.__version__} builds dsr nodes that carry a model-local function from that function, "
+               "never from the plugin (a registered plugin wins only from TensorRT 10.7)")
+        if not allow_function_fallback:
+            raise UserError(msg + "; upgrade TensorRT, or pass --allow-function-fallback to build the (slower) "
+                            "function bodies")
+        log(f"warning: {msg}; building the function bodies (--allow-function-fallback)")
     _require_gpu()
     logger = trt.Logger(trt.Logger.WARNING)
+    loading = None
     if lib is not None and info.dsr_ops:
-        load_plugin_library(lib)
+        loading = load_plugin_library(lib, trt)
     trt.init_libnvinfer_plugins(logger, "")
     registered = _check_creators(trt, info.dsr_ops) if lib is not None else {}
 
     builder = trt.Builder(logger)
     if builder is None:
         raise UserError("TensorRT could not create a builder (no usable GPU?)")
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    # TensorRT 10+ is explicit-batch only. A half-precision model is built strongly typed (its tensor types are
+    # the precision) on TensorRT 10 as on 11, where every network is strongly typed anyway.
+    flags = 0
+    if precision != "float32" and version[0] < 11:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}"
                         + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    contents = network_contents(trt, network, info)
+    if lib is not None and contents["dsr_path"] not in ("plugin", "none") and expected == "plugin":
+        log(f"warning: the plugin library is loaded but the network holds {contents['plugin_layers']} plugin "
+            f"layer(s) for {info.dsr_nodes} dsr node(s): TensorRT {trt.__version__} built the rest from their "
+            "function bodies")
     config = builder.create_builder_config()
     if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
@@ -254,9 +353,11 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
     summary = {"engine": str(out), "onnx": str(onnx_path), "tensorrt": str(trt.__version__), "fp16": fp16,
                "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
                "plugin_library": str(lib) if lib else None, "dsr_ops": info.dsr_ops, "plugin_creators": registered,
-               "timing_cache": str(cache_path) if cache_path else None}
+               "timing_cache": str(cache_path) if cache_path else None, "precision": precision,
+               "plugin_loading": loading, "contents": contents}
     summary["manifest"] = record_in_manifest(onnx_path, out, summary)
     return summary
+
 
 
 def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional[str]:
@@ -265,26 +366,24 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
     Then ``load_runner(DIR, backend="tensorrt")``, ``dsr-deploy verify DIR`` and ``bench DIR`` find it. Returns
     the manifest path, or None when there is no export folder.
     """
-    import json
-
-    from .io import atomic_write_text
+    from .manifest import MANIFEST, read_manifest, write_manifest
 
     folder = Path(onnx_path).resolve().parent
-    manifest_path = folder / "manifest.json"
+    manifest_path = folder / MANIFEST
     if Path(engine).resolve().parent != folder or not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
+        manifest = dict(read_manifest(folder))
+    except UserError:
         return None  # not ours to repair; the engine itself is written
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        return None
     entry = {"format": "tensorrt", "path": Path(engine).name, "onnx": Path(onnx_path).name,
              "tensorrt": summary["tensorrt"], "fp16": summary["fp16"], "profile": summary["profile"],
-             "plugin": bool(summary["plugin_library"])}
-    manifest["artifacts"] = [a for a in manifest["artifacts"]
-                             if not (isinstance(a, dict) and a.get("path") == entry["path"])] + [entry]
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+             "precision": summary.get("precision", "float32"),
+             # what the engine holds, read from the parsed network, not whether a library was found
+             "plugin": summary.get("contents", {}).get("dsr_path") == "plugin",
+             "dsr_path": summary.get("contents", {}).get("dsr_path")}
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
+    write_manifest(folder, manifest)
     return str(manifest_path)
 
 

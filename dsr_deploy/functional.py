@@ -7,9 +7,18 @@ exactly this code rather than a copy of it.
 Numerics (float32), as in SpikingJelly's DSR nodes (Meng et al., CVPR 2022):
 
 * IF:  ``v = v + x[t]; s = (v >= alpha*vth) * vth; v = v - s; y[t] = s``
-* LIF: ``v = beta*v + (1-beta)*x[t]; s = (v >= alpha*vth) * vth; v = v - s; y[t] = s / delta_t``
-  with ``beta = exp(-delta_t/tau)`` computed in double precision and rounded to the compute dtype, and
-  ``1-beta`` rounded from the double, not ``1 - fl(beta)``.
+* LIF: ``v = beta*v + (1-beta)*x[t]; s = (v >= alpha*vth) * vth; v = v - s; y[t] = s / delta_t``.
+  The coefficients ``beta`` (decay) and ``1-beta`` (gain) follow one of two rules (:data:`LIF_RULES`,
+  :func:`lif_coefficients`):
+
+  - ``"double"`` (SpikingJelly, the seed; the default): ``beta = exp(-delta_t/tau)`` computed in double
+    precision and rounded to the compute dtype, ``1-beta`` rounded from the double, not ``1 - fl(beta)``;
+  - ``"float32"`` (the authors' training code, github qymeng94/DSR, whose ``tau`` is a float32 tensor):
+    ``beta = torch.exp(-delta_t / tau)`` and ``1 - beta`` both computed in float32 (e.g. tau 1, dt 0.05: gain
+    0.04877054691314697 against the double rule's 0.04877057671546936: same beta, different spikes).
+
+  The recurrences take the two coefficients explicitly (``decay`` / ``gain``), so every backend is handed the
+  same two numbers; without them the double rule is used.
 * The spike threshold ``alpha*vth`` is one multiplication in the compute dtype (alpha rounded first).
 * No fused multiply-add anywhere: every product and sum is rounded on its own.
 * The LIF output ``s / delta_t`` divides by ``delta_t`` held in a tensor on the input's device, not by a Python
@@ -36,6 +45,7 @@ __all__ = [
     "lif_forward",
     "if_step",
     "lif_step",
+    "LIF_RULES",
     "lif_coefficients",
     "lif_rate_weights",
     "lif_weighted_rate",
@@ -49,10 +59,30 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def lif_coefficients(tau: float, delta_t: float) -> Tuple[float, float]:
-    """``(beta, 1 - beta)`` in double precision, exactly as the seed computes them (``math.exp``)."""
+LIF_RULES = ("double", "float32")
+
+
+def _double_coefficients(tau: float, delta_t: float) -> Tuple[float, float]:
+    # TorchScript subset: lif_forward calls this when no coefficients are given.
     beta = math.exp(-delta_t / tau)
     return beta, 1.0 - beta
+
+
+def lif_coefficients(tau: float, delta_t: float, rule: str = "double") -> Tuple[float, float]:
+    """``(decay, gain)`` = ``(beta, 1 - beta)`` by ``rule`` (see :data:`LIF_RULES`).
+
+    ``"double"``: in double precision exactly as the seed computes them (``math.exp``); the caller (or the op)
+    rounds each once to the compute dtype. ``"float32"``: the authors' own expression evaluated on a float32 CPU
+    tensor ``tau`` (``torch.exp(-delta_t / tau)``, ``1 - beta``), so both values are float32 numbers (exact in
+    any compute dtype). ``tau`` should be the float32 value the authors' tensor holds.
+    """
+    if rule == "double":
+        return _double_coefficients(tau, delta_t)
+    if rule == "float32":
+        tau_t = torch.tensor(tau, dtype=torch.float32)
+        beta = torch.exp(-delta_t / tau_t)
+        return float(beta), float(1 - beta)
+    raise ValueError(f"unknown LIF coefficient rule {rule!r}; choose from {', '.join(LIF_RULES)}")
 
 
 def _membrane(x: Tensor, v_init: Optional[Tensor], ct: torch.dtype) -> Tensor:
@@ -110,19 +140,29 @@ def lif_forward(
     delta_t: float,
     v_init: Optional[Tensor] = None,
     return_state: bool = False,
+    decay: Optional[float] = None,
+    gain: Optional[float] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """DSR-LIF inference over ``x`` of layout ``[T, ...]``; see :func:`if_forward`."""
+    """DSR-LIF inference over ``x`` of layout ``[T, ...]``; see :func:`if_forward`.
+
+    ``decay`` / ``gain``: the coefficients from :func:`lif_coefficients` (both or neither); without them the
+    double rule from ``tau`` / ``delta_t``. Each is rounded once to the compute dtype.
+    """
     if x.dim() < 1:
         raise ValueError("input must have a leading time dimension [T, ...]")
     ct = compute_dtype(x.dtype)
     v = _membrane(x, v_init, ct)
     vth, thr = _threshold(v_threshold, alpha, ct, x.device)
-    beta = math.exp(-delta_t / tau)
-    gain = 1.0 - beta
+    if decay is not None and gain is not None:
+        beta, g = decay, gain
+    else:
+        if decay is not None or gain is not None:
+            raise ValueError("decay and gain must be given together")
+        beta, g = _double_coefficients(tau, delta_t)
     dt = torch.full((), delta_t, dtype=ct, device=x.device)  # a tensor divisor: true division on every device
     out = torch.empty_like(x)
     for t in range(x.size(0)):
-        v = beta * v + gain * x[t].to(ct)
+        v = beta * v + g * x[t].to(ct)
         s = (v >= thr).to(ct) * vth
         v = v - s
         out[t] = (s / dt).to(x.dtype)
@@ -139,10 +179,11 @@ def if_step(x_t: Tensor, v: Tensor, v_threshold: float, alpha: float) -> Tuple[T
 
 
 def lif_step(
-    x_t: Tensor, v: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float
+    x_t: Tensor, v: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float,
+    decay: Optional[float] = None, gain: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor]:
     """One LIF time step: ``x_t`` has no time dimension. Returns ``(spike, v_new)``."""
-    y, v_new = lif_forward(x_t.unsqueeze(0), v_threshold, alpha, tau, delta_t, v, True)
+    y, v_new = lif_forward(x_t.unsqueeze(0), v_threshold, alpha, tau, delta_t, v, True, decay, gain)
     assert v_new is not None
     return y[0], v_new
 

@@ -31,6 +31,7 @@ import math
 import pickle
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .guard import first_line as _first_line, user_code
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
@@ -68,18 +70,9 @@ class LoadedModel:
                 + " (pass --set KEY=VALUE with the values it was trained with)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _call_factory(factory, what: str, settings: Optional[Mapping[str, Any]] = None) -> nn.Module:
-    try:
+    with user_code(lambda err: f"model factory {what} raised {err}"):
         model = factory(**dict(settings or {}))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"model factory {what} raised {_first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {what} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -184,10 +177,11 @@ def _file_factory(path_text: str, attr: str) -> _Factory:
     if str(path.parent) not in sys.path:  # the file may import its neighbours, as when run as a script
         sys.path.append(str(path.parent))
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
+        with user_code(lambda err: f"importing {path_text} failed: {err}"):
+            spec.loader.exec_module(module)
+    except BaseException:
         sys.modules.pop(mod_name, None)
-        raise UserError(f"importing {path_text} failed: {_first_line(exc)}") from exc
+        raise
     factory = _resolve(module, attr, path_text)
     params, open_kwargs = _signature_params(factory)
     return _Factory(factory, f"{path}:{attr}", f"{path_text}:{attr}", params, open_kwargs)
@@ -200,7 +194,9 @@ def _module_factory(mod: str, attr: str) -> _Factory:
         module = importlib.import_module(mod)
     except ModuleNotFoundError as exc:
         raise UserError(f"cannot import module {mod!r}: {_first_line(exc)}") from exc
-    except Exception as exc:
+    except (UserError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit at import time too
         raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
     factory = _resolve(module, attr, mod)
     params, open_kwargs = _signature_params(factory)
@@ -410,30 +406,60 @@ def _default_shape(f: _Factory, settings: Mapping[str, Any]) -> Optional[Tuple[i
     return shape
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` name, or the format's start: an 8-byte little-endian header length, then ``{``."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise UserError(f"checkpoint {path} is a safetensors file; install safetensors (pip install safetensors) "
+                        "to read it") from exc
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in several ways
+        raise UserError(f"checkpoint {path} is not a valid safetensors file ({type(exc).__name__})") from exc
+
+
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """``torch.load`` a checkpoint safely; a UserError for every way it can be unreadable."""
+    """``torch.load`` a checkpoint safely (``.safetensors`` with safetensors); a UserError for every way it can
+    be unreadable. Torch's own message is never repeated: it advises ``weights_only=False``, which runs the
+    file's code; the only switch for that is the user's ``--trust-pickle``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    unsafe = (f"checkpoint {path} is not a state dict we can load safely ({{why}}); if you trust it, pass "
+              "--trust-pickle")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a foreign file's pickle protocol are not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        # "Unsupported global": the file pickles classes (a whole model); any other unpickling failure
+        # "Unsupported global": the file pickles classes (a whole model, or code); any other unpickling failure
         # (an unknown opcode, say) means the bytes are not a valid pickle at all.
         if "Unsupported global" in text or "GLOBAL " in text:
             if not trust_pickle:
-                raise UserError(f"checkpoint {path} holds pickled Python objects (a whole model?), not a plain "
-                                "state dict; loading it runs code from the file: pass --trust-pickle if you "
-                                "trust it") from exc
-        else:
-            raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from exc
+                raise UserError(unsafe.format(why="it holds pickled Python objects, a whole model or code")) from exc
+        elif not trust_pickle:
+            raise UserError(unsafe.format(why="corrupt, or not a PyTorch file")) from exc
     except Exception as exc:  # noqa: BLE001 - garbage bytes fail anywhere in the unpickler (IndexError, ...)
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__})") from exc
     # trust_pickle: the user vouched for the file.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise UserError(f"checkpoint {path} could not be unpickled ({_first_line(exc)})") from exc
 
 
@@ -552,6 +578,56 @@ def rebuild_model(record: Mapping[str, Any]) -> LoadedModel:
     if checkpoint is not None and not isinstance(checkpoint, str):
         raise UserError("the manifest's model.checkpoint is not a path")
     return load_model(record["spec"], checkpoint, bool(record.get("trust_pickle")), settings=settings)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes, bytes): tells whether a MODEL spec rebuilt
+    later (by verify) holds the weights that were exported, e.g. not a fresh random initialisation."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_manifest_spec(spec: str, where: str, *, trust_model_code: bool = False,
+                        hint: str = "pass --model SPEC to give the model yourself, or --trust-model-code if you "
+                                    "trust the folder") -> None:
+    """A MODEL spec read from a file someone else wrote (an export folder's manifest) is built only when it
+    names the zoo (our own code) or with ``trust_model_code``: any other spec imports and runs Python code the
+    folder chose. A one-line UserError otherwise."""
+    spec = (spec or "").strip()
+    if spec.startswith("zoo:") or trust_model_code:
+        return
+    raise UserError(f"{where} names the model {spec!r}, which is code outside the zoo; building it would import "
+                    f"and run that code, so it is not built from an export folder; {hint}")
+
+
+def load_reference_model(manifest, *, model: Optional[str] = None, checkpoint: Optional[str] = None,
+                         trust_pickle: bool = False, trust_model_code: bool = False) -> LoadedModel:
+    """The model an export folder was made from, for verify. Trust comes from the caller's arguments (the
+    command line), never from the manifest: ``model`` (a MODEL spec given by the user) replaces the manifest's
+    spec; otherwise the manifest's spec is built only under :func:`check_manifest_spec`. ``checkpoint``
+    replaces the manifest's; either is read with ``weights_only=True`` unless ``trust_pickle``."""
+    spec = model or manifest.model_spec
+    if not spec:
+        raise UserError(f"{manifest.where} records no MODEL spec to compare against; pass --model SPEC")
+    if model is None:
+        check_manifest_spec(spec, manifest.where, trust_model_code=trust_model_code)
+    ckpt = checkpoint if checkpoint is not None else manifest.checkpoint
+    # The export's settings (--set and the checkpoint's) rebuild the same network; checked like --set.
+    record = manifest.get("model") or {}
+    settings = record.get("settings") if spec == record.get("spec") else None
+    if settings is not None and (not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings)):
+        raise UserError(f"{manifest.where}: model.settings is not a mapping of names to values")
+    return load_model(spec, ckpt, trust_pickle, settings=settings or None)
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:

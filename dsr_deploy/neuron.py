@@ -77,9 +77,10 @@ class _DSRIFFunction(torch.autograd.Function):
 
 class _DSRLIFFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float,
+    def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float, lif_rule: str,
                 grad_scaling: float, sync: bool, native: bool):
-        y = ops.lif_spike_vth(x, v_threshold.detach(), alpha, tau, delta_t, native)
+        decay, gain = F.lif_coefficients(tau, delta_t, lif_rule)
+        y = ops.lif_spike_vth(x, v_threshold.detach(), alpha, tau, delta_t, native, decay, gain)
         ctx.save_for_backward(x, v_threshold)
         ctx.tau, ctx.delta_t, ctx.grad_scaling, ctx.sync = tau, delta_t, grad_scaling, sync
         return y
@@ -90,7 +91,7 @@ class _DSRLIFFunction(torch.autograd.Function):
         with torch.no_grad():
             gx, gv = F.lif_backward(_as_compute(x), _as_compute(grad_y), vth, ctx.tau, ctx.delta_t, ctx.grad_scaling)
             gv = _reduce_threshold_grad(gv.to(vth.dtype), ctx.sync)
-        return gx.to(x.dtype), gv, None, None, None, None, None, None
+        return gx.to(x.dtype), gv, None, None, None, None, None, None, None
 
 
 class _DSRNode(nn.Module):
@@ -234,14 +235,20 @@ class DSRLIFNode(_DSRNode):
         step_mode: str = "m",
         backend: str = "auto",
         v_threshold_grad_sync: bool = True,
+        lif_rule: str = "double",
         **kwargs,
     ):
         self_tau = _real("tau", tau, positive=True)
         self_dt = _real("delta_t", delta_t, positive=True)
+        if lif_rule not in F.LIF_RULES:
+            raise ValueError(f"lif_rule must be one of {', '.join(F.LIF_RULES)}, got {lif_rule!r}")
         super().__init__(T, v_threshold, alpha, v_threshold_training, v_threshold_grad_scaling,
                          v_threshold_lower_bound, step_mode, backend, v_threshold_grad_sync)
         self.tau = self_tau
         self.delta_t = self_dt
+        # How beta = exp(-dt/tau) and 1 - beta are computed (dsr_deploy.functional.lif_coefficients): "double"
+        # (SpikingJelly, the seed) or "float32" (the authors' code, whose tau is a float32 tensor).
+        self.lif_rule = lif_rule
 
     def extra_repr(self):
         with torch.no_grad():
@@ -250,6 +257,7 @@ class DSRLIFNode(_DSRNode):
                 + f", init_vth={self.v_threshold}"
                 + f", tau={self.tau}"
                 + f", dt={self.delta_t}"
+                + (f", lif_rule={self.lif_rule}" if self.lif_rule != "double" else "")  # the seed's text by default
                 + f", alpha={self.alpha}"
                 + f", vth_bound={self.v_threshold_lower_bound}"
                 + f", vth_g_scale={self.v_threshold_grad_scaling}"
@@ -263,7 +271,7 @@ class DSRLIFNode(_DSRNode):
     def forward(self, x_seq: Tensor) -> Tensor:
         self._check_input(x_seq)
         vth = self._threshold_for_forward()
-        return _DSRLIFFunction.apply(x_seq, vth, self.alpha, self.tau, self.delta_t,
+        return _DSRLIFFunction.apply(x_seq, vth, self.alpha, self.tau, self.delta_t, self.lif_rule,
                                      self.v_threshold_grad_scaling, self.v_threshold_grad_sync,
                                      self._use_native())
 

@@ -10,11 +10,13 @@ The schema is defined here, once. Kernels:
 * a fake (meta) kernel so ``torch.export`` and dynamo see one op with known output shapes.
 
 Both ops return ``(spikes, v_final)``; ``v_final`` is an empty tensor unless ``return_state`` is set.
-Set ``DSR_DEPLOY_NATIVE=0`` to skip loading the native library.
+``import dsr_deploy`` loads the native library when it is built (:func:`load_native`), so ``torch.ops.dsr.*`` runs the
+native kernels from the first call; set ``DSR_DEPLOY_NATIVE=0`` to skip loading it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -29,8 +31,10 @@ NAMESPACE = "dsr"
 SCHEMAS = {
     "if_spike": "if_spike(Tensor x, float v_threshold, float alpha, Tensor? v_init=None, "
     "bool return_state=False) -> (Tensor, Tensor)",
+    # decay / gain: the LIF coefficients by the layer's rule (functional.lif_coefficients); None: the double rule
+    # from tau / delta_t (files written before the rule existed call the op without them).
     "lif_spike": "lif_spike(Tensor x, float v_threshold, float alpha, float tau, float delta_t, "
-    "Tensor? v_init=None, bool return_state=False) -> (Tensor, Tensor)",
+    "Tensor? v_init=None, bool return_state=False, float? decay=None, float? gain=None) -> (Tensor, Tensor)",
 }
 TORCH_OPS_LIBRARY = "libdsr_torch_ops.so"
 
@@ -54,8 +58,8 @@ def _if_reference(x, v_threshold, alpha, v_init=None, return_state=False):
     return y, (v if v is not None else _empty_state(x))
 
 
-def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
-    y, v = F.lif_forward(x.contiguous(), v_threshold, alpha, tau, delta_t, v_init, return_state)
+def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
+    y, v = F.lif_forward(x.contiguous(), v_threshold, alpha, tau, delta_t, v_init, return_state, decay, gain)
     return y, (v if v is not None else _empty_state(x))
 
 
@@ -75,7 +79,7 @@ def _if_fake(x, v_threshold, alpha, v_init=None, return_state=False):
 
 
 @torch.library.register_fake("dsr::lif_spike")
-def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False):
+def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
     return _fake(x, v_init, return_state)
 
 
@@ -95,9 +99,10 @@ def if_spike_vth(x: Tensor, v_threshold: Tensor, alpha: float, native: bool) -> 
 
 
 @torch.library.custom_op("dsr::lif_spike_vth", mutates_args=())
-def lif_spike_vth(x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float, native: bool) -> Tensor:
+def lif_spike_vth(x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float, native: bool,
+                  decay: Optional[float] = None, gain: Optional[float] = None) -> Tensor:
     """:func:`lif_spike` with the threshold as a 0-d tensor; returns the spikes."""
-    return lif_spike(x, float(v_threshold), alpha, tau, delta_t, native=native)[0]
+    return lif_spike(x, float(v_threshold), alpha, tau, delta_t, native=native, decay=decay, gain=gain)[0]
 
 
 @if_spike_vth.register_fake
@@ -106,7 +111,7 @@ def _if_spike_vth_fake(x, v_threshold, alpha, native):
 
 
 @lif_spike_vth.register_fake
-def _lif_spike_vth_fake(x, v_threshold, alpha, tau, delta_t, native):
+def _lif_spike_vth_fake(x, v_threshold, alpha, tau, delta_t, native, decay=None, gain=None):
     return x.new_empty(x.shape)
 
 
@@ -117,13 +122,80 @@ _state_lock = threading.Lock()
 _native: dict = {"loaded": False, "path": None, "reason": "not looked for yet"}
 
 
+PLUGIN_SOURCE_PACKAGE = "_plugin_src"  # the plugins/ sources as shipped inside the package (wheel, sdist)
+
+
+def plugin_source_dir() -> Optional[Path]:
+    """The ``plugins/`` CMake project: ``$DSR_DEPLOY_PLUGINS_SRC``, the copy inside the installed package, or the
+    source checkout dsr_deploy runs from; None when there is none."""
+    env = os.environ.get("DSR_DEPLOY_PLUGINS_SRC")
+    here = Path(__file__).resolve().parent
+    candidates = [Path(env)] if env else [here / PLUGIN_SOURCE_PACKAGE, here.parent / "plugins"]
+    for c in candidates:
+        if (c / "CMakeLists.txt").is_file() and (c / "core" / "dsr_spike.h").is_file():
+            return c
+    return None
+
+
+_digests: dict = {}
+
+
+def plugin_sources_digest(src: Path) -> str:
+    """SHA-256 over the plugin sources (every file but docs and the package marker), by relative path: the same in a
+    checkout and in an installed wheel, different as soon as one source changes."""
+    key = str(src)
+    if key not in _digests:
+        h = hashlib.sha256()
+        for p in sorted(q for q in src.rglob("*") if q.is_file()):
+            rel = p.relative_to(src).as_posix()
+            if p.suffix in (".md", ".pyc") or p.name == "__init__.py" or "__pycache__" in rel:
+                continue
+            h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def cache_root() -> Path:
+    """The per-user cache: ``$DSR_DEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsr-deploy``, else ``~/.cache/dsr-deploy``."""
+    env = os.environ.get("DSR_DEPLOY_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "dsr-deploy"
+    try:
+        return Path.home() / ".cache" / "dsr-deploy"
+    except RuntimeError:  # no home folder for this user
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"dsr-deploy-cache-{os.getuid()}"
+
+
+def build_key(src: Optional[Path] = None) -> Optional[str]:
+    """``torch-<version>-<sources digest>``: a build made for other sources or another torch is never picked up."""
+    src = src or plugin_source_dir()
+    if src is None:
+        return None
+    return f"torch-{torch.__version__}-{plugin_sources_digest(src)[:16]}"
+
+
+def default_library_dir() -> Optional[Path]:
+    """Where ``dsr-deploy plugins build`` installs by default: ``<cache>/plugins/<build key>`` (never site-packages,
+    which may be read-only and is shared by every torch version a venv ever had)."""
+    key = build_key()
+    return cache_root() / "plugins" / key if key else None
+
+
 def library_dirs() -> list[Path]:
-    """Where dsr_deploy looks for the libraries ``dsr-deploy plugins build`` makes, in order."""
+    """Where dsr_deploy looks for the libraries ``dsr-deploy plugins build`` makes, in order:
+    ``$DSR_DEPLOY_LIB_DIR``, then the per-user cache folder of these sources and this torch."""
     dirs = []
     env = os.environ.get("DSR_DEPLOY_LIB_DIR")
     if env:
         dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parent / "_lib")
+    default = default_library_dir()
+    if default is not None:
+        dirs.append(default)
     return dirs
 
 
@@ -182,9 +254,12 @@ def if_spike(x: Tensor, v_threshold: float, alpha: float, v_init: Optional[Tenso
 
 
 def lif_spike(x: Tensor, v_threshold: float, alpha: float, tau: float, delta_t: float,
-              v_init: Optional[Tensor] = None, return_state: bool = False, native: bool = True):
-    """Run the LIF op; ``native=False`` forces the Python reference."""
-    args = (x, float(v_threshold), float(alpha), float(tau), float(delta_t), v_init, return_state)
+              v_init: Optional[Tensor] = None, return_state: bool = False, native: bool = True,
+              decay: Optional[float] = None, gain: Optional[float] = None):
+    """Run the LIF op; ``native=False`` forces the Python reference. ``decay`` / ``gain``: see
+    :func:`dsr_deploy.functional.lif_coefficients` (None: the double rule)."""
+    args = (x, float(v_threshold), float(alpha), float(tau), float(delta_t), v_init, return_state,
+            None if decay is None else float(decay), None if gain is None else float(gain))
     if native:
         load_native()
         return torch.ops.dsr.lif_spike(*args)

@@ -3,16 +3,22 @@
 One CMake project (``plugins/CMakeLists.txt``) builds the spike-loop core and whichever adapters their SDKs allow:
 
 * ``libdsr_torch_ops.so``: CPU (and, with a CUDA torch and ``--cuda``, CUDA) kernels of ``torch.ops.dsr.*``;
-* ``libdsr_ort_ops.so``: ONNX Runtime custom ops, domain ``dsr`` (needs the ONNX Runtime C API header);
+* ``libdsr_ort_ops.so``: ONNX Runtime custom ops, domain ``dsr``; always built (the C ABI it uses is declared in
+  ``plugins/onnxruntime/dsr_ort_abi.h``); with ONNX Runtime's own header (``--ort-root``) the build also checks that
+  declaration against it;
 * ``libdsr_trt_plugin.so`` / ``libdsr_trt_plugin_dynamic.so``: TensorRT IPluginV3 plugins (needs the TensorRT
   headers and CUDA).
 
-The libraries are installed into the first folder of :func:`dsr_deploy.ops.library_dirs` (``$DSR_DEPLOY_LIB_DIR``
-or ``dsr_deploy/_lib/``), each replaced atomically, with ``build_info.json`` saying what each was built against.
+The sources ship inside the package (``dsr_deploy/_plugin_src``), so this works from a wheel as from a checkout. The
+libraries are installed into the first folder of :func:`dsr_deploy.ops.library_dirs`: ``$DSR_DEPLOY_LIB_DIR``, else
+the per-user cache ``~/.cache/dsr-deploy/plugins/torch-<version>-<sources digest>/`` (never site-packages), each
+replaced atomically, with ``build_info.json`` saying what each was built against. ``import dsr_deploy`` finds them
+there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,7 +40,7 @@ BUILD_INFO = "build_info.json"
 # key: (file name, what it is, the CMake option that builds it)
 LIBRARIES = {
     "torch": (ops.TORCH_OPS_LIBRARY, "PyTorch kernels of torch.ops.dsr.if_spike / lif_spike", "DSR_BUILD_TORCH"),
-    "ort": ("libdsr_ort_ops.so", "ONNX Runtime custom ops, domain dsr", "DSR_BUILD_ORT"),
+    "ort": ("libdsr_ort_ops.so", "ONNX Runtime custom ops, domain dsr (OrtApi 18+)", "DSR_BUILD_ORT"),
     "trt": ("libdsr_trt_plugin.so", "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
     "trt_dynamic": ("libdsr_trt_plugin_dynamic.so", "TensorRT IPluginV3 plugins, exports getCreators",
                     "DSR_BUILD_TRT"),
@@ -42,32 +48,77 @@ LIBRARIES = {
                 "always"),
 }
 ORT_LIBRARY = LIBRARIES["ort"][0]
+ORT_API_VERSION_TARGETED = 18  # DSR_ORT_API_VERSION of plugins/onnxruntime/dsr_ort_abi.h
 TRT_LIBRARY = LIBRARIES["trt"][0]
 TRT_DYNAMIC_LIBRARY = LIBRARIES["trt_dynamic"][0]
 KERNELS_LIBRARY = LIBRARIES["kernels"][0]
+#: The line plugins/CMakeLists.txt prints when it refuses libdsr_trt_plugin.so (no libnvinfer to link).
+TRT_NOT_BUILT = "libdsr_trt_plugin.so NOT BUILT"
 
 
 def source_dir() -> Path:
-    """The ``plugins/`` CMake project: ``$DSR_DEPLOY_PLUGINS_SRC`` or the source checkout dsr_deploy runs from."""
-    env = os.environ.get("DSR_DEPLOY_PLUGINS_SRC")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "plugins")
-    for c in candidates:
-        if (c / "CMakeLists.txt").is_file():
-            return c
-    raise UserError(
-        "plugin sources (plugins/CMakeLists.txt) not found: build from a source checkout (pip install -e .) "
-        "or set DSR_DEPLOY_PLUGINS_SRC to the plugins/ folder"
-    )
+    """The ``plugins/`` CMake project (see :func:`dsr_deploy.ops.plugin_source_dir`)."""
+    src = ops.plugin_source_dir()
+    if src is None:
+        where = os.environ.get("DSR_DEPLOY_PLUGINS_SRC")
+        raise UserError(
+            f"plugin sources not found in DSR_DEPLOY_PLUGINS_SRC={where} (it must hold CMakeLists.txt and core/)" if where
+            else "plugin sources not found: this dsr_deploy install has no _plugin_src folder (reinstall dsr-deploy) "
+                 "and runs from no source checkout; set DSR_DEPLOY_PLUGINS_SRC to a plugins/ folder"
+        )
+    return src
 
 
 def install_dir() -> Path:
-    return ops.library_dirs()[0]
+    dirs = ops.library_dirs()
+    if dirs:
+        return dirs[0]
+    source_dir()  # raises: with no sources there is no build key
+    raise AssertionError("unreachable")
+
+
+def default_build_dir(src: Path) -> Path:
+    """The CMake build tree for sources at ``src``: in the per-user cache, one per source folder (a CMake tree is tied
+    to its source folder), reused by later builds."""
+    tag = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+    return ops.cache_root() / "build" / tag
 
 
 def ort_library() -> Optional[Path]:
     """``libdsr_ort_ops.so`` if built (see :func:`dsr_deploy.ops.library_dirs`), else None."""
     return ops.find_library(ORT_LIBRARY)
+
+
+def _cxx() -> tuple[Optional[str], Optional[str]]:
+    """(the C++ compiler the build will use, None) or (None, why there is none): ``$CXX`` when it names a program
+    here, else ``c++`` / ``g++`` on PATH."""
+    env = os.environ.get("CXX")
+    if env:
+        found = shutil.which(env)
+        return (found, None) if found else (None, f"CXX={env} is not a program on this machine")
+    found = shutil.which("c++") or shutil.which("g++")
+    return (found, None) if found else (None, "no C++ compiler (set CXX or install g++)")
+
+
+def _cmake() -> Optional[str]:
+    # scripts/setup.sh may have pip-installed cmake into the venv's bin, which need not be on PATH
+    return shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))
+
+
+def missing_reason(key: str) -> Optional[str]:
+    """None when library ``key`` (of :data:`LIBRARIES`) is built, else one line: not built, and why (no compiler, no
+    CMake, or simply not built yet)."""
+    name = LIBRARIES[key][0]
+    if ops.find_library(name) is not None:
+        return None
+    cxx, no_cxx = _cxx()
+    if cxx is None:
+        why = f"{no_cxx}, so `dsr-deploy plugins build` cannot build it"
+    elif _cmake() is None:
+        why = "cmake not found (pip install cmake), so `dsr-deploy plugins build` cannot build it"
+    else:
+        why = "run `dsr-deploy plugins build` (a few seconds; `make quickstart` and `make test` run it)"
+    return f"{name} not built: {why}"
 
 
 def register_ort_custom_ops(session_options) -> bool:
@@ -186,32 +237,30 @@ def detect(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
     ort_root = ort_root or os.environ.get("ONNXRUNTIME_ROOT")
     trt_root = trt_root or os.environ.get("TENSORRT_ROOT")
     venv_bin = str(Path(sys.executable).parent)  # scripts/setup.sh may have pip-installed cmake/ninja there
-    cmake = shutil.which("cmake") or shutil.which("cmake", path=venv_bin)
+    cmake = _cmake()
     ninja = shutil.which("ninja") or shutil.which("ninja", path=venv_bin)
     nvcc = _nvcc()
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    cxx, no_cxx = _cxx()
     found: dict = {
         "cmake": {"available": cmake is not None, "path": cmake,
                   "reason": None if cmake else "cmake not on PATH (pip install cmake, or apt-get install cmake)"},
         "ninja": {"available": ninja is not None, "path": ninja},
-        "cxx": {"available": cxx is not None, "path": cxx,
-                "reason": None if cxx else "no C++ compiler (set CXX or install g++)"},
+        "cxx": {"available": cxx is not None, "path": cxx, "reason": no_cxx},
         "torch": {"available": True, "version": torch.__version__, "cmake_prefix": torch.utils.cmake_prefix_path,
                   "cuda": torch.version.cuda},
         "cuda": {"available": nvcc is not None, "nvcc": nvcc, "root": _cuda_root(nvcc),
                  "gpu_visible": torch.cuda.is_available(),
                  "reason": None if nvcc else "nvcc not found (set CUDA_HOME or put nvcc on PATH)"},
     }
+    # The ORT library needs only the compiler (dsr_ort_abi.h declares the ABI); ONNX Runtime's own header, when
+    # given, adds the compile-time check of that declaration against it.
     inc = _ort_include(ort_root)
-    found["ort"] = {"available": inc is not None, "root": ort_root, "include": str(inc) if inc else None}
+    found["ort"] = {"available": True, "api_version": ORT_API_VERSION_TARGETED, "root": ort_root,
+                    "include": str(inc) if inc else None}
     if inc:
         found["ort"].update(_header_define(inc / "onnxruntime_c_api.h", ["ORT_API_VERSION"]))
-    else:
-        found["ort"]["reason"] = (
-            f"onnxruntime_c_api.h not found under ONNXRUNTIME_ROOT={ort_root}" if ort_root else
-            "ONNX Runtime headers not given: pass --ort-root or set ONNXRUNTIME_ROOT to a folder with "
-            "onnxruntime_c_api.h (the pip wheel ships none; see plugins/README.md)"
-        )
+    elif ort_root:
+        found["ort"]["reason"] = f"onnxruntime_c_api.h not found under ONNXRUNTIME_ROOT={ort_root}"
     inc = _trt_include(trt_root)
     found["trt"] = {"available": inc is not None, "root": trt_root, "include": str(inc) if inc else None}
     if inc:
@@ -266,8 +315,10 @@ def build(
     """Configure, build and install the plugins; returns what was built (also written to ``build_info.json``).
 
     ``cuda=None`` builds CUDA kernels when nvcc is found and torch sees a GPU or is a CUDA build;
-    ``ort=None`` / ``trt=None`` build those adapters when their headers are found. Asking for something that cannot
-    be built (``cuda=True`` without nvcc, ``ort=True`` without headers) is an error, not a silent skip.
+    ``ort=None`` builds the ONNX Runtime library (it needs no SDK; ``ort_root``, a folder with ONNX Runtime's
+    ``onnxruntime_c_api.h``, adds the check of the ABI declaration against it); ``trt=None`` builds the TensorRT
+    plugins when their headers are found. Asking for something that cannot be built (``cuda=True`` without nvcc,
+    an ``ort_root`` without the header) is an error, not a silent skip.
     """
     src = source_dir()
     found = detect(ort_root, trt_root)
@@ -280,11 +331,13 @@ def build(
         cuda = found["cuda"]["available"] and (found["cuda"]["gpu_visible"] or bool(_torch.version.cuda))
     elif cuda and not found["cuda"]["available"]:
         raise UserError(f"--cuda: {found['cuda']['reason']}")
-    # An explicit --ort-root / --trt-root means "build it"; the environment variables only enable auto-detection.
+    # An explicit --ort-root / --trt-root must be usable; the environment variables only enable auto-detection.
     if ort is None:
-        ort = True if ort_root else found["ort"]["available"]
-    if ort and not found["ort"]["available"]:
+        ort = True
+    if ort_root and not found["ort"]["include"]:
         raise UserError(found["ort"]["reason"])
+    if ort_root and not ort:
+        raise UserError("--ort-root checks the ONNX Runtime library against that header: drop --no-ort")
     if trt is None:
         trt = True if trt_root else found["trt"]["available"] and cuda
     if trt and not found["trt"]["available"]:
@@ -292,7 +345,7 @@ def build(
     if trt and not cuda:
         raise UserError("the TensorRT plugins need CUDA kernels: pass --cuda (nvcc must be available)")
     if not (torch or ort or trt or cuda):
-        raise UserError("nothing to build: enable at least one of --torch, --cuda, --ort-root, --trt-root")
+        raise UserError("nothing to build: enable at least one of --torch, --ort, --cuda, --trt-root")
     if cuda and not cuda_arch:
         # The visible GPU's architecture; without one, Hopper (sm_90, the GPU check's target).
         if found["cuda"]["gpu_visible"]:
@@ -304,11 +357,11 @@ def build(
     lib_dir = Path(lib_dir) if lib_dir else install_dir()
     check_writable_dir(lib_dir)
     if build_dir is None:
-        build_dir = src.parent / "build" / "plugins"
+        build_dir = default_build_dir(src)
         try:
             build_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            build_dir = Path(tempfile.gettempdir()) / "dsr-deploy-plugins-build"
+        except OSError:  # a read-only home: build in the temp folder (the libraries still go to lib_dir)
+            build_dir = Path(tempfile.gettempdir()) / f"dsr-deploy-plugins-build-{build_dir.name}"
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
 
@@ -323,8 +376,8 @@ def build(
     ]
     if found["ninja"]["available"] and not (build_dir / "CMakeCache.txt").is_file():
         configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={found['ninja']['path']}"]
-    if ort:
-        configure.append(f"-DONNXRUNTIME_ROOT={found['ort']['root']}")
+    # Always given (empty: no check), so a reused build folder never keeps an earlier build's header.
+    configure.append(f"-DONNXRUNTIME_ROOT={found['ort']['include'] or ''}")
     if trt:
         configure.append(f"-DTENSORRT_ROOT={found['trt']['root']}")
     if cuda:
@@ -347,12 +400,18 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=".dsr-plugins-install.", dir=lib_dir))
     try:
         _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
-        built = {}
+        built, skipped = {}, {}
         wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "kernels": True}
         for key, (name, what, _option) in LIBRARIES.items():
             if not wanted[key]:
                 continue
             produced = staging / name
+            if not produced.is_file() and key == "trt":
+                # CMake refuses the static-registration library without libnvinfer (it would not load): say why.
+                why = next((ln.strip() for chunk in log for ln in chunk.splitlines() if TRT_NOT_BUILT in ln), None)
+                if why:
+                    skipped[key] = why
+                    continue
             if not produced.is_file():
                 raise UserError(f"the build did not produce {name}; rerun with --verbose")
             os.replace(produced, lib_dir / name)  # atomic: a loaded copy keeps its inode
@@ -367,9 +426,12 @@ def build(
         "compiler": _tool_version([found["cxx"]["path"], "--version"]),
         "torch": found["torch"]["version"] if torch else None,
         "cuda": {"nvcc": _tool_version([found["cuda"]["nvcc"], "--version"]), "arch": cuda_arch} if cuda else None,
-        "ort_headers": {k: found["ort"].get(k) for k in ("include", "ORT_API_VERSION")} if ort else None,
+        "ort_abi": ({"api_version": ORT_API_VERSION_TARGETED, "declaration": "plugins/onnxruntime/dsr_ort_abi.h",
+                     "checked_against": ({k: found["ort"].get(k) for k in ("include", "ORT_API_VERSION")}
+                                         if found["ort"]["include"] else None)} if ort else None),
         "trt_headers": {k: v for k, v in found["trt"].items() if k not in ("available",)} if trt else None,
         "libraries": built,
+        "skipped": skipped,
     }
     info_path = lib_dir / BUILD_INFO
     previous = _read_build_info(lib_dir)
@@ -409,6 +471,39 @@ def _ort_check(path: Path) -> tuple[bool, str]:
     return True, f"registers in onnxruntime {ort.__version__}"
 
 
+def elf_exports(path: Path | str, name: str) -> bool:
+    """Whether the ELF shared library ``path`` defines the dynamic symbol ``name``, read from its ``.dynsym``
+    without loading it (loading a static-registration library registers its plugins). False when unreadable."""
+    import struct
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only
+        return False
+    end = "<" if data[5] == 1 else ">"
+    try:
+        shoff, = struct.unpack_from(end + "Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
+        sections = [struct.unpack_from(end + "IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        want = name.encode()
+        for sh in sections:
+            if sh[1] != 11:  # SHT_DYNSYM
+                continue
+            str_off = sections[sh[6]][4]
+            for off in range(sh[4], sh[4] + sh[5], sh[9] or 24):
+                st_name, _info, _other, st_shndx = struct.unpack_from(end + "IBBH", data, off)
+                if st_shndx == 0:  # undefined here
+                    continue
+                stop = data.index(b"\0", str_off + st_name)
+                if data[str_off + st_name:stop] == want:
+                    return True
+    except (struct.error, IndexError, ValueError):
+        return False
+    return False
+
+
 def _has_symbol(path: Path, name: str) -> bool:
     import ctypes
 
@@ -441,7 +536,7 @@ def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
             if path is not None:
                 entry["loaded"], entry["reason"] = _ort_check(path)
             else:
-                entry["reason"] = "not built: " + (found["ort"].get("reason") or "rerun `dsr-deploy plugins build`")
+                entry["reason"] = missing_reason("ort")
         elif key == "kernels":
             entry["reason"] = "built" if path is not None else "not built: run `dsr-deploy plugins build`"
             if path is not None:

@@ -30,7 +30,6 @@ it holds the membranes between steps and resets on demand.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -133,14 +132,15 @@ class _StepNeuron(nn.Module):
             if n.kind == "if":
                 y, v_new = torch.ops.dsr.if_spike(x_seq, n.v_threshold, n.alpha, v, True)
             else:
-                y, v_new = torch.ops.dsr.lif_spike(x_seq, n.v_threshold, n.alpha, n.tau, n.delta_t, v, True)
+                y, v_new = torch.ops.dsr.lif_spike(x_seq, n.v_threshold, n.alpha, n.tau, n.delta_t, v, True,
+                                                   n.decay, n.gain)
             y_t = y[0]
         else:
             if_step, lif_step = step_functions()
             if n.kind == "if":
                 y_t, v_new = if_step(x_t, v, n.v_threshold, n.alpha)
             else:
-                y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t)
+                y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t, n.decay, n.gain)
         io.v_out[i] = v_new
         return y_t.unsqueeze(0)
 
@@ -195,6 +195,10 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+    flat = [n.name for n in neurons if n.layout == "flat"]
+    if flat:
+        raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
+                        "it cannot be streamed one step at a time: export it in multi-step mode")
     net = copy.deepcopy(model).eval()
     from .neuron import DSRIFNode, DSRLIFNode
 
@@ -279,17 +283,18 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
     return path
 
 
-def add_step_functions(model_proto) -> None:
+def add_step_functions(model_proto, elem: int = 1) -> None:
     """Append the DSRIFStep / DSRLIFStep function bodies the graph uses (torch.onnx.export inlines functions,
     so they are added after export)."""
-    from .export.onnx_functions import step_function_proto
+    from .export.onnx_functions import scope_prefix, step_function_proto
 
     used = {n.op_type for n in model_proto.graph.node if n.domain == ONNX_DOMAIN}
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    prefix = scope_prefix(model_proto.graph)  # formals never collide with x_t / v_in_i (onnx-tensorrt < 10.8)
     for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
         if op in used and (ONNX_DOMAIN, op) not in have:
-            model_proto.functions.append(step_function_proto(kind, op, opset))
+            model_proto.functions.append(step_function_proto(kind, op, opset, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
         from onnx import helper
 
@@ -309,11 +314,15 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     if dynamic_batch:
         b = torch.export.Dim("batch")
         dyn = ({0: b}, tuple({0: b} for _ in states))  # forward(x_t, *v_in)
-    with torch.no_grad():
+    from .export.onnx_writer import _quiet
+
+    with torch.no_grad(), _quiet():  # the exporter's warnings and log lines are not the user's business
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
                                  output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
     proto = prog.model_proto
-    add_step_functions(proto)
+    from .export.onnx_functions import onnx_elem_type
+
+    add_step_functions(proto, onnx_elem_type(example_step.dtype))
     if dynamic_batch:  # one name for the batch dimension everywhere (the exporter may name each differently)
         for vi in list(proto.graph.input) + list(proto.graph.output):
             d = vi.type.tensor_type.shape.dim
@@ -335,8 +344,13 @@ def _context_module(ctx) -> tuple:
     key = "_streaming_module"
     if key not in ctx.options:
         step = ctx.example_input(shape=(1, *ctx.input_shape[1:]))[0]
-        ctx.options[key] = (build_streaming_module(ctx.model, step, ctx.options.get("streaming_lowering",
-                                                                                     "functional")), step)
+        model = ctx.model
+        if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+            import copy
+
+            model = copy.deepcopy(model).to(ctx.dtype)
+        ctx.options[key] = (build_streaming_module(model, step, ctx.options.get("streaming_lowering",
+                                                                                "functional")), step)
     return ctx.options[key]
 
 
@@ -391,16 +405,18 @@ def register_formats() -> None:
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None, model_info: Optional[dict] = None) -> dict:
+                     force: bool = False, progress=None, model_info: Optional[dict] = None,
+                     precision: str = "float32") -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
+    ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32.
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
     """
-    from .export import ExportContext, check_input_shape, formats
-    from .export.manifest import MANIFEST, build_manifest
-    from .io import atomic_dir, atomic_write_text
+    from .export import ExportContext, check_input_shape, check_precision, formats
+    from .export.manifest import build_manifest, write_manifest
+    from .io import atomic_dir
 
     register_formats()
     shape = check_input_shape(input_shape)
@@ -417,7 +433,12 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
-    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch,
+    flat = [n.name for n in neurons if n.layout == "flat"]
+    if flat:
+        raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
+                        "it cannot be streamed one step at a time: export it in multi-step mode")
+    dtype = check_precision(precision, wanted)
+    ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
                         spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}))
     sm, _ = _context_module(ctx)  # validates the model before anything is written
@@ -432,7 +453,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
         manifest = build_manifest(ctx, artifacts, mode=MODE, inputs=in_names, outputs=out_names)
         manifest["step_shape"] = list(shape[1:])
         manifest["states"] = _states(sm)
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
@@ -478,8 +499,10 @@ class StreamSession:
     @classmethod
     def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> "StreamSession":
         if not isinstance(manifest, Mapping):
+            from .manifest import read_manifest
+
             p = Path(manifest)
-            manifest = json.loads((p / "manifest.json" if p.is_dir() else p).read_text())
+            manifest = read_manifest(p if p.is_dir() else p.parent)
         return cls(model, [s["shape"] for s in manifest_states(manifest)])
 
     def reset(self) -> None:

@@ -31,6 +31,9 @@ class ZooEntry:
     summary: str
     checkpoint: Optional[str] = None  # file name inside this package
     defaults: dict[str, Any] = field(default_factory=dict)
+    # What the network sees in use: "direct" (a static image repeated over T, the authors' CIFAR / ImageNet input
+    # and the digits model's) or "events" (a different frame per step, DVS); verify generates inputs to match.
+    encoding: str = "direct"
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -57,7 +60,11 @@ def _entry(name: str) -> ZooEntry:
 def build(name: str, **kwargs) -> torch.nn.Module:
     e = _entry(name)
     pretrained = kwargs.pop("pretrained", True)
-    model = e.factory(**{**e.defaults, **kwargs})
+    # An untrained entry is the same network every time (a seeded initialisation that leaves the caller's RNG
+    # alone): an export of it can be rebuilt and verified, and results are reproducible.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(name))
+        model = e.factory(**{**e.defaults, **kwargs})
     if e.checkpoint and pretrained:
         from importlib import resources
 
@@ -73,6 +80,12 @@ def build(name: str, **kwargs) -> torch.nn.Module:
     return model
 
 
+def _seed(name: str) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode())
+
+
 def input_shape(name: str) -> tuple[int, ...]:
     return tuple(_entry(name).input_shape)
 
@@ -80,7 +93,7 @@ def input_shape(name: str) -> tuple[int, ...]:
 def describe(name: str) -> dict:
     e = _entry(name)
     return {"name": e.name, "summary": e.summary, "input_shape": list(e.input_shape), "checkpoint": e.checkpoint,
-            "neuron": e.defaults.get("neuron"), "defaults": dict(e.defaults)}
+            "neuron": e.defaults.get("neuron"), "defaults": dict(e.defaults), "encoding": e.encoding}
 
 
 _loaded = False

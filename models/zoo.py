@@ -30,7 +30,7 @@ for _kind in ("if", "lif"):
     register(ZooEntry(
         name=f"vgg11-dvs-{_kind}", factory=VGG11DVS, input_shape=(10, 1, 2, 48, 48),
         summary=f"Spiking VGG-11 (DSR-{_K}) for DVS input (2 channels, 48x48), the authors' structure; untrained",
-        defaults={"T": 10, "neuron": _kind, "num_classes": 10},
+        defaults={"T": 10, "neuron": _kind, "num_classes": 10}, encoding="events",
     ))
 
 register(ZooEntry(

@@ -267,7 +267,86 @@ def timings(run, gen, repeats):
     return out, sj_note
 
 
-def render(meta, rows, failures, times, sj_note, ts_rows=()):
+SMALL_N = (4096, 32768, 262144)  # neurons of one layer at batch 1: where one thread per 16-byte vector underfills
+
+
+def launch_shape(dtype, n):
+    """(neurons per thread, block, grid) the launcher picks on this device, or None without libdsr_kernels.so."""
+    path = ops.find_library(plugins.KERNELS_LIBRARY)
+    if path is None or DEVICE == "cpu":
+        return None
+    lib = ctypes.CDLL(str(path))
+    if not hasattr(lib, "dsr_cuda_launch_shape"):
+        return None
+    out = (ctypes.c_int64 * 3)()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    lib.dsr_cuda_launch_shape(DTYPE_CODE[dtype], ctypes.c_int64(n), sms, out)
+    return list(out)
+
+
+def small_n_rows(run, gen, repeats, T=20):
+    """Latency of one call at small N (T=20, float32 and float16), with the launch shape, against a copy."""
+    out = []
+    for n in SMALL_N:
+        for dtype in (torch.float32, torch.float16):
+            x = (torch.randn((T, n), generator=gen, device=DEVICE) * 4.0).to(dtype)
+            dst = torch.empty_like(x)
+            with torch.no_grad():
+                exact = bool(torch.equal(bits(run("if", x, IF_PARAMS)[0]), bits(reference("if", x, IF_PARAMS)[0])))
+                t_kernel = time_cuda(lambda: run("if", x, IF_PARAMS), repeats)
+                t_copy = time_cuda(lambda: dst.copy_(x), repeats)
+            out.append(dict(N=n, T=T, dtype=str(dtype).split(".")[-1], kernel_us=t_kernel * 1e6,
+                            copy_us=t_copy * 1e6, launch=launch_shape(dtype, n), bit_exact=exact))
+    return out
+
+
+def tensorrt_rows(gen):
+    """First contact with TensorRT when it is installed: a neuron-only ONNX export built into an engine (the plugin
+    when libdsr_trt_plugin*.so is built, else the function bodies), run by the TensorRT runner with its default
+    device "cuda", compared with the reference; what the engine holds is read from the built network."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return [], "tensorrt not installed (pip install 'dsr-deploy[tensorrt]')"
+    if DEVICE == "cpu":
+        return [], "dry run"
+    import tempfile
+
+    from dsr_deploy import engine as E
+    from dsr_deploy.export import export_model
+    from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
+    from dsr_deploy.runtime import load_runner
+
+    rows = []
+    net = torch.nn.Sequential(DSRIFNode(T=None, v_threshold=IF_PARAMS[0] / 4, alpha=IF_PARAMS[1]),
+                              DSRLIFNode(T=None, v_threshold=LIF_PARAMS[0], alpha=LIF_PARAMS[1], tau=LIF_PARAMS[2],
+                                         delta_t=LIF_PARAMS[3])).eval()
+    shape = (20, 4, 64)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        ref = net(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("float32", "float16"):
+            d = Path(tmp) / precision
+            try:
+                export_model(net, shape, d, formats_=("onnx",), extra_options={"precision": precision})
+                summary = E.build_engine(d / "model.onnx", d / "model.plan", batch=E.Range(1, 4, 8),
+                                         timesteps=E.Range(1, 20, 20), allow_function_fallback=True,
+                                         log=lambda m: print(m, flush=True))
+                runner = load_runner(d / "model.plan", backend="tensorrt")  # default device: "cuda"
+                xin = x.to(getattr(torch, precision)).numpy()
+                y = torch.from_numpy(runner.infer({runner.inputs()[0].name: xin})[runner.outputs()[0].name])
+                want = ref if precision == "float32" else net(x.to(torch.float16).float()).to(torch.float16)
+                agree = float((y.float() == want.float()).float().mean())
+                rows.append(dict(precision=precision, tensorrt=summary["tensorrt"], device=runner.device,
+                                 contents=summary["contents"], plugin_loading=summary["plugin_loading"],
+                                 agreement=agree, bit_exact=bool(torch.equal(y.float(), want.float()))))
+            except Exception as exc:  # report and go on: one command, degrading gracefully
+                rows.append(dict(precision=precision, error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+    return rows, "ran"
+
+
+def render(meta, rows, failures, times, sj_note, ts_rows=(), small=(), trt=((), "")):
     lines = [f"# GPU check: DSR spike kernels ({meta['date']})", ""]
     lines.append(f"GPU: **{meta['gpu']}** (CUDA {meta['cuda']}, driver capability {meta['capability']}); torch "
                  f"{meta['torch']}; kernels via {meta['kernels']}.")
@@ -306,6 +385,20 @@ def render(meta, rows, failures, times, sj_note, ts_rows=()):
                      f"{t['reference_s'] * 1e3:.3f} | {sj} | {sjr} |")
     lines += ["", f"SpikingJelly: {sj_note}. Bytes per call = input read + output write (the copy moves the same).",
               "Target: >= 80% of the copy bandwidth (goal 85%) in float32 and float16.", ""]
+    if small:
+        lines += ["## Small layers (batch-1 latency), T=20, IF", "",
+                  "| N | dtype | kernel us | d2d copy us | launch (neurons/thread, block, grid) | bit-exact |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['N']} | {r['dtype']} | {r['kernel_us']:.1f} | {r['copy_us']:.1f} | {r['launch']} | "
+                  f"{'yes' if r['bit_exact'] else '**no**'} |" for r in small]
+        lines.append("")
+    trt_rows, trt_note = trt
+    lines += ["## TensorRT (build-engine, the TensorRT runner with device \"cuda\")", ""]
+    if not trt_rows:
+        lines.append(f"skipped: {trt_note}")
+    for r in trt_rows:
+        lines.append(f"- {r}")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -344,7 +437,13 @@ def main():
     ts_rows = torchscript_rows(gen)
     print(f"torchscript: {ts_rows}", flush=True)
     times, sj_note = timings(run, gen, args.repeats)
-    report = render(meta, rows, failures, times, sj_note, ts_rows)
+    small = small_n_rows(run, gen, args.repeats)
+    print(f"small N: {small}", flush=True)
+    try:
+        trt = tensorrt_rows(gen)
+    except Exception as exc:  # never lose the kernel results to the optional TensorRT step
+        trt = ([], f"failed: {type(exc).__name__}: {exc}")
+    report = render(meta, rows, failures, times, sj_note, ts_rows, small, trt)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from dsr_deploy.io import atomic_write_text
@@ -352,7 +451,8 @@ def main():
     atomic_write_text(args.out, report)
     atomic_write_text(args.out.with_suffix(".json"),
                       json.dumps(dict(meta=meta, correctness=rows, torchscript=ts_rows, timings=times,
-                                      spikingjelly=sj_note), indent=2))
+                                      spikingjelly=sj_note, small_n=small, tensorrt=trt[0],
+                                      tensorrt_note=trt[1]), indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 1 if failures else 0
 

@@ -9,7 +9,8 @@
 # Needs: torch with CUDA, nvcc, cmake (ninja optional). Builds into build/gpu_check/ and never touches dsr_deploy/_lib.
 # SpikingJelly is optional: installed, or pure-python wheels in build/wheels/ (carry the output of
 # `pip download --no-deps spikingjelly==2.0.0 loguru -d build/wheels`); without it that column says n/a.
-# Environment: PYTHON (interpreter), CUDA_HOME / CUDACXX (nvcc), DSR_CUDA_ARCH (default: the GPU's own).
+# Environment: PYTHON (interpreter), CUDA_HOME / CUDACXX (nvcc), DSR_CUDA_ARCH (default: the GPU's own),
+# TENSORRT_ROOT (TensorRT headers; with the tensorrt package installed, the plugins are built and an engine is run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,6 +68,16 @@ plugins.build(torch=True, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, b
 from dsr_deploy import plugins
 plugins.build(torch=False, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-core', lib_dir='$LIB', verbose=True)
 "
+fi
+
+# The TensorRT plugins, when TensorRT's headers are given (the pip wheel has none) and its Python package is installed:
+# scripts/gpu_check.py then builds an engine with them. Optional: a failure here only skips that step.
+if [ -n "${TENSORRT_ROOT:-}" ] && "$PYTHON" -c "import tensorrt" 2>/dev/null; then
+  echo "== building the TensorRT plugins against $TENSORRT_ROOT"
+  "$PYTHON" -c "
+from dsr_deploy import plugins
+plugins.build(torch=False, cuda=True, ort=False, trt=True, trt_root='$TENSORRT_ROOT', cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-trt', lib_dir='$LIB', verbose=False)
+" || echo "== the TensorRT plugin build failed; the TensorRT step runs the function bodies"
 fi
 
 if [ "$BUILD_ONLY" = 1 ]; then

@@ -29,6 +29,21 @@ def assert_bit_equal(a: torch.Tensor, b: torch.Tensor, what: str = "") -> None:
     assert not bool(diff.any()), f"{what}: {int(diff.sum())} of {a.numel()} elements differ"
 
 
+def _build_native() -> None:
+    """Build the CPU libraries (the torch op and the ONNX Runtime library; neither needs an SDK) into the default
+    folder, once; skip only when this machine has no CMake or no C++ compiler."""
+    from dsr_deploy import errors, plugins
+
+    found = plugins.detect()
+    if not (found["cmake"]["available"] and found["cxx"]["available"]):
+        pytest.skip("cannot build the native libraries here: "
+                    + str(found["cmake"]["reason"] or found["cxx"]["reason"]))
+    try:
+        plugins.build(torch=True, cuda=False, ort=True, trt=False)
+    except errors.UserError as exc:
+        pytest.fail(f"building the native libraries failed: {exc}")
+
+
 def ensure_torch_native() -> None:
     """Load libdsr_torch_ops.so, building it first (once, into the default folder) if it is missing.
 
@@ -39,17 +54,21 @@ def ensure_torch_native() -> None:
         return
     if os.environ.get("DSR_DEPLOY_NATIVE", "1") == "0":
         pytest.skip("native kernels disabled by DSR_DEPLOY_NATIVE=0")
-    from dsr_deploy import errors, plugins
-
-    found = plugins.detect()
-    if not (found["cmake"]["available"] and found["cxx"]["available"]):
-        pytest.skip("cannot build the native torch op here: " + str(found["cmake"]["reason"] or found["cxx"]["reason"]))
-    try:
-        plugins.build(torch=True, cuda=False, ort=False, trt=False)
-    except errors.UserError as exc:
-        pytest.fail(f"building libdsr_torch_ops.so failed: {exc}")
+    _build_native()
     ops._native.update(loaded=False, path=None, reason="not looked for yet")  # look again now it exists
     assert ops.load_native(), ops.native_status()["reason"]
+
+
+def ensure_ort_library() -> Path:
+    """libdsr_ort_ops.so, built first if it is missing (no ONNX Runtime SDK needed; see ensure_torch_native)."""
+    from dsr_deploy import plugins
+
+    path = plugins.ort_library()
+    if path is None:
+        _build_native()
+        path = plugins.ort_library()
+        assert path is not None, "the build did not install libdsr_ort_ops.so where dsr_deploy looks"
+    return path
 
 
 def repo_root() -> Path:
@@ -78,4 +97,6 @@ def dsr_node_model(op: str, attrs: dict, step: bool = False, elem: int | None = 
     node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], domain="dsr",
                             plugin_namespace="dsr", plugin_version="1", **attrs)
     graph = helper.make_graph([node], "dsr_node", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)])
+    # IR version 8 (the first with opset 17): loads in every ONNX Runtime the library supports (1.18 and newer).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)],
+                             ir_version=8)

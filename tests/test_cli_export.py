@@ -61,7 +61,7 @@ def test_export_with_checkpoint_json_and_inspect(tmp_path, capsys, checkpoints):
     assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
     # The checkpoint reached the artifact: verify (which rebuilds model + checkpoint) passes.
-    code, stdout, err = run_cli(capsys, "verify", str(out), "--json")
+    code, stdout, err = run_cli(capsys, "verify", str(out), "--json", "--trust-model-code")
     assert code == 0, stdout[-3000:] + err
     report = json.loads(stdout)
     assert report["passed"]
@@ -181,5 +181,5 @@ def test_a_single_neuron_network_exports_to_every_format(tmp_path, capsys):
     manifest = json.loads(stdout)
     assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx", "pt2"]
     assert manifest["neurons"][0]["name"] == "" and manifest["neurons"][0]["op_type"] == "DSRLIFSpike"
-    code, stdout, err = run_cli(capsys, "verify", str(out), "--json", "--min-agreement", "1.0")
+    code, stdout, err = run_cli(capsys, "verify", str(out), "--json", "--min-agreement", "1.0", "--trust-model-code")
     assert code == 0 and json.loads(stdout)["passed"], stdout[-2000:] + err

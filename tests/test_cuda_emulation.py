@@ -9,8 +9,8 @@ kernel's own logic on every path, for all four dtypes, against the Python refere
   them (a misaligned vector access, or a load or store outside the buffers, is reported as the GPU would fault);
 * the T loop, the initial and final membrane, the 16-bit widening and the output bits.
 
-With SDK headers (DEVELOPERS.md) the TensorRT plugins' ``enqueue`` and the ONNX Runtime CUDA EP kernels run over the
-same emulated core. What this cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the
+The ONNX Runtime CUDA EP kernels (no SDK needed) and, with the TensorRT headers (DEVELOPERS.md), the TensorRT plugins'
+``enqueue`` run over the same emulated core. What this cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the
 generated PTX/SASS.
 """
 
@@ -66,6 +66,9 @@ def emu(tmp_path_factory):
     lib.dsr_emu_vector_accesses.restype = ctypes.c_long
     lib.dsr_emu_scalar_accesses.restype = ctypes.c_long
     lib.dsr_emu_set_regions.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.dsr_emu_set_device.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.dsr_emu_last_grid.restype = ctypes.c_long
+    lib.dsr_cuda_launch_shape.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -102,10 +105,11 @@ def run_emulated(lib, kind, x, params, v0=None, offset=0):
     return y, vbuf[GUARD:GUARD + N].view(x.shape[1:])
 
 
-def reference(kind, x, params, v0=None):
+def reference(kind, x, params, v0=None, coefficients=(None, None)):
     if kind == "if":
         return ops.if_spike(x, *params[:2], v_init=v0, return_state=True, native=False)
-    return ops.lif_spike(x, *params, v_init=v0, return_state=True, native=False)
+    decay, gain = coefficients
+    return ops.lif_spike(x, *params, v_init=v0, return_state=True, native=False, decay=decay, gain=gain)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
@@ -129,13 +133,53 @@ def test_emulated_kernel_is_bit_exact(emu, kind, dtype, T, N):
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
 def test_the_launcher_takes_the_vector_path_exactly_when_it_is_safe(emu, dtype):
     vec = VEC[dtype]
-    for N, offset, vector in [(vec * 64, 0, True), (vec * 64 + 1, 0, False), (vec * 64, 1, False)]:
-        x = torch.randn(3, N).to(dtype)
-        before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
-        run_emulated(emu, "lif", x, LIF_PARAMS, None, offset)
-        used_vector = emu.dsr_emu_vector_accesses() > before_v
-        used_scalar = emu.dsr_emu_scalar_accesses() > before_s
-        assert (used_vector, used_scalar) == (vector, not vector), (N, offset)
+    emu.dsr_emu_set_device(1, 1)  # a one-SM device: 1024 vectors already fill it (the large-N shape)
+    try:
+        for N, offset, vector in [(vec * 1024, 0, True), (vec * 1024 + 1, 0, False), (vec * 1024, 1, False)]:
+            x = torch.randn(3, N).to(dtype)
+            before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
+            run_emulated(emu, "lif", x, LIF_PARAMS, None, offset)
+            used_vector = emu.dsr_emu_vector_accesses() > before_v
+            used_scalar = emu.dsr_emu_scalar_accesses() > before_s
+            assert (used_vector, used_scalar) == (vector, not vector), (N, offset)
+    finally:
+        emu.dsr_emu_set_device(0, 0)
+
+
+def launch_shape(lib, dtype, N, sms):
+    out = (ctypes.c_int64 * 3)()
+    assert lib.dsr_cuda_launch_shape(DTYPES[dtype], ctypes.c_int64(N), sms, out) == 0
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_launch_shape_fills_the_sms_for_small_layers_and_keeps_the_large_path(emu, dtype):
+    vec, sms = VEC[dtype], 132
+    for N in (4096, 32768, 262144):  # the small-N rows of scripts/gpu_check.py
+        v, block, grid = launch_shape(emu, dtype, N, sms)
+        assert v == 1 and 32 <= block <= 256 and block % 32 == 0, N
+        # Every SM gets a block, down to one warp per block (4096 neurons are only 128 warps).
+        assert grid * block * v >= N and grid >= min(sms, N // 32), (N, v, block, grid)
+    # Before: one thread per vector, blocks of 256, whatever the device: 32 blocks at N = 32K float32.
+    assert launch_shape(emu, dtype, 32768, 0) == (vec, 256, 32768 // vec // 256)
+    big = 64 * 1024 * 1024
+    assert launch_shape(emu, dtype, big, sms) == (vec, 256, big // vec // 256)  # the bandwidth path, unchanged
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("N", [4096, 32768 + 3, 40000])
+def test_small_layer_launch_shapes_are_bit_exact(emu, dtype, N):
+    """The launches the small-N shapes make (one neuron per thread, blocks of 32-256) on a 132-SM device."""
+    gen = torch.Generator().manual_seed(N)
+    x = (torch.randn(4, N, generator=gen, dtype=torch.float64) * 2.0).to(dtype)
+    v0 = torch.randn(N, generator=gen) * 0.5
+    for kind, params in (("if", IF_PARAMS), ("lif", LIF_PARAMS)):
+        y, v = run_emulated(emu, kind, x, params, v0)
+        _v, block, grid = launch_shape(emu, dtype, N, 132)
+        assert (emu.dsr_emu_last_block(), emu.dsr_emu_last_grid()) == (block, grid)
+        ry, rv = reference(kind, x, params, v0)
+        assert_bit_equal(y, ry, f"{kind} spikes N={N}")
+        assert_bit_equal(v, rv, f"{kind} membrane N={N}")
 
 
 def same_bits_or_both_nan(a, b, what):
@@ -219,17 +263,20 @@ def run_trt(exe, tmp_path, op, x, attrs, v=None):
 
 
 @pytest.mark.parametrize("dtype", list(TRT_DTYPE), ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("kind, coefficients", [("if", False), ("lif", True), ("lif", False)],
-                         ids=["if", "lif-decay-gain-fields", "lif-from-tau-dt"])
+@pytest.mark.parametrize("kind, coefficients", [("if", None), ("lif", "double"), ("lif", "float32"), ("lif", None)],
+                         ids=["if", "lif-decay-gain-fields", "lif-float32-rule-fields", "lif-from-tau-dt"])
 def test_tensorrt_spike_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, kind, dtype, coefficients):
+    from dsr_deploy.functional import lif_coefficients
+
     vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
-    beta = math.exp(-dt / tau)
-    decay, gain = (f32(beta), f32(1.0 - beta)) if coefficients else (None, None)
+    decay, gain = (None, None)
+    if coefficients:  # the fields carry the layer's rule (float32: the authors' arithmetic)
+        decay, gain = (f32(c) for c in lif_coefficients(tau, dt, coefficients))
     attrs = [vth, alpha] + ([tau, dt, decay, gain] if kind == "lif" else [None] * 4)
     for T, N in [(20, 4096), (7, 1001), (1, 8)]:
         x = (torch.randn(T, N, dtype=torch.float64, generator=torch.Generator().manual_seed(T + N)) * 2).to(dtype)
         y, _ = run_trt(trt_emu, tmp_path, "DSRIFSpike" if kind == "if" else "DSRLIFSpike", x, attrs)
-        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt), coefficients=(decay, gain))
         assert_bit_equal(y, ry, f"{kind} {dtype} T={T} N={N}")
 
 
@@ -252,20 +299,16 @@ def test_tensorrt_step_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, k
 
 # ---- the ONNX Runtime CUDA EP kernels on the emulated core -----------------------------------------------------
 
-ORT_HEADERS = plugins.detect(ort_root=os.environ.get("ONNXRUNTIME_ROOT"))["ort"]
-
-
 @pytest.fixture(scope="module")
 def ort_cuda_emu(emu, tmp_path_factory):
     """libdsr_ort_ops built with its CUDA EP kernels registered for the CPU EP (and no CPU kernels), over the
-    emulated core: the pip onnxruntime then runs the CUDA EP code path (stream query, shapes, Step I/O)."""
+    emulated core: the pip onnxruntime then runs the CUDA EP code path (stream query, shapes, Step I/O). No ONNX
+    Runtime SDK: the library's own ABI declaration (plugins/onnxruntime/dsr_ort_abi.h)."""
     pytest.importorskip("onnxruntime")
-    if not ORT_HEADERS["available"]:
-        pytest.skip(str(ORT_HEADERS.get("reason")))
     lib = tmp_path_factory.mktemp("ort_emu") / "libdsr_ort_ops_cuda_emu.so"
     cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared",
-           "-DDSR_WITH_CUDA=1", "-DDSR_ORT_CUDA_KERNELS_ON_CPU_EP", "-DDSR_ORT_API_VERSION=18", f"-I{CORE}",
-           f"-I{ORT_HEADERS['include']}", str(repo_root() / "plugins" / "onnxruntime" / "dsr_ort_ops.cpp"),
+           "-DDSR_WITH_CUDA=1", "-DDSR_ORT_CUDA_KERNELS_ON_CPU_EP", f"-I{CORE}",
+           str(repo_root() / "plugins" / "onnxruntime" / "dsr_ort_ops.cpp"),
            str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
            "-o", str(lib), "-pthread", "-Wl,--no-undefined"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -282,21 +325,24 @@ def ort_session(lib, model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
-@pytest.mark.parametrize("kind", ["if", "lif"])
-def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, dtype):
+@pytest.mark.parametrize("kind, rule", [("if", None), ("lif", "double"), ("lif", "float32")])
+def test_ort_cuda_ep_spike_kernels_match_the_reference(ort_cuda_emu, kind, rule, dtype):
     from onnx import TensorProto
 
+    from dsr_deploy.functional import lif_coefficients
+
     vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
-    beta = math.exp(-dt / tau)
     attrs = dict(v_threshold=vth, alpha=alpha)
-    if kind == "lif":
-        attrs.update(tau=tau, delta_t=dt, decay=f32(beta), gain=f32(1.0 - beta))
+    decay = gain = None
+    if kind == "lif":  # decay / gain by the layer's rule (float32: the authors' arithmetic)
+        decay, gain = (f32(c) for c in lif_coefficients(tau, dt, rule))
+        attrs.update(tau=tau, delta_t=dt, decay=decay, gain=gain)
     elem = TensorProto.FLOAT if dtype == torch.float32 else TensorProto.FLOAT16
     sess = ort_session(ort_cuda_emu, dsr_node_model("DSRIFSpike" if kind == "if" else "DSRLIFSpike", attrs, elem=elem))
     for shape in [(20, 4, 1024), (7, 3, 333), (1, 8)]:
         x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))) * 2).to(dtype)
         (y,) = sess.run(None, {"x": x.numpy()})
-        ry, _ = reference(kind, x, (vth, alpha, tau, dt))
+        ry, _ = reference(kind, x, (vth, alpha, tau, dt), coefficients=(decay, gain))
         assert_bit_equal(torch.from_numpy(y), ry, f"{kind} {dtype} {shape}")
 
 

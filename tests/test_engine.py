@@ -113,6 +113,8 @@ class FakeTRT(types.ModuleType):
                  parse_ok=True, build_ok=True):
         super().__init__("tensorrt")
         self.__version__ = version
+        self.version_tuple = tuple(int(p) for p in version.split(".")[:2])
+        self.plugins_loaded = False
         self.calls = []
         self.creators = set(creators)
         self.parse_ok, self.build_ok = parse_ok, build_ok
@@ -128,9 +130,21 @@ class FakeTRT(types.ModuleType):
             def __init__(self, name):
                 self.name = name
 
+        class Layer:
+            def __init__(self, type_):
+                self.type = type_
+
         class Network:
             def __init__(self):
                 self.inputs = []
+                self.layers = []
+
+            @property
+            def num_layers(self):
+                return len(self.layers)
+
+            def get_layer(self, i):
+                return self.layers[i]
 
             @property
             def num_inputs(self):
@@ -155,6 +169,17 @@ class FakeTRT(types.ModuleType):
                     return False
                 m = onnx.load(path)
                 self.network.inputs = [Input(i.name) for i in m.graph.input]
+                # onnx-tensorrt's precedence: a registered plugin beats a same-named local function from 10.7 on.
+                functions = {f.name for f in m.functions if f.domain == "dsr"}
+                plugins_win = fake.version_tuple >= (10, 7)
+                for node in m.graph.node:
+                    if node.domain != "dsr":
+                        self.network.layers.append(Layer("ELEMENTWISE"))
+                    elif (node.op_type in {c for c, _ in fake.creators} and fake.plugins_loaded
+                          and (plugins_win or node.op_type not in functions)):
+                        self.network.layers.append(Layer("PLUGIN_V3"))
+                    else:  # the Scan body: a loop of elementwise layers
+                        self.network.layers += [Layer("TRIP_LIMIT"), Layer("RECURRENCE"), Layer("ELEMENTWISE")]
                 return True
 
             def get_error(self, i):
@@ -221,6 +246,9 @@ class FakeTRT(types.ModuleType):
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, Parser
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+        self.LayerType = types.SimpleNamespace(PLUGIN_V2="PLUGIN_V2", PLUGIN_V3="PLUGIN_V3", TRIP_LIMIT="TRIP_LIMIT",
+                                               RECURRENCE="RECURRENCE", ELEMENTWISE="ELEMENTWISE")
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
         self.init_libnvinfer_plugins = lambda logger, ns: fake.calls.append(("init_plugins", ns))
         self.get_plugin_registry = lambda: Registry()
 
@@ -232,7 +260,13 @@ def fake_trt(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setattr(E, "_require_gpu", lambda: None)
         loaded = []
-        monkeypatch.setattr("dsr_deploy.runtime.tensorrt.load_plugin_library", lambda p: loaded.append(Path(p)))
+
+        def load(path, trt_module=None):
+            loaded.append(Path(path))
+            trt.plugins_loaded = True
+            return "dlopen"
+
+        monkeypatch.setattr("dsr_deploy.runtime.tensorrt.load_plugin_library", load)
         trt.loaded_plugins = loaded
         return trt
 
@@ -366,3 +400,71 @@ def test_engine_is_listed_in_the_export_manifest(fake_trt, chain_onnx, tmp_path)
     other = E.build_engine(model, tmp_path / "elsewhere.plan", batch=E.Range(1, 1, 1), timesteps=E.Range(4, 4, 4),
                            plugin=plugin, log=lambda m: None)
     assert other["manifest"] is None
+
+
+# -- TensorRT versions: which of plugin / function the parser builds, and what the engine records ---------------
+
+def _plugin_file(tmp_path):
+    plugin = tmp_path / "libdsr_trt_plugin.so"
+    plugin.write_bytes(b"")
+    return plugin
+
+
+def test_below_10_7_the_function_wins_so_the_build_refuses_unless_asked(fake_trt, chain_onnx, tmp_path):
+    plugin = _plugin_file(tmp_path)
+    out = tmp_path / "m.plan"
+    args = dict(batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2), plugin=plugin)
+    fake_trt(version="10.6.0.26")
+    with pytest.raises(UserError, match=r"TensorRT 10\.6\.0\.26 .* never from the plugin .*10\.7.*"
+                                        r"--allow-function-fallback"):
+        E.build_engine(chain_onnx, out, log=lambda m: None, **args)
+    assert not out.exists()
+    logs = []
+    summary = E.build_engine(chain_onnx, out, allow_function_fallback=True, log=logs.append, **args)
+    assert any("--allow-function-fallback" in m for m in logs)
+    # What the network holds, read from its layers: two Scan loops, no plugin layer.
+    assert summary["contents"] == {"dsr_path": "function", "dsr_nodes": 2, "plugin_layers": 0, "loops": 2,
+                                   "layers": summary["contents"]["layers"]}
+
+
+@pytest.mark.parametrize("version", ["10.7.0.23", "10.8.0.43", "11.1.0.106"])
+def test_from_10_7_the_plugin_builds_and_is_recorded(fake_trt, chain_onnx, tmp_path, version):
+    fake_trt(version=version)
+    summary = E.build_engine(chain_onnx, tmp_path / "m.plan", batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2),
+                             plugin=_plugin_file(tmp_path), log=lambda m: None)
+    c = summary["contents"]
+    assert (c["dsr_path"], c["plugin_layers"], c["loops"], c["dsr_nodes"]) == ("plugin", 2, 0, 2)
+
+
+def test_manifest_records_what_the_engine_holds(fake_trt, chain_onnx, tmp_path):
+    import json
+
+    d = tmp_path / "export"
+    d.mkdir()
+    model = d / "model.onnx"
+    model.write_bytes(chain_onnx.read_bytes())
+    (d / "manifest.json").write_text(json.dumps({"artifacts": [{"format": "onnx", "path": "model.onnx"}]}))
+    fake_trt(version="10.3.0.26")
+    E.build_engine(model, d / "model.plan", batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2),
+                   plugin=_plugin_file(tmp_path), allow_function_fallback=True, log=lambda m: None)
+    entry = json.loads((d / "manifest.json").read_text())["artifacts"][1]
+    # A plugin library was found and loaded, but TensorRT 10.3 used the function: the manifest says so.
+    assert entry["plugin"] is False and entry["dsr_path"] == "function" and entry["precision"] == "float32"
+
+
+def test_half_model_is_built_strongly_typed_on_trt10(fake_trt, tmp_path):
+    p = tmp_path / "half.onnx"
+    g = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["T", "B", 3])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT16, ["T", "B", 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    args = dict(batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2), log=lambda m: None)
+    trt = fake_trt(version="10.8.0.43")
+    summary = E.build_engine(p, tmp_path / "h.plan", **args)
+    assert summary["precision"] == "float16" and ("create_network", 1 << 1) in trt.calls
+    assert ("flag", "FP16") not in trt.calls
+    with pytest.raises(UserError, match="already float16"):
+        E.build_engine(p, tmp_path / "h.plan", fp16=True, **args)
+    trt = fake_trt(version="11.1.0.106")  # every TensorRT 11 network is strongly typed: no flag to pass
+    E.build_engine(p, tmp_path / "h.plan", **args)
+    assert ("create_network", 0) in trt.calls

@@ -59,7 +59,13 @@ def test_tensorrt_without_cuda_is_a_one_line_error(tmp_path):
 
 def test_nothing_to_build_is_a_one_line_error(monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("ONNXRUNTIME_ROOT", "TENSORRT_ROOT")}
-    one_line_error(cli("build", "--no-torch", "--no-cuda", env=env), "nothing to build")
+    one_line_error(cli("build", "--no-torch", "--no-ort", "--no-cuda", env=env), "nothing to build")
+
+
+def test_ort_root_with_no_ort_is_a_one_line_error(tmp_path):
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 29\n")
+    one_line_error(cli("build", "--ort-root", str(tmp_path), "--no-ort", "--no-torch"), "--no-ort")
 
 
 def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
@@ -68,8 +74,11 @@ def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
         (root / sub).mkdir(parents=True)
         (root / sub / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 23\n")
         found = plugins.detect(ort_root=str(root))["ort"]
-        assert found["available"] and found["ORT_API_VERSION"] == "23", found
-    assert not plugins.detect(ort_root=str(tmp_path / "none"))["ort"]["available"]
+        assert found["include"] == str((root / sub).resolve()) and found["ORT_API_VERSION"] == "23", found
+    missing = plugins.detect(ort_root=str(tmp_path / "none"))["ort"]
+    assert missing["include"] is None and "onnxruntime_c_api.h not found" in missing["reason"]
+    # The library itself needs no header: it can always be built (with a compiler).
+    assert missing["available"] and missing["api_version"] == 18
 
 
 # ---- CUDA build configuration (found by building the torch CUDA adapter against a CUDA build of torch) ----------
@@ -127,3 +136,74 @@ def test_a_failed_build_step_names_the_compiler_message(tmp_path):
         plugins._run([str(script)], [], verbose=False)
     msg = str(info.value)
     assert "Unsupported gpu architecture 'compute_50'" in msg and "\n" not in msg
+
+
+# ---- where builds go and how they are found ------------------------------------------------------------------
+
+def test_build_key_follows_the_sources_and_torch(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from dsr_deploy import ops
+
+    src = ops.plugin_source_dir()
+    copies = {}
+    for name in ("same", "doc-only", "changed"):
+        copies[name] = tmp_path / name
+        shutil.copytree(src, copies[name], ignore=shutil.ignore_patterns("__pycache__"))
+    (copies["doc-only"] / "README.md").write_text("docs do not change the build\n")
+    kernel = copies["changed"] / "core" / "dsr_spike_cpu.cpp"
+    kernel.write_text(kernel.read_text() + "\n// changed\n")
+    keys = {}
+    for name, path in copies.items():
+        monkeypatch.setenv("DSR_DEPLOY_PLUGINS_SRC", str(path))
+        assert ops.plugin_source_dir() == path
+        keys[name] = ops.build_key()
+    assert keys["same"] == keys["doc-only"] == ops.build_key(src) != keys["changed"]
+    assert keys["same"].startswith(f"torch-{torch.__version__}-")
+
+
+def test_libraries_go_to_the_per_user_cache_not_the_package(tmp_path, monkeypatch):
+    import dsr_deploy
+    from dsr_deploy import ops
+
+    monkeypatch.delenv("DSR_DEPLOY_LIB_DIR", raising=False)
+    monkeypatch.setenv("DSR_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    assert ops.library_dirs() == [tmp_path / "cache" / "plugins" / ops.build_key()]
+    assert plugins.install_dir() == ops.library_dirs()[0]
+    assert not plugins.default_build_dir(ops.plugin_source_dir()).is_relative_to(Path(dsr_deploy.__file__).parent)
+    monkeypatch.delenv("DSR_DEPLOY_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ops.cache_root() == tmp_path / "xdg" / "dsr-deploy"
+    monkeypatch.setenv("DSR_DEPLOY_LIB_DIR", str(tmp_path / "mine"))
+    assert ops.library_dirs()[0] == tmp_path / "mine"  # an explicit folder is looked in first
+
+
+def test_missing_plugin_sources_is_a_one_line_error(tmp_path):
+    env = dict(__import__("os").environ, DSR_DEPLOY_PLUGINS_SRC=str(tmp_path))
+    one_line_error(cli("build", env=env), "plugin sources not found", "DSR_DEPLOY_PLUGINS_SRC")
+
+
+IMPORT_CHECK = (
+    "import sys, torch, dsr_deploy\n"
+    "native = torch._C._dispatch_has_kernel_for_dispatch_key('dsr::if_spike', 'CPU')\n"
+    "x = torch.randn(7, 3, 65, generator=torch.Generator().manual_seed(0)) * 2\n"
+    "y, _ = torch.ops.dsr.if_spike(x, 1.0, 0.5, None, False)\n"
+    "ref, _ = dsr_deploy.ops.if_spike(x, 1.0, 0.5, native=False)\n"
+    "print(native, bool(torch.equal(y.view(torch.int32), ref.view(torch.int32))))\n"
+)
+
+
+def test_import_registers_the_native_kernels(tmp_path):
+    # A direct torch.ops.dsr call right after `import dsr_deploy` (no dsr_deploy wrapper first) runs the native
+    # kernel, bit-exact with the reference; DSR_DEPLOY_NATIVE=0 keeps the reference.
+    import os
+
+    ensure_torch_native()
+    for env_native, want in (("1", "True True"), ("0", "False True")):
+        env = dict(os.environ, DSR_DEPLOY_NATIVE=env_native)
+        proc = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == want, (env_native, proc.stdout)

@@ -29,3 +29,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     assert {r["kind"] for r in data["torchscript"]} == {"if", "lif"}
     assert all(r["bit_exact"] for r in data["torchscript"])
     assert "TorchScript export's neurons" in report
+    # small-layer latency rows (N = 4K, 32K, 256K) and the TensorRT step, which degrades to a one-line skip
+    assert sorted({r["N"] for r in data["small_n"]}) == [4096, 32768, 262144]
+    assert all(r["bit_exact"] for r in data["small_n"]) and "## Small layers" in report
+    assert "## TensorRT" in report and data["tensorrt"] == []

@@ -1,6 +1,9 @@
-"""`dsr-deploy quickstart` end to end (the README's main job): export, bit-exact verify, each artifact's held-out
-accuracy equal to PyTorch's, a short benchmark, every file where the summary says. One CLI run (about a minute
-on 2 cores) shared by the tests of this module."""
+"""`dsr-deploy quickstart` end to end (the README's main job): export, verify (every backend's neurons bit-exact
+given the same input), each artifact's held-out accuracy within the rule, a short benchmark, every file where the
+summary says. One CLI run (about a minute on 2 cores) shared by the tests of this module.
+
+Nothing here depends on which convolution kernels ONNX Runtime or oneDNN pick on this CPU: end-to-end logits may
+differ in the last bits between backends, and the assertions allow exactly what the pass rule allows."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _native_util import ensure_ort_library, ensure_torch_native
+
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
 FORMATS = {"torchscript", "onnx", "pt2"}
@@ -20,6 +25,8 @@ FORMATS = {"torchscript", "onnx", "pt2"}
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
+    ensure_torch_native()  # `make quickstart` / `make test` build both libraries first; a bare pytest run here
+    ensure_ort_library()
     out = tmp_path_factory.mktemp("qs") / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(out), "--iters", "3",
@@ -28,13 +35,17 @@ def quickstart(tmp_path_factory):
     return out, json.loads(proc.stdout), proc.stderr
 
 
-def test_quickstart_passes_bit_exact(quickstart):
+def test_quickstart_passes_neuron_exact(quickstart):
     out, summary, log = quickstart
-    assert summary["passed"] and summary["bit_exact"] and summary["verify_passed"]
+    assert summary["passed"] and summary["neurons_exact"] and summary["verify_passed"]
     assert summary["model"] == "zoo:digits-cnn" and summary["T"] == 8 and summary["heldout_images"] == 360
     ran = [r for r in summary["verify"] if r["status"] == "ok"]
     assert {r["format"] for r in ran} >= FORMATS | {"pytorch"}
-    assert all(r["max_abs_diff"] == 0.0 and r["bit_exact"] and r["passed"] for r in ran)
+    assert all(r["neuron_exact"] is True and r["passed"] and not r["failures"] for r in ran)
+    assert all(r["top1_agreement"] >= 0.99 for r in ran)
+    # The inference copy runs the same torch convolutions as the model: identical end to end on any CPU.
+    torch_row = next(r for r in ran if r["format"] == "pytorch")
+    assert torch_row["max_abs_diff"] == 0.0 and torch_row["divergence"] is None and torch_row["bit_exact"]
     for r in summary["verify"]:
         if r["status"] == "skipped":
             assert r["reason"]  # a skipped backend says why
@@ -43,14 +54,18 @@ def test_quickstart_passes_bit_exact(quickstart):
         assert step in log
 
 
-def test_each_artifact_accuracy_equals_pytorch(quickstart):
+def test_each_artifact_accuracy_within_the_rule(quickstart):
     out, summary, _ = quickstart
     assert summary["pytorch_accuracy"] >= 0.95
     ok = [a for a in summary["accuracy"] if a["status"] == "ok"]
     assert {a["format"] for a in ok} == FORMATS
     for a in ok:
-        assert a["accuracy"] == summary["pytorch_accuracy"] and a["total"] == 360
-        assert a["identical_to_pytorch"] is True
+        assert a["total"] == 360
+        assert 100 * (summary["pytorch_accuracy"] - a["accuracy"]) <= summary["max_accuracy_drop"]
+        if a["identical_to_pytorch"]:
+            assert a["predictions_differing"] == 0 and a["accuracy"] == summary["pytorch_accuracy"]
+        else:
+            assert a["predictions_differing"] is not None
 
 
 def test_files_are_where_the_summary_says(quickstart):
@@ -66,13 +81,51 @@ def test_files_are_where_the_summary_says(quickstart):
     assert x.shape == (8, 360, 1, 8, 8) and x.dtype == np.float32
     bench = json.loads(Path(files["bench_report"]).read_text())
     labels = {r["label"] for r in bench["results"]}
-    assert "pytorch eager" in labels and {"torchscript/torchscript", "onnx/onnxruntime", "pt2/pt2"} <= labels
+    assert "pytorch eager" in labels and {"torchscript/torchscript", "onnx/onnxruntime (function fallback)",
+                                          "onnx/onnxruntime (dsr custom-op library)", "pt2/pt2"} <= labels
     timed = [r for r in bench["results"] if r["latency_ms"]]
     assert timed and all(r["latency_ms"]["mean"] > 0 and r["iterations"] == 3 for r in timed)
 
 
+def test_the_fast_path_is_verified_scored_and_benchmarked(quickstart):
+    # The native kernels are built (make quickstart builds them first): the ORT custom-op library runs next to the
+    # function fallback in verify, accuracy and the benchmark, and the torch op serves pt2 and the eager neurons.
+    out, summary, log = quickstart
+    native = summary["native_kernels"]
+    assert native["torch op (libdsr_torch_ops.so)"].startswith("loaded from"), native
+    assert native["ONNX Runtime custom ops (libdsr_ort_ops.so)"].startswith("built:"), native
+    assert "native torch op" in log
+    for variant in ("function fallback", "dsr custom-op library"):
+        runs = [r for r in summary["verify"] if r["backend"] == "onnxruntime" and r.get("variant") == variant]
+        assert runs and all(r["status"] == "ok" and r["passed"] and r["neuron_exact"] for r in runs), runs
+        acc = [a for a in summary["accuracy"] if a["backend"] == "onnxruntime" and a["variant"] == variant]
+        assert len(acc) == 1 and acc[0]["status"] == "ok", acc
+        assert 100 * (summary["pytorch_accuracy"] - acc[0]["accuracy"]) <= summary["max_accuracy_drop"]
+        timed = [r for r in summary["bench"] if r["label"] == f"onnx/onnxruntime ({variant})"]
+        assert timed and all(r["mean_ms"] and r["mean_ms"] > 0 for r in timed), summary["bench"]
+
+
+def test_without_a_compiler_the_custom_op_rows_say_why(quickstart, tmp_path, monkeypatch):
+    # No library built (an empty cache) and no compiler on PATH: the custom-op variant is a skipped row whose reason
+    # says the compiler is missing; the function fallback still runs.
+    from dsr_deploy import plugins
+    from dsr_deploy.quickstart import _artifact_targets
+
+    out, summary, _ = quickstart
+    monkeypatch.setenv("DSR_DEPLOY_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("DSR_DEPLOY_LIB_DIR", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert plugins.ort_library() is None
+    ort_rows = {t[3]: t for t in _artifact_targets(Path(summary["files"]["export"])) if t[2] == "onnxruntime"}
+    assert ort_rows["function fallback"][5] is None
+    why = ort_rows["dsr custom-op library"][5]
+    assert why.startswith("libdsr_ort_ops.so not built: no C++ compiler"), why
+
+
 def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):
-    """The deployed TorchScript file alone (a fresh process that never imports dsr_deploy) gives PyTorch's score."""
+    """The deployed TorchScript file alone (a fresh process that never imports dsr_deploy) scores what the
+    quickstart reported for it."""
     out, summary, _ = quickstart
     files = summary["files"]
     code = (
@@ -88,7 +141,9 @@ def test_torchscript_artifact_scores_the_same_without_dsr_deploy(quickstart):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.strip()) == summary["pytorch_accuracy"]
+    # The same TorchScript runtime on the same machine as the summary's torchscript row: the same score.
+    ts_row = next(a for a in summary["accuracy"] if a["format"] == "torchscript" and a["status"] == "ok")
+    assert float(proc.stdout.strip()) == ts_row["accuracy"]
 
 
 def test_bad_out_is_one_line_error(tmp_path):

@@ -176,6 +176,87 @@ def test_bad_requests_get_errors_and_server_keeps_serving(served):
         assert client.client.is_server_live() and client.client.is_model_ready("mlp_stream")
 
 
+def _post(server, path, body: bytes, headers=None):
+    """One raw HTTP request to the server's --port (what any client, or an attacker, can send)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+HOSTILE = [
+    # (what, model, JSON request or raw bytes, extra headers, expected status, expected words)
+    ("the issue's request", "conv", {"inputs": [{"name": "input", "shape": [100000000, 6, 16], "datatype": "FP32",
+                                                 "data": [0.0]}]}, {}, 400, "the model expects"),
+    ("batch over --max-batch", "conv", {"inputs": [{"name": "input", "shape": [100000000, T, 2, 8, 8],
+                                                    "datatype": "FP32", "data": [0.0]}]}, {}, 400, "--max-batch"),
+    ("huge dynamic T", "conv", {"inputs": [{"name": "input", "shape": [1, 10 ** 9, 2, 8, 8], "datatype": "FP32",
+                                            "data": [0.0]}]}, {}, 400, "--max-request-mb"),
+    ("negative dimension", "conv", {"inputs": [{"name": "input", "shape": [1, -5, 2, 8, 8], "datatype": "FP32",
+                                                "data": [0.0]}]}, {}, 400, "negative"),
+    ("not JSON", "conv", b"{nope", {}, 400, "not valid JSON"),
+    ("absurdly nested JSON", "conv", b'{"inputs": ' + b"[" * 100000 + b"]" * 100000 + b"}", {}, 400,
+     "not valid JSON"),
+    ("gzip bomb", "conv", "gzip-bomb", {"Content-Encoding": "gzip"}, 413, "inflates to more than"),
+    ("unknown sequence id", "mlp_stream", {"inputs": [
+        {"name": "x_t", "shape": [1, 6], "datatype": "FP32", "data": [0.0] * 6},
+        {"name": "sequence_id", "shape": [1, 1], "datatype": "UINT64", "data": [424242]}]}, {}, 400,
+     "unknown sequence id 424242"),
+    ("END without START", "mlp_stream", {"inputs": [
+        {"name": "x_t", "shape": [1, 6], "datatype": "FP32", "data": [0.0] * 6},
+        {"name": "sequence_id", "shape": [1, 1], "datatype": "UINT64", "data": [77]},
+        {"name": "sequence_end", "shape": [1, 1], "datatype": "BOOL", "data": [True]}]}, {}, 400,
+     "unknown sequence id 77"),
+    ("sequence_id 0", "mlp_stream", {"inputs": [
+        {"name": "x_t", "shape": [1, 6], "datatype": "FP32", "data": [0.0] * 6},
+        {"name": "sequence_id", "shape": [1, 1], "datatype": "UINT64", "data": [0]},
+        {"name": "sequence_start", "shape": [1, 1], "datatype": "BOOL", "data": [True]}]}, {}, 400,
+     "sequence_id 0 is reserved"),
+]
+
+
+@pytest.mark.parametrize("what, model, request_, headers, status, words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_request_is_refused_and_the_server_survives(served, what, model, request_, headers, status, words):
+    import gzip
+    import json
+
+    server = served["server"]
+    if request_ == "gzip-bomb":
+        body = gzip.compress(b"0" * (80 << 20))  # 80 MiB of zeros in about 80 KiB
+    else:
+        body = request_ if isinstance(request_, bytes) else json.dumps(request_).encode()
+    code, answer = _post(server, f"/v2/models/{model}/infer", body, headers)
+    assert code == status, answer
+    message = json.loads(answer)["error"]
+    assert words in message and "\n" not in message and "Traceback" not in message and ".py" not in message
+    assert server.proc.poll() is None, "the server died"
+    # ... and a valid request right after it is answered.
+    x = _x((T, 1, 2, 8, 8), 5)
+    with ServeClient(server.url) as client:
+        assert client.infer_multistep("conv", x).shape[:2] == (T, 1)
+
+
+def test_request_body_over_the_limit_is_refused_unread(served):
+    import http.client
+
+    server = served["server"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    try:
+        conn.putrequest("POST", "/v2/models/conv/infer")
+        conn.putheader("Content-Length", str(1 << 40))  # a terabyte announced, nothing sent
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 413 and b"--max-request-mb" in resp.read()
+    finally:
+        conn.close()
+    assert server.proc.poll() is None
+
+
 def test_shutdown_leaves_no_process_or_folder(served):
     """Last test of the module: SIGTERM stops the server cleanly."""
     server, state = served["server"], served["state"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,3 +48,85 @@ def test_sequence_store_idle_sweep_oldest_first():
     now[0] = 21
     assert store.sweep() == 0 and len(store) == 1
     assert [z.shape for z in store.zeros()] == [(2,), (3, 1)]
+
+
+@pytest.mark.parametrize("which", ["--port", "--grpc-port"])
+def test_taken_port_is_one_line_before_anything_starts(tmp_path, which):
+    import socket
+
+    from dsr_deploy.serving.process import free_ports
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    other = free_ports(1)[0]
+    ports = ["--port", str(port), "--grpc-port", str(other)] if which == "--port" else \
+        ["--port", str(other), "--grpc-port", str(port)]
+    try:
+        t0 = time.monotonic()
+        res = _run("serve", str(tmp_path), *ports)
+        elapsed = time.monotonic() - t0
+    finally:
+        taken.close()
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"error: cannot listen on 127.0.0.1:{port} ({which}): Address already in use"
+    assert elapsed < 30  # no server was started
+
+
+def test_http_guard_checks_declared_shapes_without_a_server():
+    """The guard's rules on their own (the live server is tested in test_serve.py)."""
+    from dsr_deploy.serving.http_guard import ModelLimits, Refused, check_request, clean_error
+
+    limits = ModelLimits({"input": (-1, 2, 8, 8)}, max_batch=8)
+    ok = {"inputs": [{"name": "input", "shape": [8, 100, 2, 8, 8], "datatype": "FP32"}]}
+    check_request(ok, limits, 64 << 20)
+    bad = [
+        ({"inputs": [{"name": "input", "shape": [100000000, 6, 16], "datatype": "FP32"}]}, "the model expects"),
+        ({"inputs": [{"name": "input", "shape": [9, 1, 2, 8, 8], "datatype": "FP32"}]}, "at most 8"),
+        ({"inputs": [{"name": "input", "shape": [1, 1, 3, 8, 8], "datatype": "FP32"}]}, "the model expects"),
+        ({"inputs": [{"name": "input", "shape": [1, 2 ** 40, 2, 8, 8], "datatype": "FP32"}]}, "MiB"),
+        ({"inputs": [{"name": "input", "shape": [1, -1, 2, 8, 8], "datatype": "FP32"}]}, "negative"),
+        ({"inputs": [{"name": "input", "shape": "big"}]}, "list of integers"),
+        ({"inputs": [{"name": "other", "shape": [2 ** 62, 2 ** 62], "datatype": "FP64"}]}, "MiB"),
+        ({"inputs": {}}, "list of inputs"),
+        ([], "list of inputs"),
+    ]
+    for request, words in bad:
+        with pytest.raises(Refused, match=words):
+            check_request(request, limits, 64 << 20)
+    assert check_request(ok, None, 64 << 20) is None  # unknown model: Triton answers it
+    tb = 'Traceback (most recent call last):\n  File "/x/y.py", line 3\ndsr_deploy.errors.UserError: unknown id 5\n'
+    assert clean_error(tb) == (True, "unknown id 5")
+    assert clean_error('Traceback (most recent call last):\n  File "/x.py"\nValueError: bad') == (
+        False, "inference failed: ValueError: bad")
+
+
+def test_http_guard_bounds_open_connections(monkeypatch):
+    import socket
+
+    from dsr_deploy.serving import http_guard
+    from dsr_deploy.serving.process import free_ports
+
+    monkeypatch.setattr(http_guard, "MAX_CONNECTIONS", 2)
+    port, backend = free_ports(2)
+    guard = http_guard.HttpGuard("127.0.0.1", port, backend, {})
+    guard.start()
+    socks = []
+    try:
+        for _ in range(3):  # idle clients: two hold a slot each, the third is closed at once
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            time.sleep(0.2)
+        assert socks[2].recv(10) == b""
+        socks[0].settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            socks[0].recv(10)  # still open, waiting for a request
+        # A request on a held connection is answered (no server behind: 503, one sentence).
+        socks[1].sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert socks[1].recv(200).startswith(b"HTTP/1.1 503")
+    finally:
+        for s in socks:
+            s.close()
+        guard.stop()

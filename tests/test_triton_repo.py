@@ -179,3 +179,77 @@ def test_cli_triton_repo(exports, tmp_path):
     again = subprocess.run([sys.executable, "-m", "dsr_deploy", "triton-repo", str(multi), "--out", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.strip().startswith("error: ") and "exists" in again.stderr
+
+
+def _static_batch_copy(src, dst):
+    """The multi-step model with its batch dimension fixed, as a --static-batch export has it."""
+    m = onnx.load(str(src))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        d = vi.type.tensor_type.shape.dim[1]
+        d.ClearField("dim_param")
+        d.dim_value = B
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_static_batch_is_refused_for_batching(exports, tmp_path):
+    """Triton's onnxruntime backend needs the first dimension -1 when max_batch_size > 0."""
+    net, x, _, multi, _ = exports
+    static = _static_batch_copy(multi / "model.onnx", tmp_path / "static.onnx")
+    with pytest.raises(UserError, match="batch dimension is fixed .*--static-batch.*--max-batch 0"):
+        TR.write_repository([static], tmp_path / "r", max_batch=4)
+    assert not (tmp_path / "r").exists()
+    stream = tmp_path / "stream_static"
+    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",), static_batch=True)
+    with pytest.raises(UserError, match="batch dimension is fixed"):
+        TR.write_repository([stream], tmp_path / "r", max_batch=4)
+    TR.write_repository([static], tmp_path / "r", max_batch=0)
+    cfg = _parse(tmp_path / "r" / "static_onnx" / "config.pbtxt")
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [T, B, 6]
+
+
+def test_streaming_without_batching_has_controls_of_shape_1(exports, tmp_path):
+    _, x, ref, _, stream = exports
+    TR.write_repository([stream], tmp_path / "r", max_batch=0)
+    model = onnx.load(str(tmp_path / "r" / "mlp_stream_onnx" / "1" / "model.onnx"))
+    dims = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims["START"] == [1] and dims["READY"] == [1]
+    cfg = _parse(tmp_path / "r" / "mlp_stream_onnx" / "config.pbtxt")
+    assert cfg.max_batch_size == 0 and {c.name for c in cfg.sequence_batching.control_input} == {"START", "READY"}
+    # One control value for the whole request still starts, carries and holds every row's membranes.
+    so = _ort(tmp_path / "r" / "mlp_stream_onnx" / "1" / "model.onnx")
+    names = [o.name for o in so.get_outputs()]
+    v, ys = [np.full((B, 8), 5.0, np.float32), np.full((B, 3), 5.0, np.float32)], []
+    for t in range(T):
+        res = dict(zip(names, so.run(None, {"x_t": x[t].numpy(), "v_in_0": v[0], "v_in_1": v[1],
+                                             "START": np.array([t == 0]), "READY": np.array([True])})))
+        ys.append(res["y_t"])
+        v = [res["v_out_0"], res["v_out_1"]]
+    assert np.array_equal(np.stack(ys), ref)
+
+
+@pytest.mark.parametrize("kind, triton_kind, build_flag", [("cpu", "KIND_CPU", "--no-cuda"),
+                                                          ("gpu", "KIND_GPU", "--cuda")])
+def test_instance_kind_and_ops_library_readme(exports, tmp_path, kind, triton_kind, build_flag):
+    _, _, _, multi, _ = exports
+    summary = TR.write_repository([multi], tmp_path / "r", instance_kind=kind,
+                                  ort_ops_library="/dsr_lib/libdsr_ort_ops.so")
+    cfg = _parse(tmp_path / "r" / "mlp_onnx" / "config.pbtxt")
+    K = model_config_pb2.ModelInstanceGroup
+    assert cfg.instance_group[0].kind == getattr(K, triton_kind)
+    assert _parse(tmp_path / "r" / "mlp_trt" / "config.pbtxt").instance_group[0].kind == K.KIND_GPU
+    assert summary["models"][0]["instance_kind"] == triton_kind
+    readme = (tmp_path / "r" / "README.md").read_text()
+    assert "IN THE SERVING IMAGE" in readme and build_flag in readme and "another CUDA major" in readme
+    with pytest.raises(UserError, match="--instance-kind must be one of cpu, gpu"):
+        TR.write_repository([multi], tmp_path / "r2", instance_kind="tpu")
+
+
+def test_cli_instance_kind(exports, tmp_path):
+    from dsr_deploy.cli import main
+
+    _, _, _, multi, _ = exports
+    main(["triton-repo", str(multi / "model.onnx"), "--out", str(tmp_path / "r"), "--instance-kind", "gpu",
+          "--name", "m"])
+    cfg = _parse(tmp_path / "r" / "m_onnx" / "config.pbtxt")
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

@@ -57,27 +57,105 @@ def _register_areas() -> None:
 _register_areas()
 
 
+def _interrupted(exc: Optional[BaseException]) -> None:
+    """Ctrl-C (exit 130) or SIGTERM / SIGHUP (exit 128 + signal), after the cleanup unwinding did."""
+    from ..guard import terminated_by
+
+    signum = terminated_by()
+    if signum is not None:  # whatever a library turned the interruption into on its way up
+        import signal
+
+        typer.secho(f"terminated ({signal.Signals(signum).name})", fg="red", err=True)
+        sys.exit(128 + signum)
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__cause__ or exc.__context__  # click wraps Ctrl-C in Abort
+    typer.secho("interrupted" if exc is not None else "aborted", fg="red", err=True)
+    sys.exit(130)
+
+
+def _quiet_library_warnings():
+    """Library remarks that are not the user's business: TorchScript is one of our formats, so torch's
+    ``torch.jit.save`` / ``load`` / ``script`` / ``trace`` deprecation notes (shown under ``-W default`` or
+    ``PYTHONWARNINGS``) are noise in every command that writes or reads a ``model.ts``. Returns a function
+    that restores the previous filters."""
+    import warnings
+
+    scope = warnings.catch_warnings()
+    scope.__enter__()
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)",
+                            category=DeprecationWarning)
+    return lambda: scope.__exit__(None, None, None)
+
+
+def _outside_code_exit(exc: BaseException) -> None:
+    """A SystemExit (or another non-Exception) raised by code outside dsr-deploy and its CLI libraries, the
+    user's model code run anywhere (a factory, a forward in bench's neuron count, ...): one line naming where,
+    exit 2, instead of ending the command with the user code's exit status."""
+    import os
+
+    from ..guard import first_line
+
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return
+    where = os.path.abspath(last.tb_frame.f_code.co_filename)
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    libs = [os.path.dirname(os.path.abspath(m.__file__)) for m in (typer, sys.modules.get("click"))
+            if m is not None and getattr(m, "__file__", None)]
+    if any(where.startswith(d + os.sep) for d in [ours, *libs]):
+        return
+    typer.secho(f"error: model code raised {first_line(exc)} at {where}:{last.tb_lineno} "
+                f"({last.tb_frame.f_code.co_name})", fg="red", err=True)
+    sys.exit(2)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed."""
+    """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
+
+    SIGTERM and SIGHUP unwind like Ctrl-C (see :mod:`dsr_deploy.guard`), so every command cleans up the same way;
+    once one arrived, the command ends with it (exit 128 + signal) whatever error the unwinding produced (a
+    library may wrap the interruption in its own exception).
+    """
+    from ..guard import install_signal_handlers, terminated_by
+
+    restore_signals = install_signal_handlers()
+    restore_warnings = _quiet_library_warnings()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
         rc = app(args=argv, standalone_mode=False)
+        if terminated_by() is not None:
+            _interrupted(None)
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
+    except SystemExit as exc:
+        if terminated_by() is not None:
+            _interrupted(None)
+        _outside_code_exit(exc)
+        raise
     except UserError as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.secho("aborted", fg="red", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except Exception as exc:
+        if terminated_by() is not None:
+            _interrupted(exc)
         # Click usage errors (Typer may vendor its own click, so match by behaviour, not by class).
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    except BaseException as exc:  # GeneratorExit or a user's own BaseException subclass
+        _outside_code_exit(exc)
+        raise
+    finally:
+        restore_signals()
+        restore_warnings()

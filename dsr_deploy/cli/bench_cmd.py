@@ -9,7 +9,8 @@ import typer
 
 
 def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
-            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None) -> "object":
+            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None,
+            trust_pickle: bool = False) -> "object":
     """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
     from rich.console import Console
 
@@ -30,9 +31,11 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     shape = B.parse_int_list(input_shape, "--input-shape")
     if shape is not None and len(shape) < 3:
         raise UserError(f"--input-shape: expected T,B,... with at least 3 dims, got {input_shape}")
-    for out in (json_out, csv_out, plot):
-        if out is not None and Path(out).is_dir():
-            raise UserError(f"{out} is a folder; give a file name")
+    from ..io import check_output_file
+
+    for label, out in (("--json", json_out), ("--csv", csv_out), ("--plot", plot)):
+        if out is not None:  # before the benchmark, not after it
+            check_output_file(out, label)
     if plot is not None:
         from ..errors import require
 
@@ -46,6 +49,9 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     from ..model_spec import parse_set_options
 
     model_settings = parse_set_options(settings)
+    # An export folder's manifest is read (and validated) first: a broken one is the error, not "no backend".
+    manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
+        None if is_spec else R.manifest_for(artifact))
     choices = B.parse_backends(backend)
     if not choices:
         names = (["torch"] if is_spec else R.backends_for(artifact))
@@ -54,13 +60,11 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
         if not choices:
             raise UserError(f"no usable backend for {artifact} (available here: "
                             f"{', '.join(n for n, why in usable.items() if why is None)})")
-    manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
-        None if is_spec else R.manifest_for(artifact))
-    if shape is None and manifest and isinstance(manifest.get("input_shape"), list):
+    if shape is None and manifest is not None and manifest.input_shape is not None:
         from ..io_adapter import canonical_shape
 
         io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
-        shape = [int(d) for d in canonical_shape(manifest["input_shape"], io)]  # as [T, B, ...]
+        shape = [int(d) for d in canonical_shape(list(manifest.input_shape), io)]  # as [T, B, ...]
     entries = []
     for label, name, opts in choices:
         opts = dict(opts)
@@ -74,6 +78,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
             opts["input_shape"] = shape
         if name == "torch" and model_settings:
             opts["settings"] = model_settings
+        opts["trust_pickle"] = trust_pickle
         entries.append(B.BenchEntry(label, R.load_runner(artifact, backend=name, **opts)))
     for e in entries:  # load before the progress bar, so a load error is the only output
         e.runner.ensure_loaded()
@@ -157,8 +162,11 @@ def register(app: typer.Typer) -> None:
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency against batch per backend."),
         settings: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE for a MODEL spec's factory "
                                                      "(repeatable; e.g. --set T=5 --set num_classes=100)."),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects in a .pt2 "
+                                          "archive (runs code from the file)."),
     ):
         """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
         run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
                 iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
-                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings)
+                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings,
+                trust_pickle=trust_pickle)

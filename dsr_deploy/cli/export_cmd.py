@@ -33,22 +33,32 @@ def _fmt_float(v) -> str:
     return "-" if v is None else f"{v:.6g}"
 
 
+def _fmt_coef(v) -> str:
+    return "-" if v is None else f"{v:.9g}"
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100.0 * v:.4f}%"
 
 
 def _neuron_table(neurons: List[dict], title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("#", "layer", "op", "source", "v_threshold", "alpha", "tau", "delta_t", "decay", "gain", "note"):
+    for col in ("#", "layer", "op", "source", "layout", "v_threshold", "alpha", "tau", "delta_t", "rule", "decay",
+                "gain", "note"):
         t.add_column(col)
     for n in neurons:
-        note = (f"clamped from {n['v_threshold_stored']:.6g} to bound {n['v_threshold_lower_bound']:.6g}"
-                if n.get("clamped") else "")
-        t.add_row(str(n["index"]), n["name"] or "<root>", n["op_type"], n.get("source", ""),
+        note = (f"clamped from {_fmt_float(n.get('v_threshold_stored'))} to bound "
+                f"{_fmt_float(n.get('v_threshold_lower_bound'))}" if n.get("clamped") else "")
+        layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
+        # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
+        t.add_row(str(n["index"]), escape(n["name"] or "<root>"), escape(n["op_type"]), escape(str(n.get("source", ""))),
+                  layout,
                   _fmt_float(n["v_threshold"]), _fmt_float(n["alpha"]), _fmt_float(n.get("tau")),
-                  _fmt_float(n.get("delta_t")), _fmt_float(n.get("decay")), _fmt_float(n.get("gain")), note)
+                  _fmt_float(n.get("delta_t")), n.get("lif_rule") or "-", _fmt_coef(n.get("decay")),
+                  _fmt_coef(n.get("gain")), note)
     return t
 
 
@@ -57,30 +67,41 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
     """What ``dsr-deploy inspect`` reports for a MODEL spec, an export folder or an artifact file."""
     p = Path(target)
     if p.is_dir():
-        from ..export.manifest import read_manifest
+        from ..manifest import read_manifest
 
         m = read_manifest(p)
-        return {"kind": "export-folder", "path": str(p), "manifest": m, "neurons": m["neurons"],
-                "artifacts": m["artifacts"]}
+        return {"kind": "export-folder", "path": str(p), "manifest": dict(m), "neurons": m.neurons,
+                "artifacts": m.artifacts}
     if p.is_file() and p.suffix == ".onnx":
         return inspect_onnx(p)
     if p.is_file() and p.suffix in (".ts", ".pt2"):
-        from ..export.manifest import MANIFEST
+        from ..manifest import manifest_beside
 
         info = {"kind": "torchscript" if p.suffix == ".ts" else "pt2", "path": str(p), "bytes": p.stat().st_size}
-        if (p.parent / MANIFEST).is_file():
-            m = json.loads((p.parent / MANIFEST).read_text())
-            info["neurons"] = m.get("neurons", [])
-            info["artifact"] = next((a for a in m.get("artifacts", []) if a.get("path") == p.name), None)
+        if p.suffix == ".pt2":
+            from ..runtime.pt2 import pickled_entries
+
+            # Read from the zip only (nothing is unpickled): what loading it would need --trust-pickle for.
+            info["pickled_entries"] = pickled_entries(p)
+        m = manifest_beside(p)
+        if m is not None:
+            info["neurons"] = m.neurons
+            info["artifact"] = next((a for a in m.artifacts if a["path"] == p.name), None)
         return info
     if p.is_file():
         raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
-    from ..convert import find_neurons
+    from ..convert import NO_NEURON_HINT, find_neurons
     from ..model_spec import load_model, parse_set_options
 
     loaded = load_model(target, checkpoint, trust_pickle, settings=parse_set_options(settings))
     warn_assumed(loaded)
-    neurons = [n.to_dict() for n in find_neurons(loaded.model)]
+    try:
+        found = find_neurons(loaded.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not found:
+        raise UserError(NO_NEURON_HINT)
+    neurons = [n.to_dict() for n in found]
     return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint, **loaded.record(),
             "default_input_shape": list(loaded.default_input_shape) if loaded.default_input_shape else None,
             "neurons": neurons}
@@ -154,16 +175,17 @@ def _print_inspect(info: dict) -> None:
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "export-folder":
         m = info["manifest"]
-        c.print(f"[bold]{info['path']}[/bold]: {m['model'].get('spec')} T={m['T']} input {m['input_shape']} "
-                f"layout {m['layout']} (dsr-deploy {m['dsr_deploy_version']})")
-        if isinstance(m["model"].get("settings"), dict) and m["model"]["settings"]:
-            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in m["model"]["settings"].items())))
+        c.print(escape(f"{info['path']}: {(m.get('model') or {}).get('spec')} T={m.get('T')} input "
+                       f"{m.get('input_shape')} layout {m.get('layout')} (dsr-deploy {m.get('dsr_deploy_version')})"))
+        settings = (m.get("model") or {}).get("settings")
+        if isinstance(settings, dict) and settings:
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in settings.items())))
         if isinstance(m.get("io"), dict):
             c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
         t = Table("format", "path", "details", title="artifacts")
         for a in info["artifacts"]:
             extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
-            t.add_row(a["format"], a["path"], extra)
+            t.add_row(escape(a["format"]), escape(a["path"]), escape(extra))
         c.print(t)
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "onnx":
@@ -184,11 +206,27 @@ def _print_inspect(info: dict) -> None:
                                                            for k, v in n["attributes"].items()))
             c.print(t)
     else:
-        c.print(f"[bold]{info['path']}[/bold] ({kind}, {info['bytes']} bytes)")
+        c.print(f"[bold]{escape(info['path'])}[/bold] ({kind}, {info['bytes']} bytes)")
+        if info.get("pickled_entries"):
+            c.print(escape(f"pickled entries (loading runs code; refused without --trust-pickle): "
+                           f"{', '.join(info['pickled_entries'])}"))
         if info.get("artifact"):
             c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
         if info.get("neurons"):
             c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers (from manifest.json)"))
+
+
+def _divergence_cell(r: dict) -> str:
+    d = r.get("divergence")
+    if not d:
+        f = r.get("first_input_difference")
+        if f and f.get("input_max_rel_diff") is not None:
+            return f"none (inputs differ from L{f['layer']}, by {f['input_max_rel_diff']:.2g} rel.)"
+        return "none"
+    cell = f"L{d['layer']} ({d['spikes_differing']} spikes)"
+    if d.get("input_max_rel_diff") is not None:
+        cell += f"; its input differs by {d['input_max_rel_diff']:.2g} (rel.)"
+    return cell
 
 
 def _print_verify(report: dict) -> None:
@@ -198,27 +236,69 @@ def _print_verify(report: dict) -> None:
     c = _console()
     c.print(f"[bold]verify {escape(report['dir'])}[/bold] against " + escape(
         f"{report['model']}" + (f" + {report['checkpoint']}" if report["checkpoint"] else "")
-        + f"; inputs: {', '.join(i['name'] + str(i['shape']) for i in report['inputs'])}"))
-    t = Table(title=f"output and spike agreement (pass: every layer >= {_pct(report['min_agreement'])}, top-1 equal)")
-    t.add_column("artifact")
-    t.add_column("backend")
-    t.add_column("max |diff|")
-    t.add_column("top-1")
-    for n in report["neurons"]:
-        t.add_column(f"L{n['index']} {n['op_type'].replace('DSR', '').replace('Spike', '')}", justify="right")
-    t.add_column("result")
+        + f"; inputs ({report.get('encoding', 'noise')}): "
+        + ", ".join(i['name'] + str(i['shape']) for i in report['inputs'])))
+    rule = report.get("rule") or {}
+    title = (f"pass: neurons exact given the reference's input, top-1 agreement >= {_pct(rule.get('min_top1'))}"
+             + (f", accuracy within {rule.get('max_accuracy_drop')} points" if report.get("labels") else "")
+             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else ""))
+    t = Table(title=title)
+    cols = ["artifact", "backend", "neurons", "max |diff|", "top-1"]
+    if report.get("labels"):
+        cols.append(f"accuracy (PyTorch {_pct(report.get('pytorch_accuracy'))})")
+    cols += ["spikes equal (lowest layer)", "divergence starts", "result"]
+    for col in cols:
+        t.add_column(col)
     for r in report["runs"]:
         backend = r["backend"] + (f" ({r['variant']})" if r["variant"] else "")
         if r["status"] != "ok":
-            cells = ["-", "-"] + ["-"] * len(report["neurons"])
+            cells = ["-"] * (len(cols) - 3)
             result = ("[yellow]skipped[/yellow]: " if r["status"] == "skipped" else "[red]ERROR[/red]: ") + escape(r["reason"])
         else:
-            by = {l["index"]: l["agreement"] for l in r["layers"]}
-            cells = [f"{r['max_abs_diff']:.3g}", _pct(r["top1_agreement"])] + [_pct(by.get(n["index"])) for n in report["neurons"]]
-            result = "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]"
+            neurons = ("exact" if r["neuron_exact"] else
+                       ("-" if r["neuron_exact"] is None else f"{_pct(r.get('neuron_agreement'))}"))
+            cells = [neurons, f"{r['max_abs_diff']:.3g}", _pct(r["top1_agreement"])]
+            if report.get("labels"):
+                cells.append(_pct(r.get("accuracy")))
+            cells += [_pct(r.get("min_layer_agreement")), _divergence_cell(r)]
+            result = "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]: " + escape("; ".join(r["failures"]))
         t.add_row(escape(r["artifact"]), escape(backend), *cells, result)
     c.print(t)
+    for u in report.get("unchecked", []):
+        verdict = "[yellow]not checked[/yellow] (--allow-skipped)" if report.get("allow_skipped") else "[red]not checked[/red]"
+        c.print(f"{verdict}: {escape(u['artifact'])} ({escape(u['format'])}) ran in no backend here: {escape(u['reason'])}")
     c.print("[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]")
+
+
+def _max_opset() -> int:
+    """The newest ONNX opset both torch.onnx and the onnx package here support."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants
+
+        torch_max = int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        torch_max = onnx.defs.onnx_opset_version()
+    return min(torch_max, onnx.defs.onnx_opset_version())
+
+
+def _warn_non_finite(model) -> None:
+    """One warning line when the weights hold NaN / infinity: the export works, its outputs will not."""
+    from ..numerics import non_finite_parameters
+
+    bad = non_finite_parameters(model)
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        _err_console().print(f"[yellow]warning:[/yellow] non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                             f"{more}; the exported model will compute NaN", markup=True, highlight=False,
+                             soft_wrap=True)
+
+
+def _spec_file(model: str) -> Optional[Path]:
+    """The file of a ``path/to/file.py:factory`` MODEL spec, if it is one."""
+    where = model.rpartition(":")[0]
+    return Path(where) if where.endswith(".py") and Path(where).is_file() else None
 
 
 def register(app: typer.Typer) -> None:
@@ -250,13 +330,19 @@ def register(app: typer.Typer) -> None:
         readout: str = typer.Option("none", "--readout", help="none (spike train out) | mean (logits [B, classes]: "
                                     "firing rate over T, the authors' IF readout) | lif-rate (the authors' LIF "
                                     "weighted rate)"),
+        precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
+                                      "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
+                                      "TensorRT 11's strongly typed networks); non-float32 needs --format onnx"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
         from ..model_spec import load_model, parse_set_options, parse_shape
 
-        if out.exists() and not force:  # before any expensive work
-            raise UserError(f"{out} exists; pass --force to overwrite it")
+        from ..io import check_output_target
+
+        # Before any expensive work: an empty / current folder, an existing one without --force, or one holding
+        # the checkpoint or the model file (--force would delete what this command reads).
+        check_output_target(out, force=force, protect=(checkpoint, _spec_file(model)))
         if mode not in ("multistep", "streaming"):
             raise UserError(f"unknown --mode {mode!r}; choose multistep or streaming")
         if mode == "streaming":
@@ -268,12 +354,16 @@ def register(app: typer.Typer) -> None:
         if not names or any(f not in known + ["all"] for f in names):
             raise UserError(f"unknown --format {fmt!r}; choose from {', '.join(known)} or all")
         wanted = known if "all" in names else names
+        from ..export import check_precision
+
+        check_precision(precision, wanted)
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
             raise UserError(f"unknown --function-body {function_body!r}; choose scan or unrolled")
-        if opset < 17:
-            raise UserError(f"--opset must be >= 17, got {opset}")
+        if not 17 <= opset <= _max_opset():
+            raise UserError(f"--opset must be >= 17 and <= {_max_opset()} (what torch.onnx and onnx here "
+                            f"support), got {opset}")
         if aot and "pt2" not in wanted:
             raise UserError("--aot compiles the pt2 export; add pt2 to --format")
         from ..io_adapter import io_record
@@ -281,17 +371,18 @@ def register(app: typer.Typer) -> None:
         io_record(1, layout, encode, readout)  # bad options fail before any work
         if mode == "streaming" and (layout, encode, readout) != ("TB", "none", "none"):
             raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
-        shape = parse_shape(input_shape) if input_shape else None
+        shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
         if shape is not None:
             check_input_shape(shape)
-        from ..io import check_writable_dir
+        from ..io import check_can_create
 
-        check_writable_dir(out.parent if out.parent != Path("") else Path("."))
+        check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
         set_opts = parse_set_options(settings)
         if shape is not None and model.strip().startswith("zoo:") and "T" not in set_opts:
             set_opts["T"] = str(shape[0])  # a zoo network is built for the T of the input shape given
         loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle, settings=set_opts)
         warn_assumed(loaded)
+        _warn_non_finite(loaded.model)
         if shape is None:
             if loaded.default_input_shape is None:
                 raise UserError("--input-shape T,B,... is required for a model outside the zoo")
@@ -303,13 +394,13 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress, model_info=loaded.record())
+                                        progress=progress, model_info=loaded.record(), precision=precision)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
-                io=io_record(shape[0], layout, encode, readout),
+                io=io_record(shape[0], layout, encode, readout), precision=precision,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
@@ -317,7 +408,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c = _console()
-        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {manifest['input_shape']}, T={shape[0]}, "
+        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {manifest['input_shape']}, T={manifest['T']}, "
                 f"{'dynamic' if not static_batch else 'static'} batch"
                 + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
                    if mode == "streaming" else ")")
@@ -332,12 +423,43 @@ def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify(
         folder: Path = typer.Argument(..., help="an export folder (with manifest.json)"),
-        input_file: Optional[Path] = typer.Option(None, "--input", help="an input [T,B,...] as .npy (float)"),
-        min_agreement: float = typer.Option(0.999, "--min-agreement", help="per-layer spike agreement to pass"),
-        random_inputs: int = typer.Option(1, "--random", help="how many random inputs (seeds 0..N-1)"),
+        input_file: Optional[Path] = typer.Option(None, "--input", help="an input as .npy (float), laid out as the "
+                                                  "export takes it ([T,B,...] by default)"),
+        labels: Optional[Path] = typer.Option(None, "--labels", help="the --input batch's classes as .npy (int, "
+                                              "[B]): accuracy is then compared with PyTorch's"),
+        min_top1: float = typer.Option(0.99, "--min-top1", help="top-1 agreement with PyTorch to pass"),
+        max_accuracy_drop: float = typer.Option(0.5, "--max-accuracy-drop",
+                                                help="with --labels: accuracy points below PyTorch's allowed"),
+        min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="opt-in gate: every layer's "
+                                                      "end-to-end spike agreement at least this (e.g. 0.999)"),
+        random_inputs: int = typer.Option(1, "--random", help="how many generated inputs (seeds 0..N-1)"),
+        encoding: Optional[str] = typer.Option(None, "--encoding", help="generated inputs: direct (a static "
+                                               "image repeated over T) | noise (N(0,1) every step); default: "
+                                               "direct for zoo models fed images, else noise"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        model: Optional[str] = typer.Option(None, "--model", help="the MODEL spec to compare against, instead of "
+                                            "the manifest's (a folder's own spec is built only for zoo: models)"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for the model, instead "
+                                                  "of the manifest's"),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow pickled Python objects in the "
+                                          "checkpoint and .pt2 archives (runs code from those files)"),
+        trust_model_code: bool = typer.Option(False, "--trust-model-code", help="build the manifest's MODEL spec "
+                                              "even when it is code outside the zoo (imports and runs it)"),
+        allow_skipped: bool = typer.Option(False, "--allow-skipped", help="pass even when some artifact ran in "
+                                           "no backend here (e.g. a TensorRT plan without a GPU)"),
     ):
-        """Run every artifact of FOLDER in every available backend against the PyTorch model; exit 1 on failure."""
+        """Run every artifact of FOLDER in every available backend against the PyTorch model; exit 1 on failure.
+
+        Pass rule, per artifact x backend: (1) every neuron, fed exactly the input the PyTorch reference gave
+        it (teacher forcing), gives the reference's spikes bit for bit in float32 (>= 99.9 % in float16 /
+        bfloat16), run alone in that backend with the artifact's own parameters; (2) the artifact loads and
+        runs; (3) top-1 agreement >= --min-top1 over the inputs; (4) with --labels, accuracy at most
+        --max-accuracy-drop points below PyTorch's; (5) only with --min-agreement, every layer's end-to-end
+        spike agreement at least that. End to end a backend's own convolutions may round differently from
+        PyTorch's (CPU-dependent kernels); the report shows where divergence starts and how far that layer's
+        input already differed.
+
+        FOLDER is untrusted: it can never grant trust; only --trust-pickle / --trust-model-code do."""
         from ..verify import verify_folder
 
         if random_inputs < 0:
@@ -346,7 +468,11 @@ def register(app: typer.Typer) -> None:
             raise UserError("nothing to compare: --random 0 and no --input")
         err = _err_console()
         report = verify_folder(folder, input_file=str(input_file) if input_file else None,
-                               min_agreement=min_agreement, n_random=random_inputs,
+                               labels_file=str(labels) if labels else None, min_top1=min_top1,
+                               max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                               n_random=random_inputs, encoding=encoding,
+                               model=model, checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle,
+                               trust_model_code=trust_model_code, allow_skipped=allow_skipped,
                                progress=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
         if as_json:
             typer.echo(json.dumps(report, indent=2))

@@ -21,8 +21,13 @@ def build_cmd(
         None, "--cuda/--no-cuda",
         help="CUDA kernels (default: on when nvcc is found and torch is a CUDA build or sees a GPU).",
     ),
+    ort: bool = typer.Option(
+        True, "--ort/--no-ort", help="Build the ONNX Runtime custom-op library (no ONNX Runtime SDK needed)."
+    ),
     ort_root: Optional[str] = typer.Option(
-        None, "--ort-root", help="Folder with onnxruntime_c_api.h (default $ONNXRUNTIME_ROOT); builds the ORT ops."
+        None, "--ort-root",
+        help="Folder with ONNX Runtime's onnxruntime_c_api.h (default $ONNXRUNTIME_ROOT): also check the library's "
+             "ABI declaration against it at compile time.",
     ),
     trt_root: Optional[str] = typer.Option(
         None, "--trt-root", help="TensorRT folder with include/NvInfer.h (default $TENSORRT_ROOT); needs --cuda."
@@ -30,9 +35,13 @@ def build_cmd(
     cuda_arch: Optional[str] = typer.Option(
         None, "--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES (default: the visible GPU's, else 90)."
     ),
-    build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="CMake build folder (default build/plugins)."),
+    build_dir: Optional[Path] = typer.Option(
+        None, "--build-dir", help="CMake build folder (default: under ~/.cache/dsr-deploy/build/)."
+    ),
     lib_dir: Optional[Path] = typer.Option(
-        None, "--lib-dir", help="Install folder (default $DSR_DEPLOY_LIB_DIR, else dsr_deploy/_lib)."
+        None, "--lib-dir",
+        help="Install folder (default $DSR_DEPLOY_LIB_DIR, else ~/.cache/dsr-deploy/plugins/<torch + sources key>/, "
+             "where dsr_deploy finds the libraries).",
     ),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the CMake output."),
@@ -41,8 +50,8 @@ def build_cmd(
     """Configure and build plugins/ with CMake and install the libraries where dsr_deploy finds them."""
     from .. import plugins
 
-    record = plugins.build(torch=torch_ops, cuda=cuda, ort_root=ort_root, trt_root=trt_root, cuda_arch=cuda_arch,
-                           build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
+    record = plugins.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
+                           cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return
@@ -51,6 +60,8 @@ def build_cmd(
                f"(torch={opts['torch']}, cuda={opts['cuda']}, ort={opts['ort']}, tensorrt={opts['trt']})")
     for key, path in record["libraries"].items():
         typer.echo(f"  {key:12s} {path}")
+    for key, why in record.get("skipped", {}).items():
+        typer.secho(f"warning: {why}", fg="yellow", err=True)
 
 
 @plugins_app.command("status")
@@ -75,7 +86,11 @@ def status_cmd(
         typer.echo(f"        {e['reason']}")
         if e.get("build") and e["built"]:
             b = e["build"]
-            against = {"torch": f"torch {b.get('torch')}", "ort": f"ORT headers {b.get('ort_headers')}",
+            abi = b.get("ort_abi") or {}
+            checked = abi.get("checked_against")
+            against = {"torch": f"torch {b.get('torch')}",
+                       "ort": f"OrtApi {abi.get('api_version')} (dsr_ort_abi.h"
+                              + (f", checked against API {checked.get('ORT_API_VERSION')} header)" if checked else ")"),
                        "trt": f"TensorRT headers {b.get('trt_headers')}",
                        "trt_dynamic": f"TensorRT headers {b.get('trt_headers')}"}.get(key, f"{b.get('compiler')}")
             cuda = b.get("cuda")
@@ -87,7 +102,7 @@ def status_cmd(
         (f"nvcc yes (toolkit {tc['cuda'].get('root') or 'not found'})" if tc['cuda']['available'] else "nvcc no"),
         f"GPU {'yes' if tc['cuda']['gpu_visible'] else 'no'}",
         f"torch {tc['torch']['version']} (CUDA {tc['torch']['cuda']})",
-        f"ORT headers {tc['ort']['include'] or 'no'}",
+        f"ORT header for the ABI check {tc['ort']['include'] or 'no (not needed)'}",
         f"TensorRT headers {tc['trt']['include'] or 'no'}",
     ]))
 

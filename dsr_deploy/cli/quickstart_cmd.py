@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
     ):
         """Run the whole product on the shipped trained network (DSR-IF CNN, 8x8 digits): export to TorchScript,
-        ONNX and pt2, verify each bit-exact, report each artifact's held-out accuracy, benchmark the backends."""
+        ONNX and pt2, verify every backend's neurons bit-exact and each artifact's agreement, report each artifact's
+        held-out accuracy, benchmark the backends."""
         import json
         import sys
 

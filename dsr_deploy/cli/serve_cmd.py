@@ -33,8 +33,13 @@ def register(app: typer.Typer) -> None:
         max_sequences: int = typer.Option(4096, "--max-sequences", help="streaming: most open sequences"),
         threads: int = typer.Option(1, "--threads", help="compute threads per model runner (0: the backend's "
                                     "default; more than 1 competes with the server's own threads on small hosts)"),
+        max_request_mb: float = typer.Option(64.0, "--max-request-mb", help="largest HTTP request body and "
+                                             "largest input bytes a request may declare (refused with HTTP 400/413 "
+                                             "before the server allocates)"),
         as_json: bool = typer.Option(False, "--json", help="print the endpoints and models as one JSON line when "
                                      "ready"),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a .pt2 holding pickled Python "
+                                          "objects (runs code from the file)"),
     ):
         """Serve exported models through a real Triton server (PyTriton), dynamic batching, until SIGINT/SIGTERM."""
         from ..serving.pytriton_server import ServerConfig, serve as run_server
@@ -48,8 +53,14 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--threads must be >= 0, got {threads}")
         if idle_timeout <= 0:
             raise UserError(f"--idle-timeout must be > 0, got {idle_timeout}")
+        if not max_request_mb > 0:
+            raise UserError(f"--max-request-mb must be > 0, got {max_request_mb}")
+        if grpc_port is None and port == 65535:
+            raise UserError("--port 65535 leaves no room for the default --grpc-port (--port + 1); pass --grpc-port")
         cfg = ServerConfig(host=host, http_port=port, grpc_port=grpc_port if grpc_port else port + 1,
-                           max_batch=max_batch, queue_delay_us=queue_delay_us)
+                           max_batch=max_batch, queue_delay_us=queue_delay_us, max_request_mb=max_request_mb)
+        if cfg.grpc_port == cfg.http_port:
+            raise UserError(f"--port and --grpc-port are both {port}; give two different ports")
 
         def ready(info):
             if as_json:
@@ -62,7 +73,8 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
 
         code = run_server([str(a) for a in artifacts], backend, cfg, names=name or None,
-                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready)
+                          idle_timeout_s=idle_timeout, max_sequences=max_sequences, threads=threads, ready=ready,
+                          trust_pickle=trust_pickle)
         if code:
             raise typer.Exit(code)
 
@@ -75,6 +87,9 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="model name (single model only)"),
         ort_ops_library: Optional[str] = typer.Option(None, "--ort-ops-library", help="path, as the server sees "
                                                       "it, of libdsr_ort_ops.so (fused dsr kernels for onnxruntime)"),
+        instance_kind: str = typer.Option("cpu", "--instance-kind", help="where the onnxruntime models run: cpu "
+                                          "(KIND_CPU) | gpu (KIND_GPU: the CUDA execution provider, and the fused "
+                                          "CUDA kernels with --ort-ops-library)"),
         force: bool = typer.Option(False, "--force", help="replace an existing repository folder"),
         as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
     ):
@@ -82,7 +97,7 @@ def register(app: typer.Typer) -> None:
         from ..serving.triton_repo import write_repository
 
         summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
-                                   ort_ops_library=ort_ops_library)
+                                   ort_ops_library=ort_ops_library, instance_kind=instance_kind)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return

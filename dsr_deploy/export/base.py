@@ -19,7 +19,8 @@ from ..convert import NeuronInfo
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-PROBE_PREFIX = "spikes_"  # extra outputs of a probe artifact: the spikes of neuron layer i
+PROBE_PREFIX = "spikes_"  # extra outputs of a probe artifact: the spikes of neuron call k
+CURRENT_PREFIX = "currents_"  # ... and the input current of neuron call k (where divergence starts)
 LAYOUT = "TB..."  # the leading dims of every multi-step input: time, then batch
 
 
@@ -37,8 +38,9 @@ class ExportContext:
     checkpoint: Optional[str] = None
     model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
     # The manifest's "io" record (dsr_deploy.io_adapter, docs/export.md) when the artifact does not take
-    # [T, B, ...] spikes in and give the spike train out; None: TB in, spikes out. With export options ``model``
-    # is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
+    # [T, B, ...] spikes in and give the spike train out, e.g. the authors' models ({"input_layout": "static",
+    # "output": "logits", "T": 20, ..., "source": "model"}); None: TB in, spikes out. With export options
+    # ``model`` is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
     io: Optional[Dict[str, Any]] = None
 
     @property

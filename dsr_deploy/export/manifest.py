@@ -1,26 +1,27 @@
-"""``DIR/manifest.json``: what an export folder holds and how it was made (the shared contract).
+"""The manifest an export writes (:func:`build_manifest`); reading, validating and writing live in the torch-free
+:mod:`dsr_deploy.manifest` (re-exported here).
 
-Keys: ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``, and
-for a MODEL spec ``settings`` (the factory's keyword arguments from ``--set`` and the checkpoint) and
-``assumed_defaults`` (neuron settings neither gave; see :func:`dsr_deploy.model_spec.rebuild_model`)),
-``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one dict per layer:
-:meth:`dsr_deploy.convert.NeuronInfo.to_dict`), ``artifacts`` (``[{format, path, ...}]``, paths relative to DIR),
-``inputs`` / ``outputs`` (names); ``io`` when the artifact does not take ``[T, B, ...]`` and return the spike
-train (``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``: :mod:`dsr_deploy.io_adapter`).
+Keys: ``schema``, ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``
+as a record only, ``weights_sha256``, and for a MODEL spec ``settings`` (the factory's keyword arguments from
+``--set`` and the checkpoint) and ``assumed_defaults`` (neuron settings neither gave; see
+:func:`dsr_deploy.model_spec.rebuild_model`)), ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``,
+``lowering``, ``neurons`` (one dict per layer: :meth:`dsr_deploy.convert.NeuronInfo.to_dict`, with ``layout``
+(``TB`` / ``flat``), ``timesteps`` and LIF ``lif_rule``), ``artifacts`` (``[{format, path, ...}]``, paths relative
+to DIR), ``inputs`` / ``outputs`` (names), ``io`` (only when the artifact does not take ``[T, B, ...]`` in and give
+the spike train out: ``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``;
+:mod:`dsr_deploy.io_adapter`, docs/export.md).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from pathlib import Path
 from typing import Any, Dict, List
 
 from .. import __version__
-from ..errors import UserError
+from ..manifest import MANIFEST, SCHEMA_VERSION, Manifest, parse_manifest, read_manifest, write_manifest
 
-MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "Manifest", "build_manifest", "parse_manifest", "read_manifest",
+           "write_manifest"]
 
 
 def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep",
@@ -34,6 +35,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "dsr_deploy_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
+        # trust_pickle records that the export needed --trust-pickle; a reader never takes trust from it.
         "model": {"spec": ctx.spec, "checkpoint": ctx.checkpoint,
                   "trust_pickle": bool(ctx.options.get("trust_pickle", False)), **(ctx.model_info or {})},
         "input_shape": list(ctx.input_shape),
@@ -46,23 +48,6 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "artifacts": artifacts,
         "inputs": inputs or [INPUT_NAME],
         "outputs": outputs or [OUTPUT_NAME],
+        **({"io": dict(ctx.io)} if ctx.io is not None else {}),
     }
-    if io:
-        manifest["io"] = dict(io)
     return manifest
-
-
-def read_manifest(folder: Path | str) -> Dict[str, Any]:
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not an export folder (not a directory)")
-    if not path.is_file():
-        raise UserError(f"{folder} has no {MANIFEST}; is it a folder written by `dsr-deploy export`?")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict) or "artifacts" not in data or "neurons" not in data:
-        raise UserError(f"{path} is not a dsr-deploy manifest")
-    return data

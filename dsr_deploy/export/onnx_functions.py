@@ -19,12 +19,19 @@ The step is written to round exactly as :mod:`dsr_deploy.functional` in float32:
     v = Sub(v, s)
     y_t = s (IF) | Div(s, delta_t) (LIF)              # true division, as the reference on every device
 
-Bodies are float32 (the dtype the exporter writes).
+Precision: the body computes in float32 whatever the tensor type. A float16 / bfloat16 model (``export
+--precision``) gets a ``Cast`` to float32 on entry and a ``Cast`` of the spikes back to the tensor type at the
+end, the membrane staying float32, as :mod:`dsr_deploy.functional` and every kernel do for half inputs.
+
+Names: every name inside a function body (formals and intermediates, the Scan body's too) carries a prefix that
+no value of the calling graph starts with (:func:`scope_prefix`). onnx-tensorrt before 10.8 resolves a function's
+inner names against the outer graph, so a formal ``x_t`` beside a graph input ``x_t`` made every step node read
+the graph input.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import Iterable, List, Optional
 
 import onnx
 from onnx import AttributeProto, TensorProto, helper
@@ -32,8 +39,19 @@ from onnx import AttributeProto, TensorProto, helper
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
 
 BODIES = ("scan", "unrolled")
+SCOPE_PREFIX = "dsr_fn_"
+#: ``export --precision`` -> ONNX tensor type of the model's activations (membranes stay float32).
+PRECISIONS = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 IF_ATTRS = ["v_threshold", "alpha", "plugin_namespace", "plugin_version"]
 LIF_ATTRS = ["v_threshold", "alpha", "tau", "delta_t", "decay", "gain", "plugin_namespace", "plugin_version"]
+
+
+def onnx_elem_type(dtype) -> int:
+    """The ONNX tensor type of a torch floating dtype (float32 / float16 / bfloat16)."""
+    name = str(dtype).replace("torch.", "")
+    if name not in PRECISIONS:
+        raise ValueError(f"no ONNX function body for dtype {name}; choose from {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
 
 
 def _ref_constant(output: str, attr: str) -> onnx.NodeProto:
@@ -91,6 +109,20 @@ def _zeros_like_step(src: str, out: str, start: int) -> List[onnx.NodeProto]:
     ]
 
 
+def _cast_in(x: str, elem: int) -> tuple[List[onnx.NodeProto], str]:
+    """``x`` as float32: itself, or a Cast of a half-precision input (exact)."""
+    if elem == TensorProto.FLOAT:
+        return [], x
+    return [helper.make_node("Cast", [x], [x + "_f32"], to=TensorProto.FLOAT, name=x + "_to_f32")], x + "_f32"
+
+
+def _cast_out(y32: str, y: str, elem: int) -> List[onnx.NodeProto]:
+    """``y`` = the float32 ``y32`` in the tensor type (rounded once, as the reference's ``.to(x.dtype)``)."""
+    if elem == TensorProto.FLOAT:
+        return [helper.make_node("Identity", [y32], [y], name=y + "_out")]
+    return [helper.make_node("Cast", [y32], [y], to=elem, name=y + "_round")]
+
+
 def scan_body(kind: str) -> List[onnx.NodeProto]:
     step = _step(kind, "v_in", "x_t", "v_out", "y_t", "")
     body = helper.make_graph(
@@ -127,8 +159,82 @@ def unrolled_body(kind: str, T: int) -> List[onnx.NodeProto]:
     return nodes
 
 
-def function_proto(kind: str, body: str, opset: int, T: int | None = None) -> onnx.FunctionProto:
-    """The FunctionProto ``dsr::DSRIFSpike`` / ``dsr::DSRLIFSpike`` with the chosen body."""
+def _graph_names(graph, out: set) -> set:
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        out.add(vi.name)
+    out.update(i.name for i in graph.initializer)
+    for node in graph.node:
+        out.update(n for n in node.input if n)
+        out.update(n for n in node.output if n)
+        for a in node.attribute:
+            for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                _graph_names(g, out)
+    return out
+
+
+def graph_value_names(graph) -> set:
+    """Every value name of ``graph`` and its subgraphs (inputs, outputs, initializers, node edges)."""
+    return _graph_names(graph, set())
+
+
+def scope_prefix(graph=None) -> str:
+    """:data:`SCOPE_PREFIX`, lengthened until no value name of ``graph`` starts with it."""
+    prefix = SCOPE_PREFIX
+    if graph is not None:
+        names = graph_value_names(graph)
+        while any(n.startswith(prefix) for n in names):
+            prefix = "_" + prefix
+    return prefix
+
+
+def _rename(names: Iterable[str], prefix: str) -> list:
+    return [prefix + n if n else n for n in names]
+
+
+def _set_names(field, names: list) -> None:
+    del field[:]
+    field.extend(names)
+
+
+def _scope_nodes(nodes: Iterable[onnx.NodeProto], prefix: str) -> None:
+    for node in nodes:
+        _set_names(node.input, _rename(node.input, prefix))
+        _set_names(node.output, _rename(node.output, prefix))
+        for a in node.attribute:
+            for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                for vi in list(g.input) + list(g.output) + list(g.value_info):
+                    vi.name = prefix + vi.name
+                _scope_nodes(g.node, prefix)
+
+
+def _function(op_type: str, kind: str, inputs: list, outputs: list, nodes: List[onnx.NodeProto], opset: int,
+              prefix: str, doc: str) -> onnx.FunctionProto:
+    _scope_nodes(nodes, prefix)
+    return helper.make_function(
+        ONNX_DOMAIN, op_type, _rename(inputs, prefix), _rename(outputs, prefix), nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=IF_ATTRS if kind == "if" else LIF_ATTRS, doc_string=doc)
+
+
+def function_formals(fn: onnx.FunctionProto) -> set:
+    """The names a function body defines or reads (formals and intermediates, subgraphs included)."""
+    names = set(fn.input) | set(fn.output)
+    for node in fn.node:
+        names.update(n for n in node.input if n)
+        names.update(n for n in node.output if n)
+        for a in node.attribute:
+            for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                names |= graph_value_names(g)
+    return names
+
+
+def function_proto(kind: str, body: str, opset: int, T: int | None = None, elem: int = TensorProto.FLOAT,
+                   prefix: Optional[str] = None) -> onnx.FunctionProto:
+    """The FunctionProto ``dsr::DSRIFSpike`` / ``dsr::DSRLIFSpike`` with the chosen body.
+
+    ``elem``: the ONNX type of ``x`` / ``y`` (the body computes in float32); ``prefix``: the scope of its names
+    (:func:`scope_prefix` of the graph that calls it)."""
+    cast, x32 = _cast_in("x", elem)
     if body == "scan":
         nodes = scan_body(kind)
     elif body == "unrolled":
@@ -137,23 +243,28 @@ def function_proto(kind: str, body: str, opset: int, T: int | None = None) -> on
         nodes = unrolled_body(kind, T)
     else:
         raise ValueError(f"unknown function body {body!r}; choose from {BODIES}")
-    return helper.make_function(
-        ONNX_DOMAIN, ONNX_OP_TYPES[kind], ["x"], ["y"], nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        attributes=IF_ATTRS if kind == "if" else LIF_ATTRS,
-        doc_string=f"DSR-{kind.upper()} spike recurrence over a leading time axis, {body} body "
-                   "(bit-exact with dsr_deploy.functional in float32).",
-    )
+    if elem != TensorProto.FLOAT:  # the float32 body reads x32 and writes y32
+        for node in nodes:
+            _set_names(node.input, [x32 if n == "x" else n for n in node.input])
+            _set_names(node.output, ["y32" if n == "y" else n for n in node.output])
+        nodes = cast + nodes + _cast_out("y32", "y", elem)
+    return _function(
+        ONNX_OP_TYPES[kind], kind, ["x"], ["y"], nodes, opset, prefix or SCOPE_PREFIX,
+        f"DSR-{kind.upper()} spike recurrence over a leading time axis, {body} body "
+        "(bit-exact with dsr_deploy.functional in float32).")
 
 
-def step_function_proto(kind: str, op_type: str, opset: int) -> onnx.FunctionProto:
+def step_function_proto(kind: str, op_type: str, opset: int, elem: int = TensorProto.FLOAT,
+                        prefix: Optional[str] = None) -> onnx.FunctionProto:
     """The single-step body (streaming ``DSRIFStep`` / ``DSRLIFStep``: inputs ``x_t, v`` -> ``y_t, v_new``):
-    the same prologue and step as the multi-step bodies, so the ONNX math stays in one place."""
-    nodes = _prologue(kind) + _step(kind, "v", "x_t", "v_new", "y_t", "step_")
-    return helper.make_function(
-        ONNX_DOMAIN, op_type, ["x_t", "v"], ["y_t", "v_new"], nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        attributes=IF_ATTRS if kind == "if" else LIF_ATTRS,
-        doc_string=f"One DSR-{kind.upper()} time step with the membrane as explicit I/O "
-                   "(bit-exact with dsr_deploy.functional in float32).",
-    )
+    the same prologue and step as the multi-step bodies, so the ONNX math stays in one place. ``x_t`` / ``y_t``
+    have type ``elem``; the membranes ``v`` / ``v_new`` are float32."""
+    cast, x32 = _cast_in("x_t", elem)
+    y32 = "y_t" if elem == TensorProto.FLOAT else "y32"
+    nodes = cast + _prologue(kind) + _step(kind, "v", x32, "v_new", y32, "step_")
+    if elem != TensorProto.FLOAT:
+        nodes += _cast_out(y32, "y_t", elem)
+    return _function(
+        op_type, kind, ["x_t", "v"], ["y_t", "v_new"], nodes, opset, prefix or SCOPE_PREFIX,
+        f"One DSR-{kind.upper()} time step with the membrane as explicit I/O "
+        "(bit-exact with dsr_deploy.functional in float32).")

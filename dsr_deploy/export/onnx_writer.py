@@ -36,15 +36,17 @@ from .. import __version__
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
-from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .onnx_functions import BODIES, function_proto
+from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
+from .onnx_neurons import META_INDEX as _META_INDEX
+from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
+from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
+from .onnx_neurons import neuron_sites
 
 DEFAULT_OPSET = 18
 DEFAULT_BODY = "scan"
 LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
-_META_INDEX = "dsr.layer_index"
-_META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"
 
 
 def _quiet():
@@ -80,6 +82,8 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
     dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
+    if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
+        inf = inf.to(ctx.dtype)
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
@@ -108,19 +112,23 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
     """Name the dsr nodes, append their FunctionProtos, write metadata. Returns the neuron kinds present."""
     kinds = []
     layer_outputs = []
+    layer_inputs = []
     named = set()
     for call, node in enumerate(dsr_nodes(model)):
         meta = {p.key: p.value for p in node.metadata_props}
         idx = meta.get(_META_INDEX, str(call))
         layer_outputs.append([int(idx), node.output[0]])
+        layer_inputs.append([int(idx), node.input[0]])
         # dsr_layer_<i>; a neuron module called twice gets _call<k> on its later nodes.
         node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in named else f"dsr_layer_{idx}_call{call}"
         named.add(node.name)
         kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
         if kind not in kinds:
             kinds.append(kind)
+    prefix = scope_prefix(model.graph)  # function names never collide with the graph's (onnx-tensorrt < 10.8)
+    elem = onnx_elem_type(ctx.dtype)
     for kind in kinds:
-        model.functions.append(function_proto(kind, body, opset, T=ctx.T))
+        model.functions.append(function_proto(kind, body, opset, T=ctx.T, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model.opset_import) and kinds:
         model.opset_import.append(helper.make_opsetid(ONNX_DOMAIN, 1))
     meta = {
@@ -130,13 +138,17 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         "dsr_deploy.neuron_types": ",".join(n.op_type for n in ctx.neurons),
         "dsr_deploy.lowering": lowering,
         "dsr_deploy.function_body": body,
-        "dsr_deploy.input_layout": LAYOUT,
+        "dsr_deploy.input_layout": LAYOUT if ctx.io is None else ctx.input_layout,
         "dsr_deploy.dynamic_T": str(dynamic_T).lower(),
         "dsr_deploy.dynamic_batch": str(ctx.dynamic_batch).lower(),
         # [layer index, tensor name] of each neuron call: the tensors keep their names when a portable
         # lowering inlines the bodies, so verify can expose them either way.
         _META_LAYER_OUTPUTS: json.dumps(layer_outputs),
+        # ... and of each call's input: verify cuts every neuron out of the file (onnx_neurons) to run it alone.
+        _META_LAYER_INPUTS: json.dumps(layer_inputs),
     }
+    if ctx.io is not None:
+        meta["dsr_deploy.io"] = json.dumps(ctx.io, sort_keys=True)
     if ctx.spec:
         meta["dsr_deploy.model"] = ctx.spec
     del model.metadata_props[:]
@@ -164,31 +176,30 @@ def portable(model: onnx.ModelProto) -> onnx.ModelProto:
 def probe_targets(model: onnx.ModelProto) -> List[tuple]:
     """``[(layer index, tensor name)]`` of every neuron call, in call order (dsr nodes, or the recorded
     tensors of a portable model)."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if _META_LAYER_OUTPUTS in meta:
-        return [(int(i), str(name)) for i, name in json.loads(meta[_META_LAYER_OUTPUTS])]
-    out = []
-    for call, node in enumerate(dsr_nodes(model)):
-        m = {p.key: p.value for p in node.metadata_props}
-        out.append((int(m.get(_META_INDEX, call)), node.output[0]))
-    return out
+    return [(s.layer, s.output) for s in neuron_sites(model)]
 
 
 def add_probe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose every neuron-call output is also a graph output ``spikes_<k>`` (k = call
-    order), through an Identity. The rest of the graph is unchanged."""
+    order), and, where the file records it, the call's input ``currents_<k>``, through Identity nodes. The rest
+    of the graph is unchanged."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    targets = probe_targets(probe)
-    if not targets:
+    sites = neuron_sites(probe)
+    if not sites:
         raise ValueError("the model records no neuron layer outputs (not written by dsr-deploy?)")
-    produced = {o for n in probe.graph.node for o in n.output}
-    for k, (_, tensor) in enumerate(targets):
-        if tensor not in produced:
-            raise ValueError(f"neuron output {tensor!r} is not produced by any node of the graph")
-        name = f"{PROBE_PREFIX}{k}"
-        probe.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"probe_{k}"))
-        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    produced = {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
+    exposed = []
+    for k, site in enumerate(sites):
+        if site.output not in produced:
+            raise ValueError(f"neuron output {site.output!r} is not produced by any node of the graph")
+        exposed.append((site.output, f"{PROBE_PREFIX}{k}"))
+        if site.input is not None and site.input in produced:
+            exposed.append((site.input, f"{CURRENT_PREFIX}{k}"))
+    elem = probe.graph.input[0].type.tensor_type.elem_type if probe.graph.input else onnx.TensorProto.FLOAT
+    for tensor, name in exposed:
+        probe.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"probe_{name}"))
+        probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return probe
 
 

@@ -27,7 +27,8 @@ AOT_FILENAME = "model.aoti.pt2"
 
 
 class _ProbedOp(nn.Module):
-    """Returns ``(output, spikes_0, ...)``: every inference neuron records into a shared list while tracing."""
+    """Returns ``(output, spikes_0, ..., spikes_n-1, currents_0, ..., currents_n-1)``: every inference neuron
+    records its call's input and spikes into a shared list while tracing."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -43,7 +44,7 @@ class _ProbedOp(nn.Module):
         finally:
             for m in self._mods:
                 m.probe = None
-        return (out, *[y for _, y in sink])
+        return (out, *[y for _, _, y in sink], *[x for _, x, _ in sink])
 
 
 def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.ExportedProgram:
@@ -55,7 +56,8 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(net, (ctx.example_input(shape=ctx.trace_shape()),), dynamic_shapes=(dims,))
+            return torch.export.export(net, (ctx.example_input(shape=ctx.trace_shape()),),
+                                       dynamic_shapes=(dims or None,))
     except Exception as exc:
         raise UserError(f"torch.export failed: {str(exc).strip().splitlines()[0]}") from exc
 

@@ -27,33 +27,41 @@ from .base import PROBE_PREFIX, ExportContext
 
 
 class _Probed(nn.Module):
-    """Wraps a network so its forward returns ``(output, spikes_0, spikes_1, ...)`` (neuron calls in order)."""
+    """Wraps a network so its forward returns ``(output, spikes_0, ..., spikes_n-1, currents_0, ...,
+    currents_n-1)``: each neuron call's spikes and input, in call order."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
         self._sink: list = []
+        self._currents: list = []
         for name, m in list(net.named_modules()):
             if isinstance(m, (IFSpikeScript, LIFSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
-                _set_child(net, name, _Recorder(m, self._sink))
+                _set_child(net, name, _Recorder(m, self._sink, self._currents))
 
     def forward(self, x):
         self._sink.clear()
+        self._currents.clear()
         out = self.net(x)
-        spikes = list(self._sink)
+        spikes, currents = list(self._sink), list(self._currents)
         self._sink.clear()
-        return (out, *spikes)
+        self._currents.clear()
+        return (out, *spikes, *currents)
 
 
 class _Recorder(nn.Module):
-    def __init__(self, inner: nn.Module, sink: list):
+    def __init__(self, inner: nn.Module, sink: list, currents: list):
         super().__init__()
         self.inner = inner
         self.sink = sink
+        self.currents = currents
 
     def forward(self, x):
         y = self.inner(x)
-        self.sink.append(y)
+        # A flat layer ([T*B, ...]) records its [T, B, ...] spikes, as the other formats' probes do.
+        t = int(getattr(self.inner, "timesteps", 0) or 0)
+        self.sink.append(y.unflatten(0, (t, -1)) if t > 0 else y)
+        self.currents.append(x.unflatten(0, (t, -1)) if t > 0 else x)
         return y
 
 
@@ -107,7 +115,8 @@ def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
 
 
 def write_torchscript_probe(ctx: ExportContext, path: Path) -> Dict[str, Any]:
-    """The probe variant (outputs ``output``, ``spikes_<k>``) that verify uses for per-layer agreement."""
+    """The probe variant (outputs ``output``, ``spikes_<k>``, ``currents_<k>``) that verify uses for per-layer
+    agreement and to show where divergence starts."""
     module, method = script_model(ctx, probe=True)
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))

@@ -18,7 +18,6 @@ for the backend) or, for the ``torch`` backend, an ``nn.Module`` / model spec.
 from __future__ import annotations
 
 import abc
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,11 @@ class Runner(abc.ABC):
 
     def synchronize(self) -> None:
         """Wait for queued device work (GPU runners); the timing code calls it."""
+
+    def neurons(self) -> list:
+        """The artifact's own neurons, each runnable alone in this backend (:mod:`.neurons`): what verify's
+        teacher-forced check feeds with the PyTorch reference's neuron inputs."""
+        raise UserError(f"{self.backend}: this backend cannot run the artifact's neurons on their own")
 
     # -- helpers for implementations -------------------------------------------------------------------
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,7 +191,8 @@ def one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Export folders: DIR/manifest.json lists the artifacts; a runner gets the file for its backend.
 
-MANIFEST = "manifest.json"
+# The manifest is read and validated by dsr_deploy.manifest (one reader for every command).
+from ..manifest import MANIFEST, Manifest, read_manifest  # noqa: E402,F401  (re-exported)
 
 # Which manifest "format" values each backend runs (the exporter's names plus common spellings).
 BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
@@ -198,77 +203,46 @@ BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_manifest(folder: Union[str, Path]) -> dict:
-    path = Path(folder) / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} is a folder without {MANIFEST} (not an export folder)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return data
+def manifest_for(path: Union[str, Path]) -> Optional[Manifest]:
+    """The validated manifest of the export folder ``path`` lives in, if any (names and shapes for the runner);
+    an invalid one is a one-line error, never silently ignored."""
+    from ..manifest import manifest_beside
+
+    return manifest_beside(path)
 
 
-def manifest_for(path: Union[str, Path]) -> Optional[dict]:
-    """The manifest of the export folder ``path`` lives in, if any (names and shapes for the runner)."""
-    m = Path(path).parent / MANIFEST
-    if m.is_file():
-        try:
-            data = json.loads(m.read_text())
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
-    return None
+def manifest_artifacts(manifest: Mapping) -> list[dict]:
+    """The artifact records of a manifest (a plain dict is validated first)."""
+    from ..manifest import parse_manifest
+
+    return (manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))).artifacts
 
 
-def manifest_artifacts(manifest: dict) -> list[dict]:
-    arts = manifest.get("artifacts") or []
-    if isinstance(arts, dict):  # {"onnx": "model.onnx"} or {"onnx": {...}}
-        arts = [dict(v, format=k) if isinstance(v, dict) else {"format": k, "path": v} for k, v in arts.items()]
-    return [a for a in arts if isinstance(a, dict) and a.get("path")]
-
-
-def resolve_artifact(folder: Union[str, Path], backend: str) -> Path:
+def resolve_artifact(folder: Union[str, Path], backend: str, manifest: Optional[Manifest] = None) -> Path:
     """The file of export folder ``folder`` that ``backend`` runs; a one-line error when there is none."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
     formats = BACKEND_FORMATS.get(backend, (backend,))
-    for art in manifest_artifacts(manifest):
-        if str(art.get("format", "")).lower() in formats:
-            path = folder / art["path"]
+    for art in manifest.artifacts:
+        if art["format"].lower() in formats:
+            path = manifest.path_of(art)
             if not path.exists():
                 raise UserError(f"{folder}/{MANIFEST} lists {art['path']} but the file is missing")
             return path
     # Manifests without a matching "format": fall back on the files the backend accepts.
     b = _BACKENDS.get(backend)
     if b is not None:
-        for art in manifest_artifacts(manifest):
-            path = folder / art["path"]
+        for art in manifest.artifacts:
+            path = manifest.path_of(art)
             if path.exists() and b.accepts(path):
                 return path
-    listed = ", ".join(str(a.get("format", a["path"])) for a in manifest_artifacts(manifest)) or "none"
+    listed = ", ".join(a["format"] for a in manifest.artifacts) or "none"
     raise UserError(f"export folder {folder} has no artifact for backend {backend!r} (it has: {listed})")
 
 
-def manifest_io_names(manifest: Optional[dict]) -> tuple[Optional[list[str]], Optional[list[str]]]:
+def manifest_io_names(manifest: Optional[Manifest]) -> tuple[Optional[list[str]], Optional[list[str]]]:
     """(input names, output names) written by the exporter, each None when absent."""
-    if not manifest:
-        return None, None
-
-    def names(key_list, key_names):
-        v = manifest.get(key_names)
-        if isinstance(v, list) and all(isinstance(n, str) for n in v):
-            return list(v)
-        v = manifest.get(key_list)
-        if isinstance(v, list):
-            got = [e.get("name") if isinstance(e, dict) else e for e in v]
-            if all(isinstance(n, str) for n in got):
-                return got
-        return None
-
-    return names("inputs", "input_names"), names("outputs", "output_names")
+    return manifest.io_names() if manifest else (None, None)
 
 
 @dataclass
@@ -311,10 +285,11 @@ def backends_for(artifact: Any) -> list[str]:
     _ensure_registered()
     order = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
     if is_export_folder(artifact):
+        manifest = read_manifest(artifact)  # an invalid manifest is the error, not "no backend"
         out = []
         for b in order:
             try:
-                resolve_artifact(artifact, b.name)
+                resolve_artifact(artifact, b.name, manifest)
                 out.append(b.name)
             except UserError:
                 pass
@@ -330,16 +305,21 @@ def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) ->
     """
     _ensure_registered()
     if is_export_folder(artifact) and backend == "torch":
-        # The eager model the folder was exported from: the manifest's MODEL spec and checkpoint.
+        # The eager model the folder was exported from. The folder is untrusted: its MODEL spec is built only
+        # when it names the zoo (or with trust_model_code), and trust_pickle comes from the caller, never from
+        # the manifest.
+        from ..model_spec import check_manifest_spec
+
         manifest = read_manifest(artifact)
-        model = manifest.get("model") or {}
-        if not isinstance(model, dict) or not model.get("spec"):
+        spec = manifest.model_spec
+        if not spec:
             raise UserError(f"{artifact}/{MANIFEST} names no model spec; the torch backend needs the model")
-        options.setdefault("checkpoint", model.get("checkpoint"))
-        options.setdefault("trust_pickle", bool(model.get("trust_pickle")))
-        if isinstance(manifest.get("input_shape"), list):
-            options.setdefault("input_shape", manifest["input_shape"])
-        return _BACKENDS["torch"].factory(model["spec"], **options)
+        check_manifest_spec(spec, manifest.where, trust_model_code=bool(options.pop("trust_model_code", False)),
+                            hint="give the model itself (MODEL spec) instead of the folder")
+        options.setdefault("checkpoint", manifest.checkpoint)
+        if manifest.input_shape is not None:
+            options.setdefault("input_shape", list(manifest.input_shape))
+        return _BACKENDS["torch"].factory(spec, **options)
     if is_export_folder(artifact):
         if backend is None:
             found = backends_for(artifact)
@@ -410,11 +390,7 @@ def model_io_from_manifest(path: Union[str, Path], default_inputs: Sequence[str]
     """Input names, output names and the ``[T, B, ...]`` input shape from the manifest beside ``path``."""
     manifest = manifest_for(path)
     ins, outs = manifest_io_names(manifest)
-    shape = None
-    if manifest:
-        s = manifest.get("input_shape")
-        if isinstance(s, list) and all(isinstance(d, int) for d in s):
-            shape = tuple(s)
+    shape = manifest.input_shape if manifest else None
     return list(ins or default_inputs), list(outs or default_outputs), shape
 
 
@@ -472,7 +448,10 @@ class TorchCallableRunner(Runner):
         with torch.inference_mode():
             try:
                 out = self.fn(*args)
-            except Exception as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError / AssertionError)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError /
+                # AssertionError); an eager model's forward is user code: SystemExit is its failure too
                 shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
                 raise UserError(f"{self.backend}: the model failed on {shapes}: {one_line(exc)}") from None
         return collect_outputs(out, self._output_names, copy_outputs, self.backend)

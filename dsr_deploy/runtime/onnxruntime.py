@@ -173,7 +173,19 @@ class OnnxRuntimeRunner(Runner):
 
     def release(self) -> None:
         self.session = None
+        if getattr(self, "_neuron_set", None) is not None:
+            self._neuron_set.close()
+            self._neuron_set = None
         super().release()
+
+    def neurons(self) -> list:
+        """Each neuron call cut out of the file, in a session with this runner's options (custom ops or not)."""
+        from .neurons import OnnxNeuronSet
+
+        self.ensure_loaded()
+        if getattr(self, "_neuron_set", None) is None:
+            self._neuron_set = OnnxNeuronSet(Path(self.artifact), lambda p: type(self)(p, **self.options))
+        return self._neuron_set.neurons()
 
     # -- description -----------------------------------------------------------------------------------
     def inputs(self) -> list[TensorSpec]:

@@ -5,7 +5,13 @@ The archive kind is read from its contents. ``dsr::`` ops in the program resolve
 :mod:`dsr_deploy.ops` (imported here; the native kernels are used when ``libdsr_torch_ops.so`` is built).
 Input names are the program's user inputs (or the manifest's); outputs ``output`` (or the manifest's).
 Options: ``device`` (an ExportedProgram is moved there; an AOTInductor package runs where it was compiled
-for), ``threads``, ``input_names`` / ``output_names``.
+for), ``threads``, ``input_names`` / ``output_names``, ``trust_pickle``.
+
+A ``.pt2`` is untrusted input: ``torch.export.load`` unpickles with ``weights_only=False`` every weight or
+constant whose payload config says ``"use_pickle": true`` (and custom / opaque object constants), and falls back
+to that for ``sample_inputs`` (and the older format's serialized state) when the safe unpickler refuses them. So
+the archive is inspected first (:func:`pickled_entries`: the zip's JSON configs, and the pickles tried with
+``weights_only=True``) and such entries are refused unless ``trust_pickle``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,74 @@ def accepts(artifact: Any) -> bool:
     if str(artifact).lower().endswith(".pt2"):
         return True
     return Path(artifact).is_file() and zip_kind(artifact) in ("exported_program", "aoti")
+
+
+# Constants torch.export.load restores with an unrestricted unpickler (torchbind / opaque Python objects).
+_PICKLED_CONSTANT_PREFIXES = ("custom_obj_", "opaque_obj_")
+# The pre-2.8 archive layout: torch.load with a weights_only=False fallback.
+_LEGACY_PICKLES = ("serialized_state_dict.json", "serialized_constants.json", "serialized_example_inputs.json")
+
+
+def _safe_pickle(data: bytes) -> bool:
+    """Whether torch's restricted unpickler (``weights_only=True``) reads ``data``: then torch.export.load never
+    falls back to the unrestricted one for it."""
+    import io
+
+    import torch
+
+    if not data:
+        return True
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def pickled_entries(path: Any) -> list[str]:
+    """The entries of the ``.pt2`` archive ``path`` that ``torch.export.load`` would unpickle without
+    restriction (each as ``entry (why)``); empty for an archive that loads safely. Nothing is unpickled."""
+    import json
+    import zipfile
+
+    found = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in z.namelist():
+                tail = member.split("/", 1)[1] if "/" in member else member
+                name = member if member in _LEGACY_PICKLES else tail  # messages: without the archive's root folder
+                if tail.startswith(("data/weights/", "data/constants/")) and tail.endswith("_config.json"):
+                    try:
+                        config = json.loads(z.read(member)).get("config", {})
+                        entries = list(config.items()) if isinstance(config, dict) else None
+                    except (ValueError, AttributeError):
+                        entries = None
+                    if entries is None:
+                        found.append(f"{name} (unreadable payload config)")
+                        continue
+                    for key, meta in entries:
+                        meta = meta if isinstance(meta, dict) else {}
+                        if meta.get("use_pickle"):
+                            found.append(f"{name}:{key} (use_pickle)")
+                        elif str(meta.get("path_name", "")).startswith(_PICKLED_CONSTANT_PREFIXES):
+                            found.append(f"{name}:{key} (pickled object constant)")
+                elif (tail.startswith("data/") and tail.endswith(".pt")) or name in _LEGACY_PICKLES:
+                    if not _safe_pickle(z.read(member)):
+                        found.append(f"{name} (pickled objects beyond tensors)")
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UserError(f"pt2: cannot read {path}: {one_line(exc)}") from None
+    return found
+
+
+def check_archive(path: Any, trust_pickle: bool = False) -> None:
+    """Refuse a ``.pt2`` whose loading would run pickled code, unless the user trusts it (``--trust-pickle``)."""
+    if trust_pickle:
+        return
+    found = pickled_entries(path)
+    if found:
+        more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+        raise UserError(f"pt2: {path} holds pickled Python objects that loading would run as code "
+                        f"({found[0]}{more}); refused: pass --trust-pickle if you trust this file")
 
 
 def _dim(d) -> Any:
@@ -62,6 +136,7 @@ class PT2Runner(TorchCallableRunner):
                 names = self.options.get("input_names") or model_io_from_manifest(path, ["input"], [])[0]
                 specs = [TensorSpec(n, None, "float32") for n in names]
             elif self.kind == "exported_program":
+                check_archive(path, bool(self.options.get("trust_pickle")))
                 ep = torch.export.load(str(path))
                 user = list(ep.graph_signature.user_inputs)
                 for node in ep.graph.nodes:
@@ -70,6 +145,7 @@ class PT2Runner(TorchCallableRunner):
                         shape = tuple(_dim(d) for d in val.shape) if val is not None else None
                         dtype = str(val.dtype).replace("torch.", "") if val is not None else "float32"
                         specs.append(TensorSpec(node.name, shape, dtype))
+                self.program = ep
                 module = ep.module()
                 if self.device != "cpu":
                     module = module.to(self.device)
@@ -91,6 +167,22 @@ class PT2Runner(TorchCallableRunner):
 
     def describe(self) -> dict:
         return {**super().describe(), "kind": self.kind}
+
+    def neurons(self) -> list:
+        """The program's dsr op calls, each called alone with the arguments the program (or, for an AOTInductor
+        package, its extern-kernel record) holds."""
+        from .neurons import aoti_neurons, program_neurons
+
+        self.ensure_loaded()
+        if self.kind == "aoti":
+            try:
+                found = aoti_neurons(Path(self.artifact), self.device)
+            except Exception as exc:
+                raise UserError(f"pt2: cannot read the dsr calls of {self.artifact}: {one_line(exc)}") from None
+            if not found:
+                raise UserError(f"pt2: {self.artifact} records no dsr op call")
+            return found
+        return program_neurons(self.program.graph, self.device)
 
 
 register_backend("pt2", PT2Runner, accepts, priority=5)

@@ -1,11 +1,13 @@
 """``tensorrt`` backend: a serialized TensorRT engine (``.plan`` / ``.engine``), TensorRT 10/11 Python API.
 
 Before deserializing, the dsr plugin library is loaded so the engine finds the DSRIFSpike / DSRLIFSpike
-creators: ``libdsr_trt_plugin.so`` (static registration: a plain dlopen registers it) found by
+creators: ``libdsr_trt_plugin_dynamic.so`` through TensorRT's registry (``get_plugin_registry().load_library``), else
+``libdsr_trt_plugin.so`` (static registration: a dlopen registers it), found by
 :func:`dsr_deploy.ops.find_library`, or the path in the ``plugin_library`` option. Device buffers are torch
 CUDA tensors; inference is enqueued with ``execute_async_v3`` on a torch CUDA stream.
 
-Options: ``device`` ("cuda" / "cuda:N"), ``plugin_library``.
+Options: ``device`` ("cuda" / "cuda:N"; a bare "cuda" is the current device, resolved once at load),
+``plugin_library``.
 
 NOT YET RUN ON A GPU: TensorRT cannot be installed on this project's CI machines (no GPU); this module is
 written against the documented TensorRT 10 Python API and only its error paths are tested. Without the
@@ -23,9 +25,10 @@ from ..errors import UserError, require
 from .base import Runner, TensorSpec, is_file_with, one_line, register_backend, to_torch
 
 TRT_PLUGIN_LIBRARY = "libdsr_trt_plugin.so"
+TRT_DYNAMIC_PLUGIN_LIBRARY = "libdsr_trt_plugin_dynamic.so"
 SUFFIXES = (".plan", ".engine", ".trt")
 
-_loaded_plugins: dict[str, Any] = {}  # path -> CDLL, kept alive for the process
+_loaded_plugins: dict[str, tuple] = {}  # path -> (how, handle), kept alive for the process
 _plugin_lock = threading.Lock()
 
 
@@ -49,7 +52,11 @@ def _probe() -> Optional[str]:
 
 
 def find_plugin_library(explicit: Optional[str] = None) -> Optional[Path]:
-    """The TensorRT plugin library to load: ``explicit`` (must exist) or the built one, or None."""
+    """The TensorRT plugin library to load: ``explicit`` (must exist) or a built one, or None.
+
+    Built ones, in order: ``libdsr_trt_plugin_dynamic.so`` (exports ``getCreators``; loaded through TensorRT's own
+    registry, needs no libnvinfer link), then ``libdsr_trt_plugin.so`` (static registration).
+    """
     if explicit:
         p = Path(explicit)
         if not p.is_file():
@@ -57,19 +64,67 @@ def find_plugin_library(explicit: Optional[str] = None) -> Optional[Path]:
         return p
     from ..ops import find_library
 
-    return find_library(TRT_PLUGIN_LIBRARY)
+    return find_library(TRT_DYNAMIC_PLUGIN_LIBRARY) or find_library(TRT_PLUGIN_LIBRARY)
 
 
-def load_plugin_library(path: Path) -> None:
-    """dlopen the plugin library once per process (its static registrar registers the creators)."""
+def plugin_loading(path: Path) -> str:
+    """How ``path`` is loaded: ``"registry"`` (it exports ``getCreators``: ``get_plugin_registry().load_library``,
+    as trtexec --dynamicPlugins and Polygraphy --plugins do) or ``"dlopen"`` (static registration on load)."""
+    from ..plugins import elf_exports
+
+    return "registry" if elf_exports(path, "getCreators") else "dlopen"
+
+
+def load_plugin_library(path: Path, trt: Any = None) -> str:
+    """Load the plugin library once per process; returns how (:func:`plugin_loading`).
+
+    A ``getCreators`` library goes through TensorRT's registry (``trt`` or ``import tensorrt``); a
+    static-registration one is dlopened with RTLD_GLOBAL, its constructor registering the creators with the
+    libnvinfer it links. The two kinds hold the same creators, so only one dsr library is loaded per process.
+    """
     key = str(Path(path).resolve())
+    how = plugin_loading(Path(key))
     with _plugin_lock:
         if key in _loaded_plugins:
-            return
+            return _loaded_plugins[key][0]
+        if _loaded_plugins:
+            other = next(iter(_loaded_plugins))
+            raise UserError(f"cannot load TensorRT plugin library {path}: {other} is already loaded in this process "
+                            "and registers the same dsr creators (use one dsr plugin library per process)")
         try:
-            _loaded_plugins[key] = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise UserError(f"cannot load TensorRT plugin library {path}: {one_line(exc)}") from None
+            if how == "registry":
+                trt = trt or require_tensorrt("loading a TensorRT plugin library")
+                handle = trt.get_plugin_registry().load_library(key)
+                if handle is None:
+                    raise OSError("IPluginRegistry::loadLibrary returned no handle (see the TensorRT log above)")
+            else:
+                handle = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
+        except Exception as exc:  # TensorRT raises its own types
+            raise UserError(f"cannot load TensorRT plugin library {path} ({how}): {one_line(exc)}") from None
+        _loaded_plugins[key] = (how, handle)
+    return how
+
+
+def cuda_device(device: Any) -> str:
+    """``"cuda"`` -> ``"cuda:<current device>"``; ``"cuda:N"`` checked against the visible devices.
+
+    A bare ``cuda`` has no index, and ``torch.cuda.set_device`` / per-device streams need one; it is resolved once,
+    at load, so every later call uses the same device even if the current device changes.
+    """
+    import torch
+
+    text = str(device or "cuda").strip()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"tensorrt: {text!r} is not a device (use cuda or cuda:N)") from None
+    if dev.type != "cuda":
+        raise UserError(f"tensorrt: engines run on cuda devices, not {text!r}")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise UserError(f"tensorrt: {text!r}: no such device ({count} CUDA device(s) visible)")
+    return f"cuda:{index}"
 
 
 def require_tensorrt(what: str = "TensorRT engines"):
@@ -107,19 +162,18 @@ class TensorRTRunner(Runner):
 
         if not torch.cuda.is_available():
             raise UserError("tensorrt: no CUDA GPU visible (TensorRT engines run on NVIDIA GPUs only)")
-        if not self.device.startswith("cuda"):
-            raise UserError(f"tensorrt: engines run on cuda devices, not {self.device!r}")
+        self.device = cuda_device(self.device)
         path = Path(self.artifact)
         if not path.is_file():
             raise UserError(f"tensorrt: {path}: no such file")
         lib = find_plugin_library(self.options.get("plugin_library"))
         if lib is not None:
-            load_plugin_library(lib)
+            load_plugin_library(lib, trt)
             self.plugin = str(lib)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
-        torch.cuda.set_device(torch.device(self.device))
+        torch.cuda.set_device(torch.device(self.device))  # an indexed device: torch rejects a bare "cuda" here
         runtime = trt.Runtime(self._logger)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:

@@ -114,6 +114,19 @@ class TorchRunner(Runner):
         d.update(device=self.device, dtype=self._dtype)
         return d
 
+    def neurons(self) -> list:
+        """The model's inference neurons (an inference copy's dsr-op modules), else its training neurons."""
+        from ..convert import find_neuron_modules
+        from .neurons import torch_module_neurons
+
+        self.ensure_loaded()
+        found = torch_module_neurons(self.model.named_modules(), kinds=("IFSpike", "LIFSpike"), device=self.device)
+        if not found:
+            training = find_neuron_modules(self.model)
+            found = torch_module_neurons(training.items(), kinds=None, device=self.device,
+                                         layers={n: k for k, n in enumerate(training)})
+        return found
+
     def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
         import torch
 

@@ -69,6 +69,16 @@ class TorchScriptRunner(TorchCallableRunner):
         self.loaded = True
         return self
 
+    def neurons(self) -> list:
+        """The scripted neuron submodules of the loaded file, each run alone in the TorchScript interpreter."""
+        from .neurons import torch_module_neurons
+
+        self.ensure_loaded()
+        found = torch_module_neurons(self.fn.named_modules(), device=self.device)
+        if not found:
+            raise UserError("torchscript: the file holds no scripted DSR neuron module (not written by dsr-deploy?)")
+        return found
+
     def describe(self) -> dict:
         import torch
 

@@ -29,7 +29,6 @@ its workspace folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -234,17 +233,14 @@ def _flag(request, name: str, n: int) -> np.ndarray:
 
 
 def _manifest(artifact: Path) -> Optional[dict]:
-    m = (artifact if artifact.is_dir() else artifact.parent) / "manifest.json"
-    if m.is_file():
-        try:
-            return json.loads(m.read_text())
-        except ValueError as exc:
-            raise UserError(f"{m} is not valid JSON: {exc}") from exc
-    return None
+    from ..manifest import manifest_beside, read_manifest
+
+    return read_manifest(artifact) if artifact.is_dir() else manifest_beside(artifact)
 
 
 def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Optional[str] = None,
-                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1) -> ServedModel:
+                  idle_timeout_s: float = 60.0, max_sequences: int = 4096, threads: int = 1,
+                  trust_pickle: bool = False) -> ServedModel:
     """Load ``artifact`` (export folder or file) with the runtime's runner and describe it for Triton."""
     from ..runtime import load_runner
 
@@ -254,7 +250,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     manifest = _manifest(path)
     # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
     # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
-    runner = load_runner(str(path), backend, **({"threads": threads} if threads else {}))
+    runner = load_runner(str(path), backend, trust_pickle=trust_pickle, **({"threads": threads} if threads else {}))
     runner.load()
     specs = {s.name: s for s in runner.inputs()}
     out_names = [s.name for s in runner.outputs()]
@@ -350,6 +346,8 @@ class ServerConfig:
     queue_delay_us: int = 100
     exit_timeout_s: int = 5
     log_verbose: int = 0
+    max_request_mb: float = 64.0  # the HTTP guard's bound on a request's body and declared input bytes
+    backend_http_port: Optional[int] = None  # tritonserver's own (private, loopback) HTTP port; set by serve()
 
 
 def bind_models(triton, models: Sequence[ServedModel], cfg: ServerConfig) -> None:
@@ -373,32 +371,57 @@ def bind_models(triton, models: Sequence[ServedModel], cfg: ServerConfig) -> Non
 def triton_config(cfg: ServerConfig):
     from pytriton.triton import TritonConfig
 
-    return TritonConfig(http_address=cfg.host, http_port=cfg.http_port, grpc_address=cfg.host,
-                        grpc_port=cfg.grpc_port, allow_metrics=False, metrics_address=cfg.host,
+    # HTTP: tritonserver on a private loopback port, behind the guard (dsr_deploy.serving.http_guard) that
+    # owns the user's address; gRPC: tritonserver directly.
+    return TritonConfig(http_address="127.0.0.1", http_port=cfg.backend_http_port or cfg.http_port,
+                        grpc_address=cfg.host, grpc_port=cfg.grpc_port, allow_metrics=False, metrics_address=cfg.host,
                         exit_timeout_secs=cfg.exit_timeout_s, log_verbose=cfg.log_verbose)
 
 
 def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: Optional[ServerConfig] = None,
           names: Optional[Sequence[str]] = None, idle_timeout_s: float = 60.0, max_sequences: int = 4096,
-          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None) -> int:
+          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None,
+          trust_pickle: bool = False) -> int:
     """Serve ``artifacts`` until SIGINT/SIGTERM (or ``stop_event``); returns 0 on a clean stop.
 
     ``ready(info)`` is called once every model is loaded and the server answers.
     """
-    from ..errors import require
+    from .http_guard import HttpGuard, check_port_free
 
     cfg = cfg or ServerConfig()
     ensure_libpython_path()  # before the server (and its python-backend stubs) start
     if names and len(names) != len(artifacts):
         raise UserError("--name must be given once per artifact")
-    # The artifacts are checked first: a wrong path is the same one-line error with or without the serve extra.
-    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads)
-              for i, a in enumerate(artifacts)]
+    for a in artifacts:  # a wrong path first: the same one-line error with or without the serve extra
+        if not Path(a).exists():
+            raise UserError(f"{a} does not exist")
+    # The ports next, before anything loads: a taken port is one line now, not a tritonserver failure later.
+    check_port_free(cfg.host, cfg.grpc_port, "--grpc-port")
+    guard = HttpGuard(cfg.host, cfg.http_port, 0, {}, cfg.max_request_mb)  # binds --port
+    try:
+        return _serve(guard, artifacts, backend, cfg, names, idle_timeout_s, max_sequences, threads, ready,
+                      stop_event, trust_pickle)
+    finally:
+        guard.stop()
+
+
+def _serve(guard, artifacts, backend, cfg, names, idle_timeout_s, max_sequences, threads, ready, stop_event,
+           trust_pickle: bool = False) -> int:
+    from ..errors import require
+    from .http_guard import ModelLimits, private_port
+
+    models = [prepare_model(a, backend, names[i] if names else None, idle_timeout_s, max_sequences, threads,
+                            trust_pickle) for i, a in enumerate(artifacts)]
     dup = {m.name for m in models if [x.name for x in models].count(m.name) > 1}
     if dup:
         raise UserError(f"two models would be named {', '.join(sorted(dup))}; pass --name for each")
     require("pytriton", "serve", "dsr-deploy serve")
     from pytriton.triton import Triton
+
+    cfg.backend_http_port = private_port()
+    guard.backend_port = cfg.backend_http_port
+    guard.models.update({m.name: ModelLimits({n: tuple(int(d) for d in s) for n, _, s, _ in m.inputs},
+                                             cfg.max_batch) for m in models})
 
     stop = stop_event or threading.Event()
     previous = {}
@@ -407,8 +430,9 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _on_signal)
     # PyTriton prints tritonserver's log with print(): send it to stderr, keep stdout for our own output.
     real_stdout = sys.stdout
     log_redirect = contextlib.redirect_stdout(sys.stderr)
@@ -417,6 +441,7 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
     try:
         bind_models(triton, models, cfg)
         triton.run()
+        guard.start()
         info = {"http": f"http://{cfg.host}:{cfg.http_port}", "grpc": f"grpc://{cfg.host}:{cfg.grpc_port}",
                 "pid": os.getpid(),
                 "models": [{"name": m.name, "backend": m.backend, "streaming": m.streaming,
@@ -437,6 +462,7 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
                 return 1
         return 0
     finally:
+        guard.stop()  # first: its connections to tritonserver would hold up the server's exit
         triton.stop()
         log_redirect.__exit__(None, None, None)
         for m in models:

@@ -20,13 +20,15 @@ with explicit dims, and a streaming plan's sequence batcher uses the zero initia
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
+
+#: ``--instance-kind`` -> Triton's instance group kind of the onnxruntime models (GPU: the CUDA execution provider).
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 STREAM_INPUT, STREAM_OUTPUT = "x_t", "y_t"
 START, READY = "START", "READY"
@@ -109,17 +111,14 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
         if not p.exists():
             raise UserError(f"{p} does not exist")
         if p.is_dir():
-            mpath = p / "manifest.json"
-            if not mpath.is_file():
-                raise UserError(f"{p} is a folder without manifest.json (not an export folder)")
-            try:
-                manifest = json.loads(mpath.read_text())
-            except ValueError as exc:
-                raise UserError(f"{mpath} is not valid JSON: {exc}") from exc
-            arts = manifest.get("artifacts", [])
-            onnx_paths = [p / x["path"] for x in arts if str(x.get("format", "")).lower() == "onnx"]
-            plan_paths = [p / x["path"] for x in arts if str(x.get("path", "")).endswith(PLAN_SUFFIXES)
-                          or str(x.get("format", "")).lower() in ("tensorrt", "tensorrt_plan", "plan")]
+            from ..manifest import read_manifest
+
+            manifest = read_manifest(p)  # validated; every path inside the folder
+            mpath = manifest.where
+            arts = manifest.artifacts
+            onnx_paths = [manifest.path_of(x) for x in arts if x["format"].lower() == "onnx"]
+            plan_paths = [manifest.path_of(x) for x in arts if x["path"].endswith(PLAN_SUFFIXES)
+                          or x["format"].lower() in ("tensorrt", "tensorrt_plan", "plan")]
             if not onnx_paths and (p / "model.onnx").is_file():
                 onnx_paths = [p / "model.onnx"]
             if not onnx_paths:
@@ -216,8 +215,9 @@ def _set_dims(value_info, dims) -> None:
             nd.dim_param = d
 
 
-def add_sequence_controls(model) -> None:
-    """Streaming model: add bool inputs START [B, 1] and READY [B, 1].
+def add_sequence_controls(model, batched: bool = True) -> None:
+    """Streaming model: add bool inputs START [B, 1] and READY [B, 1] (``[1]`` without batching: Triton's
+    onnxruntime backend then wants a control input of exactly ``[1]``, applied to the whole request).
 
     START=true replaces the incoming membranes by zeros (a new sequence in a reused slot); READY=false returns
     the incoming membranes unchanged (an empty batch slot must not advance a state)."""
@@ -248,7 +248,7 @@ def add_sequence_controls(model) -> None:
     del g.node[:]
     g.node.extend(ordered)
     for ctl in (START, READY):
-        g.input.append(helper.make_tensor_value_info(ctl, TensorProto.BOOL, [batch, 1]))
+        g.input.append(helper.make_tensor_value_info(ctl, TensorProto.BOOL, [batch, 1] if batched else [1]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ Models:
 ## Start Triton
 
     docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 \\
-        -v $PWD:/models -v /path/to/dsr_deploy/_lib:/dsr_lib \\
+        -v $PWD:/models -v ~/.cache/dsr-deploy/plugins/<build>:/dsr_lib \\
         nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
         tritonserver --model-repository=/models {plugin_flag}
 
@@ -343,6 +343,8 @@ The ONNX models run on the stock onnxruntime backend without any library: each d
 the fused kernels instead, pass `--ort-ops-library /dsr_lib/libdsr_ort_ops.so` to `dsr-deploy triton-repo`
 (it writes `model_operations {{ op_library_filename: ... }}` into the onnxruntime configs).
 
+{ort_section}
+
 ## Tensors
 
 Multi-step models: Triton batches along the first dimension, so the repository's ONNX model takes
@@ -360,7 +362,8 @@ zero at the start of a sequence; the response holds `y_t`. Sequences idle for lo
 
 def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch: int = 8,
                      name: Optional[str] = None, force: bool = False,
-                     ort_ops_library: Optional[str] = None, queue_delay_us: int = 100) -> dict:
+                     ort_ops_library: Optional[str] = None, queue_delay_us: int = 100,
+                     instance_kind: str = "cpu") -> dict:
     """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written."""
     import onnx
 
@@ -369,6 +372,9 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
 
     if max_batch < 0:
         raise UserError(f"--max-batch must be >= 0, got {max_batch}")
+    if instance_kind not in INSTANCE_KINDS:
+        raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind!r}")
+    kind = INSTANCE_KINDS[instance_kind]
     sources = collect_sources(artifacts, name)
     summary = {"repository": str(out), "models": []}
     with atomic_dir(Path(out), force=force) as tmp:
@@ -383,8 +389,10 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             streaming = is_streaming(ins0)
             batched = max_batch > 0
             note = ""
+            if batched:
+                _require_dynamic_batch(src, ins0, streaming)
             if streaming:
-                add_sequence_controls(model)
+                add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
                 io = (src.manifest or {}).get("io")
@@ -409,12 +417,12 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             onnx.save(model, str(d / "model.onnx"))
             (tmp / mname / "config.pbtxt").write_text(make_config(
                 mname, "onnxruntime_onnx", ins, outs, max_batch, streaming, controls=True,
-                instance_kind="KIND_CPU", queue_delay_us=queue_delay_us, ops_library=ort_ops_library))
+                instance_kind=kind, queue_delay_us=queue_delay_us, ops_library=ort_ops_library))
             summary["models"].append({"name": mname, "backend": "onnxruntime", "streaming": streaming,
-                                      "max_batch_size": max_batch, "note": note})
+                                      "max_batch_size": max_batch, "instance_kind": kind, "note": note})
             if src.plan is not None:
                 pname = f"{src.name}_trt"
-                plan_batched = batched and (streaming or _batch_first(ins0))
+                plan_batched = batched and (streaming or _batch_first(ins0)) and _first_dim_dynamic(ins0, streaming)
                 pmax = max_batch if plan_batched else 0
                 pd = tmp / pname / "1"
                 pd.mkdir(parents=True)
@@ -429,8 +437,49 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                             + (f"; {m['note']}" if m["note"] else "") + ")" for m in summary["models"])
         has_plan = any(m["backend"] == "tensorrt_plan" for m in summary["models"])
         flag = '--backend-config=tensorrt,plugins="/dsr_lib/libdsr_trt_plugin.so"' if has_plan else ""
-        (tmp / "README.md").write_text(README.format(version=__version__, models=listing, plugin_flag=flag))
+        (tmp / "README.md").write_text(README.format(version=__version__, models=listing, plugin_flag=flag,
+                                                     ort_section=_ort_section(kind, ort_ops_library)))
     return summary
+
+
+def _first_dim_dynamic(inputs: Sequence[Edge], streaming: bool) -> bool:
+    """Whether the dimension Triton batches along is dynamic in every input that is batched."""
+    edges = [e for e in inputs if not streaming or e.name == STREAM_INPUT or e.name.startswith("v_in_")]
+    if not streaming and len(edges) == 1 and not _batch_first(edges) and len(edges[0].dims) >= 2:
+        return not (isinstance(edges[0].dims[1], int) and edges[0].dims[1] > 0)  # [T, B, ...]: B becomes first
+    return all(e.dims and not (isinstance(e.dims[0], int) and e.dims[0] > 0) for e in edges)
+
+
+def _require_dynamic_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool) -> None:
+    """With max_batch_size > 0 Triton's onnxruntime backend needs the batch (first) dimension to be -1; a
+    ``--static-batch`` export has it fixed, and its graph may bake that size into reshapes, so it is refused."""
+    if not _first_dim_dynamic(inputs, streaming):
+        raise UserError(f"{src.onnx}: the batch dimension is fixed (exported with --static-batch?); Triton needs it "
+                        "dynamic for batching: re-export without --static-batch, or pass --max-batch 0")
+
+
+def _ort_section(kind: str, ops_library: Optional[str]) -> str:
+    lines = [f"The onnxruntime models run with `instance_group {{ kind: {kind} }}`"
+             + (" (the CUDA execution provider: Triton's onnxruntime backend uses it for GPU instances)."
+                if kind == "KIND_GPU" else " (the CPU execution provider).")]
+    if ops_library:
+        lines.append(f"""
+They load the dsr custom-op library `{ops_library}` (`model_operations {{ op_library_filename }}`); a library that
+fails to load fails the whole model. Build it IN THE SERVING IMAGE, against that image's onnxruntime and CUDA
+(a library built against another CUDA major does not load):
+
+    docker run --gpus all --rm -v /path/to/dsr-deploy:/src -v /path/to/dsr_lib:/dsr_lib \\
+        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 bash -c \\
+        "pip install -e /src && dsr-deploy plugins build --ort-root /path/to/onnxruntime/headers \\
+         {'--cuda' if kind == 'KIND_GPU' else '--no-cuda'} --no-torch --lib-dir /dsr_lib"
+""")
+        if kind == "KIND_GPU":
+            lines.append("With `--cuda` the library holds the fused CUDA kernels of the dsr ops for the CUDA "
+                         "execution provider (and the CPU kernels).")
+        else:
+            lines.append("`--no-cuda` builds a CPU-only library: it needs no CUDA runtime at all, which is what "
+                         "these KIND_CPU models need.")
+    return "\n".join(lines)
 
 
 def _batch_first(inputs: Sequence[Edge]) -> bool:

@@ -32,8 +32,10 @@ struct SpikeParams {
 };
 
 // Builds the constants from the layer attributes exactly as the Python reference does. decay / gain may be given
-// (the ONNX / TensorRT attributes carry fl32(exp(-dt/tau)) and fl32(1-exp(-dt/tau)), since tau and delta_t as
-// float32 attributes would not reproduce the double exp); pass nullptr to compute them from tau / delta_t.
+// (the ONNX / TensorRT attributes and the torch op carry the layer's coefficients by its rule: the double rule's
+// fl32(exp(-dt/tau)) and fl32(1-exp(-dt/tau)), which float32 tau and delta_t attributes would not reproduce, or the
+// float32 rule's values, see dsr_deploy.functional.lif_coefficients); pass nullptr to compute the double rule from
+// tau / delta_t.
 template <typename C>
 inline SpikeParams<C> make_params(Neuron neuron, double v_threshold, double alpha, double tau, double delta_t,
                                   const double* decay_given = nullptr,
@@ -66,9 +68,11 @@ inline SpikeParams<C> make_params(Neuron neuron, double v_threshold, double alph
 struct LayerParams {
   SpikeParams<float> f32;
   SpikeParams<double> f64;
-  LayerParams(Neuron neuron, double v_threshold, double alpha, double tau, double delta_t)
-      : f32(make_params<float>(neuron, v_threshold, alpha, tau, delta_t)),
-        f64(make_params<double>(neuron, v_threshold, alpha, tau, delta_t)) {}
+  // decay_given / gain_given: the layer's LIF coefficients by its rule (the double rule from tau / delta_t when null).
+  LayerParams(Neuron neuron, double v_threshold, double alpha, double tau, double delta_t,
+              const double* decay_given = nullptr, const double* gain_given = nullptr)
+      : f32(make_params<float>(neuron, v_threshold, alpha, tau, delta_t, decay_given, gain_given)),
+        f64(make_params<double>(neuron, v_threshold, alpha, tau, delta_t, decay_given, gain_given)) {}
 };
 
 // ---- 16-bit storage types (bit patterns; the core never needs arithmetic on them) ----------------------------

@@ -34,4 +34,16 @@ DSR_C_EXPORT int dsr_cuda_forward(int dtype, const void* x, void* y, const void*
 }
 
 DSR_C_EXPORT const char* dsr_cuda_error_string(int code) { return dsr::cuda::error_string(code); }
+
+// The launch shape dsr_cuda_forward uses for N neurons of `dtype` on a device with `sms` SMs (buffers aligned):
+// out[0] neurons per thread, out[1] threads per block, out[2] blocks.
+DSR_C_EXPORT int dsr_cuda_launch_shape(int dtype, int64_t N, int sms, int64_t* out) {
+  static const int kBytes[] = {4, 8, 2, 2};
+  if (dtype < 0 || dtype > 3 || out == nullptr) return 1;
+  const dsr::cuda::LaunchShape s = dsr::cuda::launch_shape(N, 16 / kBytes[dtype], true, sms);
+  out[0] = s.vec;
+  out[1] = s.block;
+  out[2] = s.grid;
+  return 0;
+}
 #endif

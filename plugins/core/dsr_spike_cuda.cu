@@ -1,7 +1,8 @@
 // The DSR spike loop on CUDA: one thread per short vector of neurons, membrane in registers, looping over T.
 //
 // Each thread owns VEC adjacent neurons (16 bytes of input per step: 4 float, 8 half/bfloat16, 2 double), so a warp
-// reads and writes 512 contiguous bytes per time step. Loads use the streaming cache hint (__ldcs: read once) and
+// reads and writes 512 contiguous bytes per time step; small layers run one neuron per thread in smaller blocks so
+// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read once) and
 // stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is contracted
 // into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA eager,
 // which runs every op of the reference loop as its own kernel.
@@ -96,7 +97,7 @@ __device__ __forceinline__ void store_pack(Bits* p, const Pack<Bits, VEC>& v) {
 }
 
 template <typename S, int VEC, bool kLeaky>
-__global__ void __launch_bounds__(256) spike_kernel(SpikeParams<typename DevStorage<S>::C> p,
+__global__ void __launch_bounds__(kMaxBlock) spike_kernel(SpikeParams<typename DevStorage<S>::C> p,
                                                     typename DevStorage<S>::Bits out_spike,
                                                     typename DevStorage<S>::Bits out_none,
                                                     const typename DevStorage<S>::Bits* __restrict__ x,
@@ -144,23 +145,37 @@ typename DevStorage<S>::Bits out_bits(typename DevStorage<S>::C c) {
   return b;
 }
 
+// The SM count of the current device, read once per device (cudaDeviceGetAttribute is cheap, but this runs per
+// layer and per streaming step). 0 when unknown: the launch shape then falls back to the large-N one.
+int sm_count() {
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};  // benign race: every writer stores the same value
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
+  if (cached[dev] == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) n = 0;
+    cached[dev] = n;
+  }
+  return cached[dev];
+}
+
 template <typename S, int VEC>
-cudaError_t launch_vec(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
+cudaError_t launch_vec(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, const LaunchShape& shape,
+                       cudaStream_t stream) {
   using Bits = typename DevStorage<S>::Bits;
   using C = typename DevStorage<S>::C;
   const Bits spike = out_bits<S>(p.out_spike), none = out_bits<S>(p.out_none);
-  const int64_t threads = (a.N + VEC - 1) / VEC;
-  const int block = 256;
-  const int64_t grid = (threads + block - 1) / block;
-  if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (shape.grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const auto* x = static_cast<const Bits*>(a.x);
   auto* y = static_cast<Bits*>(a.y);
   const auto* vi = static_cast<const C*>(a.v_in);
   auto* vo = static_cast<C*>(a.v_out);
+  const auto grid = static_cast<unsigned>(shape.grid);
   if (p.leaky)
-    DSR_LAUNCH(static_cast<unsigned>(grid), block, stream, spike_kernel<S, VEC, true>)(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<S, VEC, true>)(p, spike, none, x, y, vi, vo, a.T, a.N);
   else
-    DSR_LAUNCH(static_cast<unsigned>(grid), block, stream, spike_kernel<S, VEC, false>)(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<S, VEC, false>)(p, spike, none, x, y, vi, vo, a.T, a.N);
   return cudaGetLastError();
 }
 
@@ -168,12 +183,34 @@ template <typename S>
 cudaError_t launch_typed(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(typename DevStorage<S>::Bits));
   const bool aligned = (reinterpret_cast<uintptr_t>(a.x) % 16 == 0) && (reinterpret_cast<uintptr_t>(a.y) % 16 == 0);
-  // Vector loads need every row start aligned: 16-byte aligned bases and N a multiple of the vector width.
-  if (aligned && a.N % kVec == 0) return launch_vec<S, kVec>(p, a, stream);
-  return launch_vec<S, 1>(p, a, stream);
+  const LaunchShape shape = launch_shape(a.N, kVec, aligned, sm_count());
+  if (shape.vec == kVec) return launch_vec<S, kVec>(p, a, shape, stream);
+  return launch_vec<S, 1>(p, a, shape, stream);
 }
 
 }  // namespace
+
+LaunchShape launch_shape(int64_t N, int max_vec, bool aligned, int sms) {
+  LaunchShape shape;
+  // Vector loads need every row start aligned: 16-byte aligned bases and N a multiple of the vector width.
+  shape.vec = (aligned && max_vec > 1 && N % max_vec == 0) ? max_vec : 1;
+  // Small layers: one thread per vector leaves most SMs idle (N = 32K float32 is 8192 threads, 32 blocks of 256 on
+  // a 132-SM H100/H200). Below kFullThreadsPerSM threads per SM, one thread per neuron (4-8x the threads, each load
+  // still a coalesced 128 bytes per warp), and blocks shrink (down to one warp) until there are kBlocksPerSM per SM,
+  // so every SM gets work. Large layers keep 16-byte vectors and 256-thread blocks (the bandwidth path).
+  constexpr int64_t kFullThreadsPerSM = 1024;
+  constexpr int kBlocksPerSM = 4;
+  constexpr int kMinBlock = 32;  // one warp
+  if (sms > 0 && shape.vec > 1 && (N + shape.vec - 1) / shape.vec < kFullThreadsPerSM * sms) shape.vec = 1;
+  const int64_t threads = (N + shape.vec - 1) / shape.vec;
+  shape.block = kMaxBlock;
+  if (sms > 0) {
+    while (shape.block > kMinBlock && (threads + shape.block - 1) / shape.block < int64_t{kBlocksPerSM} * sms)
+      shape.block /= 2;
+  }
+  shape.grid = (threads + shape.block - 1) / shape.block;
+  return shape;
+}
 
 int launch_forward(const ForwardArgs& a, void* stream_ptr) {
   if (a.N <= 0) return 0;

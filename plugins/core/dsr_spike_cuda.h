@@ -11,6 +11,18 @@ namespace cuda {
 // for the CPU (ForwardArgs). Supported dtypes: F32, F16, BF16 (float32 membrane) and F64. Returns the
 // cudaError_t of the launch (0 = success); error_string() turns it into text.
 int launch_forward(const ForwardArgs& args, void* stream);
+
+// How launch_forward splits N neurons: `vec` neurons per thread (the 16-byte vector width, or 1), `block` threads
+// per block (<= kMaxBlock, the kernel's __launch_bounds__), `grid` blocks. Chosen from N, the widest vector the
+// dtype allows, whether the buffers allow vector access, and the device's SM count `sms` (0: unknown, the
+// large-N shape). Pure host code, exported as dsr_cuda_launch_shape for tests and scripts/gpu_check.py.
+constexpr int kMaxBlock = 256;
+struct LaunchShape {
+  int vec = 1;
+  int block = kMaxBlock;
+  int64_t grid = 0;
+};
+LaunchShape launch_shape(int64_t N, int max_vec, bool aligned, int sms);
 const char* error_string(int code);
 
 }  // namespace cuda

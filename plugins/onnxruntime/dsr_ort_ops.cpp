@@ -11,10 +11,12 @@
 // and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both EPs.
 // plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
 //
-// Load with SessionOptions.register_custom_ops_library(path). The library asks ONNX Runtime for OrtApi version
-// DSR_ORT_API_VERSION (default 18, ONNX Runtime >= 1.18), whatever version the headers it was compiled with are.
-#include <onnxruntime_c_api.h>
+// Load with SessionOptions.register_custom_ops_library(path). The C ABI comes from dsr_ort_abi.h (no ONNX Runtime
+// SDK needed): the library asks ONNX Runtime for OrtApi DSR_ORT_API_VERSION (18, ONNX Runtime >= 1.18), calls only
+// entries that version has, and fails registration with one clear message on an older ONNX Runtime.
+#include "dsr_ort_abi.h"
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -24,12 +26,6 @@
 #if defined(DSR_WITH_CUDA)
 #include "dsr_spike_cuda.h"
 #endif
-
-#ifndef DSR_ORT_API_VERSION
-#define DSR_ORT_API_VERSION 18
-#endif
-static_assert(DSR_ORT_API_VERSION >= 17, "KernelContext_ParallelFor needs OrtApi 17");
-static_assert(DSR_ORT_API_VERSION <= ORT_API_VERSION, "requested OrtApi is newer than the headers");
 
 namespace {
 
@@ -122,6 +118,15 @@ std::string dims_str(const std::vector<int64_t>& d) {
   return s + "]";
 }
 
+// An input's data. GetTensorData (const) is newer than API 18; GetTensorMutableData serves every version and the
+// kernels only read through the pointer.
+OrtStatus* input_data(const OrtValue* v, const void** out) {
+  void* p = nullptr;
+  DSR_ORT_TRY(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &p));
+  *out = p;
+  return nullptr;
+}
+
 struct ParallelCtx {
   const dsr::ForwardArgs* args;
 };
@@ -157,16 +162,14 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
     if (vs.dims != xs.dims)
       return error(std::string(k.spec.name) + ": v has shape " + dims_str(vs.dims) + " but x_t has " +
                    dims_str(xs.dims));
-    const void* vd = nullptr;
-    DSR_ORT_TRY(g_api->GetTensorData(v, &vd));
-    v_in = vd;
+    DSR_ORT_TRY(input_data(v, &v_in));
   } else {
     if (xs.dims.empty()) return error(std::string(k.spec.name) + ": x must have a leading time dimension [T, ...]");
     T = xs.dims[0];
     for (size_t i = 1; i < xs.dims.size(); ++i) N *= xs.dims[i];
   }
   const void* xd = nullptr;
-  DSR_ORT_TRY(g_api->GetTensorData(x, &xd));
+  DSR_ORT_TRY(input_data(x, &xd));
   OrtValue* y = nullptr;
   DSR_ORT_TRY(g_api->KernelContext_GetOutput(ctx, 0, xs.dims.data(), xs.dims.size(), &y));
   void* yd = nullptr;
@@ -251,6 +254,8 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
   op->GetEndVersion = [](const OrtCustomOp*) { return 2147483647; };
   op->GetMayInplace = [](int** in, int** out) -> size_t { *in = nullptr; *out = nullptr; return 0; };
   op->ReleaseMayInplace = [](int*, int*) {};
+  op->GetAliasMap = [](int** in, int** out) -> size_t { *in = nullptr; *out = nullptr; return 0; };
+  op->ReleaseAliasMap = [](int*, int*) {};
 }
 
 // One OrtCustomOp per (op, element type): ORT merges same-named ops of a domain into one schema with a type
@@ -285,17 +290,27 @@ const OpTables& tables() {
   return t;
 }
 
+// Why this ONNX Runtime cannot take the library, as one line.
+std::string version_message(const OrtApiBase* api_base) {
+  const char* version = api_base && api_base->GetVersionString ? api_base->GetVersionString() : nullptr;
+  return std::string("libdsr_ort_ops needs ONNX Runtime >= 1.") + std::to_string(DSR_ORT_API_VERSION) + " (OrtApi " +
+         std::to_string(DSR_ORT_API_VERSION) + "), but this ONNX Runtime (" + (version ? version : "version unknown") +
+         ") does not provide it";
+}
+
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+extern "C" __attribute__((visibility("default"))) OrtStatus*
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(DSR_ORT_API_VERSION);
+  const OrtApi* api = api_base && api_base->GetApi ? api_base->GetApi(DSR_ORT_API_VERSION) : nullptr;
   if (api == nullptr) {
-    // This ONNX Runtime is older than the API version requested; say so through its oldest API.
-    const OrtApi* oldest = api_base->GetApi(1);
-    const std::string msg = "libdsr_ort_ops needs ONNX Runtime with OrtApi >= " + std::to_string(DSR_ORT_API_VERSION) +
-                            ", this one is " + api_base->GetVersionString();
-    return oldest ? oldest->CreateStatus(ORT_FAIL, msg.c_str()) : nullptr;
+    // Older than the API version targeted. Report it through the oldest API (CreateStatus is entry 0 of every
+    // version); an OrtApiBase that serves no version at all can only be told on stderr, and nothing is registered.
+    const std::string msg = version_message(api_base);
+    const OrtApi* oldest = api_base && api_base->GetApi ? api_base->GetApi(1) : nullptr;
+    if (oldest != nullptr && oldest->CreateStatus != nullptr) return oldest->CreateStatus(ORT_FAIL, msg.c_str());
+    std::fprintf(stderr, "%s\n", msg.c_str());
+    return nullptr;
   }
   g_api = api;
   OrtCustomOpDomain* domain = nullptr;

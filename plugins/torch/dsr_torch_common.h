@@ -66,13 +66,21 @@ inline Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>&
   return pr;
 }
 
+// A layer's op arguments; decay / gain are the LIF coefficients by the layer's rule (absent: the double rule).
+struct LayerArgs {
+  dsr::Neuron neuron;
+  double v_threshold, alpha, tau, delta_t;
+  std::optional<double> decay, gain;
+};
+
 // One call of the core on a prepared (and output-allocated) call: the layer constants and the pointers. Built in
 // place (the args point at the params it holds), so it is neither copied nor moved.
 struct CoreCall {
   dsr::LayerParams params;
   dsr::ForwardArgs args;
-  CoreCall(const Prepared& pr, dsr::Neuron neuron, double v_threshold, double alpha, double tau, double delta_t)
-      : params(neuron, v_threshold, alpha, tau, delta_t),
+  CoreCall(const Prepared& pr, const LayerArgs& la)
+      : params(la.neuron, la.v_threshold, la.alpha, la.tau, la.delta_t, la.decay ? &*la.decay : nullptr,
+               la.gain ? &*la.gain : nullptr),
         args{to_core_dtype(pr.x.scalar_type()),
              pr.x.const_data_ptr(),
              pr.y.mutable_data_ptr(),
@@ -91,21 +99,24 @@ inline std::tuple<at::Tensor, at::Tensor> finish(Prepared& pr, bool return_state
   return {pr.y, pr.v_out};
 }
 
-// The two ops' kernels for a device, from its forward(x, neuron, vth, alpha, tau, delta_t, v_init, return_state).
-using ForwardFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, dsr::Neuron, double, double, double, double,
+// The two ops' kernels for a device, from its forward(x, layer arguments, v_init, return_state).
+using ForwardFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const LayerArgs&,
                                                          const std::optional<at::Tensor>&, bool);
 
 template <ForwardFn Forward>
 std::tuple<at::Tensor, at::Tensor> if_spike(const at::Tensor& x, double v_threshold, double alpha,
                                             const std::optional<at::Tensor>& v_init, bool return_state) {
-  return Forward(x, dsr::Neuron::IF, v_threshold, alpha, 1.0, 1.0, v_init, return_state);
+  return Forward(x, LayerArgs{dsr::Neuron::IF, v_threshold, alpha, 1.0, 1.0, std::nullopt, std::nullopt}, v_init,
+                 return_state);
 }
 
 template <ForwardFn Forward>
 std::tuple<at::Tensor, at::Tensor> lif_spike(const at::Tensor& x, double v_threshold, double alpha, double tau,
                                              double delta_t, const std::optional<at::Tensor>& v_init,
-                                             bool return_state) {
-  return Forward(x, dsr::Neuron::LIF, v_threshold, alpha, tau, delta_t, v_init, return_state);
+                                             bool return_state, std::optional<double> decay,
+                                             std::optional<double> gain) {
+  TORCH_CHECK_VALUE(decay.has_value() == gain.has_value(), "lif_spike: decay and gain must be given together");
+  return Forward(x, LayerArgs{dsr::Neuron::LIF, v_threshold, alpha, tau, delta_t, decay, gain}, v_init, return_state);
 }
 
 }  // namespace dsr_torch

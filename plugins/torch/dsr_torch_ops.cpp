@@ -128,12 +128,11 @@ at::Tensor empty_output(const at::Tensor& x) {
   return at::empty_like(x, at::MemoryFormat::Contiguous);
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, dsr::Neuron neuron, double v_threshold,
-                                               double alpha, double tau, double delta_t,
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, const LayerArgs& la,
                                                const std::optional<at::Tensor>& v_init, bool return_state) {
   Prepared pr = prepare(x_in, v_init, return_state, /*allocate_output=*/false);
   pr.y = empty_output(pr.x);
-  const CoreCall call(pr, neuron, v_threshold, alpha, tau, delta_t);
+  const CoreCall call(pr, la);
   // Threads: the core's std::thread driver, sized by torch.set_num_threads. Not at::parallel_for: with torch's
   // OpenMP backend its body is an inline `#pragma omp parallel` in the ATen headers, which runs serially in a library
   // not built with -fopenmp (and building with it would load a second OpenMP runtime beside torch's own libgomp).

@@ -12,12 +12,11 @@
 namespace dsr_torch {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x_in, dsr::Neuron neuron, double v_threshold,
-                                                double alpha, double tau, double delta_t,
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x_in, const LayerArgs& la,
                                                 const std::optional<at::Tensor>& v_init, bool return_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   Prepared pr = prepare(x_in, v_init, return_state);
-  const CoreCall call(pr, neuron, v_threshold, alpha, tau, delta_t);
+  const CoreCall call(pr, la);
   const int err = dsr::cuda::launch_forward(call.args, c10::cuda::getCurrentCUDAStream(x_in.device().index()).stream());
   TORCH_CHECK(err == 0, "dsr spike kernel launch failed: ", dsr::cuda::error_string(err));
   return finish(pr, return_state);

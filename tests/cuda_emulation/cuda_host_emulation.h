@@ -42,6 +42,12 @@ inline thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 inline thread_local int last_error = cudaSuccess;
 inline long vector_accesses = 0;  // 16-byte loads and stores
 inline long scalar_accesses = 0;
+// The emulated devices: cudaGetDevice returns current_device; its SM count is device_sms[d], or 132 (an H100/H200)
+// when 0. The launcher caches the count per device, so a test picks a fresh device number for another count.
+inline int current_device = 0;
+inline int device_sms[64] = {};
+inline unsigned last_grid = 0;  // the last launch's shape
+inline int last_block = 0;
 
 // Byte ranges streamed loads and stores may touch (none declared: no check).
 inline int num_regions = 0;
@@ -70,6 +76,8 @@ struct Launch {
     }
     gridDim.x = grid;
     blockDim.x = static_cast<unsigned>(block);
+    last_grid = grid;
+    last_block = block;
     for (unsigned b = 0; b < grid; ++b) {
       for (int t = 0; t < block; ++t) {
         blockIdx.x = b;
@@ -90,6 +98,17 @@ using dsr_emu::blockIdx;
 using dsr_emu::threadIdx;
 
 #define DSR_LAUNCH(grid, block, stream, ...) ::dsr_emu::make_launch((grid), (block), &__VA_ARGS__)
+
+enum cudaDeviceAttr : int { cudaDevAttrMultiProcessorCount = 16 };
+inline cudaError_t cudaGetDevice(int* dev) {
+  *dev = dsr_emu::current_device;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int dev) {
+  const int sms = (dev >= 0 && dev < 64 && dsr_emu::device_sms[dev] > 0) ? dsr_emu::device_sms[dev] : 132;
+  *value = attr == cudaDevAttrMultiProcessorCount ? sms : 0;
+  return cudaSuccess;
+}
 
 inline cudaError_t cudaGetLastError() {
   const int e = dsr_emu::last_error;
@@ -130,6 +149,12 @@ inline void __stcs(T* p, T v) {
 
 // Read by the test through ctypes.
 extern "C" __attribute__((visibility("default"))) long dsr_emu_vector_accesses() { return dsr_emu::vector_accesses; }
+extern "C" __attribute__((visibility("default"))) void dsr_emu_set_device(int dev, int sms) {
+  dsr_emu::current_device = dev;
+  if (dev >= 0 && dev < 64) dsr_emu::device_sms[dev] = sms;
+}
+extern "C" __attribute__((visibility("default"))) long dsr_emu_last_grid() { return dsr_emu::last_grid; }
+extern "C" __attribute__((visibility("default"))) int dsr_emu_last_block() { return dsr_emu::last_block; }
 extern "C" __attribute__((visibility("default"))) long dsr_emu_scalar_accesses() { return dsr_emu::scalar_accesses; }
 extern "C" __attribute__((visibility("default"))) void dsr_emu_set_regions(const uintptr_t* lo, const uintptr_t* bytes,
                                                                             int n) {

@@ -1,0 +1,444 @@
+"""``DIR/manifest.json``: read, validate and write an export folder's manifest (torch-free).
+
+An export folder is untrusted input (someone may send you one): every reader goes through
+:func:`read_manifest` / :func:`parse_manifest`, which check the schema version, the type and range of every key
+dsr-deploy reads, and that every artifact path stays inside the folder (no absolute paths, no ``..``, no
+symlink leading out). A bad manifest is one :class:`~dsr_deploy.errors.UserError` line naming the file and the
+key, raised before anything is printed or loaded.
+
+The schema is declarative: a :class:`Record` per object (the manifest, ``model``, one artifact, one neuron, one
+streaming state) maps each key to a checker. Keys a record does not know are kept as they are (a newer
+exporter may add fields); a key it knows must have the right type. A field is added in one line, here or from
+the module that owns it::
+
+    from dsr_deploy.manifest import ARTIFACT, optional, string
+    ARTIFACT.add("precision", optional(string))
+
+Keys (schema 1): ``schema``, ``dsr_deploy_version``, ``created``, ``mode`` (multistep | streaming), ``model``
+(``spec``, ``checkpoint``, ``trust_pickle``: what the export was made from; ``trust_pickle`` records that the
+export needed it and never grants trust to a reader), ``input_shape`` ``[T, B, ...]``, ``T``, ``layout``,
+``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one record per layer), ``artifacts`` (``[{format, path,
+...}]``, paths relative to the folder), ``inputs`` / ``outputs`` (names); streaming exports add ``step_shape``
+and ``states``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMAS = (1,)
+MODES = ("multistep", "streaming")
+# An input shape whose element count exceeds this is refused (2**30 float32 elements = 4 GiB per input):
+# verify and bench allocate inputs of the manifest's shape.
+MAX_ELEMENTS = 1 << 30
+MAX_BYTES = 16 << 20  # a manifest is a few KiB; refuse to parse a huge file
+
+
+class Invalid(ValueError):
+    """A value that does not fit its key (the message says what was expected)."""
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkers: (value) -> value, raising Invalid. Compose them to describe a key.
+
+Check = Callable[[Any], Any]
+
+
+def string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise Invalid(f"expected a string, got {_show(v)}")
+    return v
+
+
+def nonempty_string(v: Any) -> str:
+    if not string(v).strip():
+        raise Invalid("expected a non-empty string")
+    return v
+
+
+def boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise Invalid(f"expected true or false, got {_show(v)}")
+    return v
+
+
+def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Check:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise Invalid(f"expected an integer, got {_show(v)}")
+        if lo is not None and v < lo:
+            raise Invalid(f"expected an integer >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise Invalid(f"expected an integer <= {hi}, got {v}")
+        return v
+    return check
+
+
+def number(v: Any) -> float:
+    """A JSON number (not a boolean); NaN/inf allowed (a manifest records what the model held)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid(f"expected a number, got {_show(v)}")
+    return v
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}, got {_show(v)}")
+        return v
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(v: Any) -> Any:
+        return None if v is None else inner(v)
+    return check
+
+
+def list_of(inner: Check, *, min_len: int = 0) -> Check:
+    def check(v: Any) -> list:
+        if not isinstance(v, list):
+            raise Invalid(f"expected a list, got {_show(v)}")
+        if len(v) < min_len:
+            raise Invalid(f"expected at least {min_len} item(s), got {len(v)}")
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(inner(item))
+            except Invalid as exc:
+                raise Invalid(f"[{i}]{_join(exc)}") from None
+        return out
+    return check
+
+
+def dims(*, min_rank: int = 1) -> Check:
+    """A shape: a list of positive integers whose product is at most :data:`MAX_ELEMENTS`."""
+    each = list_of(integer(1), min_len=min_rank)
+
+    def check(v: Any) -> list:
+        shape = each(v)
+        if math.prod(shape) > MAX_ELEMENTS:
+            text = str(shape) if len(str(shape)) <= 60 else str(shape)[:57] + "..."
+            raise Invalid(f"{text} has more than the {MAX_ELEMENTS} elements a dsr-deploy input may have")
+        return shape
+    return check
+
+
+def relative_path(v: Any) -> str:
+    """A path inside the export folder: relative, no ``..``, no backslash or NUL (symlinks are checked when the
+    folder is known: :meth:`Manifest.path_of`)."""
+    p = nonempty_string(v)
+    if "\x00" in p or "\\" in p:
+        raise Invalid(f"{_show(p)} is not a plain relative path")
+    pp = PurePosixPath(p)
+    if pp.is_absolute() or p.startswith("~") or ".." in pp.parts:
+        raise Invalid(f"{_show(p)} leaves the export folder (absolute paths and '..' are refused)")
+    if pp.parts in ((), (".",)):
+        raise Invalid(f"{_show(p)} names the folder itself, not a file")
+    return p
+
+
+def name_list(v: Any) -> List[str]:
+    """Tensor names: strings, or ``{"name": str, ...}`` records."""
+    def one(x: Any) -> Any:
+        if isinstance(x, dict):
+            if not isinstance(x.get("name"), str):
+                raise Invalid(f".name: expected a string, got {_show(x.get('name'))}")
+            return x
+        return nonempty_string(x)
+    return list_of(one)(v)
+
+
+def _join(exc: Invalid) -> str:
+    text = str(exc)
+    return text if text.startswith(("[", ".")) else f": {text}"
+
+
+@dataclass
+class Record:
+    """An object with known keys (each with a checker) and possibly ``required`` keys; other keys are kept."""
+
+    name: str
+    fields: Dict[str, Check] = field(default_factory=dict)
+    required: Tuple[str, ...] = ()
+
+    def add(self, key: str, check: Check, *, required: bool = False) -> None:
+        """Declare a key (branches that add manifest fields call this)."""
+        self.fields[key] = check
+        if required and key not in self.required:
+            self.required = self.required + (key,)
+
+    def __call__(self, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise Invalid(f"expected an object, got {_show(v)}")
+        for key in self.required:
+            if key not in v:
+                raise Invalid(f".{key}: missing")
+        out = dict(v)
+        for key, check in self.fields.items():
+            if key in v:
+                try:
+                    out[key] = check(v[key])
+                except Invalid as exc:
+                    raise Invalid(f".{key}{_join(exc)}") from None
+        return out
+
+
+def _artifacts(v: Any) -> list:
+    # {"onnx": "model.onnx"} / {"onnx": {...}}: a hand-written spelling, normalised to the list form.
+    if isinstance(v, dict):
+        items = []
+        for k, x in v.items():
+            if isinstance(x, dict):
+                items.append({**x, "format": k})
+            elif isinstance(x, str):
+                items.append({"format": k, "path": x})
+            else:
+                raise Invalid(f".{k}: expected a path or an artifact object, got {_show(x)}")
+        v = items
+    return list_of(ARTIFACT)(v)
+
+
+def _schema(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v not in SUPPORTED_SCHEMAS:
+        raise Invalid(f"unknown schema version {_show(v)} (this dsr-deploy reads {', '.join(map(str, SUPPORTED_SCHEMAS))}; "
+                      "a newer dsr-deploy wrote it?)")
+    return v
+
+
+MODEL = Record("model", {
+    "spec": optional(nonempty_string),
+    "checkpoint": optional(nonempty_string),
+    "trust_pickle": boolean,
+    "weights_sha256": optional(nonempty_string),  # digest of the exported weights (verify compares)
+})
+
+IO = Record("io", {  # how the exported model takes its input and gives its output (export options)
+    "input_layout": nonempty_string,
+    "output": nonempty_string,
+})
+
+STATE = Record("state", {
+    "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
+    "initial": string, "neuron": integer(0), "layer": string,
+}, required=("input", "output", "shape"))
+
+ARTIFACT = Record("artifact", {
+    "format": nonempty_string,
+    "path": relative_path,
+    "mode": one_of(*MODES),
+    "onnx": relative_path,  # a TensorRT plan's source model
+    "dynamic_T": boolean,
+    "dynamic_batch": boolean,
+    "inputs": name_list,
+    "outputs": name_list,
+    "states": list_of(STATE),
+}, required=("format", "path"))
+
+NEURON = Record("neuron", {
+    "index": integer(0), "name": string, "kind": one_of("if", "lif"), "op_type": nonempty_string, "source": string,
+    "v_threshold": number, "v_threshold_stored": number, "v_threshold_lower_bound": number, "clamped": boolean,
+    "alpha": number, "tau": optional(number), "delta_t": optional(number), "decay": optional(number),
+    "gain": optional(number), "T": optional(integer(1)),
+    # sizes bench reads when a hand-written manifest gives them (neurons per sample per step)
+    "size": integer(0), "neurons": integer(0), "numel": integer(0), "shape": dims(min_rank=0),
+    "step_shape": dims(min_rank=0), "output_shape": dims(min_rank=0), "layout": string,
+}, required=("index", "name", "op_type", "v_threshold", "alpha"))
+
+TOP = Record("manifest", {
+    "schema": _schema,
+    "dsr_deploy_version": string,
+    "created": string,
+    "mode": one_of(*MODES),
+    "model": MODEL,
+    "input_shape": dims(min_rank=2),
+    "T": integer(1),
+    "layout": string,
+    "dtype": nonempty_string,
+    "dynamic_batch": boolean,
+    "lowering": string,
+    "neurons": list_of(NEURON),
+    "artifacts": _artifacts,
+    "inputs": name_list,
+    "outputs": name_list,
+    "input_names": list_of(nonempty_string),
+    "output_names": list_of(nonempty_string),
+    "step_shape": dims(min_rank=1),
+    "states": list_of(STATE),
+    "io": IO,
+}, required=("artifacts",))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The validated manifest.
+
+
+class Manifest(dict):
+    """A validated manifest: the JSON object (``m["key"]`` as before) plus typed accessors and the folder it
+    was read from (None for one built in memory)."""
+
+    def __init__(self, data: Mapping, source: Optional[Path] = None, folder: Optional[Path] = None):
+        super().__init__(data)
+        self.source = source  # the manifest.json path, for messages
+        self.folder = folder
+
+    # -- typed accessors -------------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return str(self.source) if self.source else MANIFEST
+
+    @property
+    def schema(self) -> Optional[int]:
+        return self.get("schema")
+
+    @property
+    def mode(self) -> str:
+        return self.get("mode", "multistep")
+
+    @property
+    def artifacts(self) -> List[dict]:
+        return list(self["artifacts"])
+
+    @property
+    def neurons(self) -> List[dict]:
+        return list(self.get("neurons") or [])
+
+    @property
+    def model(self) -> dict:
+        return dict(self.get("model") or {})
+
+    @property
+    def model_spec(self) -> Optional[str]:
+        return self.model.get("spec")
+
+    @property
+    def checkpoint(self) -> Optional[str]:
+        return self.model.get("checkpoint")
+
+    @property
+    def input_shape(self) -> Optional[Tuple[int, ...]]:
+        s = self.get("input_shape")
+        return tuple(s) if s is not None else None
+
+    def require(self, *keys: str, why: str = "") -> None:
+        """A one-line error when a key the caller needs is absent."""
+        for key in keys:
+            if self.get(key) is None:
+                raise UserError(f"{self.where} has no {key!r}{' (' + why + ')' if why else ''}")
+
+    def io_names(self) -> Tuple[Optional[List[str]], Optional[List[str]]]:
+        """(input names, output names) the exporter wrote, each None when absent."""
+        def names(key_list: str, key_names: str) -> Optional[List[str]]:
+            if self.get(key_names) is not None:
+                return list(self[key_names])
+            v = self.get(key_list)
+            if v is not None:
+                return [e["name"] if isinstance(e, dict) else e for e in v]
+            return None
+        return names("inputs", "input_names"), names("outputs", "output_names")
+
+    def path_of(self, art: Mapping, key: str = "path") -> Path:
+        """The file ``art[key]`` names, inside the folder: a symlink that leads out of it is refused."""
+        if self.folder is None:
+            raise UserError(f"{self.where}: artifact paths need the export folder")
+        return resolve_inside(self.folder, art[key], self.where)
+
+    def artifact_paths(self) -> List[Tuple[dict, Path]]:
+        return [(a, self.path_of(a)) for a in self.artifacts]
+
+
+def resolve_inside(folder: Path, rel: str, where: str = MANIFEST) -> Path:
+    """``folder / rel`` when it stays inside ``folder`` after resolving symlinks; a one-line UserError else."""
+    relative_path_checked(rel, where)
+    path = Path(folder) / rel
+    root = Path(folder).resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UserError(f"{where}: artifact {rel!r} cannot be resolved ({exc})") from None
+    if real != root and root not in real.parents:
+        raise UserError(f"{where}: artifact {rel!r} leads out of the export folder (to {real}); refused")
+    return path
+
+
+def relative_path_checked(rel: Any, where: str) -> str:
+    try:
+        return relative_path(rel)
+    except Invalid as exc:
+        raise UserError(f"{where}: artifact path {exc}") from None
+
+
+def parse_manifest(data: Any, source: Union[str, Path, None] = None, folder: Union[str, Path, None] = None) -> Manifest:
+    """Validate a manifest object (already parsed JSON); with ``folder``, also that every listed path stays
+    inside it."""
+    where = str(source) if source else MANIFEST
+    try:
+        checked = TOP(data)
+    except Invalid as exc:
+        raise UserError(f"{where} is not a valid dsr-deploy manifest: {str(exc).lstrip('.')}") from None
+    m = Manifest(checked, Path(source) if source else None, Path(folder) if folder else None)
+    if m.folder is not None:
+        for art in m.artifacts:
+            m.path_of(art)
+            if "onnx" in art:
+                m.path_of(art, "onnx")
+    return m
+
+
+def read_manifest(folder: Union[str, Path]) -> Manifest:
+    """Read and validate ``folder/manifest.json``; a one-line UserError for every way it can be wrong."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not an export folder (not a directory)")
+    if not path.is_file():
+        raise UserError(f"{folder} is a folder without {MANIFEST} (not an export folder written by "
+                        "`dsr-deploy export`)")
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(f"{path} is {path.stat().st_size} bytes; a manifest is at most {MAX_BYTES}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a manifest") from None
+    return parse_manifest(data, path, folder)
+
+
+def manifest_beside(path: Union[str, Path]) -> Optional[Manifest]:
+    """The validated manifest of the export folder a file lives in (None when the folder has none)."""
+    folder = Path(path).parent
+    return read_manifest(folder) if (folder / MANIFEST).is_file() else None
+
+
+def dumps(data: Mapping) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_manifest(folder: Union[str, Path], data: Mapping) -> Manifest:
+    """Validate ``data`` and write ``folder/manifest.json`` atomically (never a manifest a reader refuses)."""
+    from .io import atomic_write_text
+
+    folder = Path(folder)
+    m = parse_manifest(dict(data), folder / MANIFEST, folder)
+    atomic_write_text(folder / MANIFEST, dumps(m))
+    return m
