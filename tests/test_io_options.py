@@ -168,3 +168,20 @@ def test_cli_export_bench_serve_and_triton_repo_honour_io(tmp_path, capsys):
     cfg = next((tmp_path / "repo").glob("*_onnx/config.pbtxt")).read_text()
     assert "dims: [ 1, 8, 8 ]" in cfg and "dims: [ 10 ]" in cfg, cfg
     assert "batch first: static input, logits output" in json.dumps(summary)
+
+
+@pytest.mark.parametrize("opts", [["--encode", "direct", "--readout", "mean"], ["--layout", "BT"]])
+def test_verify_honours_the_io_options(tmp_path, capsys, opts):
+    """verify wraps the rebuilt model like the export did (static or [B, T] input, logits out): every backend's
+    neurons exact given the reference's inputs, top-1 from logits or the spike train in the artifact's layout."""
+    from dsr_deploy.verify import verify_folder
+
+    code, _, err = run_cli(capsys, "export", "zoo:cnn-small", "--input-shape", "4,2,1,28,28", "--format", "all",
+                           "--out", str(tmp_path / "e"), *opts)
+    assert code == 0, err
+    report = verify_folder(tmp_path / "e")
+    ran = [r for r in report["runs"] if r["status"] == "ok"]
+    assert report["passed"], json.dumps([r for r in report["runs"] if not r["passed"]], indent=1)[-3000:]
+    assert {r["format"] for r in ran} >= {"pytorch", "torchscript", "onnx", "pt2"}
+    assert all(r["neuron_exact"] is True and r["top1_agreement"] == 1.0 for r in ran)
+    assert report["encoding"] == ("static" if "--encode" in opts else "direct")
