@@ -193,14 +193,21 @@ def memcpy_ms(nbytes: int, device: str, warmup: int = 2, iters: int = 10) -> flo
 # ---------------------------------------------------------------------------------------------------------
 # Inputs and neuron counts.
 
-def input_spec(runner: Runner, fallback_shape: Optional[Sequence[int]] = None):
-    """The single multi-step input ``[T, B, ...]`` of ``runner``: (name, per-sample dims, dtype, fixed T)."""
+def input_spec(runner: Runner, fallback_shape: Optional[Sequence[int]] = None, io: Optional[dict] = None):
+    """The single multi-step input ``[T, B, ...]`` of ``runner``: (name, per-sample dims, dtype, fixed T).
+
+    ``io`` (the manifest's record): the artifact's input is ``[B, T, ...]`` or static ``[B, ...]``; its shape
+    is read as the network's ``[T, B, ...]`` (a static input has the fixed T of the record)."""
+    from .io_adapter import canonical_shape
+
     specs = runner.inputs()
     if len(specs) != 1:
         raise UserError(f"bench: {runner.backend} model takes {len(specs)} inputs "
                         f"({', '.join(s.name for s in specs)}); bench runs multi-step models with one input [T, B, ...]")
     spec = specs[0]
     shape = spec.shape
+    if shape is not None and io:
+        shape = canonical_shape(shape, io)
     if shape is not None and len(shape) < 2:
         raise UserError(f"bench: input {spec.name!r} has rank {len(shape)}; expected [T, B, ...]")
     if fallback_shape is not None and shape is not None:
@@ -350,17 +357,22 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
     plans = []
     for e in entries:
         e.runner.ensure_loaded()
-        shape_hint = input_shape or _manifest_shape(e.runner) or getattr(e.runner, "example_shape", None)
-        name, tail, dtype, fixed_t, fixed_b = input_spec(e.runner, shape_hint)
+        io = _manifest_io(e.runner)
+        from .io_adapter import canonical_shape
+
+        manifest_shape = _manifest_shape(e.runner)
+        shape_hint = input_shape or (canonical_shape(manifest_shape, io) if manifest_shape else None) \
+            or getattr(e.runner, "example_shape", None)
+        name, tail, dtype, fixed_t, fixed_b = input_spec(e.runner, shape_hint, io)
         ts = list(timesteps) if timesteps else [fixed_t or (shape_hint[0] if shape_hint else None)]
         if ts == [None]:
             raise UserError(f"bench: {e.label}: the number of time steps is dynamic; pass --timesteps")
-        plans.append((e, name, tail, dtype, fixed_t, fixed_b, ts))
-    combos = [(e, b, t) for (e, *_r, ts) in plans for b in batches for t in ts]
+        plans.append((e, name, tail, dtype, fixed_t, fixed_b, ts, io))
+    combos = [(e, b, t) for (e, *_r, ts, _io) in plans for b in batches for t in ts]
     notify("start", total=len(combos), iters=iters, seconds=seconds)
     rows: list[dict] = []
     memcpy_cache: dict = {}
-    for (e, name, tail, dtype, fixed_t, fixed_b, ts) in plans:
+    for (e, name, tail, dtype, fixed_t, fixed_b, ts, io) in plans:
         runner = e.runner
         for b in batches:
             for t in ts:
@@ -376,7 +388,7 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
                 else:
                     try:
                         row.update(_time_one(runner, name, (t, b, *tail), dtype, warmup, iters, seconds, neurons,
-                                             lambda: notify("iteration")))
+                                             lambda: notify("iteration"), io))
                         if memcpy:
                             key = (runner.device, row["bytes_moved"])
                             if key not in memcpy_cache:
@@ -402,6 +414,17 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
     return BenchResult(artifact=artifact, settings=settings, entries=described, rows=rows)
 
 
+def _manifest_io(runner: Runner) -> Optional[dict]:
+    """The export manifest's ``io`` record (layout, encoding, readout) for a runner's artifact, if any."""
+    from .runtime.base import manifest_for
+
+    if not isinstance(runner.artifact, (str, Path)):
+        return None
+    m = manifest_for(runner.artifact)
+    io = m.get("io") if m else None
+    return io if isinstance(io, dict) and io.get("input_layout") in ("TB", "BT", "static") else None
+
+
 def _manifest_shape(runner: Runner) -> Optional[list]:
     """The export manifest's ``[T, B, ...]`` for a runner whose artifact sits in an export folder."""
     from .runtime.base import manifest_for
@@ -413,8 +436,11 @@ def _manifest_shape(runner: Runner) -> Optional[list]:
 
 
 def _time_one(runner: Runner, name: str, shape: tuple, dtype: str, warmup: int, iters: Optional[int],
-              seconds: Optional[float], neurons: Optional[int], tick: Callable[[], None]) -> dict:
-    x = make_input(shape, dtype)
+              seconds: Optional[float], neurons: Optional[int], tick: Callable[[], None],
+              io: Optional[dict] = None) -> dict:
+    from .io_adapter import artifact_shape
+
+    x = make_input(artifact_shape(shape, io), dtype)  # shape is [T, B, ...]; the artifact's may be [B, T] / [B]
     if runner.device.startswith("cuda"):
         import torch
 

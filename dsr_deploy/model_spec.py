@@ -5,6 +5,17 @@ a module or file that does not import, a factory that is missing or raises (its 
 that returns no ``nn.Module``; a checkpoint that is missing, corrupt or truncated, holds a pickled object
 without ``trust_pickle``, or whose keys do not match the model (missing / unexpected keys listed).
 
+Settings (``--set KEY=VALUE``, repeatable): keyword arguments for the factory / constructor, validated against its
+signature (for ``zoo:`` also the neuron hyper-parameters its ``**kwargs`` forwards) and parsed by the type of the
+parameter's default (int / float / bool / str, a tuple of ints as ``16,32``; never ``eval``). The manifest records
+them (``model.settings``) and :func:`rebuild_model` builds the same model again from that record.
+
+A checkpoint in the authors' trainer format (``{'epoch', 'state_dict', 'acc', 'best_acc', 'optimizer'}``) gives
+its weights; settings it stores (``settings`` / ``snn_setting`` / ``args`` mappings, the authors' names ``Vth``,
+``Vth_bound``, ``timesteps`` mapped) are applied under the user's; the neuron settings neither stores nor gives are
+reported as assumed defaults (:attr:`LoadedModel.assumed`, the CLI warns). A checkpoint without neuron thresholds
+(the authors' ``--train_Vth 0``) needs ``--set v_threshold=...``: the zoo's default is never assumed for it.
+
 Checkpoints load with ``torch.load(weights_only=True)``. A state dict may sit under ``"state_dict"``,
 ``"model"`` or ``"model_state_dict"``; a ``"module."`` prefix (DistributedDataParallel) is stripped when every
 key has it and the model's keys do not. A whole pickled ``nn.Module`` is accepted only with ``trust_pickle``
@@ -15,13 +26,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import math
 import pickle
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,11 +53,26 @@ class LoadedModel:
     spec: str  # normalised (absolute file path for file specs)
     default_input_shape: Optional[Tuple[int, ...]] = None
     checkpoint: Optional[str] = None
+    settings: Dict[str, Any] = field(default_factory=dict)  # every setting passed to the factory
+    assumed: Dict[str, Any] = field(default_factory=dict)  # neuron settings neither given nor stored (defaults)
+
+    def record(self) -> Dict[str, Any]:
+        """What the manifest records as ``model`` settings (see :func:`rebuild_model`)."""
+        return {"settings": dict(self.settings), "assumed_defaults": dict(self.assumed)}
+
+    def warning(self) -> Optional[str]:
+        """One line naming the assumed settings, or None."""
+        if not self.assumed:
+            return None
+        what = "zoo defaults" if self.spec.startswith("zoo:") else "factory defaults"
+        return (f"the checkpoint does not store these settings and none were given; assumed {what}: "
+                + ", ".join(f"{k}={_show(v)}" for k, v in self.assumed.items())
+                + " (pass --set KEY=VALUE with the values it was trained with)")
 
 
-def _call_factory(factory, what: str) -> nn.Module:
+def _call_factory(factory, what: str, settings: Optional[Mapping[str, Any]] = None) -> nn.Module:
     with user_code(lambda err: f"model factory {what} raised {err}"):
-        model = factory()
+        model = factory(**dict(settings or {}))
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {what} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -61,18 +89,69 @@ def _split(spec: str) -> Tuple[str, str]:
     return where, attr
 
 
-def _from_zoo(name: str) -> LoadedModel:
+@dataclass
+class _Factory:
+    """A MODEL spec resolved to its factory, before it is called (so settings can be checked first)."""
+
+    call: Any
+    spec: str
+    what: str
+    params: Dict[str, Any]  # accepted keyword -> default (inspect.Parameter.empty: none)
+    open_kwargs: bool = False  # also accepts keywords it does not name (**kwargs)
+    default_input_shape: Optional[Tuple[int, ...]] = None
+    neuron_kind: Optional[str] = None  # zoo: 'if' | 'lif' (after the settings)
+    refused: Dict[str, str] = field(default_factory=dict)  # keyword -> why --set may not give it
+
+
+def _signature_params(factory) -> Tuple[Dict[str, Any], bool]:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return {}, True
+    params, open_kwargs = {}, False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            open_kwargs = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            params[p.name] = p.default
+    return params, open_kwargs
+
+
+def _zoo_factory(name: str, settings: Mapping[str, Any]) -> _Factory:
     from dsr_deploy import models
+    from dsr_deploy.models.common import NEURON_DEFAULTS, NEURON_PARAMS
 
     if name not in models.names():
         avail = ", ".join(models.names()) or "none registered"
         raise UserError(f"unknown zoo model {name!r}; available: {avail}")
-    model = _call_factory(lambda: models.build(name), f"zoo:{name}")
+    entry = models._entry(name)
+    params, open_kwargs = _signature_params(entry.factory)
+    params.update(entry.defaults)
+    kind = str(settings.get("neuron", params.get("neuron", ""))).lower()
+    if open_kwargs and kind in NEURON_PARAMS:  # the zoo forwards **kwargs to its neurons
+        neuron_params, _ = _signature_params(_neuron_class(kind))
+        for key in NEURON_PARAMS[kind]:
+            params.setdefault(key, NEURON_DEFAULTS[kind].get(key, neuron_params.get(key, inspect.Parameter.empty)))
+    if entry.checkpoint:
+        params["pretrained"] = True
     try:
         shape = tuple(models.input_shape(name))
     except Exception:
         shape = None
-    return LoadedModel(model, f"zoo:{name}", shape)
+    return _Factory(lambda **kw: models.build(name, **kw), f"zoo:{name}", f"zoo:{name}", params, False, shape,
+                    kind if kind in NEURON_PARAMS else None,
+                    {"readout": "the artifact's readout is an export option: use --readout none|mean|lif-rate"})
+
+
+def _neuron_class(kind: str):
+    from .neuron import DSRIFNode, DSRLIFNode
+
+    return DSRIFNode if kind == "if" else DSRLIFNode
+
+
+def _from_zoo(name: str) -> LoadedModel:
+    f = _zoo_factory(name, {})
+    return LoadedModel(_call_factory(f.call, f.what), f.spec, f.default_input_shape)
 
 
 def _resolve(obj: Any, attr: str, where: str):
@@ -85,7 +164,7 @@ def _resolve(obj: Any, attr: str, where: str):
     return obj
 
 
-def _from_file(path_text: str, attr: str) -> LoadedModel:
+def _file_factory(path_text: str, attr: str) -> _Factory:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"model file {path_text} not found")
@@ -104,10 +183,11 @@ def _from_file(path_text: str, attr: str) -> LoadedModel:
         sys.modules.pop(mod_name, None)
         raise
     factory = _resolve(module, attr, path_text)
-    return LoadedModel(_call_factory(factory, f"{path_text}:{attr}"), f"{path}:{attr}")
+    params, open_kwargs = _signature_params(factory)
+    return _Factory(factory, f"{path}:{attr}", f"{path_text}:{attr}", params, open_kwargs)
 
 
-def _from_module(mod: str, attr: str) -> LoadedModel:
+def _module_factory(mod: str, attr: str) -> _Factory:
     if not _MODULE_RE.match(mod):
         raise UserError(f"malformed MODEL {mod}:{attr}; expected package.module:factory or path/to/file.py:factory")
     try:
@@ -119,11 +199,22 @@ def _from_module(mod: str, attr: str) -> LoadedModel:
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import time too
         raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
     factory = _resolve(module, attr, mod)
-    return LoadedModel(_call_factory(factory, f"{mod}:{attr}"), f"{mod}:{attr}")
+    params, open_kwargs = _signature_params(factory)
+    return _Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)
 
 
-def build_model(spec: str) -> LoadedModel:
-    """Build the (untrained-weights) model a MODEL spec names."""
+def _from_file(path_text: str, attr: str) -> LoadedModel:
+    f = _file_factory(path_text, attr)
+    return LoadedModel(_call_factory(f.call, f.what), f.spec)
+
+
+def _from_module(mod: str, attr: str) -> LoadedModel:
+    f = _module_factory(mod, attr)
+    return LoadedModel(_call_factory(f.call, f.what), f.spec)
+
+
+def resolve_factory(spec: str, settings: Optional[Mapping[str, Any]] = None) -> _Factory:
+    """The factory a MODEL spec names, not yet called (``settings`` may pick the zoo's neuron kind)."""
     spec = (spec or "").strip()
     if not spec:
         raise UserError("empty MODEL; expected zoo:NAME, package.module:factory or path/to/file.py:factory")
@@ -131,11 +222,188 @@ def build_model(spec: str) -> LoadedModel:
         name = spec[4:]
         if not name:
             raise UserError("malformed MODEL 'zoo:'; expected zoo:NAME")
-        return _from_zoo(name)
+        return _zoo_factory(name, settings or {})
     where, attr = _split(spec)
     if where.endswith(".py") or "/" in where or "\\" in where:
-        return _from_file(where, attr)
-    return _from_module(where, attr)
+        return _file_factory(where, attr)
+    return _module_factory(where, attr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings: --set KEY=VALUE, checkpoint-stored settings, the assumed-defaults warning.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# Neuron settings that change what a trained network computes: a checkpoint that does not store them and a user
+# who does not give them means a default is assumed (warned). LIF adds tau and delta_t.
+_NEURON_SETTINGS = ("T", "v_threshold", "alpha", "v_threshold_lower_bound")
+_LIF_SETTINGS = ("tau", "delta_t")
+# Names the authors' code (and its argparse) uses for our settings.
+_CHECKPOINT_NAMES = {"T": "T", "timesteps": "T", "timestep": "T", "Vth": "v_threshold", "v_threshold": "v_threshold",
+                     "alpha": "alpha", "Vth_bound": "v_threshold_lower_bound",
+                     "v_threshold_lower_bound": "v_threshold_lower_bound", "tau": "tau", "delta_t": "delta_t",
+                     "dt": "delta_t"}
+_CHECKPOINT_SETTING_KEYS = ("settings", "snn_setting", "args", "hparams", "config")
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(_show, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def parse_set_options(items: Optional[Iterable[str]]) -> Dict[str, str]:
+    """``["T=5", "v_threshold=0.6"]`` -> ``{"T": "5", "v_threshold": "0.6"}``; one-line UserError otherwise."""
+    out: Dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(_IDENT, key):
+            raise UserError(f"malformed --set {item!r}; expected KEY=VALUE with KEY a Python name (e.g. --set T=5)")
+        if key in out:
+            raise UserError(f"--set {key} given twice ({key}={out[key]} and {item})")
+        out[key] = value.strip()
+    return out
+
+
+def _infer(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            value = conv(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            break
+        return value
+    return text
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` (a --set string, or a JSON / checkpoint value) as the type of ``default``."""
+    def bad(expected: str):
+        return UserError(f"{where} {key}={_show(value)}: expected {expected}"
+                         + (f" (default {_show(default)})" if default is not inspect.Parameter.empty
+                            and default is not None else ""))
+
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise bad("a number")
+        value = value.item()
+    text = value.strip() if isinstance(value, str) else None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise bad("true or false")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        raise bad("an integer")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out = float(value)
+        elif text is not None:
+            try:
+                out = float(text)
+            except ValueError:
+                raise bad("a number") from None
+        else:
+            raise bad("a number")
+        if not math.isfinite(out):
+            raise bad("a finite number")
+        return out
+    if isinstance(default, (tuple, list)):
+        items = value if isinstance(value, (tuple, list)) else (
+            [p for p in text.strip("()[]").split(",") if p.strip()] if text is not None else None)
+        if items is None:
+            raise bad("a comma-separated list")
+        inner = default[0] if len(default) else inspect.Parameter.empty
+        return tuple(_coerce(key, v, inner, where) if isinstance(v, str) or inner is not inspect.Parameter.empty
+                     else v for v in items)
+    if isinstance(default, str):
+        if text is None:
+            raise bad("a string")
+        return text
+    # No usable default (None, required, **kwargs): int, float, true/false, else the text.
+    if text is not None:
+        return _infer(text)
+    if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return tuple(value)
+    raise bad("a number, true/false or a string")
+
+
+def check_settings(factory: _Factory, settings: Mapping[str, Any], where: str = "--set") -> Dict[str, Any]:
+    """``settings`` checked against the factory's signature and parsed to its parameters' types."""
+    out: Dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in factory.refused:
+            raise UserError(f"{where} {key}: {factory.refused[key]}")
+        if key not in factory.params and not factory.open_kwargs:
+            accepted = ", ".join(k for k in factory.params if k not in factory.refused) or "none"
+            raise UserError(f"{where} {key}: {factory.what} has no setting {key!r}; accepted: {accepted}")
+        out[key] = _coerce(key, value, factory.params.get(key, inspect.Parameter.empty), where)
+    return out
+
+
+def relevant_settings(factory: _Factory) -> Tuple[str, ...]:
+    """The neuron settings of this factory whose defaults would change what a trained network computes."""
+    names = _NEURON_SETTINGS + (_LIF_SETTINGS if factory.neuron_kind in (None, "lif") else ())
+    return tuple(n for n in names if n in factory.params)
+
+
+def checkpoint_settings(obj: Any) -> Tuple[Dict[str, Any], bool]:
+    """``(settings the checkpoint stores, with our names; whether it stores neuron thresholds)``.
+
+    Settings come from a ``settings`` / ``snn_setting`` / ``args`` / ``hparams`` / ``config`` mapping (authors'
+    names mapped: ``Vth``, ``Vth_bound``, ``timesteps``, ``dt``); only the neuron settings and T are taken, as
+    plain scalars. Thresholds are stored when the state dict holds a ``Vth`` / ``v_threshold`` tensor."""
+    found: Dict[str, Any] = {}
+    thresholds = False
+    if isinstance(obj, Mapping):
+        for container in _CHECKPOINT_SETTING_KEYS:
+            inner = obj.get(container)
+            if not isinstance(inner, Mapping):
+                continue
+            for k, v in inner.items():
+                name = _CHECKPOINT_NAMES.get(str(k))
+                if name is None or name in found:
+                    continue
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    v = v.item()
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    found[name] = v
+        state = None
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+        state = obj if state is None else state
+        thresholds = any(isinstance(k, str) and k.rsplit(".", 1)[-1] in ("Vth", "v_threshold")
+                         and isinstance(v, torch.Tensor) for k, v in state.items())
+    elif isinstance(obj, nn.Module):
+        thresholds = True  # a whole pickled model carries its own settings
+    return found, thresholds
+
+
+def build_model(spec: str, settings: Optional[Mapping[str, Any]] = None) -> LoadedModel:
+    """Build the (untrained-weights) model a MODEL spec names, with ``settings`` (``--set``) for its factory."""
+    f = resolve_factory(spec, settings)
+    typed = check_settings(f, settings or {})
+    return LoadedModel(_call_factory(f.call, f.what, typed), f.spec, _default_shape(f, typed), settings=typed)
+
+
+def _default_shape(f: _Factory, settings: Mapping[str, Any]) -> Optional[Tuple[int, ...]]:
+    """The zoo's default input shape, with T from the settings."""
+    shape = f.default_input_shape
+    if shape is not None and isinstance(settings.get("T"), int) and not isinstance(settings.get("T"), bool):
+        shape = (settings["T"],) + tuple(shape[1:])
+    return shape
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -258,14 +526,58 @@ def _apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bo
     return model
 
 
-def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle: bool = False) -> LoadedModel:
-    """Build the model of ``spec`` and load ``checkpoint`` into it (when given)."""
-    loaded = build_model(spec)
+def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle: bool = False,
+               settings: Optional[Mapping[str, Any]] = None) -> LoadedModel:
+    """Build the model of ``spec`` with ``settings`` (``--set``; strings are parsed) and load ``checkpoint``.
+
+    With a checkpoint, the settings it stores are applied under ``settings``; neuron settings neither gives are
+    listed in ``LoadedModel.assumed`` (the caller warns). The key mapping (authors' ``Vth``, ``module.``
+    prefixes, SpikingJelly containers) is tried for every spec when the keys do not match as they are.
+    """
+    user = dict(settings or {})
+    f = resolve_factory(spec, user)
+    typed = check_settings(f, user)
+    assumed: Dict[str, Any] = {}
+    missing_thresholds = False
     if checkpoint is not None:
-        loaded.model = apply_checkpoint(loaded.model, checkpoint, trust_pickle, remap=spec.strip().startswith("zoo:"))
+        obj = read_checkpoint(Path(checkpoint), trust_pickle)
+        stored, has_thresholds = checkpoint_settings(obj)
+        stored = {k: v for k, v in stored.items() if k in f.params and k not in typed}
+        typed = {**check_settings(f, stored, where=f"checkpoint {checkpoint} setting"), **typed}
+        relevant = relevant_settings(f)
+        if not isinstance(obj, nn.Module):
+            missing_thresholds = ("v_threshold" in relevant and "v_threshold" not in typed and not has_thresholds
+                                  and spec.strip().startswith("zoo:"))
+            if "v_threshold" in relevant and has_thresholds:
+                relevant = tuple(r for r in relevant if r != "v_threshold")
+            assumed = {k: f.params[k] for k in relevant if k not in typed
+                       and f.params[k] is not inspect.Parameter.empty}
+    loaded = LoadedModel(_call_factory(f.call, f.what, typed), f.spec, _default_shape(f, typed), settings=typed,
+                         assumed=assumed)
+    if checkpoint is not None:
+        loaded.model = apply_checkpoint(loaded.model, checkpoint, trust_pickle, remap=True)
         loaded.checkpoint = str(Path(checkpoint).expanduser().resolve())
+        if missing_thresholds:  # after the architecture check, whose error says more
+            raise UserError(f"checkpoint {checkpoint} stores no neuron thresholds (trained with fixed "
+                            "thresholds, e.g. the authors' --train_Vth 0): give the threshold it was trained "
+                            "with, --set v_threshold=VALUE (their --Vth); the zoo default is not assumed")
     loaded.model.eval()
     return loaded
+
+
+def rebuild_model(record: Mapping[str, Any]) -> LoadedModel:
+    """The model a manifest's ``model`` record names: ``spec`` + ``checkpoint`` + ``trust_pickle`` + ``settings``
+    (the values ``--set`` and the checkpoint gave at export), e.g. for ``verify``. The record is untrusted:
+    settings are checked against the factory like ``--set``."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("spec"), str) or not record.get("spec"):
+        raise UserError("the manifest records no MODEL spec to rebuild the model from")
+    settings = record.get("settings") or {}
+    if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
+        raise UserError("the manifest's model.settings is not a mapping of names to values")
+    checkpoint = record.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise UserError("the manifest's model.checkpoint is not a path")
+    return load_model(record["spec"], checkpoint, bool(record.get("trust_pickle")), settings=settings)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -310,7 +622,12 @@ def load_reference_model(manifest, *, model: Optional[str] = None, checkpoint: O
     if model is None:
         check_manifest_spec(spec, manifest.where, trust_model_code=trust_model_code)
     ckpt = checkpoint if checkpoint is not None else manifest.checkpoint
-    return load_model(spec, ckpt, trust_pickle)
+    # The export's settings (--set and the checkpoint's) rebuild the same network; checked like --set.
+    record = manifest.get("model") or {}
+    settings = record.get("settings") if spec == record.get("spec") else None
+    if settings is not None and (not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings)):
+        raise UserError(f"{manifest.where}: model.settings is not a mapping of names to values")
+    return load_model(spec, ckpt, trust_pickle, settings=settings or None)
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:

@@ -61,7 +61,7 @@ def _as_compute(t: Tensor) -> Tensor:
 class _DSRIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, grad_scaling: float, sync: bool, native: bool):
-        y, _ = ops.if_spike(x, float(v_threshold.detach()), alpha, native=native)
+        y = ops.if_spike_vth(x, v_threshold.detach(), alpha, native)  # no float(): see ops.if_spike_vth
         ctx.save_for_backward(x, v_threshold)
         ctx.grad_scaling, ctx.sync = grad_scaling, sync
         return y
@@ -80,7 +80,7 @@ class _DSRLIFFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float, lif_rule: str,
                 grad_scaling: float, sync: bool, native: bool):
         decay, gain = F.lif_coefficients(tau, delta_t, lif_rule)
-        y, _ = ops.lif_spike(x, float(v_threshold.detach()), alpha, tau, delta_t, native=native, decay=decay, gain=gain)
+        y = ops.lif_spike_vth(x, v_threshold.detach(), alpha, tau, delta_t, native, decay, gain)
         ctx.save_for_backward(x, v_threshold)
         ctx.tau, ctx.delta_t, ctx.grad_scaling, ctx.sync = tau, delta_t, grad_scaling, sync
         return y
@@ -142,7 +142,10 @@ class _DSRNode(nn.Module):
         vth = self.v_threshold
         if self.training and torch.is_grad_enabled() and isinstance(vth, nn.Parameter):
             with torch.no_grad():
-                if bool(vth < self.v_threshold_lower_bound):
+                if torch.compiler.is_compiling():
+                    # no data-dependent branch (a graph break); clamp_ leaves a value >= the bound unchanged
+                    vth.clamp_(min=self.v_threshold_lower_bound)
+                elif bool(vth < self.v_threshold_lower_bound):
                     vth.clamp_(min=self.v_threshold_lower_bound)
             return vth
         return vth.clamp(min=self.v_threshold_lower_bound)

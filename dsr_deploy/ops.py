@@ -47,13 +47,19 @@ def _empty_state(x: Tensor) -> Tensor:
     return x.new_empty((0,), dtype=F.compute_dtype(x.dtype))
 
 
+# Every kernel returns contiguous tensors whatever the input's strides (the native kernels copy a non-contiguous
+# input first), and the fake kernel says so: torch.compile's inductor picks its own layouts for the tensors it
+# feeds the op (channels-last conv outputs, say), and a fake output that copied those symbolic strides (an
+# ``empty_like``) made it fail ("ValueRangeError: Invalid ranges", "cannot determine truth value of Relational").
+
+
 def _if_reference(x, v_threshold, alpha, v_init=None, return_state=False):
-    y, v = F.if_forward(x, v_threshold, alpha, v_init, return_state)
+    y, v = F.if_forward(x.contiguous(), v_threshold, alpha, v_init, return_state)
     return y, (v if v is not None else _empty_state(x))
 
 
 def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
-    y, v = F.lif_forward(x, v_threshold, alpha, tau, delta_t, v_init, return_state, decay, gain)
+    y, v = F.lif_forward(x.contiguous(), v_threshold, alpha, tau, delta_t, v_init, return_state, decay, gain)
     return y, (v if v is not None else _empty_state(x))
 
 
@@ -64,7 +70,7 @@ _lib.impl("lif_spike", _lif_reference, "CompositeExplicitAutograd")
 def _fake(x: Tensor, v_init: Optional[Tensor], return_state: bool):
     ct = F.compute_dtype(x.dtype)
     state = x.new_empty(x.shape[1:], dtype=ct) if return_state else x.new_empty((0,), dtype=ct)
-    return torch.empty_like(x), state
+    return x.new_empty(x.shape), state  # contiguous, like every kernel's output
 
 
 @torch.library.register_fake("dsr::if_spike")
@@ -75,6 +81,38 @@ def _if_fake(x, v_threshold, alpha, v_init=None, return_state=False):
 @torch.library.register_fake("dsr::lif_spike")
 def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
     return _fake(x, v_init, return_state)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training modules' entry: the threshold as a tensor (a trained parameter), read inside the op.
+# Reading it outside (``float(v_threshold)``) is a graph break under torch.compile: dynamo then compiles the
+# code after every neuron call as a separate frame, recompiles those frames with dynamic shapes when the layers
+# differ in shape, and inductor failed on them ("ValueRangeError: Invalid ranges [0:-1]", "cannot determine truth
+# value of Relational"). Inside one opaque op the whole network is one graph of static shapes, and the op runs the
+# same kernels (native or the Python reference) as eager, so compiled spikes equal eager spikes bit for bit.
+
+
+@torch.library.custom_op("dsr::if_spike_vth", mutates_args=())
+def if_spike_vth(x: Tensor, v_threshold: Tensor, alpha: float, native: bool) -> Tensor:
+    """:func:`if_spike` with the threshold as a 0-d tensor; returns the spikes."""
+    return if_spike(x, float(v_threshold), alpha, native=native)[0]
+
+
+@torch.library.custom_op("dsr::lif_spike_vth", mutates_args=())
+def lif_spike_vth(x: Tensor, v_threshold: Tensor, alpha: float, tau: float, delta_t: float, native: bool,
+                  decay: Optional[float] = None, gain: Optional[float] = None) -> Tensor:
+    """:func:`lif_spike` with the threshold as a 0-d tensor; returns the spikes."""
+    return lif_spike(x, float(v_threshold), alpha, tau, delta_t, native=native, decay=decay, gain=gain)[0]
+
+
+@if_spike_vth.register_fake
+def _if_spike_vth_fake(x, v_threshold, alpha, native):
+    return x.new_empty(x.shape)
+
+
+@lif_spike_vth.register_fake
+def _lif_spike_vth_fake(x, v_threshold, alpha, tau, delta_t, native, decay=None, gain=None):
+    return x.new_empty(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------------------

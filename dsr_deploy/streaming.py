@@ -200,6 +200,11 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
         raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
                         "it cannot be streamed one step at a time: export it in multi-step mode")
     net = copy.deepcopy(model).eval()
+    from .neuron import DSRIFNode, DSRLIFNode
+
+    for m in net.modules():  # a network built for a fixed T (every zoo model) streams one step at a time
+        if isinstance(m, (DSRIFNode, DSRLIFNode)):
+            m.T = None
     if example_step.dim() < 1:
         raise UserError("the example step must be [B, ...]")
     # Membrane shapes: the input shape each neuron sees in one step.
@@ -400,7 +405,8 @@ def register_formats() -> None:
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None, precision: str = "float32") -> dict:
+                     force: bool = False, progress=None, model_info: Optional[dict] = None,
+                     precision: str = "float32") -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
     ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32.
@@ -434,7 +440,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     dtype = check_precision(precision, wanted)
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
-                        spec=spec, checkpoint=checkpoint)
+                        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}))
     sm, _ = _context_module(ctx)  # validates the model before anything is written
     artifacts = []
     with atomic_dir(out_dir, force=force) as tmp:

@@ -243,8 +243,9 @@ def _onnx_probe(path: Path, tmp: Path) -> Tuple[Path, List[Optional[int]]]:
 
 
 def _torch_ctx(model, manifest: dict) -> ExportContext:
+    io = manifest.get("io") or None
     return ExportContext(model=model, neurons=find_neurons(model), input_shape=tuple(manifest["input_shape"]),
-                         dynamic_batch=bool(manifest.get("dynamic_batch", True)))
+                         dynamic_batch=bool(manifest.get("dynamic_batch", True)), io=dict(io) if io else None)
 
 
 def _make_probe(fmt: str, path: Path, model, manifest: dict, tmp: Path) -> Tuple[Path, Optional[List[int]], str]:
@@ -453,7 +454,12 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
             raise UserError(f"{loaded.spec} rebuilt here does not hold the weights that were exported (a random "
                             "initialisation, or another checkpoint?); export with --checkpoint so verify can "
                             "rebuild the same network")
-    ref = Reference(loaded.model)
+    from .io_adapter import wrap_io
+
+    # With export options (--layout / --encode / --readout) the artifact is the network behind an IOAdapter: so is
+    # the reference (the model's own I/O, `source: model`, needs nothing).
+    reference_model = wrap_io(loaded.model, io)
+    ref = Reference(reference_model)
     infos = {n.index: n for n in ref.infos}
     inputs = load_inputs(manifest, input_file, n_random, encoding)
     refs = [(name, x, *ref.run(x)) for name, x in inputs]
@@ -474,7 +480,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                 targets = [("torch", {"output_names": _probe_output_names(len(refs[0][3]))},
                             "inference copy (dsr ops)", None)]
                 path, probe_path, probe_idx, note = None, None, None, "the inference copy's own neuron outputs"
-                module = _ProbedOp(inference_copy(loaded.model, "op"))
+                module = _ProbedOp(inference_copy(reference_model, "op"))
             else:
                 module = None
                 path = manifest.path_of(art)
@@ -492,7 +498,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                     if progress:
                         progress(f"probing {art['path']} per layer")
                     try:
-                        probe_path, probe_idx, note = _make_probe(fmt, path, loaded.model, manifest, tmp)
+                        probe_path, probe_idx, note = _make_probe(fmt, path, reference_model, manifest, tmp)
                     except Exception as exc:
                         note = f"no per-layer probe: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             for backend, opts, variant, why in targets:

@@ -9,7 +9,8 @@ import typer
 
 
 def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
-            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, trust_pickle: bool = False) -> "object":
+            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None,
+            trust_pickle: bool = False) -> "object":
     """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
     from rich.console import Console
 
@@ -43,6 +44,11 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     is_spec = R._looks_like_spec(artifact) and not Path(artifact).exists()
     if not is_spec and not Path(artifact).exists():
         raise UserError(f"{artifact}: no such file or folder")
+    if settings and not is_spec:
+        raise UserError("--set applies to a MODEL spec (zoo:NAME, file.py:factory), not to an artifact or folder")
+    from ..model_spec import parse_set_options
+
+    model_settings = parse_set_options(settings)
     # An export folder's manifest is read (and validated) first: a broken one is the error, not "no backend".
     manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
         None if is_spec else R.manifest_for(artifact))
@@ -55,7 +61,10 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
             raise UserError(f"no usable backend for {artifact} (available here: "
                             f"{', '.join(n for n, why in usable.items() if why is None)})")
     if shape is None and manifest is not None and manifest.input_shape is not None:
-        shape = list(manifest.input_shape)
+        from ..io_adapter import canonical_shape
+
+        io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
+        shape = [int(d) for d in canonical_shape(list(manifest.input_shape), io)]  # as [T, B, ...]
     entries = []
     for label, name, opts in choices:
         opts = dict(opts)
@@ -67,6 +76,8 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
             opts.setdefault("io_binding", True)  # device-resident inputs/outputs: no host copies in the timing
         if name == "torch" and shape is not None:
             opts["input_shape"] = shape
+        if name == "torch" and model_settings:
+            opts["settings"] = model_settings
         opts["trust_pickle"] = trust_pickle
         entries.append(B.BenchEntry(label, R.load_runner(artifact, backend=name, **opts)))
     for e in entries:  # load before the progress bar, so a load error is the only output
@@ -149,11 +160,13 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (docs/bench-schema.md)."),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV (docs/bench-schema.md)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency against batch per backend."),
+        settings: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE for a MODEL spec's factory "
+                                                     "(repeatable; e.g. --set T=5 --set num_classes=100)."),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects in a .pt2 "
                                           "archive (runs code from the file)."),
     ):
         """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
         run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
                 iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
-                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot,
+                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings,
                 trust_pickle=trust_pickle)

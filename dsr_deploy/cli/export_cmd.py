@@ -62,7 +62,8 @@ def _neuron_table(neurons: List[dict], title: str):
     return t
 
 
-def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: bool = False) -> dict:
+def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: bool = False,
+                   settings: Optional[List[str]] = None) -> dict:
     """What ``dsr-deploy inspect`` reports for a MODEL spec, an export folder or an artifact file."""
     p = Path(target)
     if p.is_dir():
@@ -90,9 +91,10 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
     if p.is_file():
         raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
     from ..convert import NO_NEURON_HINT, find_neurons
-    from ..model_spec import load_model
+    from ..model_spec import load_model, parse_set_options
 
-    loaded = load_model(target, checkpoint, trust_pickle)
+    loaded = load_model(target, checkpoint, trust_pickle, settings=parse_set_options(settings))
+    warn_assumed(loaded)
     try:
         found = find_neurons(loaded.model)
     except ValueError as exc:
@@ -100,9 +102,22 @@ def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: 
     if not found:
         raise UserError(NO_NEURON_HINT)
     neurons = [n.to_dict() for n in found]
-    return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint,
+    return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint, **loaded.record(),
             "default_input_shape": list(loaded.default_input_shape) if loaded.default_input_shape else None,
             "neurons": neurons}
+
+
+def warn_assumed(loaded) -> None:
+    """The one-line warning on stderr naming the settings a checkpoint did not store and no --set gave."""
+    line = loaded.warning()
+    if line:
+        import sys
+
+        print(f"warning: {line}", file=sys.stderr)
+
+
+SET_HELP = ("KEY=VALUE for the model's factory / constructor (repeatable; e.g. --set T=5 --set num_classes=100 "
+            "--set v_threshold=0.6), checked against its signature and recorded in the manifest")
 
 
 def inspect_onnx(path: Path) -> dict:
@@ -155,11 +170,16 @@ def _print_inspect(info: dict) -> None:
         c.print(f"[bold]{info['spec']}[/bold]" + (f"  checkpoint {info['checkpoint']}" if info["checkpoint"] else ""))
         if info.get("default_input_shape"):
             c.print(f"default input shape {info['default_input_shape']}")
+        if info.get("settings"):
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items())))
         c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
     elif kind == "export-folder":
         m = info["manifest"]
         c.print(escape(f"{info['path']}: {(m.get('model') or {}).get('spec')} T={m.get('T')} input "
                        f"{m.get('input_shape')} layout {m.get('layout')} (dsr-deploy {m.get('dsr_deploy_version')})"))
+        settings = (m.get("model") or {}).get("settings")
+        if isinstance(settings, dict) and settings:
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in settings.items())))
         if isinstance(m.get("io"), dict):
             c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
         t = Table("format", "path", "details", title="artifacts")
@@ -302,13 +322,21 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
         mode: str = typer.Option("multistep", "--mode", help="multistep ([T, B, ...] in one call) | streaming "
                                  "(one time step per call, membranes as I/O: x_t, v_in_i -> y_t, v_out_i)"),
+        settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+        layout: str = typer.Option("TB", "--layout", help="artifact input (and spike output) layout: TB "
+                                   "[T, B, ...] | BT [B, T, ...]"),
+        encode: str = typer.Option("none", "--encode", help="none | direct: the artifact takes a static [B, ...] "
+                                   "input and repeats it T times inside (the authors' CIFAR/ImageNet input)"),
+        readout: str = typer.Option("none", "--readout", help="none (spike train out) | mean (logits [B, classes]: "
+                                    "firing rate over T, the authors' IF readout) | lif-rate (the authors' LIF "
+                                    "weighted rate)"),
         precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
                                       "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
                                       "TensorRT 11's strongly typed networks); non-float32 needs --format onnx"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
-        from ..model_spec import load_model, parse_shape
+        from ..model_spec import load_model, parse_set_options, parse_shape
 
         from ..io import check_output_target
 
@@ -338,13 +366,22 @@ def register(app: typer.Typer) -> None:
                             f"support), got {opset}")
         if aot and "pt2" not in wanted:
             raise UserError("--aot compiles the pt2 export; add pt2 to --format")
+        from ..io_adapter import io_record
+
+        io_record(1, layout, encode, readout)  # bad options fail before any work
+        if mode == "streaming" and (layout, encode, readout) != ("TB", "none", "none"):
+            raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
         shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
         if shape is not None:
             check_input_shape(shape)
         from ..io import check_can_create
 
         check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
-        loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle)
+        set_opts = parse_set_options(settings)
+        if shape is not None and model.strip().startswith("zoo:") and "T" not in set_opts:
+            set_opts["T"] = str(shape[0])  # a zoo network is built for the T of the input shape given
+        loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle, settings=set_opts)
+        warn_assumed(loaded)
         _warn_non_finite(loaded.model)
         if shape is None:
             if loaded.default_input_shape is None:
@@ -357,12 +394,13 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress, precision=precision)
+                                        progress=progress, model_info=loaded.record(), precision=precision)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
-                force=force, trust_pickle=trust_pickle, progress=progress, precision=precision,
+                force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
+                io=io_record(shape[0], layout, encode, readout), precision=precision,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
@@ -370,14 +408,12 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c = _console()
-        io = manifest.get("io")
-        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {list(shape)}, T={manifest['T']}, "
-                + (f"{io['input_layout']} input, {io['output']} out ({io['readout']} readout, the model's own), "
-                   if io else "")
-                + 
+        c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {manifest['input_shape']}, T={manifest['T']}, "
                 f"{'dynamic' if not static_batch else 'static'} batch"
                 + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
-                   if mode == "streaming" else ")"))
+                   if mode == "streaming" else ")")
+                + ("; io: " + ", ".join(f"{k}={v}" for k, v in manifest["io"].items() if k != "source")
+                   if manifest.get("io") else ""))
         t = Table("format", "file", "details", title="artifacts")
         for a in manifest["artifacts"]:
             t.add_row(a["format"], a["path"], ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path")))
@@ -453,9 +489,12 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for a MODEL spec"),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model checkpoint"),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
+        settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     ):
         """Show the neuron layers and their parameters; for ONNX also node / function counts and metadata."""
-        info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle)
+        if settings and Path(target).exists():
+            raise UserError("--set applies to a MODEL spec, not to an export folder or artifact file")
+        info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle, settings)
         if as_json:
             typer.echo(json.dumps(info, indent=2, default=str))
         else:

@@ -170,7 +170,8 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
                  checkpoint: Optional[str] = None, lowering: str = "function", opset: Optional[int] = None,
                  function_body: Optional[str] = None, static_batch: bool = False, aot: bool = False,
                  force: bool = False, trust_pickle: bool = False, mode: str = "multistep",
-                 extra_options: Optional[Dict[str, Any]] = None, progress=None,
+                 extra_options: Optional[Dict[str, Any]] = None, model_info: Optional[Dict[str, Any]] = None,
+                 io: Optional[Dict[str, Any]] = None, progress=None,
                  precision: Optional[str] = None) -> Dict[str, Any]:
     """Write the requested artifacts and ``manifest.json`` into ``out_dir``; returns the manifest.
 
@@ -192,7 +193,25 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         raise UserError(str(exc)) from exc
     if not neurons:
         raise UserError(NO_NEURON_HINT)
-    _, io = probe_model(model, shape, neurons=neurons, spec=spec)
+    _, own_io = probe_model(model, shape, neurons=neurons, spec=spec)
+    exported = model  # the user's network (its weights digest is recorded below)
+    if io and own_io:
+        raise UserError("--layout, --encode and --readout apply to networks that take [T, B, ...]; this model has "
+                        "its own I/O (its neurons take [T*B, ...]) and is exported with it")
+    if io:
+        from ..io_adapter import IOAdapter, artifact_shape, check_output
+
+        if mode != "multistep":
+            raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
+        model = IOAdapter(model, io, neurons)
+        shape = artifact_shape(shape, io)
+        with torch.no_grad():
+            problem = check_output(inference_copy(model, "op")(torch.zeros(shape)), shape, io)
+        if problem:
+            raise UserError(problem)
+        neurons = find_neurons(model)
+    else:
+        io = own_io
     available = formats(mode)
     if not available:
         raise UserError(f"unknown export mode {mode!r}; known: {', '.join(modes())}")
@@ -205,7 +224,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,
                  "trust_pickle": trust_pickle, **(extra_options or {})},
-        spec=spec, checkpoint=checkpoint, io=io,
+        spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}), io=dict(io) if io else None,
     )
     artifacts: List[Dict[str, Any]] = []
     with atomic_dir(out_dir, force=force) as tmp:
@@ -226,7 +245,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         from ..model_spec import weights_digest
 
         # verify rebuilds the model from its spec: this says whether it got the exported weights back.
-        manifest["model"]["weights_sha256"] = weights_digest(model)
+        manifest["model"]["weights_sha256"] = weights_digest(exported)
         write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
         # mkdtemp/mkstemp create private files; an export folder is ordinary output.
         tmp.chmod(0o755)

@@ -36,9 +36,11 @@ class ExportContext:
     options: Dict[str, Any] = field(default_factory=dict)  # opset, lowering, function_body, aot, ...
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
-    # The manifest's "io" record (docs/export.md) when the artifact does not take [T, B, ...] spikes in and give
-    # the spike train out, e.g. the authors' models ({"input_layout": "static", "output": "logits", "T": 20, ...,
-    # "source": "model"}); None: TB in, spikes out.
+    model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
+    # The manifest's "io" record (dsr_deploy.io_adapter, docs/export.md) when the artifact does not take
+    # [T, B, ...] spikes in and give the spike train out, e.g. the authors' models ({"input_layout": "static",
+    # "output": "logits", "T": 20, ..., "source": "model"}); None: TB in, spikes out. With export options
+    # ``model`` is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
     io: Optional[Dict[str, Any]] = None
 
     @property
@@ -66,8 +68,11 @@ class ExportContext:
 
     @property
     def fixed_T(self) -> bool:
-        """T is fixed by the model itself (its neurons hold it): no export may make it dynamic."""
-        return bool(self.io and self.io.get("source") == "model")
+        """No export may make T dynamic: a static input repeated T times inside, or a readout over T (the LIF
+        weights depend on T); ``io.source == "model"``: the model itself holds T."""
+        from ..io_adapter import dynamic_T
+
+        return bool(self.io) and (self.io.get("source") == "model" or not dynamic_T(self.io))
 
     def dynamic_dims(self, dynamic_T: bool = True) -> Dict[int, str]:
         """``{dim: "T" | "batch"}``: the input dimensions an export keeps symbolic."""

@@ -2,11 +2,14 @@
 :mod:`dsr_deploy.manifest` (re-exported here).
 
 Keys: ``schema``, ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``
-as a record only, ``weights_sha256``), ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``, ``lowering``,
-``neurons`` (one dict per layer: :meth:`dsr_deploy.convert.NeuronInfo.to_dict`, with ``layout`` (``TB`` / ``flat``),
-``timesteps`` and LIF ``lif_rule``), ``artifacts`` (``[{format, path, ...}]``, paths relative to DIR), ``inputs`` /
-``outputs`` (names), ``io`` (only when the artifact does not take ``[T, B, ...]`` in and give the spike train out:
-``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``; see docs/export.md).
+as a record only, ``weights_sha256``, and for a MODEL spec ``settings`` (the factory's keyword arguments from
+``--set`` and the checkpoint) and ``assumed_defaults`` (neuron settings neither gave; see
+:func:`dsr_deploy.model_spec.rebuild_model`)), ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``,
+``lowering``, ``neurons`` (one dict per layer: :meth:`dsr_deploy.convert.NeuronInfo.to_dict`, with ``layout``
+(``TB`` / ``flat``), ``timesteps`` and LIF ``lif_rule``), ``artifacts`` (``[{format, path, ...}]``, paths relative
+to DIR), ``inputs`` / ``outputs`` (names), ``io`` (only when the artifact does not take ``[T, B, ...]`` in and give
+the spike train out: ``input_layout``, ``output``, ``T``, ``encode``, ``readout``, ``source``;
+:mod:`dsr_deploy.io_adapter`, docs/export.md).
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
                    inputs: List[str] = None, outputs: List[str] = None) -> Dict[str, Any]:
     from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME
 
-    return {
+    io = getattr(ctx, "io", None)
+    layout = {"BT": "BT...", "static": "B..."}.get((io or {}).get("input_layout"), LAYOUT)
+    manifest = {
         "schema": SCHEMA_VERSION,
         "dsr_deploy_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         # trust_pickle records that the export needed --trust-pickle; a reader never takes trust from it.
         "model": {"spec": ctx.spec, "checkpoint": ctx.checkpoint,
-                  "trust_pickle": bool(ctx.options.get("trust_pickle", False))},
+                  "trust_pickle": bool(ctx.options.get("trust_pickle", False)), **(ctx.model_info or {})},
         "input_shape": list(ctx.input_shape),
         "T": ctx.T,
-        "layout": LAYOUT if ctx.io is None else ctx.input_layout,
+        "layout": layout,
         "dtype": str(ctx.dtype).replace("torch.", ""),
         "dynamic_batch": ctx.dynamic_batch,
         "lowering": ctx.options.get("lowering") or "function",
@@ -45,3 +50,4 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "outputs": outputs or [OUTPUT_NAME],
         **({"io": dict(ctx.io)} if ctx.io is not None else {}),
     }
+    return manifest

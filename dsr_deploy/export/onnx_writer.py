@@ -87,7 +87,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     for m in inf.modules():  # tag each node with its layer so probes and tools can map it back
         if hasattr(m, "onnx_attrs"):
             m.onnx_meta = {_META_INDEX: str(m.index), "dsr.layer_name": m.layer_name}
-    dims: Dict[int, str] = ctx.dynamic_dims(dynamic_T)
+    dims: Dict[int, str] = ctx.dynamic_dims(dynamic_T)  # T at dim 0 (1 for a [B, T] layout), batch at 1 (0)
     x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
         with _quiet():

@@ -52,7 +52,7 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
     if probe:
         net = _ProbedOp(net)
     D = torch.export.Dim.DYNAMIC
-    dims = {d: D for d in ctx.dynamic_dims()}
+    dims = {d: D for d in ctx.dynamic_dims()} or None  # T and batch (where the io layout puts them)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

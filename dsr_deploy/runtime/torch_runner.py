@@ -41,11 +41,11 @@ def _is_spec(artifact: Any) -> bool:
         where.endswith(".py") or all(p.isidentifier() for p in where.split(".")))
 
 
-def build_model(spec: str, checkpoint: Optional[str] = None, trust_pickle: bool = False):
-    """The loaded MODEL spec (with ``checkpoint``): :func:`dsr_deploy.model_spec.load_model`."""
+def build_model(spec: str, checkpoint: Optional[str] = None, trust_pickle: bool = False, settings=None):
+    """The loaded MODEL spec (with ``checkpoint`` and ``settings``, ``--set``): :func:`dsr_deploy.model_spec.load_model`."""
     from ..model_spec import load_model
 
-    return load_model(spec, checkpoint, trust_pickle)
+    return load_model(spec, checkpoint, trust_pickle, settings=settings)
 
 
 class TorchRunner(Runner):
@@ -73,7 +73,7 @@ class TorchRunner(Runner):
                 model = copy.deepcopy(model)  # never convert or move the caller's module in place
         else:
             loaded = build_model(str(self.artifact), self.options.get("checkpoint"),
-                                 bool(self.options.get("trust_pickle")))
+                                 bool(self.options.get("trust_pickle")), self.options.get("settings"))
             model = loaded.model
             if self._shape is None and loaded.default_input_shape is not None:
                 self._shape = tuple(loaded.default_input_shape)

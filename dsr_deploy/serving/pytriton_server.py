@@ -127,16 +127,21 @@ class ServedModel:
     outputs: list = field(default_factory=list)  # [(name, dtype, per-sample shape)]
     store: Optional[SequenceStore] = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Requests are batch first; the runner's input / output are [T, B, ...] unless the export's io says otherwise
+    # ([B, T, ...] or static [B, ...] in; logits [B, ...] out).
+    swap_in: bool = True
+    swap_out: bool = True
 
     # -- multi-step --------------------------------------------------------------------------------------
     def infer_multistep(self, requests):
         xs = [np.asarray(r["input"]) for r in requests]
         sizes = [x.shape[0] for x in xs]
         x = np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
-        x_tb = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # [B, T, ...] -> the runner's [T, B, ...]
+        x_tb = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if self.swap_in else x  # [B, T, ...] -> [T, B, ...]
         with self.lock:
             out = self.runner.infer({"input": x_tb})
-        y = np.ascontiguousarray(np.swapaxes(np.asarray(out["output"]), 0, 1))
+        y = np.asarray(out["output"])
+        y = np.ascontiguousarray(np.swapaxes(y, 0, 1)) if self.swap_out else y
         return [{"output": part} for part in np.split(y, np.cumsum(sizes)[:-1], axis=0)]
 
     # -- streaming ---------------------------------------------------------------------------------------
@@ -273,17 +278,25 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         if "input" not in specs or "output" not in out_names:
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
                             f"(got inputs {sorted(specs)}, outputs {out_names})")
-        shape = _input_shape(specs["input"], manifest)
+        io = (manifest or {}).get("io")
+        io = io if isinstance(io, dict) and io.get("input_layout") in ("TB", "BT", "static") else None
+        shape = _input_shape(specs["input"], manifest, io)  # as [T, B, ...]
         dtype = np.dtype(specs["input"].dtype or "float32").type  # an fp16 export is served in fp16
-        model.inputs = [("input", dtype, (shape[0], *shape[2:]), False)]
-        model.outputs = [("output", dtype, _output_shape(runner, "output", manifest, shape, dtype))]
+        static = bool(io) and io["input_layout"] == "static"
+        model.swap_in = not io or io["input_layout"] == "TB"
+        model.swap_out = not io or (io.get("output") != "logits" and io["input_layout"] != "BT")
+        model.inputs = [("input", dtype, tuple(shape[2:]) if static else (shape[0], *shape[2:]), False)]
+        model.outputs = [("output", dtype, _output_shape(runner, "output", manifest, shape, dtype, io))]
     return model
 
 
-def _input_shape(spec, manifest) -> tuple:
-    shape = list(spec.shape) if spec.shape else None
+def _input_shape(spec, manifest, io: Optional[dict] = None) -> tuple:
+    """The model input as ``[T, B, ...]`` (``io``: the artifact's ``[B, T, ...]`` / ``[B, ...]`` read as that)."""
+    from ..io_adapter import canonical_shape
+
+    shape = canonical_shape(spec.shape, io) if spec.shape else None
     if manifest and isinstance(manifest.get("input_shape"), list):
-        known = manifest["input_shape"]
+        known = canonical_shape(manifest["input_shape"], io)
         if shape is None or len(shape) != len(known):
             shape = list(known)
         else:  # a symbolic T stays dynamic; fixed dims from the model
@@ -293,7 +306,8 @@ def _input_shape(spec, manifest) -> tuple:
     return tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in shape)
 
 
-def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None, dtype=np.float32) -> tuple:
+def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None, dtype=np.float32,
+                  io: Optional[dict] = None) -> tuple:
     """Per-sample output dims: run the model once on zeros (cheap; also checks that it runs)."""
     specs = {s.name: s for s in runner.inputs()}
     feeds = {}
@@ -306,10 +320,16 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None,
             feeds[f"v_in_{i}"] = np.zeros((1, *s["shape"]), dtype=np.float32)
         out = runner.infer(feeds)
         return tuple(np.asarray(out["y_t"]).shape[1:])
+    from ..io_adapter import artifact_shape
+
     T = in_shape[0] if in_shape[0] > 0 else 1
-    feeds["input"] = np.zeros((T, 1, *[d if d > 0 else 1 for d in in_shape[2:]]), dtype=dtype)
+    feeds["input"] = np.zeros(artifact_shape((T, 1, *[d if d > 0 else 1 for d in in_shape[2:]]), io), dtype=dtype)
     out = np.asarray(runner.infer(feeds)["output"])
     dims = list(out.shape)
+    if io and io.get("output") == "logits":
+        return tuple(dims[1:])  # [B, classes]
+    if io and io["input_layout"] == "BT":
+        return tuple([-1 if in_shape[0] < 0 else dims[1], *dims[2:]])
     return tuple([-1 if in_shape[0] < 0 else dims[0], *dims[2:]])
 
 

@@ -171,8 +171,10 @@ def _rename_producer(graph, old: str, new: str) -> None:
     _rename_uses(graph, old, new)
 
 
-def batch_first_multistep(model) -> bool:
-    """``input [T, B, ...] -> output [T, B, ...]`` becomes ``[B, T, ...] -> [B, T, ...]``; False if not that."""
+def batch_first_multistep(model, output_spikes: Optional[bool] = None) -> bool:
+    """``input [T, B, ...] -> output [T, B, ...]`` becomes ``[B, T, ...] -> [B, T, ...]``; False if not that.
+    ``output_spikes`` (from the manifest's ``io``): whether the output is a ``[T, B, ...]`` spike train (False:
+    logits ``[B, ...]``, left as they are); None: guessed from the dims."""
     from onnx import helper
 
     g = model.graph
@@ -186,7 +188,7 @@ def batch_first_multistep(model) -> bool:
     perm_x = [1, 0] + list(range(2, rank_x))
     new_nodes = [helper.make_node("Transpose", [x.name], [inner_x], perm=perm_x, name="triton_batch_first_in")]
     # Output: transposed back when it keeps [T, B, ...] (its first two dims are the input's).
-    transpose_out = rank_y >= 2 and y.dims[:2] == x.dims[:2]
+    transpose_out = rank_y >= 2 and y.dims[:2] == x.dims[:2] if output_spikes is None else output_spikes
     if transpose_out:
         _rename_producer(g, y.name, inner_y)
         perm_y = [1, 0] + list(range(2, rank_y))
@@ -393,7 +395,14 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                 add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
-                if _batch_first(ins0):
+                io = (src.manifest or {}).get("io")
+                io = io if isinstance(io, dict) else {}
+                if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
+                    note = (f"model used as exported (batch first: {io['input_layout']} input, "
+                            f"{io.get('output', 'spikes')} output)")
+                elif io and batch_first_multistep(model, output_spikes=io.get("output") != "logits"):
+                    note = f"multi-step: input batch first [B, T, ...], {io.get('output')} output"
+                elif _batch_first(ins0):
                     note = "model used as exported (batch first)"
                 elif batch_first_multistep(model):
                     note = "multi-step: input/output batch first [B, T, ...]"
