@@ -237,7 +237,7 @@ _FALSE = {"0", "false", "no", "off"}
 # Neuron settings that change what a trained network computes: a checkpoint that does not store them and a user
 # who does not give them means a default is assumed (warned). LIF adds tau and delta_t.
 _NEURON_SETTINGS = ("T", "v_threshold", "alpha", "v_threshold_lower_bound")
-_LIF_SETTINGS = ("tau", "delta_t")
+_LIF_SETTINGS = ("tau", "delta_t", "lif_rule")
 # Names the authors' code (and its argparse) uses for our settings.
 _CHECKPOINT_NAMES = {"T": "T", "timesteps": "T", "timestep": "T", "Vth": "v_threshold", "v_threshold": "v_threshold",
                      "alpha": "alpha", "Vth_bound": "v_threshold_lower_bound",
@@ -386,6 +386,11 @@ def checkpoint_settings(obj: Any) -> Tuple[Dict[str, Any], bool]:
         state = obj if state is None else state
         thresholds = any(isinstance(k, str) and k.rsplit(".", 1)[-1] in ("Vth", "v_threshold")
                          and isinstance(v, torch.Tensor) for k, v in state.items())
+        # Trained with the authors' code (their threshold name, or their settings dict): their LIF arithmetic,
+        # beta and 1 - beta in float32 (a LIF factory takes it; an IF one ignores it).
+        if isinstance(obj.get("snn_setting"), Mapping) or any(
+                isinstance(k, str) and k.rsplit(".", 1)[-1] == "Vth" for k in state):
+            found.setdefault("lif_rule", "float32")
     elif isinstance(obj, nn.Module):
         thresholds = True  # a whole pickled model carries its own settings
     return found, thresholds

@@ -29,14 +29,17 @@ READOUTS = ("spikes", "rate")
 # vth 0.3, tau 1.0, dt 0.05, alpha 0.3, bound 5e-4.
 NEURON_DEFAULTS = {
     "if": {"v_threshold": 6.0, "alpha": 0.5, "v_threshold_lower_bound": 0.01},
-    "lif": {"v_threshold": 0.3, "tau": 1.0, "delta_t": 0.05, "alpha": 0.3, "v_threshold_lower_bound": 5e-4},
+    "lif": {"v_threshold": 0.3, "tau": 1.0, "delta_t": 0.05, "alpha": 0.3, "v_threshold_lower_bound": 5e-4,
+            # beta and 1 - beta computed in double and rounded once (SpikingJelly, the seed); "float32": the
+            # authors' arithmetic (dsr_deploy.functional.lif_coefficients)
+            "lif_rule": "double"},
 }
 # Hyper-parameters a zoo factory forwards to every neuron it builds.
 NEURON_PARAMS = {
     "if": ("v_threshold", "alpha", "v_threshold_lower_bound", "v_threshold_training", "v_threshold_grad_scaling",
            "backend", "v_threshold_grad_sync"),
     "lif": ("v_threshold", "tau", "delta_t", "alpha", "v_threshold_lower_bound", "v_threshold_training",
-            "v_threshold_grad_scaling", "backend", "v_threshold_grad_sync"),
+            "v_threshold_grad_scaling", "backend", "v_threshold_grad_sync", "lif_rule"),
 }
 
 

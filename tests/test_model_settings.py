@@ -106,7 +106,9 @@ def test_factory_settings_for_file_specs(tmp_path):
 
 
 def test_authors_trainer_checkpoint_warns_about_assumed_settings_and_exports_exactly(tmp_path, capsys):
-    trained = _trained_small(1, alpha=0.5)
+    # A stand-in for a network the authors' code trained: their LIF arithmetic (beta, 1 - beta in float32), which
+    # their checkpoint format implies and the export must reproduce.
+    trained = _trained_small(1, alpha=0.5, lif_rule="float32")
     ckpt = tmp_path / "checkpoint.pth"
     _authors_checkpoint(trained, ckpt)
     out = tmp_path / "export"
@@ -119,7 +121,8 @@ def test_authors_trainer_checkpoint_warns_about_assumed_settings_and_exports_exa
     assert "assumed zoo defaults: v_threshold_lower_bound=0.0005, tau=1.0, delta_t=0.05" in warnings[0]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["settings"] == {"T": 4, "neuron": "lif", "image_size": 8, "channels": [4, 8],
-                                             "alpha": 0.5}
+                                             "alpha": 0.5, "lif_rule": "float32"}
+    assert {n["lif_rule"] for n in manifest["neurons"]} == {"float32"}
     assert manifest["model"]["assumed_defaults"] == {"v_threshold_lower_bound": 0.0005, "tau": 1.0, "delta_t": 0.05}
     stored = [float(v) for k, v in trained.state_dict().items() if k.endswith("v_threshold")]
     assert [n["v_threshold"] for n in manifest["neurons"]] == pytest.approx(stored, rel=1e-7)
@@ -137,7 +140,7 @@ def test_authors_trainer_checkpoint_warns_about_assumed_settings_and_exports_exa
 
 
 def test_settings_stored_in_the_checkpoint_are_applied(tmp_path, capsys):
-    trained = _trained_small(2, alpha=0.5, delta_t=0.1)
+    trained = _trained_small(2, alpha=0.5, delta_t=0.1, lif_rule="float32")
     ckpt = tmp_path / "checkpoint.pth"
     _authors_checkpoint(trained, ckpt, snn_setting={"timesteps": 4, "alpha": 0.5, "delta_t": 0.1, "tau": 1.0,
                                                     "Vth_bound": 0.0005})
