@@ -460,7 +460,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         elif not trust_pickle:
             raise UserError(unsafe.format(why="corrupt, or not a PyTorch file")) from exc
     except Exception as exc:  # noqa: BLE001 - garbage bytes fail anywhere in the unpickler (IndexError, ...)
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__})") from exc
+        raise UserError(unsafe.format(why=f"corrupt, truncated or not a PyTorch file: {type(exc).__name__}")) from exc
     # trust_pickle: the user vouched for the file.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -124,7 +124,7 @@ BAD = [
     (["{nets}:sj_conv_net"], "--input-shape"),
     (["{nets}:sj_conv_net", "--input-shape", "4,2,3,8,8", "--format", "tflite"], "unknown --format"),
     (["{nets}:sj_conv_net", "--input-shape", "4,2,3,8,8", "--opset", "13"], "--opset must be >= 17"),
-    (["{nets}:ours_conv_net", "--input-shape", "4,2,3,8,8", "--checkpoint", "{ckpt}/truncated.pt"], "corrupt or truncated"),
+    (["{nets}:ours_conv_net", "--input-shape", "4,2,3,8,8", "--checkpoint", "{ckpt}/truncated.pt"], "not a state dict we can load safely"),
     (["{nets}:ours_conv_net", "--input-shape", "4,2,3,8,8", "--checkpoint", "{ckpt}/garbage.pt"], "corrupt"),
     (["{nets}:ours_conv_net", "--input-shape", "4,2,3,8,8", "--checkpoint", "{ckpt}/missing.pt"], "not found"),
     (["{nets}:ours_conv_net", "--input-shape", "4,2,3,8,8", "--checkpoint", "{ckpt}/keys.pt"],
