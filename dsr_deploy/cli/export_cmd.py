@@ -448,18 +448,24 @@ def register(app: typer.Typer) -> None:
         allow_skipped: bool = typer.Option(False, "--allow-skipped", help="pass even when some artifact ran in "
                                            "no backend here (e.g. a TensorRT plan without a GPU)"),
     ):
-        """Run every artifact of FOLDER in every available backend against the PyTorch model; exit 1 on failure.
+        """Run every artifact of FOLDER in every available backend against
+        the PyTorch model; exit 1 on failure.
 
-        Pass rule, per artifact x backend: (1) every neuron, fed exactly the input the PyTorch reference gave
-        it (teacher forcing), gives the reference's spikes bit for bit in float32 (>= 99.9 % in float16 /
-        bfloat16), run alone in that backend with the artifact's own parameters; (2) the artifact loads and
-        runs; (3) top-1 agreement >= --min-top1 over the inputs; (4) with --labels, accuracy at most
-        --max-accuracy-drop points below PyTorch's; (5) only with --min-agreement, every layer's end-to-end
-        spike agreement at least that. End to end a backend's own convolutions may round differently from
-        PyTorch's (CPU-dependent kernels); the report shows where divergence starts and how far that layer's
-        input already differed.
+        Pass rule, per artifact x backend: (1) every neuron, fed exactly
+        the input the PyTorch reference gave it (teacher forcing), gives
+        the reference's spikes bit for bit in float32 (>= 99.9 % in
+        float16), run alone in that backend with the artifact's own
+        parameters; (2) the artifact loads and runs; (3) top-1 agreement
+        >= --min-top1 over the inputs; (4) with --labels, accuracy at most
+        --max-accuracy-drop points below PyTorch's; (5) only with --min-
+        agreement, every layer's end-to-end spike agreement at least that.
 
-        FOLDER is untrusted: it can never grant trust; only --trust-pickle / --trust-model-code do."""
+        End to end, a backend's own convolutions may round differently
+        from PyTorch's (CPU-dependent kernels); the report shows where
+        divergence starts and how far that layer's input already differed.
+
+        FOLDER is untrusted: it can never grant trust; only --trust-pickle
+        / --trust-model-code do."""
         from ..verify import verify_folder
 
         if random_inputs < 0:
