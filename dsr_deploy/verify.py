@@ -360,14 +360,19 @@ def load_inputs(manifest: dict, input_file: Optional[str], n_random: int = 1,
     return inputs
 
 
-def _read_input(input_file: str, shape: tuple, io: dict) -> np.ndarray:
-    p = Path(input_file)
+def _load_npy(option: str, path: str) -> np.ndarray:
+    """A user's .npy file (never unpickled); one-line errors."""
+    p = Path(path)
     if not p.is_file():
-        raise UserError(f"--input {input_file}: no such file")
+        raise UserError(f"{option} {path}: no such file")
     try:
-        x = np.load(p, allow_pickle=False)
+        return np.load(p, allow_pickle=False)
     except Exception as exc:
-        raise UserError(f"--input {input_file} is not a readable .npy array ({type(exc).__name__})") from exc
+        raise UserError(f"{option} {path} is not a readable .npy array ({type(exc).__name__})") from exc
+
+
+def _read_input(input_file: str, shape: tuple, io: dict) -> np.ndarray:
+    x = _load_npy("--input", input_file)
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"--input {input_file} must hold a floating-point array, got {getattr(x, 'dtype', type(x))}")
     static = io.get("input_layout") == "static"
@@ -382,13 +387,7 @@ def _read_input(input_file: str, shape: tuple, io: dict) -> np.ndarray:
 
 
 def _read_labels(labels_file: str, n: int) -> np.ndarray:
-    p = Path(labels_file)
-    if not p.is_file():
-        raise UserError(f"--labels {labels_file}: no such file")
-    try:
-        y = np.load(p, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"--labels {labels_file} is not a readable .npy array ({type(exc).__name__})") from exc
+    y = _load_npy("--labels", labels_file)
     if not isinstance(y, np.ndarray) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"--labels {labels_file} must hold a 1-D integer array (one class per batch item)")
     if len(y) != n:
