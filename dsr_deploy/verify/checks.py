@@ -1,0 +1,163 @@
+"""The comparisons of one artifact x backend run against the reference: end to end (output, top-1, accuracy,
+per-layer spikes and inputs from the probe) and the teacher-forced neuron check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from ..export.base import CURRENT_PREFIX, INPUT_NAME, OUTPUT_NAME, PROBE_PREFIX
+from ..numerics import count_equal, max_abs_diff
+from .inputs import fits
+from .probes import probe_output_names
+from .reference import Call, top1
+from .report import LayerStat, Run
+
+def _stat(stats: Dict[int, LayerStat], layer: int, infos) -> LayerStat:
+    if layer not in stats:
+        info = infos[layer]
+        stats[layer] = LayerStat(layer, info.name, info.op_type)
+    return stats[layer]
+
+
+def run_end_to_end(run: Run, art: dict, manifest: dict, io: dict, runner, refs, infos, labels, backend: str,
+                    opts: dict, probe_path: Optional[Path], probe_idx, is_module: bool, load_runner) -> None:
+    stats: Dict[int, LayerStat] = {}
+    probe_runner = None
+    n_calls = len(refs[0][3])
+    if not is_module and probe_path is not None:
+        popts = dict(opts)
+        if art.get("format") != "onnx":
+            popts.update(input_names=[INPUT_NAME], output_names=probe_output_names(n_calls))
+        probe_runner = load_runner(probe_path, backend, **popts)
+    try:
+        for k, (name, x, ref_out, ref_calls) in enumerate(refs):
+            skip = fits(art, manifest, x) if not is_module else None
+            if skip:
+                run.layers_note = (run.layers_note + f"; input {name} skipped ({skip})").lstrip("; ")
+                continue
+            x = x.astype(input_dtype(run.precision))
+            out = runner.infer({INPUT_NAME: x})
+            y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values()))).astype(np.float32)
+            if y.shape != ref_out.shape:
+                raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
+            run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)  # NaN-aware (dsr_deploy.numerics)
+            t_art, t_ref = top1(y, io), top1(ref_out, io)
+            run.top1_equal += int((t_art == t_ref).sum())
+            run.top1_total += int(t_ref.size)
+            if labels is not None and k == len(refs) - 1:
+                run.correct, run.labelled = int((t_art == labels).sum()), int(labels.size)
+            if is_module:
+                got = out
+            elif probe_runner is not None:
+                got = probe_runner.infer({INPUT_NAME: x})
+            else:
+                continue
+            _accumulate(stats, got, ref_calls, probe_idx, infos, run.precision)
+    finally:
+        if probe_runner is not None:
+            probe_runner.release()
+    run.layers = [stats[i] for i in sorted(stats)]
+
+
+def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], probe_idx, infos,
+                precision: str = "float32") -> None:
+    # Match the j-th call of layer i in the probe with the j-th call of layer i in the reference.
+    by_layer: Dict[int, List[Call]] = {}
+    for c in ref_calls:
+        by_layer.setdefault(c.layer, []).append(c)
+    keys = sorted((k for k in got if k.startswith(PROBE_PREFIX)), key=lambda k: int(k[len(PROBE_PREFIX):]))
+    if len(keys) != len(ref_calls):
+        raise UserError(f"the probe exposes {len(keys)} neuron outputs, the model made {len(ref_calls)} neuron calls")
+    seen: Dict[int, int] = {}
+    for k, key in enumerate(keys):
+        layer = probe_idx[k] if probe_idx is not None and probe_idx[k] is not None else ref_calls[k].layer
+        j = seen.get(layer, 0)
+        seen[layer] = j + 1
+        want = by_layer[layer][j]
+        have = np.asarray(got[key])
+        if have.size != want.y.size:
+            raise UserError(f"layer {layer}: spikes of shape {list(have.shape)}, the model's are {list(want.y.shape)}")
+        # A flat layer's probe gives [T, B, ...] spikes for the training neuron's [T*B, ...]: same order.
+        have = have.reshape(want.y.shape).astype(np.float32)
+        st = _stat(stats, layer, infos)
+        st.equal += count_equal(have, _rounded(want.y, precision))  # NaN spikes of a NaN model agree
+        st.total += int(want.y.size)
+        cur = got.get(f"{CURRENT_PREFIX}{key[len(PROBE_PREFIX):]}")
+        if cur is not None:
+            cur = np.asarray(cur, dtype=np.float64).reshape(want.x.shape) if np.size(cur) == want.x.size else None
+        if cur is not None:
+            d = np.abs(cur - want.x.astype(np.float64))
+            scale = float(np.max(np.abs(want.x))) if want.x.size else 0.0
+            mx = float(np.max(d)) if d.size else 0.0
+            st.input_max_abs_diff = max(st.input_max_abs_diff or 0.0, mx)
+            st.input_max_rel_diff = max(st.input_max_rel_diff or 0.0, mx / scale if scale > 0 else 0.0)
+            st.input_differing += int((d > 0).sum())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The teacher-forced neuron check.
+
+
+def _to_time_major(x: np.ndarray, info) -> np.ndarray:
+    """A training neuron's input in the ``[T, B, ...]`` layout the dsr ops take (the authors' neurons take
+    ``[T*B, ...]``, time-major flattened)."""
+    if info.layout == "flat":
+        return x.reshape((info.timesteps, x.shape[0] // info.timesteps) + x.shape[1:])
+    return x
+
+
+def run_neuron_check(run: Run, runner, refs, infos) -> None:
+    try:
+        neurons = runner.neurons()
+    except UserError as exc:
+        run.neuron_note = str(exc)
+        return
+    if not neurons:
+        run.neuron_note = "the artifact exposes no neuron"
+        return
+    by_name = {info.name: i for i, info in infos.items()}
+    for n in neurons:  # a program's op call knows its module path, not the layer index
+        if n.layer is None and n.params.get("module_path") in by_name:
+            n.layer = by_name[n.params["module_path"]]
+    stats = {l.index: l for l in run.layers}
+    ordered = [n for n in neurons if n.layer is None]
+    for _name, _x, _out, calls in refs:
+        seen: Dict[int, int] = {}
+        for k, call in enumerate(calls):
+            j = seen.get(call.layer, 0)
+            seen[call.layer] = j + 1
+            match = [n for n in neurons if n.layer == call.layer and (n.call is None or n.call == j)]
+            if not match and len(ordered) == len(calls):
+                match = [ordered[k]]
+            if not match:
+                raise UserError(f"layer {call.layer} ({infos[call.layer].name}): the artifact holds no neuron for "
+                                f"its call {j}")
+            info = infos[call.layer]
+            st = _stat(stats, call.layer, infos)
+            for n in match:
+                x = _to_time_major(call.x, info) if n.time_major else call.x
+                want = call.y.reshape(x.shape)
+                have = np.asarray(n.run(np.ascontiguousarray(x.astype(input_dtype(run.precision)))))
+                if have.shape != want.shape:
+                    raise UserError(f"layer {call.layer}: the artifact's neuron returned {list(have.shape)}, "
+                                    f"the reference {list(want.shape)}")
+                st.neuron_equal += count_equal(have.astype(np.float32), _rounded(want, run.precision))
+                st.neuron_total += int(want.size)
+    run.layers = [stats[i] for i in sorted(stats)]
+    run.neuron_checked = True
+
+
+def input_dtype(precision: str):
+    return np.float16 if precision == "float16" else np.float32
+
+
+def _rounded(spikes: np.ndarray, precision: str) -> np.ndarray:
+    """The reference's float32 spikes as a half-precision artifact represents them (each spike value, vth or
+    vth/dt, rounded once to the artifact's dtype)."""
+    if precision == "float16":
+        return spikes.astype(np.float16).astype(np.float32)
+    return spikes

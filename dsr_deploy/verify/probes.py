@@ -1,0 +1,102 @@
+"""Probes (an artifact with every neuron call's spikes and input exposed, for the end-to-end per-layer figures) and
+the backends that can run an artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..convert import find_neurons
+from ..export.base import CURRENT_PREFIX, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+
+
+def _onnx_probe(path: Path, tmp: Path) -> Tuple[Path, List[Optional[int]]]:
+    import onnx
+
+    from ..export.onnx_writer import add_probe_outputs, probe_targets
+
+    model = onnx.load(str(path))
+    targets = probe_targets(model)
+    probe = add_probe_outputs(model)
+    out = tmp / f"probe_{path.stem}.onnx"
+    onnx.save(probe, str(out))
+    return out, [idx for idx, _ in targets]
+
+
+def _torch_ctx(model, manifest: dict) -> ExportContext:
+    io = manifest.get("io") or None
+    return ExportContext(model=model, neurons=find_neurons(model), input_shape=tuple(manifest["input_shape"]),
+                         dynamic_batch=bool(manifest.get("dynamic_batch", True)), io=dict(io) if io else None)
+
+
+def make_probe(fmt: str, path: Path, model, manifest: dict, tmp: Path) -> Tuple[Path, Optional[List[int]], str]:
+    """The probe artifact for ``path`` and the layer index of each probe output (None: same order as
+    the reference's calls)."""
+    if fmt == "onnx":
+        p, idx = _onnx_probe(path, tmp)
+        return p, idx, "probe: this file with the neuron outputs exposed"
+    if fmt == "torchscript":
+        from ..export.torchscript_writer import write_torchscript_probe
+
+        p = tmp / "probe.ts"
+        write_torchscript_probe(_torch_ctx(model, manifest), p)
+        return p, None, "probe: re-exported TorchScript with the neuron outputs exposed"
+    if fmt in ("pt2", "aoti"):
+        from ..export.pt2_writer import write_pt2_probe
+
+        p = tmp / ("probe.aoti.pt2" if fmt == "aoti" else "probe.pt2")
+        write_pt2_probe(_torch_ctx(model, manifest), p, aot=(fmt == "aoti"))
+        return p, None, f"probe: re-exported {'AOTInductor package' if fmt == 'aoti' else 'torch.export program'} with the neuron outputs exposed"
+    raise ValueError(f"per-layer probes are not made for {fmt} artifacts (output figures only)")
+
+
+def probe_output_names(n_calls: int) -> List[str]:
+    return ([OUTPUT_NAME] + [f"{PROBE_PREFIX}{k}" for k in range(n_calls)]
+            + [f"{CURRENT_PREFIX}{k}" for k in range(n_calls)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backends per artifact.
+
+
+def backends_for(fmt: str, path: Path) -> List[Tuple[str, Dict[str, Any], str, Optional[str]]]:
+    """(backend, runner options, variant label, skip reason) for every backend that could run ``path``."""
+    from ..runtime import available_backends
+    from ..runtime.base import _BACKENDS
+
+    avail = available_backends()
+    out = []
+    for name, why in avail.items():
+        if name == "torch":
+            continue
+        b = _BACKENDS[name]
+        try:
+            ok = b.accepts(path)
+        except Exception:
+            ok = False
+        if not ok:
+            continue
+        if name == "onnxruntime":
+            out.append((name, {"custom_ops": "off"}, "function fallback", why))
+            if _has_dsr_nodes(path):
+                from ..runtime.onnxruntime import find_ort_library
+
+                lib = find_ort_library()
+                out.append((name, {"custom_ops": "require"}, "dsr custom-op library",
+                            why or (None if lib else "libdsr_ort_ops.so not built (dsr-deploy plugins build)")))
+        else:
+            out.append((name, {}, "", why))
+    return out
+
+
+def _has_dsr_nodes(path: Path) -> bool:
+    import onnx
+
+    from ..export.onnx_writer import dsr_nodes
+
+    try:
+        return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
+    except Exception:
+        return False
+
+

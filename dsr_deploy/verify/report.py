@@ -1,0 +1,153 @@
+"""verify's figures per artifact x backend (:class:`Run`, :class:`LayerStat`) and the pass rule (:func:`judge`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+DEFAULT_MIN_TOP1 = 0.99
+DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
+HALF_NEURON_AGREEMENT = 0.999  # float16 / bfloat16 neurons: spikes equal given the same input
+_HALF = ("float16", "bfloat16")
+
+
+@dataclass
+class LayerStat:
+    """One neuron layer of one run: the teacher-forced check and the end-to-end agreement."""
+
+    index: int
+    name: str
+    op_type: str
+    equal: int = 0  # end to end (probe): spikes equal to the reference's
+    total: int = 0
+    neuron_equal: int = 0  # teacher-forced: spikes equal given the reference's input
+    neuron_total: int = 0
+    input_max_abs_diff: Optional[float] = None  # end to end: the layer's input vs the reference's
+    input_max_rel_diff: Optional[float] = None  # ... relative to the reference input's largest magnitude
+    input_differing: int = 0
+
+    @property
+    def agreement(self) -> Optional[float]:
+        return self.equal / self.total if self.total else None
+
+    @property
+    def neuron_agreement(self) -> Optional[float]:
+        return self.neuron_equal / self.neuron_total if self.neuron_total else None
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "op_type": self.op_type, "agreement": self.agreement,
+                "spikes_equal": self.equal, "spikes_total": self.total,
+                "neuron_agreement": self.neuron_agreement, "neuron_spikes_equal": self.neuron_equal,
+                "neuron_spikes_total": self.neuron_total, "input_max_abs_diff": self.input_max_abs_diff,
+                "input_max_rel_diff": self.input_max_rel_diff, "input_differing": self.input_differing}
+
+
+@dataclass
+class Run:
+    artifact: str
+    format: str
+    backend: str
+    variant: str = ""
+    status: str = "ok"  # ok | skipped | error
+    reason: str = ""
+    precision: str = "float32"
+    max_abs_diff: float = 0.0
+    top1_equal: int = 0
+    top1_total: int = 0
+    correct: Optional[int] = None  # with labels
+    labelled: Optional[int] = None
+    layers: List[LayerStat] = field(default_factory=list)
+    layers_note: str = ""
+    neuron_note: str = ""  # why the neuron check did not run, if it did not
+    neuron_checked: bool = False
+    failures: List[str] = field(default_factory=list)
+    passed: Optional[bool] = None
+
+    @property
+    def top1_agreement(self) -> Optional[float]:
+        return self.top1_equal / self.top1_total if self.top1_total else None
+
+    @property
+    def neuron_exact(self) -> Optional[bool]:
+        if not self.neuron_checked:
+            return None
+        return all(l.neuron_equal == l.neuron_total for l in self.layers if l.neuron_total)
+
+    def divergence(self) -> Optional[dict]:
+        """The first layer (in layer order) whose end-to-end spikes differ, with its input's difference."""
+        for l in self.layers:
+            if l.total and l.equal != l.total:
+                return {"layer": l.index, "name": l.name, "spikes_differing": l.total - l.equal,
+                        "input_max_abs_diff": l.input_max_abs_diff, "input_max_rel_diff": l.input_max_rel_diff,
+                        "input_differing": l.input_differing,
+                        "neuron_exact": (l.neuron_equal == l.neuron_total) if l.neuron_total else None}
+        return None
+
+    def input_difference(self) -> Optional[dict]:
+        """The first layer whose *input* differs end to end from the reference's (the backend's own arithmetic
+        upstream of it), whether or not any spike flipped."""
+        for l in self.layers:
+            if l.input_differing:
+                return {"layer": l.index, "name": l.name, "input_differing": l.input_differing,
+                        "input_max_abs_diff": l.input_max_abs_diff, "input_max_rel_diff": l.input_max_rel_diff}
+        return None
+
+    def to_dict(self) -> dict:
+        ok = self.status == "ok"
+        return {
+            "artifact": self.artifact, "format": self.format, "backend": self.backend, "variant": self.variant,
+            "status": self.status, "reason": self.reason, "precision": self.precision,
+            "max_abs_diff": self.max_abs_diff if ok else None,
+            "top1_agreement": self.top1_agreement if ok else None,
+            "accuracy": (self.correct / self.labelled) if ok and self.labelled else None,
+            "neuron_exact": self.neuron_exact if ok else None,
+            "neuron_agreement": _min_or_none(l.neuron_agreement for l in self.layers) if ok else None,
+            "neuron_note": self.neuron_note,
+            "layers": [l.to_dict() for l in self.layers],
+            "min_layer_agreement": _min_or_none(l.agreement for l in self.layers),
+            "divergence": self.divergence() if ok else None,
+            "first_input_difference": self.input_difference() if ok else None,
+            "layers_note": self.layers_note,
+            "failures": list(self.failures),
+            "passed": self.passed,
+        }
+
+
+def _min_or_none(values) -> Optional[float]:
+    return min((v for v in values if v is not None), default=None)
+
+
+def unchecked_artifacts(runs: List[Run]) -> List[dict]:
+    """The listed artifacts that no backend ran (every row skipped), with why: not a pass."""
+    by: Dict[str, List[Run]] = {}
+    for r in runs:
+        by.setdefault(r.artifact, []).append(r)
+    return [{"artifact": a, "format": rs[0].format, "reason": "; ".join(dict.fromkeys(r.reason for r in rs))}
+            for a, rs in by.items() if all(r.status == "skipped" for r in rs)]
+
+
+def judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: Optional[float],
+           ref_correct: Optional[int]) -> None:
+    """The pass rule (module docstring); ``run.failures`` says which parts failed."""
+    half = run.precision in _HALF
+    if not run.neuron_checked:
+        run.failures.append(f"neuron check did not run: {run.neuron_note}")
+    for l in run.layers:
+        if not l.neuron_total:
+            continue
+        if (not half and l.neuron_equal != l.neuron_total) or (half and l.neuron_agreement < HALF_NEURON_AGREEMENT):
+            run.failures.append(f"layer {l.index} ({l.name}) neuron differs from the reference given the same "
+                                f"input: {l.neuron_total - l.neuron_equal} of {l.neuron_total} spikes")
+    if run.top1_agreement is not None and run.top1_agreement < min_top1:
+        run.failures.append(f"top-1 agreement {run.top1_agreement:.2%} < {min_top1:.2%}")
+    if ref_correct is not None and run.labelled:
+        drop = 100.0 * (ref_correct - run.correct) / run.labelled
+        if drop > max_accuracy_drop + 1e-9:
+            run.failures.append(f"accuracy {run.correct}/{run.labelled} is {drop:.2f} points below PyTorch's")
+    if min_agreement is not None:
+        low = [l for l in run.layers if l.agreement is not None and l.agreement < min_agreement]
+        run.failures += [f"layer {l.index} ({l.name}) end-to-end spike agreement {l.agreement:.4%} < "
+                         f"{min_agreement:.4%}" for l in low]
+    run.passed = not run.failures
+
+
