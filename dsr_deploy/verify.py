@@ -280,15 +280,14 @@ def _probe_output_names(n_calls: int) -> List[str]:
 
 def _backends_for(fmt: str, path: Path) -> List[Tuple[str, Dict[str, Any], str, Optional[str]]]:
     """(backend, runner options, variant label, skip reason) for every backend that could run ``path``."""
-    from .runtime import available_backends
-    from .runtime.base import _BACKENDS
+    from .runtime import available_backends, get_backend
 
     avail = available_backends()
     out = []
     for name, why in avail.items():
         if name == "torch":
             continue
-        b = _BACKENDS[name]
+        b = get_backend(name)
         try:
             ok = b.accepts(path)
         except Exception:
@@ -475,12 +474,12 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
             fmt = str(art.get("format"))
             if fmt == "pytorch":
                 from .convert import inference_copy
-                from .export.pt2_writer import _ProbedOp
+                from .export.pt2_writer import ProbedOp
 
                 targets = [("torch", {"output_names": _probe_output_names(len(refs[0][3]))},
                             "inference copy (dsr ops)", None)]
                 path, probe_path, probe_idx, note = None, None, None, "the inference copy's own neuron outputs"
-                module = _ProbedOp(inference_copy(reference_model, "op"))
+                module = ProbedOp(inference_copy(reference_model, "op"))
             else:
                 module = None
                 path = manifest.path_of(art)

@@ -261,7 +261,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "model"
     model = ServedModel(name=name, artifact=str(path), backend=runner.backend, streaming=streaming, runner=runner)
     if streaming:
-        from ..streaming import manifest_states
+        from ..runtime.stream import manifest_states
 
         if manifest is None:
             raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
@@ -314,7 +314,7 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None,
     if name == "y_t":
         step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
         feeds["x_t"] = np.zeros((1, *step[1:]), dtype=np.float32)
-        from ..streaming import manifest_states
+        from ..runtime.stream import manifest_states
 
         for i, s in enumerate(manifest_states(manifest)):
             feeds[f"v_in_{i}"] = np.zeros((1, *s["shape"]), dtype=np.float32)
