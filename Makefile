@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart test info plugins
+.PHONY: setup quickstart test info plugins lint
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +25,7 @@ plugins: setup
 
 test: setup plugins
 	$(PY) -m pytest -q
+
+# Lint (ruff; the rules are in pyproject.toml: E, F, W, B, I, UP at 120 columns).
+lint: setup
+	$(VENV)/bin/ruff check .

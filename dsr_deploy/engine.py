@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .contract import DSR_OPS, PLUGIN_NAMESPACE, PLUGIN_VERSION, STATE_IN_PREFIX, STREAM_INPUT, is_streaming_input
+from .contract import PLUGIN_NAMESPACE, PLUGIN_VERSION, is_streaming_input
 from .errors import UserError
 from .onnx_graph import dsr_nodes
 
-STREAMING_INPUT_PREFIXES = (STREAM_INPUT, STATE_IN_PREFIX)
 
 Dim = Union[int, str, None]
 

@@ -3,18 +3,19 @@ the streaming export. Works on the protobufs alone (``onnx`` is not imported her
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from .contract import DOMAIN
 
 
-def dsr_nodes(model: Any, op_types: Optional[Iterable[str]] = None, *, subgraphs: bool = True) -> List[Any]:
+def dsr_nodes(model: Any, op_types: Iterable[str] | None = None, *, subgraphs: bool = True) -> list[Any]:
     """The ``dsr``-domain nodes of ``model`` (a ``ModelProto`` or a ``GraphProto``) in graph order, each followed
     by those of its subgraphs (Scan / Loop / If bodies, with ``subgraphs``); only ``op_types`` when given.
 
     Model-local functions are not walked: they are the fallback bodies *of* the dsr ops, not calls of them."""
     wanted = None if op_types is None else set(op_types)
-    found: List[Any] = []
+    found: list[Any] = []
 
     def walk(graph) -> None:
         for node in graph.node:

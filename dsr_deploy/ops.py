@@ -38,7 +38,7 @@ SCHEMAS = {
     "Tensor? v_init=None, bool return_state=False, float? decay=None, float? gain=None) -> (Tensor, Tensor)",
 }
 
-_lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: the registrations live as long as this object
+_lib = torch.library.Library(NAMESPACE, "DEF")  # the registrations live as long as this object
 for _schema in SCHEMAS.values():
     _lib.define(_schema)
 

@@ -6,15 +6,14 @@ cheap and no writer module imports this one back; :func:`register_format` adds m
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from .base import Format, Writer
 
-_FORMATS: Dict[Tuple[str, str], Format] = {}
+_FORMATS: dict[tuple[str, str], Format] = {}
 _builtins_registered = False
 
 
-def register_format(name: str, filename: str, writer: Writer, *, mode: str = "multistep", description: str = "") -> None:
+def register_format(name: str, filename: str, writer: Writer, *, mode: str = "multistep",
+                    description: str = "") -> None:
     _FORMATS[(mode, name)] = Format(name, mode, filename, writer, description)
 
 
@@ -33,11 +32,11 @@ def register_builtin_formats() -> None:
     register_format("pt2", "model.pt2", write_pt2, description="torch.export program (torch.export.load)")
 
 
-def formats(mode: str = "multistep") -> Dict[str, Format]:
+def formats(mode: str = "multistep") -> dict[str, Format]:
     register_builtin_formats()
     return {n: f for (m, n), f in _FORMATS.items() if m == mode}
 
 
-def modes() -> List[str]:
+def modes() -> list[str]:
     register_builtin_formats()
     return sorted({m for m, _ in _FORMATS})

@@ -30,10 +30,10 @@ runs such a model.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -93,7 +93,7 @@ class _StateIO:
 
     def __init__(self, n: int):
         self.v_in: Sequence[Tensor] = ()
-        self.v_out: list[Optional[Tensor]] = [None] * n
+        self.v_out: list[Tensor | None] = [None] * n
 
 
 class _StepNeuron(nn.Module):
@@ -386,8 +386,8 @@ def register_formats() -> None:
 
 def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
-                     spec: Optional[str] = None, checkpoint: Optional[str] = None, static_batch: bool = False,
-                     force: bool = False, progress=None, model_info: Optional[dict] = None,
+                     spec: str | None = None, checkpoint: str | None = None, static_batch: bool = False,
+                     force: bool = False, progress=None, model_info: dict | None = None,
                      precision: str = "float32") -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
@@ -396,11 +396,11 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
     """
+    from ..io import atomic_dir
     from . import check_input_shape, check_precision
     from .base import ExportContext
     from .formats import formats
     from .manifest import build_manifest, write_manifest
-    from ..io import atomic_dir
 
     register_formats()
     shape = check_input_shape(input_shape)

@@ -3,8 +3,17 @@
 
 from ..manifest import read_manifest
 from .base import BACKEND_FORMATS, Runner, RunnerOptions, TensorSpec, is_export_folder, manifest_for
-from .registry import (Backend, available_backends, backend_names, backends_for, get_backend, load_runner,
-                       looks_like_spec, register_backend, resolve_artifact)
+from .registry import (
+                       Backend,
+                       available_backends,
+                       backend_names,
+                       backends_for,
+                       get_backend,
+                       load_runner,
+                       looks_like_spec,
+                       register_backend,
+                       resolve_artifact,
+)
 
 __all__ = ["BACKEND_FORMATS", "Backend", "Runner", "RunnerOptions", "TensorSpec", "available_backends",
            "backend_names", "backends_for", "get_backend", "is_export_folder", "load_runner", "looks_like_spec",

@@ -144,7 +144,7 @@ class Runner(abc.ABC):
     def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
         """The backend's run on checked ``feeds`` (the runner is loaded)."""
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027  (a no-op for host backends, overridden by GPU ones)
         """Wait for queued device work (GPU runners); the timing code calls it."""
 
     def neurons(self) -> list:

@@ -7,9 +7,10 @@ cheap: each imports its heavy dependency (onnxruntime, tensorrt) only when a run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from ..errors import UserError
 from ..manifest import MANIFEST, Manifest, read_manifest
@@ -24,8 +25,8 @@ class Backend:
     name: str
     factory: Callable[..., Runner]
     accepts: Callable[[Any], bool]
-    extra: Optional[str] = None  # the pip extra that brings its dependency
-    probe: Optional[Callable[[], Optional[str]]] = None  # returns None when usable, else why not
+    extra: str | None = None  # the pip extra that brings its dependency
+    probe: Callable[[], str | None] | None = None  # returns None when usable, else why not
     priority: int = 0
 
 
@@ -33,7 +34,7 @@ _REGISTRY: dict[str, Backend] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Runner], accepts: Callable[[Any], bool], *,
-                     extra: Optional[str] = None, probe: Optional[Callable[[], Optional[str]]] = None,
+                     extra: str | None = None, probe: Callable[[], str | None] | None = None,
                      priority: int = 0) -> None:
     """Add (or replace) backend ``name``; ``priority`` orders the choice when several accept an artifact."""
     _REGISTRY[name] = Backend(name, factory, accepts, extra, probe, priority)
@@ -61,7 +62,7 @@ def get_backend(name: str) -> Backend:
         raise UserError(f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def available_backends() -> dict[str, Optional[str]]:
+def available_backends() -> dict[str, str | None]:
     """Every registered backend and None when usable here, else the reason it is not."""
     return {name: (b.probe() if b.probe else None) for name, b in _REGISTRY.items()}
 
@@ -71,7 +72,7 @@ def looks_like_spec(artifact: Any) -> bool:
     return isinstance(artifact, str) and torch_runner.is_spec(artifact)
 
 
-def resolve_artifact(folder: Union[str, Path], backend: str, manifest: Optional[Manifest] = None) -> Path:
+def resolve_artifact(folder: str | Path, backend: str, manifest: Manifest | None = None) -> Path:
     """The file of export folder ``folder`` that ``backend`` runs; a one-line error when there is none."""
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
@@ -109,7 +110,7 @@ def backends_for(artifact: Any) -> list[str]:
     return [b.name for b in order if b.accepts(artifact)]
 
 
-def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) -> Runner:
+def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Runner:
     """Create (not yet load) the runner for ``artifact`` with ``backend``, or the first backend accepting it.
 
     ``artifact`` may be an export folder: the manifest names the file for ``backend`` (default: the first

@@ -7,8 +7,9 @@ runner (or a callable taking and returning dicts of arrays by name); the names a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class StreamSession:
     ``inputs()``.
     """
 
-    def __init__(self, model: Any, state_shapes: Optional[Sequence[Sequence[int]]] = None):
+    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None):
         self._infer: Callable[[Mapping[str, Any]], Mapping[str, Any]] = getattr(model, "infer", model)
         if state_shapes is None:
             if not hasattr(model, "inputs"):
@@ -58,11 +59,11 @@ class StreamSession:
                                     "pass state_shapes")
                 state_shapes.append(tuple(shape))
         self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
-        self.states: Optional[list[np.ndarray]] = None
+        self.states: list[np.ndarray] | None = None
         self.steps = 0
 
     @classmethod
-    def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> "StreamSession":
+    def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> StreamSession:
         if not isinstance(manifest, Mapping):
             from ..manifest import read_manifest
 

@@ -43,7 +43,8 @@ def is_spec(artifact: Any) -> bool:
 
 
 def build_model(spec: str, checkpoint: Optional[str] = None, trust_pickle: bool = False, settings=None):
-    """The loaded MODEL spec (with ``checkpoint`` and ``settings``, ``--set``): :func:`dsr_deploy.model_spec.load_model`."""
+    """The loaded MODEL spec (with ``checkpoint`` and ``settings``, ``--set``):
+    :func:`dsr_deploy.model_spec.load_model`."""
     from ..model_spec import load_model
 
     return load_model(spec, checkpoint, trust_pickle, settings=settings)
