@@ -175,16 +175,10 @@ def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     set_child(root, name, new)
 
 
-def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional") -> StreamingModule:
-    """Wrap ``model`` (multi-step, [T, B, ...]) as a single-step :class:`StreamingModule`.
-
-    ``example_step`` is one time step ``[B, ...]``; it fixes each membrane's per-sample shape. ``model`` itself
-    is not modified (a copy is wrapped) and must be in eval mode semantics (it is put in eval mode).
-    """
+def _streamable_neurons(model: nn.Module, lowering: str) -> list:
+    """The model's neurons, after checking that it can be streamed with ``lowering`` (one-line errors)."""
     if lowering not in ("functional", "ops"):
         raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
-    from ..convert import find_neuron_modules
-
     neurons = _find_neurons(model)
     if not neurons:
         raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
@@ -192,6 +186,18 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     if flat:
         raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
                         "it cannot be streamed one step at a time: export it in multi-step mode")
+    return neurons
+
+
+def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional") -> StreamingModule:
+    """Wrap ``model`` (multi-step, [T, B, ...]) as a single-step :class:`StreamingModule`.
+
+    ``example_step`` is one time step ``[B, ...]``; it fixes each membrane's per-sample shape. ``model`` itself
+    is not modified (a copy is wrapped) and must be in eval mode semantics (it is put in eval mode).
+    """
+    from ..convert import find_neuron_modules
+
+    neurons = _streamable_neurons(model, lowering)
     net = copy.deepcopy(model).eval()
     from ..neuron import DSRIFNode, DSRLIFNode
 
@@ -412,15 +418,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     for f in wanted:
         if f not in available:
             raise UserError(f"streaming export supports {' and '.join(available)}, not {f!r}")
-    if lowering not in ("functional", "ops"):
-        raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
-    neurons = _find_neurons(model)
-    if not neurons:
-        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
-    flat = [n.name for n in neurons if n.layout == "flat"]
-    if flat:
-        raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
-                        "it cannot be streamed one step at a time: export it in multi-step mode")
+    neurons = _streamable_neurons(model, lowering)
     dtype = check_precision(precision, wanted)
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
                         options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
