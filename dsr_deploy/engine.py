@@ -28,6 +28,9 @@ from that function, never from the plugin, so with a plugin library there the bu
 ``allow_function_fallback``; from 10.7 a registered plugin wins. After parsing, the network's layers are inspected
 (plugin layers vs loops) and what the engine really holds is recorded (``contents`` in the summary, ``dsr_path``
 and ``plugin`` in the manifest entry).
+
+One idea, over 400 lines: building an engine and recording what it really holds (parser version cut-offs,
+plugin loading, the layer inspection) are one sequence against one API.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ libraries are installed into the first folder of :func:`dsr_deploy.ops.library_d
 the per-user cache ``~/.cache/dsr-deploy/plugins/torch-<version>-<sources digest>/`` (never site-packages), each
 replaced atomically, with ``build_info.json`` saying what each was built against. ``import dsr_deploy`` finds them
 there.
+
+One idea, over 400 lines: building the native libraries and saying what is built and why not (the build
+and the status share the detection of compilers, SDKs and the per-user cache).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ Lowerings:
 
 The I/O names are the wire contract's (:mod:`dsr_deploy.contract`); :class:`dsr_deploy.runtime.stream.StreamSession`
 runs such a model.
+
+One idea, over 400 lines: the streaming exporter (the step module, its two lowerings, the writers and
+:func:`export_streaming`), all of it about the one single-step model.
 """
 
 from __future__ import annotations
