@@ -63,7 +63,7 @@ def block_readme_measured(results: Path) -> str:
     out_mb = n * 4 / 1e6
     load = k["machine"].get("load_average_1min_at_start")
     speed, batches, bdata = _backend_speedups(results)
-    b = "/".join(str(x) for x in batches)
+    b = " / ".join(str(x) for x in batches)
     custom = " / ".join(_x(speed["onnxruntime custom ops"][x]) for x in batches)
     fallback = " / ".join(_x(speed["onnxruntime function fallback"][x]) for x in batches)
     export = {r["variant"]: r for r in _load("bench_export.json", results)["rows"] if r["T"] == 20 and r["batch"] == 8}
@@ -161,7 +161,7 @@ def render(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- docs-numbers:{name} -->\n).*?(<!-- /docs-numbers:{name} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"docs-numbers: no <!-- docs-numbers:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text, count=1)
+    return pattern.sub(lambda m: m.group(1) + "\n" + body + "\n" + m.group(2), text, count=1)
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT, results: Path = RESULTS) -> int:
