@@ -149,3 +149,24 @@ def test_options_are_typed_per_backend(tmp_path):
         load_runner(p, input_names=["x"])  # ONNX Runtime reads the names from the file
     with pytest.raises(UserError, match="unknown backend 'nope'"):
         get_backend("nope")
+
+
+def test_callers_pass_only_known_runner_options():
+    # Every keyword given to load_runner(...) in the package, benchmarks and scripts is some backend's option.
+    from dataclasses import fields
+
+    from dsr_deploy.runtime import backend_names
+
+    known = {"backend", "trust_model_code"}  # load_runner's own (trust_model_code: an export folder's torch model)
+    for name in backend_names():
+        known |= {f.name for f in fields(get_backend(name).factory.Options)}
+    bad, calls = [], 0
+    root = PKG.parent
+    for path in [*PKG.rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "load_runner":
+                calls += 1
+                bad += [f"{path.relative_to(root)}:{node.lineno} {kw.arg}" for kw in node.keywords
+                        if kw.arg is not None and kw.arg not in known]
+    assert calls > 10 and not bad, (calls, bad)
