@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart test info plugins
+.PHONY: setup quickstart test info plugins lint docs-numbers
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +25,12 @@ plugins: setup
 
 test: setup plugins
 	$(PY) -m pytest -q
+
+# Lint (ruff; the rules are in pyproject.toml: E, F, W, B, I, UP at 120 columns).
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# The measured tables of README.md, docs/runtime.md and plugins/README.md, from benchmarks/results/*.json (the tests
+# check they match: tests/test_docs_numbers.py).
+docs-numbers: setup
+	$(PY) scripts/docs_numbers.py

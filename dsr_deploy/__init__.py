@@ -1,11 +1,8 @@
 """dsr-deploy: deployment toolkit for spiking neural networks trained with DSR (Meng et al., CVPR 2022)."""
 
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("dsr-deploy")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here (dynamic version); CHANGELOG.md says what
+# each version holds.
+__version__ = "0.1.0"
 
 from . import ops as _ops  # noqa: E402
 from .neuron import DSRIFNode, DSRLIFNode  # noqa: E402

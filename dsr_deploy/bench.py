@@ -463,9 +463,9 @@ def _nbytes(v: Any) -> int:
     if hasattr(v, "element_size") and hasattr(v, "numel"):
         return int(v.element_size() * v.numel())
     try:  # an OrtValue left on the GPU
-        from .runtime.onnxruntime import _ORT_TYPES
+        from .runtime.onnxruntime import ORT_TYPES
 
-        return int(np.prod(v.shape()) * np.dtype(_ORT_TYPES[v.data_type()]).itemsize)
+        return int(np.prod(v.shape()) * np.dtype(ORT_TYPES[v.data_type()]).itemsize)
     except Exception:
         return 0
 
@@ -597,9 +597,8 @@ BACKEND_VARIANTS = {
 
 def parse_backends(values: Optional[Sequence[str]]) -> list[tuple[str, str, dict]]:
     """``["torchscript,onnxruntime:fallback"]`` -> [(label, backend, options), ...] in order, no duplicates."""
-    from .runtime.base import _BACKENDS, _ensure_registered
+    from .runtime import backend_names
 
-    _ensure_registered()
     out: list[tuple[str, str, dict]] = []
     for value in values or []:
         for label in (p.strip() for p in value.split(",")):
@@ -607,10 +606,10 @@ def parse_backends(values: Optional[Sequence[str]]) -> list[tuple[str, str, dict
                 continue
             if label in BACKEND_VARIANTS:
                 name, opts = BACKEND_VARIANTS[label]
-            elif label in _BACKENDS:
+            elif label in backend_names():
                 name, opts = label, {}
             else:
-                known = sorted(set(_BACKENDS) | set(BACKEND_VARIANTS))
+                known = sorted(set(backend_names()) | set(BACKEND_VARIANTS))
                 raise UserError(f"unknown backend {label!r}; known: {', '.join(known)}")
             if label not in [o[0] for o in out]:
                 out.append((label, name, dict(opts)))

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .contract import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SPIKE_OP_TYPES
 from . import functional as F
 from . import ops  # noqa: F401  (registers torch.ops.dsr.*)
 
@@ -62,10 +63,8 @@ __all__ = [
     "onnx_attributes",
 ]
 
-ONNX_DOMAIN = "dsr"
-ONNX_OP_TYPES = {"if": "DSRIFSpike", "lif": "DSRLIFSpike"}
-PLUGIN_NAMESPACE = "dsr"
-PLUGIN_VERSION = "1"
+ONNX_DOMAIN = DOMAIN  # the names the exporters import from here (one definition: dsr_deploy.contract)
+ONNX_OP_TYPES = SPIKE_OP_TYPES
 
 # Where a DSR neuron class may come from: our package and SpikingJelly (its module path is
 # spikingjelly.activation_based.neuron.dsr in 2.0; older trees keep the same class names under neuron).
@@ -234,7 +233,7 @@ def onnx_attributes(info: NeuronInfo) -> Dict[str, object]:
 # Inference modules.
 
 
-class _SpikeBase(nn.Module):
+class SpikeBase(nn.Module):
     """What the inference neurons share: the parameters as plain floats and an optional probe list."""
 
     def __init__(self, info: NeuronInfo):
@@ -268,7 +267,7 @@ class _SpikeBase(nn.Module):
         return y
 
 
-class IFSpike(_SpikeBase):
+class IFSpike(SpikeBase):
     """DSR-IF inference: one ``dsr::if_spike`` op (one ``dsr::DSRIFSpike`` node under ONNX export)."""
 
     def __init__(self, info: NeuronInfo):
@@ -285,7 +284,7 @@ class IFSpike(_SpikeBase):
         return f"v_threshold={self.v_threshold}, alpha={self.alpha}"
 
 
-class LIFSpike(_SpikeBase):
+class LIFSpike(SpikeBase):
     """DSR-LIF inference: one ``dsr::lif_spike`` op (one ``dsr::DSRLIFSpike`` node under ONNX export)."""
 
     def __init__(self, info: NeuronInfo):
@@ -366,7 +365,7 @@ def register_target(name: str, if_cls, lif_cls) -> None:
     _TARGETS[name] = {"if": if_cls, "lif": lif_cls}
 
 
-def _set_child(root: nn.Module, qualified: str, new: nn.Module) -> None:
+def set_child(root: nn.Module, qualified: str, new: nn.Module) -> None:
     parent_name, _, attr = qualified.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)  # nn.Sequential / ModuleList / ModuleDict children are attributes too
@@ -396,7 +395,7 @@ def inference_copy(model: nn.Module, target: str = "op") -> nn.Module:
     # Every place a neuron sits (a shared one may sit in several), replaced.
     places = [(n, m) for n, m in copied.named_modules(remove_duplicate=False) if id(m) in by_id and n]
     for name, m in places:
-        _set_child(copied, name, by_id[id(m)])
+        set_child(copied, name, by_id[id(m)])
     for p in copied.parameters():
         p.requires_grad_(False)
     return copied
@@ -417,6 +416,6 @@ def inference_modules(model: nn.Module) -> List[nn.Module]:
     """The inference neuron modules of an inference copy, by layer index."""
     mods = {}
     for m in model.modules():
-        if isinstance(m, (_SpikeBase, IFSpikeScript, LIFSpikeScript)) and m.index not in mods:
+        if isinstance(m, (SpikeBase, IFSpikeScript, LIFSpikeScript)) and m.index not in mods:
             mods[m.index] = m
     return [mods[i] for i in sorted(mods)]

@@ -28,6 +28,9 @@ from that function, never from the plugin, so with a plugin library there the bu
 ``allow_function_fallback``; from 10.7 a registered plugin wins. After parsing, the network's layers are inspected
 (plugin layers vs loops) and what the engine really holds is recorded (``contents`` in the summary, ``dsr_path``
 and ``plugin`` in the manifest entry).
+
+One idea, over 400 lines: building an engine and recording what it really holds (parser version cut-offs,
+plugin loading, the layer inspection) are one sequence against one API.
 """
 
 from __future__ import annotations
@@ -36,12 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .contract import PLUGIN_NAMESPACE, PLUGIN_VERSION, is_streaming_input
 from .errors import UserError
+from .onnx_graph import dsr_nodes
 
-DSR_OPS = ("DSRIFSpike", "DSRLIFSpike", "DSRIFStep", "DSRLIFStep")
-PLUGIN_NAMESPACE = "dsr"
-PLUGIN_VERSION = "1"
-STREAMING_INPUT_PREFIXES = ("x_t", "v_in_")
 
 Dim = Union[int, str, None]
 
@@ -106,16 +107,10 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in vi.type.tensor_type.shape.dim)
         inputs.append((vi.name, dims))
-    from .runtime.onnxruntime import dsr_ops_used  # light: onnxruntime itself is imported lazily there
-
-    used = dsr_ops_used(model.graph)
+    used = {n.op_type for n in dsr_nodes(model)}
     fallbacks = sorted(f.name for f in model.functions if f.domain == PLUGIN_NAMESPACE and f.name in used)
-    nodes = sum(1 for n in model.graph.node if n.domain == PLUGIN_NAMESPACE and n.op_type in used)
+    nodes = len(dsr_nodes(model, subgraphs=False))  # the main graph's (TensorRT's plugin layers are counted there)
     return OnnxInfo(inputs, sorted(used), fallbacks, nodes)
-
-
-def is_streaming_input(name: str) -> bool:
-    return name == "x_t" or name.startswith("v_in_")
 
 
 def dim_roles(name: str, rank: int) -> list[Optional[str]]:

@@ -20,6 +20,9 @@ export needed it and never grants trust to a reader), ``input_shape`` ``[T, B, .
 ``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one record per layer), ``artifacts`` (``[{format, path,
 ...}]``, paths relative to the folder), ``inputs`` / ``outputs`` (names); streaming exports add ``step_shape``
 and ``states``.
+
+One idea, over 400 lines: the manifest's schema, with its one validating reader and writer (every field's
+check beside the field, so a field is never read unchecked).
 """
 
 from __future__ import annotations

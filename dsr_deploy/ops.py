@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from .contract import TORCH_NAMESPACE, TORCH_OPS_LIBRARY
 
-NAMESPACE = "dsr"
+NAMESPACE = TORCH_NAMESPACE
 SCHEMAS = {
     "if_spike": "if_spike(Tensor x, float v_threshold, float alpha, Tensor? v_init=None, "
     "bool return_state=False) -> (Tensor, Tensor)",
@@ -36,9 +37,8 @@ SCHEMAS = {
     "lif_spike": "lif_spike(Tensor x, float v_threshold, float alpha, float tau, float delta_t, "
     "Tensor? v_init=None, bool return_state=False, float? decay=None, float? gain=None) -> (Tensor, Tensor)",
 }
-TORCH_OPS_LIBRARY = "libdsr_torch_ops.so"
 
-_lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: the registrations live as long as this object
+_lib = torch.library.Library(NAMESPACE, "DEF")  # the registrations live as long as this object
 for _schema in SCHEMAS.values():
     _lib.define(_schema)
 

@@ -14,6 +14,9 @@ libraries are installed into the first folder of :func:`dsr_deploy.ops.library_d
 the per-user cache ``~/.cache/dsr-deploy/plugins/torch-<version>-<sources digest>/`` (never site-packages), each
 replaced atomically, with ``build_info.json`` saying what each was built against. ``import dsr_deploy`` finds them
 there.
+
+One idea, over 400 lines: building the native libraries and saying what is built and why not (the build
+and the status share the detection of compilers, SDKs and the per-user cache).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import ops
+from . import contract, ops
 from .errors import UserError
 from .io import atomic_write_text, check_writable_dir
 
@@ -39,12 +42,12 @@ BUILD_INFO = "build_info.json"
 
 # key: (file name, what it is, the CMake option that builds it)
 LIBRARIES = {
-    "torch": (ops.TORCH_OPS_LIBRARY, "PyTorch kernels of torch.ops.dsr.if_spike / lif_spike", "DSR_BUILD_TORCH"),
-    "ort": ("libdsr_ort_ops.so", "ONNX Runtime custom ops, domain dsr (OrtApi 18+)", "DSR_BUILD_ORT"),
-    "trt": ("libdsr_trt_plugin.so", "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
-    "trt_dynamic": ("libdsr_trt_plugin_dynamic.so", "TensorRT IPluginV3 plugins, exports getCreators",
+    "torch": (contract.TORCH_OPS_LIBRARY, "PyTorch kernels of torch.ops.dsr.if_spike / lif_spike", "DSR_BUILD_TORCH"),
+    "ort": (contract.ORT_OPS_LIBRARY, "ONNX Runtime custom ops, domain dsr (OrtApi 18+)", "DSR_BUILD_ORT"),
+    "trt": (contract.TRT_PLUGIN_LIBRARY, "TensorRT IPluginV3 plugins, static registration", "DSR_BUILD_TRT"),
+    "trt_dynamic": (contract.TRT_DYNAMIC_PLUGIN_LIBRARY, "TensorRT IPluginV3 plugins, exports getCreators",
                     "DSR_BUILD_TRT"),
-    "kernels": ("libdsr_kernels.so", "the core behind C functions (ctypes: benchmarks, scripts/gpu_check.py)",
+    "kernels": (contract.KERNELS_LIBRARY, "the core behind C functions (ctypes: benchmarks, scripts/gpu_check.py)",
                 "always"),
 }
 ORT_LIBRARY = LIBRARIES["ort"][0]

@@ -151,7 +151,7 @@ def _artifact_targets(folder: Path) -> List[tuple]:
     """(artifact path, format, backend, variant, runner options, None | why skipped) for every artifact x backend
     (x ONNX Runtime variant) that could run it."""
     from .manifest import read_manifest
-    from .runtime import base as R
+    from . import runtime as R
 
     manifest = read_manifest(folder)
     usable = R.available_backends()

@@ -17,6 +17,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # Test tools. SpikingJelly is the test oracle; installed without its dependencies because they pull
 # torchvision/torchaudio builds that do not match the pinned CPU torch (its neuron and layer code needs loguru only).
 "${PIP[@]}" pytest hypothesis scikit-learn matplotlib loguru
+# The linter of `make lint` (rules in pyproject.toml).
+"${PIP[@]}" "ruff>=0.6"
 "${PIP[@]}" --no-deps spikingjelly==2.0.0
 # `dsr-deploy plugins build` (run by `make test`) needs CMake and a C++ compiler; take CMake/Ninja from PyPI if absent.
 command -v cmake >/dev/null 2>&1 || "${PIP[@]}" cmake ninja

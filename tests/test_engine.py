@@ -377,7 +377,7 @@ def test_plain_onnx_needs_no_plugin(tmp_path, fake_trt):
 def test_engine_is_listed_in_the_export_manifest(fake_trt, chain_onnx, tmp_path):
     import json
 
-    from dsr_deploy.runtime.base import resolve_artifact
+    from dsr_deploy.runtime import resolve_artifact
 
     fake_trt()
     d = tmp_path / "export"

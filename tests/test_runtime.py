@@ -12,7 +12,7 @@ import torch
 
 from dsr_deploy.errors import UserError
 from dsr_deploy.runtime import available_backends, load_runner
-from dsr_deploy.runtime.base import backends_for, resolve_artifact
+from dsr_deploy.runtime import backends_for, resolve_artifact
 from dsr_deploy.runtime.onnxruntime import find_ort_library
 
 from runtime_nets import (ConvNet, NeuronChain, NeuronNet, quiet, save_onnx_dsr_nodes, save_onnx_unrolled,

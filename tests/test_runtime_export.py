@@ -10,7 +10,7 @@ import pytest
 from dsr_deploy import bench as B
 from dsr_deploy.cli import main
 from dsr_deploy.runtime import load_runner
-from dsr_deploy.runtime.base import backends_for
+from dsr_deploy.runtime import backends_for
 
 SPEC = "zoo:digits-cnn"
 

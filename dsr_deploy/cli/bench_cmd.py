@@ -16,7 +16,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
 
     from .. import bench as B
     from ..errors import UserError
-    from ..runtime import base as R
+    from .. import runtime as R
 
     if iters is not None and seconds is not None:
         raise UserError("give --iters or --seconds, not both")
@@ -41,7 +41,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
 
         require("matplotlib", "bench", "bench --plot")
 
-    is_spec = R._looks_like_spec(artifact) and not Path(artifact).exists()
+    is_spec = R.looks_like_spec(artifact) and not Path(artifact).exists()
     if not is_spec and not Path(artifact).exists():
         raise UserError(f"{artifact}: no such file or folder")
     if settings and not is_spec:

@@ -19,31 +19,14 @@ from torch import nn
 
 from ..convert import NO_NEURON_HINT, NeuronInfo, find_neurons, inference_copy, inference_modules
 from ..errors import UserError
-from .base import (INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext, Format, formats, modes,
-                   register_format)
+from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext, Format
+from .formats import formats, modes, register_format
 from .manifest import MANIFEST, build_manifest, read_manifest, write_manifest
 
 __all__ = [
     "ExportContext", "Format", "register_format", "formats", "modes", "export_model", "check_input_shape",
     "read_manifest", "MANIFEST", "INPUT_NAME", "OUTPUT_NAME", "PROBE_PREFIX", "LAYOUT", "model_io", "probe_model",
 ]
-
-_registered = False
-
-
-def _ensure_registered() -> None:
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    from .onnx_writer import write_onnx
-    from .pt2_writer import write_pt2
-    from .torchscript_writer import write_torchscript
-
-    register_format("torchscript", "model.ts", write_torchscript, description="TorchScript (torch.jit.load)")
-    register_format("onnx", "model.onnx", write_onnx, description="ONNX: dsr nodes + function fallback, or portable")
-    register_format("pt2", "model.pt2", write_pt2, description="torch.export program (torch.export.load)")
-
 
 def check_input_shape(shape: Sequence[int]) -> tuple:
     """Validate a ``[T, B, ...]`` shape: at least 2 dims, all positive. One-line UserError otherwise."""

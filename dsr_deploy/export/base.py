@@ -113,24 +113,3 @@ class Format:
     filename: str  # default file name inside the export folder
     writer: Writer
     description: str = ""
-
-
-_FORMATS: Dict[Tuple[str, str], Format] = {}
-
-
-def register_format(name: str, filename: str, writer: Writer, *, mode: str = "multistep", description: str = "") -> None:
-    _FORMATS[(mode, name)] = Format(name, mode, filename, writer, description)
-
-
-def formats(mode: str = "multistep") -> Dict[str, Format]:
-    from . import _ensure_registered
-
-    _ensure_registered()
-    return {n: f for (m, n), f in _FORMATS.items() if m == mode}
-
-
-def modes() -> List[str]:
-    from . import _ensure_registered
-
-    _ensure_registered()
-    return sorted({m for m, _ in _FORMATS})

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional
 import onnx
 from onnx import helper
 
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
+from ..convert import ONNX_OP_TYPES
+from ..onnx_graph import dsr_nodes
 
 META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"  # [[layer index, output tensor], ...] in call order
 META_LAYER_INPUTS = "dsr_deploy.layer_inputs"  # [[layer index, input tensor], ...] in call order
@@ -51,8 +52,7 @@ def _meta(model: onnx.ModelProto) -> Dict[str, str]:
 def neuron_sites(model: onnx.ModelProto) -> List[NeuronSite]:
     """Every neuron call of ``model``'s main graph, in call order."""
     meta = _meta(model)
-    by_output = {n.output[0]: n for n in model.graph.node
-                 if n.domain == ONNX_DOMAIN and n.op_type in _DSR_OP_TYPES and n.output}
+    by_output = {n.output[0]: n for n in dsr_nodes(model, _DSR_OP_TYPES, subgraphs=False) if n.output}
     if META_LAYER_OUTPUTS in meta:
         outputs = [(int(i), str(t)) for i, t in json.loads(meta[META_LAYER_OUTPUTS])]
     else:  # not written by this version: the dsr nodes themselves

@@ -36,6 +36,7 @@ from .. import __version__
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
+from ..onnx_graph import dsr_nodes as find_dsr_nodes
 from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
 from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
@@ -49,7 +50,7 @@ LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
 
 
-def _quiet():
+def quiet_export():
     """torch.onnx.export prints progress lines; keep the CLI output ours."""
     import logging
 
@@ -66,7 +67,7 @@ def _quiet():
 
 
 def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == ONNX_DOMAIN and n.op_type in _DSR_OP_TYPES]
+    return find_dsr_nodes(model, _DSR_OP_TYPES)  # the neuron (whole-sequence) nodes: dsr_deploy.onnx_graph
 
 
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
@@ -90,7 +91,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     dims: Dict[int, str] = ctx.dynamic_dims(dynamic_T)  # T at dim 0 (1 for a [B, T] layout), batch at 1 (0)
     x = ctx.example_input(shape=ctx.trace_shape(dynamic_T))
     try:
-        with _quiet():
+        with quiet_export():
             prog = torch.onnx.export(
                 inf, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,

@@ -18,7 +18,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from ..convert import _SpikeBase, inference_copy
+from ..convert import SpikeBase, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from .base import PROBE_PREFIX, ExportContext
@@ -26,14 +26,14 @@ from .base import PROBE_PREFIX, ExportContext
 AOT_FILENAME = "model.aoti.pt2"
 
 
-class _ProbedOp(nn.Module):
+class ProbedOp(nn.Module):
     """Returns ``(output, spikes_0, ..., spikes_n-1, currents_0, ..., currents_n-1)``: every inference neuron
     records its call's input and spikes into a shared list while tracing."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self._mods = [m for m in net.modules() if isinstance(m, _SpikeBase)]
+        self._mods = [m for m in net.modules() if isinstance(m, SpikeBase)]
 
     def forward(self, x):
         sink: list = []
@@ -50,7 +50,7 @@ class _ProbedOp(nn.Module):
 def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.ExportedProgram:
     net = inference_copy(ctx.model, "op")
     if probe:
-        net = _ProbedOp(net)
+        net = ProbedOp(net)
     D = torch.export.Dim.DYNAMIC
     dims = {d: D for d in ctx.dynamic_dims()} or None  # T and batch (where the io layout puts them)
     try:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from ..convert import IFSpikeScript, LIFSpikeScript, _set_child, inference_copy
+from ..convert import IFSpikeScript, LIFSpikeScript, set_child, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from .base import PROBE_PREFIX, ExportContext
@@ -37,7 +37,7 @@ class _Probed(nn.Module):
         self._currents: list = []
         for name, m in list(net.named_modules()):
             if isinstance(m, (IFSpikeScript, LIFSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
-                _set_child(net, name, _Recorder(m, self._sink, self._currents))
+                set_child(net, name, _Recorder(m, self._sink, self._currents))
 
     def forward(self, x):
         self._sink.clear()
@@ -83,7 +83,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
                 scripted = torch.jit.script(m)
                 if not name:
                     return (scripted if not probe else torch.jit.trace(_Probed(m), x, check_trace=False)), "script"
-                _set_child(net, name, scripted)
+                set_child(net, name, scripted)
         target = _Probed(net) if probe else net
         try:
             traced = torch.jit.trace(target, x, check_trace=False)

@@ -11,21 +11,23 @@ example whether ONNX Runtime uses the dsr custom-op library or the function fall
 GPU for GPU runners), so timing code can exclude the device-to-host copy; feeds given as torch tensors already
 on the runner's ``device`` are used without a copy where the backend allows it.
 
-An artifact is a file path, an export folder (``DIR/manifest.json``: :func:`resolve_artifact` picks the file
-for the backend) or, for the ``torch`` backend, an ``nn.Module`` / model spec.
+An artifact is a file path, an export folder (``DIR/manifest.json``: :func:`.registry.resolve_artifact` picks the
+file for the backend) or, for the ``torch`` backend, an ``nn.Module`` / model spec. The backends are listed in
+:mod:`.registry` (``load_runner``, ``get_backend``); this module knows none of them.
 """
 
 from __future__ import annotations
 
 import abc
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import Manifest
 
 Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 
@@ -41,22 +43,62 @@ class TensorSpec:
         return {"name": self.name, "shape": None if self.shape is None else list(self.shape), "dtype": self.dtype}
 
 
+@dataclass
+class RunnerOptions:
+    """The options every runner takes; each backend extends them with its own (one dataclass per backend).
+
+    ``device``: where ``infer`` computes ("cpu", "cuda[:N]"; None: the backend's default); ``threads``: CPU
+    intra-op threads (None: the library's choice; a GPU-only backend ignores it); ``trust_pickle``: the caller
+    allows pickled content in the artifact (only backends that can meet pickles read it). An unknown key is a
+    one-line :class:`UserError` (:meth:`parse`), so a typo never passes silently.
+    """
+
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    trust_pickle: bool = False
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], backend: str = "?") -> "RunnerOptions":
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise UserError(f"{backend}: unknown option(s) {', '.join(map(repr, map(str, unknown)))}; "
+                            f"known: {', '.join(known)}")
+        return cls(**options)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as keyword arguments (for a runner of the same backend and options)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class Runner(abc.ABC):
-    """One backend's loaded artifact."""
+    """One backend's loaded artifact.
+
+    The base keeps the lifecycle, as Polygraphy's ``BaseRunner``: :meth:`load` calls the backend's :meth:`_load`
+    and records the state; :meth:`infer` loads once, checks the feeds (unless ``check=False``) and calls the
+    backend's :meth:`_infer`. Backends implement ``_load``, ``_infer``, ``inputs`` and ``outputs``.
+    """
 
     backend: str = "?"
     device: str = "cpu"  # where infer() computes: "cpu" or "cuda[:N]"
+    Options: type[RunnerOptions] = RunnerOptions  # the backend's options dataclass
 
     def __init__(self, artifact: Any, **options: Any):
         self.artifact = artifact
-        self.options = options
+        self.options = self.Options.parse(options, self.backend)
         self.loaded = False
         self._load_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    @abc.abstractmethod
     def load(self) -> "Runner":
-        ...
+        """Load the artifact (again, when already loaded); returns the runner."""
+        self._load()
+        self.loaded = True
+        return self
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """The backend's loading: open the artifact; a one-line :class:`UserError` when it cannot."""
 
     def ensure_loaded(self) -> "Runner":
         """Load once, also when several threads call ``infer`` on a fresh runner."""
@@ -90,12 +132,19 @@ class Runner(abc.ABC):
         return {"backend": self.backend, "artifact": str(self.artifact)}
 
     # -- inference -------------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
-        """Run once. Returns numpy arrays by output name, or (``copy_outputs=False``) possibly device tensors."""
-        ...
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True, check: bool = True) -> dict[str, Any]:
+        """Run once. Returns numpy arrays by output name, or (``copy_outputs=False``) possibly device tensors.
 
-    def synchronize(self) -> None:
+        ``check=False`` skips :meth:`check_feeds` (timing loops whose feeds were checked once already)."""
+        self.ensure_loaded()
+        feeds = self.check_feeds(feeds) if check else dict(feeds)
+        return self._infer(feeds, copy_outputs)
+
+    @abc.abstractmethod
+    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
+        """The backend's run on checked ``feeds`` (the runner is loaded)."""
+
+    def synchronize(self) -> None:  # noqa: B027  (a no-op for host backends, overridden by GPU ones)
         """Wait for queued device work (GPU runners); the timing code calls it."""
 
     def neurons(self) -> list:
@@ -192,7 +241,6 @@ def one_line(exc: BaseException) -> str:
 # Export folders: DIR/manifest.json lists the artifacts; a runner gets the file for its backend.
 
 # The manifest is read and validated by dsr_deploy.manifest (one reader for every command).
-from ..manifest import MANIFEST, Manifest, read_manifest  # noqa: E402,F401  (re-exported)
 
 # Which manifest "format" values each backend runs (the exporter's names plus common spellings).
 BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
@@ -218,135 +266,13 @@ def manifest_artifacts(manifest: Mapping) -> list[dict]:
     return (manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))).artifacts
 
 
-def resolve_artifact(folder: Union[str, Path], backend: str, manifest: Optional[Manifest] = None) -> Path:
-    """The file of export folder ``folder`` that ``backend`` runs; a one-line error when there is none."""
-    folder = Path(folder)
-    manifest = manifest if manifest is not None else read_manifest(folder)
-    formats = BACKEND_FORMATS.get(backend, (backend,))
-    for art in manifest.artifacts:
-        if art["format"].lower() in formats:
-            path = manifest.path_of(art)
-            if not path.exists():
-                raise UserError(f"{folder}/{MANIFEST} lists {art['path']} but the file is missing")
-            return path
-    # Manifests without a matching "format": fall back on the files the backend accepts.
-    b = _BACKENDS.get(backend)
-    if b is not None:
-        for art in manifest.artifacts:
-            path = manifest.path_of(art)
-            if path.exists() and b.accepts(path):
-                return path
-    listed = ", ".join(a["format"] for a in manifest.artifacts) or "none"
-    raise UserError(f"export folder {folder} has no artifact for backend {backend!r} (it has: {listed})")
-
-
 def manifest_io_names(manifest: Optional[Manifest]) -> tuple[Optional[list[str]], Optional[list[str]]]:
     """(input names, output names) written by the exporter, each None when absent."""
     return manifest.io_names() if manifest else (None, None)
 
 
-@dataclass
-class _Backend:
-    name: str
-    factory: Callable[..., Runner]
-    accepts: Callable[[Any], bool]
-    extra: Optional[str] = None  # the pip extra that brings its dependency
-    probe: Optional[Callable[[], Optional[str]]] = None  # returns None when usable, else why not
-    priority: int = 0
-    aliases: Sequence[str] = field(default_factory=tuple)
-
-
-_BACKENDS: dict[str, _Backend] = {}
-
-
-def register_backend(name: str, factory: Callable[..., Runner], accepts: Callable[[Any], bool], *,
-                     extra: Optional[str] = None, probe: Optional[Callable[[], Optional[str]]] = None,
-                     priority: int = 0) -> None:
-    _BACKENDS[name] = _Backend(name, factory, accepts, extra, probe, priority)
-
-
-def _ensure_registered() -> None:
-    # Backend modules register themselves on import; importing them is cheap (their heavy deps are lazy).
-    from . import backends  # noqa: F401
-
-
-def available_backends() -> dict[str, Optional[str]]:
-    """Every registered backend and None when usable here, else the reason it is not."""
-    _ensure_registered()
-    return {name: (b.probe() if b.probe else None) for name, b in _BACKENDS.items()}
-
-
 def is_export_folder(artifact: Any) -> bool:
     return isinstance(artifact, (str, Path)) and Path(artifact).is_dir()
-
-
-def backends_for(artifact: Any) -> list[str]:
-    """The backends that can run ``artifact`` (for an export folder: each backend with a listed artifact)."""
-    _ensure_registered()
-    order = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
-    if is_export_folder(artifact):
-        manifest = read_manifest(artifact)  # an invalid manifest is the error, not "no backend"
-        out = []
-        for b in order:
-            try:
-                resolve_artifact(artifact, b.name, manifest)
-                out.append(b.name)
-            except UserError:
-                pass
-        return out
-    return [b.name for b in order if b.accepts(artifact)]
-
-
-def load_runner(artifact: Any, backend: Optional[str] = None, **options: Any) -> Runner:
-    """Create (not yet load) the runner for ``artifact`` with ``backend``, or the first backend accepting it.
-
-    ``artifact`` may be an export folder: the manifest names the file for ``backend`` (default: the first
-    listed artifact some backend runs).
-    """
-    _ensure_registered()
-    if is_export_folder(artifact) and backend == "torch":
-        # The eager model the folder was exported from. The folder is untrusted: its MODEL spec is built only
-        # when it names the zoo (or with trust_model_code), and trust_pickle comes from the caller, never from
-        # the manifest.
-        from ..model_spec import check_manifest_spec
-
-        manifest = read_manifest(artifact)
-        spec = manifest.model_spec
-        if not spec:
-            raise UserError(f"{artifact}/{MANIFEST} names no model spec; the torch backend needs the model")
-        check_manifest_spec(spec, manifest.where, trust_model_code=bool(options.pop("trust_model_code", False)),
-                            hint="give the model itself (MODEL spec) instead of the folder")
-        options.setdefault("checkpoint", manifest.checkpoint)
-        if manifest.input_shape is not None:
-            options.setdefault("input_shape", list(manifest.input_shape))
-        return _BACKENDS["torch"].factory(spec, **options)
-    if is_export_folder(artifact):
-        if backend is None:
-            found = backends_for(artifact)
-            if not found:
-                raise UserError(f"no backend can run any artifact of export folder {artifact}")
-            backend = found[0]
-        artifact = resolve_artifact(artifact, backend)
-    elif isinstance(artifact, (str, Path)) and not _looks_like_spec(artifact) and not Path(artifact).exists():
-        raise UserError(f"{artifact}: no such file")
-    if backend is not None:
-        if backend not in _BACKENDS:
-            raise UserError(f"unknown backend {backend!r}; known: {', '.join(sorted(_BACKENDS))}")
-        b = _BACKENDS[backend]
-        if not b.accepts(artifact):
-            raise UserError(f"backend {backend!r} cannot run {artifact}")
-        return b.factory(artifact, **options)
-    for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
-        if b.accepts(artifact):
-            return b.factory(artifact, **options)
-    raise UserError(f"no backend can run {artifact} (unknown artifact type)")
-
-
-def _looks_like_spec(artifact: Any) -> bool:
-    # MODEL specs the torch runner takes ("zoo:NAME", "pkg.module:factory", "file.py:factory") are not files.
-    from .torch_runner import _is_spec
-
-    return isinstance(artifact, str) and _is_spec(artifact)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,13 +338,26 @@ def collect_outputs(out: Any, names: Sequence[str], copy_outputs: bool, backend:
     return {n: conv(t) for n, t in zip(names, items)}
 
 
+@dataclass
+class TorchFileOptions(RunnerOptions):
+    """Options of the torch-executed artifacts (TorchScript, pt2): ``fp16`` (float16 parameters and inputs),
+    ``input_names`` / ``output_names`` (override the manifest's names)."""
+
+    fp16: bool = False
+    input_names: Optional[Sequence[str]] = None
+    output_names: Optional[Sequence[str]] = None
+
+
 class TorchCallableRunner(Runner):
     """What the torch-executed artifacts (TorchScript, pt2) share once loaded: a callable ``self.fn`` taking the
     inputs positionally, input specs, output names; ``infer`` with feed checks and one-line model errors."""
 
+    Options: type[TorchFileOptions] = TorchFileOptions
+    options: TorchFileOptions
+
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cpu")
+        self.device = str(self.options.device or "cpu")
         self.fn = None
         self._inputs: list[TensorSpec] = []
         self._output_names: list[str] = []
@@ -439,11 +378,9 @@ class TorchCallableRunner(Runner):
     def describe(self) -> dict:
         return {**super().describe(), "device": self.device}
 
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
         import torch
 
-        self.ensure_loaded()
-        feeds = self.check_feeds(feeds)
         args = [to_torch(feeds[s.name], self.device) for s in self._inputs]
         with torch.inference_mode():
             try:

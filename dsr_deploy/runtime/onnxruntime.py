@@ -24,17 +24,19 @@ own IOBinding).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from ..contract import DOMAIN as DSR_DOMAIN
+from ..contract import ORT_OPS_LIBRARY
 from ..errors import UserError, require
-from .base import Runner, TensorSpec, is_file_with, one_line, register_backend, to_numpy
+from ..onnx_graph import dsr_op_types
+from .base import Runner, RunnerOptions, TensorSpec, is_file_with, one_line, to_numpy
 
-ORT_OPS_LIBRARY = "libdsr_ort_ops.so"
-DSR_DOMAIN = "dsr"
 
-_ORT_TYPES = {
+ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
     "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
@@ -45,7 +47,7 @@ def accepts(artifact: Any) -> bool:
     return is_file_with(artifact, (".onnx",))
 
 
-def _probe() -> Optional[str]:
+def probe() -> Optional[str]:
     import importlib.util
 
     return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
@@ -53,20 +55,7 @@ def _probe() -> Optional[str]:
 
 def dsr_ops_used(graph) -> set[str]:
     """The op types of every ``dsr``-domain node in ``graph`` and its subgraphs (Scan / Loop / If bodies)."""
-    used: set[str] = set()
-
-    def walk(g):
-        for node in g.node:
-            if node.domain == DSR_DOMAIN:
-                used.add(node.op_type)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g)
-                for sub in attr.graphs:
-                    walk(sub)
-
-    walk(graph)
-    return used
+    return dsr_op_types(graph)
 
 
 def inspect_dsr_usage(path: Path) -> dict:
@@ -88,19 +77,31 @@ def find_ort_library() -> Optional[Path]:
     return find_library(ORT_OPS_LIBRARY)
 
 
+@dataclass
+class OrtOptions(RunnerOptions):
+    """The ``onnxruntime`` backend's options (see the module docstring)."""
+
+    custom_ops: Union[str, bool, None] = "auto"
+    custom_ops_library: Optional[str] = None
+    io_binding: bool = False
+    optimization: str = "all"
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
+    Options = OrtOptions
+    options: OrtOptions
 
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cpu")
+        self.device = str(self.options.device or "cpu")
         self.session = None
         self.dsr_ops = "not loaded"
         self.library: Optional[str] = None
         self.providers: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def load(self) -> "OnnxRuntimeRunner":
+    def _load(self) -> None:
         ort = require("onnxruntime", "core", "the onnxruntime backend")
         path = Path(self.artifact)
         if not path.is_file():
@@ -108,10 +109,10 @@ class OnnxRuntimeRunner(Runner):
         usage = inspect_dsr_usage(path)
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only; we report what matters ourselves
-        if self.options.get("threads"):
-            so.intra_op_num_threads = int(self.options["threads"])
+        if self.options.threads:
+            so.intra_op_num_threads = int(self.options.threads)
             so.inter_op_num_threads = 1
-        level = str(self.options.get("optimization") or "all")
+        level = str(self.options.optimization or "all")
         levels = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
                   "disabled": "ORT_DISABLE_ALL"}
         if level not in levels:
@@ -128,18 +129,16 @@ class OnnxRuntimeRunner(Runner):
                     f"onnxruntime: {path} uses dsr ops {', '.join(usage['missing_fallback'])} without a function "
                     f"fallback and {ORT_OPS_LIBRARY} is not built (run `dsr-deploy plugins build`)") from None
             raise UserError(f"onnxruntime: cannot load {path}: {msg}") from None
-        self.loaded = True
-        return self
 
     def _register_custom_ops(self, so, usage: dict) -> None:
-        mode = self.options.get("custom_ops", "auto")
+        mode = self.options.custom_ops
         mode = {True: "require", False: "off", None: "auto"}.get(mode, mode)
         if mode not in ("auto", "require", "off"):
             raise UserError(f"onnxruntime: custom_ops must be auto, require or off, got {mode!r}")
         if not usage["ops"]:
             self.dsr_ops = "none (the model has no dsr nodes)"
             return
-        explicit = self.options.get("custom_ops_library")
+        explicit = self.options.custom_ops_library
         lib = Path(explicit) if explicit else (find_ort_library() if mode != "off" else None)
         if mode == "off":
             self.dsr_ops = "function fallback (custom ops disabled)"
@@ -184,33 +183,31 @@ class OnnxRuntimeRunner(Runner):
 
         self.ensure_loaded()
         if getattr(self, "_neuron_set", None) is None:
-            self._neuron_set = OnnxNeuronSet(Path(self.artifact), lambda p: type(self)(p, **self.options))
+            self._neuron_set = OnnxNeuronSet(Path(self.artifact), lambda p: type(self)(p, **self.options.as_dict()))
         return self._neuron_set.neurons()
 
     # -- description -----------------------------------------------------------------------------------
     def inputs(self) -> list[TensorSpec]:
         self.ensure_loaded()
-        return [TensorSpec(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+        return [TensorSpec(i.name, tuple(i.shape), ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
 
     def outputs(self) -> list[TensorSpec]:
         self.ensure_loaded()
-        return [TensorSpec(o.name, tuple(o.shape), _ORT_TYPES.get(o.type, o.type))
+        return [TensorSpec(o.name, tuple(o.shape), ORT_TYPES.get(o.type, o.type))
                 for o in self.session.get_outputs()]
 
     def describe(self) -> dict:
         d = {**super().describe(), "device": self.device, "dsr_ops": self.dsr_ops,
-             "io_binding": bool(self.options.get("io_binding"))}
+             "io_binding": bool(self.options.io_binding)}
         if self.session is not None:
             d["providers"] = self.session.get_providers()
         return d
 
     # -- inference -------------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
-        self.ensure_loaded()
-        feeds = self.check_feeds(feeds)
+    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
         names = [o.name for o in self.session.get_outputs()]
         try:
-            if self.options.get("io_binding"):
+            if self.options.io_binding:
                 return self._infer_bound(feeds, names, copy_outputs)
             outs = self.session.run(names, {k: to_numpy(v) for k, v in feeds.items()})
         except UserError:
@@ -255,4 +252,3 @@ def _np_dtype(t) -> Any:
     return np.dtype(str(t.dtype).replace("torch.", ""))
 
 
-register_backend("onnxruntime", OnnxRuntimeRunner, accepts, probe=_probe, extra="core", priority=5)

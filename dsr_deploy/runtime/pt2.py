@@ -16,11 +16,12 @@ the archive is inspected first (:func:`pickled_entries`: the zip's JSON configs,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .base import TensorSpec, TorchCallableRunner, model_io_from_manifest, one_line, register_backend, zip_kind
+from .base import TensorSpec, TorchCallableRunner, TorchFileOptions, model_io_from_manifest, one_line, zip_kind
 
 
 def accepts(artifact: Any) -> bool:
@@ -103,14 +104,21 @@ def _dim(d) -> Any:
     return int(d) if isinstance(d, int) or str(d).isdigit() else str(d)
 
 
+@dataclass
+class PT2Options(TorchFileOptions):
+    """The ``pt2`` backend's options (see the module docstring): the torch-file options, nothing more."""
+
+
 class PT2Runner(TorchCallableRunner):
     backend = "pt2"
+    Options = PT2Options
+    options: PT2Options
 
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
         self.kind = None  # "exported_program" | "aoti"
 
-    def load(self) -> "PT2Runner":
+    def _load(self) -> None:
         import torch
 
         from .. import ops  # noqa: F401  (registers dsr:: ops the program calls)
@@ -120,12 +128,12 @@ class PT2Runner(TorchCallableRunner):
             raise UserError(f"pt2: {path}: no such file")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("pt2: device 'cuda' requested but torch sees no CUDA GPU")
-        if self.options.get("fp16"):
+        if self.options.fp16:
             raise UserError("pt2: fp16 is not supported on an exported program; export the model in float16")
         ops.load_native()
         self.kind = zip_kind(path)
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads:
+            torch.set_num_threads(int(self.options.threads))
         specs: list[TensorSpec] = []
         try:
             if self.kind == "aoti":
@@ -133,10 +141,10 @@ class PT2Runner(TorchCallableRunner):
 
                 self.fn = aoti_load_package(str(path))
                 # The package does not keep argument names: the manifest's, else the multi-step name.
-                names = self.options.get("input_names") or model_io_from_manifest(path, ["input"], [])[0]
+                names = self.options.input_names or model_io_from_manifest(path, ["input"], [])[0]
                 specs = [TensorSpec(n, None, "float32") for n in names]
             elif self.kind == "exported_program":
-                check_archive(path, bool(self.options.get("trust_pickle")))
+                check_archive(path, bool(self.options.trust_pickle))
                 ep = torch.export.load(str(path))
                 user = list(ep.graph_signature.user_inputs)
                 for node in ep.graph.nodes:
@@ -157,13 +165,11 @@ class PT2Runner(TorchCallableRunner):
         except Exception as exc:
             raise UserError(f"pt2: cannot load {path}: {one_line(exc)}") from None
         ins, outs, _ = model_io_from_manifest(path, [s.name for s in specs], ["output"])
-        ins = list(self.options.get("input_names") or ins)
+        ins = list(self.options.input_names or ins)
         if len(ins) == len(specs):
             specs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(ins, specs)]
         self._inputs = specs
-        self._output_names = list(self.options.get("output_names") or outs)
-        self.loaded = True
-        return self
+        self._output_names = list(self.options.output_names or outs)
 
     def describe(self) -> dict:
         return {**super().describe(), "kind": self.kind}
@@ -185,4 +191,3 @@ class PT2Runner(TorchCallableRunner):
         return program_neurons(self.program.graph, self.device)
 
 
-register_backend("pt2", PT2Runner, accepts, priority=5)

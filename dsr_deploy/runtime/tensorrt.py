@@ -19,13 +19,13 @@ from __future__ import annotations
 import ctypes
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
+from ..contract import TRT_DYNAMIC_PLUGIN_LIBRARY, TRT_PLUGIN_LIBRARY
 from ..errors import UserError, require
-from .base import Runner, TensorSpec, is_file_with, one_line, register_backend, to_torch
+from .base import Runner, RunnerOptions, TensorSpec, is_file_with, one_line, to_torch
 
-TRT_PLUGIN_LIBRARY = "libdsr_trt_plugin.so"
-TRT_DYNAMIC_PLUGIN_LIBRARY = "libdsr_trt_plugin_dynamic.so"
 SUFFIXES = (".plan", ".engine", ".trt")
 
 _loaded_plugins: dict[str, tuple] = {}  # path -> (how, handle), kept alive for the process
@@ -36,7 +36,7 @@ def accepts(artifact: Any) -> bool:
     return is_file_with(artifact, SUFFIXES)
 
 
-def _probe() -> Optional[str]:
+def probe() -> Optional[str]:
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
@@ -144,19 +144,29 @@ def torch_dtype(trt, dtype):
     return table[dtype]
 
 
+@dataclass
+class TensorRTOptions(RunnerOptions):
+    """The ``tensorrt`` backend's options: ``device`` (default "cuda"), ``plugin_library`` (an explicit dsr plugin
+    library; default: :func:`find_plugin_library`). ``threads`` does not apply (the engine runs on the GPU)."""
+
+    plugin_library: Optional[str] = None
+
+
 class TensorRTRunner(Runner):
+    Options = TensorRTOptions
+    options: TensorRTOptions
     backend = "tensorrt"
 
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cuda")
+        self.device = str(self.options.device or "cuda")
         self.engine = None
         self.plugin: Optional[str] = None
         self._local = threading.local()  # one execution context (and stream) per thread
         self._specs_in: list[TensorSpec] = []
         self._specs_out: list[TensorSpec] = []
 
-    def load(self) -> "TensorRTRunner":
+    def _load(self) -> None:
         trt = require_tensorrt("the tensorrt backend")
         import torch
 
@@ -166,7 +176,7 @@ class TensorRTRunner(Runner):
         path = Path(self.artifact)
         if not path.is_file():
             raise UserError(f"tensorrt: {path}: no such file")
-        lib = find_plugin_library(self.options.get("plugin_library"))
+        lib = find_plugin_library(self.options.plugin_library)
         if lib is not None:
             load_plugin_library(lib, trt)
             self.plugin = str(lib)
@@ -189,8 +199,6 @@ class TensorRTRunner(Runner):
             dtype = str(torch_dtype(trt, engine.get_tensor_dtype(name))).replace("torch.", "")
             spec = TensorSpec(name, shape, dtype)
             (self._specs_in if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._specs_out).append(spec)
-        self.loaded = True
-        return self
 
     def release(self) -> None:
         self._local = threading.local()
@@ -220,11 +228,9 @@ class TensorRTRunner(Runner):
             self._local.stream = torch.cuda.Stream(device=self.device)
         return ctx, self._local.stream
 
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
         import torch
 
-        self.ensure_loaded()
-        feeds = self.check_feeds(feeds)
         ctx, stream = self._context()
         keep = []
         for spec in self._specs_in:
@@ -257,4 +263,3 @@ class TensorRTRunner(Runner):
         torch.cuda.synchronize(self.device)
 
 
-register_backend("tensorrt", TensorRTRunner, accepts, extra="tensorrt", probe=_probe, priority=5)

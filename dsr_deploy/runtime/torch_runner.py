@@ -15,10 +15,11 @@ submodule before each run: SpikingJelly's stateful neurons need it; then the run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 from ..errors import UserError
-from .base import Runner, TensorSpec, collect_outputs, one_line, register_backend, to_torch
+from .base import Runner, RunnerOptions, TensorSpec, collect_outputs, one_line, to_torch
 
 
 def _is_module(artifact: Any) -> bool:
@@ -30,7 +31,7 @@ def _is_module(artifact: Any) -> bool:
         return False
 
 
-def _is_spec(artifact: Any) -> bool:
+def is_spec(artifact: Any) -> bool:
     """A MODEL spec (``zoo:NAME``, ``package.module:factory``, ``path/to/file.py:factory``), not a file."""
     if not isinstance(artifact, str) or ":" not in artifact or Path(artifact).exists():
         return False
@@ -42,51 +43,69 @@ def _is_spec(artifact: Any) -> bool:
 
 
 def build_model(spec: str, checkpoint: Optional[str] = None, trust_pickle: bool = False, settings=None):
-    """The loaded MODEL spec (with ``checkpoint`` and ``settings``, ``--set``): :func:`dsr_deploy.model_spec.load_model`."""
+    """The loaded MODEL spec (with ``checkpoint`` and ``settings``, ``--set``):
+    :func:`dsr_deploy.model_spec.load_model`."""
     from ..model_spec import load_model
 
     return load_model(spec, checkpoint, trust_pickle, settings=settings)
 
 
+def accepts(artifact: Any) -> bool:
+    return _is_module(artifact) or is_spec(artifact)
+
+
+@dataclass
+class TorchOptions(RunnerOptions):
+    """The ``torch`` backend's options (see the module docstring)."""
+
+    checkpoint: Optional[str] = None
+    settings: Optional[dict] = None
+    input_shape: Optional[Sequence[int]] = None
+    input_name: Optional[str] = None
+    output_names: Optional[Sequence[str]] = None
+    fp16: bool = False
+    reset_state: bool = False
+
+
 class TorchRunner(Runner):
     backend = "torch"
+    Options = TorchOptions
+    options: TorchOptions
 
     def __init__(self, artifact: Any, **options: Any):
         super().__init__(artifact, **options)
-        self.device = str(options.get("device") or "cpu")
+        self.device = str(self.options.device or "cpu")
         self.model = None
-        self._dtype = "float16" if options.get("fp16") else "float32"
-        self.input_name = options.get("input_name") or "input"
-        self.output_names = list(options.get("output_names") or ["output"])
-        self._shape = tuple(options["input_shape"]) if options.get("input_shape") is not None else None
+        self._dtype = "float16" if self.options.fp16 else "float32"
+        self.input_name = self.options.input_name or "input"
+        self.output_names = list(self.options.output_names or ["output"])
+        self._shape = tuple(self.options.input_shape) if self.options.input_shape is not None else None
 
-    def load(self) -> "TorchRunner":
+    def _load(self) -> None:
         import torch
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("torch: device 'cuda' requested but torch sees no CUDA GPU")
         if _is_module(self.artifact):
             model = self.artifact
-            if self.options.get("fp16") or self.device != "cpu":
+            if self.options.fp16 or self.device != "cpu":
                 import copy
 
                 model = copy.deepcopy(model)  # never convert or move the caller's module in place
         else:
-            loaded = build_model(str(self.artifact), self.options.get("checkpoint"),
-                                 bool(self.options.get("trust_pickle")), self.options.get("settings"))
+            loaded = build_model(str(self.artifact), self.options.checkpoint,
+                                 bool(self.options.trust_pickle), self.options.settings)
             model = loaded.model
             if self._shape is None and loaded.default_input_shape is not None:
                 self._shape = tuple(loaded.default_input_shape)
         model = model.eval().to(self.device)
-        if self.options.get("fp16"):
+        if self.options.fp16:
             model = model.half()
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads:
+            torch.set_num_threads(int(self.options.threads))
         self.model = model
         self._resets = [m for m in model.modules() if callable(getattr(m, "reset", None))] \
-            if self.options.get("reset_state") else []
-        self.loaded = True
-        return self
+            if self.options.reset_state else []
 
     @property
     def example_shape(self) -> Optional[tuple]:
@@ -127,11 +146,10 @@ class TorchRunner(Runner):
                                          layers={n: k for k, n in enumerate(training)})
         return found
 
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
         import torch
 
-        self.ensure_loaded()
-        x = to_torch(self.check_feeds(feeds)[self.input_name], self.device)
+        x = to_torch(feeds[self.input_name], self.device)
         with torch.inference_mode():
             for m in self._resets:
                 m.reset()
@@ -141,7 +159,5 @@ class TorchRunner(Runner):
                 raise UserError(f"torch: the model failed on input {list(x.shape)}: {one_line(exc)}") from None
         return collect_outputs(out, self.output_names, copy_outputs, self.backend)
 
-
-register_backend("torch", TorchRunner, lambda a: _is_module(a) or _is_spec(a), priority=10)
 
 __all__ = ["TorchRunner", "build_model"]

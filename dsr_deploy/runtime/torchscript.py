@@ -15,11 +15,12 @@ Loading on a CUDA device therefore turns GPU fusion off for the process
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .base import TensorSpec, TorchCallableRunner, model_io_from_manifest, one_line, register_backend, zip_kind
+from .base import TensorSpec, TorchCallableRunner, TorchFileOptions, model_io_from_manifest, one_line, zip_kind
 
 SUFFIXES = (".ts", ".torchscript", ".jit", ".pt", ".pth")
 
@@ -33,10 +34,19 @@ def accepts(artifact: Any) -> bool:
     return Path(artifact).is_file() and zip_kind(artifact) == "torchscript"
 
 
+@dataclass
+class TorchScriptOptions(TorchFileOptions):
+    """The ``torchscript`` backend's options (see the module docstring)."""
+
+    gpu_fusion: bool = False
+
+
 class TorchScriptRunner(TorchCallableRunner):
     backend = "torchscript"
+    Options = TorchScriptOptions
+    options: TorchScriptOptions
 
-    def load(self) -> "TorchScriptRunner":
+    def _load(self) -> None:
         import torch
 
         path = Path(self.artifact)
@@ -44,30 +54,28 @@ class TorchScriptRunner(TorchCallableRunner):
             raise UserError(f"torchscript: {path}: no such file")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("torchscript: device 'cuda' requested but torch sees no CUDA GPU")
-        if self.device.startswith("cuda") and not self.options.get("gpu_fusion"):
+        if self.device.startswith("cuda") and not self.options.gpu_fusion:
             torch._C._jit_override_can_fuse_on_gpu(False)  # before the first call: the executor fuses on call 2
         try:
             module = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:  # corrupt zip, not TorchScript, unknown ops: all one line
             raise UserError(f"torchscript: cannot load {path}: {one_line(exc)}") from None
         module.eval()
-        if self.options.get("fp16"):
+        if self.options.fp16:
             module = module.half()  # parameters and buffers; the dsr recurrence keeps a float32 membrane
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads:
+            torch.set_num_threads(int(self.options.threads))
         arg_names = [a.name for a in module.forward.schema.arguments[1:]]
         ins, outs, shape = model_io_from_manifest(path, arg_names, ["output"])
-        ins = list(self.options.get("input_names") or ins)
+        ins = list(self.options.input_names or ins)
         if len(ins) != len(arg_names):
             ins = arg_names
         dtype = next((str(p.dtype).replace("torch.", "") for p in module.parameters() if p.is_floating_point()),
                      "float32")
         self._inputs = [TensorSpec(n, (("T", "B") + tuple(shape[2:])) if shape and n == "input" else None, dtype)
                         for n in ins]
-        self._output_names = list(self.options.get("output_names") or outs)
+        self._output_names = list(self.options.output_names or outs)
         self.fn = module
-        self.loaded = True
-        return self
 
     def neurons(self) -> list:
         """The scripted neuron submodules of the loaded file, each run alone in the TorchScript interpreter."""
@@ -93,4 +101,3 @@ class TorchScriptRunner(TorchCallableRunner):
         return self.fn
 
 
-register_backend("torchscript", TorchScriptRunner, accepts, priority=5)

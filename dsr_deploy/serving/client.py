@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..contract import STREAM_INPUT, STREAM_OUTPUT
 from ..errors import require
 
 _TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.float64): "FP64",
@@ -79,9 +80,9 @@ class StreamClient:
     def step(self, x_t: np.ndarray, end: bool = False) -> np.ndarray:
         x = np.asarray(x_t, np.float32)
         n = x.shape[0]
-        feeds = {"x_t": x, "sequence_id": np.full((n, 1), self.sequence_id, np.uint64),
+        feeds = {STREAM_INPUT: x, "sequence_id": np.full((n, 1), self.sequence_id, np.uint64),
                  "sequence_start": np.full((n, 1), not self.started), "sequence_end": np.full((n, 1), bool(end))}
-        y = self.client.infer(self.model, feeds, ["y_t"])["y_t"]
+        y = self.client.infer(self.model, feeds, [STREAM_OUTPUT])[STREAM_OUTPUT]
         self.started = not end
         return y
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..contract import STREAM_INPUT, STREAM_OUTPUT, state_input_name, state_output_name
 from ..errors import UserError
 
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
@@ -149,7 +150,7 @@ class ServedModel:
         rows = []  # (request index, row in request, sequence id, start, end)
         xs = []
         for ri, r in enumerate(requests):
-            x = np.asarray(r["x_t"])
+            x = np.asarray(r[STREAM_INPUT])
             n = x.shape[0]
             sid = np.asarray(r[SEQUENCE_ID]).reshape(n, -1)[:, 0].astype(np.uint64)
             start = _flag(r, SEQUENCE_START, n)
@@ -198,12 +199,12 @@ class ServedModel:
                         states.append(pending[sid])
                     else:
                         states.append(store.get(sid))
-                feeds = {"x_t": x_all[this_round] if len(this_round) != len(rows) else x_all}
+                feeds = {STREAM_INPUT: x_all[this_round] if len(this_round) != len(rows) else x_all}
                 for i in range(len(store.state_shapes)):
-                    feeds[f"v_in_{i}"] = np.stack([s[i] for s in states])
+                    feeds[state_input_name(i)] = np.stack([s[i] for s in states])
                 out = self.runner.infer(feeds)
-                y = np.asarray(out["y_t"])
-                v_out = [np.asarray(out[f"v_out_{i}"]) for i in range(len(store.state_shapes))]
+                y = np.asarray(out[STREAM_OUTPUT])
+                v_out = [np.asarray(out[state_output_name(i)]) for i in range(len(store.state_shapes))]
                 for pos, k in enumerate(this_round):
                     y_all[k] = y[pos]
                     sid, end = rows[k][2], rows[k][4]
@@ -216,7 +217,7 @@ class ServedModel:
         responses, k = [], 0
         for x in xs:
             n = x.shape[0]
-            responses.append({"y_t": np.stack(y_all[k:k + n])})
+            responses.append({STREAM_OUTPUT: np.stack(y_all[k:k + n])})
             k += n
         return responses
 
@@ -254,26 +255,26 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     runner.load()
     specs = {s.name: s for s in runner.inputs()}
     out_names = [s.name for s in runner.outputs()]
-    streaming = "x_t" in specs or (manifest or {}).get("mode") == "streaming"
+    streaming = STREAM_INPUT in specs or (manifest or {}).get("mode") == "streaming"
     if name is None:
         base = path if path.is_dir() else (path.parent if path.stem == "model" else path)
         name = base.stem if base.is_file() else base.name
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "model"
     model = ServedModel(name=name, artifact=str(path), backend=runner.backend, streaming=streaming, runner=runner)
     if streaming:
-        from ..streaming import manifest_states
+        from ..runtime.stream import manifest_states
 
         if manifest is None:
             raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
         states = manifest_states(manifest)
         step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
         model.store = SequenceStore([s["shape"] for s in states], idle_timeout_s, max_sequences)
-        model.inputs = [("x_t", np.float32, tuple(int(d) for d in step[1:]), False),
+        model.inputs = [(STREAM_INPUT, np.float32, tuple(int(d) for d in step[1:]), False),
                         (SEQUENCE_ID, np.uint64, (1,), False),
                         (SEQUENCE_START, np.bool_, (1,), True),
                         (SEQUENCE_END, np.bool_, (1,), True)]
-        y_shape = _output_shape(runner, "y_t", manifest)
-        model.outputs = [("y_t", np.float32, y_shape)]
+        y_shape = _output_shape(runner, STREAM_OUTPUT, manifest)
+        model.outputs = [(STREAM_OUTPUT, np.float32, y_shape)]
     else:
         if "input" not in specs or "output" not in out_names:
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
@@ -311,15 +312,15 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None,
     """Per-sample output dims: run the model once on zeros (cheap; also checks that it runs)."""
     specs = {s.name: s for s in runner.inputs()}
     feeds = {}
-    if name == "y_t":
+    if name == STREAM_OUTPUT:
         step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
-        feeds["x_t"] = np.zeros((1, *step[1:]), dtype=np.float32)
-        from ..streaming import manifest_states
+        feeds[STREAM_INPUT] = np.zeros((1, *step[1:]), dtype=np.float32)
+        from ..runtime.stream import manifest_states
 
         for i, s in enumerate(manifest_states(manifest)):
-            feeds[f"v_in_{i}"] = np.zeros((1, *s["shape"]), dtype=np.float32)
+            feeds[state_input_name(i)] = np.zeros((1, *s["shape"]), dtype=np.float32)
         out = runner.infer(feeds)
-        return tuple(np.asarray(out["y_t"]).shape[1:])
+        return tuple(np.asarray(out[STREAM_OUTPUT]).shape[1:])
     from ..io_adapter import artifact_shape
 
     T = in_shape[0] if in_shape[0] > 0 else 1

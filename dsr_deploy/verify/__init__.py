@@ -113,12 +113,12 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
             fmt = str(art.get("format"))
             if fmt == "pytorch":
                 from ..convert import inference_copy
-                from ..export.pt2_writer import _ProbedOp
+                from ..export.pt2_writer import ProbedOp
 
                 targets = [("torch", {"output_names": probe_output_names(len(refs[0][3]))},
                             "inference copy (dsr ops)", None)]
                 path, probe_path, probe_idx, note = None, None, None, "the inference copy's own neuron outputs"
-                module = _ProbedOp(inference_copy(reference_model, "op"))
+                module = ProbedOp(inference_copy(reference_model, "op"))
             else:
                 module = None
                 path = manifest.path_of(art)

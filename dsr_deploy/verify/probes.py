@@ -61,15 +61,14 @@ def probe_output_names(n_calls: int) -> List[str]:
 
 def backends_for(fmt: str, path: Path) -> List[Tuple[str, Dict[str, Any], str, Optional[str]]]:
     """(backend, runner options, variant label, skip reason) for every backend that could run ``path``."""
-    from ..runtime import available_backends
-    from ..runtime.base import _BACKENDS
+    from ..runtime import available_backends, get_backend
 
     avail = available_backends()
     out = []
     for name, why in avail.items():
         if name == "torch":
             continue
-        b = _BACKENDS[name]
+        b = get_backend(name)
         try:
             ok = b.accepts(path)
         except Exception:

@@ -1,0 +1,49 @@
+"""The wire contract: every name another program reads from what dsr-deploy writes or loads.
+
+ONNX files carry dsr nodes in the domain :data:`DOMAIN`; TensorRT finds their plugins by op type, namespace and
+version; ONNX Runtime, TensorRT and PyTorch load the native libraries by file name; streaming artifacts and
+servers exchange the step input, output and membrane states by name. Each of these is defined here once and
+imported everywhere else (the native sources in ``plugins/`` restate them: ``plugins/README.md``).
+"""
+
+from __future__ import annotations
+
+# -- ONNX: the dsr domain and its op types ------------------------------------------------------------------
+DOMAIN = "dsr"  # ONNX domain of the dsr nodes and of their model-local function fallbacks
+DOMAIN_VERSION = 1  # the opset version of DOMAIN in opset_import
+SPIKE_OP_TYPES = {"if": "DSRIFSpike", "lif": "DSRLIFSpike"}  # whole-sequence neurons (multistep export)
+STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with membrane I/O (streaming export)
+DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values())
+
+# -- TensorRT plugins ---------------------------------------------------------------------------------------
+PLUGIN_NAMESPACE = "dsr"  # plugin_namespace attribute / creator namespace
+PLUGIN_VERSION = "1"  # plugin_version attribute / creator version
+
+# -- PyTorch custom ops: torch.ops.dsr.* ---------------------------------------------------------------------
+TORCH_NAMESPACE = "dsr"
+
+# -- native library file names (built by `dsr-deploy plugins build`) ---------------------------------------------
+TORCH_OPS_LIBRARY = "libdsr_torch_ops.so"
+ORT_OPS_LIBRARY = "libdsr_ort_ops.so"
+TRT_PLUGIN_LIBRARY = "libdsr_trt_plugin.so"
+TRT_DYNAMIC_PLUGIN_LIBRARY = "libdsr_trt_plugin_dynamic.so"
+KERNELS_LIBRARY = "libdsr_kernels.so"
+
+# -- streaming (single-step) I/O names -------------------------------------------------------------------------
+STREAM_INPUT = "x_t"  # the step's input  [B, ...]
+STREAM_OUTPUT = "y_t"  # the step's output
+STATE_IN_PREFIX = "v_in_"  # membrane state of neuron layer i, fed in: v_in_0, v_in_1, ...
+STATE_OUT_PREFIX = "v_out_"  # ... and returned: v_out_0, v_out_1, ...
+
+
+def state_input_name(i: int) -> str:
+    return f"{STATE_IN_PREFIX}{i}"
+
+
+def state_output_name(i: int) -> str:
+    return f"{STATE_OUT_PREFIX}{i}"
+
+
+def is_streaming_input(name: str) -> bool:
+    """The step input or a membrane state input."""
+    return name == STREAM_INPUT or name.startswith(STATE_IN_PREFIX)

@@ -1,0 +1,97 @@
+"""Running a streaming (single-step) model: :class:`StreamSession` holds the membranes between steps.
+
+The model is one written by :mod:`dsr_deploy.export.streaming` (``dsr-deploy export --mode streaming``), run by any
+runner (or a callable taking and returning dicts of arrays by name); the names are the wire contract's
+(:mod:`dsr_deploy.contract`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..contract import STREAM_INPUT as INPUT_NAME
+from ..contract import STREAM_OUTPUT as OUTPUT_NAME
+from ..contract import state_input_name, state_output_name
+from ..errors import UserError
+
+__all__ = ["StreamSession", "manifest_states"]
+
+
+def manifest_states(manifest: Mapping) -> list[dict]:
+    """The membrane records of a streaming export's manifest (top level, or in an artifact record)."""
+    if isinstance(manifest.get("states"), list):
+        return manifest["states"]
+    for a in manifest.get("artifacts", []):
+        if isinstance(a, Mapping) and isinstance(a.get("states"), list):
+            return a["states"]
+    raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode streaming)")
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class StreamSession:
+    """Runs one stream (a batch of B synchronous streams) over a streaming model, holding the membranes.
+
+    ``model`` is a :class:`dsr_deploy.runtime.base.Runner` (its ``infer``) or any callable taking a dict of
+    input arrays by name and returning a dict of output arrays by name. ``state_shapes`` are the per-sample
+    membrane shapes (the manifest's ``states[i]["shape"]``); without them they are read from the runner's
+    ``inputs()``.
+    """
+
+    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None):
+        self._infer: Callable[[Mapping[str, Any]], Mapping[str, Any]] = getattr(model, "infer", model)
+        if state_shapes is None:
+            if not hasattr(model, "inputs"):
+                raise UserError("StreamSession needs state_shapes for a plain callable")
+            specs = {s.name: s for s in model.inputs()}
+            state_shapes = []
+            while state_input_name(len(state_shapes)) in specs:
+                shape = specs[state_input_name(len(state_shapes))].shape[1:]
+                if not all(isinstance(d, int) for d in shape):
+                    raise UserError(f"membrane {state_input_name(len(state_shapes))} has a symbolic shape {shape}; "
+                                    "pass state_shapes")
+                state_shapes.append(tuple(shape))
+        self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
+        self.states: list[np.ndarray] | None = None
+        self.steps = 0
+
+    @classmethod
+    def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> StreamSession:
+        if not isinstance(manifest, Mapping):
+            from ..manifest import read_manifest
+
+            p = Path(manifest)
+            manifest = read_manifest(p if p.is_dir() else p.parent)
+        return cls(model, [s["shape"] for s in manifest_states(manifest)])
+
+    def reset(self) -> None:
+        """Start a new stream: the next step begins from zero membranes."""
+        self.states, self.steps = None, 0
+
+    def step(self, x_t: Any) -> np.ndarray:
+        """One time step ``x_t [B, ...]`` -> ``y_t``; the membranes are kept for the next step."""
+        x = _as_numpy(x_t)
+        if self.states is None or self.states[0].shape[0] != x.shape[0]:
+            if self.states is not None and self.steps:
+                raise UserError(f"the batch changed mid-stream ({self.states[0].shape[0]} -> {x.shape[0]}); reset()")
+            self.states = [np.zeros((x.shape[0], *s), dtype=np.float32) for s in self.state_shapes]
+        feeds = {INPUT_NAME: x}
+        feeds.update({state_input_name(i): v for i, v in enumerate(self.states)})
+        out = self._infer(feeds)
+        self.states = [_as_numpy(out[state_output_name(i)]) for i in range(len(self.state_shapes))]
+        self.steps += 1
+        return _as_numpy(out[OUTPUT_NAME])
+
+    def run(self, x_seq: Any, reset: bool = True) -> np.ndarray:
+        """Feed every step of ``x_seq [T, B, ...]``; returns the stacked outputs ``[T, B, ...]``."""
+        if reset:
+            self.reset()
+        x = _as_numpy(x_seq)
+        return np.stack([self.step(x[t]) for t in range(x.shape[0])])
