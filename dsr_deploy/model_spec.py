@@ -27,24 +27,30 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import math
-import pickle
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .checkpoints import STATE_KEYS, apply_checkpoint, read_checkpoint, state_dict_of  # noqa: F401  (public API)
 from .errors import UserError
-from .guard import first_line as _first_line, user_code
+from .guard import first_line as _first_line
+from .guard import user_code
+from .model_settings import (  # noqa: F401  (parse_set_options, checkpoint_settings: public API)
+    IDENT,
+    Factory,
+    check_settings,
+    checkpoint_settings,
+    parse_set_options,
+    relevant_settings,
+    show,
+)
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_MODULE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
-_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_MODULE_RE = re.compile(rf"^{IDENT}(\.{IDENT})*$")
 
 
 @dataclass
@@ -66,7 +72,7 @@ class LoadedModel:
             return None
         what = "zoo defaults" if self.spec.startswith("zoo:") else "factory defaults"
         return (f"the checkpoint does not store these settings and none were given; assumed {what}: "
-                + ", ".join(f"{k}={_show(v)}" for k, v in self.assumed.items())
+                + ", ".join(f"{k}={show(v)}" for k, v in self.assumed.items())
                 + " (pass --set KEY=VALUE with the values it was trained with)")
 
 
@@ -84,23 +90,9 @@ def _split(spec: str) -> Tuple[str, str]:
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
         raise UserError(f"malformed MODEL {spec!r}; expected zoo:NAME, package.module:factory or path/to/file.py:factory")
-    if not re.fullmatch(rf"{_IDENT}(\.{_IDENT})*", attr):
+    if not re.fullmatch(rf"{IDENT}(\.{IDENT})*", attr):
         raise UserError(f"malformed MODEL {spec!r}: {attr!r} is not a Python name")
     return where, attr
-
-
-@dataclass
-class _Factory:
-    """A MODEL spec resolved to its factory, before it is called (so settings can be checked first)."""
-
-    call: Any
-    spec: str
-    what: str
-    params: Dict[str, Any]  # accepted keyword -> default (inspect.Parameter.empty: none)
-    open_kwargs: bool = False  # also accepts keywords it does not name (**kwargs)
-    default_input_shape: Optional[Tuple[int, ...]] = None
-    neuron_kind: Optional[str] = None  # zoo: 'if' | 'lif' (after the settings)
-    refused: Dict[str, str] = field(default_factory=dict)  # keyword -> why --set may not give it
 
 
 def _signature_params(factory) -> Tuple[Dict[str, Any], bool]:
@@ -117,7 +109,7 @@ def _signature_params(factory) -> Tuple[Dict[str, Any], bool]:
     return params, open_kwargs
 
 
-def _zoo_factory(name: str, settings: Mapping[str, Any]) -> _Factory:
+def _zoo_factory(name: str, settings: Mapping[str, Any]) -> Factory:
     from dsr_deploy import models
     from dsr_deploy.models.common import NEURON_DEFAULTS, NEURON_PARAMS
 
@@ -138,7 +130,7 @@ def _zoo_factory(name: str, settings: Mapping[str, Any]) -> _Factory:
         shape = tuple(models.input_shape(name))
     except Exception:
         shape = None
-    return _Factory(lambda **kw: models.build(name, **kw), f"zoo:{name}", f"zoo:{name}", params, False, shape,
+    return Factory(lambda **kw: models.build(name, **kw), f"zoo:{name}", f"zoo:{name}", params, False, shape,
                     kind if kind in NEURON_PARAMS else None,
                     {"readout": "the artifact's readout is an export option: use --readout none|mean|lif-rate"})
 
@@ -164,7 +156,7 @@ def _resolve(obj: Any, attr: str, where: str):
     return obj
 
 
-def _file_factory(path_text: str, attr: str) -> _Factory:
+def _file_factory(path_text: str, attr: str) -> Factory:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"model file {path_text} not found")
@@ -184,10 +176,10 @@ def _file_factory(path_text: str, attr: str) -> _Factory:
         raise
     factory = _resolve(module, attr, path_text)
     params, open_kwargs = _signature_params(factory)
-    return _Factory(factory, f"{path}:{attr}", f"{path_text}:{attr}", params, open_kwargs)
+    return Factory(factory, f"{path}:{attr}", f"{path_text}:{attr}", params, open_kwargs)
 
 
-def _module_factory(mod: str, attr: str) -> _Factory:
+def _module_factory(mod: str, attr: str) -> Factory:
     if not _MODULE_RE.match(mod):
         raise UserError(f"malformed MODEL {mod}:{attr}; expected package.module:factory or path/to/file.py:factory")
     try:
@@ -200,7 +192,7 @@ def _module_factory(mod: str, attr: str) -> _Factory:
         raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
     factory = _resolve(module, attr, mod)
     params, open_kwargs = _signature_params(factory)
-    return _Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)
+    return Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)
 
 
 def _from_file(path_text: str, attr: str) -> LoadedModel:
@@ -213,7 +205,7 @@ def _from_module(mod: str, attr: str) -> LoadedModel:
     return LoadedModel(_call_factory(f.call, f.what), f.spec)
 
 
-def resolve_factory(spec: str, settings: Optional[Mapping[str, Any]] = None) -> _Factory:
+def resolve_factory(spec: str, settings: Optional[Mapping[str, Any]] = None) -> Factory:
     """The factory a MODEL spec names, not yet called (``settings`` may pick the zoo's neuron kind)."""
     spec = (spec or "").strip()
     if not spec:
@@ -229,173 +221,6 @@ def resolve_factory(spec: str, settings: Optional[Mapping[str, Any]] = None) -> 
     return _module_factory(where, attr)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Settings: --set KEY=VALUE, checkpoint-stored settings, the assumed-defaults warning.
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-# Neuron settings that change what a trained network computes: a checkpoint that does not store them and a user
-# who does not give them means a default is assumed (warned). LIF adds tau and delta_t.
-_NEURON_SETTINGS = ("T", "v_threshold", "alpha", "v_threshold_lower_bound")
-_LIF_SETTINGS = ("tau", "delta_t", "lif_rule")
-# Names the authors' code (and its argparse) uses for our settings.
-_CHECKPOINT_NAMES = {"T": "T", "timesteps": "T", "timestep": "T", "Vth": "v_threshold", "v_threshold": "v_threshold",
-                     "alpha": "alpha", "Vth_bound": "v_threshold_lower_bound",
-                     "v_threshold_lower_bound": "v_threshold_lower_bound", "tau": "tau", "delta_t": "delta_t",
-                     "dt": "delta_t"}
-_CHECKPOINT_SETTING_KEYS = ("settings", "snn_setting", "args", "hparams", "config")
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(_show, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
-def parse_set_options(items: Optional[Iterable[str]]) -> Dict[str, str]:
-    """``["T=5", "v_threshold=0.6"]`` -> ``{"T": "5", "v_threshold": "0.6"}``; one-line UserError otherwise."""
-    out: Dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = str(item).partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(_IDENT, key):
-            raise UserError(f"malformed --set {item!r}; expected KEY=VALUE with KEY a Python name (e.g. --set T=5)")
-        if key in out:
-            raise UserError(f"--set {key} given twice ({key}={out[key]} and {item})")
-        out[key] = value.strip()
-    return out
-
-
-def _infer(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            value = conv(text)
-        except ValueError:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            break
-        return value
-    return text
-
-
-def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    """``value`` (a --set string, or a JSON / checkpoint value) as the type of ``default``."""
-    def bad(expected: str):
-        return UserError(f"{where} {key}={_show(value)}: expected {expected}"
-                         + (f" (default {_show(default)})" if default is not inspect.Parameter.empty
-                            and default is not None else ""))
-
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise bad("a number")
-        value = value.item()
-    text = value.strip() if isinstance(value, str) else None
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise bad("true or false")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if text is not None and re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
-        raise bad("an integer")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out = float(value)
-        elif text is not None:
-            try:
-                out = float(text)
-            except ValueError:
-                raise bad("a number") from None
-        else:
-            raise bad("a number")
-        if not math.isfinite(out):
-            raise bad("a finite number")
-        return out
-    if isinstance(default, (tuple, list)):
-        items = value if isinstance(value, (tuple, list)) else (
-            [p for p in text.strip("()[]").split(",") if p.strip()] if text is not None else None)
-        if items is None:
-            raise bad("a comma-separated list")
-        inner = default[0] if len(default) else inspect.Parameter.empty
-        return tuple(_coerce(key, v, inner, where) if isinstance(v, str) or inner is not inspect.Parameter.empty
-                     else v for v in items)
-    if isinstance(default, str):
-        if text is None:
-            raise bad("a string")
-        return text
-    # No usable default (None, required, **kwargs): int, float, true/false, else the text.
-    if text is not None:
-        return _infer(text)
-    if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
-        return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
-        return tuple(value)
-    raise bad("a number, true/false or a string")
-
-
-def check_settings(factory: _Factory, settings: Mapping[str, Any], where: str = "--set") -> Dict[str, Any]:
-    """``settings`` checked against the factory's signature and parsed to its parameters' types."""
-    out: Dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in factory.refused:
-            raise UserError(f"{where} {key}: {factory.refused[key]}")
-        if key not in factory.params and not factory.open_kwargs:
-            accepted = ", ".join(k for k in factory.params if k not in factory.refused) or "none"
-            raise UserError(f"{where} {key}: {factory.what} has no setting {key!r}; accepted: {accepted}")
-        out[key] = _coerce(key, value, factory.params.get(key, inspect.Parameter.empty), where)
-    return out
-
-
-def relevant_settings(factory: _Factory) -> Tuple[str, ...]:
-    """The neuron settings of this factory whose defaults would change what a trained network computes."""
-    names = _NEURON_SETTINGS + (_LIF_SETTINGS if factory.neuron_kind in (None, "lif") else ())
-    return tuple(n for n in names if n in factory.params)
-
-
-def checkpoint_settings(obj: Any) -> Tuple[Dict[str, Any], bool]:
-    """``(settings the checkpoint stores, with our names; whether it stores neuron thresholds)``.
-
-    Settings come from a ``settings`` / ``snn_setting`` / ``args`` / ``hparams`` / ``config`` mapping (authors'
-    names mapped: ``Vth``, ``Vth_bound``, ``timesteps``, ``dt``); only the neuron settings and T are taken, as
-    plain scalars. Thresholds are stored when the state dict holds a ``Vth`` / ``v_threshold`` tensor."""
-    found: Dict[str, Any] = {}
-    thresholds = False
-    if isinstance(obj, Mapping):
-        for container in _CHECKPOINT_SETTING_KEYS:
-            inner = obj.get(container)
-            if not isinstance(inner, Mapping):
-                continue
-            for k, v in inner.items():
-                name = _CHECKPOINT_NAMES.get(str(k))
-                if name is None or name in found:
-                    continue
-                if isinstance(v, torch.Tensor) and v.numel() == 1:
-                    v = v.item()
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    found[name] = v
-        state = None
-        for key in _STATE_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                state = obj[key]
-                break
-        state = obj if state is None else state
-        thresholds = any(isinstance(k, str) and k.rsplit(".", 1)[-1] in ("Vth", "v_threshold")
-                         and isinstance(v, torch.Tensor) for k, v in state.items())
-        # Trained with the authors' code (their threshold name, or their settings dict): their LIF arithmetic,
-        # beta and 1 - beta in float32 (a LIF factory takes it; an IF one ignores it).
-        if isinstance(obj.get("snn_setting"), Mapping) or any(
-                isinstance(k, str) and k.rsplit(".", 1)[-1] == "Vth" for k in state):
-            found.setdefault("lif_rule", "float32")
-    elif isinstance(obj, nn.Module):
-        thresholds = True  # a whole pickled model carries its own settings
-    return found, thresholds
-
-
 def build_model(spec: str, settings: Optional[Mapping[str, Any]] = None) -> LoadedModel:
     """Build the (untrained-weights) model a MODEL spec names, with ``settings`` (``--set``) for its factory."""
     f = resolve_factory(spec, settings)
@@ -403,132 +228,12 @@ def build_model(spec: str, settings: Optional[Mapping[str, Any]] = None) -> Load
     return LoadedModel(_call_factory(f.call, f.what, typed), f.spec, _default_shape(f, typed), settings=typed)
 
 
-def _default_shape(f: _Factory, settings: Mapping[str, Any]) -> Optional[Tuple[int, ...]]:
+def _default_shape(f: Factory, settings: Mapping[str, Any]) -> Optional[Tuple[int, ...]]:
     """The zoo's default input shape, with T from the settings."""
     shape = f.default_input_shape
     if shape is not None and isinstance(settings.get("T"), int) and not isinstance(settings.get("T"), bool):
         shape = (settings["T"],) + tuple(shape[1:])
     return shape
-
-
-def _is_safetensors(path: Path) -> bool:
-    """A ``.safetensors`` name, or the format's start: an 8-byte little-endian header length, then ``{``."""
-    if path.suffix == ".safetensors":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (1 << 30)
-
-
-def _read_safetensors(path: Path) -> dict:
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:
-        raise UserError(f"checkpoint {path} is a safetensors file; install safetensors (pip install safetensors) "
-                        "to read it") from exc
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # noqa: BLE001 - a damaged header fails in several ways
-        raise UserError(f"checkpoint {path} is not a valid safetensors file ({type(exc).__name__})") from exc
-
-
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """``torch.load`` a checkpoint safely (``.safetensors`` with safetensors); a UserError for every way it can
-    be unreadable. Torch's own message is never repeated: it advises ``weights_only=False``, which runs the
-    file's code; the only switch for that is the user's ``--trust-pickle``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found")
-    if _is_safetensors(path):
-        return _read_safetensors(path)
-    unsafe = (f"checkpoint {path} is not a state dict we can load safely ({{why}}); if you trust it, pass "
-              "--trust-pickle")
-    try:
-        with warnings.catch_warnings():  # torch's remarks on a foreign file's pickle protocol are not the user's
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        # "Unsupported global": the file pickles classes (a whole model, or code); any other unpickling failure
-        # (an unknown opcode, say) means the bytes are not a valid pickle at all.
-        if "Unsupported global" in text or "GLOBAL " in text:
-            if not trust_pickle:
-                raise UserError(unsafe.format(why="it holds pickled Python objects, a whole model or code")) from exc
-        elif not trust_pickle:
-            raise UserError(unsafe.format(why="corrupt, or not a PyTorch file")) from exc
-    except Exception as exc:  # noqa: BLE001 - garbage bytes fail anywhere in the unpickler (IndexError, ...)
-        raise UserError(unsafe.format(why=f"corrupt, truncated or not a PyTorch file: {type(exc).__name__}")) from exc
-    # trust_pickle: the user vouched for the file.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} could not be unpickled ({_first_line(exc)})") from exc
-
-
-def _state_dict_of(obj: Any, path: Path) -> dict:
-    if isinstance(obj, dict):
-        for key in _STATE_KEYS:
-            if key in obj and isinstance(obj[key], dict):
-                return obj[key]
-        if all(isinstance(k, str) for k in obj) and any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise UserError(f"checkpoint {path} holds {type(obj).__name__}, not a state dict "
-                    f"(nor one under {', '.join(repr(k) for k in _STATE_KEYS)})")
-
-
-def _list(keys, limit: int = 8) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bool = False,
-                     remap: bool = False) -> nn.Module:
-    """Load ``checkpoint`` into ``model`` strictly (or return the pickled model with ``trust_pickle``).
-
-    With ``remap`` (zoo models), a state dict whose keys do not match is mapped with the zoo's SpikingJelly /
-    authors' key mapping (by name, else by layer order and shape) before giving up.
-    """
-    try:
-        return _apply_checkpoint(model, checkpoint, trust_pickle)
-    except UserError as exc:
-        if not remap or "does not match the model" not in str(exc):
-            raise
-        from .models.interop import load_spikingjelly
-
-        try:
-            return load_spikingjelly(model, _state_dict_of(read_checkpoint(Path(checkpoint), trust_pickle),
-                                                           Path(checkpoint)))
-        except UserError as mapping_error:
-            raise UserError(f"{exc}; nor does it map as a SpikingJelly checkpoint: {mapping_error}") from exc
-
-
-def _apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bool = False) -> nn.Module:
-    path = Path(checkpoint)
-    obj = read_checkpoint(path, trust_pickle)
-    if isinstance(obj, nn.Module):
-        return obj  # only reachable with trust_pickle
-    state = _state_dict_of(obj, path)
-    own = set(model.state_dict())
-    if state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        lines = [l.strip() for l in str(exc).splitlines() if l.strip().startswith("size mismatch")]
-        detail = "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "") if lines else _first_line(exc)
-        raise UserError(f"checkpoint {path} does not fit the model: {detail}") from exc
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys: {_list(result.missing_keys)}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys: {_list(result.unexpected_keys)}")
-    if problems:
-        raise UserError(f"checkpoint {path} does not match the model; " + "; ".join(problems))
-    return model
 
 
 def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle: bool = False,
@@ -590,7 +295,6 @@ def weights_digest(model: nn.Module) -> str:
     later (by verify) holds the weights that were exported, e.g. not a fresh random initialisation."""
     import hashlib
 
-    import torch
 
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
