@@ -1,4 +1,4 @@
-"""Export time and ONNX Runtime CPU latency of a PreAct-ResNet-18-style CIFAR network (issue 3, §6).
+"""Export time and ONNX Runtime CPU latency of a PreAct-ResNet-18-style CIFAR network.
 
 The network is built from SpikingJelly layers and SpikingJelly DSR-IF neurons (the authors' CIFAR layout:
 conv3x3 stem, 4 stages of two pre-activation blocks BN -> neuron -> conv, 1x1 conv shortcut, head

@@ -293,7 +293,7 @@ def render(info, results, with_ort, with_sj):
         lines += ["- " + e for e in extra] + [""]
     if not with_ort:
         lines.append("ONNX Runtime rows absent: libdsr_ort_ops.so not built (needs ONNX Runtime headers).")
-    lines.append("Targets (issue 4): native <= 1.5x memcpy (goal 1.2x), >= 10x faster than SpikingJelly eager; "
+    lines.append("Targets: native <= 1.5x memcpy (goal 1.2x), >= 10x faster than SpikingJelly eager; "
                  "ORT custom op <= 2x memcpy.")
     return "\n".join(lines) + "\n"
 

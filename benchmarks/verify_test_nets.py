@@ -1,4 +1,4 @@
-"""Record the real spike-agreement figures of `verify` on the test networks (issue 3, §5).
+"""Record the real spike-agreement figures of `verify` on the test networks.
 
 Exports each network of tests/export_nets.py (SpikingJelly layers with both SpikingJelly DSR neurons, our
 modules with plain torch.nn layers, neuron-only nets) to every format, with the function and the portable ONNX
