@@ -277,7 +277,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# bench_export: PreAct-ResNet-18-style CIFAR net (SpikingJelly layers, DSR-IF), ONNX Runtime CPU", "",
+    lines = ["# bench_export: PreAct-ResNet-18-style CIFAR net (SpikingJelly layers, DSR-IF), ONNX Runtime CPU", "",
              "  ".join(f"{k}: {v}" for k, v in meta.items()), "",
              "| T | batch | variant | export s | nodes | session s | latency ms | x memcpy | x plain | max abs diff | top-1 = |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -97,10 +97,9 @@ def concurrent(url, clients, per_client, make_call):
 def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    import onnxruntime
-    import pytriton
-
     from importlib import metadata
+
+    import onnxruntime
 
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .contract import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SPIKE_OP_TYPES
 from . import functional as F
 from . import ops  # noqa: F401  (registers torch.ops.dsr.*)
+from .contract import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SPIKE_OP_TYPES
 
 __all__ = [
     "NeuronInfo",

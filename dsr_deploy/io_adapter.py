@@ -124,7 +124,7 @@ class IOAdapter(nn.Module):
             y = y.transpose(0, 1)
         return y
 
-    def train(self, mode: bool = True) -> "IOAdapter":
+    def train(self, mode: bool = True) -> IOAdapter:
         super().train(mode)
         self.readout.eval()  # the readout is the deterministic eval-mode rate in every artifact
         return self

@@ -52,14 +52,14 @@ def normalize_key(key: str) -> str:
 @dataclass
 class MappingReport:
     mode: str  # "name" | "order"
-    mapping: "OrderedDict[str, str]" = field(default_factory=OrderedDict)  # zoo key -> checkpoint key
+    mapping: OrderedDict[str, str] = field(default_factory=OrderedDict)  # zoo key -> checkpoint key
     kept: list = field(default_factory=list)  # zoo keys that kept the model's value (not in the checkpoint)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "mapping": dict(self.mapping), "kept": list(self.kept)}
 
 
-def read_checkpoint(source: Union[str, Path, Mapping[str, Tensor], nn.Module]) -> "OrderedDict[str, Tensor]":
+def read_checkpoint(source: Union[str, Path, Mapping[str, Tensor], nn.Module]) -> OrderedDict[str, Tensor]:
     """A state dict from a file (``weights_only=True``), a mapping, or a module; common containers unwrapped."""
     if isinstance(source, nn.Module):
         return OrderedDict(source.state_dict())
@@ -89,7 +89,7 @@ def _is_neuron_key(key: str) -> bool:
     return normalize_key(key).rsplit(".", 1)[-1] == "v_threshold"
 
 
-def _groups(state: Mapping[str, Tensor]) -> "OrderedDict[str, OrderedDict[str, Tensor]]":
+def _groups(state: Mapping[str, Tensor]) -> OrderedDict[str, OrderedDict[str, Tensor]]:
     groups: OrderedDict[str, OrderedDict[str, Tensor]] = OrderedDict()
     for key, value in state.items():
         prefix, _, leaf = key.rpartition(".")
@@ -183,7 +183,7 @@ def _original_key(source, prefix: str, leaf: str) -> str:
     raise KeyError(f"{prefix}.{leaf}")
 
 
-def map_state_dict(source: Mapping[str, Tensor], model: nn.Module) -> tuple["OrderedDict[str, Tensor]", MappingReport]:
+def map_state_dict(source: Mapping[str, Tensor], model: nn.Module) -> tuple[OrderedDict[str, Tensor], MappingReport]:
     """``(state dict with the zoo model's keys, report)``; entries the checkpoint lacks keep the model's values."""
     target = model.state_dict()
     report = _map_by_name(source, target) or _map_by_order(source, target)

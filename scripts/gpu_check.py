@@ -30,8 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsr_deploy import ops  # noqa: E402
-from dsr_deploy import plugins  # noqa: E402
+from dsr_deploy import (
+    ops,  # noqa: E402
+    plugins,  # noqa: E402
+)
 
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 DEVICE = "cuda"  # --dry-run-cpu switches to "cpu" to exercise this script's logic without a GPU

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _native_util import assert_bit_equal, ensure_torch_native, f32
 from test_cli_export import run_cli
+
 from dsr_deploy import functional as F
 from dsr_deploy import ops
 from dsr_deploy.convert import find_neuron_modules, find_neurons, inference_copy, inference_modules
@@ -107,11 +107,11 @@ def test_rule_in_the_torch_op_native_and_reference_and_dsrlifnode(rule):
 def test_rule_in_onnx_bodies_and_the_ort_library(rule):
     ort = pytest.importorskip("onnxruntime")
     import onnx
+    from _native_util import dsr_node_model
 
     from dsr_deploy.export.onnx_functions import function_proto, step_function_proto
     from dsr_deploy.export.onnx_writer import portable
     from dsr_deploy.streaming import LIF_STEP_OP
-    from _native_util import dsr_node_model
 
     x = _rule_input()
     want = _reference(x, rule)

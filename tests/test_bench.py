@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_nets import NeuronNet, save_onnx_dsr_nodes, save_onnx_unrolled, spiky_input
 
 from dsr_deploy import bench as B
 from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
 from dsr_deploy.runtime import load_runner
 from dsr_deploy.runtime.base import Runner, TensorSpec
-
-from runtime_nets import NeuronNet, save_onnx_dsr_nodes, save_onnx_unrolled, spiky_input
 
 JSON_TOP = {"schema", "schema_version", "created", "artifact", "machine", "libraries", "settings", "entries",
             "results"}

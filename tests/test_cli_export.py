@@ -4,15 +4,13 @@ stderr, a non-zero exit, no output folder left behind."""
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
 import torch
+from export_nets import NEURON_SHAPE, exported, nets_file, ours_conv_net
 
 from dsr_deploy.cli import main
-
-from export_nets import NEURON_SHAPE, exported, nets_file, ours_conv_net
 
 NETS = nets_file()
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_nets import exported, nets_file
+from test_cli_export import run_cli
 
 from dsr_deploy import io as dio
 from dsr_deploy.errors import UserError
-
-from export_nets import exported, nets_file
-from test_cli_export import run_cli
 
 NETS = nets_file()
 SHAPE = "3,2,5"  # export_nets.py:single_neuron / ours_neuron_net take [T, B, 5]

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import copy
 import math
-import types
 
 import numpy as np
 import pytest
 import torch
+from export_nets import (
+    NEURON_SHAPE,
+    OURS_CONV_SHAPE,
+    SJ_CONV_SHAPE,
+    ours_conv_net,
+    ours_neuron_net,
+    sj_conv_net,
+    sj_neuron_net,
+    spiky_input,
+)
 from torch import nn
 
-from dsr_deploy.convert import (IFSpike, LIFSpike, find_neurons, inference_copy, inference_modules, neuron_kind,
-                                onnx_attributes)
+from dsr_deploy.convert import (
+    IFSpike,
+    LIFSpike,
+    find_neurons,
+    inference_copy,
+    inference_modules,
+    neuron_kind,
+    onnx_attributes,
+)
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
-
-from export_nets import (NEURON_SHAPE, OURS_CONV_SHAPE, SJ_CONV_SHAPE, ours_conv_net, ours_neuron_net,
-                         sj_conv_net, sj_neuron_net, spiky_input)
 
 
 def test_finds_spikingjelly_neurons_with_effective_parameters():

@@ -18,10 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _native_util import repo_root
 
 from dsr_deploy import plugins
-
-from _native_util import repo_root
 
 NVCC = plugins._nvcc()
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")

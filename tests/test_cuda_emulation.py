@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _native_util import assert_bit_equal, dsr_node_model, f32, repo_root
 
 from dsr_deploy import ops, plugins
-
-from _native_util import assert_bit_equal, dsr_node_model, f32, repo_root
 
 CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")

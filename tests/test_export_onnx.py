@@ -3,19 +3,25 @@ lowering, dynamic batch and T, metadata, and numerics in a stock ONNX Runtime.""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export_nets import (
+    NEURON_SHAPE,
+    OURS_CONV_SHAPE,
+    SJ_CONV_SHAPE,
+    exported,
+    ours_conv_net,
+    ours_neuron_net,
+    sj_conv_net,
+    sj_neuron_net,
+    spiky_input,
+)
 
 from dsr_deploy.convert import find_neurons
 from dsr_deploy.export.onnx_writer import dsr_nodes
-
-from export_nets import (NEURON_SHAPE, OURS_CONV_SHAPE, SJ_CONV_SHAPE, exported, ours_conv_net, ours_neuron_net,
-                         sj_conv_net, sj_neuron_net, spiky_input)
 
 FACTORIES = {"sj_conv_net": (sj_conv_net, SJ_CONV_SHAPE), "ours_conv_net": (ours_conv_net, OURS_CONV_SHAPE),
              "sj_neuron_net": (sj_neuron_net, NEURON_SHAPE), "ours_neuron_net": (ours_neuron_net, NEURON_SHAPE)}
@@ -148,9 +154,9 @@ def test_conv_nets_neurons_exact_on_ort_own_inputs(factory, lowering):
 
 def test_dsr_nodes_run_on_the_ort_custom_op_library_bit_exact():
     # The node attributes are the contract the ONNX Runtime library (plugins branch) reads.
-    from dsr_deploy.runtime import load_runner
-
     from _native_util import ensure_ort_library
+
+    from dsr_deploy.runtime import load_runner
 
     ensure_ort_library()  # no SDK needed: built here when missing
     path = _onnx("sj_neuron_net")

@@ -124,9 +124,9 @@ def test_precision_errors(tmp_path):
 
 
 def test_cli_precision(tmp_path, capsys):
-    from dsr_deploy.cli import main
-
     from export_nets import nets_file
+
+    from dsr_deploy.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["export", f"{nets_file()}:ours_neuron_net", "--input-shape", "5,2,4,6", "--out", str(tmp_path / "x"),

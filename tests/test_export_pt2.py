@@ -8,11 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from export_nets import NEURON_SHAPE, SJ_CONV_SHAPE, exported, ours_neuron_net, sj_conv_net, sj_neuron_net, spiky_input
 
 import dsr_deploy.ops  # noqa: F401  (registers torch.ops.dsr before loading a program)
-
-from export_nets import (NEURON_SHAPE, SJ_CONV_SHAPE, exported, ours_neuron_net, sj_conv_net, sj_neuron_net,
-                         spiky_input)
 
 
 @pytest.mark.parametrize("factory,model_fn,shape", [("sj_conv_net", sj_conv_net, SJ_CONV_SHAPE),

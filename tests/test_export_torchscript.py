@@ -11,9 +11,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
-from export_nets import (NEURON_SHAPE, OURS_CONV_SHAPE, SJ_CONV_SHAPE, exported, ours_conv_net, sj_conv_net,
-                         sj_neuron_net, spiky_input)
+from export_nets import (
+    NEURON_SHAPE,
+    OURS_CONV_SHAPE,
+    SJ_CONV_SHAPE,
+    exported,
+    ours_conv_net,
+    sj_conv_net,
+    sj_neuron_net,
+    spiky_input,
+)
 
 # (T, B) variants run through one artifact: batches 1, 3 and 8, and another T.
 VARIANTS = [(4, 1), (4, 3), (4, 8), (7, 3)]

@@ -8,10 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from export_nets import NEURON_SHAPE, exported
 
 from dsr_deploy.export import onnx_functions as OF
-
-from export_nets import NEURON_SHAPE, exported
 
 
 def _assert_scoped(model: onnx.ModelProto) -> None:
@@ -41,7 +40,6 @@ def test_streaming_step_functions_are_scoped_and_still_run(tmp_path):
     import onnxruntime as ort
 
     from dsr_deploy import streaming as S
-
     from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 
     # Neurons only (no conv whose last bits depend on the library): the step must match bit for bit.

@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 from dsr_deploy import models
 from dsr_deploy.export import export_model
 from dsr_deploy.io_adapter import io_record, wrap_io
 from dsr_deploy.models.common import firing_rate
-
-from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 T, B = 4, 3
 SHAPE = (T, 2, 1, 8, 8)  # the network's [T, B, ...] (the export example)

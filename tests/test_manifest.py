@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_nets import NEURON_SHAPE, exported
 
 from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
 from dsr_deploy.manifest import ARTIFACT, MAX_ELEMENTS, Record, optional, parse_manifest, read_manifest, string
-
-from export_nets import NEURON_SHAPE, exported
 
 ZOO = "zoo:digits-cnn"  # the zoo's smallest model: a manifest naming it may be rebuilt without any flag
 ZOO_SHAPE = (8, 1, 1, 8, 8)

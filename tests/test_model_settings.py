@@ -8,12 +8,11 @@ import textwrap
 
 import pytest
 import torch
+from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 from dsr_deploy import models
 from dsr_deploy.errors import UserError
 from dsr_deploy.model_spec import load_model, parse_set_options, rebuild_model
-
-from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 SMALL = {"T": 4, "neuron": "lif", "image_size": 8, "channels": (4, 8)}
 SMALL_SET = ["--set", "T=4", "--set", "neuron=lif", "--set", "image_size=8", "--set", "channels=4,8"]

@@ -6,10 +6,9 @@ import ctypes
 
 import pytest
 import torch
+from _native_util import assert_bit_equal, ensure_torch_native
 
 from dsr_deploy import ops, plugins
-
-from _native_util import assert_bit_equal, ensure_torch_native
 
 CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 

@@ -15,12 +15,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from _native_util import dsr_node_model, ensure_ort_library, f32, repo_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsr_deploy import ops, plugins
-
-from _native_util import dsr_node_model, ensure_ort_library, f32, repo_root
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

@@ -7,13 +7,12 @@ import os
 
 import pytest
 import torch
+from _native_util import assert_bit_equal, ensure_torch_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsr_deploy import DSRIFNode, DSRLIFNode, ops
 from dsr_deploy import functional as F
-
-from _native_util import assert_bit_equal, ensure_torch_native
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -18,10 +18,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _native_util import repo_root
 
 from dsr_deploy import plugins
-
-from _native_util import repo_root
 
 FOUND = plugins.detect(trt_root=os.environ.get("TENSORRT_ROOT"))
 pytestmark = [

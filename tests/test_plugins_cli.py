@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _native_util import ensure_torch_native
 
 from dsr_deploy import plugins
 from dsr_deploy.errors import UserError
-
-from _native_util import ensure_torch_native
 
 
 def cli(*args, env=None):

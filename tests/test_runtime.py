@@ -9,14 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from runtime_nets import (
+    ConvNet,
+    NeuronChain,
+    NeuronNet,
+    quiet,
+    save_onnx_dsr_nodes,
+    save_onnx_unrolled,
+    save_pt2,
+    save_torchscript,
+    spiky_input,
+)
 
 from dsr_deploy.errors import UserError
-from dsr_deploy.runtime import available_backends, load_runner
-from dsr_deploy.runtime import backends_for, resolve_artifact
+from dsr_deploy.runtime import available_backends, backends_for, load_runner, resolve_artifact
 from dsr_deploy.runtime.onnxruntime import find_ort_library
-
-from runtime_nets import (ConvNet, NeuronChain, NeuronNet, quiet, save_onnx_dsr_nodes, save_onnx_unrolled,
-                          save_pt2, save_torchscript, spiky_input)
 
 T, B = 6, 3
 NEURON_SHAPE = (T, B, 5)

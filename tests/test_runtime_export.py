@@ -9,8 +9,7 @@ import pytest
 
 from dsr_deploy import bench as B
 from dsr_deploy.cli import main
-from dsr_deploy.runtime import load_runner
-from dsr_deploy.runtime import backends_for
+from dsr_deploy.runtime import backends_for, load_runner
 
 SPEC = "zoo:digits-cnn"
 

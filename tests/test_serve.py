@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) is not installed")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient (the serve extra) is not installed")
+from _streaming_nets import conv_net, mlp_net  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from dsr_deploy.export import export_model  # noqa: E402
@@ -21,8 +22,6 @@ from dsr_deploy.runtime import load_runner  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess, alive  # noqa: E402
 from dsr_deploy.streaming import export_streaming  # noqa: E402
-
-from _streaming_nets import conv_net, mlp_net  # noqa: E402
 
 T = 6
 IDLE_TIMEOUT_S = 3.0

@@ -11,12 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _streaming_nets import SeqToANN, conv_net, mlp_net
 from torch import nn
 
 from dsr_deploy import streaming as S
 from dsr_deploy.errors import UserError
-
-from _streaming_nets import SeqToANN, conv_net, mlp_net
 
 T = 6
 

@@ -9,9 +9,7 @@ import ctypes
 import shutil
 import subprocess
 import sys
-import textwrap
 import types
-from pathlib import Path
 
 import pytest
 import torch

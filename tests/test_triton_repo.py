@@ -9,12 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _streaming_nets import export_multistep_onnx, mlp_net
 
 from dsr_deploy import streaming as S
 from dsr_deploy.errors import UserError
 from dsr_deploy.serving import triton_repo as TR
-
-from _streaming_nets import export_multistep_onnx, mlp_net
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient (the serve extra) is not installed")

@@ -8,13 +8,12 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from export_nets import NEURON_SHAPE, SJ_CONV_SHAPE, exported, spiky_input
 
 from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
 from dsr_deploy.export.onnx_writer import dsr_nodes
 from dsr_deploy.verify import verify_folder
-
-from export_nets import NEURON_SHAPE, SJ_CONV_SHAPE, exported, spiky_input
 
 
 def _runs(report):
@@ -179,11 +178,11 @@ def test_perturbed_convolution_keeps_neurons_exact_and_shows_where_divergence_st
 @pytest.mark.parametrize("level", ["all", "disabled"])
 def test_neuron_check_is_exact_with_onnxruntime_optimisations_on_and_off(level):
     """Graph optimisations change which kernels ORT runs around the neurons, never the neurons' spikes."""
-    from dsr_deploy.runtime import load_runner
-    from dsr_deploy.verify import Reference
+    from export_nets import nets_file
 
     from dsr_deploy.model_spec import load_model
-    from export_nets import nets_file
+    from dsr_deploy.runtime import load_runner
+    from dsr_deploy.verify import Reference
 
     folder = exported("sj_conv_net", SJ_CONV_SHAPE, formats=("onnx",))
     ref = Reference(load_model(f"{nets_file()}:sj_conv_net").model)
@@ -210,9 +209,10 @@ def test_labels_gate_accuracy(tmp_path):
     shutil.copytree(exported("sj_neuron_net", NEURON_SHAPE, formats=("onnx",)), folder)
     x = spiky_input(NEURON_SHAPE[:1] + (16,) + NEURON_SHAPE[2:], seed=5)
     np.save(tmp_path / "x.npy", x)
+    from export_nets import nets_file
+
     from dsr_deploy.model_spec import load_model
     from dsr_deploy.verify import Reference, top1
-    from export_nets import nets_file
 
     ref_out, _ = Reference(load_model(f"{nets_file()}:sj_neuron_net").model).run(x)
     np.save(tmp_path / "y.npy", top1(ref_out).astype(np.int64))  # PyTorch: 100 %

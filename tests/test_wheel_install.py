@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _native_util import repo_root
 
 pytestmark = pytest.mark.slow

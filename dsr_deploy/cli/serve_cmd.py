@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
                                           "objects (runs code from the file)"),
     ):
         """Serve exported models through a real Triton server (PyTriton), dynamic batching, until SIGINT/SIGTERM."""
-        from ..serving.pytriton_server import ServerConfig, serve as run_server
+        from ..serving.pytriton_server import ServerConfig
+        from ..serving.pytriton_server import serve as run_server
 
         for label, value in (("--port", port), ("--grpc-port", grpc_port)):
             if value is not None and not 0 < value < 65536:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from ..convert import IFSpikeScript, LIFSpikeScript, set_child, inference_copy
+from ..convert import IFSpikeScript, LIFSpikeScript, inference_copy, set_child
 from ..errors import UserError
 from ..io import atomic_path
 from .base import PROBE_PREFIX, ExportContext

@@ -58,7 +58,7 @@ class RunnerOptions:
     trust_pickle: bool = False
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any], backend: str = "?") -> "RunnerOptions":
+    def parse(cls, options: Mapping[str, Any], backend: str = "?") -> RunnerOptions:
         known = [f.name for f in fields(cls)]
         unknown = [k for k in options if k not in known]
         if unknown:
@@ -90,7 +90,7 @@ class Runner(abc.ABC):
         self._load_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def load(self) -> "Runner":
+    def load(self) -> Runner:
         """Load the artifact (again, when already loaded); returns the runner."""
         self._load()
         self.loaded = True
@@ -100,7 +100,7 @@ class Runner(abc.ABC):
     def _load(self) -> None:
         """The backend's loading: open the artifact; a one-line :class:`UserError` when it cannot."""
 
-    def ensure_loaded(self) -> "Runner":
+    def ensure_loaded(self) -> Runner:
         """Load once, also when several threads call ``infer`` on a fresh runner."""
         if not self.loaded:
             with self._load_lock:
@@ -111,7 +111,7 @@ class Runner(abc.ABC):
     def release(self) -> None:
         self.loaded = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         if not self.loaded:
             self.load()
         return self

@@ -23,8 +23,8 @@ own IOBinding).
 
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -34,7 +34,6 @@ from ..contract import ORT_OPS_LIBRARY
 from ..errors import UserError, require
 from ..onnx_graph import dsr_op_types
 from .base import Runner, RunnerOptions, TensorSpec, is_file_with, one_line, to_numpy
-
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

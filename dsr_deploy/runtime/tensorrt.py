@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from ..contract import TRT_DYNAMIC_PLUGIN_LIBRARY, TRT_PLUGIN_LIBRARY

@@ -14,8 +14,8 @@ submodule before each run: SpikingJelly's stateful neurons need it; then the run
 
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import UserError

@@ -48,7 +48,7 @@ class ServeClient:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> "ServeClient":
+    def __enter__(self) -> ServeClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -144,7 +144,7 @@ class ServerProcess:
         for entry in self.pytriton_home.glob("workspace_*"):
             shutil.rmtree(entry, ignore_errors=True)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -33,7 +33,7 @@ class SequenceStore:
         self.idle_timeout_s = float(idle_timeout_s)
         self.max_sequences = int(max_sequences)
         self._clock = clock
-        self._seq: "OrderedDict[int, tuple[list[np.ndarray], float]]" = OrderedDict()  # oldest use first
+        self._seq: OrderedDict[int, tuple[list[np.ndarray], float]] = OrderedDict()  # oldest use first
         self.lock = threading.Lock()
         self.dropped_idle = 0
 

@@ -29,8 +29,15 @@ from typing import Optional, Sequence
 from .. import contract
 from ..errors import UserError
 from .triton_config import INSTANCE_KINDS, make_config
-from .triton_onnx import (Edge, add_sequence_controls, batch_first, batch_first_multistep, edges,
-                          first_dim_dynamic, is_streaming)
+from .triton_onnx import (
+    Edge,
+    add_sequence_controls,
+    batch_first,
+    batch_first_multistep,
+    edges,
+    first_dim_dynamic,
+    is_streaming,
+)
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 
