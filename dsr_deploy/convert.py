@@ -1,5 +1,9 @@
 """Find the DSR neurons of a network and build its inference copy.
 
+One idea, over 400 lines: the convert stage of the data flow (model -> convert -> export), from a training
+neuron of any family to its inference module; the neuron record (:class:`NeuronInfo`) and the inference modules
+that read it change together.
+
 A network may hold our :class:`dsr_deploy.neuron.DSRIFNode` / ``DSRLIFNode``, SpikingJelly's
 (``spikingjelly.activation_based.neuron.dsr``) or the authors' (github qymeng94/DSR: ``IFNeuron`` /
 ``LIFNeuron``). They are recognised by structure (class name along the MRO, module path for ours and
