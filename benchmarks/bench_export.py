@@ -92,7 +92,8 @@ def preact_resnet18_sj(T: int, width: int = 64, num_classes: int = 10) -> nn.Mod
 
 
 def preact_resnet18_sj_small() -> nn.Module:
-    """T=4, stem width 16: the verify figures' PreAct-ResNet-style net (``bench_export.py:preact_resnet18_sj_small``)."""
+    """T=4, stem width 16: the verify figures' PreAct-ResNet-style net
+    (``bench_export.py:preact_resnet18_sj_small``)."""
     return preact_resnet18_sj(4, 16)
 
 
@@ -279,7 +280,8 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["# bench_export: PreAct-ResNet-18-style CIFAR net (SpikingJelly layers, DSR-IF), ONNX Runtime CPU", "",
              "  ".join(f"{k}: {v}" for k, v in meta.items()), "",
-             "| T | batch | variant | export s | nodes | session s | latency ms | x memcpy | x plain | max abs diff | top-1 = |",
+             "| T | batch | variant | export s | nodes | session s | latency ms | x memcpy | x plain "
+             "| max abs diff | top-1 = |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['T']} | {r['batch']} | {r['variant']} | {r['export_s']} | {r['nodes']} | "

@@ -48,7 +48,8 @@ def cpu_flags() -> list:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "fma", "asimd", "sve")))
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if f.startswith(("avx", "sse4", "fma", "asimd", "sve")))
     except OSError:
         pass
     return []
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            spec = "zoo:preact-resnet18-lif" if seed == 0 else f"{Path(__file__).resolve()}:preact_resnet18_lif_seed{seed}"
+            spec = ("zoo:preact-resnet18-lif" if seed == 0
+                    else f"{Path(__file__).resolve()}:preact_resnet18_lif_seed{seed}")
             loaded = load_model(spec)
             out = Path(tmp) / f"seed{seed}"
             with warnings.catch_warnings():
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
                     d, f = r["divergence"], r["first_input_difference"]
                     rows.append({
                         "network": f"seed {seed}" + (" (zoo)" if seed == 0 else ""), "inputs": encoding,
-                        "artifact": r["artifact"], "backend": r["backend"] + (f" ({r['variant']})" if r["variant"] else ""),
+                        "artifact": r["artifact"],
+                        "backend": r["backend"] + (f" ({r['variant']})" if r["variant"] else ""),
                         "neuron_exact": r["neuron_exact"], "max_abs_diff": r["max_abs_diff"],
                         "top1_agreement": r["top1_agreement"], "min_layer_agreement": r["min_layer_agreement"],
                         "divergence_layer": d["layer"] if d else None,

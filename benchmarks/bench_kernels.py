@@ -4,8 +4,8 @@ SpikingJelly's eager node, and (when libdsr_ort_ops.so is built) the ONNX Runtim
     python benchmarks/bench_kernels.py [--shape 20 32 128 16 16] [--out benchmarks/results/bench_kernels_cpu.md]
 
 Bytes per call = input read + output write; the copies move exactly that. Two memcpy floors:
-* into a preallocated buffer (``dst.copy_(x)`` / ``memmove``, the faster one counts), paired with the kernel writing into
-  a preallocated output (libdsr_kernels.so through ctypes): the kernel's own efficiency;
+* into a preallocated buffer (``dst.copy_(x)`` / ``memmove``, the faster one counts), paired with the kernel writing
+  into a preallocated output (libdsr_kernels.so through ctypes): the kernel's own efficiency;
 * into a fresh tensor (``x.clone()``), paired with ``torch.ops.dsr.*`` (which allocates its output): what a caller
   sees. A fresh 84 MB buffer costs page faults on first touch; PyTorch's THP_MEM_ALLOC_ENABLE=1 (transparent huge
   pages for large CPU tensors) cuts most of that; the run records whether it was set. The op's large outputs are
@@ -164,7 +164,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs="+", default=[20, 32, 128, 16, 16])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--slow-repeats", type=int, default=9, help="calls per timing of the slow peers (SpikingJelly, the reference loop, the function fallback); their times vary most")
+    ap.add_argument("--slow-repeats", type=int, default=9,
+                    help="calls per timing of the slow peers (SpikingJelly, the reference loop, the function "
+                         "fallback); their times vary most")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_kernels_cpu.md")
     args = ap.parse_args()
 
@@ -263,7 +265,8 @@ def render(info, results, with_ort, with_sj):
         lines += [f"## {r['kind'].upper()}, float32, shape {r['shape']} ({math.prod(r['shape']) / 1e6:.2f}M elements,"
                   f" {r['bytes'] / 1e6:.0f} MB moved), spike rate {r['spike_rate']:.3f}, "
                   f"bit-exact with the reference: {r['bit_exact']}", "",
-                  "| implementation | ms | vs memcpy into a preallocated buffer | vs memcpy into a fresh tensor (clone) |",
+                  "| implementation | ms | vs memcpy into a preallocated buffer "
+                  "| vs memcpy into a fresh tensor (clone) |",
                   "|---|---|---|---|"]
 
         def add(label, s):

@@ -65,7 +65,8 @@ def main(argv=None):
                                  "backend": r["backend"] + (f" ({r['variant']})" if r["variant"] else ""),
                                  "neuron_exact": r["neuron_exact"],
                                  "max_abs_diff": r["max_abs_diff"], "top1": r["top1_agreement"],
-                                 "layers": [(l["agreement"], l["spikes_equal"], l["spikes_total"]) for l in r["layers"]],
+                                 "layers": [(layer["agreement"], layer["spikes_equal"], layer["spikes_total"])
+                                            for layer in r["layers"]],
                                  "passed": r["passed"]})
                 print(f"{net} {lowering}: {'PASSED' if report['passed'] else 'FAILED'}", file=sys.stderr)
     from dsr_deploy.runtime.onnxruntime import find_ort_library
@@ -80,7 +81,8 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["# verify on the test networks: spike agreement per neuron layer, output difference", "",
              "  ".join(f"{k}: {v}" for k, v in meta.items()), "",
-             "| net | ONNX lowering | artifact | backend | max abs diff | top-1 | per-layer spike agreement (equal/total) | pass |",
+             "| net | ONNX lowering | artifact | backend | max abs diff | top-1 "
+             "| per-layer spike agreement (equal/total) | pass |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layers = ", ".join(f"{100 * a:.4f}% ({e}/{t})" for a, e, t in r["layers"])

@@ -203,7 +203,8 @@ def input_spec(runner: Runner, fallback_shape: Optional[Sequence[int]] = None, i
     specs = runner.inputs()
     if len(specs) != 1:
         raise UserError(f"bench: {runner.backend} model takes {len(specs)} inputs "
-                        f"({', '.join(s.name for s in specs)}); bench runs multi-step models with one input [T, B, ...]")
+                        f"({', '.join(s.name for s in specs)}); "
+                        "bench runs multi-step models with one input [T, B, ...]")
     spec = specs[0]
     shape = spec.shape
     if shape is not None and io:

@@ -127,8 +127,9 @@ def _apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bo
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        lines = [l.strip() for l in str(exc).splitlines() if l.strip().startswith("size mismatch")]
-        detail = "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "") if lines else _first_line(exc)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
+        detail = ("; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
+                  if lines else _first_line(exc))
         raise UserError(f"checkpoint {path} does not fit the model: {detail}") from exc
     problems = []
     if result.missing_keys:

@@ -217,7 +217,8 @@ def _artifacts(v: Any) -> list:
 
 def _schema(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v not in SUPPORTED_SCHEMAS:
-        raise Invalid(f"unknown schema version {_show(v)} (this dsr-deploy reads {', '.join(map(str, SUPPORTED_SCHEMAS))}; "
+        raise Invalid(f"unknown schema version {_show(v)} "
+                      f"(this dsr-deploy reads {', '.join(map(str, SUPPORTED_SCHEMAS))}; "
                       "a newer dsr-deploy wrote it?)")
     return v
 

@@ -86,10 +86,12 @@ def _call_factory(factory, what: str, settings: Optional[Mapping[str, Any]] = No
 
 def _split(spec: str) -> Tuple[str, str]:
     if ":" not in spec:
-        raise UserError(f"malformed MODEL {spec!r}; expected zoo:NAME, package.module:factory or path/to/file.py:factory")
+        raise UserError(f"malformed MODEL {spec!r}; "
+                        "expected zoo:NAME, package.module:factory or path/to/file.py:factory")
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
-        raise UserError(f"malformed MODEL {spec!r}; expected zoo:NAME, package.module:factory or path/to/file.py:factory")
+        raise UserError(f"malformed MODEL {spec!r}; "
+                        "expected zoo:NAME, package.module:factory or path/to/file.py:factory")
     if not re.fullmatch(rf"{IDENT}(\.{IDENT})*", attr):
         raise UserError(f"malformed MODEL {spec!r}: {attr!r} is not a Python name")
     return where, attr

@@ -156,7 +156,8 @@ def plugin_sources_digest(src: Path) -> str:
 
 
 def cache_root() -> Path:
-    """The per-user cache: ``$DSR_DEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsr-deploy``, else ``~/.cache/dsr-deploy``."""
+    """The per-user cache: ``$DSR_DEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsr-deploy``, else
+    ``~/.cache/dsr-deploy``."""
     env = os.environ.get("DSR_DEPLOY_CACHE_DIR")
     if env:
         return Path(env)

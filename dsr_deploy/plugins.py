@@ -65,7 +65,8 @@ def source_dir() -> Path:
     if src is None:
         where = os.environ.get("DSR_DEPLOY_PLUGINS_SRC")
         raise UserError(
-            f"plugin sources not found in DSR_DEPLOY_PLUGINS_SRC={where} (it must hold CMakeLists.txt and core/)" if where
+            f"plugin sources not found in DSR_DEPLOY_PLUGINS_SRC={where} (it must hold CMakeLists.txt and core/)"
+            if where
             else "plugin sources not found: this dsr_deploy install has no _plugin_src folder (reinstall dsr-deploy) "
                  "and runs from no source checkout; set DSR_DEPLOY_PLUGINS_SRC to a plugins/ folder"
         )
@@ -405,7 +406,7 @@ def build(
         _run([found["cmake"]["path"], "--install", str(build_dir), "--prefix", str(staging)], log, verbose)
         built, skipped = {}, {}
         wanted = {"torch": torch, "ort": ort, "trt": trt, "trt_dynamic": trt, "kernels": True}
-        for key, (name, what, _option) in LIBRARIES.items():
+        for key, (name, _what, _option) in LIBRARIES.items():
             if not wanted[key]:
                 continue
             produced = staging / name
@@ -525,7 +526,7 @@ def status(ort_root: Optional[str] = None, trt_root: Optional[str] = None) -> di
     for d in ops.library_dirs():
         infos.update({k: v for k, v in _read_build_info(d).get("libraries_info", {}).items() if k not in infos})
     libs = {}
-    for key, (name, what, option) in LIBRARIES.items():
+    for key, (name, what, _option) in LIBRARIES.items():
         path = ops.find_library(name)
         entry = {"library": name, "what": what, "built": path is not None, "path": str(path) if path else None,
                  "build": infos.get(key)}

@@ -71,7 +71,8 @@ def read_checkpoint(source: Union[str, Path, Mapping[str, Tensor], nn.Module]) -
             source = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickled model objects, corrupt files
             raise UserError(f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); save model.state_dict() instead") from exc
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                            "save model.state_dict() instead") from exc
     if not isinstance(source, Mapping):
         raise UserError(f"a checkpoint must hold a state dict, got {type(source).__name__}")
     for key in _CONTAINER_KEYS:

@@ -59,7 +59,8 @@ class SpikingMLP(nn.Module):
         layers: list[nn.Module] = [SeqToANN(nn.Flatten())]
         width = in_features
         for h in list(hidden) + [num_classes]:
-            layers += [SeqToANN(nn.Linear(width, int(h)), nn.BatchNorm1d(int(h))), make_neuron(neuron, T, neuron_params)]
+            layers += [SeqToANN(nn.Linear(width, int(h)), nn.BatchNorm1d(int(h))),
+                       make_neuron(neuron, T, neuron_params)]
             width = int(h)
         self.layers = nn.Sequential(*layers)
         self.readout = make_readout(readout, neuron, settings)

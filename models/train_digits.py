@@ -85,7 +85,8 @@ def train(seed: int = 0, epochs: int = 20, batch_size: int = 64, lr: float = 5e-
         "held_out_accuracy": evaluate(model, data.x_test, data.y_test, T),
         "held_out_size": int(len(data.y_test)), "train_size": int(len(data.y_train)),
         "train_seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
-        "thresholds": {n: float(m.v_threshold.detach()) for n, m in model.named_modules() if hasattr(m, "effective_threshold")},
+        "thresholds": {n: float(m.v_threshold.detach()) for n, m in model.named_modules()
+                       if hasattr(m, "effective_threshold")},
     }
     return model, stats
 

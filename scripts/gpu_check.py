@@ -30,10 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsr_deploy import (
-    ops,  # noqa: E402
-    plugins,  # noqa: E402
-)
+from dsr_deploy import ops, plugins  # noqa: E402  (needs ROOT on sys.path, inserted just above)
 
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 DEVICE = "cuda"  # --dry-run-cpu switches to "cpu" to exercise this script's logic without a GPU
@@ -87,7 +84,8 @@ def pick_kernels():
     path = ops.find_library(plugins.KERNELS_LIBRARY)
     if path is None:
         raise SystemExit("no CUDA kernels: neither libdsr_torch_ops.so with CUDA nor libdsr_kernels.so was built")
-    return CtypesKernels(path), f"ctypes {path.name} (torch adapter without CUDA kernel: {ops.native_status()['reason']})"
+    return CtypesKernels(path), (f"ctypes {path.name} "
+                                 f"(torch adapter without CUDA kernel: {ops.native_status()['reason']})")
 
 
 def reference(kind, x, params, v_init=None, return_state=False):
@@ -125,7 +123,8 @@ def check(run, gen):
                     same_as_cpu = None
                     if dtype == torch.float32:
                         cy, cv = reference(kind, x.cpu(), params, v_init=v0.cpu(), return_state=True)
-                        same_as_cpu = bool(torch.equal(bits(y.cpu()), bits(cy)) and torch.equal(bits(v.cpu()), bits(cv)))
+                        same_as_cpu = bool(torch.equal(bits(y.cpu()), bits(cy))
+                                           and torch.equal(bits(v.cpu()), bits(cv)))
                     ok = (exact and same_as_cpu) if dtype == torch.float32 else spikes_equal >= 0.999
                     rows.append(dict(kind=kind, dtype=str(dtype).split(".")[-1], T=T, shape=list(step),
                                      bit_exact=exact, same_as_cpu=same_as_cpu, spikes_equal=spikes_equal, ok=ok,
@@ -134,7 +133,8 @@ def check(run, gen):
                         failures.append(rows[-1])
         # Odd layouts once per neuron: a non-contiguous input and an unaligned base (scalar kernel path).
         x = (torch.randn(20, 64, 130, generator=gen, device=DEVICE) * scale)
-        for name, xv in (("non-contiguous", x.transpose(1, 2)), ("unaligned", x.flatten()[1:].view(-1)[: 20 * 999].view(20, 999))):
+        for name, xv in (("non-contiguous", x.transpose(1, 2)),
+                         ("unaligned", x.flatten()[1:].view(-1)[: 20 * 999].view(20, 999))):
             y, _ = run(kind, xv, params)
             ry, _ = reference(kind, xv, params)
             exact = bool(torch.equal(bits(y), bits(ry)))
@@ -357,7 +357,8 @@ def render(meta, rows, failures, times, sj_note, ts_rows=(), small=(), trt=((), 
                  f"{meta['torch']}; kernels via {meta['kernels']}.")
     lines.append("")
     n_ok = sum(r["ok"] for r in rows)
-    lines.append(f"## Correctness vs PyTorch CUDA eager (the Python reference on the GPU): {n_ok}/{len(rows)} cases pass")
+    lines.append("## Correctness vs PyTorch CUDA eager (the Python reference on the GPU): "
+                 f"{n_ok}/{len(rows)} cases pass")
     lines.append("")
     for dtype in ("float32", "float16", "bfloat16"):
         sel = [r for r in rows if r["dtype"] == dtype]
@@ -415,7 +416,8 @@ def main():
     ap.add_argument("--dry-run-cpu", action="store_true",
                     help="run the whole script on the CPU kernels (checks the script itself; no GPU numbers)")
     ap.add_argument("--shape", type=int, nargs="+", default=[20, 32, 128, 16, 16], help="timing shape [T, ...]")
-    ap.add_argument("--quick", action="store_true", help="two small shapes, T in 1 and 4 (with --dry-run-cpu: a smoke test)")
+    ap.add_argument("--quick", action="store_true",
+                    help="two small shapes, T in 1 and 4 (with --dry-run-cpu: a smoke test)")
     args = ap.parse_args()
     global DEVICE, TIMING_SHAPE, CHECK_SHAPES, CHECK_T
     TIMING_SHAPE = tuple(args.shape)

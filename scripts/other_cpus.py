@@ -39,7 +39,7 @@ def run(cpu: str, out: Path) -> dict:
     try:
         summary = json.loads(proc.stdout)
     except ValueError:
-        row["error"] = [l for l in proc.stderr.splitlines() if "qemu-x86_64: warning" not in l][-3:]
+        row["error"] = [line for line in proc.stderr.splitlines() if "qemu-x86_64: warning" not in line][-3:]
         return row
     row.update(passed=summary["passed"], neurons_exact=summary["neurons_exact"],
                end_to_end_identical=summary["end_to_end_identical"], pytorch_accuracy=summary["pytorch_accuracy"])
@@ -71,21 +71,24 @@ def main(argv=None) -> int:
     lines = ["# The quickstart on other x86-64 CPU models (QEMU user-mode emulation)", "",
              f"Created {doc['created']} by `scripts/other_cpus.py` on the host below; each row runs `dsr-deploy "
              "quickstart --no-bench` with the libraries seeing that CPU model (torch's kernel capability shown).", "",
-             "| CPU model | torch capability | exit | passed | neurons exact | ONNX Runtime end to end | accuracy (PyTorch) |",
+             "| CPU model | torch capability | exit | passed | neurons exact | ONNX Runtime end to end "
+             "| accuracy (PyTorch) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "passed" not in r:
-            lines.append(f"| {r['cpu']} | {r['torch_capability']} | {r['exit_code']} | error: {' '.join(r['error'])} | | | |")
+            lines.append(f"| {r['cpu']} | {r['torch_capability']} | {r['exit_code']} "
+                         f"| error: {' '.join(r['error'])} | | | |")
             continue
         ort = [x for x in r["runs"] if x["backend"] == "onnxruntime" and x["status"] == "ok"]
         e2e = "; ".join(
             f"{x['variant']}: " + ("identical" if not x["divergence"] else
-                                   f"{x['divergence']['spikes_differing']} spike(s) differ from L{x['divergence']['layer']} "
+                                   f"{x['divergence']['spikes_differing']} spike(s) differ "
+                                   f"from L{x['divergence']['layer']} "
                                    f"(its input differs by {x['divergence']['input_max_rel_diff']:.2g} rel.)")
             for x in ort) or "-"
         accs = sorted({f"{100 * a['accuracy']:.2f} %" for a in r["accuracy"] if a["accuracy"] is not None})
-        lines.append(f"| {r['cpu']} | {r['torch_capability']} | {r['exit_code']} | {r['passed']} | {r['neurons_exact']} "
-                     f"| {e2e} | {', '.join(accs)} ({100 * r['pytorch_accuracy']:.2f} %) |")
+        lines.append(f"| {r['cpu']} | {r['torch_capability']} | {r['exit_code']} | {r['passed']} "
+                     f"| {r['neurons_exact']} | {e2e} | {', '.join(accs)} ({100 * r['pytorch_accuracy']:.2f} %) |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     return 0 if all(r.get("passed") for r in rows) else 1
 

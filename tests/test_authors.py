@@ -436,5 +436,5 @@ def test_verify_proves_the_authors_exports_neuron_exact(exported, name, shape):
     assert {r["format"] for r in ran} >= {"pytorch", "torchscript", "onnx", "pt2"}
     for r in ran:
         assert r["neuron_exact"] is True and r["top1_agreement"] == 1.0
-        assert all(l["neuron_spikes_total"] > 0 for l in r["layers"])
+        assert all(layer["neuron_spikes_total"] > 0 for layer in r["layers"])
         assert len(r["layers"]) == len(m["neurons"])

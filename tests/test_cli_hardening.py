@@ -397,7 +397,7 @@ def test_nan_checkpoint_warns_at_export(tmp_path, capsys):
     code, _, err = run_cli(capsys, "export", f"{NETS}:ours_neuron_net", "--input-shape", SHAPE, "--format",
                            "torchscript", "--checkpoint", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "o"))
     assert code == 0, err
-    warning = [l for l in err.splitlines() if l.startswith("warning:")]
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and key in warning[0] and "NaN" in warning[0], err
 
 

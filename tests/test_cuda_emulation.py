@@ -10,8 +10,8 @@ kernel's own logic on every path, for all four dtypes, against the Python refere
 * the T loop, the initial and final membrane, the 16-bit widening and the output bits.
 
 The ONNX Runtime CUDA EP kernels (no SDK needed) and, with the TensorRT headers (DEVELOPERS.md), the TensorRT plugins'
-``enqueue`` run over the same emulated core. What this cannot check is the GPU's arithmetic; tests/test_cuda_codegen.py reads that from the
-generated PTX/SASS.
+``enqueue`` run over the same emulated core. What this cannot check is the GPU's arithmetic;
+tests/test_cuda_codegen.py reads that from the generated PTX/SASS.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_unrolled_body_has_static_T_scan_has_dynamic_T():
     assert dim0(unrolled).dim_value == NEURON_SHAPE[0]
     assert {n.op_type for f in scan.functions for n in f.node} >= {"Scan"}
     assert {n.op_type for f in unrolled.functions for n in f.node} >= {"Split", "Concat"}
-    with pytest.raises(Exception):
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument):  # "Got invalid dimensions for input"
         _session(_onnx("sj_neuron_net", function_body="unrolled")).run(
             None, {"input": spiky_input((NEURON_SHAPE[0] + 1,) + NEURON_SHAPE[1:])})
 

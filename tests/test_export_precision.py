@@ -46,7 +46,8 @@ def test_half_export_types(tmp_path, precision, elem):
     assert model.graph.input[0].type.tensor_type.elem_type == elem
     assert model.graph.output[0].type.tensor_type.elem_type == elem
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     assert all(types[n.output[0]] == elem for n in _dsr_nodes(model))  # the dsr nodes are in that dtype
     for fn in model.functions:  # the body: x cast up exactly, float32 membrane (Scan state), spikes cast down
         ops = [n.op_type for n in fn.node]

@@ -80,7 +80,8 @@ def test_direct_encoding_and_lif_rate_readout_equal_the_authors_logits_in_every_
     with torch.no_grad():
         got["torchscript"] = torch.jit.load(str(d / "fn" / "model.ts"))(x)
         got["pt2"] = torch.export.load(str(d / "fn" / "model.pt2")).module()(x)
-        got["wrap_io (verify's reference)"] = wrap_io(net, json.loads((d / "fn" / "manifest.json").read_text())["io"])(x)
+        got["wrap_io (verify's reference)"] = wrap_io(
+            net, json.loads((d / "fn" / "manifest.json").read_text())["io"])(x)
     got["onnx function fallback"] = _ort(d / "fn" / "model.onnx", custom_ops="off")(x)
     got["onnx portable"] = _ort(d / "portable" / "model.onnx")(x)
     for name, y in got.items():

@@ -115,7 +115,7 @@ def test_authors_trainer_checkpoint_warns_about_assumed_settings_and_exports_exa
                                 "--checkpoint", str(ckpt), "--input-shape", "4,2,1,8,8", "--format",
                                 "torchscript", "--out", str(out), "--json")
     assert code == 0, err
-    warnings = [l for l in err.splitlines() if l.startswith("warning:")]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
     assert "assumed zoo defaults: v_threshold_lower_bound=0.0005, tau=1.0, delta_t=0.05" in warnings[0]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from dsr_deploy import DSRIFNode, DSRLIFNode
 from dsr_deploy import functional as F
 
-sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly (test oracle) not installed")
+sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron",
+                                reason="spikingjelly (test oracle) not installed")
 from spikingjelly.activation_based import functional as sj_functional  # noqa: E402
 from spikingjelly.activation_based import layer as sj_layer  # noqa: E402
 

@@ -34,13 +34,13 @@ def test_verify_passes_on_a_spikingjelly_conv_net(tmp_path):
         if r["status"] != "ok":
             assert r["status"] == "skipped" and r["reason"]
             continue
-        assert [l["index"] for l in r["layers"]] == [0, 1, 2]
-        assert all(l["spikes_total"] > 0 for l in r["layers"])
+        assert [layer["index"] for layer in r["layers"]] == [0, 1, 2]
+        assert all(layer["spikes_total"] > 0 for layer in r["layers"])
         assert r["top1_agreement"] == 1.0
     # TorchScript and torch.export run PyTorch's own kernels: exact.
     for key in (("model.ts", "torchscript", ""), ("model.pt2", "pt2", "")):
         assert runs[key]["max_abs_diff"] == 0.0
-        assert all(l["agreement"] == 1.0 for l in runs[key]["layers"])
+        assert all(layer["agreement"] == 1.0 for layer in runs[key]["layers"])
     assert [i["shape"] for i in report["inputs"]] == [list(SJ_CONV_SHAPE), list(x.shape)]
 
 
@@ -93,7 +93,7 @@ def test_verify_runs_the_aot_inductor_package_per_layer():
     assert report["passed"], json.dumps(report, indent=1)[-3000:]
     aoti = [r for r in report["runs"] if r["artifact"] == "model.aoti.pt2"]
     assert aoti and aoti[0]["status"] == "ok" and aoti[0]["max_abs_diff"] == 0.0
-    assert [l["agreement"] for l in aoti[0]["layers"]] == [1.0, 1.0]
+    assert [layer["agreement"] for layer in aoti[0]["layers"]] == [1.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,9 +127,10 @@ def test_a_one_ulp_threshold_tamper_fails_verify_naming_the_layer(tmp_path, caps
     assert not report["passed"]
     bad = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert bad["neuron_exact"] is False and not bad["passed"]
-    layer1 = next(l for l in bad["layers"] if l["index"] == 1)
+    layer1 = next(layer for layer in bad["layers"] if layer["index"] == 1)
     assert layer1["neuron_spikes_equal"] < layer1["neuron_spikes_total"]
-    assert all(l["neuron_spikes_equal"] == l["neuron_spikes_total"] for l in bad["layers"] if l["index"] != 1)
+    assert all(layer["neuron_spikes_equal"] == layer["neuron_spikes_total"]
+               for layer in bad["layers"] if layer["index"] != 1)
     assert any("layer 1 " in f and "neuron differs" in f for f in bad["failures"])
     with pytest.raises(SystemExit) as exc:
         main(["verify", str(folder), "--input", str(tmp_path / "x.npy"), "--trust-model-code"])
@@ -166,7 +167,7 @@ def test_perturbed_convolution_keeps_neurons_exact_and_shows_where_divergence_st
     run = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert run["status"] == "ok"
     assert run["neuron_exact"] is True  # the neurons are fine whatever the convolution did
-    first = next(l for l in run["layers"] if l["index"] == 0)
+    first = next(layer for layer in run["layers"] if layer["index"] == 0)
     assert first["input_differing"] > 0 and 0 < first["input_max_rel_diff"] < 10 * (factor - 1)
     assert run["passed"] == (run["top1_agreement"] >= 0.99)  # the verdict is the end-to-end rule's
     if factor > 1.001:  # a 1 % perturbation flips spikes: the report says where and why
@@ -201,7 +202,7 @@ def test_neuron_check_runs_the_portable_lowering(tmp_path):
     report = verify_folder(folder, trust_model_code=True)
     run = _runs(report)[("model.onnx", "onnxruntime", "function fallback")]
     assert run["neuron_exact"] is True and run["passed"]
-    assert all(l["neuron_spikes_total"] > 0 for l in run["layers"])
+    assert all(layer["neuron_spikes_total"] > 0 for layer in run["layers"])
 
 
 def test_labels_gate_accuracy(tmp_path):
@@ -250,5 +251,5 @@ def test_float16_artifact_is_held_to_the_half_precision_neuron_rule(tmp_path):
     assert run["status"] == "ok", run["reason"]
     assert run["precision"] == "float16"
     assert run["neuron_agreement"] is not None and run["neuron_agreement"] >= 0.999
-    assert all(l["neuron_spikes_total"] > 0 for l in run["layers"])
+    assert all(layer["neuron_spikes_total"] > 0 for layer in run["layers"])
     assert not any("neuron differs" in f for f in run["failures"])

@@ -1,7 +1,8 @@
 """The ``dsr-deploy`` command line (Typer).
 
 Each area registers its commands from its own module ``cli/<area>_cmd.py`` (``register(app)``, found by
-name); heavy imports happen inside the commands, so ``dsr-deploy --help`` and ``info`` work with only the core dependencies installed.
+name); heavy imports happen inside the commands, so ``dsr-deploy --help`` and ``info`` work with only the core
+dependencies installed.
 Errors the user can fix are raised as :class:`dsr_deploy.errors.UserError` and printed as one line.
 """
 

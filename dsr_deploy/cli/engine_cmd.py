@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
     def build_engine(
         model: Path = typer.Argument(..., help="The ONNX model (dsr nodes map to the dsr TensorRT plugin)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Engine file to write (default: MODEL.plan)."),
-        fp16: bool = typer.Option(False, "--fp16", help="Allow FP16 kernels for a float32 model (TensorRT 10 only; TensorRT 11 is strongly typed: export --precision float16)."),
+        fp16: bool = typer.Option(False, "--fp16",
+                                  help="Allow FP16 kernels for a float32 model (TensorRT 10 only; TensorRT 11 is "
+                                       "strongly typed: export --precision float16)."),
         batch: Optional[str] = typer.Option(None, "--batch", help="MIN,OPT,MAX of a dynamic batch dimension."),
         timesteps: Optional[str] = typer.Option(None, "--timesteps", "-T",
                                                 help="MIN,OPT,MAX of a dynamic time dimension."),

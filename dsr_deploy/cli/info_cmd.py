@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
         nat = data["native_torch_ops"]
         t.add_row("native torch ops", f"loaded from {nat['path']}" if nat["loaded"] else f"no: {nat['reason']}")
         for name, o in data["optional"].items():
-            state = f"{o['version'] or 'installed'}" if o["importable"] else f"missing (pip install 'dsr-deploy[{o['extra']}]')"
+            state = (f"{o['version'] or 'installed'}" if o["importable"]
+                     else f"missing (pip install 'dsr-deploy[{o['extra']}]')")
             if o["extra"] == "core" and not o["importable"]:
                 state = "missing (core dependency)"
             t.add_row(f"{name}  [dim]{o['enables']}[/dim]", escape(state))

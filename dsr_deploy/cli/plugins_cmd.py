@@ -60,7 +60,7 @@ def build_cmd(
                f"(torch={opts['torch']}, cuda={opts['cuda']}, ort={opts['ort']}, tensorrt={opts['trt']})")
     for key, path in record["libraries"].items():
         typer.echo(f"  {key:12s} {path}")
-    for key, why in record.get("skipped", {}).items():
+    for _key, why in record.get("skipped", {}).items():
         typer.secho(f"warning: {why}", fg="yellow", err=True)
 
 

@@ -114,7 +114,7 @@ def clean_error(text: str) -> Tuple[bool, str]:
     found = _USER_ERROR.findall(text)
     if found:
         return True, found[-1].strip()
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else "inference failed"
     return False, f"inference failed: {last}" if "Traceback" in text else last
 

@@ -106,8 +106,8 @@ def triton_config(cfg: ServerConfig):
 
 def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: Optional[ServerConfig] = None,
           names: Optional[Sequence[str]] = None, idle_timeout_s: float = 60.0, max_sequences: int = 4096,
-          threads: int = 1, ready: Optional[Callable[[dict], None]] = None, stop_event: Optional[threading.Event] = None,
-          trust_pickle: bool = False) -> int:
+          threads: int = 1, ready: Optional[Callable[[dict], None]] = None,
+          stop_event: Optional[threading.Event] = None, trust_pickle: bool = False) -> int:
     """Serve ``artifacts`` until SIGINT/SIGTERM (or ``stop_event``); returns 0 on a clean stop.
 
     ``ready(info)`` is called once every model is loaded and the server answers.
