@@ -217,8 +217,10 @@ def bench_bodies(args) -> None:
 
 
 def _meta(args) -> dict:
+    from dsr_deploy.machine import cpu_flags, cpu_model
+
     return {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
+        "machine": f"{cpu_model()} ({' '.join(cpu_flags())}), {os.cpu_count()} cores (shared with other jobs)",
         "load_avg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads, "reps": args.reps,

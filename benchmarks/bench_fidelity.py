@@ -44,20 +44,9 @@ def preact_resnet18_lif_seed2():
     return _resnet(2)
 
 
-def cpu_flags() -> list:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return sorted(f for f in line.split(":", 1)[1].split()
-                              if f.startswith(("avx", "sse4", "fma", "asimd", "sve")))
-    except OSError:
-        pass
-    return []
-
-
 def main(argv=None) -> int:
-    from dsr_deploy.bench import library_versions, machine_info
     from dsr_deploy.export import export_model
+    from dsr_deploy.machine import cpu_flags, library_versions, machine_info
     from dsr_deploy.model_spec import load_model
     from dsr_deploy.verify import verify_folder
 

@@ -56,21 +56,16 @@ def median_time(fn, repeats, warmup=1):
 
 
 def machine():
-    model = None
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    from dsr_deploy.machine import cpu_flags, cpu_model
+
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
     import onnxruntime
 
-    return dict(cpu=model or platform.processor(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+    return dict(cpu=cpu_model(), cpu_vector_flags=" ".join(cpu_flags()), logical_cpus=os.cpu_count(),
+                torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, onnxruntime=onnxruntime.__version__, python=platform.python_version(),
                 platform=platform.platform(), thp_mem_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
                 load_average_1min_at_start=load,

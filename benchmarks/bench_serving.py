@@ -95,13 +95,14 @@ def concurrent(url, clients, per_client, make_call):
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     from importlib import metadata
 
     import onnxruntime
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    from dsr_deploy.machine import cpu_flags, cpu_model
+
+    return {"cpu": cpu_model(), "cpu_vector_flags": " ".join(cpu_flags()), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "nvidia-pytriton": metadata.version("nvidia-pytriton"), "tritonclient": metadata.version("tritonclient")}
 

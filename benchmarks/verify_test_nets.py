@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -72,7 +71,9 @@ def main(argv=None):
     from dsr_deploy.runtime.onnxruntime import find_ort_library
 
     lib = find_ort_library()
-    meta = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+    from dsr_deploy.machine import cpu_flags, cpu_model
+
+    meta = {"machine": f"{cpu_model()} ({' '.join(cpu_flags())}), {os.cpu_count()} cores",
             "ort_custom_op_library": str(lib) if lib else "not built (function fallback only)",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "inputs": f"{args.random} random [T,B,...] of the export shape + one batch-8 input"}
