@@ -163,11 +163,12 @@ def _time_one(runner: Runner, name: str, shape: tuple, dtype: str, warmup: int, 
         feed: Any = torch.from_numpy(x).to(runner.device)  # on the device once: no host copy timed
     else:
         feed = x
-    feeds = {name: feed}
-    out = runner.infer(feeds, copy_outputs=False)  # also checks the shapes before timing
+    feeds = runner.check_feeds({name: feed})  # checked once, before timing: the timed calls skip the check
+    out = runner.infer(feeds, copy_outputs=False)
     out_bytes = sum(_nbytes(v) for v in out.values())
     timer = Timer(runner.device, runner.synchronize)
-    times = run_timed(lambda: runner.infer(feeds, copy_outputs=False), timer, warmup, iters, seconds, tick)
+    times = run_timed(lambda: runner.infer(feeds, copy_outputs=False, check=False), timer, warmup, iters, seconds,
+                      tick)
     res = summarize(times, shape[1], shape[0], neurons)
     res["bytes_moved"] = int(x.nbytes + out_bytes)
     return res
