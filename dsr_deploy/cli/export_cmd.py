@@ -332,7 +332,13 @@ def register(app: typer.Typer) -> None:
                                     "weighted rate)"),
         precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
                                       "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
-                                      "TensorRT 11's strongly typed networks); non-float32 needs --format onnx"),
+                                      "TensorRT 11's strongly typed networks) | int8 (quantised Q/DQ graph, spikes "
+                                      "exact, needs --calibration); non-float32 needs --format onnx"),
+        calibration: Optional[Path] = typer.Option(None, "--calibration", help="--precision int8: inputs as the "
+                                                   "model takes them (.npy, any number along the batch "
+                                                   "dimension; default for zoo:digits-cnn: its training split)"),
+        int8_all_layers: bool = typer.Option(False, "--int8-all-layers", help="--precision int8: quantise the "
+                                             "analog first layer and the readout too (float32 by default)"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -357,6 +363,8 @@ def register(app: typer.Typer) -> None:
         from ..export import check_precision
 
         check_precision(precision, wanted)
+        if precision != "int8" and (calibration is not None or int8_all_layers):
+            raise UserError("--calibration and --int8-all-layers apply to --precision int8")
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
@@ -387,6 +395,11 @@ def register(app: typer.Typer) -> None:
             if loaded.default_input_shape is None:
                 raise UserError("--input-shape T,B,... is required for a model outside the zoo")
             shape = loaded.default_input_shape
+        extra: dict = {}
+        if precision == "int8":
+            from ..export.quantize import load_calibration
+
+            extra = {"calibration": load_calibration(calibration, loaded.spec, shape), "int8_all_layers": int8_all_layers}
         err = _err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
         if mode == "streaming":
@@ -394,13 +407,14 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress, model_info=loaded.record(), precision=precision)
+                                        progress=progress, model_info=loaded.record(), precision=precision,
+                                        extra_options=extra)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
-                io=io_record(shape[0], layout, encode, readout), precision=precision,
+                io=io_record(shape[0], layout, encode, readout), precision=precision, extra_options=extra,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
