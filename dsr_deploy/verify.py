@@ -52,6 +52,11 @@ from .numerics import count_equal, max_abs_diff
 DEFAULT_MIN_TOP1 = 0.99
 DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
 HALF_NEURON_AGREEMENT = 0.999  # float16 / bfloat16 neurons: spikes equal given the same input
+# int8 (quantised weights and currents; neurons and spikes exact): accuracy-based. With labels, accuracy at most
+# this many points below PyTorch's (or --max-accuracy-drop when larger) and top-1 agreement only reported;
+# without labels, top-1 agreement >= INT8_MIN_TOP1 (or --min-top1 when lower). docs/fidelity.md.
+INT8_MAX_ACCURACY_DROP = 1.0
+INT8_MIN_TOP1 = 0.90
 _HALF = ("float16", "bfloat16")
 
 
@@ -541,8 +546,10 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
         "model": loaded.spec,
         "checkpoint": loaded.checkpoint,
         "rule": {"min_top1": min_top1, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
-                 "neuron": "float32: every spike equal given the reference's input; float16/bfloat16: >= "
-                           f"{HALF_NEURON_AGREEMENT:.1%}"},
+                 "neuron": "float32 and int8: every spike equal given the reference's input; float16/bfloat16: >= "
+                           f"{HALF_NEURON_AGREEMENT:.1%}",
+                 "int8": f"accuracy at most {INT8_MAX_ACCURACY_DROP:g} points below PyTorch's with labels, else "
+                         f"top-1 agreement >= {INT8_MIN_TOP1:.0%}"},
         "min_agreement": min_agreement,
         "unchecked": unchecked,
         "allow_skipped": allow_skipped,
@@ -577,6 +584,9 @@ def _judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: O
         if (not half and l.neuron_equal != l.neuron_total) or (half and l.neuron_agreement < HALF_NEURON_AGREEMENT):
             run.failures.append(f"layer {l.index} ({l.name}) neuron differs from the reference given the same "
                                 f"input: {l.neuron_total - l.neuron_equal} of {l.neuron_total} spikes")
+    if run.precision == "int8":
+        min_top1 = 0.0 if ref_correct is not None and run.labelled else min(min_top1, INT8_MIN_TOP1)
+        max_accuracy_drop = max(max_accuracy_drop, INT8_MAX_ACCURACY_DROP)
     if run.top1_agreement is not None and run.top1_agreement < min_top1:
         run.failures.append(f"top-1 agreement {run.top1_agreement:.2%} < {min_top1:.2%}")
     if ref_correct is not None and run.labelled:

@@ -241,7 +241,9 @@ def _print_verify(report: dict) -> None:
     rule = report.get("rule") or {}
     title = (f"pass: neurons exact given the reference's input, top-1 agreement >= {_pct(rule.get('min_top1'))}"
              + (f", accuracy within {rule.get('max_accuracy_drop')} points" if report.get("labels") else "")
-             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else ""))
+             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else "")
+             + (f"; int8: {rule['int8']}" if any(r.get("precision") == "int8" for r in report.get("runs", []))
+                and rule.get("int8") else ""))
     t = Table(title=title)
     cols = ["artifact", "backend", "neurons", "max |diff|", "top-1"]
     if report.get("labels"):
