@@ -55,6 +55,8 @@ def _net():
         bn.running_var.uniform_(0.5, 1.5)
         for conv in (net[0].m[0], net[2].m[0], net[4].m[0]):
             conv.weight.mul_(3.0)
+        net[6].m[1].weight.mul_(8.0)
+        net[6].m[1].bias.fill_(0.4)
     return net
 
 
@@ -247,3 +249,33 @@ def test_quantisation_helpers():
     scale, zp = qparams(np.linspace(-1, 3, 1021).astype(np.float32))  # uniform: the full range
     assert zp in (63, 64) and np.isclose(scale, 4 / 255, rtol=0.01)
     assert qparams(np.zeros(10, np.float32)) == (1.0, 0)
+
+
+def test_streaming_int8_step_equals_multistep_int8(tmp_path):
+    from dsr_deploy.streaming import export_streaming
+
+    cal = _calibration()
+    export_model(_net(), SHAPE, tmp_path / "m", formats_=("onnx",), precision="int8",
+                 extra_options={"calibration": cal})
+    manifest = export_streaming(_net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
+                                extra_options={"calibration": cal})
+    art = manifest["artifacts"][0]
+    assert art["precision"] == "int8" and art["quantization"]["quantized_layers"] == 2
+    step = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in step.graph.node)
+    x = _calibration(n=3, seed=9)
+    multi = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = multi.run(["output"], {"input": x})[0]
+    sess = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"])
+    states = manifest["states"]
+    v = {s["input"]: np.zeros((3, *s["shape"]), np.float32) for s in states}
+    got = []
+    for t in range(T):
+        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: x[t], **v})
+        got.append(outs[0])
+        v = {s["input"]: o for s, o in zip(states, outs[1:])}
+    got = np.stack(got)
+    assert (want != 0).any()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    with pytest.raises(UserError, match="needs calibration data"):
+        export_streaming(_net(), SHAPE, tmp_path / "s2", formats_=("onnx",), precision="int8")

@@ -230,13 +230,10 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     dtype = check_precision(precision, wanted)
     extra_options = dict(extra_options or {}, precision=precision)
     if precision == "int8":
-        from .quantize import check_calibration
+        from .quantize import int8_options
 
-        calib = extra_options.get("calibration")
-        if calib is None:
-            raise UserError(CALIBRATION_HINT)
-        batch_dim = 1 if (io or {}).get("input_layout", "TB") == "TB" else 0
-        extra_options["calibration"] = check_calibration(calib, shape, batch_dim, "(--calibration)")
+        extra_options.update(int8_options(extra_options, shape,
+                                          batch_dim=1 if (io or {}).get("input_layout", "TB") == "TB" else 0))
     ctx = ExportContext(
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,

@@ -49,14 +49,14 @@ WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 PERCENTILES = (100.0, 99.999, 99.99, 99.9)
 SAMPLE = 1 << 20  # values kept per tensor for the MSE search
 META_QUANT = "dsr_deploy.int8"
-_DSR = set(ONNX_OP_TYPES.values())
+_DSR = set(ONNX_OP_TYPES.values()) | {"DSRIFStep", "DSRLIFStep"}  # multi-step ops and the streaming step ops
 
 
 def spike_value(node: onnx.NodeProto) -> float:
     """The float32 value of a spike of ``node``: ``vth`` (IF) or ``fl32(vth) / fl32(delta_t)`` (LIF)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     vth = np.float32(attrs["v_threshold"])
-    if node.op_type == ONNX_OP_TYPES["lif"]:
+    if node.op_type in (ONNX_OP_TYPES["lif"], "DSRLIFStep"):
         return float(vth / np.float32(attrs["delta_t"]))
     return float(vth)
 
@@ -212,9 +212,12 @@ def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarra
 
 
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, batch_dim: int,
-              chunk: int = 4) -> Dict[str, Tuple[float, int]]:
+              chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None
+              ) -> Dict[str, Tuple[float, int]]:
     """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return the
-    uint8 (scale, zero point) of each tensor in ``tensors``."""
+    uint8 (scale, zero point) of each tensor in ``tensors``. ``states`` (a streaming step model): ``(input,
+    output, per-sample shape)`` of each membrane; ``data`` ``[T, N, ...]`` is then fed one step at a time from
+    zero membranes, as a stream runs."""
     import onnxruntime as ort
 
     if not tensors:
@@ -231,9 +234,17 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, 
     name = sess.get_inputs()[0].name
     stats = {t: _Reservoir(k) for k, t in enumerate(tensors)}
     for x in _batches(data.astype(np.float32, copy=False), batch_dim, chunk):
-        outs = sess.run(list(tensors), {name: x})
-        for t, v in zip(tensors, outs):
-            stats[t].add(v)
+        if not states:
+            outs = sess.run(list(tensors), {name: x})
+            for t, v in zip(tensors, outs):
+                stats[t].add(v)
+            continue
+        v = {i: np.zeros((x.shape[1], *shape), np.float32) for i, _, shape in states}
+        for step in x:
+            outs = sess.run(list(tensors) + [o for _, o, _ in states], {name: step, **v})
+            for t, val in zip(tensors, outs):
+                stats[t].add(val)
+            v = {i: val for (i, _, _), val in zip(states, outs[len(tensors):])}
     return {t: qparams(s.values()) for t, s in stats.items()}
 
 
@@ -293,15 +304,16 @@ def _safe(name: str) -> str:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
-                   quantize_all: bool = False) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
-    """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record."""
+                   quantize_all: bool = False, states=None) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+    """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
+    ``states``: a streaming step model's membranes (:func:`calibrate`)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     p = plan(out, quantize_all)
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    params = calibrate(model, p["calibrated"], calibration, batch_dim)
+    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states)
     graph = out.graph
     g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
@@ -417,3 +429,29 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
     if encode == "direct":
         return np.ascontiguousarray(x[0])
     return np.ascontiguousarray(x.swapaxes(0, 1)) if layout == "BT" else x
+
+
+def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_dim: int) -> Dict[str, Any]:
+    """The export options of ``--precision int8``: the calibration array checked against the input ``shape``
+    (one-line UserError when it is missing or does not fit) and ``int8_all_layers``."""
+    from . import CALIBRATION_HINT
+
+    extra = extra or {}
+    if extra.get("calibration") is None:
+        raise UserError(CALIBRATION_HINT)
+    return {"calibration": check_calibration(extra["calibration"], shape, batch_dim, "(--calibration)"),
+            "int8_all_layers": bool(extra.get("int8_all_layers"))}
+
+
+def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
+    """Rewrite the float32 ONNX file ``path`` as its int8 model in place (checked); returns the artifact's
+    ``precision`` / ``quantization`` fields."""
+    from ..io import atomic_path
+
+    model = onnx.load(str(path))
+    q, record = quantize_model(model, ctx.options["calibration"], 1, quantize_all=bool(ctx.options.get(
+        "int8_all_layers")), states=states)
+    onnx.checker.check_model(q, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(q, str(tmp))
+    return {"precision": "int8", "quantization": record}
