@@ -246,7 +246,6 @@ ARTIFACT = Record("artifact", {
     "inputs": name_list,
     "outputs": name_list,
     "states": list_of(STATE),
-    "precision": optional(one_of("float32", "float16", "bfloat16", "int8")),  # export --precision (int8 issue)
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {

@@ -20,6 +20,7 @@ from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
 
 from _native_util import ensure_ort_library
+from test_cli_export import run_cli
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -281,28 +282,16 @@ def test_streaming_int8_step_equals_multistep_int8(tmp_path):
         export_streaming(_net(), SHAPE, tmp_path / "s2", formats_=("onnx",), precision="int8")
 
 
-def _cli(capsys, *argv):
-    from dsr_deploy.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
-    code, _, err = _cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--precision", "int8",
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--precision", "int8",
                         "--input-shape", "2,1,1,28,28", "--out", str(tmp_path / "x"))
     assert code == 2 and "needs calibration data" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--calibration", str(tmp_path / "c.npy"),
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--calibration", str(tmp_path / "c.npy"),
                         "--out", str(tmp_path / "y"))
     assert code == 2 and "apply to --precision int8" in err
     _export(tmp_path, "q")
     export_model(_net(), SHAPE, tmp_path / "f", formats_=("onnx",))
-    code, out, _ = _cli(capsys, "bench", str(tmp_path / "f"), "--compare", str(tmp_path / "q"), "--backend",
+    code, out, _ = run_cli(capsys, "bench", str(tmp_path / "f"), "--compare", str(tmp_path / "q"), "--backend",
                         "onnxruntime", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-memcpy")
     assert code == 0
     assert "onnxruntime (float32)" in out and "onnxruntime (int8)" in out
