@@ -295,3 +295,40 @@ def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
                         "onnxruntime", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-memcpy")
     assert code == 0
     assert "onnxruntime (float32)" in out and "onnxruntime (int8)" in out
+
+
+def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
+    """``int8_neuron="quantized"``: DSRIFSpikeQ / DSRLIFSpikeQ take the uint8 current codes and give uint8 spike
+    codes (no DequantizeLinear before, no QuantizeLinear after); the custom-op library and the function body give
+    the Q/DQ-around-the-float-op model's outputs bit for bit."""
+    ensure_ort_library()
+    _export(tmp_path, "qdq")
+    manifest, model = _export(tmp_path, "qop", int8_neuron="quantized")
+    assert manifest["artifacts"][0]["quantization"]["neuron"] == "quantized"
+    prod = _producer(model)
+    inits = _inits(model)
+    qops = [n for n in model.graph.node if n.op_type.endswith("SpikeQ")]
+    assert sorted(n.op_type for n in qops) == ["DSRIFSpikeQ", "DSRLIFSpikeQ"]
+    assert {f.name for f in model.functions} >= {"DSRIFSpikeQ", "DSRLIFSpikeQ"}
+    for n in qops:
+        x = n.input[0]
+        while prod[x].op_type == "Reshape":
+            x = prod[x].input[0]
+        assert prod[x].op_type == "QuantizeLinear"
+        consumers = [c for c in model.graph.node if n.output[0] in c.input]
+        assert consumers and all(c.op_type == "DequantizeLinear" for c in consumers)
+        assert all(float(inits[c.input[1]]) == spike_value(n) and int(inits[c.input[2]]) == 0 for c in consumers)
+    x = _calibration(n=3, seed=5)
+    outs = {}
+    for name, mode in (("qdq", "off"), ("qop", "off"), ("qop", "require")):
+        runner = load_runner(tmp_path / name, backend="onnxruntime", custom_ops=mode).load()
+        try:
+            outs[(name, mode)] = runner.infer({"input": x})["output"]
+        finally:
+            runner.release()
+    want = outs[("qdq", "off")]
+    assert (want != 0).any()
+    for k, got in outs.items():
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), k
+    with pytest.raises(UserError, match="unknown --int8-neuron"):
+        _export(tmp_path, "bad", int8_neuron="int4")

@@ -114,7 +114,8 @@ def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
     from .quantize import quantize_model
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
-                          quantize_all=bool(ctx.options.get("int8_all_layers")))
+                          quantize_all=bool(ctx.options.get("int8_all_layers")),
+                          neuron=ctx.options.get("int8_neuron") or "qdq")
     return q
 
 

@@ -56,7 +56,7 @@ def spike_value(node: onnx.NodeProto) -> float:
     """The float32 value of a spike of ``node``: ``vth`` (IF) or ``fl32(vth) / fl32(delta_t)`` (LIF)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     vth = np.float32(attrs["v_threshold"])
-    if node.op_type in (ONNX_OP_TYPES["lif"], "DSRLIFStep"):
+    if node.op_type in (ONNX_OP_TYPES["lif"], "DSRLIFStep", "DSRLIFSpikeQ"):
         return float(vth / np.float32(attrs["delta_t"]))
     return float(vth)
 
@@ -303,8 +303,89 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
+NEURON_FORMS = ("qdq", "quantized")
+
+
+def quantized_neurons(model: onnx.ModelProto) -> int:
+    """``--int8-neuron quantized``: each multi-step dsr node whose current arrives quantised (``Q -> DQ ->
+    Reshape* -> node``, each tensor read once) becomes ``dsr::DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the uint8 codes
+    (``Q -> Reshape* -> nodeQ``), and its spikes leave as uint8 codes straight into the spike ``DequantizeLinear``
+    (no separate dequantise / quantise pass around the neuron). The float spikes keep their tensor name (a
+    ``DequantizeLinear`` of the codes: exact), so probes still find them. Returns the number of nodes rewritten."""
+    from .onnx_functions import QUANTIZED_OP_SUFFIX, quantized_function_proto
+
+    g = Graph(model)
+    graph = model.graph
+    inits = g.inits
+    drop: Set[int] = set()
+    after: Dict[int, onnx.NodeProto] = {}
+    kinds = []
+    retyped: Set[str] = set()
+    for d in list(graph.node):
+        if d.domain != ONNX_DOMAIN or d.op_type not in ONNX_OP_TYPES.values():
+            continue
+        chain, t = [], d.input[0]
+        while g.producer.get(t) is not None and g.producer[t].op_type in EXACT_OPS and len(g.consumers[t]) == 1:
+            chain.append(g.producer[t])
+            t = g.producer[t].input[0]
+        dq = g.producer.get(t)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers[t]) != 1 \
+                or g.producer.get(dq.input[0]) is None or g.producer[dq.input[0]].op_type != "QuantizeLinear" \
+                or inits.get(dq.input[2]) is None or inits[dq.input[2]].data_type != TensorProto.UINT8:
+            continue
+        codes_in = dq.input[0]
+        if chain:
+            chain[-1].input[0] = codes_in
+            retyped.update(n.output[0] for n in chain)  # now uint8: their recorded float types go
+        kind = "lif" if d.op_type == ONNX_OP_TYPES["lif"] else "if"
+        y = d.output[0]
+        qs = next((n for n in g.consumers.get(y, []) if n.op_type == "QuantizeLinear"), None)
+        value = spike_value(d)
+        d.op_type += QUANTIZED_OP_SUFFIX
+        cur = chain[0].output[0] if chain else codes_in
+        del d.input[:]
+        d.input.extend([cur, dq.input[1], dq.input[2]])
+        d.output[0] = y + "_codes"
+        drop.add(id(dq))
+        if qs is not None:
+            scale, zp = qs.input[1], qs.input[2]
+            for n in g.consumers.get(qs.output[0], []):
+                for k, i in enumerate(n.input):
+                    if i == qs.output[0]:
+                        n.input[k] = d.output[0]
+            drop.add(id(qs))
+        else:
+            scale = _const(graph, f"int8_{_safe(y)}_spike_scale", np.array(value, np.float32))
+            zp = _const(graph, f"int8_{_safe(y)}_spike_zp", np.array(0, np.uint8))
+        after[id(d)] = helper.make_node("DequantizeLinear", [d.output[0], scale, zp], [y], name=f"{d.name}_spikes")
+        if kind not in kinds:
+            kinds.append(kind)
+    order = []
+    for n in graph.node:
+        if id(n) in drop:
+            continue
+        order.append(n)
+        if id(n) in after:
+            order.append(after[id(n)])
+    del graph.node[:]
+    graph.node.extend(order)
+    keep = [vi for vi in graph.value_info if vi.name not in retyped]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    meta = {p.key: p.value for p in model.metadata_props}
+    fns = {f.name: f for f in model.functions}
+    for kind in kinds:
+        ref = fns.get(ONNX_OP_TYPES[kind])
+        prefix = ref.input[0][:-1] if ref is not None else None
+        body = meta.get("dsr_deploy.function_body", "scan")
+        model.functions.append(quantized_function_proto(kind, body, next(
+            o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), T=int(meta.get("dsr_deploy.T", 0))
+            or None, prefix=prefix))
+    return len(after)
+
+
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
-                   quantize_all: bool = False, states=None) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   quantize_all: bool = False, states=None, neuron: str = "qdq") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`)."""
     out = onnx.ModelProto()
@@ -393,6 +474,9 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         "weights": "int8 symmetric per output channel",
         "all_layers": bool(quantize_all),
     }
+    if neuron == "quantized":
+        record["quantized_neurons"] = quantized_neurons(out)
+    record["neuron"] = neuron
     out.metadata_props.append(onnx.StringStringEntryProto(key=META_QUANT, value=json.dumps(record)))
     return out, record
 
@@ -439,8 +523,11 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     extra = extra or {}
     if extra.get("calibration") is None:
         raise UserError(CALIBRATION_HINT)
+    neuron = extra.get("int8_neuron") or "qdq"
+    if neuron not in NEURON_FORMS:
+        raise UserError(f"unknown --int8-neuron {neuron!r}; choose from {', '.join(NEURON_FORMS)}")
     return {"calibration": check_calibration(extra["calibration"], shape, batch_dim, "(--calibration)"),
-            "int8_all_layers": bool(extra.get("int8_all_layers"))}
+            "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron}
 
 
 def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
