@@ -11,8 +11,9 @@ Entries, in order (the first is the baseline of the `speedup` column):
 6. ONNX Runtime with the dsr custom-op library ``libdsr_ort_ops.so`` (skipped, and said so, when not built);
 7. (``--compile``) SpikingJelly under ``torch.compile`` (inductor; compiling takes minutes on 2 cores);
 8. (``--int8``, default on) the ``export --precision int8`` model of the same network (calibrated on
-   direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops; the notes add its top-1
-   agreement with the float32 export on direct-encoded inputs.
+   direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops, and with the quantised
+   neuron ops (``int8_neuron="quantized"``); the notes add its top-1 agreement with the float32 export on
+   direct-encoded inputs.
 
 Every row also has the time of a memcpy of the same bytes, measured in the same run. Kept feasible on a
 2-core machine: few iterations (``--iters``), batch 1 and 8.
@@ -205,6 +206,14 @@ def main(argv=None) -> int:
             if lib is not None:
                 entries.append(B.BenchEntry("onnxruntime int8 custom ops", load_runner(
                     int8, backend="onnxruntime", custom_ops="require", **ort_opts)))
+                # The quantised neuron ops (uint8 current in, uint8 spike codes out) instead of Q/DQ around the
+                # float neuron: the same results bit for bit (tests/test_export_int8.py), measured side by side.
+                qop = Path(tmp) / "export-int8-qop"
+                export_model(model, (args.T, 2, 3, 32, 32), qop, formats_=("onnx",), spec=f"zoo:{name}",
+                             precision="int8", extra_options={"calibration": direct_encoded(
+                                 args.calibration_samples, args.T, seed=1), "int8_neuron": "quantized"})
+                entries.append(B.BenchEntry("onnxruntime int8 quantized-neuron ops", load_runner(
+                    qop, backend="onnxruntime", custom_ops="require", **ort_opts)))
         else:
             notes.append("onnxruntime custom ops: NOT MEASURED, libdsr_ort_ops.so is not built "
                          "(`dsr-deploy plugins build` needs the ONNX Runtime headers)")
