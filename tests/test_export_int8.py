@@ -289,6 +289,9 @@ def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
     code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--calibration", str(tmp_path / "c.npy"),
                         "--out", str(tmp_path / "y"))
     assert code == 2 and "apply to --precision int8" in err
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--format", "onnx", "--precision", "int8",
+                           "--int8-neuron", "int4", "--out", str(tmp_path / "z"))
+    assert code == 2 and "unknown --int8-neuron" in err
     _export(tmp_path, "q")
     export_model(_net(), SHAPE, tmp_path / "f", formats_=("onnx",))
     code, out, _ = run_cli(capsys, "bench", str(tmp_path / "f"), "--compare", str(tmp_path / "q"), "--backend",

@@ -321,6 +321,8 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
     after: Dict[int, onnx.NodeProto] = {}
     kinds = []
     retyped: Set[str] = set()
+    moved: Dict[str, str] = {}  # float spikes now named by their spike DequantizeLinear's output
+    rewritten = 0
     for d in list(graph.node):
         if d.domain != ONNX_DOMAIN or d.op_type not in ONNX_OP_TYPES.values():
             continue
@@ -338,6 +340,8 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
             chain[-1].input[0] = codes_in
             retyped.update(n.output[0] for n in chain)  # now uint8: their recorded float types go
         kind = "lif" if d.op_type == ONNX_OP_TYPES["lif"] else "if"
+        if kind not in kinds:
+            kinds.append(kind)
         y = d.output[0]
         qs = next((n for n in g.consumers.get(y, []) if n.op_type == "QuantizeLinear"), None)
         value = spike_value(d)
@@ -347,19 +351,23 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
         d.input.extend([cur, dq.input[1], dq.input[2]])
         d.output[0] = y + "_codes"
         drop.add(id(dq))
+        rewritten += 1
+        remaining = [n for n in g.consumers.get(y, []) if n is not qs] or y in g.outputs
         if qs is not None:
             scale, zp = qs.input[1], qs.input[2]
-            for n in g.consumers.get(qs.output[0], []):
+            spike_dqs = g.consumers.get(qs.output[0], [])
+            for n in spike_dqs:
                 for k, i in enumerate(n.input):
                     if i == qs.output[0]:
                         n.input[k] = d.output[0]
             drop.add(id(qs))
+            if not remaining and spike_dqs:  # the spike DequantizeLinear gives the float spikes (exact)
+                moved[y] = spike_dqs[0].output[0]
+                continue
         else:
             scale = _const(graph, f"int8_{_safe(y)}_spike_scale", np.array(value, np.float32))
             zp = _const(graph, f"int8_{_safe(y)}_spike_zp", np.array(0, np.uint8))
         after[id(d)] = helper.make_node("DequantizeLinear", [d.output[0], scale, zp], [y], name=f"{d.name}_spikes")
-        if kind not in kinds:
-            kinds.append(kind)
     order = []
     for n in graph.node:
         if id(n) in drop:
@@ -369,6 +377,9 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
             order.append(after[id(n)])
     del graph.node[:]
     graph.node.extend(order)
+    for prop in model.metadata_props:  # probes and tools find each neuron's float spikes under the new name
+        if prop.key == "dsr_deploy.layer_outputs":
+            prop.value = json.dumps([[i, moved.get(t, t)] for i, t in json.loads(prop.value)])
     keep = [vi for vi in graph.value_info if vi.name not in retyped]
     del graph.value_info[:]
     graph.value_info.extend(keep)
@@ -381,7 +392,7 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
         model.functions.append(quantized_function_proto(kind, body, next(
             o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), T=int(meta.get("dsr_deploy.T", 0))
             or None, prefix=prefix))
-    return len(after)
+    return rewritten
 
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,

@@ -152,6 +152,11 @@ struct QuantCtx {
   int64_t T, N;
 };
 
+#if defined(__GNUC__) && !defined(__clang__)
+// The conversion loops are plain element-wise loops: let GCC vectorise them at the library's -O2 (each element is
+// one int->float conversion and one multiply, or one compare: nothing to contract).
+__attribute__((optimize("tree-vectorize")))
+#endif
 void run_quantized_block(void* user, size_t block) {
   const auto* c = static_cast<const QuantCtx*>(user);
   const int64_t b = static_cast<int64_t>(block) * dsr::kCpuBlock;
