@@ -380,6 +380,11 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
     for prop in model.metadata_props:  # probes and tools find each neuron's float spikes under the new name
         if prop.key == "dsr_deploy.layer_outputs":
             prop.value = json.dumps([[i, moved.get(t, t)] for i, t in json.loads(prop.value)])
+    if rewritten:  # a quantised op reads codes, not a float current: no float input to record (the float dsr
+        #            nodes' inputs are still found from the nodes themselves)
+        props = [p for p in model.metadata_props if p.key != "dsr_deploy.layer_inputs"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)
     keep = [vi for vi in graph.value_info if vi.name not in retyped]
     del graph.value_info[:]
     graph.value_info.extend(keep)
