@@ -8,7 +8,12 @@ Entries, in order (the first is the baseline of the `speedup` column):
    reference: the result records which);
 3. TorchScript, 4. torch.export (pt2): the artifacts ``dsr-deploy export`` writes;
 5. ONNX Runtime, function fallback (the ``dsr`` nodes' model-local Scan functions);
-6. ONNX Runtime with the dsr custom-op library ``libdsr_ort_ops.so`` (skipped, and said so, when not built).
+6. ONNX Runtime with the dsr custom-op library ``libdsr_ort_ops.so`` (skipped, and said so, when not built);
+7. (``--compile``) SpikingJelly under ``torch.compile`` (inductor; compiling takes minutes on 2 cores);
+8. (``--int8``, default on) the ``export --precision int8`` model of the same network (calibrated on
+   direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops, and with the quantised
+   neuron ops (``int8_neuron="quantized"``); the notes add its top-1 agreement with the float32 export on
+   direct-encoded inputs.
 
 Every row also has the time of a memcpy of the same bytes, measured in the same run. Kept feasible on a
 2-core machine: few iterations (``--iters``), batch 1 and 8.
@@ -50,6 +55,37 @@ def spikingjelly_copy(model: torch.nn.Module) -> torch.nn.Module:
             parent = sj.get_submodule(name.rsplit(".", 1)[0]) if "." in name else sj
             setattr(parent, name.rsplit(".", 1)[-1], new)
     return sj.eval()
+
+
+def direct_encoded(n: int, T: int, seed: int):
+    """``n`` N(0, 1) CIFAR-sized images, each repeated over T: ``[T, n, 3, 32, 32]`` float32."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+    return np.ascontiguousarray(np.broadcast_to(x[None], (T, *x.shape)))
+
+
+def int8_export(model, float_export: Path, out: Path, T: int, samples: int, name: str) -> list[str]:
+    """Write the int8 export and return notes: how long it took and its top-1 agreement (firing rate over T)
+    with the float32 export on direct-encoded inputs (16 images not used for calibration)."""
+    from dsr_deploy.export import export_model
+    from dsr_deploy.runtime import load_runner
+
+    t0 = time.monotonic()
+    export_model(model, (T, 2, 3, 32, 32), out, formats_=("onnx",), spec=f"zoo:{name}", precision="int8",
+                 extra_options={"calibration": direct_encoded(samples, T, seed=1)})
+    took = time.monotonic() - t0
+    x = direct_encoded(16, T, seed=2)
+    rates = []
+    for folder in (float_export, out):
+        runner = load_runner(folder, backend="onnxruntime", custom_ops="off").load()
+        rates.append(runner.infer({"input": x})["output"].sum(0))
+        runner.release()
+    agree = float((rates[0].argmax(-1) == rates[1].argmax(-1)).mean())
+    spikes = float((rates[0] == rates[1]).mean())
+    return [f"int8 export (`--precision int8`, calibrated on {samples} direct-encoded N(0, 1) images) took "
+            f"{took:.0f} s; top-1 agreement with float32 on 16 other direct-encoded inputs (random weights): "
+            f"{agree:.1%}; output spike counts equal: {spikes:.1%}"]
 
 
 def markdown(result, notes: list[str]) -> str:
@@ -105,6 +141,11 @@ def main(argv=None) -> int:
                     help="output path without suffix (.json, .csv, .md are written)")
     ap.add_argument("--function-body", default="scan", choices=["scan", "unrolled"],
                     help="ONNX function fallback body the exporter writes")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the int8 (Q/DQ) export in ONNX Runtime")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                    help="also SpikingJelly under torch.compile (minutes of compiling per batch size)")
+    ap.add_argument("--calibration-samples", type=int, default=8, help="int8: direct-encoded calibration images")
     ap.add_argument("--note", action="append", default=[], help="a line to add to the results' notes")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: the same entries on the GPU (ORT CUDA EP with "
                     "I/O binding) plus TensorRT when installed. The cuda path has not run yet (no GPU here).")
@@ -150,10 +191,29 @@ def main(argv=None) -> int:
             B.BenchEntry("onnxruntime function fallback", load_runner(export, backend="onnxruntime",
                                                                       custom_ops="off", **ort_opts)),
         ]
+        if args.compile:
+            entries.insert(1, B.BenchEntry("spikingjelly torch.compile", load_runner(
+                torch.compile(spikingjelly_copy(model)), input_shape=shape, reset_state=True, **opts)))
         lib = find_ort_library()
         if lib is not None:
             entries.append(B.BenchEntry("onnxruntime custom ops", load_runner(export, backend="onnxruntime",
                                                                               custom_ops="require", **ort_opts)))
+        if args.int8:
+            int8 = Path(tmp) / "export-int8"
+            notes.extend(int8_export(model, export, int8, args.T, args.calibration_samples, name))
+            entries.append(B.BenchEntry("onnxruntime int8 function fallback", load_runner(
+                int8, backend="onnxruntime", custom_ops="off", **ort_opts)))
+            if lib is not None:
+                entries.append(B.BenchEntry("onnxruntime int8 custom ops", load_runner(
+                    int8, backend="onnxruntime", custom_ops="require", **ort_opts)))
+                # The quantised neuron ops (uint8 current in, uint8 spike codes out) instead of Q/DQ around the
+                # float neuron: the same results bit for bit (tests/test_export_int8.py), measured side by side.
+                qop = Path(tmp) / "export-int8-qop"
+                export_model(model, (args.T, 2, 3, 32, 32), qop, formats_=("onnx",), spec=f"zoo:{name}",
+                             precision="int8", extra_options={"calibration": direct_encoded(
+                                 args.calibration_samples, args.T, seed=1), "int8_neuron": "quantized"})
+                entries.append(B.BenchEntry("onnxruntime int8 quantized-neuron ops", load_runner(
+                    qop, backend="onnxruntime", custom_ops="require", **ort_opts)))
         else:
             notes.append("onnxruntime custom ops: NOT MEASURED, libdsr_ort_ops.so is not built "
                          "(`dsr-deploy plugins build` needs the ONNX Runtime headers)")

@@ -238,10 +238,14 @@ def network_contents(trt, network, info: OnnxInfo) -> dict:
 
 
 def _model_precision(onnx_path: Path) -> str:
-    """float32 / float16 / bfloat16: the element type of the model's first input."""
+    """float32 / float16 / bfloat16: the element type of the model's first input; int8: a quantised Q/DQ model
+    (``export --precision int8``), which TensorRT builds with explicit quantisation from its Q/DQ nodes, strongly
+    typed (compile-checked / stub-tested only here: no GPU)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return "int8"
     init = {i.name for i in model.graph.initializer}
     names = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
     for vi in model.graph.input:

@@ -42,6 +42,7 @@ HELDOUT_LABELS = "heldout_labels.npy"
 # The export's example batch; the artifacts keep a dynamic batch and run the whole held-out set at once.
 EXPORT_EXAMPLE_BATCH = 2
 MAX_ACCURACY_DROP = 0.5  # percentage points, verify's default rule
+PRECISIONS = ("float32", "int8")  # quickstart --precision: int8 runs on the quantised ONNX export
 
 
 @dataclass
@@ -78,6 +79,7 @@ class QuickstartResult:
     seconds: Dict[str, float] = field(default_factory=dict)
     backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
     native: Dict[str, str] = field(default_factory=dict)  # native kernel -> where it was loaded from, or why not
+    precision: str = "float32"
 
     @property
     def bit_exact(self) -> bool:
@@ -95,13 +97,14 @@ class QuickstartResult:
     def passed(self) -> bool:
         ran = [a for a in self.accuracy if a.status != "skipped"]
         return (bool(self.verify.get("passed")) and self.neurons_exact and bool(ran)
-                and all(a.status == "ok" and _within_rule(a, self.pytorch_accuracy) for a in ran))
+                and all(a.status == "ok" and _within_rule(a, self.pytorch_accuracy, self.precision) for a in ran))
 
     def to_dict(self) -> dict:
         return {
             "model": f"zoo:{self.model}", "T": self.T, "heldout_images": self.heldout,
             "pytorch_accuracy": self.pytorch_accuracy, "passed": self.passed, "neurons_exact": self.neurons_exact,
-            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": MAX_ACCURACY_DROP,
+            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": _max_drop(self.precision),
+            "precision": self.precision,
             "verify_passed": bool(self.verify.get("passed")),
             "verify": [{k: r.get(k) for k in ("artifact", "format", "backend", "variant", "status", "reason",
                                                "neuron_exact", "max_abs_diff", "top1_agreement", "accuracy",
@@ -115,8 +118,14 @@ class QuickstartResult:
         }
 
 
-def _within_rule(row: "AccuracyRow", pytorch_accuracy: float) -> bool:
-    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= MAX_ACCURACY_DROP + 1e-9
+def _max_drop(precision: str) -> float:
+    from .verify import INT8_MAX_ACCURACY_DROP
+
+    return INT8_MAX_ACCURACY_DROP if precision == "int8" else MAX_ACCURACY_DROP
+
+
+def _within_rule(row: "AccuracyRow", pytorch_accuracy: float, precision: str = "float32") -> bool:
+    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= _max_drop(precision) + 1e-9
 
 
 def _run_bit_exact(run: dict) -> bool:
@@ -234,7 +243,11 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
 def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
                    formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
                    bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
-                   threads: Optional[int] = None, log: Callable[[str], None] = print) -> QuickstartResult:
+                   threads: Optional[int] = None, log: Callable[[str], None] = print,
+                   precision: str = "float32") -> QuickstartResult:
+    """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
+    :mod:`dsr_deploy.export.quantize`), verified with the int8 rule; PyTorch's float32 accuracy is reported next
+    to the int8 artifacts'."""
     import torch
 
     from . import models
@@ -246,6 +259,8 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     from .verify import verify_folder
 
     out = Path(out)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     check_writable_dir(out)
     spec = f"zoo:{model_name}"
     info = models.describe(model_name)
@@ -282,10 +297,16 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     # 2. export
     t0 = time.perf_counter()
     export_dir = out / EXPORT_DIR
-    log(f"[2/5] export to {', '.join(formats)} -> {export_dir}")
     shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
+    extra = {}
+    if precision == "int8":
+        from .export.quantize import load_calibration
+
+        formats = ("onnx",)
+        extra = {"calibration": load_calibration(None, spec, shape)}
+    log(f"[2/5] export to {', '.join(formats)} ({precision}) -> {export_dir}")
     manifest = export_model(model, shape, export_dir, formats_=formats, spec=spec, force=True,
-                            progress=lambda m: log(f"      {m}"))
+                            progress=lambda m: log(f"      {m}"), precision=precision, extra_options=extra)
     files["export"] = str(export_dir)
     files["manifest"] = str(export_dir / "manifest.json")
     for art in manifest.get("artifacts", []):
@@ -330,7 +351,8 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
 
     result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
                               manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
-                              seconds=seconds, backends=available_backends(), native=_native_summary())
+                              seconds=seconds, backends=available_backends(), native=_native_summary(),
+                              precision=precision)
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -387,8 +409,9 @@ def render(result: QuickstartResult, console=None) -> None:
                   "[green]pass[/green]" if r.get("passed") else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
     console.print(t)
 
-    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch: "
-                    f"{result.pytorch_accuracy:.2%}")
+    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch"
+                    + (" float32" if result.precision != "float32" else "") + f": {result.pytorch_accuracy:.2%}"
+                    + (f"; {result.precision} artifacts below" if result.precision != "float32" else ""))
     for col in ("artifact", "backend", "accuracy", "correct", "vs PyTorch"):
         a.add_column(col)
     for r in result.accuracy:
@@ -402,8 +425,8 @@ def render(result: QuickstartResult, console=None) -> None:
             vs = "logits differ in the last bits, every prediction identical"
         else:
             vs = f"{r.predictions_differing} of {r.total} predictions differ"
-        if not _within_rule(r, result.pytorch_accuracy):
-            vs = f"[red]{vs}; more than {MAX_ACCURACY_DROP} points below PyTorch[/red]"
+        if not _within_rule(r, result.pytorch_accuracy, result.precision):
+            vs = f"[red]{vs}; more than {_max_drop(result.precision)} points below PyTorch[/red]"
         a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
     console.print(a)
 
@@ -429,7 +452,7 @@ def render(result: QuickstartResult, console=None) -> None:
         console.print(f"[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
                       f"PyTorch given the same input, and every artifact "
                       + (f"gives PyTorch's logits exactly ({result.pytorch_accuracy:.2%} held-out accuracy)"
-                         if same else f"is within {MAX_ACCURACY_DROP} points of PyTorch's "
+                         if same else f"is within {_max_drop(result.precision)} points of PyTorch's "
                          f"{result.pytorch_accuracy:.2%} held-out accuracy (see the table)") + ". Next: "
                       f"dsr-deploy bench {result.files.get('export')}  |  dsr-deploy verify {result.files.get('export')}")
     else:

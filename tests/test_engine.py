@@ -468,3 +468,27 @@ def test_half_model_is_built_strongly_typed_on_trt10(fake_trt, tmp_path):
     trt = fake_trt(version="11.1.0.106")  # every TensorRT 11 network is strongly typed: no flag to pass
     E.build_engine(p, tmp_path / "h.plan", **args)
     assert ("create_network", 0) in trt.calls
+
+
+def test_int8_qdq_model_is_built_strongly_typed(fake_trt, tmp_path):
+    """An ``export --precision int8`` model (Q/DQ nodes): explicit quantisation, strongly typed on TensorRT 10
+    (TensorRT 11 always is); --fp16 refused. Stub-tested only (the real build needs a GPU)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    p = tmp_path / "q.onnx"
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+                           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["output"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["T", "B", 3])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["T", "B", 3])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(p))
+    args = dict(batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2), log=lambda m: None)
+    trt = fake_trt(version="10.8.0.43")
+    summary = E.build_engine(p, tmp_path / "q.plan", **args)
+    assert summary["precision"] == "int8" and ("create_network", 1 << 1) in trt.calls
+    with pytest.raises(UserError, match="already int8"):
+        E.build_engine(p, tmp_path / "q.plan", fp16=True, **args)
+    trt = fake_trt(version="11.1.0.106")
+    assert E.build_engine(p, tmp_path / "q.plan", **args)["precision"] == "int8"
+    assert ("create_network", 0) in trt.calls

@@ -157,3 +157,20 @@ def test_bad_out_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dsr_deploy", "quickstart", "--out", str(tmp_path / "o"),
                            "--model", "mlp"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no" in proc.stderr and "weights" in proc.stderr
+
+
+def test_int8_quickstart_reports_accuracy_next_to_float32(tmp_path):
+    """`quickstart --precision int8` (no benchmark): the int8 ONNX export, calibrated on the training split, keeps
+    the digits model's held-out accuracy within the int8 rule, its neurons exact given their dequantised input."""
+    from dsr_deploy.quickstart import run_quickstart
+
+    ensure_ort_library()
+    result = run_quickstart(tmp_path / "q8", bench=False, precision="int8", log=lambda m: None)
+    summary = result.to_dict()
+    assert summary["precision"] == "int8" and summary["max_accuracy_drop"] == 1.0
+    assert result.manifest["artifacts"][0]["precision"] == "int8"
+    rows = [a for a in result.accuracy if a.status == "ok"]
+    assert {a.variant for a in rows} >= {"function fallback", "dsr custom-op library"}
+    assert all(a.accuracy >= 0.99 for a in rows), [(a.variant, a.accuracy) for a in rows]
+    assert result.neurons_exact and result.passed
+    assert summary["pytorch_accuracy"] >= 0.99  # the float32 model's, reported next to the int8 rows

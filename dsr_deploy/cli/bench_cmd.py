@@ -10,7 +10,7 @@ import typer
 
 def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
             input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None,
-            trust_pickle: bool = False) -> "object":
+            trust_pickle: bool = False, compare: Optional[List[str]] = None) -> "object":
     """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
     from rich.console import Console
 
@@ -66,20 +66,33 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
         io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
         shape = [int(d) for d in canonical_shape(list(manifest.input_shape), io)]  # as [T, B, ...]
     entries = []
-    for label, name, opts in choices:
-        opts = dict(opts)
-        if name != "tensorrt":
-            opts["device"] = device
-        if threads:
-            opts["threads"] = threads
-        if name == "onnxruntime" and device.startswith("cuda"):
-            opts.setdefault("io_binding", True)  # device-resident inputs/outputs: no host copies in the timing
-        if name == "torch" and shape is not None:
-            opts["input_shape"] = shape
-        if name == "torch" and model_settings:
-            opts["settings"] = model_settings
-        opts["trust_pickle"] = trust_pickle
-        entries.append(B.BenchEntry(label, R.load_runner(artifact, backend=name, **opts)))
+    # --compare: more artifacts (e.g. the int8 export of the same model) on the same backends, in the same run;
+    # every row's label then names its artifact's precision.
+    targets = [(artifact, choices)]
+    for other in compare or []:
+        if not Path(other).exists():
+            raise UserError(f"--compare {other}: no such file or folder")
+        if R.is_export_folder(other):
+            R.read_manifest(other)  # a broken manifest is the error, before any work
+        targets.append((other, B.parse_backends(backend) or [(n, n, {}) for n in R.backends_for(other)
+                                                              if R.available_backends().get(n) is None]))
+    for target, target_choices in targets:
+        for label, name, opts in target_choices:
+            opts = dict(opts)
+            if name != "tensorrt":
+                opts["device"] = device
+            if threads:
+                opts["threads"] = threads
+            if name == "onnxruntime" and device.startswith("cuda"):
+                opts.setdefault("io_binding", True)  # device-resident inputs/outputs: no host copies in the timing
+            if name == "torch" and shape is not None:
+                opts["input_shape"] = shape
+            if name == "torch" and model_settings:
+                opts["settings"] = model_settings
+            opts["trust_pickle"] = trust_pickle
+            if compare:
+                label = f"{label} ({_precision_of(target)})"
+            entries.append(B.BenchEntry(label, R.load_runner(target, backend=name, **opts)))
     for e in entries:  # load before the progress bar, so a load error is the only output
         e.runner.ensure_loaded()
     if neurons is None:
@@ -135,6 +148,22 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     return result
 
 
+def _precision_of(target: str) -> str:
+    """An artifact's precision for a --compare label: int8 / float16 / ... from its manifest, else float32."""
+    from ..runtime import base as R
+
+    try:
+        m = R.read_manifest(target) if R.is_export_folder(target) else R.manifest_for(target)
+    except Exception:  # noqa: BLE001 - a label only: an unreadable manifest says nothing about precision
+        m = None
+    if m is None:
+        return "float32"
+    arts = [a for a in m.get("artifacts", []) if isinstance(a, dict)]
+    if not R.is_export_folder(target):
+        arts = [a for a in arts if a.get("path") == Path(target).name]
+    return next((str(a["precision"]) for a in arts if a.get("precision")), str(m.get("dtype") or "float32"))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
@@ -164,9 +193,12 @@ def register(app: typer.Typer) -> None:
                                                      "(repeatable; e.g. --set T=5 --set num_classes=100)."),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects in a .pt2 "
                                           "archive (runs code from the file)."),
+        compare: Optional[List[str]] = typer.Option(None, "--compare", help="Another artifact or export folder "
+                                                    "(e.g. the --precision int8 export of the same model) on the "
+                                                    "same backends in the same run; labels name each precision."),
     ):
         """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
         run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
                 iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
                 neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings,
-                trust_pickle=trust_pickle)
+                trust_pickle=trust_pickle, compare=compare)

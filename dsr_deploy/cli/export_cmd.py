@@ -241,7 +241,9 @@ def _print_verify(report: dict) -> None:
     rule = report.get("rule") or {}
     title = (f"pass: neurons exact given the reference's input, top-1 agreement >= {_pct(rule.get('min_top1'))}"
              + (f", accuracy within {rule.get('max_accuracy_drop')} points" if report.get("labels") else "")
-             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else ""))
+             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else "")
+             + (f"; int8: {rule['int8']}" if any(r.get("precision") == "int8" for r in report.get("runs", []))
+                and rule.get("int8") else ""))
     t = Table(title=title)
     cols = ["artifact", "backend", "neurons", "max |diff|", "top-1"]
     if report.get("labels"):
@@ -332,7 +334,17 @@ def register(app: typer.Typer) -> None:
                                     "weighted rate)"),
         precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
                                       "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
-                                      "TensorRT 11's strongly typed networks); non-float32 needs --format onnx"),
+                                      "TensorRT 11's strongly typed networks) | int8 (quantised Q/DQ graph, spikes "
+                                      "exact, needs --calibration); non-float32 needs --format onnx"),
+        calibration: Optional[Path] = typer.Option(None, "--calibration", help="--precision int8: inputs as the "
+                                                   "model takes them (.npy, any number along the batch "
+                                                   "dimension; default for zoo:digits-cnn: its training split)"),
+        int8_all_layers: bool = typer.Option(False, "--int8-all-layers", help="--precision int8: quantise the "
+                                             "analog first layer and the readout too (float32 by default)"),
+        int8_neuron: str = typer.Option("qdq", "--int8-neuron", help="--precision int8: qdq (Q/DQ around the "
+                                        "float32 dsr node; verify checks it teacher-forced) | quantized (dsr "
+                                        "ops on uint8 currents giving uint8 spike codes: same results, faster "
+                                        "with the custom-op library; verify cannot teacher-force it yet)"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -357,6 +369,8 @@ def register(app: typer.Typer) -> None:
         from ..export import check_precision
 
         check_precision(precision, wanted)
+        if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron != "qdq"):
+            raise UserError("--calibration, --int8-all-layers and --int8-neuron apply to --precision int8")
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
@@ -387,6 +401,12 @@ def register(app: typer.Typer) -> None:
             if loaded.default_input_shape is None:
                 raise UserError("--input-shape T,B,... is required for a model outside the zoo")
             shape = loaded.default_input_shape
+        extra: dict = {}
+        if precision == "int8":
+            from ..export.quantize import load_calibration
+
+            extra = {"calibration": load_calibration(calibration, loaded.spec, shape, layout, encode),
+                     "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron}
         err = _err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
         if mode == "streaming":
@@ -394,13 +414,14 @@ def register(app: typer.Typer) -> None:
 
             manifest = export_streaming(loaded.model, shape, out, formats_=wanted, spec=loaded.spec,
                                         checkpoint=loaded.checkpoint, static_batch=static_batch, force=force,
-                                        progress=progress, model_info=loaded.record(), precision=precision)
+                                        progress=progress, model_info=loaded.record(), precision=precision,
+                                        extra_options=extra)
         else:
             manifest = export_model(
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
-                io=io_record(shape[0], layout, encode, readout), precision=precision,
+                io=io_record(shape[0], layout, encode, readout), precision=precision, extra_options=extra,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))

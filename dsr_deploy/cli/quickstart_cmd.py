@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
         batch: str = typer.Option("1,32", "--batch", help="benchmark batch sizes, comma-separated"),
         threads: int = typer.Option(1, "--threads", min=0, help="benchmark: intra-op threads of every backend "
                                     "(default 1: stable on small shared machines; 0: each library's default)"),
+        precision: str = typer.Option("float32", "--precision", help="float32 | int8: run on the quantised ONNX "
+                                      "export (calibrated on the training split) and report its held-out "
+                                      "accuracy next to float32's"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
     ):
         """Run the whole product on the shipped trained network (DSR-IF CNN, 8x8 digits): export to TorchScript,
@@ -41,7 +44,7 @@ def register(app: typer.Typer) -> None:
         # a file or pipe gets the whole tables (rich would wrap them at 80 columns)
         console = err if as_json else Console(width=None if sys.stdout.isatty() else 160)
         result = run_quickstart(out, model_name=model, bench=bench, bench_batches=batches, bench_iters=iters,
-                                threads=threads or None,
+                                threads=threads or None, precision=precision,
                                 log=lambda m: console.print(m, markup=False, highlight=False))
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))

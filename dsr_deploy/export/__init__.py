@@ -131,8 +131,9 @@ def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, 
                         "traceback)") from exc
 
 
-#: ``export --precision``: the dtype of the exported activations (the int8 issue adds ``int8`` here).
-PRECISIONS = ("float32", "float16", "bfloat16")
+#: ``export --precision``: the dtype of the exported activations; ``int8``: a quantised Q/DQ graph with float32
+#: input and output (:mod:`dsr_deploy.export.quantize`).
+PRECISIONS = ("float32", "float16", "bfloat16", "int8")
 #: The formats that honour a precision other than float32.
 HALF_FORMATS = ("onnx",)
 
@@ -145,7 +146,11 @@ def check_precision(precision: str, formats_: Sequence[str]) -> torch.dtype:
     if precision != "float32" and other:
         raise UserError(f"--precision {precision} is written for {', '.join(HALF_FORMATS)} only (not "
                         f"{', '.join(other)}); pass --format onnx")
-    return getattr(torch, precision)
+    return torch.float32 if precision == "int8" else getattr(torch, precision)
+
+
+CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
+                    "them, any number of samples along the batch dimension)")
 
 
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
@@ -162,7 +167,9 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     (lists of names) in its artifact record, and the manifest then records those instead of the multi-step
     ``input`` / ``output``. ``extra_options`` reach the writers through ``ExportContext.options``.
     ``precision`` (float32 / float16 / bfloat16; also ``extra_options["precision"]``): the activations' dtype of
-    the ONNX model; membranes stay float32 (see :mod:`dsr_deploy.export.onnx_functions`).
+    the ONNX model; membranes stay float32 (see :mod:`dsr_deploy.export.onnx_functions`). ``int8``: the quantised
+    Q/DQ model of :mod:`dsr_deploy.export.quantize`; needs ``extra_options["calibration"]`` (an array of inputs
+    as the artifact takes them) and honours ``extra_options["int8_all_layers"]``.
     """
     from ..io import atomic_dir
 
@@ -202,7 +209,14 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     for f in wanted:
         if f not in available:
             raise UserError(f"unknown format {f!r}; choose from {', '.join(available)} or all")
-    dtype = check_precision(precision or (extra_options or {}).get("precision") or "float32", wanted)
+    precision = precision or (extra_options or {}).get("precision") or "float32"
+    dtype = check_precision(precision, wanted)
+    extra_options = dict(extra_options or {}, precision=precision)
+    if precision == "int8":
+        from .quantize import int8_options
+
+        extra_options.update(int8_options(extra_options, shape,
+                                          batch_dim=1 if (io or {}).get("input_layout", "TB") == "TB" else 0))
     ctx = ExportContext(
         model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
         options={"lowering": lowering, "opset": opset, "function_body": function_body, "aot": aot,

@@ -100,12 +100,24 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
     model = prog.model_proto
     kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
+    if ctx.options.get("precision") == "int8" and kinds:
+        model = quantized(model, ctx)
     if lowering == "portable":
         model = portable(model)
     elif not kinds:
         raise UserError("ONNX export produced no dsr node (was the inference copy traced?)")
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
+    """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
+    from .quantize import quantize_model
+
+    q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
+                          quantize_all=bool(ctx.options.get("int8_all_layers")),
+                          neuron=ctx.options.get("int8_neuron") or "qdq")
+    return q
 
 
 def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, body: str, opset: int,
@@ -209,7 +221,11 @@ def write_onnx(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     meta = {p.key: p.value for p in model.metadata_props}
+    extra = {}
+    if "dsr_deploy.int8" in meta:
+        extra = {"precision": "int8", "quantization": json.loads(meta["dsr_deploy.int8"])}
     return {
+        **extra,
         "format": "onnx",
         "path": Path(path).name,
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),

@@ -379,7 +379,12 @@ def write_streaming_torchscript(ctx, path: Path) -> dict:
 def write_streaming_onnx(ctx, path: Path) -> dict:
     sm, step = _context_module(ctx)
     export_onnx(sm, step, path, dynamic_batch=ctx.dynamic_batch)
-    return {"format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
+    extra = {}
+    if ctx.options.get("precision") == "int8":  # the Q/DQ step model, calibrated one step at a time
+        from .quantize import quantize_file
+
+        extra = quantize_file(path, ctx, states=[(s["input"], s["output"], s["shape"]) for s in _states(sm)])
+    return {**extra, "format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
             "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP for n in sm.neurons}),
             "fallback": "model-local functions of standard ops", **_io_record(sm)}
 
@@ -397,10 +402,12 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: str | None = None, checkpoint: str | None = None, static_batch: bool = False,
                      force: bool = False, progress=None, model_info: dict | None = None,
-                     precision: str = "float32") -> dict:
+                     precision: str = "float32", extra_options: Optional[dict] = None) -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
-    ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32.
+    ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32;
+    ``int8``: the quantised Q/DQ step model (``extra_options["calibration"]``: ``[T, N, ...]`` inputs, fed one
+    step at a time; :mod:`dsr_deploy.export.quantize`).
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
@@ -423,8 +430,13 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
             raise UserError(f"streaming export supports {' and '.join(available)}, not {f!r}")
     neurons = _streamable_neurons(model, lowering)
     dtype = check_precision(precision, wanted)
+    options = {"lowering": f"streaming-{lowering}", "streaming_lowering": lowering, "precision": precision}
+    if precision == "int8":
+        from .quantize import int8_options
+
+        options.update(int8_options(extra_options, shape, batch_dim=1))
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,
-                        options={"lowering": f"streaming-{lowering}", "streaming_lowering": lowering},
+                        options=options,
                         spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}))
     sm, _ = _context_module(ctx)  # validates the model before anything is written
     artifacts = []

@@ -44,7 +44,8 @@ from .checks import run_end_to_end, run_neuron_check
 from .inputs import input_encoding, load_inputs, read_labels
 from .probes import backends_for, make_probe, probe_output_names
 from .reference import Call, Reference, top1
-from .report import (DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_TOP1, HALF_NEURON_AGREEMENT, LayerStat, Run, judge,
+from .report import (DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_TOP1, HALF_NEURON_AGREEMENT, INT8_MAX_ACCURACY_DROP,
+                     INT8_MIN_TOP1, LayerStat, Run, judge,
                      unchecked_artifacts)
 
 __all__ = ["verify_folder", "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat",
@@ -179,8 +180,10 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
         "model": loaded.spec,
         "checkpoint": loaded.checkpoint,
         "rule": {"min_top1": min_top1, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
-                 "neuron": "float32: every spike equal given the reference's input; float16/bfloat16: >= "
-                           f"{HALF_NEURON_AGREEMENT:.1%}"},
+                 "neuron": "float32 and int8: every spike equal given the reference's input; float16/bfloat16: >= "
+                           f"{HALF_NEURON_AGREEMENT:.1%}",
+                 "int8": f"accuracy at most {INT8_MAX_ACCURACY_DROP:g} points below PyTorch's with labels, else "
+                         f"top-1 agreement >= {INT8_MIN_TOP1:.0%}"},
         "min_agreement": min_agreement,
         "unchecked": unchecked,
         "allow_skipped": allow_skipped,

@@ -1,0 +1,337 @@
+"""``export --precision int8``: the Q/DQ graph (dsr_deploy/export/quantize.py) on tiny networks.
+
+Structure (which tensors are quantised, spike scales = spike values with zero point 0, per-channel weight scales,
+the analog first layer and the readout float32 by default), exactness of the spike quantisation in ONNX Runtime,
+the same results with and without the custom-op library, and the calibration errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from dsr_deploy import functional as F
+from dsr_deploy.errors import UserError
+from dsr_deploy.export import export_model
+from dsr_deploy.export.quantize import load_calibration, qparams, quantize_weight, spike_value
+from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
+from dsr_deploy.runtime import load_runner
+
+from _native_util import ensure_ort_library
+from test_cli_export import run_cli
+
+ort = pytest.importorskip("onnxruntime")
+
+T, B = 4, 2
+SHAPE = (T, B, 2, 6, 6)
+LIF = dict(v_threshold=0.3, tau=1.0, delta_t=0.05, alpha=0.3)
+IF = dict(v_threshold=0.5, alpha=0.5)
+
+
+class Fold(torch.nn.Module):
+    """A stateless layer on the folded [T*B, ...] batch."""
+
+    def __init__(self, *mods):
+        super().__init__()
+        self.m = torch.nn.Sequential(*mods)
+
+    def forward(self, x):
+        y = self.m(x.flatten(0, 1))
+        return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def _net():
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(
+        Fold(torch.nn.Conv2d(2, 4, 3, padding=1)), DSRIFNode(T=None, **IF),                   # analog first layer
+        Fold(torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.BatchNorm2d(6)), DSRLIFNode(T=None, **LIF),
+        Fold(torch.nn.Conv2d(6, 5, 3, padding=1)), DSRIFNode(T=None, **IF),
+        Fold(torch.nn.Flatten(), torch.nn.Linear(5 * 36, 3)), DSRIFNode(T=None, **IF),        # readout
+    ).eval()
+    with torch.no_grad():
+        bn = net[2].m[1]
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+        for conv in (net[0].m[0], net[2].m[0], net[4].m[0]):
+            conv.weight.mul_(3.0)
+        net[6].m[1].weight.mul_(8.0)
+        net[6].m[1].bias.fill_(0.4)
+    return net
+
+
+def _calibration(n=6, seed=0):
+    return (np.random.default_rng(seed).normal(size=(T, n, *SHAPE[2:])) * 2).astype(np.float32)
+
+
+def _export(tmp_path, name="e", **extra):
+    opts = {"calibration": _calibration(), **extra}
+    manifest = export_model(_net(), SHAPE, tmp_path / name, formats_=("onnx",), precision="int8",
+                            extra_options=opts)
+    return manifest, onnx.load(str(tmp_path / name / "model.onnx"))
+
+
+def _inits(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _producer(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_graph_structure(tmp_path):
+    manifest, model = _export(tmp_path)
+    onnx.checker.check_model(model, full_check=True)
+    art = manifest["artifacts"][0]
+    assert art["precision"] == "int8" and manifest["dtype"] == "float32"
+    q = art["quantization"]
+    assert q["quantized_layers"] == 2 and sorted(q["float_layers"].values()) == ["analog input", "readout"]
+    inits = _inits(model)
+    prod = _producer(model)
+    dsr = [n for n in model.graph.node if n.domain == "dsr"]
+    assert [n.op_type for n in dsr] == ["DSRIFSpike", "DSRLIFSpike", "DSRIFSpike", "DSRIFSpike"]
+    # Spikes of the neurons that feed a quantised layer: uint8, scale = the spike value, zero point 0.
+    quantised_spikes = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in {d.output[0] for d in dsr}:
+            d = next(x for x in dsr if x.output[0] == node.input[0])
+            scale, zp = inits[node.input[1]], inits[node.input[2]]
+            assert zp.dtype == np.uint8 and int(zp) == 0
+            assert scale.dtype == np.float32 and float(scale) == spike_value(d)
+            quantised_spikes[d.op_type] = float(scale)
+    assert quantised_spikes == {"DSRIFSpike": np.float32(0.5), "DSRLIFSpike": float(np.float32(0.3) / np.float32(0.05))}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    # The analog first conv and the readout keep float32 weights; the others read int8 per-channel weights.
+    assert convs[0].input[1] in inits and inits[convs[0].input[1]].dtype == np.float32
+    assert gemm.input[1] in inits and inits[gemm.input[1]].dtype == np.float32
+    assert prod[convs[0].input[0]].op_type != "DequantizeLinear"
+    for conv, cout in zip(convs[1:], (6, 5)):
+        wdq = prod[conv.input[1]]
+        assert wdq.op_type == "DequantizeLinear"
+        codes, scales = inits[wdq.input[0]], inits[wdq.input[1]]
+        assert codes.dtype == np.int8 and scales.shape == (cout,) and codes.shape[0] == cout
+        assert [a.i for a in wdq.attribute if a.name == "axis"] == [0]
+        assert np.abs(codes).max() == 127
+        bias = prod[conv.input[2]]
+        assert inits[bias.input[0]].dtype == np.int32
+        # Its input is dequantised spikes (through a Reshape) and its output (the current) is quantised.
+        x = conv.input[0]
+        while prod[x].op_type == "Reshape":
+            x = prod[x].input[0]
+        assert prod[x].op_type == "DequantizeLinear"
+        consumers = [n for n in model.graph.node if conv.output[0] in n.input]
+        assert [n.op_type for n in consumers] == ["QuantizeLinear"]
+        assert inits[consumers[0].input[2]].dtype == np.uint8
+    # Every neuron after a quantised layer reads a dequantised current; the first and last read float ones.
+    for d, quantised in zip(dsr, (False, True, True, False)):
+        x = d.input[0]
+        while prod[x].op_type == "Reshape":
+            x = prod[x].input[0]
+        assert (prod[x].op_type == "DequantizeLinear") == quantised, d.name
+
+
+def test_all_layers_option_quantises_the_analog_layer_and_readout(tmp_path):
+    manifest, model = _export(tmp_path, int8_all_layers=True)
+    assert manifest["artifacts"][0]["quantization"]["float_layers"] == {}
+    prod = _producer(model)
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert prod[node.input[1]].op_type == "DequantizeLinear", node.name
+
+
+def _with_outputs(model, names):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for n in names:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    return m
+
+
+def test_spike_quantisation_is_exact(tmp_path):
+    """In ONNX Runtime: each neuron's spikes, quantised to uint8 and dequantised, equal its float32 spikes bit for
+    bit, and those equal the reference neuron's given the (dequantised) input current the neuron read."""
+    _, model = _export(tmp_path)
+    dsr = [n for n in model.graph.node if n.domain == "dsr"]
+    dq_of = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == node.output[0])
+            dq_of[node.input[0]] = dq.output[0]
+    names = [t for d in dsr for t in (d.input[0], d.output[0])] + [dq_of[d.output[0]] for d in dsr
+                                                                   if d.output[0] in dq_of]
+    names = [n for n in dict.fromkeys(names) if n != "output"]
+    sess = ort.InferenceSession(_with_outputs(model, names).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = _calibration(n=3, seed=7)
+    outs = dict(zip(["output"] + names, sess.run(["output"] + names, {"input": x})))
+    checked = 0
+    for d in dsr:
+        cur = torch.from_numpy(outs[d.input[0]])
+        if d.op_type == "DSRIFSpike":
+            want, _ = F.if_forward(cur, IF["v_threshold"], IF["alpha"])
+        else:
+            want, _ = F.lif_forward(cur, LIF["v_threshold"], LIF["alpha"], LIF["tau"], LIF["delta_t"])
+        got = outs[d.output[0]]
+        assert np.array_equal(got.view(np.int32), want.numpy().view(np.int32)), d.name
+        if d.output[0] in dq_of:
+            deq = outs[dq_of[d.output[0]]]
+            assert np.array_equal(deq.view(np.int32), got.view(np.int32)), d.name
+            assert (got != 0).any() and (got == 0).any()
+            checked += 1
+    assert checked == 2
+
+
+def test_custom_op_library_and_function_fallback_agree(tmp_path):
+    ensure_ort_library()
+    _export(tmp_path)
+    x = _calibration(n=3, seed=11)
+    outs = {}
+    for mode in ("off", "require"):
+        runner = load_runner(tmp_path / "e", backend="onnxruntime", custom_ops=mode).load()
+        try:
+            outs[mode] = runner.infer({"input": x})["output"]
+        finally:
+            runner.release()
+    assert outs["off"].shape == (T, 3, 3)
+    assert np.array_equal(outs["off"].view(np.int32), outs["require"].view(np.int32))
+
+
+def test_int8_close_to_float32(tmp_path):
+    """Not bit-exact (weights and currents are quantised) but the same network: most spikes agree."""
+    _export(tmp_path)
+    x = _calibration(n=4, seed=3)
+    with torch.no_grad():
+        want = _net()(torch.from_numpy(x)).numpy()
+    runner = load_runner(tmp_path / "e", backend="onnxruntime", custom_ops="off").load()
+    got = runner.infer({"input": x})["output"]
+    runner.release()
+    assert (got == want).mean() >= 0.8
+
+
+def test_calibration_required_and_checked(tmp_path):
+    with pytest.raises(UserError, match="--precision int8 needs calibration data: pass --calibration"):
+        export_model(_net(), SHAPE, tmp_path / "a", formats_=("onnx",), precision="int8")
+    with pytest.raises(UserError, match=r"calibration data \(--calibration\) has shape \[4, 6, 3, 6, 6\]"):
+        export_model(_net(), SHAPE, tmp_path / "b", formats_=("onnx",), precision="int8",
+                     extra_options={"calibration": np.zeros((T, 6, 3, 6, 6), np.float32)})
+    bad = _calibration()
+    bad[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        export_model(_net(), SHAPE, tmp_path / "c", formats_=("onnx",), precision="int8",
+                     extra_options={"calibration": bad})
+    with pytest.raises(UserError, match="--precision int8 is written for onnx only"):
+        export_model(_net(), SHAPE, tmp_path / "d", formats_=("onnx", "torchscript"), precision="int8",
+                     extra_options={"calibration": _calibration()})
+    with pytest.raises(UserError, match="ships no calibration data"):
+        load_calibration(None, "zoo:cnn-small", SHAPE)
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_calibration_file_and_zoo_default(tmp_path):
+    np.save(tmp_path / "cal.npy", _calibration())
+    assert load_calibration(tmp_path / "cal.npy", None, SHAPE).shape == (T, 6, *SHAPE[2:])
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match="cannot read a .npy array"):
+        load_calibration(tmp_path / "bad.npy", None, SHAPE)
+    digits = load_calibration(None, "zoo:digits-cnn", (8, 1, 1, 8, 8))
+    assert digits.shape[0] == 8 and digits.shape[2:] == (1, 8, 8) and digits.shape[1] > 1000  # the training split
+    assert load_calibration(None, "zoo:digits-cnn", (8, 1, 1, 8, 8), encode="direct").shape[1:] == (1, 8, 8)
+
+
+def test_quantisation_helpers():
+    w = np.array([[1.0, -2.0], [0.5, 0.25], [0.0, 0.0]], np.float32)
+    codes, scales = quantize_weight(w, 0)
+    assert codes.dtype == np.int8 and list(codes[0]) == [64, -127] and list(codes[1]) == [127, 64]
+    assert np.allclose(scales, [2 / 127, 0.5 / 127, 1.0])
+    v = np.random.default_rng(0).laplace(size=200000).astype(np.float32)  # light tails: MSE clips them
+    scale, zp = qparams(v)
+    assert 100 < zp < 155 and scale * (255 - zp) < 0.9 * float(v.max())
+    scale, zp = qparams(np.linspace(-1, 3, 1021).astype(np.float32))  # uniform: the full range
+    assert zp in (63, 64) and np.isclose(scale, 4 / 255, rtol=0.01)
+    assert qparams(np.zeros(10, np.float32)) == (1.0, 0)
+
+
+def test_streaming_int8_step_equals_multistep_int8(tmp_path):
+    from dsr_deploy.streaming import export_streaming
+
+    cal = _calibration()
+    export_model(_net(), SHAPE, tmp_path / "m", formats_=("onnx",), precision="int8",
+                 extra_options={"calibration": cal})
+    manifest = export_streaming(_net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
+                                extra_options={"calibration": cal})
+    art = manifest["artifacts"][0]
+    assert art["precision"] == "int8" and art["quantization"]["quantized_layers"] == 2
+    step = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in step.graph.node)
+    x = _calibration(n=3, seed=9)
+    multi = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = multi.run(["output"], {"input": x})[0]
+    sess = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"])
+    states = manifest["states"]
+    v = {s["input"]: np.zeros((3, *s["shape"]), np.float32) for s in states}
+    got = []
+    for t in range(T):
+        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: x[t], **v})
+        got.append(outs[0])
+        v = {s["input"]: o for s, o in zip(states, outs[1:])}
+    got = np.stack(got)
+    assert (want != 0).any()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    with pytest.raises(UserError, match="needs calibration data"):
+        export_streaming(_net(), SHAPE, tmp_path / "s2", formats_=("onnx",), precision="int8")
+
+
+def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--precision", "int8",
+                        "--input-shape", "2,1,1,28,28", "--out", str(tmp_path / "x"))
+    assert code == 2 and "needs calibration data" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--calibration", str(tmp_path / "c.npy"),
+                        "--out", str(tmp_path / "y"))
+    assert code == 2 and "apply to --precision int8" in err
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--format", "onnx", "--precision", "int8",
+                           "--int8-neuron", "int4", "--out", str(tmp_path / "z"))
+    assert code == 2 and "unknown --int8-neuron" in err
+    _export(tmp_path, "q")
+    export_model(_net(), SHAPE, tmp_path / "f", formats_=("onnx",))
+    code, out, _ = run_cli(capsys, "bench", str(tmp_path / "f"), "--compare", str(tmp_path / "q"), "--backend",
+                        "onnxruntime", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-memcpy")
+    assert code == 0
+    assert "onnxruntime (float32)" in out and "onnxruntime (int8)" in out
+
+
+def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
+    """``int8_neuron="quantized"``: DSRIFSpikeQ / DSRLIFSpikeQ take the uint8 current codes and give uint8 spike
+    codes (no DequantizeLinear before, no QuantizeLinear after); the custom-op library and the function body give
+    the Q/DQ-around-the-float-op model's outputs bit for bit."""
+    ensure_ort_library()
+    _export(tmp_path, "qdq")
+    manifest, model = _export(tmp_path, "qop", int8_neuron="quantized")
+    assert manifest["artifacts"][0]["quantization"]["neuron"] == "quantized"
+    prod = _producer(model)
+    inits = _inits(model)
+    qops = [n for n in model.graph.node if n.op_type.endswith("SpikeQ")]
+    assert sorted(n.op_type for n in qops) == ["DSRIFSpikeQ", "DSRLIFSpikeQ"]
+    assert {f.name for f in model.functions} >= {"DSRIFSpikeQ", "DSRLIFSpikeQ"}
+    for n in qops:
+        x = n.input[0]
+        while prod[x].op_type == "Reshape":
+            x = prod[x].input[0]
+        assert prod[x].op_type == "QuantizeLinear"
+        consumers = [c for c in model.graph.node if n.output[0] in c.input]
+        assert consumers and all(c.op_type == "DequantizeLinear" for c in consumers)
+        assert all(float(inits[c.input[1]]) == spike_value(n) and int(inits[c.input[2]]) == 0 for c in consumers)
+    x = _calibration(n=3, seed=5)
+    outs = {}
+    for name, mode in (("qdq", "off"), ("qop", "off"), ("qop", "require")):
+        runner = load_runner(tmp_path / name, backend="onnxruntime", custom_ops=mode).load()
+        try:
+            outs[(name, mode)] = runner.infer({"input": x})["output"]
+        finally:
+            runner.release()
+    want = outs[("qdq", "off")]
+    assert (want != 0).any()
+    for k, got in outs.items():
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), k
+    with pytest.raises(UserError, match="unknown --int8-neuron"):
+        _export(tmp_path, "bad", int8_neuron="int4")
