@@ -150,7 +150,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
 
 def _precision_of(target: str) -> str:
     """An artifact's precision for a --compare label: int8 / float16 / ... from its manifest, else float32."""
-    from ..runtime import base as R
+    from .. import runtime as R
 
     try:
         m = R.read_manifest(target) if R.is_export_folder(target) else R.manifest_for(target)

@@ -149,8 +149,7 @@ def check_precision(precision: str, formats_: Sequence[str]) -> torch.dtype:
     return torch.float32 if precision == "int8" else getattr(torch, precision)
 
 
-CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
-                    "them, any number of samples along the batch dimension)")
+from .quantize import CALIBRATION_HINT  # noqa: E402,F401  (public: the one-line error when calibration is missing)
 
 
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,

@@ -45,6 +45,9 @@ from onnx import TensorProto, helper, numpy_helper
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
 from ..errors import UserError
 
+CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
+                    "them, any number of samples along the batch dimension)")
+
 #: Ops that move values without changing them: spikes stay spikes through them.
 EXACT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
@@ -517,7 +520,6 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
                      encode: str = "none") -> np.ndarray:
     """``--calibration X.npy`` (read without pickle), else the zoo model's shipped data in the artifact's input
     layout, else a one-line UserError saying calibration is required."""
-    from . import CALIBRATION_HINT
 
     if path is not None:
         try:
@@ -536,7 +538,6 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
 def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_dim: int) -> Dict[str, Any]:
     """The export options of ``--precision int8``: the calibration array checked against the input ``shape``
     (one-line UserError when it is missing or does not fit) and ``int8_all_layers``."""
-    from . import CALIBRATION_HINT
 
     extra = extra or {}
     if extra.get("calibration") is None:
