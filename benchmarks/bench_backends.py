@@ -41,7 +41,8 @@ def spikingjelly_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same network with SpikingJelly's DSR neurons (same effective parameters) in place of ours."""
     import copy
 
-    from spikingjelly.activation_based.neuron import DSRIFNode as SJIF, DSRLIFNode as SJLIF
+    from spikingjelly.activation_based.neuron import DSRIFNode as SJIF
+    from spikingjelly.activation_based.neuron import DSRLIFNode as SJLIF
 
     from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 
@@ -121,7 +122,8 @@ def markdown(result, notes: list[str]) -> str:
             f"{thr['neuron_steps_per_s']:.3g} | {r['speedup_vs_first']:.2f}x | {r['vs_memcpy']:.0f}x |"
             if thr["neuron_steps_per_s"] else
             f"| {r['label']} | {r['batch']} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['mean']:.1f} | "
-            f"{lat['min']:.1f} | {thr['samples_per_s']:.2f} | - | {r['speedup_vs_first']:.2f}x | {r['vs_memcpy']:.0f}x |")
+            f"{lat['min']:.1f} | {thr['samples_per_s']:.2f} | - | {r['speedup_vs_first']:.2f}x | "
+            f"{r['vs_memcpy']:.0f}x |")
     lines += ["", "Runner descriptions (what actually ran):", ""]
     for label, d in result.entries.items():
         extra = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("backend", "artifact"))
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: library default)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and ORT intra-op threads (default: library default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_backends_cpu"),
                     help="output path without suffix (.json, .csv, .md are written)")
     ap.add_argument("--function-body", default="scan", choices=["scan", "unrolled"],
@@ -245,7 +248,8 @@ def main(argv=None) -> int:
                                  progress=progress,
                                  settings_extra={"threads": args.threads, "function_body": args.function_body,
                                                  "device": args.device,
-                                                 "native_torch_ops": native, "ort_ops_library": str(lib) if lib else None})
+                                                 "native_torch_ops": native,
+                                                 "ort_ops_library": str(lib) if lib else None})
     after = os.getloadavg()
     notes.append(f"Load average after the run: {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f}")
     result.settings["load_average"] = {"before": list(load_avg), "after": list(after)}

@@ -43,7 +43,6 @@ from .contract import PLUGIN_NAMESPACE, PLUGIN_VERSION, is_streaming_input
 from .errors import UserError
 from .onnx_graph import dsr_nodes
 
-
 Dim = Union[int, str, None]
 
 
@@ -146,7 +145,8 @@ def plan_profile(inputs: Sequence[tuple[str, Sequence[Dim]]], batch: Optional[Ra
                     lo.append(d), opt.append(d), hi.append(d)
                     continue
                 if r is None:
-                    raise UserError(f"input {name!r} has a dynamic {what} dimension (dim {i}); pass {option} MIN,OPT,MAX")
+                    raise UserError(f"input {name!r} has a dynamic {what} dimension (dim {i}); "
+                                    f"pass {option} MIN,OPT,MAX")
                 used[role] = True
                 lo.append(r.min), opt.append(r.opt), hi.append(r.max)
             elif static:
@@ -409,5 +409,6 @@ def _check_creators(trt, ops: Sequence[str]) -> dict[str, str]:
                 break
         else:
             raise UserError(f"the TensorRT plugin library is loaded but no creator {op} (version {PLUGIN_VERSION}, "
-                            f"namespace {PLUGIN_NAMESPACE!r}) is registered; rebuild it with `dsr-deploy plugins build`")
+                            f"namespace {PLUGIN_NAMESPACE!r}) is registered; rebuild it with "
+                            "`dsr-deploy plugins build`")
     return found

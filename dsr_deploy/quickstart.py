@@ -1,5 +1,8 @@
 """``dsr-deploy quickstart``: the whole product on the shipped trained network, in one command, no download.
 
+One idea, over 400 lines: the main job from data to printed summary (its steps, their records and the tables
+that show them).
+
 On zoo ``digits-cnn`` (DSR-IF CNN trained on scikit-learn's 8x8 digits, models/digits-cnn.md):
 
 1. the held-out split (360 images, direct-encoded over T) and the PyTorch model's accuracy on it;
@@ -25,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -109,7 +112,8 @@ class QuickstartResult:
             "verify": [{k: r.get(k) for k in ("artifact", "format", "backend", "variant", "status", "reason",
                                                "neuron_exact", "max_abs_diff", "top1_agreement", "accuracy",
                                                "divergence", "failures", "passed")}
-                       | {"bit_exact": _run_bit_exact(r) if r["status"] == "ok" else None} for r in self.verify["runs"]],
+                       | {"bit_exact": _run_bit_exact(r) if r["status"] == "ok" else None}
+                       for r in self.verify["runs"]],
             "accuracy": [a.to_dict() for a in self.accuracy],
             "bench": _bench_summary(self.bench) if self.bench else None,
             "backends": {k: v or "available" for k, v in self.backends.items()},
@@ -124,12 +128,12 @@ def _max_drop(precision: str) -> float:
     return INT8_MAX_ACCURACY_DROP if precision == "int8" else MAX_ACCURACY_DROP
 
 
-def _within_rule(row: "AccuracyRow", pytorch_accuracy: float, precision: str = "float32") -> bool:
+def _within_rule(row: AccuracyRow, pytorch_accuracy: float, precision: str = "float32") -> bool:
     return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= _max_drop(precision) + 1e-9
 
 
 def _run_bit_exact(run: dict) -> bool:
-    layers_ok = all(l.get("agreement") == 1.0 for l in run.get("layers") or [])
+    layers_ok = all(layer.get("agreement") == 1.0 for layer in run.get("layers") or [])
     return run.get("max_abs_diff") == 0.0 and layers_ok
 
 
@@ -159,8 +163,8 @@ ORT_VARIANTS = (("function fallback", {"custom_ops": "off"}), ("dsr custom-op li
 def _artifact_targets(folder: Path) -> List[tuple]:
     """(artifact path, format, backend, variant, runner options, None | why skipped) for every artifact x backend
     (x ONNX Runtime variant) that could run it."""
-    from .manifest import read_manifest
     from . import runtime as R
+    from .manifest import read_manifest
 
     manifest = read_manifest(folder)
     usable = R.available_backends()
@@ -291,7 +295,8 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
         ref_logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
     ref_correct = int((ref_logits.argmax(-1) == labels).sum())
     pytorch_acc = ref_correct / len(labels)
-    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {pytorch_acc:.2%} ({ref_correct}/{len(labels)})")
+    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {pytorch_acc:.2%} "
+        f"({ref_correct}/{len(labels)})")
     seconds["data_and_pytorch"] = round(time.perf_counter() - t0, 2)
 
     # 2. export
@@ -398,7 +403,7 @@ def render(result: QuickstartResult, console=None) -> None:
             t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), "", "", "", "", "",
                       f"[yellow]{r['status']}: {escape(r['reason'])}[/yellow]")
             continue
-        agreements = [l["agreement"] for l in r.get("layers") or [] if l.get("agreement") is not None]
+        agreements = [layer["agreement"] for layer in r.get("layers") or [] if layer.get("agreement") is not None]
         d = r.get("divergence")
         div = "none" if not d else (f"L{d['layer']}: input differs by {d['input_max_rel_diff']:.2g} (rel.)"
                                     if d.get("input_max_rel_diff") is not None else f"L{d['layer']}")
@@ -406,7 +411,8 @@ def render(result: QuickstartResult, console=None) -> None:
                   "[green]bit-exact[/green]" if r.get("neuron_exact") else "[red]DIFFER[/red]",
                   f"{r['max_abs_diff']:g}", f"{min(agreements):.4%}" if agreements else "-",
                   f"{r['top1_agreement']:.2%}" if r.get("top1_agreement") is not None else "-", div,
-                  "[green]pass[/green]" if r.get("passed") else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
+                  "[green]pass[/green]" if r.get("passed")
+                  else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
     console.print(t)
 
     a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch"
@@ -449,12 +455,13 @@ def render(result: QuickstartResult, console=None) -> None:
     console.print(w)
     if result.passed:
         same = all(r.identical_to_pytorch for r in result.accuracy if r.status == "ok")
-        console.print(f"[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
-                      f"PyTorch given the same input, and every artifact "
+        console.print("[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
+                      "PyTorch given the same input, and every artifact "
                       + (f"gives PyTorch's logits exactly ({result.pytorch_accuracy:.2%} held-out accuracy)"
                          if same else f"is within {_max_drop(result.precision)} points of PyTorch's "
                          f"{result.pytorch_accuracy:.2%} held-out accuracy (see the table)") + ". Next: "
-                      f"dsr-deploy bench {result.files.get('export')}  |  dsr-deploy verify {result.files.get('export')}")
+                      f"dsr-deploy bench {result.files.get('export')}  |  "
+                      f"dsr-deploy verify {result.files.get('export')}")
     else:
         console.print("[bold red]quickstart FAILED[/bold red]: see the tables above and "
                       f"{result.files.get('summary')}")

@@ -13,12 +13,11 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from runtime_nets import save_onnx_dsr_nodes
 
 from dsr_deploy import engine as E
 from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
-
-from runtime_nets import save_onnx_dsr_nodes
 
 
 @pytest.fixture(scope="module")
@@ -477,7 +476,8 @@ def test_int8_qdq_model_is_built_strongly_typed(fake_trt, tmp_path):
     from onnx import numpy_helper
 
     p = tmp_path / "q.onnx"
-    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z")]
     g = helper.make_graph([helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
                            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["output"])], "g",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["T", "B", 3])],

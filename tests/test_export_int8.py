@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, numpy_helper
+from _native_util import ensure_ort_library
+from onnx import numpy_helper
+from test_cli_export import run_cli
 
 from dsr_deploy import functional as F
 from dsr_deploy.errors import UserError
@@ -18,9 +20,6 @@ from dsr_deploy.export import export_model
 from dsr_deploy.export.quantize import load_calibration, qparams, quantize_weight, spike_value
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
-
-from _native_util import ensure_ort_library
-from test_cli_export import run_cli
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _native_util import ensure_ort_library, ensure_torch_native
 
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")

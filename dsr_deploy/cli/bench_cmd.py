@@ -10,13 +10,13 @@ import typer
 
 def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
             input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None,
-            trust_pickle: bool = False, compare: Optional[List[str]] = None) -> "object":
+            trust_pickle: bool = False, compare: Optional[List[str]] = None) -> object:
     """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
     from rich.console import Console
 
     from .. import bench as B
-    from ..errors import UserError
     from .. import runtime as R
+    from ..errors import UserError
 
     if iters is not None and seconds is not None:
         raise UserError("give --iters or --seconds, not both")
@@ -178,7 +178,8 @@ def register(app: typer.Typer) -> None:
                                                 help="Time steps, comma-separated (default: the model's T)."),
         warmup: int = typer.Option(3, "--warmup", help="Untimed runs before timing each configuration."),
         iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per configuration (default 20)."),
-        seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per configuration instead of --iters."),
+        seconds: Optional[float] = typer.Option(None, "--seconds",
+                                                help="Time budget per configuration instead of --iters."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (tensorrt always runs on cuda)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch / ONNX Runtime."),
         input_shape: Optional[str] = typer.Option(None, "--input-shape",
@@ -186,7 +187,8 @@ def register(app: typer.Typer) -> None:
         neurons: Optional[int] = typer.Option(None, "--neurons", help="Neurons per sample per time step "
                                               "(for neuron-steps/s; default: from the manifest or the model)."),
         memcpy: bool = typer.Option(True, "--memcpy/--no-memcpy", help="Also time a copy of the same bytes."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (docs/bench-schema.md)."),
+        json_out: Optional[Path] = typer.Option(None, "--json",
+                                                help="Write the results as JSON (docs/bench-schema.md)."),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV (docs/bench-schema.md)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency against batch per backend."),
         settings: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE for a MODEL spec's factory "

@@ -1,4 +1,4 @@
-"""``dsr-deploy export | verify | inspect``."""
+"""``dsr-deploy export``: TorchScript, ONNX and torch.export artifacts of a MODEL, with their manifest."""
 
 from __future__ import annotations
 
@@ -9,267 +9,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from .common import SET_HELP, console, err_console, neuron_table, warn_assumed
 
 ORDER = 20  # place in `dsr-deploy --help` (after info)
-FORMAT_CHOICES = ("torchscript", "onnx", "pt2", "all")
-
-
-def _console():
-    import sys
-
-    from rich.console import Console
-
-    # Piped output (logs, CI) gets wide tables instead of rich's 80-column default with truncated cells.
-    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _fmt_float(v) -> str:
-    return "-" if v is None else f"{v:.6g}"
-
-
-def _fmt_coef(v) -> str:
-    return "-" if v is None else f"{v:.9g}"
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100.0 * v:.4f}%"
-
-
-def _neuron_table(neurons: List[dict], title: str):
-    from rich.markup import escape
-    from rich.table import Table
-
-    t = Table(title=title)
-    for col in ("#", "layer", "op", "source", "layout", "v_threshold", "alpha", "tau", "delta_t", "rule", "decay",
-                "gain", "note"):
-        t.add_column(col)
-    for n in neurons:
-        note = (f"clamped from {_fmt_float(n.get('v_threshold_stored'))} to bound "
-                f"{_fmt_float(n.get('v_threshold_lower_bound'))}" if n.get("clamped") else "")
-        layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
-        # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
-        t.add_row(str(n["index"]), escape(n["name"] or "<root>"), escape(n["op_type"]), escape(str(n.get("source", ""))),
-                  layout,
-                  _fmt_float(n["v_threshold"]), _fmt_float(n["alpha"]), _fmt_float(n.get("tau")),
-                  _fmt_float(n.get("delta_t")), n.get("lif_rule") or "-", _fmt_coef(n.get("decay")),
-                  _fmt_coef(n.get("gain")), note)
-    return t
-
-
-def inspect_target(target: str, checkpoint: Optional[str] = None, trust_pickle: bool = False,
-                   settings: Optional[List[str]] = None) -> dict:
-    """What ``dsr-deploy inspect`` reports for a MODEL spec, an export folder or an artifact file."""
-    p = Path(target)
-    if p.is_dir():
-        from ..manifest import read_manifest
-
-        m = read_manifest(p)
-        return {"kind": "export-folder", "path": str(p), "manifest": dict(m), "neurons": m.neurons,
-                "artifacts": m.artifacts}
-    if p.is_file() and p.suffix == ".onnx":
-        return inspect_onnx(p)
-    if p.is_file() and p.suffix in (".ts", ".pt2"):
-        from ..manifest import manifest_beside
-
-        info = {"kind": "torchscript" if p.suffix == ".ts" else "pt2", "path": str(p), "bytes": p.stat().st_size}
-        if p.suffix == ".pt2":
-            from ..runtime.pt2 import pickled_entries
-
-            # Read from the zip only (nothing is unpickled): what loading it would need --trust-pickle for.
-            info["pickled_entries"] = pickled_entries(p)
-        m = manifest_beside(p)
-        if m is not None:
-            info["neurons"] = m.neurons
-            info["artifact"] = next((a for a in m.artifacts if a["path"] == p.name), None)
-        return info
-    if p.is_file():
-        raise UserError(f"cannot inspect {target}: not an export folder, .onnx, .ts or .pt2 file")
-    from ..convert import NO_NEURON_HINT, find_neurons
-    from ..model_spec import load_model, parse_set_options
-
-    loaded = load_model(target, checkpoint, trust_pickle, settings=parse_set_options(settings))
-    warn_assumed(loaded)
-    try:
-        found = find_neurons(loaded.model)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    if not found:
-        raise UserError(NO_NEURON_HINT)
-    neurons = [n.to_dict() for n in found]
-    return {"kind": "model", "spec": loaded.spec, "checkpoint": loaded.checkpoint, **loaded.record(),
-            "default_input_shape": list(loaded.default_input_shape) if loaded.default_input_shape else None,
-            "neurons": neurons}
-
-
-def warn_assumed(loaded) -> None:
-    """The one-line warning on stderr naming the settings a checkpoint did not store and no --set gave."""
-    line = loaded.warning()
-    if line:
-        import sys
-
-        print(f"warning: {line}", file=sys.stderr)
-
-
-SET_HELP = ("KEY=VALUE for the model's factory / constructor (repeatable; e.g. --set T=5 --set num_classes=100 "
-            "--set v_threshold=0.6), checked against its signature and recorded in the manifest")
-
-
-def inspect_onnx(path: Path) -> dict:
-    import collections
-
-    import onnx
-
-    from ..export.onnx_writer import dsr_nodes
-
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as ONNX: {type(exc).__name__}") from exc
-    meta = {p.key: p.value for p in model.metadata_props}
-    ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in model.graph.node)
-    neurons = []
-    for n in dsr_nodes(model):
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-        neurons.append({"node": n.name, "op_type": n.op_type, "attributes": attrs})
-
-    def dims(vi):
-        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-
-    return {
-        "kind": "onnx", "path": str(path),
-        "opset_import": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-        "ir_version": model.ir_version,
-        "node_count": len(model.graph.node),
-        "dsr_node_count": len(neurons),
-        "function_count": len(model.functions),
-        "functions": [{"name": f"{f.domain}::{f.name}", "nodes": len(f.node),
-                       "body": ",".join(sorted({n.op_type for n in f.node} & {"Scan", "Split", "Loop"})) or "-"}
-                      for f in model.functions],
-        "op_counts": dict(ops.most_common()),
-        "inputs": [{"name": i.name, "shape": dims(i)} for i in model.graph.input],
-        "outputs": [{"name": o.name, "shape": dims(o)} for o in model.graph.output],
-        "metadata": meta,
-        "neurons": neurons,
-    }
-
-
-def _print_inspect(info: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    c = _console()
-    kind = info["kind"]
-    if kind == "model":
-        c.print(f"[bold]{info['spec']}[/bold]" + (f"  checkpoint {info['checkpoint']}" if info["checkpoint"] else ""))
-        if info.get("default_input_shape"):
-            c.print(f"default input shape {info['default_input_shape']}")
-        if info.get("settings"):
-            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items())))
-        c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
-    elif kind == "export-folder":
-        m = info["manifest"]
-        c.print(escape(f"{info['path']}: {(m.get('model') or {}).get('spec')} T={m.get('T')} input "
-                       f"{m.get('input_shape')} layout {m.get('layout')} (dsr-deploy {m.get('dsr_deploy_version')})"))
-        settings = (m.get("model") or {}).get("settings")
-        if isinstance(settings, dict) and settings:
-            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in settings.items())))
-        if isinstance(m.get("io"), dict):
-            c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
-        t = Table("format", "path", "details", title="artifacts")
-        for a in info["artifacts"]:
-            extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
-            t.add_row(escape(a["format"]), escape(a["path"]), escape(extra))
-        c.print(t)
-        c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
-    elif kind == "onnx":
-        c.print(f"[bold]{info['path']}[/bold]  opsets {info['opset_import']}  IR {info['ir_version']}")
-        c.print(escape(f"nodes {info['node_count']}, dsr nodes {info['dsr_node_count']}, functions {info['function_count']}"
-                       + "".join(f"  [{f['name']}: {f['nodes']} nodes, {f['body']}]" for f in info["functions"])))
-        c.print(escape("inputs " + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
-                       + "  outputs " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"])))
-        if info["metadata"]:
-            t = Table("key", "value", title="metadata")
-            for k, v in info["metadata"].items():
-                t.add_row(k, v if len(v) < 120 else v[:117] + "...")
-            c.print(t)
-        if info["neurons"]:
-            t = Table("node", "op", "attributes", title="dsr nodes")
-            for n in info["neurons"]:
-                t.add_row(n["node"], n["op_type"], ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in n["attributes"].items()))
-            c.print(t)
-    else:
-        c.print(f"[bold]{escape(info['path'])}[/bold] ({kind}, {info['bytes']} bytes)")
-        if info.get("pickled_entries"):
-            c.print(escape(f"pickled entries (loading runs code; refused without --trust-pickle): "
-                           f"{', '.join(info['pickled_entries'])}"))
-        if info.get("artifact"):
-            c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
-        if info.get("neurons"):
-            c.print(_neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers (from manifest.json)"))
-
-
-def _divergence_cell(r: dict) -> str:
-    d = r.get("divergence")
-    if not d:
-        f = r.get("first_input_difference")
-        if f and f.get("input_max_rel_diff") is not None:
-            return f"none (inputs differ from L{f['layer']}, by {f['input_max_rel_diff']:.2g} rel.)"
-        return "none"
-    cell = f"L{d['layer']} ({d['spikes_differing']} spikes)"
-    if d.get("input_max_rel_diff") is not None:
-        cell += f"; its input differs by {d['input_max_rel_diff']:.2g} (rel.)"
-    return cell
-
-
-def _print_verify(report: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    c = _console()
-    c.print(f"[bold]verify {escape(report['dir'])}[/bold] against " + escape(
-        f"{report['model']}" + (f" + {report['checkpoint']}" if report["checkpoint"] else "")
-        + f"; inputs ({report.get('encoding', 'noise')}): "
-        + ", ".join(i['name'] + str(i['shape']) for i in report['inputs'])))
-    rule = report.get("rule") or {}
-    title = (f"pass: neurons exact given the reference's input, top-1 agreement >= {_pct(rule.get('min_top1'))}"
-             + (f", accuracy within {rule.get('max_accuracy_drop')} points" if report.get("labels") else "")
-             + (f", every layer >= {_pct(rule.get('min_agreement'))}" if rule.get("min_agreement") is not None else "")
-             + (f"; int8: {rule['int8']}" if any(r.get("precision") == "int8" for r in report.get("runs", []))
-                and rule.get("int8") else ""))
-    t = Table(title=title)
-    cols = ["artifact", "backend", "neurons", "max |diff|", "top-1"]
-    if report.get("labels"):
-        cols.append(f"accuracy (PyTorch {_pct(report.get('pytorch_accuracy'))})")
-    cols += ["spikes equal (lowest layer)", "divergence starts", "result"]
-    for col in cols:
-        t.add_column(col)
-    for r in report["runs"]:
-        backend = r["backend"] + (f" ({r['variant']})" if r["variant"] else "")
-        if r["status"] != "ok":
-            cells = ["-"] * (len(cols) - 3)
-            result = ("[yellow]skipped[/yellow]: " if r["status"] == "skipped" else "[red]ERROR[/red]: ") + escape(r["reason"])
-        else:
-            neurons = ("exact" if r["neuron_exact"] else
-                       ("-" if r["neuron_exact"] is None else f"{_pct(r.get('neuron_agreement'))}"))
-            cells = [neurons, f"{r['max_abs_diff']:.3g}", _pct(r["top1_agreement"])]
-            if report.get("labels"):
-                cells.append(_pct(r.get("accuracy")))
-            cells += [_pct(r.get("min_layer_agreement")), _divergence_cell(r)]
-            result = "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]: " + escape("; ".join(r["failures"]))
-        t.add_row(escape(r["artifact"]), escape(backend), *cells, result)
-    c.print(t)
-    for u in report.get("unchecked", []):
-        verdict = "[yellow]not checked[/yellow] (--allow-skipped)" if report.get("allow_skipped") else "[red]not checked[/red]"
-        c.print(f"{verdict}: {escape(u['artifact'])} ({escape(u['format'])}) ran in no backend here: {escape(u['reason'])}")
-    c.print("[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]")
 
 
 def _max_opset() -> int:
@@ -292,7 +34,7 @@ def _warn_non_finite(model) -> None:
     bad = non_finite_parameters(model)
     if bad:
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        _err_console().print(f"[yellow]warning:[/yellow] non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+        err_console().print(f"[yellow]warning:[/yellow] non-finite values (NaN or inf) in {', '.join(bad[:5])}"
                              f"{more}; the exported model will compute NaN", markup=True, highlight=False,
                              soft_wrap=True)
 
@@ -310,7 +52,8 @@ def register(app: typer.Typer) -> None:
         input_shape: Optional[str] = typer.Option(None, "--input-shape", help="T,B,C,H,W (default: the zoo's)"),
         fmt: str = typer.Option("all", "--format", help="torchscript | onnx | pt2 | all (comma-separated allowed)"),
         out: Path = typer.Option(..., "--out", help="output folder"),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict (loaded with weights_only=True)"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+                                                  help="state dict (loaded with weights_only=True)"),
         lowering: str = typer.Option("function", "--lowering", help="ONNX: function (dsr nodes + function "
                                      "fallback) | portable (standard ops only)"),
         opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)"),
@@ -348,9 +91,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
-        from ..model_spec import load_model, parse_set_options, parse_shape
-
         from ..io import check_output_target
+        from ..model_spec import load_model, parse_set_options, parse_shape
 
         # Before any expensive work: an empty / current folder, an existing one without --force, or one holding
         # the checkpoint or the model file (--force would delete what this command reads).
@@ -407,7 +149,7 @@ def register(app: typer.Typer) -> None:
 
             extra = {"calibration": load_calibration(calibration, loaded.spec, shape, layout, encode),
                      "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron}
-        err = _err_console()
+        err = err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
         if mode == "streaming":
             from ..streaming import export_streaming
@@ -428,7 +170,7 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        c = _console()
+        c = console()
         c.print(f"[bold]exported[/bold] {loaded.spec} -> {out}  (input {manifest['input_shape']}, T={manifest['T']}, "
                 f"{'dynamic' if not static_batch else 'static'} batch"
                 + (f"; streaming: {', '.join(manifest['inputs'])} -> {', '.join(manifest['outputs'])})"
@@ -437,92 +179,8 @@ def register(app: typer.Typer) -> None:
                    if manifest.get("io") else ""))
         t = Table("format", "file", "details", title="artifacts")
         for a in manifest["artifacts"]:
-            t.add_row(a["format"], a["path"], ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path")))
+            details = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
+            t.add_row(a["format"], a["path"], details)
         c.print(t)
-        c.print(_neuron_table(manifest["neurons"], f"{len(manifest['neurons'])} DSR neuron layers"))
+        c.print(neuron_table(manifest["neurons"], f"{len(manifest['neurons'])} DSR neuron layers"))
 
-    @app.command("verify")
-    def verify(
-        folder: Path = typer.Argument(..., help="an export folder (with manifest.json)"),
-        input_file: Optional[Path] = typer.Option(None, "--input", help="an input as .npy (float), laid out as the "
-                                                  "export takes it ([T,B,...] by default)"),
-        labels: Optional[Path] = typer.Option(None, "--labels", help="the --input batch's classes as .npy (int, "
-                                              "[B]): accuracy is then compared with PyTorch's"),
-        min_top1: float = typer.Option(0.99, "--min-top1", help="top-1 agreement with PyTorch to pass"),
-        max_accuracy_drop: float = typer.Option(0.5, "--max-accuracy-drop",
-                                                help="with --labels: accuracy points below PyTorch's allowed"),
-        min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="opt-in gate: every layer's "
-                                                      "end-to-end spike agreement at least this (e.g. 0.999)"),
-        random_inputs: int = typer.Option(1, "--random", help="how many generated inputs (seeds 0..N-1)"),
-        encoding: Optional[str] = typer.Option(None, "--encoding", help="generated inputs: direct (a static "
-                                               "image repeated over T) | noise (N(0,1) every step); default: "
-                                               "direct for zoo models fed images, else noise"),
-        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-        model: Optional[str] = typer.Option(None, "--model", help="the MODEL spec to compare against, instead of "
-                                            "the manifest's (a folder's own spec is built only for zoo: models)"),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for the model, instead "
-                                                  "of the manifest's"),
-        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow pickled Python objects in the "
-                                          "checkpoint and .pt2 archives (runs code from those files)"),
-        trust_model_code: bool = typer.Option(False, "--trust-model-code", help="build the manifest's MODEL spec "
-                                              "even when it is code outside the zoo (imports and runs it)"),
-        allow_skipped: bool = typer.Option(False, "--allow-skipped", help="pass even when some artifact ran in "
-                                           "no backend here (e.g. a TensorRT plan without a GPU)"),
-    ):
-        """Run every artifact of FOLDER in every available backend against
-        the PyTorch model; exit 1 on failure.
-
-        Pass rule, per artifact x backend: (1) every neuron, fed exactly
-        the input the PyTorch reference gave it (teacher forcing), gives
-        the reference's spikes bit for bit in float32 (>= 99.9 % in
-        float16), run alone in that backend with the artifact's own
-        parameters; (2) the artifact loads and runs; (3) top-1 agreement
-        >= --min-top1 over the inputs; (4) with --labels, accuracy at most
-        --max-accuracy-drop points below PyTorch's; (5) only with --min-
-        agreement, every layer's end-to-end spike agreement at least that.
-
-        End to end, a backend's own convolutions may round differently
-        from PyTorch's (CPU-dependent kernels); the report shows where
-        divergence starts and how far that layer's input already differed.
-
-        FOLDER is untrusted: it can never grant trust; only --trust-pickle
-        / --trust-model-code do."""
-        from ..verify import verify_folder
-
-        if random_inputs < 0:
-            raise UserError(f"--random must be >= 0, got {random_inputs}")
-        if random_inputs == 0 and input_file is None:
-            raise UserError("nothing to compare: --random 0 and no --input")
-        err = _err_console()
-        report = verify_folder(folder, input_file=str(input_file) if input_file else None,
-                               labels_file=str(labels) if labels else None, min_top1=min_top1,
-                               max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
-                               n_random=random_inputs, encoding=encoding,
-                               model=model, checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle,
-                               trust_model_code=trust_model_code, allow_skipped=allow_skipped,
-                               progress=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
-        if as_json:
-            typer.echo(json.dumps(report, indent=2))
-        else:
-            _print_verify(report)
-        if not report["passed"]:
-            # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which turns
-            # typer.Exit into a return value that main() drops (the process would exit 0).
-            raise SystemExit(1)
-
-    @app.command("inspect")
-    def inspect(
-        target: str = typer.Argument(..., help="MODEL spec, export folder, or .onnx / .ts / .pt2 file"),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict for a MODEL spec"),
-        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model checkpoint"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON"),
-        settings: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-    ):
-        """Show the neuron layers and their parameters; for ONNX also node / function counts and metadata."""
-        if settings and Path(target).exists():
-            raise UserError("--set applies to a MODEL spec, not to an export folder or artifact file")
-        info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle, settings)
-        if as_json:
-            typer.echo(json.dumps(info, indent=2, default=str))
-        else:
-            _print_inspect(info)

@@ -97,7 +97,8 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
-        raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"ONNX export failed: {first}") from exc
     model = prog.model_proto
     kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
     if ctx.options.get("precision") == "int8" and kinds:

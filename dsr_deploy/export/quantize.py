@@ -1,5 +1,8 @@
 """``export --precision int8``: a float32 ONNX export rewritten into a quantised Q/DQ graph, spikes kept exact.
 
+One idea, over 400 lines: the int8 rewrite of one graph (calibration, the scales, the Q/DQ placement around every
+layer and neuron, the quantised neuron form); its parts only make sense together.
+
 Every activation after a DSR neuron is exactly 0 or the layer's spike value ``s`` (``vth``; ``vth / delta_t``
 for LIF, the float32 quotient the kernels compute), so as uint8 codes ``{0, 1}`` with scale ``s`` and zero point
 0 the spikes are represented *exactly*: ``QuantizeLinear`` gives ``round(s / s) = 1`` and ``DequantizeLinear``
@@ -406,7 +409,8 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
-                   quantize_all: bool = False, states=None, neuron: str = "qdq") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   quantize_all: bool = False, states=None,
+                   neuron: str = "qdq") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`)."""
     out = onnx.ModelProto()

@@ -402,7 +402,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
                      formats_: Sequence[str] = ("torchscript", "onnx"), lowering: str = "functional",
                      spec: str | None = None, checkpoint: str | None = None, static_batch: bool = False,
                      force: bool = False, progress=None, model_info: dict | None = None,
-                     precision: str = "float32", extra_options: Optional[dict] = None) -> dict:
+                     precision: str = "float32", extra_options: dict | None = None) -> dict:
     """Write the streaming model(s) and ``manifest.json`` into ``out_dir`` (all or nothing); returns the manifest.
 
     ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32;

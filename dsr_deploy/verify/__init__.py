@@ -44,9 +44,17 @@ from .checks import run_end_to_end, run_neuron_check
 from .inputs import input_encoding, load_inputs, read_labels
 from .probes import backends_for, make_probe, probe_output_names
 from .reference import Call, Reference, top1
-from .report import (DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_TOP1, HALF_NEURON_AGREEMENT, INT8_MAX_ACCURACY_DROP,
-                     INT8_MIN_TOP1, LayerStat, Run, judge,
-                     unchecked_artifacts)
+from .report import (
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MIN_TOP1,
+    HALF_NEURON_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    INT8_MIN_TOP1,
+    LayerStat,
+    Run,
+    judge,
+    unchecked_artifacts,
+)
 
 __all__ = ["verify_folder", "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat",
            "DEFAULT_MIN_TOP1", "DEFAULT_MAX_ACCURACY_DROP", "HALF_NEURON_AGREEMENT"]

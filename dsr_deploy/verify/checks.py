@@ -16,6 +16,7 @@ from .probes import probe_output_names
 from .reference import Call, top1
 from .report import LayerStat, Run
 
+
 def _stat(stats: Dict[int, LayerStat], layer: int, infos) -> LayerStat:
     if layer not in stats:
         info = infos[layer]
@@ -123,7 +124,7 @@ def run_neuron_check(run: Run, runner, refs, infos) -> None:
     for n in neurons:  # a program's op call knows its module path, not the layer index
         if n.layer is None and n.params.get("module_path") in by_name:
             n.layer = by_name[n.params["module_path"]]
-    stats = {l.index: l for l in run.layers}
+    stats = {layer.index: layer for layer in run.layers}
     ordered = [n for n in neurons if n.layer is None]
     for _name, _x, _out, calls in refs:
         seen: Dict[int, int] = {}

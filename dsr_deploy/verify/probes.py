@@ -46,7 +46,8 @@ def make_probe(fmt: str, path: Path, model, manifest: dict, tmp: Path) -> Tuple[
 
         p = tmp / ("probe.aoti.pt2" if fmt == "aoti" else "probe.pt2")
         write_pt2_probe(_torch_ctx(model, manifest), p, aot=(fmt == "aoti"))
-        return p, None, f"probe: re-exported {'AOTInductor package' if fmt == 'aoti' else 'torch.export program'} with the neuron outputs exposed"
+        what = "AOTInductor package" if fmt == "aoti" else "torch.export program"
+        return p, None, f"probe: re-exported {what} with the neuron outputs exposed"
     raise ValueError(f"per-layer probes are not made for {fmt} artifacts (output figures only)")
 
 

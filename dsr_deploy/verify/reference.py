@@ -30,7 +30,7 @@ class Reference:
         self.model = copy.deepcopy(model).eval()
         self.infos = find_neurons(self.model)
         self._calls: List[Call] = []
-        for info, (name, m) in zip(self.infos, find_neuron_modules(self.model).items()):
+        for info, m in zip(self.infos, find_neuron_modules(self.model).values()):
             m.register_forward_hook(self._hook(info.index))
 
     def _hook(self, index: int):

@@ -76,25 +76,25 @@ class Run:
     def neuron_exact(self) -> Optional[bool]:
         if not self.neuron_checked:
             return None
-        return all(l.neuron_equal == l.neuron_total for l in self.layers if l.neuron_total)
+        return all(layer.neuron_equal == layer.neuron_total for layer in self.layers if layer.neuron_total)
 
     def divergence(self) -> Optional[dict]:
         """The first layer (in layer order) whose end-to-end spikes differ, with its input's difference."""
-        for l in self.layers:
-            if l.total and l.equal != l.total:
-                return {"layer": l.index, "name": l.name, "spikes_differing": l.total - l.equal,
-                        "input_max_abs_diff": l.input_max_abs_diff, "input_max_rel_diff": l.input_max_rel_diff,
-                        "input_differing": l.input_differing,
-                        "neuron_exact": (l.neuron_equal == l.neuron_total) if l.neuron_total else None}
+        for layer in self.layers:
+            if layer.total and layer.equal != layer.total:
+                return {"layer": layer.index, "name": layer.name, "spikes_differing": layer.total - layer.equal,
+                        "input_max_abs_diff": layer.input_max_abs_diff, "input_max_rel_diff": layer.input_max_rel_diff,
+                        "input_differing": layer.input_differing,
+                        "neuron_exact": (layer.neuron_equal == layer.neuron_total) if layer.neuron_total else None}
         return None
 
     def input_difference(self) -> Optional[dict]:
         """The first layer whose *input* differs end to end from the reference's (the backend's own arithmetic
         upstream of it), whether or not any spike flipped."""
-        for l in self.layers:
-            if l.input_differing:
-                return {"layer": l.index, "name": l.name, "input_differing": l.input_differing,
-                        "input_max_abs_diff": l.input_max_abs_diff, "input_max_rel_diff": l.input_max_rel_diff}
+        for layer in self.layers:
+            if layer.input_differing:
+                return {"layer": layer.index, "name": layer.name, "input_differing": layer.input_differing,
+                        "input_max_abs_diff": layer.input_max_abs_diff, "input_max_rel_diff": layer.input_max_rel_diff}
         return None
 
     def to_dict(self) -> dict:
@@ -106,10 +106,10 @@ class Run:
             "top1_agreement": self.top1_agreement if ok else None,
             "accuracy": (self.correct / self.labelled) if ok and self.labelled else None,
             "neuron_exact": self.neuron_exact if ok else None,
-            "neuron_agreement": _min_or_none(l.neuron_agreement for l in self.layers) if ok else None,
+            "neuron_agreement": _min_or_none(layer.neuron_agreement for layer in self.layers) if ok else None,
             "neuron_note": self.neuron_note,
-            "layers": [l.to_dict() for l in self.layers],
-            "min_layer_agreement": _min_or_none(l.agreement for l in self.layers),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "min_layer_agreement": _min_or_none(layer.agreement for layer in self.layers),
             "divergence": self.divergence() if ok else None,
             "first_input_difference": self.input_difference() if ok else None,
             "layers_note": self.layers_note,
@@ -137,12 +137,13 @@ def judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: Op
     half = run.precision in _HALF
     if not run.neuron_checked:
         run.failures.append(f"neuron check did not run: {run.neuron_note}")
-    for l in run.layers:
-        if not l.neuron_total:
+    for layer in run.layers:
+        if not layer.neuron_total:
             continue
-        if (not half and l.neuron_equal != l.neuron_total) or (half and l.neuron_agreement < HALF_NEURON_AGREEMENT):
-            run.failures.append(f"layer {l.index} ({l.name}) neuron differs from the reference given the same "
-                                f"input: {l.neuron_total - l.neuron_equal} of {l.neuron_total} spikes")
+        exact = layer.neuron_equal == layer.neuron_total
+        if (not half and not exact) or (half and layer.neuron_agreement < HALF_NEURON_AGREEMENT):
+            run.failures.append(f"layer {layer.index} ({layer.name}) neuron differs from the reference given the same "
+                                f"input: {layer.neuron_total - layer.neuron_equal} of {layer.neuron_total} spikes")
     if run.precision == "int8":
         min_top1 = 0.0 if ref_correct is not None and run.labelled else min(min_top1, INT8_MIN_TOP1)
         max_accuracy_drop = max(max_accuracy_drop, INT8_MAX_ACCURACY_DROP)
@@ -153,9 +154,9 @@ def judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: Op
         if drop > max_accuracy_drop + 1e-9:
             run.failures.append(f"accuracy {run.correct}/{run.labelled} is {drop:.2f} points below PyTorch's")
     if min_agreement is not None:
-        low = [l for l in run.layers if l.agreement is not None and l.agreement < min_agreement]
-        run.failures += [f"layer {l.index} ({l.name}) end-to-end spike agreement {l.agreement:.4%} < "
-                         f"{min_agreement:.4%}" for l in low]
+        low = [layer for layer in run.layers if layer.agreement is not None and layer.agreement < min_agreement]
+        run.failures += [f"layer {layer.index} ({layer.name}) end-to-end spike agreement {layer.agreement:.4%} < "
+                         f"{min_agreement:.4%}" for layer in low]
     run.passed = not run.failures
 
 
