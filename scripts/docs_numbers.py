@@ -56,6 +56,33 @@ def _backend_speedups(results: Path) -> tuple[dict, list[int], dict]:
     return table, list(data["settings"]["batches"]), data
 
 
+def _int8_rows(results: Path) -> list:
+    """The int8 rows: bench_backends_cpu_int8.json (one run, every entry side by side) and the int8 quickstart's
+    held-out accuracy (quickstart_digits_cnn_cpu_int8.json)."""
+    d = _load("bench_backends_cpu_int8.json", results)
+    mean = {(r["label"], r["batch"]): r["latency_ms"]["mean"] for r in d["results"] if r.get("latency_ms")}
+    f32, q, qn = "onnxruntime custom ops", "onnxruntime int8 custom ops", "onnxruntime int8 quantized-neuron ops"
+    sj, sjc = "spikingjelly eager", "spikingjelly torch.compile"
+    load = d["settings"].get("load_average", {}).get("before", [0.0])[0]
+    speed = (f"{mean[(q, 8)]:.0f} vs {mean[(f32, 8)]:.0f} ms ({_x(mean[(f32, 8)] / mean[(q, 8)])}) / "
+             f"{mean[(q, 1)]:.1f} vs {mean[(f32, 1)]:.1f} ms ({_x(mean[(f32, 1)] / mean[(q, 1)])}); with "
+             f"`--int8-neuron quantized` {_x(mean[(f32, 8)] / mean[(qn, 8)])} / {_x(mean[(f32, 1)] / mean[(qn, 1)])}; "
+             f"int8 {_x(mean[(sj, 8)] / mean[(q, 8)])} faster than SpikingJelly eager and "
+             f"{_x(mean[(sjc, 8)] / mean[(q, 8)])} than SpikingJelly under `torch.compile` at batch 8 "
+             "([benchmarks/results/bench_backends_cpu_int8.md](benchmarks/results/bench_backends_cpu_int8.md))")
+    what = ("PreAct-ResNet-18 LIF, T=20, batch 8 / 1, ONNX Runtime + our kernels: int8 (`--precision int8`) vs "
+            f"float32 ({d['machine'].get('cpu_model')}, load {load:.1f})")
+    qs = _load("quickstart_digits_cnn_cpu_int8.json", results)
+    accs = sorted({a["accuracy"] for a in qs["accuracy"] if a.get("accuracy") is not None})
+    acc = " / ".join(f"{100 * a:.2f} %" for a in accs)
+    same = "; every prediction identical" if all(not a.get("predictions_differing") for a in qs["accuracy"]) else ""
+    neurons = ("every neuron bit-exact given its dequantised input" if qs["neurons_exact"]
+               else "neurons NOT bit-exact")
+    return [(what, speed),
+            ("shipped digits model in int8 (`quickstart --precision int8`)",
+             f"{acc} held-out accuracy (float32: {100 * qs['pytorch_accuracy']:.2f} %{same}); {neurons}")]
+
+
 def block_readme_measured(results: Path) -> str:
     k = _kernel_rows(results)
     i, lif = k["if"], k["lif"]
@@ -68,6 +95,7 @@ def block_readme_measured(results: Path) -> str:
     fallback = " / ".join(_x(speed["onnxruntime function fallback"][x]) for x in batches)
     export = {r["variant"]: r for r in _load("bench_export.json", results)["rows"] if r["T"] == 20 and r["batch"] == 8}
     serving = _load("serving.json", results)
+    int8_rows = _int8_rows(results)
     fid = _load("fidelity_cpu.json", results)["rows"]
     fid_exact = sum(1 for r in fid if r["neuron_exact"])
     ort = [r for r in fid if r["backend"].startswith("onnxruntime")]
@@ -104,6 +132,8 @@ def block_readme_measured(results: Path) -> str:
          f"TorchScript, pt2: identical; ONNX Runtime: input to the first neuron layer differs by up to "
          f"{fid_ort_input:.1e} (rel.), lowest layer spike agreement {100 * fid_ort_min:.1f} %, top-1 agreement "
          f"{100 * fid_top1:.0f} % ([docs/fidelity.md](docs/fidelity.md))"),
+        int8_rows[0],
+        int8_rows[1],
         (f"serving (PyTriton, loopback, shared machine): batch 1 / dynamic batching, "
          f"{serving['server_dynamic_batching']['clients']} clients",
          f"{serving['server_batch1']['req_per_s']:.0f} / {serving['server_dynamic_batching']['req_per_s']:.0f} "
