@@ -334,3 +334,53 @@ def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
         assert np.array_equal(got.view(np.int32), want.view(np.int32)), k
     with pytest.raises(UserError, match="unknown --int8-neuron"):
         _export(tmp_path, "bad", int8_neuron="int4")
+
+
+@pytest.mark.parametrize("custom_ops", ["off", "require"])
+def test_verify_checks_the_quantized_neuron_ops_and_catches_a_tampered_one(tmp_path, custom_ops):
+    """verify's teacher-forced check on ``--int8-neuron quantized``: each quantised op is run alone on the
+    reference's current (quantised with the op's own scale) and compared with the reference neuron fed the current
+    the op integrated; exact. One op's spike scale off by one ulp, or its threshold moved, fails that layer only."""
+    from dsr_deploy.export.onnx_neurons import neuron_sites
+    from dsr_deploy.verify import Reference, Run
+    from dsr_deploy.verify.checks import run_neuron_check
+
+    if custom_ops == "require":
+        ensure_ort_library()
+    _, model = _export(tmp_path, "qop", int8_neuron="quantized")
+    quantized = [s for s in neuron_sites(model) if s.quantized]
+    assert len(quantized) == 2
+    ref = Reference(_net())
+    x = _calibration(n=3, seed=7)
+    out, calls = ref.run(x)
+    infos = {n.index: n for n in ref.infos}
+
+    def check(path):
+        run = Run("model.onnx", "onnx", "onnxruntime", precision="int8")
+        with load_runner(path, backend="onnxruntime", custom_ops=custom_ops) as runner:
+            run_neuron_check(run, runner, [("x", x, out, calls)], infos, ref.neurons())
+        assert run.neuron_checked, run.neuron_note
+        return {layer.index: layer for layer in run.layers}
+
+    layers = check(tmp_path / "qop" / "model.onnx")
+    assert all(layer.neuron_equal == layer.neuron_total > 0 for layer in layers.values())
+    target = next(n for n in model.graph.node if n.op_type == "DSRLIFSpikeQ")
+    layer = next(s.layer for s in quantized if s.node == target.name)
+    # The spike value lives in the DequantizeLinear after the op: one ulp off there changes every spike's value.
+    scale = next(c.input[1] for c in model.graph.node
+                 if c.op_type == "DequantizeLinear" and target.output[0] in c.input)
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(model)
+    init = next(i for i in tampered.graph.initializer if i.name == scale)
+    value = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(np.nextafter(value, np.float32(np.inf)).astype(np.float32), scale))
+    onnx.save(tampered, str(tmp_path / "scale.onnx"))
+    layers = check(tmp_path / "scale.onnx")
+    assert [i for i, la in layers.items() if la.neuron_equal != la.neuron_total] == [layer]
+    # A threshold moved by 5 %: the op fires at other steps than the reference neuron.
+    for a in target.attribute:
+        if a.name == "v_threshold":
+            a.f = float(np.float32(a.f * 1.05))
+    onnx.save(model, str(tmp_path / "threshold.onnx"))
+    layers = check(tmp_path / "threshold.onnx")
+    assert [i for i, la in layers.items() if la.neuron_equal != la.neuron_total] == [layer]

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import onnx
 from onnx import helper
 
-from ..convert import ONNX_OP_TYPES
+from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
 from ..onnx_graph import dsr_nodes
 
 META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"  # [[layer index, output tensor], ...] in call order
@@ -39,6 +39,9 @@ class NeuronSite:
     node: str = ""  # the dsr node's name ("" after a portable lowering)
     op_type: str = ""
     attributes: Dict[str, object] = field(default_factory=dict)
+    # An int8 quantised neuron op (``--int8-neuron quantized``): uint8 current codes in, uint8 spike codes out, its
+    # float spikes the output of the DequantizeLinear after it (:func:`quantized_neuron_submodel`).
+    quantized: bool = False
 
 
 def _attrs(node: onnx.NodeProto) -> Dict[str, object]:
@@ -65,6 +68,7 @@ def neuron_sites(model: onnx.ModelProto) -> List[NeuronSite]:
         recorded = json.loads(meta[META_LAYER_INPUTS])
         if len(recorded) == len(outputs):
             inputs = [str(t) for _, t in recorded]
+    producer = {o: n for n in model.graph.node for o in n.output if o}
     sites = []
     for call, ((layer, out), inp) in enumerate(zip(outputs, inputs)):
         node = by_output.get(out)
@@ -72,8 +76,72 @@ def neuron_sites(model: onnx.ModelProto) -> List[NeuronSite]:
         if node is not None:
             site.input = site.input or node.input[0]
             site.node, site.op_type, site.attributes = node.name, node.op_type, _attrs(node)
+        else:
+            q = _quantized_op(producer, out)
+            if q is not None:
+                site.node, site.op_type, site.attributes, site.quantized = q.name, q.op_type, _attrs(q), True
         sites.append(site)
     return sites
+
+
+def _quantized_op(producer: Dict[str, onnx.NodeProto], out: str) -> Optional[onnx.NodeProto]:
+    """The quantised dsr op whose spike codes the DequantizeLinear producing ``out`` reads, if that is so."""
+    dq = producer.get(out)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    op = producer.get(dq.input[0])
+    if op is None or op.domain != ONNX_DOMAIN or op.op_type[:-1] not in _DSR_OP_TYPES or not op.op_type.endswith("Q"):
+        return None
+    return op
+
+
+QUANTIZED_INPUT, QUANTIZED_OUTPUT, QUANTIZED_SEEN = "neuron_current", "neuron_spikes", "neuron_current_seen"
+
+
+def quantized_neuron_submodel(model: onnx.ModelProto, site: NeuronSite, rank: int) -> onnx.ModelProto:
+    """A quantised neuron op of ``model`` as a model of its own: a float current ``neuron_current`` (``[T, B, ...]``)
+    is quantised with the op's input scale and zero point, the op runs on the codes with its attributes, and its
+    spike codes are dequantised with the spike scale (``neuron_spikes``). ``neuron_current_seen`` is the current the
+    op actually integrates (the codes dequantised), so a reference neuron can be fed exactly that."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    dq = producer[site.output]
+    op = _quantized_op(producer, site.output)
+    if op is None:
+        raise ValueError(f"layer {site.layer}: {site.output!r} is not a quantised neuron's output")
+    consts: Dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+    needed = [op.input[1], op.input[2], dq.input[1]] + ([dq.input[2]] if len(dq.input) > 2 and dq.input[2] else [])
+    inits, nodes = [], []
+    for name in dict.fromkeys(needed):
+        if name in consts:
+            inits.append(consts[name])
+        elif name in producer and producer[name].op_type == "Constant":
+            nodes.append(producer[name])
+        else:
+            raise ValueError(f"layer {site.layer}: the quantisation parameter {name!r} is not a constant")
+    codes_in, codes_out = "neuron_current_codes", "neuron_spike_codes"
+    q_node = helper.make_node("QuantizeLinear", [QUANTIZED_INPUT, op.input[1], op.input[2]], [codes_in],
+                              name="quantize_current")
+    seen = helper.make_node("DequantizeLinear", [codes_in, op.input[1], op.input[2]], [QUANTIZED_SEEN],
+                            name="current_seen")
+    neuron = onnx.NodeProto()
+    neuron.CopyFrom(op)
+    del neuron.input[:]
+    neuron.input.extend([codes_in, op.input[1], op.input[2]])
+    del neuron.output[:]
+    neuron.output.append(codes_out)
+    spikes = helper.make_node("DequantizeLinear", [codes_out] + list(dq.input[1:]), [QUANTIZED_OUTPUT],
+                              name="spikes")
+    dims = [f"d{k}" for k in range(rank)]
+    graph = helper.make_graph(
+        nodes + [q_node, seen, neuron, spikes], f"dsr_layer_{site.layer}_quantized_neuron",
+        [helper.make_tensor_value_info(QUANTIZED_INPUT, onnx.TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(QUANTIZED_OUTPUT, onnx.TensorProto.FLOAT, dims),
+         helper.make_tensor_value_info(QUANTIZED_SEEN, onnx.TensorProto.FLOAT, dims)],
+        initializer=inits)
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), functions=list(model.functions),
+                            producer_name="dsr-deploy verify")
+    out.ir_version = model.ir_version
+    return out
 
 
 def _subgraph_refs(node: onnx.NodeProto) -> set:

@@ -25,7 +25,9 @@ class ArtifactNeuron:
     #                      its layer; None for a module that serves every call of its layer
     where: str  # where it sits in the artifact (node name, module path)
     params: Dict[str, Any] = field(default_factory=dict)
-    run: Callable[[np.ndarray], np.ndarray] = None  # type: ignore[assignment]
+    # x -> spikes; or x -> (spikes, the input the neuron really integrated) for a neuron that quantises its input
+    # (an int8 quantised op): the reference neuron is then fed that input
+    run: Callable[[np.ndarray], Any] = None  # type: ignore[assignment]
     time_major: bool = True  # takes [T, B, ...], as the dsr ops and nodes do (False: a module that takes what the
     #                          training neuron took, e.g. the authors' [T*B, ...])
 
@@ -60,19 +62,23 @@ class OnnxNeuronSet:
     def _runner_for(self, site):
         cache: Dict[int, Any] = {}
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(x: np.ndarray):
             import onnx
 
-            from ..export.onnx_neurons import neuron_submodel
+            from ..export import onnx_neurons as N
 
             if x.ndim not in cache:
-                sub = neuron_submodel(self.model, site, self.elem_type, rank=x.ndim)
+                sub = (N.quantized_neuron_submodel(self.model, site, rank=x.ndim) if site.quantized
+                       else N.neuron_submodel(self.model, site, self.elem_type, rank=x.ndim))
                 path = self.tmp / f"neuron_{site.call}_r{x.ndim}.onnx"
                 onnx.save(sub, str(path))
                 runner = self.factory(path)
                 runner.load()
                 self.runners.append(runner)
                 cache[x.ndim] = runner
+            if site.quantized:  # (spikes, the current the op integrated): the reference is fed that current
+                out = cache[x.ndim].infer({N.QUANTIZED_INPUT: x})
+                return np.asarray(out[N.QUANTIZED_OUTPUT]), np.asarray(out[N.QUANTIZED_SEEN])
             return np.asarray(cache[x.ndim].infer({site.input: x})[site.output])
 
         return run

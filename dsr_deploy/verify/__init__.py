@@ -110,6 +110,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
     infos = {n.index: n for n in ref.infos}
     inputs = load_inputs(manifest, input_file, n_random, encoding)
     refs = [(name, x, *ref.run(x)) for name, x in inputs]
+    reference_neurons = ref.neurons()
     labels = read_labels(labels_file, inputs[-1][1].shape[0 if io.get("input_layout") in ("static", "BT") else 1]) \
         if labels_file else None
     ref_correct = int((top1(refs[-1][2], io) == labels).sum()) if labels is not None else None
@@ -169,7 +170,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                         run_end_to_end(run, art, manifest, io, runner, refs, infos, labels, backend, opts,
                                         probe_path, probe_idx, module is not None, load_runner)
                         run.layers_note = note
-                        run_neuron_check(run, runner, refs, infos)
+                        run_neuron_check(run, runner, refs, infos, reference_neurons)
                     finally:
                         runner.release()
                 except UserError as exc:

@@ -111,7 +111,24 @@ def _to_time_major(x: np.ndarray, info) -> np.ndarray:
     return x
 
 
-def run_neuron_check(run: Run, runner, refs, infos) -> None:
+def _reference_spikes(reference_neurons, layer: int, info, x: np.ndarray, time_major: bool) -> np.ndarray:
+    """The reference training neuron of ``layer`` run on ``x`` (in the artifact neuron's layout); its spikes in that
+    layout."""
+    import torch
+
+    if reference_neurons is None or layer not in reference_neurons:
+        raise ValueError(f"layer {layer}: no reference neuron to feed the quantised current")
+    module = reference_neurons[layer]
+    inp = x.reshape((-1,) + x.shape[2:]) if time_major and info.layout == "flat" else x
+    with torch.no_grad():
+        y = module(torch.from_numpy(np.ascontiguousarray(inp, dtype=np.float32)))
+    return y.detach().cpu().numpy().reshape(x.shape)
+
+
+def run_neuron_check(run: Run, runner, refs, infos, reference_neurons=None) -> None:
+    """Feed every reference neuron call's input to the artifact's own neuron (``runner.neurons()``) and count equal
+    spikes per layer. ``reference_neurons`` (layer -> the training neuron module): for a neuron that quantises its
+    input (int8), the reference is re-run on the current that neuron really integrated."""
     try:
         neurons = runner.neurons()
     except UserError as exc:
@@ -143,10 +160,14 @@ def run_neuron_check(run: Run, runner, refs, infos) -> None:
                 x = _to_time_major(call.x, info) if n.time_major else call.x
                 want = call.y.reshape(x.shape)
                 try:
-                    have = np.asarray(n.run(np.ascontiguousarray(x.astype(input_dtype(run.precision)))))
-                except ValueError as exc:  # the file cannot give this neuron alone (e.g. an int8 quantised op)
+                    have = n.run(np.ascontiguousarray(x.astype(input_dtype(run.precision))))
+                except ValueError as exc:  # the file cannot give this neuron alone
                     run.neuron_note = str(exc)
                     return
+                if isinstance(have, tuple):  # the neuron quantised its input: the reference gets what it integrated
+                    have, integrated = have
+                    want = _reference_spikes(reference_neurons, call.layer, info, integrated, n.time_major)
+                have = np.asarray(have)
                 if have.shape != want.shape:
                     raise UserError(f"layer {call.layer}: the artifact's neuron returned {list(have.shape)}, "
                                     f"the reference {list(want.shape)}")

@@ -39,6 +39,11 @@ class Reference:
             self._calls.append(Call(index, x, output.detach().cpu().numpy().copy()))
         return hook
 
+    def neurons(self) -> dict:
+        """Layer index -> the reference's training neuron module (what a neuron that quantises its input is compared
+        with, on the input it integrated)."""
+        return {info.index: m for info, m in zip(self.infos, find_neuron_modules(self.model).values())}
+
     def run(self, x: np.ndarray) -> Tuple[np.ndarray, List[Call]]:
         self._calls = []
         for m in self.model.modules():  # SpikingJelly memory modules: no state carried between inputs
