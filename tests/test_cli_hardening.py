@@ -186,8 +186,10 @@ def test_ignored_sighup_stays_ignored(tmp_path, user_file):
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp_path))
+    # torchscript,onnx: the ONNX export runs the slow forward inside the publishing window (TorchScript alone can
+    # finish between two polls on a quiet machine)
     proc = subprocess.Popen([sys.executable, "-m", "dsr_deploy", "export", f"{user_file}:slow", "--input-shape", SHAPE,
-                             "--format", "torchscript", "--out", str(work / "out")], cwd=work, env=env,
+                             "--format", "torchscript,onnx", "--out", str(work / "out")], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     err = _signal_once_there(proc, work / ".out.*.tmp", signal.SIGHUP, settle=0.0)
