@@ -34,6 +34,7 @@ import signal
 import sys
 import sysconfig
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -131,6 +132,36 @@ def serve(artifacts: Sequence[str | Path], backend: Optional[str] = None, cfg: O
         guard.stop()
 
 
+def _python_backend_folders() -> list:
+    """The folders Triton's python backend unpacked our models into (``$TMPDIR/folderXXXXXX``), read from the
+    backend stubs' command lines among this process's descendants."""
+    from .process import descendants
+
+    found = set()
+    for pid in descendants(os.getpid()):
+        try:
+            args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.update(Path(a.decode()).parent.parent for a in args if a.endswith(b"/model.py"))
+    return sorted(found)
+
+
+def _remove_left(folders: list, wait_s: float = 10.0) -> None:
+    """A stub removes its folder as it exits, and one stopped in a hurry leaves it: once the stubs are gone
+    (bounded wait), remove what is left, so a stopped server leaves nothing in the temporary directory."""
+    import shutil
+
+    from .process import alive, descendants
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(alive(p) for p in descendants(os.getpid())):
+        time.sleep(0.1)
+    for folder in folders:
+        if folder.is_dir() and folder.name.startswith("folder"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _serve(guard, artifacts, backend, cfg, names, idle_timeout_s, max_sequences, threads, ready, stop_event,
            trust_pickle: bool = False) -> int:
     from ..errors import require
@@ -189,7 +220,9 @@ def _serve(guard, artifacts, backend, cfg, names, idle_timeout_s, max_sequences,
         return 0
     finally:
         guard.stop()  # first: its connections to tritonserver would hold up the server's exit
+        stub_folders = _python_backend_folders()
         triton.stop()
+        _remove_left(stub_folders)
         log_redirect.__exit__(None, None, None)
         for m in models:
             m.runner.release()
