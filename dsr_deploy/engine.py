@@ -186,10 +186,6 @@ def trt_version(trt) -> tuple[int, int]:
         return 10, 0
 
 
-def trt_major(trt) -> int:
-    return trt_version(trt)[0]
-
-
 #: onnx-tensorrt picks a registered plugin over a same-named model-local function from this version on; before
 #: it, the local function always wins and the plugin is never used (TensorRT 10.7 CHANGELOG).
 PLUGIN_WINS_FROM = (10, 7)
@@ -356,7 +352,6 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
                "plugin_loading": loading, "contents": contents}
     summary["manifest"] = record_in_manifest(onnx_path, out, summary)
     return summary
-
 
 
 def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional[str]:

@@ -111,6 +111,17 @@ def optional(inner: Check) -> Check:
     return check
 
 
+def settings_map(v: Any) -> dict:
+    """Keyword settings of a factory (``--set`` and a checkpoint's): names to JSON scalars or lists of them."""
+    if not isinstance(v, dict):
+        raise Invalid(f"expected a mapping of names to values, got {_show(v)}")
+    for k, x in v.items():
+        items = list(x) if isinstance(x, (list, tuple)) else [x]
+        if not k.isidentifier() or not all(i is None or isinstance(i, (str, int, float, bool)) for i in items):
+            raise Invalid(f"{k}: expected a name with a scalar or a list of scalars, got {_show(x)}")
+    return v
+
+
 def list_of(inner: Check, *, min_len: int = 0) -> Check:
     def check(v: Any) -> list:
         if not isinstance(v, list):
@@ -228,6 +239,8 @@ MODEL = Record("model", {
     "checkpoint": optional(nonempty_string),
     "trust_pickle": boolean,
     "weights_sha256": optional(nonempty_string),  # digest of the exported weights (verify compares)
+    "settings": optional(settings_map),  # the factory's keyword arguments (--set, the checkpoint's)
+    "assumed_defaults": optional(settings_map),  # settings neither gave (a record; warned at export)
 })
 
 IO = Record("io", {  # how the exported model takes its input and gives its output (export options)
@@ -333,6 +346,10 @@ class Manifest(dict):
         return self.model.get("checkpoint")
 
     @property
+    def model_settings(self) -> dict:
+        return dict(self.model.get("settings") or {})
+
+    @property
     def input_shape(self) -> Optional[Tuple[int, ...]]:
         s = self.get("input_shape")
         return tuple(s) if s is not None else None
@@ -359,9 +376,6 @@ class Manifest(dict):
         if self.folder is None:
             raise UserError(f"{self.where}: artifact paths need the export folder")
         return resolve_inside(self.folder, art[key], self.where)
-
-    def artifact_paths(self) -> List[Tuple[dict, Path]]:
-        return [(a, self.path_of(a)) for a in self.artifacts]
 
 
 def resolve_inside(folder: Path, rel: str, where: str = MANIFEST) -> Path:

@@ -8,7 +8,7 @@ without ``trust_pickle``, or whose keys do not match the model (missing / unexpe
 Settings (``--set KEY=VALUE``, repeatable): keyword arguments for the factory / constructor, validated against its
 signature (for ``zoo:`` also the neuron hyper-parameters its ``**kwargs`` forwards) and parsed by the type of the
 parameter's default (int / float / bool / str, a tuple of ints as ``16,32``; never ``eval``). The manifest records
-them (``model.settings``) and :func:`rebuild_model` builds the same model again from that record.
+them (``model.settings``) and :func:`load_reference_model` builds the same model again from that record.
 
 A checkpoint in the authors' trainer format (``{'epoch', 'state_dict', 'acc', 'best_acc', 'optimizer'}``) gives
 its weights; settings it stores (``settings`` / ``snn_setting`` / ``args`` mappings, the authors' names ``Vth``,
@@ -63,7 +63,7 @@ class LoadedModel:
     assumed: Dict[str, Any] = field(default_factory=dict)  # neuron settings neither given nor stored (defaults)
 
     def record(self) -> Dict[str, Any]:
-        """What the manifest records as ``model`` settings (see :func:`rebuild_model`)."""
+        """What the manifest records as ``model`` settings (see :func:`load_reference_model`)."""
         return {"settings": dict(self.settings), "assumed_defaults": dict(self.assumed)}
 
     def warning(self) -> Optional[str]:
@@ -143,11 +143,6 @@ def _neuron_class(kind: str):
     return DSRIFNode if kind == "if" else DSRLIFNode
 
 
-def _from_zoo(name: str) -> LoadedModel:
-    f = _zoo_factory(name, {})
-    return LoadedModel(_call_factory(f.call, f.what), f.spec, f.default_input_shape)
-
-
 def _resolve(obj: Any, attr: str, where: str):
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -195,16 +190,6 @@ def _module_factory(mod: str, attr: str) -> Factory:
     factory = _resolve(module, attr, mod)
     params, open_kwargs = _signature_params(factory)
     return Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)
-
-
-def _from_file(path_text: str, attr: str) -> LoadedModel:
-    f = _file_factory(path_text, attr)
-    return LoadedModel(_call_factory(f.call, f.what), f.spec)
-
-
-def _from_module(mod: str, attr: str) -> LoadedModel:
-    f = _module_factory(mod, attr)
-    return LoadedModel(_call_factory(f.call, f.what), f.spec)
 
 
 def resolve_factory(spec: str, settings: Optional[Mapping[str, Any]] = None) -> Factory:
@@ -277,21 +262,6 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
     return loaded
 
 
-def rebuild_model(record: Mapping[str, Any]) -> LoadedModel:
-    """The model a manifest's ``model`` record names: ``spec`` + ``checkpoint`` + ``trust_pickle`` + ``settings``
-    (the values ``--set`` and the checkpoint gave at export), e.g. for ``verify``. The record is untrusted:
-    settings are checked against the factory like ``--set``."""
-    if not isinstance(record, Mapping) or not isinstance(record.get("spec"), str) or not record.get("spec"):
-        raise UserError("the manifest records no MODEL spec to rebuild the model from")
-    settings = record.get("settings") or {}
-    if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
-        raise UserError("the manifest's model.settings is not a mapping of names to values")
-    checkpoint = record.get("checkpoint")
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise UserError("the manifest's model.checkpoint is not a path")
-    return load_model(record["spec"], checkpoint, bool(record.get("trust_pickle")), settings=settings)
-
-
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 over the model's state dict (names, dtypes, shapes, bytes): tells whether a MODEL spec rebuilt
     later (by verify) holds the weights that were exported, e.g. not a fresh random initialisation."""
@@ -333,11 +303,9 @@ def load_reference_model(manifest, *, model: Optional[str] = None, checkpoint: O
     if model is None:
         check_manifest_spec(spec, manifest.where, trust_model_code=trust_model_code)
     ckpt = checkpoint if checkpoint is not None else manifest.checkpoint
-    # The export's settings (--set and the checkpoint's) rebuild the same network; checked like --set.
-    record = manifest.get("model") or {}
-    settings = record.get("settings") if spec == record.get("spec") else None
-    if settings is not None and (not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings)):
-        raise UserError(f"{manifest.where}: model.settings is not a mapping of names to values")
+    # The export's settings (--set and the checkpoint's) rebuild the same network; checked against the factory
+    # like --set (the manifest module checked their form).
+    settings = manifest.model_settings if spec == manifest.model_spec else None
     return load_model(spec, ckpt, trust_pickle, settings=settings or None)
 
 

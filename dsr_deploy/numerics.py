@@ -36,11 +36,6 @@ def max_abs_diff(have: np.ndarray, want: np.ndarray, previous: float = 0.0) -> f
     return max(previous, worst)
 
 
-def non_finite_count(a: np.ndarray) -> int:
-    a = np.asarray(a)
-    return int((~np.isfinite(a)).sum()) if np.issubdtype(a.dtype, np.floating) else 0
-
-
 def non_finite_parameters(model) -> List[str]:
     """Names of the model's floating-point parameters and buffers that hold NaN or infinity."""
     import torch

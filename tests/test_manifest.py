@@ -108,6 +108,8 @@ def test_unknown_keys_are_kept_and_new_fields_are_one_line_to_add():
     (lambda m: m.update(schema="1"), "unknown schema version"),
     (lambda m: m["model"].update(trust_pickle="yes"), "model.trust_pickle: expected true or false"),
     (lambda m: m["model"].update(spec=5), "model.spec: expected a string"),
+    (lambda m: m["model"].update(settings="T=5"), "model.settings: expected a mapping"),
+    (lambda m: m["model"].update(settings={"T": {"a": 1}}), "model.settings: T: expected a name with a scalar"),
     (lambda m: m.update(dynamic_batch="no"), "dynamic_batch: expected true or false"),
     (lambda m: m["neurons"][0].update(index="x"), "neurons[0].index: expected an integer"),
     (lambda m: m["neurons"][0].update(v_threshold=True), "neurons[0].v_threshold: expected a number"),
@@ -136,6 +138,7 @@ _BAD = {
     "path-absolute": lambda m: m["artifacts"][0].update(path="/etc/passwd"),
     "path-dotdot": lambda m: m["artifacts"][0].update(path="../../../../etc/passwd"),
     "neuron-index": lambda m: m["neurons"][0].update(index="x"),
+    "settings-str": lambda m: m["model"].update(settings="oops"),
     "not-json": None,
     "too-deep": None,
 }

@@ -12,7 +12,8 @@ from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI ca
 
 from dsr_deploy import models
 from dsr_deploy.errors import UserError
-from dsr_deploy.model_spec import load_model, parse_set_options, rebuild_model
+from dsr_deploy.manifest import read_manifest
+from dsr_deploy.model_spec import load_model, load_reference_model, parse_set_options
 
 SMALL = {"T": 4, "neuron": "lif", "image_size": 8, "channels": (4, 8)}
 SMALL_SET = ["--set", "T=4", "--set", "neuron=lif", "--set", "image_size=8", "--set", "channels=4,8"]
@@ -132,8 +133,8 @@ def test_authors_trainer_checkpoint_warns_about_assumed_settings_and_exports_exa
     with torch.no_grad():
         got = artifact(x)
     assert (ref != 0).any() and torch.equal(got, ref)
-    # verify's rebuild: the same model from the manifest's record
-    again = rebuild_model(manifest["model"]).model
+    # verify's rebuild: the same model from the folder's manifest (zoo spec, its settings, its checkpoint)
+    again = load_reference_model(read_manifest(out)).model
     with torch.no_grad():
         assert torch.equal(again(x), ref)
 

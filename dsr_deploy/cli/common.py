@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import List
 
-FORMAT_CHOICES = ("torchscript", "onnx", "pt2", "all")
-
 
 def console():
     import sys

@@ -4,7 +4,7 @@
 Keys: ``schema``, ``dsr_deploy_version``, ``created``, ``mode``, ``model`` (``spec``, ``checkpoint``, ``trust_pickle``
 as a record only, ``weights_sha256``, and for a MODEL spec ``settings`` (the factory's keyword arguments from
 ``--set`` and the checkpoint) and ``assumed_defaults`` (neuron settings neither gave; see
-:func:`dsr_deploy.model_spec.rebuild_model`)), ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``,
+:func:`dsr_deploy.model_spec.load_reference_model`)), ``input_shape``, ``T``, ``layout``, ``dtype``, ``dynamic_batch``,
 ``lowering``, ``neurons`` (one dict per layer: :meth:`dsr_deploy.convert.NeuronInfo.to_dict`, with ``layout``
 (``TB`` / ``flat``), ``timesteps`` and LIF ``lif_rule``), ``artifacts`` (``[{format, path, ...}]``, paths relative
 to DIR), ``inputs`` / ``outputs`` (names), ``io`` (only when the artifact does not take ``[T, B, ...]`` in and give

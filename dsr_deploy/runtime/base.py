@@ -259,13 +259,6 @@ def manifest_for(path: Union[str, Path]) -> Optional[Manifest]:
     return manifest_beside(path)
 
 
-def manifest_artifacts(manifest: Mapping) -> list[dict]:
-    """The artifact records of a manifest (a plain dict is validated first)."""
-    from ..manifest import parse_manifest
-
-    return (manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))).artifacts
-
-
 def manifest_io_names(manifest: Optional[Manifest]) -> tuple[Optional[list[str]], Optional[list[str]]]:
     """(input names, output names) written by the exporter, each None when absent."""
     return manifest.io_names() if manifest else (None, None)
