@@ -35,3 +35,14 @@ def dsr_nodes(model: Any, op_types: Iterable[str] | None = None, *, subgraphs: b
 def dsr_op_types(model: Any) -> set:
     """The op types of every dsr node of ``model`` and its subgraphs."""
     return {n.op_type for n in dsr_nodes(model)}
+
+
+def has_dsr_nodes(path: Any) -> bool:
+    """Whether the ONNX file ``path`` holds a dsr node; False for anything ``onnx`` cannot read (the backend that
+    runs it reports its own error)."""
+    try:
+        import onnx
+
+        return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
+    except Exception:  # noqa: BLE001
+        return False

@@ -155,49 +155,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-# The two ways ONNX Runtime runs a model's dsr nodes: the model-local function bodies, and the fused kernels of the
-# custom-op library (libdsr_ort_ops.so); the quickstart scores and benchmarks both. (label, runner options)
-ORT_VARIANTS = (("function fallback", {"custom_ops": "off"}), ("dsr custom-op library", {"custom_ops": "require"}))
-
-
 def _artifact_targets(folder: Path) -> List[tuple]:
     """(artifact path, format, backend, variant, runner options, None | why skipped) for every artifact x backend
-    (x ONNX Runtime variant) that could run it."""
+    (x ONNX Runtime variant) that could run it (:func:`dsr_deploy.runtime.run_targets`, as verify uses)."""
     from . import runtime as R
     from .manifest import read_manifest
 
     manifest = read_manifest(folder)
-    usable = R.available_backends()
     targets = []
     for art in manifest.artifacts:
         path = manifest.path_of(art)
-        fmt = art["format"]
-        names = [b for b, formats in R.BACKEND_FORMATS.items() if fmt.lower() in formats]
-        names += [b for b in R.backends_for(path) if b not in names and b != "torch"]
-        if not names:
-            targets.append((path, fmt, "-", "", {}, "no backend runs this format"))
-        for b in names:
-            why = usable.get(b, "not registered")
-            if b == "onnxruntime" and _has_dsr_nodes(path):
-                from . import plugins
-
-                for variant, opts in ORT_VARIANTS:
-                    missing = plugins.missing_reason("ort") if opts["custom_ops"] == "require" else None
-                    targets.append((path, fmt, b, variant, opts, why or missing))
-            else:
-                targets.append((path, fmt, b, "", {}, why))
+        runs = R.run_targets(path)
+        if not runs:
+            targets.append((path, art["format"], "-", "", {}, "no backend runs this format"))
+        targets += [(path, art["format"], b, variant, opts, why) for b, opts, variant, why in runs]
     return targets
-
-
-def _has_dsr_nodes(path: Path) -> bool:
-    try:
-        import onnx
-
-        from .export.onnx_writer import dsr_nodes
-
-        return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
-    except Exception:  # not an ONNX file this can read: no variants, the backend reports its own error
-        return False
 
 
 def _native_summary() -> Dict[str, str]:
@@ -367,6 +339,7 @@ def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRo
                batches: Sequence[int], iters: int, warmup: int, threads: Optional[int] = None) -> dict:
     from . import bench as B
     from .runtime import load_runner
+    from .runtime.registry import ORT_VARIANTS
 
     opts = {"threads": threads} if threads else {}  # every runner the same intra-op thread count
     entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape), **opts))]

@@ -13,8 +13,9 @@ from .registry import (
                        looks_like_spec,
                        register_backend,
                        resolve_artifact,
+                       run_targets,
 )
 
 __all__ = ["BACKEND_FORMATS", "Backend", "Runner", "RunnerOptions", "TensorSpec", "available_backends",
            "backend_names", "backends_for", "get_backend", "is_export_folder", "load_runner", "looks_like_spec",
-           "manifest_for", "read_manifest", "register_backend", "resolve_artifact"]
+           "manifest_for", "read_manifest", "register_backend", "resolve_artifact", "run_targets"]

@@ -110,6 +110,37 @@ def backends_for(artifact: Any) -> list[str]:
     return [b.name for b in order if b.accepts(artifact)]
 
 
+# The two ways ONNX Runtime runs a model's dsr nodes: the model-local function bodies and the fused kernels of the
+# custom-op library. (label, runner options)
+ORT_VARIANTS = (("function fallback", {"custom_ops": "off"}), ("dsr custom-op library", {"custom_ops": "require"}))
+
+
+def run_targets(path: str | Path) -> list[tuple[str, dict, str, str | None]]:
+    """``(backend, runner options, variant label, None | why it cannot run here)`` for every backend but ``torch``
+    that accepts the artifact file ``path``, and for a file with dsr nodes both ONNX Runtime variants: what verify
+    and the quickstart run an artifact on."""
+    from .. import plugins
+    from ..onnx_graph import has_dsr_nodes
+
+    out = []
+    for name, why in available_backends().items():
+        if name == "torch":
+            continue
+        try:
+            ok = get_backend(name).accepts(path)
+        except Exception:  # noqa: BLE001 - a backend that cannot tell does not run it
+            ok = False
+        if not ok:
+            continue
+        if name == "onnxruntime" and has_dsr_nodes(path):
+            for variant, opts in ORT_VARIANTS:
+                missing = plugins.missing_reason("ort") if opts["custom_ops"] == "require" else None
+                out.append((name, dict(opts), variant, why or missing))
+        else:
+            out.append((name, {}, "", why))
+    return out
+
+
 def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Runner:
     """Create (not yet load) the runner for ``artifact`` with ``backend``, or the first backend accepting it.
 

@@ -136,7 +136,7 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
                     runs.append(Run(art["path"], fmt, "-", status="error", reason="listed in the manifest but missing",
                                     passed=False))
                     continue
-                targets = backends_for(fmt, path)
+                targets = backends_for(path)
                 if not targets:
                     runs.append(Run(art["path"], fmt, "-", status="skipped", reason="no backend runs this format"))
                     continue

@@ -60,43 +60,11 @@ def probe_output_names(n_calls: int) -> List[str]:
 # Backends per artifact.
 
 
-def backends_for(fmt: str, path: Path) -> List[Tuple[str, Dict[str, Any], str, Optional[str]]]:
+def backends_for(path: Path) -> List[Tuple[str, Dict[str, Any], str, Optional[str]]]:
     """(backend, runner options, variant label, skip reason) for every backend that could run ``path``."""
-    from ..runtime import available_backends, get_backend
+    from ..runtime import run_targets
 
-    avail = available_backends()
-    out = []
-    for name, why in avail.items():
-        if name == "torch":
-            continue
-        b = get_backend(name)
-        try:
-            ok = b.accepts(path)
-        except Exception:
-            ok = False
-        if not ok:
-            continue
-        if name == "onnxruntime":
-            out.append((name, {"custom_ops": "off"}, "function fallback", why))
-            if _has_dsr_nodes(path):
-                from ..runtime.onnxruntime import find_ort_library
+    return run_targets(path)
 
-                lib = find_ort_library()
-                out.append((name, {"custom_ops": "require"}, "dsr custom-op library",
-                            why or (None if lib else "libdsr_ort_ops.so not built (dsr-deploy plugins build)")))
-        else:
-            out.append((name, {}, "", why))
-    return out
-
-
-def _has_dsr_nodes(path: Path) -> bool:
-    import onnx
-
-    from ..export.onnx_writer import dsr_nodes
-
-    try:
-        return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
-    except Exception:
-        return False
 
 
