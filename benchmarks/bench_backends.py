@@ -11,8 +11,9 @@ Entries, in order (the first is the baseline of the `speedup` column):
 6. ONNX Runtime with the dsr custom-op library ``libdsr_ort_ops.so`` (skipped, and said so, when not built);
 7. (``--compile``) SpikingJelly under ``torch.compile`` (inductor; compiling takes minutes on 2 cores);
 8. (``--int8``, default on) the ``export --precision int8`` model of the same network (calibrated on
-   direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops, and with the quantised
-   neuron ops (``int8_neuron="quantized"``); the notes add its top-1 agreement with the float32 export on
+   direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops, with the quantised
+   neuron ops (``int8_neuron="quantized"``), and channels-last for ONNX Runtime's CPU (``int8_layout="nhwc"``,
+   function fallback and quantised neuron ops); the notes add its top-1 agreement with the float32 export on
    direct-encoded inputs.
 
 Every row also has the time of a memcpy of the same bytes, measured in the same run. Kept feasible on a
@@ -201,25 +202,36 @@ def main(argv=None) -> int:
         if lib is not None:
             entries.append(B.BenchEntry("onnxruntime custom ops", load_runner(export, backend="onnxruntime",
                                                                               custom_ops="require", **ort_opts)))
+        else:
+            notes.append("onnxruntime custom ops: NOT MEASURED, libdsr_ort_ops.so is not built "
+                         "(`dsr-deploy plugins build`)")
         if args.int8:
             int8 = Path(tmp) / "export-int8"
             notes.extend(int8_export(model, export, int8, args.T, args.calibration_samples, name))
             entries.append(B.BenchEntry("onnxruntime int8 function fallback", load_runner(
                 int8, backend="onnxruntime", custom_ops="off", **ort_opts)))
+            # More int8 forms of the same network, each the same results bit for bit as the Q/DQ file
+            # (tests/test_export_int8.py, tests/test_int8_layout.py): the quantised neuron ops (uint8 current in,
+            # uint8 spike codes out, instead of Q/DQ around the float neuron) and the channels-last graph for
+            # ONNX Runtime's CPU (`--int8-layout nhwc`: no transposes between layers).
+            forms = [("onnxruntime int8 custom ops", None, "require")] if lib is not None else []
+            forms.append(("onnxruntime int8 nhwc function fallback", {"int8_layout": "nhwc"}, "off"))
             if lib is not None:
-                entries.append(B.BenchEntry("onnxruntime int8 custom ops", load_runner(
-                    int8, backend="onnxruntime", custom_ops="require", **ort_opts)))
-                # The quantised neuron ops (uint8 current in, uint8 spike codes out) instead of Q/DQ around the
-                # float neuron: the same results bit for bit (tests/test_export_int8.py), measured side by side.
-                qop = Path(tmp) / "export-int8-qop"
-                export_model(model, (args.T, 2, 3, 32, 32), qop, formats_=("onnx",), spec=f"zoo:{name}",
-                             precision="int8", extra_options={"calibration": direct_encoded(
-                                 args.calibration_samples, args.T, seed=1), "int8_neuron": "quantized"})
-                entries.append(B.BenchEntry("onnxruntime int8 quantized-neuron ops", load_runner(
-                    qop, backend="onnxruntime", custom_ops="require", **ort_opts)))
-        else:
-            notes.append("onnxruntime custom ops: NOT MEASURED, libdsr_ort_ops.so is not built "
-                         "(`dsr-deploy plugins build` needs the ONNX Runtime headers)")
+                forms += [("onnxruntime int8 quantized-neuron ops", {"int8_neuron": "quantized"}, "require"),
+                          ("onnxruntime int8 nhwc quantized-neuron ops",
+                           {"int8_neuron": "quantized", "int8_layout": "nhwc"}, "require")]
+            for k, (label, options, custom_ops) in enumerate(forms):
+                if options and options.get("int8_layout") == "nhwc" and args.device != "cpu":
+                    notes.append(f"{label}: not measured on {args.device} (ONNX Runtime's CPU provider only)")
+                    continue
+                folder = int8
+                if options:
+                    folder = Path(tmp) / f"export-int8-{k}"
+                    export_model(model, (args.T, 2, 3, 32, 32), folder, formats_=("onnx",), spec=f"zoo:{name}",
+                                 precision="int8", extra_options={"calibration": direct_encoded(
+                                     args.calibration_samples, args.T, seed=1), **options})
+                entries.append(B.BenchEntry(label, load_runner(folder, backend="onnxruntime", custom_ops=custom_ops,
+                                                               **ort_opts)))
         if args.device.startswith("cuda"):
             import importlib.util
 

@@ -84,6 +84,7 @@ class OnnxInfo:
     dsr_ops: list[str]  # dsr op types used
     fallbacks: list[str]  # dsr op types with a model-local function
     dsr_nodes: int = 0  # how many dsr nodes the graph holds
+    domains: tuple[str, ...] = ()  # the opset domains the model imports
 
 
 def read_onnx(path: Union[str, Path]) -> OnnxInfo:
@@ -109,7 +110,7 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
     used = {n.op_type for n in dsr_nodes(model)}
     fallbacks = sorted(f.name for f in model.functions if f.domain == PLUGIN_NAMESPACE and f.name in used)
     nodes = len(dsr_nodes(model, subgraphs=False))  # the main graph's (TensorRT's plugin layers are counted there)
-    return OnnxInfo(inputs, sorted(used), fallbacks, nodes)
+    return OnnxInfo(inputs, sorted(used), fallbacks, nodes, tuple(sorted(o.domain for o in model.opset_import)))
 
 
 def dim_roles(name: str, rank: int) -> list[Optional[str]]:
@@ -266,6 +267,10 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
     info = read_onnx(onnx_path)
     if not info.inputs:
         raise UserError(f"{onnx_path} has no inputs")
+    if "com.microsoft" in info.domains:
+        raise UserError(f"{onnx_path} uses ONNX Runtime's own ops (com.microsoft: an `--int8-layout nhwc` export "
+                        "for ONNX Runtime's CPU); export with --int8-layout nchw (the portable Q/DQ graph) for "
+                        "TensorRT")
     shapes = plan_profile(info.inputs, batch, timesteps)
     precision = _model_precision(onnx_path)
     lib = find_plugin(plugin)

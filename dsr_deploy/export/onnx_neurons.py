@@ -12,6 +12,7 @@ PyTorch model.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -24,6 +25,10 @@ from ..onnx_graph import dsr_nodes
 
 META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"  # [[layer index, output tensor], ...] in call order
 META_LAYER_INPUTS = "dsr_deploy.layer_inputs"  # [[layer index, input tensor], ...] in call order
+# A channels-last int8 file (``--int8-layout nhwc``): {tensor: permutation back to its original layout}, and the
+# nodes only probes need, moved out of the graph (serialized NodeProtos, base64, in order).
+META_CHANNELS_LAST = "dsr_deploy.channels_last"
+META_PROBE_NODES = "dsr_deploy.probe_nodes"
 META_INDEX = "dsr.layer_index"  # metadata_props of a dsr node: its layer index
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
 
@@ -52,6 +57,43 @@ def _meta(model: onnx.ModelProto) -> Dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def probe_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """The nodes a channels-last int8 file keeps out of its graph because only probes read their outputs. A file
+    is untrusted: anything that is not a list of ONNX nodes is a ValueError."""
+    raw = _meta(model).get(META_PROBE_NODES)
+    if raw is None:
+        return []
+    try:
+        nodes = []
+        for item in json.loads(raw):
+            node = onnx.NodeProto()
+            node.ParseFromString(base64.b64decode(item, validate=True))
+            nodes.append(node)
+        return nodes
+    except Exception as exc:
+        raise ValueError(f"metadata {META_PROBE_NODES} is not a list of ONNX nodes") from exc
+
+
+def channels_last_map(model: onnx.ModelProto) -> Dict[str, List[int]]:
+    """``{tensor: permutation back to its original layout}`` of a channels-last int8 file (else empty); checked."""
+    raw = _meta(model).get(META_CHANNELS_LAST)
+    if raw is None:
+        return {}
+    try:
+        perms = json.loads(raw)
+        if isinstance(perms, dict) and all(isinstance(k, str) and isinstance(v, list) and sorted(v) ==
+                                           list(range(len(v))) for k, v in perms.items()):
+            return {k: [int(i) for i in v] for k, v in perms.items()}
+    except ValueError:
+        pass
+    raise ValueError(f"metadata {META_CHANNELS_LAST} is not a map of tensor names to permutations")
+
+
+def all_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """The main graph's nodes and, after them, those kept for probes only (:func:`probe_nodes`)."""
+    return list(model.graph.node) + probe_nodes(model)
+
+
 def neuron_sites(model: onnx.ModelProto) -> List[NeuronSite]:
     """Every neuron call of ``model``'s main graph, in call order."""
     meta = _meta(model)
@@ -68,7 +110,7 @@ def neuron_sites(model: onnx.ModelProto) -> List[NeuronSite]:
         recorded = json.loads(meta[META_LAYER_INPUTS])
         if len(recorded) == len(outputs):
             inputs = [str(t) for _, t in recorded]
-    producer = {o: n for n in model.graph.node for o in n.output if o}
+    producer = {o: n for n in all_nodes(model) for o in n.output if o}
     sites = []
     for call, ((layer, out), inp) in enumerate(zip(outputs, inputs)):
         node = by_output.get(out)
@@ -103,7 +145,7 @@ def quantized_neuron_submodel(model: onnx.ModelProto, site: NeuronSite, rank: in
     is quantised with the op's input scale and zero point, the op runs on the codes with its attributes, and its
     spike codes are dequantised with the spike scale (``neuron_spikes``). ``neuron_current_seen`` is the current the
     op actually integrates (the codes dequantised), so a reference neuron can be fed exactly that."""
-    producer = {o: n for n in model.graph.node for o in n.output if o}
+    producer = {o: n for n in all_nodes(model) for o in n.output if o}
     dq = producer[site.output]
     op = _quantized_op(producer, site.output)
     if op is None:
@@ -172,12 +214,13 @@ def neuron_submodel(model: onnx.ModelProto, site: NeuronSite, elem_type: int = o
     if site.input is None:
         raise ValueError(f"layer {site.layer}: the file does not record the neuron's input tensor")
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output if o}
+    nodes_all = all_nodes(model)
+    producer = {o: n for n in nodes_all for o in n.output if o}
     inits = {t.name: t for t in g.initializer}
     graph_inputs = {i.name for i in g.input}
     keep_nodes: Dict[int, onnx.NodeProto] = {}
     keep_inits: Dict[str, onnx.TensorProto] = {}
-    order = {id(n): k for k, n in enumerate(g.node)}
+    order = {id(n): k for k, n in enumerate(nodes_all)}
     todo = [site.output]
     seen = set()
     while todo:

@@ -42,7 +42,7 @@ from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
-from .onnx_neurons import neuron_sites
+from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
 DEFAULT_OPSET = 18
 DEFAULT_BODY = "scan"
@@ -117,7 +117,8 @@ def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or "qdq")
+                          neuron=ctx.options.get("int8_neuron") or "qdq",
+                          layout=ctx.options.get("int8_layout") or "nchw")
     return q
 
 
@@ -202,6 +203,8 @@ def add_probe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     sites = neuron_sites(probe)
     if not sites:
         raise ValueError("the model records no neuron layer outputs (not written by dsr-deploy?)")
+    probe.graph.node.extend(probe_nodes(probe))  # a channels-last int8 file keeps them out of the graph
+    channels_last = channels_last_map(probe)
     produced = {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
     exposed = []
     for k, site in enumerate(sites):
@@ -211,8 +214,10 @@ def add_probe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
         if site.input is not None and site.input in produced:
             exposed.append((site.input, f"{CURRENT_PREFIX}{k}"))
     elem = probe.graph.input[0].type.tensor_type.elem_type if probe.graph.input else onnx.TensorProto.FLOAT
-    for tensor, name in exposed:
-        probe.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"probe_{name}"))
+    for tensor, name in exposed:  # in the original layout
+        probe.graph.node.append(helper.make_node("Transpose", [tensor], [name], name=f"probe_{name}",
+                                                 perm=channels_last[tensor]) if tensor in channels_last else
+                                helper.make_node("Identity", [tensor], [name], name=f"probe_{name}"))
         probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return probe
 

@@ -409,8 +409,8 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
-                   quantize_all: bool = False, states=None,
-                   neuron: str = "qdq") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   quantize_all: bool = False, states=None, neuron: str = "qdq",
+                   layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`)."""
     out = onnx.ModelProto()
@@ -502,6 +502,11 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
     if neuron == "quantized":
         record["quantized_neurons"] = quantized_neurons(out)
     record["neuron"] = neuron
+    record["layout"] = layout
+    if layout == "nhwc":  # ONNX Runtime CPU: channels-last QLinearConv, no transposes between layers
+        from .int8_layout import channels_last
+
+        record["channels_last"] = channels_last(out)
     out.metadata_props.append(onnx.StringStringEntryProto(key=META_QUANT, value=json.dumps(record)))
     return out, record
 
@@ -549,8 +554,13 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     neuron = extra.get("int8_neuron") or "qdq"
     if neuron not in NEURON_FORMS:
         raise UserError(f"unknown --int8-neuron {neuron!r}; choose from {', '.join(NEURON_FORMS)}")
+    from .int8_layout import LAYOUTS
+
+    layout = extra.get("int8_layout") or "nchw"
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown --int8-layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     return {"calibration": check_calibration(extra["calibration"], shape, batch_dim, "(--calibration)"),
-            "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron}
+            "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron, "int8_layout": layout}
 
 
 def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
@@ -560,7 +570,8 @@ def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
 
     model = onnx.load(str(path))
     q, record = quantize_model(model, ctx.options["calibration"], 1, quantize_all=bool(ctx.options.get(
-        "int8_all_layers")), states=states)
+        "int8_all_layers")), states=states, neuron=ctx.options.get("int8_neuron") or "qdq",
+        layout=ctx.options.get("int8_layout") or "nchw")
     onnx.checker.check_model(q, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(q, str(tmp))

@@ -1,0 +1,470 @@
+"""``export --precision int8 --int8-layout nhwc``: the int8 graph rewritten channels-last for ONNX Runtime's CPU.
+
+ONNX Runtime runs a quantised convolution (``QLinearConv``, fused from the Q/DQ form) only channels-last: its
+optimiser turns each one into ``com.microsoft.QLinearConv`` (``channels_last=1``) with a ``Transpose`` on either
+side, and removes a pair of them only when nothing between two convolutions stops it. In a spiking network a dsr
+neuron (a custom op, a ``Reshape`` to ``[T, B, ...]`` and back around it) sits between every two convolutions,
+so every convolution keeps both transposes: about a fifth of PreAct-ResNet-18's int8 time on a 2-core CPU.
+
+This pass writes the graph channels-last itself, so no transpose is left between two convolutions:
+
+* each quantised 2-D ``Conv`` in Q/DQ form (input, weight and bias dequantised from codes, its output read only
+  by a ``QuantizeLinear``) becomes ``com.microsoft.QLinearConv`` with ``channels_last=1`` on the codes -- the op
+  ONNX Runtime would fuse it into, so the arithmetic is the same;
+* a float 2-D ``Conv`` (the analog first layer) gives its output channels-last through one ``Transpose``;
+* element-wise ops (the dsr neurons, ``QuantizeLinear`` / ``DequantizeLinear`` per tensor, ``Add``, ...) carry the
+  layout; a ``Reshape`` that only splits or merges the leading (time, batch) dimensions carries it with its
+  target shape's channel dimension moved last; an inference ``BatchNormalization`` runs on a ``[-1, C]`` view of
+  the channels-last tensor (the same op, so the same arithmetic per element);
+* any other consumer (pooling, ``Flatten``, the readout, a graph output) reads the tensor after one ``Transpose``
+  back to the original layout.
+
+A channels-last tensor keeps its name; the metadata ``dsr_deploy.channels_last`` maps each one to the permutation
+that gives the original layout back, and probes apply it. Graph outputs keep their names and layout. Nodes whose
+outputs only probes read (the float spikes of a quantised neuron op that no layer reads) move to the metadata
+``dsr_deploy.probe_nodes``: ONNX Runtime runs every node of a graph, read or not, and probes put them back.
+
+The file then runs only on ONNX Runtime's CPU provider (``com.microsoft.QLinearConv`` is its contrib op); the
+default layout (``nchw``) stays the portable Q/DQ graph for other runtimes and TensorRT. The neurons are
+untouched: given its input each one still gives the reference's spikes bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..convert import ONNX_DOMAIN
+from .onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
+
+LAYOUTS = ("nchw", "nhwc")
+ORT_DOMAIN = "com.microsoft"
+
+#: Ops applied element by element (one output element from the same position of each input): any layout passes.
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Identity", "Neg",
+               "Abs", "Max", "Min", "Cast", "QuantizeLinear", "DequantizeLinear"}
+_SHAPE_OPS = ("Reshape", "Unsqueeze", "Squeeze")  # between a DequantizeLinear and the Conv it feeds
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def to_nchw_perm(rank: int) -> List[int]:
+    """The permutation taking a channels-last tensor of ``rank`` (channel axis -3 in the original) back."""
+    return list(range(rank - 3)) + [rank - 1, rank - 3, rank - 2]
+
+
+def to_channels_last_perm(rank: int) -> List[int]:
+    return list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3]
+
+
+def _scalar_init(inits, name: str) -> bool:
+    return name in inits and int(np.prod(inits[name].dims or [1])) == 1
+
+
+class _Rewrite:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        g = model.graph
+        self.inits = {i.name: i for i in g.initializer}
+        self.shapes: Dict[str, List] = {}
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            if vi.type.tensor_type.HasField("shape"):
+                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                        for d in vi.type.tensor_type.shape.dim]
+        for i in g.initializer:
+            self.shapes[i.name] = list(i.dims)
+        self.consumers: Dict[str, List[onnx.NodeProto]] = {}
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.count = 0
+        self._vi = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+
+    def fresh(self, base: str) -> str:
+        self.count += 1
+        return f"{base}__cl{self.count}"
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        name = self.fresh(name)
+        self.model.graph.initializer.append(numpy_helper.from_array(array, name))
+        self.inits[name] = self.model.graph.initializer[-1]
+        return name
+
+    def copy_shape(self, src: str, dst: str, typed_like: str) -> None:
+        """Record ``dst`` (codes) with the logical shape of ``src`` and the element type of ``typed_like``."""
+        vi = self._vi.get(src)
+        if vi is None or dst in self.shapes or typed_like not in self.inits:
+            return
+        new = onnx.ValueInfoProto()
+        new.CopyFrom(vi)
+        new.name = dst
+        new.type.tensor_type.elem_type = self.inits[typed_like].data_type
+        self.model.graph.value_info.append(new)
+        self._vi[dst] = new
+        self.shapes[dst] = self.shapes[src]
+
+    # ---- step 1: Q/DQ convolutions -> com.microsoft.QLinearConv(channels_last=1), still reading NCHW codes
+    def _dq(self, tensor: str, per_tensor: bool) -> Optional[onnx.NodeProto]:
+        dq = self.producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            return None
+        if per_tensor and not (_scalar_init(self.inits, dq.input[1]) and _scalar_init(self.inits, dq.input[2])):
+            return None
+        return dq
+
+    def fuse_convs(self) -> int:
+        g = self.model.graph
+        drop, replace = set(), {}
+        for conv in g.node:
+            if conv.op_type != "Conv" or len(conv.input) < 2:
+                continue
+            wdq = self._dq(conv.input[1], per_tensor=False)
+            if wdq is None or wdq.input[0] not in self.inits or len(self.inits[wdq.input[0]].dims) != 4 \
+                    or self.inits[wdq.input[0]].data_type != TensorProto.INT8:
+                continue
+            chain, t = [], conv.input[0]
+            while self.producer.get(t) is not None and self.producer[t].op_type in _SHAPE_OPS:
+                chain.append(self.producer[t])
+                t = self.producer[t].input[0]
+            xdq = self._dq(t, per_tensor=True)
+            users = self.consumers.get(conv.output[0], [])
+            if xdq is None or len(users) != 1 or users[0].op_type != "QuantizeLinear" \
+                    or conv.output[0] in {o.name for o in g.output} \
+                    or not (_scalar_init(self.inits, users[0].input[1]) and len(users[0].input) > 2
+                            and _scalar_init(self.inits, users[0].input[2])):
+                continue
+            bias = ""
+            if len(conv.input) > 2 and conv.input[2]:
+                bdq = self._dq(conv.input[2], per_tensor=False)
+                if bdq is None or bdq.input[0] not in self.inits \
+                        or self.inits[bdq.input[0]].data_type != TensorProto.INT32:
+                    continue
+                bias = bdq.input[0]
+            q = users[0]
+            codes = xdq.input[0]
+            for r in reversed(chain):  # the same reshapes, on the codes
+                out = self.fresh(r.output[0])
+                self.copy_shape(r.output[0], out, xdq.input[2])
+                replace.setdefault(id(conv), []).append(helper.make_node(
+                    r.op_type, [codes, *r.input[1:]], [out], name=self.fresh(r.name or "reshape"), **_attrs(r)))
+                codes = out
+            attrs = {k: v for k, v in _attrs(conv).items() if k in _CONV_ATTRS}
+            inputs = [codes, xdq.input[1], xdq.input[2], wdq.input[0], wdq.input[1], wdq.input[2], q.input[1],
+                      q.input[2]] + ([bias] if bias else [])
+            node = helper.make_node("QLinearConv", inputs, [q.output[0]], name=(conv.name or q.output[0]) + "_q",
+                                    domain=ORT_DOMAIN, channels_last=1, **attrs)
+            self.copy_shape(conv.output[0], q.output[0], xdq.input[2])
+            replace.setdefault(id(conv), []).append(node)
+            drop.add(id(q))
+        order = []
+        for n in g.node:
+            if id(n) in replace:
+                order.extend(replace[id(n)])
+            elif id(n) not in drop:
+                order.append(n)
+        del g.node[:]
+        g.node.extend(order)
+        _prune(self.model)
+        return len(replace)
+
+    # ---- step 2: carry the channels-last layout through the graph
+    def rank(self, tensor: str) -> Optional[int]:
+        s = self.shapes.get(tensor)
+        return len(s) if s is not None else None
+
+    def propagate(self) -> Dict[str, List[int]]:
+        g = self.model.graph
+        cl: Dict[str, Tuple[int, Tuple]] = {}  # tensor -> (rank, logical trailing (C, H, W))
+        nchw_twin: Dict[str, str] = {}  # channels-last tensor -> its transposed-back twin
+        cl_twin: Dict[str, str] = {}  # original-layout tensor -> its channels-last twin
+        order: List[onnx.NodeProto] = []
+
+        def back(t: str) -> str:
+            if t not in nchw_twin:
+                name = self.fresh(t + "_nchw")
+                order.append(helper.make_node("Transpose", [t], [name], perm=to_nchw_perm(cl[t][0]),
+                                              name=self.fresh("to_nchw")))
+                nchw_twin[t] = name
+            return nchw_twin[t]
+
+        def forward(t: str, rank: int, chw: Tuple) -> str:
+            if t not in cl_twin:
+                name = self.fresh(t + "_nhwc")
+                order.append(helper.make_node("Transpose", [t], [name], perm=to_channels_last_perm(rank),
+                                              name=self.fresh("to_nhwc")))
+                cl_twin[t] = name
+                cl[name] = (rank, chw)
+            return cl_twin[t]
+
+        def trailing(t: str) -> Optional[Tuple]:
+            s = self.shapes.get(t)
+            return tuple(s[-3:]) if s is not None and len(s) >= 3 and all(s[-3:]) else None
+
+        for node in list(g.node):
+            ins = [i for i in node.input if i]
+            tagged = [i for i in ins if i in cl]
+            op = node.op_type
+            if op == "QLinearConv" and node.domain == ORT_DOMAIN:
+                x = node.input[0]
+                chw = trailing(x) or trailing(node.output[0])
+                if x not in cl:
+                    if chw is None or self.rank(x) != 4:
+                        raise ValueError(f"int8 layout: the input of {node.name} has no known 4-D shape")
+                    node.input[0] = forward(x, 4, chw)
+                out_chw = trailing(node.output[0])
+                if out_chw is None:
+                    raise ValueError(f"int8 layout: the output of {node.name} has no known shape")
+                order.append(node)
+                cl[node.output[0]] = (4, out_chw)
+                continue
+            if op == "Conv" and not tagged and self.rank(node.output[0]) == 4 and trailing(node.output[0]):
+                order.append(node)  # the analog first layer: one transpose after it
+                t = node.output[0]
+                fresh = self.fresh(t + "_nchw_conv")
+                node.output[0] = fresh
+                order.append(helper.make_node("Transpose", [fresh], [t], perm=to_channels_last_perm(4),
+                                              name=self.fresh("to_nhwc")))
+                cl[t] = (4, trailing(t))
+                self.shapes[fresh] = self.shapes[t]
+                continue
+            if tagged and self._carries(node, cl):
+                ranks = {cl[i][0] for i in tagged}
+                rank, chw = cl[tagged[0]]
+                if op == "BatchNormalization":
+                    order.extend(self._batchnorm(node, chw))
+                    cl[node.output[0]] = (rank, chw)
+                    continue
+                if op == "Reshape":
+                    target = self._reshape_target(node, chw, order)
+                    if target is not None:
+                        node.input[1] = target[0]
+                        order.append(node)
+                        cl[node.output[0]] = (target[1], chw)
+                        continue
+                elif op in ("Unsqueeze", "Squeeze", "Gather"):
+                    order.append(node)
+                    cl[node.output[0]] = (self._leading_rank(node, rank), chw)
+                    continue
+                elif len(ranks) == 1:
+                    for k, i in enumerate(node.input):
+                        if i and i not in cl and not _scalar_init(self.inits, i) and not self._is_param(node, k):
+                            node.input[k] = forward(i, rank, chw)
+                    order.append(node)
+                    for o in node.output:
+                        if o:
+                            cl[o] = (rank, chw)
+                    continue
+            for k, i in enumerate(node.input):  # a consumer that needs the original layout
+                if i in cl:
+                    node.input[k] = back(i)
+            order.append(node)
+        del g.node[:]
+        g.node.extend(order)
+        # Graph outputs keep their names and layout: the channels-last tensor is renamed, a transpose restores it.
+        for out in g.output:
+            if out.name in cl:
+                t = out.name
+                renamed = self.fresh(t + "_nhwc")
+                for n in g.node:
+                    n.output[:] = [renamed if o == t else o for o in n.output]
+                    n.input[:] = [renamed if i == t else i for i in n.input]
+                g.node.append(helper.make_node("Transpose", [renamed], [t], perm=to_nchw_perm(cl[t][0]),
+                                               name=self.fresh("to_nchw")))
+                cl[renamed] = cl.pop(t)
+        return {t: to_nchw_perm(r) for t, (r, _) in cl.items()}
+
+    def _is_param(self, node: onnx.NodeProto, k: int) -> bool:
+        """Scale / zero point inputs of QuantizeLinear / DequantizeLinear and a dsr op's non-data inputs."""
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            return k > 0
+        if node.domain == ONNX_DOMAIN and node.op_type.endswith("Q"):
+            return k > 0
+        return False
+
+    def _carries(self, node: onnx.NodeProto, cl) -> bool:
+        """Whether ``node`` can run on channels-last inputs and give channels-last outputs."""
+        if node.domain == ONNX_DOMAIN:
+            return True  # the dsr neurons: element-wise over [T, ...] (membranes of step ops included)
+        op = node.op_type
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            return all(_scalar_init(self.inits, i) for i in node.input[1:] if i)
+        if op == "BatchNormalization":
+            return len([o for o in node.output if o]) == 1 and all(i in self.inits for i in node.input[1:5])
+        if op == "Reshape":
+            return node.input[0] in cl and node.input[1] not in cl
+        if op in ("Unsqueeze", "Squeeze", "Gather"):
+            return node.input[0] in cl and self._leading_rank(node, cl[node.input[0]][0]) is not None
+        if op in ELEMENTWISE:
+            for k, i in enumerate(node.input):
+                if not i or i in cl or _scalar_init(self.inits, i) or self._is_param(node, k):
+                    continue
+                if self.rank(i) is None or self.rank(i) != cl[next(t for t in node.input if t in cl)][0]:
+                    return False
+            return True
+        return False
+
+    def _leading_rank(self, node: onnx.NodeProto, rank: int) -> Optional[int]:
+        """The output rank of an Unsqueeze / Squeeze / Gather that only adds, removes or indexes leading (time,
+        batch) dimensions, leaving the trailing (C, H, W) as they are; else None."""
+        if len(node.input) < 2 or node.input[1] not in self.inits:
+            return None
+        arg = numpy_helper.to_array(self.inits[node.input[1]])
+        if node.op_type == "Gather":
+            axis = int(_attrs(node).get("axis", 0))
+            axis = axis + rank if axis < 0 else axis
+            return rank - 1 + arg.ndim if 0 <= axis < rank - 3 else None
+        axes = [int(a) for a in arg.reshape(-1)]
+        out = rank + len(axes) if node.op_type == "Unsqueeze" else rank - len(axes)
+        norm = [a + (out if node.op_type == "Unsqueeze" else rank) if a < 0 else a for a in axes]
+        return out if all(0 <= a < out - 3 for a in norm) and out >= 3 else None
+
+    def _batchnorm(self, node: onnx.NodeProto, chw: Tuple) -> List[onnx.NodeProto]:
+        """The same BatchNormalization on a ``[-1, C]`` view of the channels-last tensor (ONNX takes axis 1 as the
+        channel axis; a reshape of a contiguous tensor moves nothing): the same kernel and arithmetic per element
+        as on the original layout, in one pass."""
+        x, y = node.input[0], node.output[0]
+        shape, flat, normed = self.fresh(x + "_shape"), self.fresh(x + "_2d"), self.fresh(y + "_2d")
+        name = node.name or y
+        view = self.const("bn_view", np.array([-1, int(chw[0])], np.int64))
+        bn = helper.make_node("BatchNormalization", [flat, *node.input[1:5]], [normed], name=self.fresh(name),
+                              **{k: v for k, v in _attrs(node).items() if k == "epsilon"})
+        return [helper.make_node("Shape", [x], [shape], name=self.fresh(name)),
+                helper.make_node("Reshape", [x, view], [flat], name=self.fresh(name)), bn,
+                helper.make_node("Reshape", [normed, shape], [y], name=self.fresh(name))]
+
+    def _shape_values(self, shape: str) -> Optional[List[Optional[int]]]:
+        """The target shape's entries (None where computed at run time), or None if not a 1-D shape we can read."""
+        if shape in self.inits:
+            return [int(v) for v in numpy_helper.to_array(self.inits[shape]).reshape(-1)]
+        p = self.producer.get(shape)
+        if p is None or p.op_type != "Concat":
+            return None
+        vals: List[Optional[int]] = []
+        for i in p.input:
+            if i in self.inits:
+                vals.extend(int(v) for v in numpy_helper.to_array(self.inits[i]).reshape(-1))
+            elif self.rank(i) == 1 and self.shapes[i][0]:
+                vals.extend([None] * self.shapes[i][0])
+            else:
+                return None
+        return vals
+
+    def _reshape_target(self, node, chw: Tuple, order) -> Optional[Tuple[str, int]]:
+        """(channels-last target shape, rank) of a Reshape that keeps the trailing (C, H, W) and only changes the
+        leading dimensions, else None."""
+        vals = self._shape_values(node.input[1])
+        if vals is None or len(vals) < 3 or tuple(vals[-3:]) != tuple(chw):
+            return None
+        if node.input[1] in self.inits:
+            arr = numpy_helper.to_array(self.inits[node.input[1]]).reshape(-1)
+            return self.const(node.input[1], _last_to_channels_last(arr)), len(vals)
+        parts = list(self.producer[node.input[1]].input)
+        k = len(parts)
+        while k > 0 and parts[k - 1] in self.inits:  # the constant tail (holds at least C, H, W)
+            k -= 1
+        tail = np.concatenate([numpy_helper.to_array(self.inits[i]).reshape(-1) for i in parts[k:]]) \
+            if k < len(parts) else np.zeros(0, np.int64)
+        if tail.size < 3:
+            return None
+        out = self.fresh(node.input[1])
+        order.append(helper.make_node("Concat", parts[:k] + [self.const("shape", _last_to_channels_last(tail))],
+                                      [out], axis=0, name=self.fresh("shape_cl")))
+        return out, len(vals)
+
+
+def _last_to_channels_last(shape: np.ndarray) -> np.ndarray:
+    """A target shape ``[..., C, H, W]`` as ``[..., H, W, C]``."""
+    return np.concatenate([shape[:-3], shape[-2:], shape[-3:-2]]).astype(np.int64)
+
+
+def _attrs(node: onnx.NodeProto) -> Dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _recorded(model: onnx.ModelProto) -> set:
+    """The tensors the metadata names (each neuron call's spikes and input, for probes)."""
+    names = set()
+    for p in model.metadata_props:
+        if p.key in (META_LAYER_OUTPUTS, META_LAYER_INPUTS):
+            names.update(t for _, t in json.loads(p.value))
+    return names
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads (repeat until stable; the recorded neuron tensors stay) and
+    initializers no node reads."""
+    g = model.graph
+    outs = {o.name for o in g.output} | _recorded(model)
+    while True:
+        used = {i for n in g.node for i in n.input} | outs
+        keep = [n for n in g.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
+def _detach_probe_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """Move the nodes that only the recorded neuron tensors need (e.g. a spike ``DequantizeLinear`` whose float
+    spikes no layer reads) out of the graph, so the inference file does not compute them; returns them (in
+    order) for :data:`META_PROBE_NODES`. ONNX Runtime runs every node of a graph, read or not."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    needed, todo = set(), [o.name for o in g.output]
+    while todo:
+        n = producer.get(todo.pop())
+        if n is None or id(n) in needed:
+            continue
+        needed.add(id(n))
+        todo.extend(i for i in n.input if i)
+        for a in n.attribute:  # subgraphs read outer tensors
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                todo.extend(i for sn in sub.node for i in sn.input if i)
+    detached = [n for n in g.node if id(n) not in needed]
+    keep = [n for n in g.node if id(n) in needed]
+    del g.node[:]
+    g.node.extend(keep)
+    return detached
+
+
+def channels_last(model: onnx.ModelProto) -> Dict[str, int]:
+    """Rewrite the int8 ``model`` channels-last in place (module docstring). Returns counts for the manifest's
+    quantisation record."""
+    fused = _Rewrite(model).fuse_convs()
+    perms = _Rewrite(model).propagate() if fused else {}
+    produced = {o for n in model.graph.node for o in n.output}
+    vis = []
+    for vi in model.graph.value_info:  # the shapes of channels-last tensors as they are laid out
+        if vi.name not in produced:
+            continue
+        if vi.name in perms:
+            dims = list(vi.type.tensor_type.shape.dim)
+            new = onnx.ValueInfoProto()
+            new.CopyFrom(vi)
+            del new.type.tensor_type.shape.dim[:]
+            new.type.tensor_type.shape.dim.extend(dims[k] for k in to_channels_last_perm(len(dims)))
+            vi = new
+        vis.append(vi)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(vis)
+    _prune(model)
+    if fused:
+        if not any(o.domain == ORT_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
+        produced = {o for n in model.graph.node for o in n.output}
+        model.metadata_props.append(onnx.StringStringEntryProto(
+            key=META_CHANNELS_LAST, value=json.dumps({t: p for t, p in perms.items() if t in produced})))
+        detached = _detach_probe_nodes(model)
+        if detached:
+            model.metadata_props.append(onnx.StringStringEntryProto(key=META_PROBE_NODES, value=json.dumps(
+                [base64.b64encode(n.SerializeToString()).decode("ascii") for n in detached])))
+    return {"qlinear_convs": fused, "transposes": sum(1 for n in model.graph.node if n.op_type == "Transpose")}
