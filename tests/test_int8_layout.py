@@ -85,18 +85,21 @@ def _run(folder, x, custom_ops):
         runner.release()
 
 
-@pytest.mark.parametrize("neuron", ["qdq", "quantized"])
-def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron):
+@pytest.mark.parametrize("neuron,all_layers", [("qdq", False), ("quantized", False), ("quantized", True)])
+def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron, all_layers):
     ensure_ort_library()
-    _export(tmp_path, "nchw", int8_neuron=neuron)
-    manifest, model = _export(tmp_path, "nhwc", int8_neuron=neuron, int8_layout="nhwc")
+    opts = {"int8_neuron": neuron, "int8_all_layers": all_layers}
+    _export(tmp_path, "nchw", **opts)
+    manifest, model = _export(tmp_path, "nhwc", int8_layout="nhwc", **opts)
     record = manifest["artifacts"][0]["quantization"]
-    assert record["layout"] == "nhwc" and record["channels_last"]["qlinear_convs"] == 3
+    convs = 4 if all_layers else 3  # --int8-all-layers: the analog first convolution too
+    assert record["layout"] == "nhwc" and record["channels_last"]["qlinear_convs"] == convs
     assert any(o.domain == "com.microsoft" for o in model.opset_import)
     qconvs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
-    assert len(qconvs) == 3 and all(n.domain == "com.microsoft" for n in qconvs)
+    assert len(qconvs) == convs and all(n.domain == "com.microsoft" for n in qconvs)
     assert all({a.name: a.i for a in n.attribute}["channels_last"] == 1 for n in qconvs)
-    # Only the analog first layer's output and the readout's input change layout: nothing between quantised layers.
+    # Only the first layer's input or output and the readout's input change layout: nothing between quantised
+    # layers.
     transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
     assert len(transposes) == 2
     assert not any(n.op_type == "Conv" and any("int8" in i for i in n.input) for n in model.graph.node)

@@ -153,6 +153,11 @@ class _Rewrite:
                 replace.setdefault(id(conv), []).append(helper.make_node(
                     r.op_type, [codes, *r.input[1:]], [out], name=self.fresh(r.name or "reshape"), **_attrs(r)))
                 codes = out
+            if not chain:  # the codes have the conv input's shape (that of the float tensor they quantise)
+                q_in = self.producer.get(codes)
+                self.copy_shape(conv.input[0], codes, xdq.input[2])
+                if q_in is not None and q_in.op_type == "QuantizeLinear":
+                    self.copy_shape(q_in.input[0], codes, xdq.input[2])
             attrs = {k: v for k, v in _attrs(conv).items() if k in _CONV_ATTRS}
             inputs = [codes, xdq.input[1], xdq.input[2], wdq.input[0], wdq.input[1], wdq.input[2], q.input[1],
                       q.input[2]] + ([bias] if bias else [])
@@ -211,7 +216,7 @@ class _Rewrite:
             op = node.op_type
             if op == "QLinearConv" and node.domain == ORT_DOMAIN:
                 x = node.input[0]
-                chw = trailing(x) or trailing(node.output[0])
+                chw = trailing(x)
                 if x not in cl:
                     if chw is None or self.rank(x) != 4:
                         raise ValueError(f"int8 layout: the input of {node.name} has no known 4-D shape")

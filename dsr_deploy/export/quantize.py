@@ -32,7 +32,8 @@ sample (MSE calibration). Scale ``(hi - lo) / 255``, zero point ``round(-lo / sc
 The neurons themselves stay float32 ``dsr`` nodes (custom-op library or function fallback): their input is the
 dequantised current, so given that input the neuron's spikes are the float32 reference's bit for bit. With
 ``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the uint8
-codes (same results, measured faster with the custom-op library; not teacher-forced by verify yet).
+codes (same results, measured faster with the custom-op library; verify teacher-forces them too). With
+``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.int8_layout`).
 """
 
 from __future__ import annotations
