@@ -86,8 +86,11 @@ def register(app: typer.Typer) -> None:
                                              "analog first layer and the readout too (float32 by default)"),
         int8_neuron: str = typer.Option("qdq", "--int8-neuron", help="--precision int8: qdq (Q/DQ around the "
                                         "float32 dsr node; verify checks it teacher-forced) | quantized (dsr "
-                                        "ops on uint8 currents giving uint8 spike codes: same results, faster "
-                                        "with the custom-op library; verify cannot teacher-force it yet)"),
+                                        "ops on the current codes giving spike codes: same results, faster "
+                                        "with the custom-op library; verify teacher-forces both forms)"),
+        int8_activations: str = typer.Option("uint8", "--int8-activations", help="--precision int8: uint8 "
+                                             "(asymmetric currents; ONNX Runtime) | int8 (signed, zero point 0: "
+                                             "the form TensorRT's build-engine takes)"),
     ):
         """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
         from ..export import check_input_shape, export_model, formats
@@ -111,8 +114,10 @@ def register(app: typer.Typer) -> None:
         from ..export import check_precision
 
         check_precision(precision, wanted)
-        if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron != "qdq"):
-            raise UserError("--calibration, --int8-all-layers and --int8-neuron apply to --precision int8")
+        if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron != "qdq"
+                                    or int8_activations != "uint8"):
+            raise UserError("--calibration, --int8-all-layers, --int8-neuron and --int8-activations apply to "
+                            "--precision int8")
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
         if function_body not in ("scan", "unrolled"):
@@ -148,7 +153,8 @@ def register(app: typer.Typer) -> None:
             from ..export.quantize import load_calibration
 
             extra = {"calibration": load_calibration(calibration, loaded.spec, shape, layout, encode),
-                     "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron}
+                     "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron,
+                     "int8_activations": int8_activations}
         err = err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
         if mode == "streaming":

@@ -117,7 +117,8 @@ def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or "qdq")
+                          neuron=ctx.options.get("int8_neuron") or "qdq",
+                          activations=ctx.options.get("int8_activations") or "uint8")
     return q
 
 
