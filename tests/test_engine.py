@@ -539,7 +539,8 @@ def test_signed_int8_qdq_passes_the_check():
     import numpy as np
     from onnx import numpy_helper
 
-    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z"),
              numpy_helper.from_array(np.array([1, -2], np.int8), "w"),
              numpy_helper.from_array(np.array([0.1, 0.2], np.float32), "ws"),
              numpy_helper.from_array(np.zeros(2, np.int8), "wz")]
