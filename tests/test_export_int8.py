@@ -253,6 +253,19 @@ def test_quantisation_helpers():
     assert qparams(np.zeros(10, np.float32)) == (1.0, 0)
 
 
+def _stream(folder, manifest, x):
+    """The streaming export in ``folder`` fed ``x`` ([T, B, ...]) one step at a time from zero membranes."""
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    states = manifest["states"]
+    v = {s["input"]: np.zeros((x.shape[1], *s["shape"]), np.float32) for s in states}
+    got = []
+    for step in x:
+        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: step, **v})
+        got.append(outs[0])
+        v = {s["input"]: o for s, o in zip(states, outs[1:])}
+    return np.stack(got)
+
+
 def test_streaming_int8_step_equals_multistep_int8(tmp_path):
     from dsr_deploy.streaming import export_streaming
 
@@ -268,15 +281,7 @@ def test_streaming_int8_step_equals_multistep_int8(tmp_path):
     x = _calibration(n=3, seed=9)
     multi = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
     want = multi.run(["output"], {"input": x})[0]
-    sess = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"])
-    states = manifest["states"]
-    v = {s["input"]: np.zeros((3, *s["shape"]), np.float32) for s in states}
-    got = []
-    for t in range(T):
-        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: x[t], **v})
-        got.append(outs[0])
-        v = {s["input"]: o for s, o in zip(states, outs[1:])}
-    got = np.stack(got)
+    got = _stream(tmp_path / "s", manifest, x)
     assert (want != 0).any()
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
     with pytest.raises(UserError, match="needs calibration data"):
@@ -490,16 +495,9 @@ def test_streaming_signed_int8_step_equals_multistep_signed_int8(tmp_path):
     x = _calibration(n=3, seed=9)
     want = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"),
                                 providers=["CPUExecutionProvider"]).run(["output"], {"input": x})[0]
-    sess = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"])
-    states = manifest["states"]
-    v = {s["input"]: np.zeros((3, *s["shape"]), np.float32) for s in states}
-    got = []
-    for t in range(T):
-        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: x[t], **v})
-        got.append(outs[0])
-        v = {s["input"]: o for s, o in zip(states, outs[1:])}
+    got = _stream(tmp_path / "s", manifest, x)
     assert (want != 0).any()
-    assert np.array_equal(np.stack(got).view(np.int32), want.view(np.int32))
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
 def test_cli_int8_activations_option(tmp_path, capsys):

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dsr_spike.h"
@@ -145,6 +146,26 @@ void run_block(void* user, size_t block) {
   dsr::cpu_forward_range(*c->args, b, e);
 }
 
+// A CUDA EP kernel: the launch on the stream ONNX Runtime gives the kernel (float or quantised arguments).
+template <typename Args>
+OrtStatus* launch_cuda(OrtKernelContext* ctx, const Args& args) {
+#if defined(DSR_WITH_CUDA)
+  void* stream = nullptr;
+  DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  int err = 0;
+  if constexpr (std::is_same_v<Args, dsr::QuantArgs>)
+    err = dsr::cuda::launch_forward_quantized(args, stream);
+  else
+    err = dsr::cuda::launch_forward(args, stream);
+  if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
+  return nullptr;
+#else
+  (void)ctx;
+  (void)args;
+  return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
+#endif
+}
+
 // ---- the quantised ops: uint8 / int8 current codes in, spike codes out (the core's quantised loop) -------------
 
 struct QuantCtx {
@@ -192,17 +213,7 @@ OrtStatus* compute_quantized(const Kernel& k, OrtKernelContext* ctx) {
   if (N == 0 || xs.dims[0] == 0) return nullptr;
   const dsr::Code code = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? dsr::Code::I8 : dsr::Code::U8;
   const dsr::QuantArgs args{code, xd, yd, static_cast<const float*>(scale), zp, xs.dims[0], N, &k.params};
-  if (k.ep == Ep::Cuda) {
-#if defined(DSR_WITH_CUDA)
-    void* stream = nullptr;
-    DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
-    const int err = dsr::cuda::launch_forward_quantized(args, stream);
-    if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
-    return nullptr;
-#else
-    return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
-#endif
-  }
+  if (k.ep == Ep::Cuda) return launch_cuda(ctx, args);
   const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
   if (blocks == 1) {
     dsr::cpu_forward_quantized_range(args, 0, N);
@@ -257,17 +268,7 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   const dsr::DType dtype = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? dsr::DType::F16 : dsr::DType::F32;
   dsr::ForwardArgs args{dtype, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
   if (N == 0) return nullptr;
-  if (k.ep == Ep::Cuda) {
-#if defined(DSR_WITH_CUDA)
-    void* stream = nullptr;
-    DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
-    const int err = dsr::cuda::launch_forward(args, stream);
-    if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
-    return nullptr;
-#else
-    return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
-#endif
-  }
+  if (k.ep == Ep::Cuda) return launch_cuda(ctx, args);
   const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
   if (blocks == 1 || T * N < (int64_t(1) << 16)) {
     dsr::cpu_forward_range(args, 0, N);

@@ -166,12 +166,7 @@ int32_t DsrSpikePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
   }
   args.params_f32 = &params_;
   if (args.T == 0 || args.N == 0) return 0;
-  int const err = dsr::cuda::launch_forward(args, stream);
-  if (err != 0) {
-    log_error(std::string(kind_.name) + ": kernel launch failed: " + dsr::cuda::error_string(err));
-    return -1;
-  }
-  return 0;
+  return launched(dsr::cuda::launch_forward(args, stream));
 }
 
 int32_t DsrSpikePlugin::enqueue_quantized(PluginTensorDesc const* inputDesc, void const* const* inputs,
@@ -184,12 +179,13 @@ int32_t DsrSpikePlugin::enqueue_quantized(PluginTensorDesc const* inputDesc, voi
   dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], static_cast<float const*>(inputs[1]), inputs[2],
                             inputDesc[0].dims.d[0], volume(inputDesc[0].dims, 1), &params_};
   if (args.T == 0 || args.N == 0) return 0;
-  int const err = dsr::cuda::launch_forward_quantized(args, stream);
-  if (err != 0) {
-    log_error(std::string(kind_.name) + ": kernel launch failed: " + dsr::cuda::error_string(err));
-    return -1;
-  }
-  return 0;
+  return launched(dsr::cuda::launch_forward_quantized(args, stream));
+}
+
+int32_t DsrSpikePlugin::launched(int err) const noexcept {
+  if (err == 0) return 0;
+  log_error(std::string(kind_.name) + ": kernel launch failed: " + dsr::cuda::error_string(err));
+  return -1;
 }
 
 IPluginV3* DsrSpikePlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }

@@ -82,6 +82,7 @@ class DsrSpikePlugin final : public nvinfer1::IPluginV3,
  private:
   int32_t enqueue_quantized(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs,
                             void* const* outputs, cudaStream_t stream) noexcept;
+  int32_t launched(int err) const noexcept;  // 0, or -1 with the CUDA error logged
 
   OpKind kind_;
   Attributes attrs_;
