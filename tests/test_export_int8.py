@@ -515,3 +515,14 @@ def test_cli_int8_activations_option(tmp_path, capsys):
     import json
 
     assert json.loads(out)["artifacts"][0]["quantization"]["activations"] == "int8"
+
+
+def test_signed_activations_and_the_onnx_runtime_layout_are_exclusive():
+    """``--int8-layout nhwc`` (ONNX Runtime's channels-last int8 graph, another branch) with the TensorRT form: one
+    line asking to choose."""
+    from dsr_deploy.export.quantize import int8_options
+
+    cal = _calibration()
+    with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):
+        int8_options({"calibration": cal, "int8_activations": "int8", "int8_layout": "nhwc"}, SHAPE, 1)
+    assert int8_options({"calibration": cal, "int8_activations": "int8"}, SHAPE, 1)["int8_activations"] == "int8"

@@ -590,6 +590,10 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     activations = extra.get("int8_activations") or "uint8"
     if activations not in ACTIVATIONS:
         raise UserError(f"unknown --int8-activations {activations!r}; choose from {', '.join(ACTIVATIONS)}")
+    if activations == "int8" and (extra.get("int8_layout") or "nchw") != "nchw":
+        raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
+                        f"{extra['int8_layout']} is for ONNX Runtime's CPU, where uint8 activations are faster: "
+                        "choose one")
     return {"calibration": check_calibration(extra["calibration"], shape, batch_dim, "(--calibration)"),
             "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron,
             "int8_activations": activations}
