@@ -24,9 +24,9 @@ DSR_C_EXPORT int dsr_cpu_forward(int dtype, const void* x, void* y, const void* 
 DSR_C_EXPORT const char* dsr_cpu_kernel_isa() { return dsr::cpu_kernel_isa(); }
 
 // The quantised op (dsr_spike.h, QuantArgs): code 0 uint8, 1 int8 (x, y and *zero_point); scale one float32.
-DSR_C_EXPORT int dsr_cpu_forward_quantized(int code, const void* x, void* y, const float* scale,
-                                           const void* zero_point, int64_t T, int64_t N, int neuron,
-                                           double v_threshold, double alpha, double tau, double delta_t) {
+DSR_C_EXPORT int dsr_cpu_forward_quantized(int code, const void* x, void* y, const float* scale, const void* zero_point,
+                                           int64_t T, int64_t N, int neuron, double v_threshold, double alpha,
+                                           double tau, double delta_t) {
   if (code < 0 || code > 1 || neuron < 0 || neuron > 1) return 1;
   const dsr::LayerParams lp(static_cast<dsr::Neuron>(neuron), v_threshold, alpha, tau, delta_t);
   const dsr::QuantArgs args{static_cast<dsr::Code>(code), x, y, scale, zero_point, T, N, &lp.f32};

@@ -2,10 +2,10 @@
 //
 // Each thread owns VEC adjacent neurons (16 bytes of input per step: 4 float, 8 half/bfloat16, 2 double), so a warp
 // reads and writes 512 contiguous bytes per time step; small layers run one neuron per thread in smaller blocks so
-// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read once) and
-// stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is contracted
-// into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA eager,
-// which runs every op of the reference loop as its own kernel.
+// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read
+// once) and stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is
+// contracted into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA
+// eager, which runs every op of the reference loop as its own kernel.
 //
 // The quantised ops (launch_forward_quantized: uint8 / int8 current codes in, spike codes out, 16 codes per thread)
 // are the same kernel with another input decoder (the exact DequantizeLinear, its scale and zero point read from
@@ -143,10 +143,10 @@ __device__ __forceinline__ bool neuron_step(const SpikeParams<C>& p, C& v, C x) 
 // In: FloatInput<S> or CodeInput<Q>; Out: the stored output element (the input's storage for the float op, the
 // code type for the quantised one): out_spike / out_none, chosen per neuron-step.
 template <typename In, typename Out, int VEC, bool kLeaky>
-__global__ void __launch_bounds__(kMaxBlock) spike_kernel(SpikeParams<typename In::C> p, Out out_spike, Out out_none,
-                                                    In input, const typename In::Bits* __restrict__ x,
-                                                    Out* __restrict__ y, const typename In::C* __restrict__ v_in,
-                                                    typename In::C* __restrict__ v_out, int64_t T, int64_t N) {
+__global__ void __launch_bounds__(kMaxBlock)
+    spike_kernel(SpikeParams<typename In::C> p, Out out_spike, Out out_none, In input,
+                 const typename In::Bits* __restrict__ x, Out* __restrict__ y, const typename In::C* __restrict__ v_in,
+                 typename In::C* __restrict__ v_out, int64_t T, int64_t N) {
   using C = typename In::C;
   using Bits = typename In::Bits;
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -212,8 +212,8 @@ cudaError_t launch_vec(const SpikeParams<typename In::C>& p, Out spike, Out none
     DSR_LAUNCH(grid, shape.block, stream, spike_kernel<In, Out, VEC, true>)(p, spike, none, input, xb, yb, vi, vo, T,
                                                                             N);
   else
-    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<In, Out, VEC, false>)(p, spike, none, input, xb, yb, vi, vo,
-                                                                             T, N);
+    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<In, Out, VEC, false>)(p, spike, none, input, xb, yb, vi, vo, T,
+                                                                             N);
   return cudaGetLastError();
 }
 
@@ -226,7 +226,8 @@ cudaError_t launch_typed(const SpikeParams<typename In::C>& p, Out spike, Out no
   constexpr int kVec = 16 / static_cast<int>(sizeof(Out));
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (reinterpret_cast<uintptr_t>(y) % 16 == 0);
   const LaunchShape shape = launch_shape(N, kVec, aligned, sm_count());
-  if (shape.vec == kVec) return launch_vec<In, Out, kVec>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+  if (shape.vec == kVec)
+    return launch_vec<In, Out, kVec>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
   return launch_vec<In, Out, 1>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
 }
 
@@ -273,10 +274,18 @@ int launch_forward(const ForwardArgs& a, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   cudaError_t err = cudaSuccess;
   switch (a.dtype) {
-    case DType::F32: err = launch_float<float>(*a.params_f32, a, stream); break;
-    case DType::F16: err = launch_float<Half>(*a.params_f32, a, stream); break;
-    case DType::BF16: err = launch_float<BFloat16>(*a.params_f32, a, stream); break;
-    case DType::F64: err = launch_float<double>(*a.params_f64, a, stream); break;
+    case DType::F32:
+      err = launch_float<float>(*a.params_f32, a, stream);
+      break;
+    case DType::F16:
+      err = launch_float<Half>(*a.params_f32, a, stream);
+      break;
+    case DType::BF16:
+      err = launch_float<BFloat16>(*a.params_f32, a, stream);
+      break;
+    case DType::F64:
+      err = launch_float<double>(*a.params_f64, a, stream);
+      break;
   }
   return static_cast<int>(err);
 }

@@ -11,8 +11,8 @@
 // x / y float32 or float16 (the membrane v is float32 in both cases, as the reference computes float16 inputs).
 // The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
 // writes them (float32 tau / delta_t could not reproduce the double exp); when missing they are computed from tau
-// and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both EPs.
-// plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
+// and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both
+// EPs. plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
 //
 // Load with SessionOptions.register_custom_ops_library(path). The C ABI comes from dsr_ort_abi.h (no ONNX Runtime
 // SDK needed): the library asks ONNX Runtime for OrtApi DSR_ORT_API_VERSION (18, ONNX Runtime >= 1.18), calls only
@@ -344,13 +344,19 @@ constexpr ONNXTensorElementDataType kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
 constexpr ONNXTensorElementDataType kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 constexpr ONNXTensorElementDataType kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
 const OpSpec kSpecs[] = {
-    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
-    {"DSRIFStep", dsr::Neuron::IF, true, kF32},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
-    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
-    {"DSRIFStep", dsr::Neuron::IF, true, kF16},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},
+    {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF32},
+    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},
+    {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF16},
+    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
     // The quantised ops: uint8 codes (the default int8 export) and int8 codes (--int8-activations int8).
-    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kU8, true}, {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kU8, true},
-    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kI8, true}, {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kI8, true},
+    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kU8, true},
+    {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kU8, true},
+    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kI8, true},
+    {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kI8, true},
 };
 constexpr size_t kNumSpecs = sizeof(kSpecs) / sizeof(kSpecs[0]);
 

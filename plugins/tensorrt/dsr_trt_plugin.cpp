@@ -176,8 +176,9 @@ int32_t DsrSpikePlugin::enqueue_quantized(PluginTensorDesc const* inputDesc, voi
     return -1;
   }
   // The scale and zero point stay in device memory (TensorRT inputs): the kernel reads them.
-  dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], static_cast<float const*>(inputs[1]), inputs[2],
-                            inputDesc[0].dims.d[0], volume(inputDesc[0].dims, 1), &params_};
+  auto const* scale = static_cast<float const*>(inputs[1]);
+  int64_t const T = inputDesc[0].dims.d[0], N = volume(inputDesc[0].dims, 1);
+  dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], scale, inputs[2], T, N, &params_};
   if (args.T == 0 || args.N == 0) return 0;
   return launched(dsr::cuda::launch_forward_quantized(args, stream));
 }
@@ -268,7 +269,8 @@ nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) noexcept 
   static DsrSpikeCreator lif_step({"DSRLIFStep", dsr::Neuron::LIF, true});
   static DsrSpikeCreator if_spike_q({"DSRIFSpikeQ", dsr::Neuron::IF, false, true});
   static DsrSpikeCreator lif_spike_q({"DSRLIFSpikeQ", dsr::Neuron::LIF, false, true});
-  static IPluginCreatorInterface* const list[] = {&if_spike, &lif_spike, &if_step, &lif_step, &if_spike_q, &lif_spike_q};
+  static IPluginCreatorInterface* const list[] = {&if_spike, &lif_spike,  &if_step,
+                                                  &lif_step, &if_spike_q, &lif_spike_q};
   count = 6;
   return list;
 }
