@@ -274,18 +274,10 @@ int launch_forward(const ForwardArgs& a, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   cudaError_t err = cudaSuccess;
   switch (a.dtype) {
-    case DType::F32:
-      err = launch_float<float>(*a.params_f32, a, stream);
-      break;
-    case DType::F16:
-      err = launch_float<Half>(*a.params_f32, a, stream);
-      break;
-    case DType::BF16:
-      err = launch_float<BFloat16>(*a.params_f32, a, stream);
-      break;
-    case DType::F64:
-      err = launch_float<double>(*a.params_f64, a, stream);
-      break;
+    case DType::F32: err = launch_float<float>(*a.params_f32, a, stream); break;
+    case DType::F16: err = launch_float<Half>(*a.params_f32, a, stream); break;
+    case DType::BF16: err = launch_float<BFloat16>(*a.params_f32, a, stream); break;
+    case DType::F64: err = launch_float<double>(*a.params_f64, a, stream); break;
   }
   return static_cast<int>(err);
 }
