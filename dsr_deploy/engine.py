@@ -236,8 +236,8 @@ def network_contents(trt, network, info: OnnxInfo) -> dict:
 
 def _model_precision(onnx_path: Path) -> str:
     """float32 / float16 / bfloat16: the element type of the model's first input; int8: a quantised Q/DQ model
-    (``export --precision int8``), which TensorRT builds with explicit quantisation from its Q/DQ nodes, strongly
-    typed (compile-checked / stub-tested only here: no GPU)."""
+    (``export --precision int8 --int8-activations int8``; :func:`tensorrt_quantization_problem`), which TensorRT
+    builds with explicit quantisation from its Q/DQ nodes, strongly typed (stub-tested only here: no GPU)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -249,6 +249,43 @@ def _model_precision(onnx_path: Path) -> str:
         if vi.name not in init:
             return names.get(vi.type.tensor_type.elem_type, "float32")
     return "float32"
+
+
+def tensorrt_quantization_problem(model) -> Optional[str]:
+    """Why TensorRT's explicit quantisation would refuse the Q/DQ nodes of ``model`` (an ``onnx.ModelProto``), or
+    None. TensorRT takes signed int8 (also fp8 / int4 / fp4) with zero point 0 only: the uint8 / asymmetric export
+    (``export --precision int8``'s default) and int32 bias ``DequantizeLinear`` nodes are refused by its parser."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    found = []  # (rank, text): the uint8 codes first (the main reason), then int32 biases, then zero points
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.domain not in ("", "ai.onnx"):
+            continue
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        data = inits.get(node.input[0])
+        if zp is None and node.op_type == "QuantizeLinear":
+            rank, what = 0, "gives uint8 codes (no zero point)"
+        elif zp is not None and zp.data_type == TensorProto.UINT8:
+            rank, what = 0, "uses uint8 codes"
+        elif (zp is not None and zp.data_type == TensorProto.INT32) or (
+                data is not None and data.data_type == TensorProto.INT32):
+            rank, what = 1, "dequantises an int32 (bias) input"
+        elif zp is not None and numpy_helper.to_array(zp).any():
+            rank, what = 2, "has a non-zero zero point"
+        else:
+            continue
+        found.append((rank, len(found), f"{node.op_type} {node.name or node.output[0]!r} {what}"))
+    return min(found)[2] if found else None
+
+
+def _check_tensorrt_quantization(onnx_path: Path) -> None:
+    import onnx
+
+    problem = tensorrt_quantization_problem(onnx.load(str(onnx_path), load_external_data=False))
+    if problem:
+        raise UserError(f"{onnx_path}: TensorRT takes only signed int8 Q/DQ with zero point 0, and {problem}; "
+                        "re-export with `dsr-deploy export --precision int8 --int8-activations int8`")
 
 
 def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bool = False,
@@ -269,10 +306,12 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
         raise UserError(f"{onnx_path} has no inputs")
     if "com.microsoft" in info.domains:
         raise UserError(f"{onnx_path} uses ONNX Runtime's own ops (com.microsoft: an `--int8-layout nhwc` export "
-                        "for ONNX Runtime's CPU); export with --int8-layout nchw (the portable Q/DQ graph) for "
-                        "TensorRT")
+                        "for ONNX Runtime's CPU); for TensorRT export with --int8-layout nchw --int8-activations "
+                        "int8 (the portable, signed Q/DQ graph)")
     shapes = plan_profile(info.inputs, batch, timesteps)
     precision = _model_precision(onnx_path)
+    if precision == "int8":
+        _check_tensorrt_quantization(onnx_path)
     lib = find_plugin(plugin)
     warning = check_plugin_needs(info, lib)
     if warning:

@@ -253,6 +253,26 @@ STATE = Record("state", {
     "initial": string, "neuron": integer(0), "layer": string,
 }, required=("input", "output", "shape"))
 
+def string_map(v: Any) -> dict:
+    """Names to strings (e.g. the layers an int8 export kept float32, and why)."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise Invalid(f"expected a mapping of names to strings, got {_show(v)}")
+    return v
+
+
+QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/export/quantize.py)
+    "method": nonempty_string,
+    "calibration_samples": integer(1),
+    "quantized_layers": integer(0),
+    "float_layers": string_map,
+    "currents": integer(0),
+    "weights": string,
+    "all_layers": boolean,
+    "neuron": one_of("qdq", "quantized"),
+    "quantized_neurons": integer(0),
+    "activations": one_of("uint8", "int8"),  # --int8-activations (int8: the TensorRT form); absent: uint8
+})
+
 ARTIFACT = Record("artifact", {
     "format": nonempty_string,
     "path": relative_path,
@@ -263,6 +283,7 @@ ARTIFACT = Record("artifact", {
     "inputs": name_list,
     "outputs": name_list,
     "states": list_of(STATE),
+    "quantization": QUANTIZATION,
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {

@@ -4,7 +4,8 @@ Checks (fresh random inputs, several shapes, T in 1, 4, 20, 50): float32 spikes 
 the Python reference run eagerly on the GPU; float16 / bfloat16 at least 99.9% of spikes equal (reported; they are
 expected to be exact too: the membrane is float32 in both). Timings (CUDA events, median of repeats) at
 T=20, B=32, 128x16x16: the kernel vs a device-to-device copy of the same bytes (read x, write y), vs SpikingJelly's
-eager node (if importable) and the reference loop.
+eager node (if importable) and the reference loop. The quantised ops' kernels (int8 exports, through
+libdsr_kernels.so) code for code against the CPU quantised op and their definition.
 
 The kernels are reached through torch.ops.dsr (libdsr_torch_ops.so built with CUDA); if that library has no CUDA
 kernel (for example the torch CMake package could not be configured), through libdsr_kernels.so and ctypes,
@@ -305,6 +306,57 @@ def small_n_rows(run, gen, repeats, T=20):
     return out
 
 
+def quantized_rows(gen):
+    """The quantised ops' CUDA kernels (libdsr_kernels.so: dsr_cuda_forward_quantized) on this GPU vs the CPU
+    quantised op (dsr_cpu_forward_quantized) and the definition (float32(q - zp) * scale, the reference neuron,
+    y != 0): uint8 and int8 codes, zero points 0 and not, odd N, an unaligned base. Returns (rows, note)."""
+    path = ops.find_library(plugins.KERNELS_LIBRARY)
+    if DEVICE == "cpu":
+        return [], "not on the CPU dry run (the CUDA entry takes device pointers)"
+    if path is None:
+        return [], "libdsr_kernels.so not built"
+    lib = ctypes.CDLL(str(path))
+    if not hasattr(lib, "dsr_cuda_forward_quantized"):
+        return [], f"{path.name} has no dsr_cuda_forward_quantized (built without CUDA?)"
+    head = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int] + [ctypes.c_double] * 4
+    lib.dsr_cuda_forward_quantized.argtypes = head + [ctypes.c_void_p]
+    lib.dsr_cpu_forward_quantized.argtypes = head
+    lib.dsr_cuda_error_string.restype = ctypes.c_char_p
+    rows = []
+    for dtype, code, zps in ((torch.uint8, 0, (0, 131)), (torch.int8, 1, (0, -7))):
+        lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
+        for kind, params, scale in (("if", (1.0, 0.5, 1.0, 1.0), 0.03), ("lif", (1.3, 0.3, 2.0, 0.05), 0.2)):
+            for T, N, offset in ((20, 4096 * 16, 0), (7, 100003, 1), (1, 17, 0)):
+                codes = torch.randint(lo, hi, (T * N + offset,), generator=torch.Generator().manual_seed(T + N),
+                                      dtype=torch.int32).to(dtype)
+                for zp in zps:
+                    x_gpu = codes.to(DEVICE)
+                    y_gpu = torch.empty_like(x_gpu)
+                    s_gpu = torch.tensor([scale], dtype=torch.float32, device=DEVICE)
+                    z_gpu = torch.tensor([zp], dtype=dtype, device=DEVICE)
+                    args = (T, N, 0 if kind == "if" else 1, *params)
+                    err = lib.dsr_cuda_forward_quantized(
+                        code, x_gpu.data_ptr() + offset, y_gpu.data_ptr() + offset, s_gpu.data_ptr(),
+                        z_gpu.data_ptr(), *args, torch.cuda.current_stream().cuda_stream)
+                    torch.cuda.synchronize()
+                    if err:
+                        raise RuntimeError(lib.dsr_cuda_error_string(err).decode())
+                    y_cpu = torch.empty_like(codes)
+                    s_cpu, z_cpu = torch.tensor([scale], dtype=torch.float32), torch.tensor([zp], dtype=dtype)
+                    lib.dsr_cpu_forward_quantized(code, codes.data_ptr() + offset, y_cpu.data_ptr() + offset,
+                                                  s_cpu.data_ptr(), z_cpu.data_ptr(), *args)
+                    q = codes[offset:].view(T, N)
+                    current = (q.to(torch.int32) - zp).to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
+                    ref = reference(kind, current, params[:2] if kind == "if" else params)[0]
+                    want = (ref != 0).to(dtype)
+                    got = y_gpu[offset:].cpu().view(T, N)
+                    rows.append(dict(codes=str(dtype).split(".")[-1], kind=kind, T=T, N=N, zero_point=zp,
+                                     offset=offset, equal_cpu_op=bool(torch.equal(got, y_cpu[offset:].view(T, N))),
+                                     equal_definition=bool(torch.equal(got, want)),
+                                     firing=float(want.float().mean())))
+    return rows, ""
+
+
 def tensorrt_rows(gen):
     """First contact with TensorRT when it is installed: a neuron-only ONNX export built into an engine (the plugin
     when libdsr_trt_plugin*.so is built, else the function bodies), run by the TensorRT runner with its default
@@ -351,7 +403,7 @@ def tensorrt_rows(gen):
     return rows, "ran"
 
 
-def render(meta, rows, failures, times, sj_note, ts_rows=(), small=(), trt=((), "")):
+def render(meta, rows, failures, times, sj_note, ts_rows=(), small=(), trt=((), ""), quant=((), "")):
     lines = [f"# GPU check: DSR spike kernels ({meta['date']})", ""]
     lines.append(f"GPU: **{meta['gpu']}** (CUDA {meta['cuda']}, driver capability {meta['capability']}); torch "
                  f"{meta['torch']}; kernels via {meta['kernels']}.")
@@ -398,6 +450,16 @@ def render(meta, rows, failures, times, sj_note, ts_rows=(), small=(), trt=((), 
         lines += [f"| {r['N']} | {r['dtype']} | {r['kernel_us']:.1f} | {r['copy_us']:.1f} | {r['launch']} | "
                   f"{'yes' if r['bit_exact'] else '**no**'} |" for r in small]
         lines.append("")
+    q_rows, q_note = quant
+    lines += ["## Quantised ops (int8 exports): CUDA kernel vs the CPU quantised op and the definition", ""]
+    if not q_rows:
+        lines.append(f"skipped: {q_note}")
+    else:
+        ok = sum(r["equal_cpu_op"] and r["equal_definition"] for r in q_rows)
+        lines.append(f"{ok}/{len(q_rows)} cases equal code for code (uint8 / int8 codes, zero points, odd N, an "
+                     "unaligned base)")
+        lines += [f"- FAIL: {r}" for r in q_rows if not (r["equal_cpu_op"] and r["equal_definition"])]
+    lines.append("")
     trt_rows, trt_note = trt
     lines += ["## TensorRT (build-engine, the TensorRT runner with device \"cuda\")", ""]
     if not trt_rows:
@@ -447,10 +509,20 @@ def main():
     small = small_n_rows(run, gen, args.repeats)
     print(f"small N: {small}", flush=True)
     try:
+        quant = quantized_rows(gen)
+    except Exception as exc:  # reported, and counted as a failure below
+        quant = ([], f"failed: {type(exc).__name__}: {exc}")
+    print(f"quantised ops: {sum(r['equal_cpu_op'] and r['equal_definition'] for r in quant[0])}/{len(quant[0])} "
+          f"equal {quant[1]}", flush=True)
+    try:
         trt = tensorrt_rows(gen)
     except Exception as exc:  # never lose the kernel results to the optional TensorRT step
         trt = ([], f"failed: {type(exc).__name__}: {exc}")
-    report = render(meta, rows, failures, times, sj_note, ts_rows, small, trt)
+    report = render(meta, rows, failures, times, sj_note, ts_rows, small, trt, quant)
+    failures = list(failures) + [f"quantised op {r}" for r in quant[0]
+                                 if not (r["equal_cpu_op"] and r["equal_definition"])]
+    if quant[1].startswith("failed"):
+        failures.append(f"quantised ops {quant[1]}")
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from dsr_deploy.io import atomic_write_text
@@ -459,7 +531,8 @@ def main():
     atomic_write_text(args.out.with_suffix(".json"),
                       json.dumps(dict(meta=meta, correctness=rows, torchscript=ts_rows, timings=times,
                                       spikingjelly=sj_note, small_n=small, tensorrt=trt[0],
-                                      tensorrt_note=trt[1]), indent=2))
+                                      tensorrt_note=trt[1], quantized=quant[0], quantized_note=quant[1]),
+                                 indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 1 if failures else 0
 

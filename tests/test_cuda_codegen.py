@@ -90,8 +90,9 @@ def test_the_build_flags_forbid_contraction_and_flushing():
 
 def test_every_kernel_instance_is_there(kernel_ptx):
     names = [n for n in entries(kernel_ptx) if "spike_kernel" in n]
-    # 4 storage types x (vector, scalar) x (IF, LIF)
-    assert len(names) == 16, names
+    # 4 storage types x (vector, scalar) x (IF, LIF), + the quantised op: 2 code types (uint8, int8) x 2 x 2
+    assert len(names) == 24, names
+    assert sum("CodeInput" in n for n in names) == 8, names
 
 
 def test_no_fma_no_ftz_every_float_op_explicitly_rounded(kernel_ptx):
@@ -99,23 +100,26 @@ def test_no_fma_no_ftz_every_float_op_explicitly_rounded(kernel_ptx):
 
 
 def test_op_counts_match_the_reference_recurrence(kernel_ptx):
-    # Name mangling: spike_kernel<S, VEC, kLeaky> -> ...spike_kernelI<S>Li<VEC>ELb<0|1>E...
+    # Name mangling: spike_kernel<In, Out, VEC, kLeaky> -> ...spike_kernelI<In><Out>Li<VEC>ELb<0|1>E..., In is
+    # FloatInput<S> (FloatInputIdE: double) or CodeInput<Q> (the quantised op: one dequantising product per step).
     checked = 0
     for name, body in entries(kernel_ptx).items():
         m = re.search(r"spike_kernelI(.+?)Li(\d+)ELb([01])E", name)
         if not m:
             continue
         vec, leaky = int(m.group(2)), m.group(3) == "1"
-        ctype = "f64" if m.group(1) == "d" else "f32"
+        ctype = "f64" if "FloatInputIdE" in m.group(1) else "f32"
+        dequantize = "CodeInput" in m.group(1)
         count = {op: sum(1 for o, mods in float_ops(body) if o == op and mods.endswith(ctype))
                  for op in ("add", "sub", "mul")}
         # The T loop is unrolled (by 4, plus a remainder loop): a whole number of steps of `vec` neurons each.
         assert count["sub"] % vec == 0 and count["sub"] > 0, (name, count)
         # Per neuron-step: IF v = v + x; v = v - s.  LIF v = decay*v + gain*x (two products, one sum); v = v - s.
+        # Quantised: x = float(q - zero_point) * scale first (one product).
         assert count["add"] == count["sub"], (name, count)
-        assert count["mul"] == (2 * count["sub"] if leaky else 0), (name, count)
+        assert count["mul"] == ((2 if leaky else 0) + dequantize) * count["sub"], (name, count)
         checked += 1
-    assert checked == 16
+    assert checked == 24
 
 
 def test_fast_math_in_the_global_flags_is_overridden(tmp_path):
@@ -169,7 +173,7 @@ def test_sass_has_no_fused_multiply_add(tmp_path):
     env = dict(os.environ, PATH=SASS_TOOLS + os.pathsep + os.environ.get("PATH", ""))  # cuobjdump runs nvdisasm
     sass = subprocess.run([str(Path(SASS_TOOLS) / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                           timeout=300, env=env).stdout
-    assert sass.count("Function :") == 16
+    assert sass.count("Function :") == 24
     fused = [ln.strip() for ln in sass.splitlines() if re.search(r"\b[FDH]FMA2?\b", ln)
              and not re.search(r"-RZ, RZ", ln)]  # HFMA2.MMA Rx, -RZ, RZ, 0, 0 is the zeroing idiom
     assert fused == []

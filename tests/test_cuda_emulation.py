@@ -68,6 +68,10 @@ def emu(tmp_path_factory):
     lib.dsr_emu_set_device.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.dsr_emu_last_grid.restype = ctypes.c_long
     lib.dsr_cuda_launch_shape.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+    quantized = ([ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+                 + [ctypes.c_double] * 4)
+    lib.dsr_cuda_forward_quantized.argtypes = quantized + [ctypes.c_void_p]
+    lib.dsr_cpu_forward_quantized.argtypes = quantized
     return lib
 
 
@@ -210,6 +214,113 @@ def test_time_zero_keeps_the_initial_membrane(emu):
 
 def test_no_neurons_launches_nothing(emu):
     assert emu.dsr_cuda_forward(0, None, None, None, None, 5, 0, 0, *IF_PARAMS, None) == 0
+
+
+# ---- the quantised ops (int8 exports): codes in, spike codes out ------------------------------------------------
+
+CODES = {np.uint8: 0, np.int8: 1}
+
+
+def quantized_reference(kind, codes, scale, zp, params):
+    """The quantised op by definition: ONNX DequantizeLinear (float32(q - zp) * scale, one rounding), the Python
+    reference neuron, spike codes = output != 0 (in the codes' type)."""
+    current = (codes.astype(np.int32) - int(zp)).astype(np.float32) * np.float32(scale)
+    y, _ = reference(kind, torch.from_numpy(current), params)
+    return (y.numpy() != 0).astype(codes.dtype)
+
+
+def run_quantized(lib, kind, codes, scale, zp, params, offset=0, device="cuda"):
+    """One dsr_cuda_forward_quantized (emulated) or dsr_cpu_forward_quantized call; the codes start `offset` bytes
+    into a fresh buffer, the output too, with canaries around it."""
+    T, N = codes.shape[0], math.prod(codes.shape[1:])
+    xbuf = np.zeros(offset + codes.size + GUARD, codes.dtype)
+    xbuf[offset:offset + codes.size] = codes.reshape(-1)
+    ybuf = np.full(GUARD + offset + codes.size + GUARD, 7, codes.dtype)
+    s = np.array([scale], np.float32)
+    z = np.array([zp], codes.dtype)
+    ptr = lambda a, i: a.ctypes.data + i * a.itemsize  # noqa: E731
+    args = (CODES[codes.dtype.type], ptr(xbuf, offset), ptr(ybuf, GUARD + offset), s.ctypes.data, z.ctypes.data, T,
+            N, 0 if kind == "if" else 1, *params)
+    if device == "cuda":
+        lo = (ctypes.c_size_t * 2)(ptr(xbuf, offset), ptr(ybuf, GUARD + offset))
+        size = (ctypes.c_size_t * 2)(codes.size, codes.size)
+        lib.dsr_emu_set_regions(lo, size, 2)
+        try:
+            rc = lib.dsr_cuda_forward_quantized(*args, None)
+        finally:
+            lib.dsr_emu_set_regions(None, None, 0)
+    else:
+        rc = lib.dsr_cpu_forward_quantized(*args)
+    assert rc == 0, lib.dsr_cuda_error_string(rc).decode() if device == "cuda" else rc
+    assert (ybuf[:GUARD + offset] == 7).all() and (ybuf[GUARD + offset + codes.size:] == 7).all()
+    return ybuf[GUARD + offset:GUARD + offset + codes.size].reshape(codes.shape)
+
+
+def random_codes(dtype, T, N, seed):
+    info = np.iinfo(dtype)
+    return np.random.default_rng(seed).integers(info.min, info.max + 1, size=(T, N)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8], ids=["uint8", "int8"])
+@pytest.mark.parametrize("kind", ["if", "lif"])
+@pytest.mark.parametrize("T, N", [(1, 1), (4, 15), (4, 16), (20, 17), (3, 1000), (5, 4099)])
+def test_emulated_quantized_kernel_is_bit_exact_with_the_cpu_op_and_the_reference(emu, dtype, kind, T, N):
+    """Codes of either sign with zero points 0, mid-range and at the ends, odd N (the scalar tail path), aligned
+    and unaligned bases: the CUDA kernel (emulated), the CPU quantised op and the definition agree code for code."""
+    params = IF_PARAMS if kind == "if" else LIF_PARAMS
+    codes = random_codes(dtype, T, N, T * 31 + N)
+    zps = (0, 37, 255) if dtype == np.uint8 else (0, -5, 127)
+    scale = 0.023 if kind == "if" else 0.1
+    for zp in zps:
+        want = quantized_reference(kind, codes, scale, zp, params)
+        assert set(np.unique(want)) <= {0, 1}
+        for offset in (0, 1):
+            got = run_quantized(emu, kind, codes, scale, zp, params, offset)
+            assert np.array_equal(got, want), f"cuda zp={zp} offset={offset}"
+        assert np.array_equal(run_quantized(emu, kind, codes, scale, zp, params, device="cpu"), want), f"cpu zp={zp}"
+    both = quantized_reference(kind, codes, scale, zps[1], params)
+    assert T * N < 64 or (both == 1).any() and (both == 0).any()  # the inputs make the neurons fire, not always
+
+
+@pytest.mark.parametrize("dtype, zp", [(np.uint8, 100), (np.int8, -7)], ids=["uint8", "int8"])
+def test_quantized_dequantisation_rounds_once_at_the_threshold(emu, dtype, zp):
+    """IF, alpha 1, one step: a neuron fires iff its dequantised current >= vth. With vth = the exact dequantised
+    value of one code, that code must fire; with vth one float32 ulp above, it must not: any other rounding of
+    float(q - zp) * scale (a product in another order, a reciprocal, a scale off by an ulp) flips one of the two."""
+    scale = np.float32(0.0123)
+    q0 = 150 if dtype == np.uint8 else 90
+    x0 = np.float32(np.float32(q0 - zp) * scale)
+    codes = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype)[None, :]
+    for vth, fires in ((x0, True), (np.nextafter(x0, np.float32(np.inf)), False)):
+        params = (float(vth), 1.0, 1.0, 1.0)
+        for device in ("cuda", "cpu"):
+            got = run_quantized(emu, "if", codes, float(scale), zp, params, device=device)
+            assert got[0, q0 - np.iinfo(dtype).min] == fires, (device, float(vth))
+            assert np.array_equal(got, quantized_reference("if", codes, float(scale), zp, params)), device
+
+
+def test_quantized_kernel_takes_16_codes_per_thread_exactly_when_it_is_safe(emu):
+    emu.dsr_emu_set_device(2, 1)  # a one-SM device: the large-N shape
+    try:
+        for N, offset, vector in [(16 * 1024, 0, True), (16 * 1024 + 1, 0, False), (16 * 1024, 1, False)]:
+            codes = random_codes(np.int8, 3, N, N)
+            before_v, before_s = emu.dsr_emu_vector_accesses(), emu.dsr_emu_scalar_accesses()
+            got = run_quantized(emu, "lif", codes, 0.01, -2, LIF_PARAMS, offset)
+            used = (emu.dsr_emu_vector_accesses() > before_v, emu.dsr_emu_scalar_accesses() > before_s)
+            assert used == (vector, not vector), (N, offset)
+            assert np.array_equal(got, quantized_reference("lif", codes, 0.01, -2, LIF_PARAMS))
+    finally:
+        emu.dsr_emu_set_device(0, 0)
+
+
+def test_quantized_spike_codes_follow_the_float_op_for_special_thresholds(emu):
+    """The code is the float op's output != 0: a NaN threshold fires never but its 'no spike' output is NaN (code
+    1); a zero threshold's spikes are 0 (code 0). The kernel derives both codes the same way as the CPU op."""
+    codes = random_codes(np.uint8, 6, 40, 1)
+    for params in ((float("nan"), 0.5, 1.0, 1.0), (0.0, 0.5, 1.0, 1.0), (-1.0, 0.5, 1.0, 1.0)):
+        want = quantized_reference("if", codes, 0.05, 128, params)
+        assert np.array_equal(run_quantized(emu, "if", codes, 0.05, 128, params), want), params
+        assert np.array_equal(run_quantized(emu, "if", codes, 0.05, 128, params, device="cpu"), want), params
 
 
 # ---- the TensorRT plugins' runtime path on the emulated core ---------------------------------------------------
@@ -362,3 +473,61 @@ def test_ort_cuda_ep_step_kernels_chain_like_the_reference(ort_cuda_emu, kind):
     ry, rv = reference(kind, x, (vth, alpha, tau, dt))
     assert_bit_equal(torch.stack(ys), ry, f"{kind} step spikes")
     assert_bit_equal(torch.from_numpy(v), rv, f"{kind} step final membrane")
+
+
+def quantized_node_model(op, attrs, elem):
+    """One ``dsr::<op>`` quantised node (x codes, x_scale, x_zero_point -> spike codes) and no function body."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("x", elem, None),
+              helper.make_tensor_value_info("x_scale", TensorProto.FLOAT, []),
+              helper.make_tensor_value_info("x_zero_point", elem, [])]
+    outputs = [helper.make_tensor_value_info("y", elem, None)]
+    node = helper.make_node(op, ["x", "x_scale", "x_zero_point"], ["y"], domain="dsr", **attrs)
+    graph = helper.make_graph([node], "dsr_node", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dsr", 1)],
+                             ir_version=8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8], ids=["uint8", "int8"])
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_ort_cuda_ep_quantized_kernels_match_the_reference(ort_cuda_emu, kind, dtype):
+    """The CUDA EP's DSRIFSpikeQ / DSRLIFSpikeQ (registered for the CUDA EP now; here over the emulated core): the
+    scale and zero point reach the kernel as tensors (device memory on a GPU), codes of both signs."""
+    from onnx import TensorProto
+
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    attrs = dict(v_threshold=vth, alpha=alpha)
+    if kind == "lif":
+        attrs.update(tau=tau, delta_t=dt)  # decay/gain from tau and delta_t: the double rule, as reference()
+    elem = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
+    sess = ort_session(ort_cuda_emu, quantized_node_model("DSRIFSpikeQ" if kind == "if" else "DSRLIFSpikeQ", attrs,
+                                                          elem))
+    scale, zp = (0.03, 11) if kind == "if" else (0.2, -9 if dtype == np.int8 else 9)
+    for shape in [(20, 4, 1024), (7, 3, 333), (1, 8)]:
+        codes = random_codes(dtype, shape[0], math.prod(shape[1:]), sum(shape)).reshape(shape)
+        (y,) = sess.run(None, {"x": codes, "x_scale": np.array(scale, np.float32), "x_zero_point": np.array(zp, dtype)})
+        want = quantized_reference(kind, codes, scale, zp, (vth, alpha, tau, dt))
+        assert y.dtype == dtype and np.array_equal(y, want), (kind, dtype, shape)
+        assert codes.size < 100 or (want == 1).any() and (want == 0).any()
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_tensorrt_quantized_plugin_enqueue_matches_the_reference(trt_emu, tmp_path, kind):
+    """DSRIFSpikeQ / DSRLIFSpikeQ: int8 codes with a non-zero zero point, the scale and zero point as (device)
+    inputs, odd N and an unaligned base: the plugin's enqueue on the emulated core gives the definition's codes."""
+    vth, alpha, tau, dt = f32(1.3), f32(0.3), f32(2.0), f32(0.05)
+    attrs = [vth, alpha] + ([tau, dt, None, None] if kind == "lif" else [None] * 4)
+    scale, zp = (0.03, -3) if kind == "if" else (0.2, 5)
+    (tmp_path / "scale.bin").write_bytes(np.array([scale], np.float32).tobytes())
+    (tmp_path / "zp.bin").write_bytes(np.array([zp], np.int8).tobytes())
+    for T, N, offset in [(20, 4096, 0), (7, 1001, 1), (1, 16, 1)]:
+        codes = random_codes(np.int8, T, N, T + N)
+        (tmp_path / "x.bin").write_bytes(codes.tobytes())
+        args = [str(trt_emu), "DSRIFSpikeQ" if kind == "if" else "DSRLIFSpikeQ", "i8", str(T), str(N)]
+        args += ["-" if a is None else repr(float(a)) for a in attrs] + [str(tmp_path), str(offset)]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        got = np.frombuffer((tmp_path / "y.bin").read_bytes(), np.int8).reshape(T, N)
+        want = quantized_reference(kind, codes, scale, zp, (vth, alpha, tau, dt))
+        assert np.array_equal(got, want), (kind, T, N, offset)

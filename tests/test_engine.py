@@ -6,6 +6,7 @@ implements the documented calls used by dsr_deploy/engine.py; the real TensorRT 
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -477,7 +478,7 @@ def test_int8_qdq_model_is_built_strongly_typed(fake_trt, tmp_path):
 
     p = tmp_path / "q.onnx"
     inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.uint8), "z")]
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
     g = helper.make_graph([helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
                            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["output"])], "g",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["T", "B", 3])],
@@ -492,3 +493,60 @@ def test_int8_qdq_model_is_built_strongly_typed(fake_trt, tmp_path):
     trt = fake_trt(version="11.1.0.106")
     assert E.build_engine(p, tmp_path / "q.plan", **args)["precision"] == "int8"
     assert ("create_network", 0) in trt.calls
+
+
+def _qdq_file(path, zp, bias=False):
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(zp, "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"], name="cur_Q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["output"], name="cur_DQ")]
+    if bias:
+        inits += [numpy_helper.from_array(np.array([3], np.int32), "b"),
+                  numpy_helper.from_array(np.array([0.25], np.float32), "bs")]
+        nodes.append(helper.make_node("DequantizeLinear", ["b", "bs"], ["b_dq"], axis=0, name="bias_DQ"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["T", "B", 3])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["T", "B", 3])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("zp, bias, message", [
+    ("u8", False, "QuantizeLinear 'cur_Q' uses uint8 codes"),
+    ("nonzero", False, "QuantizeLinear 'cur_Q' has a non-zero zero point"),
+    ("i8", True, "DequantizeLinear 'bias_DQ' dequantises an int32 (bias) input"),
+])
+def test_build_engine_refuses_quantisation_tensorrt_cannot_take(tmp_path, capsys, zp, bias, message):
+    """The default int8 export (uint8, asymmetric currents, int32 biases) would be refused by TensorRT's ONNX
+    parser: build-engine says so in one line, naming the option that gives the signed form, before TensorRT is
+    imported (no tensorrt module here)."""
+    import numpy as np
+
+    value = {"u8": np.array(0, np.uint8), "nonzero": np.array(3, np.int8), "i8": np.array(0, np.int8)}[zp]
+    p = _qdq_file(tmp_path / "q.onnx", value, bias)
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        E.build_engine(p, tmp_path / "q.plan", batch=E.Range(1, 1, 1), timesteps=E.Range(2, 2, 2), log=lambda m: None)
+    assert "--int8-activations int8" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "q.plan").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", str(p), "--out", str(tmp_path / "c.plan"), "--batch", "1", "--timesteps", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--int8-activations int8" in err
+
+
+def test_signed_int8_qdq_passes_the_check():
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array([1, -2], np.int8), "w"),
+             numpy_helper.from_array(np.array([0.1, 0.2], np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(2, np.int8), "wz")]
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+                           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["output"]),
+                           helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["w_dq"], axis=0)], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2])], inits)
+    assert E.tensorrt_quantization_problem(helper.make_model(g)) is None

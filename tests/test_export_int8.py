@@ -148,10 +148,11 @@ def _with_outputs(model, names):
     return m
 
 
-def test_spike_quantisation_is_exact(tmp_path):
-    """In ONNX Runtime: each neuron's spikes, quantised to uint8 and dequantised, equal its float32 spikes bit for
-    bit, and those equal the reference neuron's given the (dequantised) input current the neuron read."""
-    _, model = _export(tmp_path)
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_spike_quantisation_is_exact(tmp_path, activations):
+    """In ONNX Runtime: each neuron's spikes, quantised to uint8 / int8 codes and dequantised, equal its float32
+    spikes bit for bit, and those equal the reference neuron's given the (dequantised) input current it read."""
+    _, model = _export(tmp_path, int8_activations=activations)
     dsr = [n for n in model.graph.node if n.domain == "dsr"]
     dq_of = {}
     for node in model.graph.node:
@@ -181,9 +182,10 @@ def test_spike_quantisation_is_exact(tmp_path):
     assert checked == 2
 
 
-def test_custom_op_library_and_function_fallback_agree(tmp_path):
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_custom_op_library_and_function_fallback_agree(tmp_path, activations):
     ensure_ort_library()
-    _export(tmp_path)
+    _export(tmp_path, int8_activations=activations)
     x = _calibration(n=3, seed=11)
     outs = {}
     for mode in ("off", "require"):
@@ -251,6 +253,19 @@ def test_quantisation_helpers():
     assert qparams(np.zeros(10, np.float32)) == (1.0, 0)
 
 
+def _stream(folder, manifest, x):
+    """The streaming export in ``folder`` fed ``x`` ([T, B, ...]) one step at a time from zero membranes."""
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    states = manifest["states"]
+    v = {s["input"]: np.zeros((x.shape[1], *s["shape"]), np.float32) for s in states}
+    got = []
+    for step in x:
+        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: step, **v})
+        got.append(outs[0])
+        v = {s["input"]: o for s, o in zip(states, outs[1:])}
+    return np.stack(got)
+
+
 def test_streaming_int8_step_equals_multistep_int8(tmp_path):
     from dsr_deploy.streaming import export_streaming
 
@@ -266,15 +281,7 @@ def test_streaming_int8_step_equals_multistep_int8(tmp_path):
     x = _calibration(n=3, seed=9)
     multi = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
     want = multi.run(["output"], {"input": x})[0]
-    sess = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"])
-    states = manifest["states"]
-    v = {s["input"]: np.zeros((3, *s["shape"]), np.float32) for s in states}
-    got = []
-    for t in range(T):
-        outs = sess.run([manifest["outputs"][0]] + [s["output"] for s in states], {manifest["inputs"][0]: x[t], **v})
-        got.append(outs[0])
-        v = {s["input"]: o for s, o in zip(states, outs[1:])}
-    got = np.stack(got)
+    got = _stream(tmp_path / "s", manifest, x)
     assert (want != 0).any()
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
     with pytest.raises(UserError, match="needs calibration data"):
@@ -299,13 +306,14 @@ def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
     assert "onnxruntime (float32)" in out and "onnxruntime (int8)" in out
 
 
-def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
-    """``int8_neuron="quantized"``: DSRIFSpikeQ / DSRLIFSpikeQ take the uint8 current codes and give uint8 spike
-    codes (no DequantizeLinear before, no QuantizeLinear after); the custom-op library and the function body give
-    the Q/DQ-around-the-float-op model's outputs bit for bit."""
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path, activations):
+    """``int8_neuron="quantized"``: DSRIFSpikeQ / DSRLIFSpikeQ take the current codes (uint8, or int8) and give spike
+    codes of that type (no DequantizeLinear before, no QuantizeLinear after); the custom-op library and the function
+    body give the Q/DQ-around-the-float-op model's outputs bit for bit."""
     ensure_ort_library()
-    _export(tmp_path, "qdq")
-    manifest, model = _export(tmp_path, "qop", int8_neuron="quantized")
+    _export(tmp_path, "qdq", int8_activations=activations)
+    manifest, model = _export(tmp_path, "qop", int8_neuron="quantized", int8_activations=activations)
     assert manifest["artifacts"][0]["quantization"]["neuron"] == "quantized"
     prod = _producer(model)
     inits = _inits(model)
@@ -320,6 +328,8 @@ def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
         consumers = [c for c in model.graph.node if n.output[0] in c.input]
         assert consumers and all(c.op_type == "DequantizeLinear" for c in consumers)
         assert all(float(inits[c.input[1]]) == spike_value(n) and int(inits[c.input[2]]) == 0 for c in consumers)
+        assert all(inits[c.input[2]].dtype == np.dtype(activations) for c in consumers)
+        assert inits[n.input[2]].dtype == np.dtype(activations)
     x = _calibration(n=3, seed=5)
     outs = {}
     for name, mode in (("qdq", "off"), ("qop", "off"), ("qop", "require")):
@@ -336,8 +346,8 @@ def test_quantized_neuron_ops_match_qdq_around_the_float_op(tmp_path):
         _export(tmp_path, "bad", int8_neuron="int4")
 
 
-@pytest.mark.parametrize("custom_ops", ["off", "require"])
-def test_verify_checks_the_quantized_neuron_ops_and_catches_a_tampered_one(tmp_path, custom_ops):
+@pytest.mark.parametrize("custom_ops, activations", [("off", "uint8"), ("require", "uint8"), ("require", "int8")])
+def test_verify_checks_the_quantized_neuron_ops_and_catches_a_tampered_one(tmp_path, custom_ops, activations):
     """verify's teacher-forced check on ``--int8-neuron quantized``: each quantised op is run alone on the
     reference's current (quantised with the op's own scale) and compared with the reference neuron fed the current
     the op integrated; exact. One op's spike scale off by one ulp, or its threshold moved, fails that layer only."""
@@ -347,7 +357,7 @@ def test_verify_checks_the_quantized_neuron_ops_and_catches_a_tampered_one(tmp_p
 
     if custom_ops == "require":
         ensure_ort_library()
-    _, model = _export(tmp_path, "qop", int8_neuron="quantized")
+    _, model = _export(tmp_path, "qop", int8_neuron="quantized", int8_activations=activations)
     quantized = [s for s in neuron_sites(model) if s.quantized]
     assert len(quantized) == 2
     ref = Reference(_net())
@@ -384,3 +394,135 @@ def test_verify_checks_the_quantized_neuron_ops_and_catches_a_tampered_one(tmp_p
     onnx.save(model, str(tmp_path / "threshold.onnx"))
     layers = check(tmp_path / "threshold.onnx")
     assert [i for i, la in layers.items() if la.neuron_equal != la.neuron_total] == [layer]
+
+
+# ---- --int8-activations int8: the signed, symmetric form TensorRT takes -------------------------------------------
+
+def test_signed_activations_are_int8_symmetric_and_tensorrt_valid(tmp_path):
+    """Every activation Q/DQ is int8 with zero point 0 (currents: a calibrated scale; spikes: scale = the spike
+    value), weights int8 per channel, biases float32 (TensorRT's DequantizeLinear takes no int32), the manifest
+    records it and validates, and build-engine's check finds nothing to refuse; the uint8 export it refuses."""
+    from dsr_deploy.engine import tensorrt_quantization_problem
+    from dsr_deploy.manifest import read_manifest
+
+    manifest, model = _export(tmp_path, int8_activations="int8")
+    onnx.checker.check_model(model, full_check=True)
+    q = manifest["artifacts"][0]["quantization"]
+    assert q["activations"] == "int8" and q["quantized_layers"] == 2
+    assert read_manifest(tmp_path / "e")["artifacts"][0]["quantization"]["activations"] == "int8"
+    inits = _inits(model)
+    dsr_out = {n.output[0]: n for n in model.graph.node if n.domain == "dsr"}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) >= 8
+    currents = 0
+    for n in qdq:
+        assert len(n.input) == 3, n.name
+        zp, scale = inits[n.input[2]], inits[n.input[1]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+        assert n.input[0] not in inits or inits[n.input[0]].dtype == np.int8, n.name  # no int32 bias DQ
+        if n.op_type == "QuantizeLinear" and n.input[0] in dsr_out:
+            assert float(scale) == spike_value(dsr_out[n.input[0]])
+        elif n.op_type == "QuantizeLinear":
+            currents += 1
+            assert scale.dtype == np.float32 and scale.shape == () and 0 < float(scale) < 10
+    assert currents == q["currents"] == 2
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
+    assert tensorrt_quantization_problem(model) is None
+    _, unsigned = _export(tmp_path, "u")
+    assert "uses uint8 codes" in tensorrt_quantization_problem(unsigned)
+
+
+def test_manifest_refuses_an_unknown_activation_type(tmp_path):
+    import json
+
+    from dsr_deploy.manifest import read_manifest
+
+    _export(tmp_path, int8_activations="int8")
+    path = tmp_path / "e" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["artifacts"][0]["quantization"]["activations"] = "int4"
+    path.write_text(json.dumps(m))
+    with pytest.raises(UserError, match=r"quantization\.activations: expected one of uint8, int8"):
+        read_manifest(tmp_path / "e")
+
+
+def test_signed_qparams_are_symmetric_mse():
+    v = np.random.default_rng(0).laplace(size=200000).astype(np.float32)
+    scale, zp = qparams(v, signed=True)
+    assert zp == 0 and scale * 127 < 0.9 * float(np.abs(v).max())  # light tails: MSE clips them
+    scale, zp = qparams(np.linspace(-1, 3, 1021).astype(np.float32), signed=True)  # uniform: the full range
+    assert zp == 0 and np.isclose(scale, 3 / 127, rtol=0.01)
+    assert qparams(np.zeros(10, np.float32), signed=True) == (1.0, 0)
+
+
+def test_signed_int8_is_verified_teacher_forced(tmp_path):
+    """``dsr-deploy verify`` on a signed export: every neuron equal to the reference given its input (both
+    neuron forms; the quantised ops through the custom-op library and through their function body)."""
+    from dsr_deploy.export.onnx_neurons import neuron_sites
+    from dsr_deploy.verify import Reference, Run
+    from dsr_deploy.verify.checks import run_neuron_check
+
+    ensure_ort_library()
+    ref = Reference(_net())
+    x = _calibration(n=2, seed=4)
+    out, calls = ref.run(x)
+    infos = {n.index: n for n in ref.infos}
+    for name, neuron in (("qdq", "qdq"), ("qop", "quantized")):
+        _, model = _export(tmp_path, name, int8_activations="int8", int8_neuron=neuron)
+        assert sum(s.quantized for s in neuron_sites(model)) == (2 if neuron == "quantized" else 0)
+        for custom_ops in ("off", "require"):
+            run = Run("model.onnx", "onnx", "onnxruntime", precision="int8")
+            with load_runner(tmp_path / name, backend="onnxruntime", custom_ops=custom_ops) as runner:
+                run_neuron_check(run, runner, [("x", x, out, calls)], infos, ref.neurons())
+            assert run.neuron_checked, run.neuron_note
+            assert len(run.layers) == 4
+            assert all(la.neuron_equal == la.neuron_total > 0 for la in run.layers), (name, custom_ops)
+
+
+def test_streaming_signed_int8_step_equals_multistep_signed_int8(tmp_path):
+    from dsr_deploy.streaming import export_streaming
+
+    cal = _calibration()
+    opts = {"calibration": cal, "int8_activations": "int8"}
+    export_model(_net(), SHAPE, tmp_path / "m", formats_=("onnx",), precision="int8", extra_options=dict(opts))
+    manifest = export_streaming(_net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
+                                extra_options=dict(opts))
+    assert manifest["artifacts"][0]["quantization"]["activations"] == "int8"
+    step = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    zps = [i for i in step.graph.initializer if i.name.endswith("_zp") and not i.name.startswith("int8_onnx")]
+    assert zps and all(z.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(z).any() for z in zps)
+    x = _calibration(n=3, seed=9)
+    want = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"),
+                                providers=["CPUExecutionProvider"]).run(["output"], {"input": x})[0]
+    got = _stream(tmp_path / "s", manifest, x)
+    assert (want != 0).any()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_cli_int8_activations_option(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--int8-activations", "int8",
+                           "--out", str(tmp_path / "a"))
+    assert code == 2 and "apply to --precision int8" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--format", "onnx", "--precision", "int8",
+                           "--int8-activations", "int4", "--out", str(tmp_path / "b"))
+    assert code == 2 and "unknown --int8-activations 'int4'; choose from uint8, int8" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    code, out, err = run_cli(capsys, "export", "zoo:digits-cnn", "--format", "onnx", "--precision", "int8",
+                             "--int8-activations", "int8", "--input-shape", "4,1,1,8,8", "--json",
+                             "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    import json
+
+    assert json.loads(out)["artifacts"][0]["quantization"]["activations"] == "int8"
+
+
+def test_signed_activations_and_the_onnx_runtime_layout_are_exclusive():
+    """``--int8-layout nhwc`` (ONNX Runtime's channels-last int8 graph, another branch) with the TensorRT form: one
+    line asking to choose."""
+    from dsr_deploy.export.quantize import int8_options
+
+    cal = _calibration()
+    with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):
+        int8_options({"calibration": cal, "int8_activations": "int8", "int8_layout": "nhwc"}, SHAPE, 1)
+    assert int8_options({"calibration": cal, "int8_activations": "int8"}, SHAPE, 1)["int8_activations"] == "int8"

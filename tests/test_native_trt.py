@@ -110,8 +110,8 @@ def test_static_library_loads_in_a_fresh_process_with_only_the_stub(built):
     rc, out = _run([sys.executable, "-c", code], env=env)
     assert rc == 0, out
     count, names = out.split()[:2]
-    assert count == "4" and sorted(names.strip(";").split(";")) == [
-        "DSRIFSpike@dsr", "DSRIFStep@dsr", "DSRLIFSpike@dsr", "DSRLIFStep@dsr"]
+    assert count == "6" and sorted(names.strip(";").split(";")) == [
+        "DSRIFSpike@dsr", "DSRIFSpikeQ@dsr", "DSRIFStep@dsr", "DSRLIFSpike@dsr", "DSRLIFSpikeQ@dsr", "DSRLIFStep@dsr"]
 
 
 def test_without_libnvinfer_only_the_dynamic_library_is_built(built):

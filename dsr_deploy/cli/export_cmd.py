@@ -85,9 +85,12 @@ def register(app: typer.Typer) -> None:
         int8_all_layers: bool = typer.Option(False, "--int8-all-layers", help="--precision int8: quantise the "
                                              "analog first layer and the readout too (float32 by default)"),
         int8_neuron: str = typer.Option("qdq", "--int8-neuron", help="--precision int8: qdq (Q/DQ around the "
-                                        "float32 dsr node) | quantized (dsr ops on uint8 currents giving uint8 "
-                                        "spike codes: same results, faster with the custom-op library); verify "
+                                        "float32 dsr node) | quantized (dsr ops on the current codes giving spike "
+                                        "codes: same results, faster with the custom-op library); verify "
                                         "teacher-forces both"),
+        int8_activations: str = typer.Option("uint8", "--int8-activations", help="--precision int8: uint8 "
+                                             "(asymmetric currents; ONNX Runtime) | int8 (signed, zero point 0: "
+                                             "the form TensorRT's build-engine takes)"),
         int8_layout: str = typer.Option("nchw", "--int8-layout", help="--precision int8: nchw (portable Q/DQ "
                                         "graph: ONNX Runtime, TensorRT) | nhwc (channels-last "
                                         "com.microsoft.QLinearConv, no transposes between layers: fastest on "
@@ -116,8 +119,9 @@ def register(app: typer.Typer) -> None:
 
         check_precision(precision, wanted)
         if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron != "qdq"
-                                    or int8_layout != "nchw"):
-            raise UserError("--calibration, --int8-all-layers, --int8-neuron and --int8-layout apply to "
+                                    or int8_activations != "uint8" or int8_layout != "nchw"):
+            raise UserError("--calibration, --int8-all-layers, --int8-neuron, --int8-activations and --int8-layout "
+                            "apply to "
                             "--precision int8")
         if lowering not in ("function", "portable"):
             raise UserError(f"unknown --lowering {lowering!r}; choose function or portable")
@@ -154,7 +158,8 @@ def register(app: typer.Typer) -> None:
             from ..export.quantize import load_calibration
 
             extra = {"calibration": load_calibration(calibration, loaded.spec, shape, layout, encode),
-                     "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron, "int8_layout": int8_layout}
+                     "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron,
+                     "int8_activations": int8_activations, "int8_layout": int8_layout}
         err = err_console()
         progress = None if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]"))
         if mode == "streaming":

@@ -270,16 +270,17 @@ def step_function_proto(kind: str, op_type: str, opset: int, elem: int = TensorP
         "(bit-exact with dsr_deploy.functional in float32).")
 
 
-#: The quantised ops of ``export --precision int8 --int8-neuron quantized``: (x uint8 codes, x_scale, x_zero_point)
-#: -> uint8 spike codes {0, 1}, i.e. the float op on DequantizeLinear(x) with its spikes as codes (scale = the
-#: spike value, zero point 0; exact).
+#: The quantised ops of ``export --precision int8 --int8-neuron quantized``: (x codes, x_scale, x_zero_point)
+#: -> spike codes {0, 1} of x's type (uint8, or int8 with ``--int8-activations int8``), i.e. the float op on
+#: DequantizeLinear(x) with its spikes as codes (scale = the spike value, zero point 0; exact).
 QUANTIZED_OP_SUFFIX = "Q"
 
 
 def quantized_function_proto(kind: str, body: str, opset: int, T: int | None = None,
                              prefix: Optional[str] = None) -> onnx.FunctionProto:
     """The FunctionProto ``dsr::DSRIFSpikeQ`` / ``dsr::DSRLIFSpikeQ``: ``DequantizeLinear`` of the codes, the
-    float32 body of :func:`function_proto` (the same nodes), spikes turned into uint8 codes (``y != 0``)."""
+    float32 body of :func:`function_proto` (the same nodes), spikes turned into codes (``y != 0``) of the type of
+    the current's codes (``CastLike`` the zero point: one body serves uint8 and int8 codes)."""
     if body == "scan":
         float_nodes = scan_body(kind)
     elif body == "unrolled" and T is not None:
@@ -289,10 +290,11 @@ def quantized_function_proto(kind: str, body: str, opset: int, T: int | None = N
     dq = helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero_point"], ["x"], name="dequantize_current")
     codes = [helper.make_node("Equal", ["y", "zero"], ["y_silent"], name="silent"),
              helper.make_node("Not", ["y_silent"], ["y_fired"], name="fired"),
-             helper.make_node("Cast", ["y_fired"], ["yq"], to=TensorProto.UINT8, name="codes")]
+             helper.make_node("CastLike", ["y_fired", "x_zero_point"], ["yq"], name="codes")]
     nodes = [dq] + float_nodes + codes
     return _function(
         ONNX_OP_TYPES[kind] + QUANTIZED_OP_SUFFIX, kind, ["xq", "x_scale", "x_zero_point"], ["yq"], nodes, opset,
         prefix or SCOPE_PREFIX,
-        f"DSR-{kind.upper()} on a quantised current (uint8 codes, scale, zero point) -> uint8 spike codes {{0, 1}}, "
+        f"DSR-{kind.upper()} on a quantised current (uint8 / int8 codes, scale, zero point) -> spike codes {{0, 1}} "
+        "of the codes' type, "
         f"{body} body (bit-exact with dsr_deploy.functional on the dequantised current).")

@@ -44,7 +44,7 @@ class NeuronSite:
     node: str = ""  # the dsr node's name ("" after a portable lowering)
     op_type: str = ""
     attributes: Dict[str, object] = field(default_factory=dict)
-    # An int8 quantised neuron op (``--int8-neuron quantized``): uint8 current codes in, uint8 spike codes out, its
+    # An int8 quantised neuron op (``--int8-neuron quantized``): current codes in, spike codes out (uint8 / int8), its
     # float spikes the output of the DequantizeLinear after it (:func:`quantized_neuron_submodel`).
     quantized: bool = False
 

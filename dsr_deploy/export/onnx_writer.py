@@ -118,6 +118,7 @@ def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),
                           neuron=ctx.options.get("int8_neuron") or "qdq",
+                          activations=ctx.options.get("int8_activations") or "uint8",
                           layout=ctx.options.get("int8_layout") or "nchw")
     return q
 

@@ -17,6 +17,12 @@ gives ``1 * s = s`` back, bit for bit. What is quantised (the Q/DQ form ONNX Run
   layer and the neuron, the neuron's input itself: uint8 with a calibrated scale and zero point (one per tensor:
   ``QLinearConv``'s output takes one scale).
 
+*Activations* (``activations``, ``export --int8-activations``): ``uint8`` (the default, above) or ``int8``, the
+form TensorRT's explicit quantisation takes (it accepts only signed int8 with zero point 0): currents int8
+symmetric (zero point 0, a calibrated scale), spikes int8 codes ``{0, 1}`` (scale = the spike value, zero point 0:
+still exact), and biases kept float32 (TensorRT's DequantizeLinear takes no int32 input; it fuses a float bias into
+its int8 convolution).
+
 *Which layers are quantised*: a weighted layer whose data input comes from the spikes of a neuron. A layer fed by
 analog data (the first convolution of a direct-encoded network: nothing between the graph input and it passes a
 neuron) and the readout (the last weighted layers: no weighted layer after them) stay float32 by default, as does
@@ -27,13 +33,15 @@ a neuron's current computed by such a layer; ``quantize_all`` (``export --int8-a
 bodies inlined); for each tensor to quantise a sample of its values is kept, and the clipping range
 ``[lo, hi]`` (0 always inside) is the one of a few candidates -- the extreme values and the 99.999 / 99.99 /
 99.9 percentiles of the values on either side of 0 -- with the smallest mean squared quantisation error on that
-sample (MSE calibration). Scale ``(hi - lo) / 255``, zero point ``round(-lo / scale)``.
+sample (MSE calibration). Scale ``(hi - lo) / 255``, zero point ``round(-lo / scale)``; for int8 activations
+the range is symmetric, ``[-a, a]`` with ``a`` the extreme or a percentile of ``|values|``, scale ``a / 127``, zero
+point 0.
 
 The neurons themselves stay float32 ``dsr`` nodes (custom-op library or function fallback): their input is the
 dequantised current, so given that input the neuron's spikes are the float32 reference's bit for bit. With
-``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the uint8
-codes (same results, measured faster with the custom-op library; verify teacher-forces them too). With
-``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.int8_layout`).
+``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the
+current codes (uint8 or int8; same results, measured faster with the custom-op library; verify teacher-forces them
+too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.int8_layout`).
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration
 EXACT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 PERCENTILES = (100.0, 99.999, 99.99, 99.9)
+#: ``export --int8-activations``: the element type of quantised activations (currents and spike codes).
+ACTIVATIONS = ("uint8", "int8")
 SAMPLE = 1 << 20  # values kept per tensor for the MSE search
 META_QUANT = "dsr_deploy.int8"
 _DSR = set(ONNX_OP_TYPES.values()) | {"DSRIFStep", "DSRLIFStep"}  # multi-step ops and the streaming step ops
@@ -193,9 +203,12 @@ class _Reservoir:
         return np.concatenate(self.parts) if self.parts else np.zeros(1, np.float32)
 
 
-def qparams(values: np.ndarray) -> Tuple[float, int]:
-    """uint8 (scale, zero point) of ``values`` by MSE over the candidate clipping ranges (module docstring)."""
+def qparams(values: np.ndarray, signed: bool = False) -> Tuple[float, int]:
+    """uint8 (scale, zero point) of ``values`` by MSE over the candidate clipping ranges (module docstring);
+    ``signed``: int8 symmetric, zero point 0."""
     v = np.asarray(values, dtype=np.float64)
+    if signed:
+        return _symmetric_qparams(v)
     neg, pos = -v[v < 0], v[v > 0]
     best = None
     for p in PERCENTILES:
@@ -214,6 +227,23 @@ def qparams(values: np.ndarray) -> Tuple[float, int]:
     return best[1], best[2]
 
 
+def _symmetric_qparams(v: np.ndarray) -> Tuple[float, int]:
+    """int8 (scale, 0): the clipping range ``[-a, a]`` whose codes (QuantizeLinear: round, saturate to
+    [-128, 127]) give the smallest mean squared error, ``a`` the extreme or a percentile of ``|v|``."""
+    mag = np.abs(v)
+    best = None
+    for p in PERCENTILES:
+        amax = float(np.percentile(mag, p)) if mag.size else 0.0
+        if amax <= 0:
+            continue
+        scale = np.float32(amax / 127.0)
+        q = np.clip(np.round(v / float(scale)), -128, 127)
+        err = float(np.mean((q * float(scale) - v) ** 2))
+        if best is None or err < best[0]:
+            best = (err, float(scale))
+    return (1.0, 0) if best is None else (best[1], 0)
+
+
 def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarray]:
     n = data.shape[batch_dim]
     for start in range(0, n, chunk):
@@ -221,10 +251,11 @@ def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarra
 
 
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, batch_dim: int,
-              chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None
-              ) -> Dict[str, Tuple[float, int]]:
+              chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None,
+              signed: bool = False) -> Dict[str, Tuple[float, int]]:
     """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return the
-    uint8 (scale, zero point) of each tensor in ``tensors``. ``states`` (a streaming step model): ``(input,
+    uint8 (``signed``: int8 symmetric) (scale, zero point) of each tensor in ``tensors``. ``states`` (a streaming
+    step model): ``(input,
     output, per-sample shape)`` of each membrane; ``data`` ``[T, N, ...]`` is then fed one step at a time from
     zero membranes, as a stream runs."""
     import onnxruntime as ort
@@ -254,7 +285,7 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, 
             for t, val in zip(tensors, outs):
                 stats[t].add(val)
             v = {i: val for (i, _, _), val in zip(states, outs[len(tensors):])}
-    return {t: qparams(s.values()) for t, s in stats.items()}
+    return {t: qparams(s.values(), signed) for t, s in stats.items()}
 
 
 def check_calibration(data: Any, shape: Sequence[int], batch_dim: int, where: str) -> np.ndarray:
@@ -280,9 +311,9 @@ def _const(graph, name: str, array: np.ndarray) -> str:
     return name
 
 
-def _qdq(graph, tensor: str, scale: float, zp: int, tag: str) -> Tuple[List[onnx.NodeProto], str]:
+def _qdq(graph, tensor: str, scale: float, zp: int, tag: str, code=np.uint8) -> Tuple[List[onnx.NodeProto], str]:
     s = _const(graph, f"{tag}_scale", np.array(scale, dtype=np.float32))
-    z = _const(graph, f"{tag}_zp", np.array(zp, dtype=np.uint8))
+    z = _const(graph, f"{tag}_zp", np.array(zp, dtype=code))
     q, dq = f"{tag}_q", f"{tag}_dq"
     return [helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=f"{tag}_Q"),
             helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{tag}_DQ")], dq
@@ -317,8 +348,9 @@ NEURON_FORMS = ("qdq", "quantized")
 
 def quantized_neurons(model: onnx.ModelProto) -> int:
     """``--int8-neuron quantized``: each multi-step dsr node whose current arrives quantised (``Q -> DQ ->
-    Reshape* -> node``, each tensor read once) becomes ``dsr::DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the uint8 codes
-    (``Q -> Reshape* -> nodeQ``), and its spikes leave as uint8 codes straight into the spike ``DequantizeLinear``
+    Reshape* -> node``, each tensor read once) becomes ``dsr::DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the codes (uint8
+    or int8: ``Q -> Reshape* -> nodeQ``), and its spikes leave as codes of that type straight into the spike
+    ``DequantizeLinear``
     (no separate dequantise / quantise pass around the neuron). The float spikes keep their tensor name (a
     ``DequantizeLinear`` of the codes: exact), so probes still find them. Returns the number of nodes rewritten."""
     from .onnx_functions import QUANTIZED_OP_SUFFIX, quantized_function_proto
@@ -342,8 +374,10 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
         dq = g.producer.get(t)
         if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers[t]) != 1 \
                 or g.producer.get(dq.input[0]) is None or g.producer[dq.input[0]].op_type != "QuantizeLinear" \
-                or inits.get(dq.input[2]) is None or inits[dq.input[2]].data_type != TensorProto.UINT8:
+                or inits.get(dq.input[2]) is None \
+                or inits[dq.input[2]].data_type not in (TensorProto.UINT8, TensorProto.INT8):
             continue
+        code = numpy_helper.to_array(inits[dq.input[2]]).dtype  # the spike codes have the current codes' type
         codes_in = dq.input[0]
         if chain:
             chain[-1].input[0] = codes_in
@@ -375,7 +409,7 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
                 continue
         else:
             scale = _const(graph, f"int8_{_safe(y)}_spike_scale", np.array(value, np.float32))
-            zp = _const(graph, f"int8_{_safe(y)}_spike_zp", np.array(0, np.uint8))
+            zp = _const(graph, f"int8_{_safe(y)}_spike_zp", np.array(0, code))
         after[id(d)] = helper.make_node("DequantizeLinear", [d.output[0], scale, zp], [y], name=f"{d.name}_spikes")
     order = []
     for n in graph.node:
@@ -411,16 +445,19 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
                    quantize_all: bool = False, states=None, neuron: str = "qdq",
-                   layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   activations: str = "uint8", layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
-    ``states``: a streaming step model's membranes (:func:`calibrate`)."""
+    ``states``: a streaming step model's membranes (:func:`calibrate`); ``activations``: uint8 | int8 (the
+    TensorRT form)."""
+    signed = activations == "int8"
+    code = np.int8 if signed else np.uint8
     out = onnx.ModelProto()
     out.CopyFrom(model)
     p = plan(out, quantize_all)
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states)
+    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
     graph = out.graph
     g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
@@ -428,7 +465,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
 
     def qdq(tensor: str, scale: float, zp: int) -> str:
         if tensor not in rename:
-            nodes, dq = _qdq(graph, tensor, scale, zp, f"int8_{_safe(tensor)}")
+            nodes, dq = _qdq(graph, tensor, scale, zp, f"int8_{_safe(tensor)}", code)
             new_nodes[tensor].extend(nodes)
             rename[tensor] = dq
         return rename[tensor]
@@ -452,7 +489,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         wdq = f"{tag}_dq"
         new_nodes[""].append(helper.make_node("DequantizeLinear", [wq, ws, wz], [wdq], axis=axis, name=f"{tag}_DQ"))
         node.input[1] = wdq
-        if len(node.input) > 2 and node.input[2] in g.inits:
+        if len(node.input) > 2 and node.input[2] in g.inits and not signed:  # int8: the bias stays float32
             b = numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float64)
             bs = (np.float64(in_scale[node.name]) * scales.astype(np.float64)).astype(np.float32)
             if b.shape == bs.shape:
@@ -499,6 +536,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         "currents": len(p["calibrated"]),
         "weights": "int8 symmetric per output channel",
         "all_layers": bool(quantize_all),
+        "activations": activations,
     }
     if neuron == "quantized":
         record["quantized_neurons"] = quantized_neurons(out)
@@ -555,13 +593,20 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     neuron = extra.get("int8_neuron") or "qdq"
     if neuron not in NEURON_FORMS:
         raise UserError(f"unknown --int8-neuron {neuron!r}; choose from {', '.join(NEURON_FORMS)}")
+    activations = extra.get("int8_activations") or "uint8"
+    if activations not in ACTIVATIONS:
+        raise UserError(f"unknown --int8-activations {activations!r}; choose from {', '.join(ACTIVATIONS)}")
     from .int8_layout import LAYOUTS
 
     layout = extra.get("int8_layout") or "nchw"
     if layout not in LAYOUTS:
         raise UserError(f"unknown --int8-layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if activations == "int8" and layout != "nchw":
+        raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
+                        f"{layout} is for ONNX Runtime's CPU, where uint8 activations are faster: choose one")
     return {"calibration": check_calibration(extra["calibration"], shape, batch_dim, "(--calibration)"),
-            "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron, "int8_layout": layout}
+            "int8_all_layers": bool(extra.get("int8_all_layers")), "int8_neuron": neuron,
+            "int8_activations": activations, "int8_layout": layout}
 
 
 def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
@@ -572,7 +617,7 @@ def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
     model = onnx.load(str(path))
     q, record = quantize_model(model, ctx.options["calibration"], 1, quantize_all=bool(ctx.options.get(
         "int8_all_layers")), states=states, neuron=ctx.options.get("int8_neuron") or "qdq",
-        layout=ctx.options.get("int8_layout") or "nchw")
+        activations=ctx.options.get("int8_activations") or "uint8", layout=ctx.options.get("int8_layout") or "nchw")
     onnx.checker.check_model(q, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(q, str(tmp))

@@ -183,4 +183,33 @@ void cpu_forward(const ForwardArgs& args, int num_threads);
 // Which instruction set the CPU kernels dispatched to ("avx2" or "baseline"), for status output.
 const char* cpu_kernel_isa();
 
+// ---- quantised currents (export --precision int8 --int8-neuron quantized) ------------------------------------
+//
+// The quantised op DSRIFSpikeQ / DSRLIFSpikeQ is the float32 op between a DequantizeLinear and a spike-code output:
+// codes in (uint8, or int8: TensorRT only has signed int8) with one float32 scale and one zero point of the codes'
+// type; the current the neuron integrates is exactly ONNX DequantizeLinear's, fl(float(q - zero_point) * scale)
+// (q - zero_point is an exact integer, its conversion to float exact: one rounding, in the product); the float32
+// recurrence above runs on it; the output code is 1 where the float op's output is nonzero (a spike of a non-zero
+// spike value), else 0, so a DequantizeLinear with scale = the spike value and zero point 0 gives the float op's
+// output back bit for bit.
+enum class Code : int { U8 = 0, I8 = 1 };
+
+struct QuantArgs {
+  Code code;               // element type of x, y and *zero_point
+  const void* x;           // [T, N] codes
+  void* y;                 // [T, N] spike codes {0, 1}
+  const float* scale;      // one value: host memory for the CPU, device memory for the CUDA launcher
+  const void* zero_point;  // one value of the codes' type, where scale is
+  int64_t T;
+  int64_t N;
+  const SpikeParams<float>* params;
+};
+
+// The code of an output value of the float op (1: nonzero). The CUDA launcher maps out_spike / out_none through it.
+inline uint8_t spike_code(float out) { return out != 0.f ? 1 : 0; }
+
+// Runs neurons [n_begin, n_end) of a quantised call on the CPU (the float32 loop above on the dequantised current);
+// safe to call concurrently on disjoint ranges.
+void cpu_forward_quantized_range(const QuantArgs& args, int64_t n_begin, int64_t n_end);
+
 }  // namespace dsr

@@ -23,6 +23,17 @@ DSR_C_EXPORT int dsr_cpu_forward(int dtype, const void* x, void* y, const void* 
 
 DSR_C_EXPORT const char* dsr_cpu_kernel_isa() { return dsr::cpu_kernel_isa(); }
 
+// The quantised op (dsr_spike.h, QuantArgs): code 0 uint8, 1 int8 (x, y and *zero_point); scale one float32.
+DSR_C_EXPORT int dsr_cpu_forward_quantized(int code, const void* x, void* y, const float* scale, const void* zero_point,
+                                           int64_t T, int64_t N, int neuron, double v_threshold, double alpha,
+                                           double tau, double delta_t) {
+  if (code < 0 || code > 1 || neuron < 0 || neuron > 1) return 1;
+  const dsr::LayerParams lp(static_cast<dsr::Neuron>(neuron), v_threshold, alpha, tau, delta_t);
+  const dsr::QuantArgs args{static_cast<dsr::Code>(code), x, y, scale, zero_point, T, N, &lp.f32};
+  if (T > 0) dsr::cpu_forward_quantized_range(args, 0, N);
+  return 0;
+}
+
 #if defined(DSR_WITH_CUDA)
 DSR_C_EXPORT int dsr_cuda_forward(int dtype, const void* x, void* y, const void* v_in, void* v_out, int64_t T,
                                   int64_t N, int neuron, double v_threshold, double alpha, double tau, double delta_t,
@@ -34,6 +45,17 @@ DSR_C_EXPORT int dsr_cuda_forward(int dtype, const void* x, void* y, const void*
 }
 
 DSR_C_EXPORT const char* dsr_cuda_error_string(int code) { return dsr::cuda::error_string(code); }
+
+// As dsr_cpu_forward_quantized on device pointers (scale and zero_point too).
+DSR_C_EXPORT int dsr_cuda_forward_quantized(int code, const void* x, void* y, const float* scale,
+                                            const void* zero_point, int64_t T, int64_t N, int neuron,
+                                            double v_threshold, double alpha, double tau, double delta_t,
+                                            void* stream) {
+  if (code < 0 || code > 1 || neuron < 0 || neuron > 1) return 1;
+  const dsr::LayerParams lp(static_cast<dsr::Neuron>(neuron), v_threshold, alpha, tau, delta_t);
+  const dsr::QuantArgs args{static_cast<dsr::Code>(code), x, y, scale, zero_point, T, N, &lp.f32};
+  return dsr::cuda::launch_forward_quantized(args, stream);
+}
 
 // The launch shape dsr_cuda_forward uses for N neurons of `dtype` on a device with `sms` SMs (buffers aligned):
 // out[0] neurons per thread, out[1] threads per block, out[2] blocks.

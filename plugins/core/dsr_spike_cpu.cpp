@@ -67,4 +67,41 @@ void cpu_forward(const ForwardArgs& args, int num_threads) {
   for (auto& th : pool) th.join();
 }
 
+namespace {
+// One block of a quantised call: dequantise into float scratch, the float32 loop, codes out. Plain element-wise
+// loops (one exact int->float conversion and one product, or one compare: nothing to contract) that -O3 vectorises.
+template <typename Q>
+void quantized_block(const QuantArgs& a, int64_t n0, int64_t n, std::vector<float>& xs, std::vector<float>& ys) {
+  const Q* x = static_cast<const Q*>(a.x);
+  Q* y = static_cast<Q*>(a.y);
+  const float scale = *a.scale;
+  const int32_t zp = static_cast<int32_t>(*static_cast<const Q*>(a.zero_point));
+  xs.resize(static_cast<size_t>(a.T * n));
+  ys.resize(xs.size());
+  for (int64_t t = 0; t < a.T; ++t) {
+    const Q* src = x + t * a.N + n0;
+    float* dst = xs.data() + t * n;
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<int32_t>(src[i]) - zp) * scale;
+  }
+  const ForwardArgs f{DType::F32, xs.data(), ys.data(), nullptr, nullptr, a.T, n, a.params, nullptr};
+  cpu_forward_range(f, 0, n);
+  for (int64_t t = 0; t < a.T; ++t) {
+    const float* src = ys.data() + t * n;
+    Q* dst = y + t * a.N + n0;
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Q>(spike_code(src[i]));
+  }
+}
+}  // namespace
+
+void cpu_forward_quantized_range(const QuantArgs& args, int64_t n_begin, int64_t n_end) {
+  thread_local std::vector<float> xs, ys;  // a block's dequantised current and float spikes
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kCpuBlock) {
+    const int64_t n = std::min(kCpuBlock, n_end - n0);
+    if (args.code == Code::I8)
+      quantized_block<int8_t>(args, n0, n, xs, ys);
+    else
+      quantized_block<uint8_t>(args, n0, n, xs, ys);
+  }
+}
+
 }  // namespace dsr

@@ -2,10 +2,14 @@
 //
 // Each thread owns VEC adjacent neurons (16 bytes of input per step: 4 float, 8 half/bfloat16, 2 double), so a warp
 // reads and writes 512 contiguous bytes per time step; small layers run one neuron per thread in smaller blocks so
-// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read once) and
-// stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is contracted
-// into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA eager,
-// which runs every op of the reference loop as its own kernel.
+// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read
+// once) and stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is
+// contracted into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA
+// eager, which runs every op of the reference loop as its own kernel.
+//
+// The quantised ops (launch_forward_quantized: uint8 / int8 current codes in, spike codes out, 16 codes per thread)
+// are the same kernel with another input decoder (the exact DequantizeLinear, its scale and zero point read from
+// device memory) and the spike codes as output values: one per-neuron step (neuron_step) for every path.
 //
 // DSR_CUDA_HOST_EMULATION (tests only: tests/test_cuda_emulation.py) compiles this same file as host C++ against a
 // shim that runs the grid as loops, so the indexing, vector and tail paths, state in/out and 16-bit conversions are
@@ -96,37 +100,70 @@ __device__ __forceinline__ void store_pack(Bits* p, const Pack<Bits, VEC>& v) {
   }
 }
 
-template <typename S, int VEC, bool kLeaky>
-__global__ void __launch_bounds__(kMaxBlock) spike_kernel(SpikeParams<typename DevStorage<S>::C> p,
-                                                    typename DevStorage<S>::Bits out_spike,
-                                                    typename DevStorage<S>::Bits out_none,
-                                                    const typename DevStorage<S>::Bits* __restrict__ x,
-                                                    typename DevStorage<S>::Bits* __restrict__ y,
-                                                    const typename DevStorage<S>::C* __restrict__ v_in,
-                                                    typename DevStorage<S>::C* __restrict__ v_out, int64_t T,
-                                                    int64_t N) {
-  using C = typename DevStorage<S>::C;
+// The input side of a launch: how a stored element becomes the compute-type current. Float storage widens
+// (DevStorage); quantised codes are dequantised exactly as ONNX DequantizeLinear, fl(float(q - zero_point) * scale)
+// (an exact integer, an exact conversion, one rounded product), their scale and zero point read from device memory
+// (they are ONNX initializers / TensorRT plugin inputs) once per thread.
+template <typename S>
+struct FloatInput {
   using Bits = typename DevStorage<S>::Bits;
+  using C = typename DevStorage<S>::C;
+  __device__ FloatInput resolve() const { return *this; }
+  __device__ C operator()(Bits b) const { return DevStorage<S>::load(b); }
+};
+
+template <typename Q>
+struct Dequantize {
+  float scale;
+  int32_t zero_point;
+  __device__ float operator()(Q q) const {
+    return mul_rn(static_cast<float>(static_cast<int32_t>(q) - zero_point), scale);
+  }
+};
+
+template <typename Q>
+struct CodeInput {
+  using Bits = Q;
+  using C = float;
+  const float* scale;
+  const Q* zero_point;
+  __device__ Dequantize<Q> resolve() const { return {*scale, static_cast<int32_t>(*zero_point)}; }
+};
+
+// One neuron, one time step, in the reference's operation order: the membrane update (IF v + x; LIF decay*v +
+// gain*x, two rounded products and a rounded sum), the threshold compare, the reset. Returns whether it fired.
+template <bool kLeaky, typename C>
+__device__ __forceinline__ bool neuron_step(const SpikeParams<C>& p, C& v, C x) {
+  const C vi = kLeaky ? add_rn(mul_rn(p.decay, v), mul_rn(p.gain, x)) : add_rn(v, x);
+  const bool fire = vi >= p.threshold;
+  v = sub_rn(vi, fire ? p.vth : p.no_spike);
+  return fire;
+}
+
+// In: FloatInput<S> or CodeInput<Q>; Out: the stored output element (the input's storage for the float op, the
+// code type for the quantised one): out_spike / out_none, chosen per neuron-step.
+template <typename In, typename Out, int VEC, bool kLeaky>
+__global__ void __launch_bounds__(kMaxBlock)
+    spike_kernel(SpikeParams<typename In::C> p, Out out_spike, Out out_none, In input,
+                 const typename In::Bits* __restrict__ x, Out* __restrict__ y, const typename In::C* __restrict__ v_in,
+                 typename In::C* __restrict__ v_out, int64_t T, int64_t N) {
+  using C = typename In::C;
+  using Bits = typename In::Bits;
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (n >= N) return;  // launches guarantee n + VEC <= N for VEC > 1
+  const auto decode = input.resolve();
   C v[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) v[i] = v_in ? v_in[n + i] : C(0);
   const Bits* xp = x + n;
-  Bits* yp = y + n;
+  Out* yp = y + n;
 #pragma unroll 4
   for (int64_t t = 0; t < T; ++t) {
     const Pack<Bits, VEC> in = load_pack<Bits, VEC>(xp);
-    Pack<Bits, VEC> out;
+    Pack<Out, VEC> out;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const C xi = DevStorage<S>::load(in.e[i]);
-      const C vi = kLeaky ? add_rn(mul_rn(p.decay, v[i]), mul_rn(p.gain, xi)) : add_rn(v[i], xi);
-      const bool fire = vi >= p.threshold;
-      v[i] = sub_rn(vi, fire ? p.vth : p.no_spike);
-      out.e[i] = fire ? out_spike : out_none;
-    }
-    store_pack<Bits, VEC>(yp, out);
+    for (int i = 0; i < VEC; ++i) out.e[i] = neuron_step<kLeaky>(p, v[i], decode(in.e[i])) ? out_spike : out_none;
+    store_pack<Out, VEC>(yp, out);
     xp += N;
     yp += N;
   }
@@ -160,32 +197,52 @@ int sm_count() {
   return cached[dev];
 }
 
-template <typename S, int VEC>
-cudaError_t launch_vec(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, const LaunchShape& shape,
+template <typename In, typename Out, int VEC>
+cudaError_t launch_vec(const SpikeParams<typename In::C>& p, Out spike, Out none, In input, const void* x, void* y,
+                       const void* v_in, void* v_out, int64_t T, int64_t N, const LaunchShape& shape,
                        cudaStream_t stream) {
-  using Bits = typename DevStorage<S>::Bits;
-  using C = typename DevStorage<S>::C;
-  const Bits spike = out_bits<S>(p.out_spike), none = out_bits<S>(p.out_none);
+  using C = typename In::C;
   if (shape.grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const auto* x = static_cast<const Bits*>(a.x);
-  auto* y = static_cast<Bits*>(a.y);
-  const auto* vi = static_cast<const C*>(a.v_in);
-  auto* vo = static_cast<C*>(a.v_out);
+  const auto* xb = static_cast<const typename In::Bits*>(x);
+  auto* yb = static_cast<Out*>(y);
+  const auto* vi = static_cast<const C*>(v_in);
+  auto* vo = static_cast<C*>(v_out);
   const auto grid = static_cast<unsigned>(shape.grid);
   if (p.leaky)
-    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<S, VEC, true>)(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<In, Out, VEC, true>)(p, spike, none, input, xb, yb, vi, vo, T,
+                                                                            N);
   else
-    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<S, VEC, false>)(p, spike, none, x, y, vi, vo, a.T, a.N);
+    DSR_LAUNCH(grid, shape.block, stream, spike_kernel<In, Out, VEC, false>)(p, spike, none, input, xb, yb, vi, vo, T,
+                                                                             N);
   return cudaGetLastError();
 }
 
+// One launch: the widest vector (16 bytes of input per thread) when the buffers allow it, else one element per
+// thread. Input and output elements have the same size (the float op: one storage type; the quantised op: codes).
+template <typename In, typename Out>
+cudaError_t launch_typed(const SpikeParams<typename In::C>& p, Out spike, Out none, In input, const void* x, void* y,
+                         const void* v_in, void* v_out, int64_t T, int64_t N, cudaStream_t stream) {
+  static_assert(sizeof(typename In::Bits) == sizeof(Out), "input and output elements of one size");
+  constexpr int kVec = 16 / static_cast<int>(sizeof(Out));
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (reinterpret_cast<uintptr_t>(y) % 16 == 0);
+  const LaunchShape shape = launch_shape(N, kVec, aligned, sm_count());
+  if (shape.vec == kVec)
+    return launch_vec<In, Out, kVec>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+  return launch_vec<In, Out, 1>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+}
+
 template <typename S>
-cudaError_t launch_typed(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
-  constexpr int kVec = 16 / static_cast<int>(sizeof(typename DevStorage<S>::Bits));
-  const bool aligned = (reinterpret_cast<uintptr_t>(a.x) % 16 == 0) && (reinterpret_cast<uintptr_t>(a.y) % 16 == 0);
-  const LaunchShape shape = launch_shape(a.N, kVec, aligned, sm_count());
-  if (shape.vec == kVec) return launch_vec<S, kVec>(p, a, shape, stream);
-  return launch_vec<S, 1>(p, a, shape, stream);
+cudaError_t launch_float(const SpikeParams<typename DevStorage<S>::C>& p, const ForwardArgs& a, cudaStream_t stream) {
+  return launch_typed(p, out_bits<S>(p.out_spike), out_bits<S>(p.out_none), FloatInput<S>{}, a.x, a.y, a.v_in, a.v_out,
+                      a.T, a.N, stream);
+}
+
+template <typename Q>
+cudaError_t launch_codes(const QuantArgs& a, cudaStream_t stream) {
+  const SpikeParams<float>& p = *a.params;
+  const CodeInput<Q> input{a.scale, static_cast<const Q*>(a.zero_point)};
+  return launch_typed(p, static_cast<Q>(spike_code(p.out_spike)), static_cast<Q>(spike_code(p.out_none)), input, a.x,
+                      a.y, nullptr, nullptr, a.T, a.N, stream);
 }
 
 }  // namespace
@@ -217,11 +274,18 @@ int launch_forward(const ForwardArgs& a, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   cudaError_t err = cudaSuccess;
   switch (a.dtype) {
-    case DType::F32: err = launch_typed<float>(*a.params_f32, a, stream); break;
-    case DType::F16: err = launch_typed<Half>(*a.params_f32, a, stream); break;
-    case DType::BF16: err = launch_typed<BFloat16>(*a.params_f32, a, stream); break;
-    case DType::F64: err = launch_typed<double>(*a.params_f64, a, stream); break;
+    case DType::F32: err = launch_float<float>(*a.params_f32, a, stream); break;
+    case DType::F16: err = launch_float<Half>(*a.params_f32, a, stream); break;
+    case DType::BF16: err = launch_float<BFloat16>(*a.params_f32, a, stream); break;
+    case DType::F64: err = launch_float<double>(*a.params_f64, a, stream); break;
   }
+  return static_cast<int>(err);
+}
+
+int launch_forward_quantized(const QuantArgs& a, void* stream_ptr) {
+  if (a.N <= 0 || a.T <= 0) return 0;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const cudaError_t err = a.code == Code::I8 ? launch_codes<int8_t>(a, stream) : launch_codes<uint8_t>(a, stream);
   return static_cast<int>(err);
 }
 

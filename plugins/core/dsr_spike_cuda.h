@@ -12,6 +12,11 @@ namespace cuda {
 // cudaError_t of the launch (0 = success); error_string() turns it into text.
 int launch_forward(const ForwardArgs& args, void* stream);
 
+// Launches one quantised call (QuantArgs, dsr_spike.h): x / y codes (uint8 or int8) and the scale and zero point
+// all in device memory; the float32 kernel's per-neuron step on the dequantised current, spike codes out. The same
+// launch shapes as a 1-byte dtype (16 codes per thread when aligned). Returns the cudaError_t of the launch.
+int launch_forward_quantized(const QuantArgs& args, void* stream);
+
 // How launch_forward splits N neurons: `vec` neurons per thread (the 16-byte vector width, or 1), `block` threads
 // per block (<= kMaxBlock, the kernel's __launch_bounds__), `grid` blocks. Chosen from N, the widest vector the
 // dtype allows, whether the buffers allow vector access, and the device's SM count `sms` (0: unknown, the

@@ -56,6 +56,7 @@ typedef enum ONNXTensorElementDataType {
   ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED = 0,
   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT = 1,
   ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 = 2,  // the quantised neuron ops' codes (export --precision int8)
+  ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 = 3,   // ... with --int8-activations int8
   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 = 10,
 } ONNXTensorElementDataType;
 
@@ -78,7 +79,8 @@ typedef enum OrtCustomOpInputOutputCharacteristic {
 
 #define DSR_ORT_ENUM_VALUES(X)                                                                         \
   X(ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) X(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)                    \
-  X(ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) X(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) X(ORT_OK) X(ORT_FAIL) X(ORT_INVALID_ARGUMENT)               \
+  X(ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) X(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)                         \
+  X(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) X(ORT_OK) X(ORT_FAIL) X(ORT_INVALID_ARGUMENT)               \
   X(ORT_NOT_IMPLEMENTED) X(ORT_EP_FAIL) X(OrtMemTypeCPUInput) X(OrtMemTypeDefault) X(INPUT_OUTPUT_REQUIRED)
 #define DSR_ORT_ENUM_TYPES(X) \
   X(ONNXTensorElementDataType) X(OrtErrorCode) X(OrtMemType) X(OrtCustomOpInputOutputCharacteristic)

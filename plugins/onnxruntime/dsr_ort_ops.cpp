@@ -4,12 +4,15 @@
 //   DSRLIFSpike (x [T, ...]) -> y [T, ...]          attrs v_threshold, alpha, tau, delta_t, decay, gain
 //   DSRIFStep   (x_t, v) -> (y_t, v_new)             as DSRIFSpike, one time step, v the float32 membrane
 //   DSRLIFStep  (x_t, v) -> (y_t, v_new)             as DSRLIFSpike
+//   DSRIFSpikeQ / DSRLIFSpikeQ (x codes [T, ...], x_scale float32, x_zero_point) -> spike codes {0, 1} [T, ...]
+//               codes uint8 or int8 (x, x_zero_point and the output of one type); the float op on the exact
+//               DequantizeLinear of x (dsr_spike.h, QuantArgs); CPU and CUDA EP
 //
 // x / y float32 or float16 (the membrane v is float32 in both cases, as the reference computes float16 inputs).
 // The LIF decay / gain attributes are fl32(exp(-dt/tau)) and fl32(1 - exp(-dt/tau)) as the exporter
 // writes them (float32 tau / delta_t could not reproduce the double exp); when missing they are computed from tau
-// and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both EPs.
-// plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
+// and delta_t in double. The output spike value is vth / fl32(delta_t), as the reference (on every device), on both
+// EPs. plugin_namespace / plugin_version (for TensorRT's parser) are ignored here.
 //
 // Load with SessionOptions.register_custom_ops_library(path). The C ABI comes from dsr_ort_abi.h (no ONNX Runtime
 // SDK needed): the library asks ONNX Runtime for OrtApi DSR_ORT_API_VERSION (18, ONNX Runtime >= 1.18), calls only
@@ -20,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dsr_spike.h"
@@ -47,8 +51,9 @@ struct OpSpec {
   dsr::Neuron neuron;
   bool step;  // (x_t, v) -> (y_t, v_new)
   ONNXTensorElementDataType type;  // of x and y (the membrane is always float32)
-  // DSRIFSpikeQ / DSRLIFSpikeQ: (x uint8 codes [T, ...], x_scale float, x_zero_point uint8) -> uint8 spike codes
-  // {0, 1}: the float op on DequantizeLinear(x), its spikes as codes (scale = the spike value, zero point 0).
+  // DSRIFSpikeQ / DSRLIFSpikeQ: (x codes [T, ...] of `type` (uint8 / int8), x_scale float, x_zero_point of `type`)
+  // -> spike codes {0, 1} of `type`: the float op on DequantizeLinear(x), its spikes as codes (scale = the spike
+  // value, zero point 0).
   bool quantized = false;
 };
 
@@ -141,42 +146,36 @@ void run_block(void* user, size_t block) {
   dsr::cpu_forward_range(*c->args, b, e);
 }
 
-// ---- the quantised ops: uint8 current in, uint8 spike codes out, the float32 kernel in between ----------------
+// A CUDA EP kernel: the launch on the stream ONNX Runtime gives the kernel (float or quantised arguments).
+template <typename Args>
+OrtStatus* launch_cuda(OrtKernelContext* ctx, const Args& args) {
+#if defined(DSR_WITH_CUDA)
+  void* stream = nullptr;
+  DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  int err = 0;
+  if constexpr (std::is_same_v<Args, dsr::QuantArgs>)
+    err = dsr::cuda::launch_forward_quantized(args, stream);
+  else
+    err = dsr::cuda::launch_forward(args, stream);
+  if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
+  return nullptr;
+#else
+  (void)ctx;
+  (void)args;
+  return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
+#endif
+}
+
+// ---- the quantised ops: uint8 / int8 current codes in, spike codes out (the core's quantised loop) -------------
 
 struct QuantCtx {
-  const Kernel* k;
-  const uint8_t* x;
-  uint8_t* y;
-  float scale;
-  int32_t zero_point;
-  int64_t T, N;
+  const dsr::QuantArgs* args;
 };
 
-#if defined(__GNUC__) && !defined(__clang__)
-// The conversion loops are plain element-wise loops: let GCC vectorise them at the library's -O2 (each element is
-// one int->float conversion and one multiply, or one compare: nothing to contract).
-__attribute__((optimize("tree-vectorize")))
-#endif
 void run_quantized_block(void* user, size_t block) {
   const auto* c = static_cast<const QuantCtx*>(user);
   const int64_t b = static_cast<int64_t>(block) * dsr::kCpuBlock;
-  const int64_t n = std::min(c->N, b + dsr::kCpuBlock) - b;
-  thread_local std::vector<float> xs, ys;
-  xs.resize(static_cast<size_t>(c->T * n));
-  ys.resize(xs.size());
-  for (int64_t t = 0; t < c->T; ++t) {
-    const uint8_t* src = c->x + t * c->N + b;
-    float* dst = xs.data() + t * n;
-    // DequantizeLinear exactly: (float)(q - zero_point) * scale, one rounding.
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<int32_t>(src[i]) - c->zero_point) * c->scale;
-  }
-  const dsr::ForwardArgs args{dsr::DType::F32, xs.data(), ys.data(), nullptr, nullptr, c->T, n, &c->k->params, nullptr};
-  dsr::cpu_forward_range(args, 0, n);
-  for (int64_t t = 0; t < c->T; ++t) {
-    const float* src = ys.data() + t * n;
-    uint8_t* dst = c->y + t * c->N + b;
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[i] != 0.f ? 1 : 0;
-  }
+  dsr::cpu_forward_quantized_range(*c->args, b, std::min(c->args->N, b + dsr::kCpuBlock));
 }
 
 OrtStatus* scalar_input(OrtKernelContext* ctx, size_t i, ONNXTensorElementDataType type, const char* op,
@@ -197,11 +196,13 @@ OrtStatus* compute_quantized(const Kernel& k, OrtKernelContext* ctx) {
   DSR_ORT_TRY(g_api->KernelContext_GetInput(ctx, 0, &x));
   Shape xs;
   DSR_ORT_TRY(shape_of(x, &xs));
-  if (xs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) return error(std::string(k.spec.name) + ": x must be uint8");
+  if (xs.type != k.spec.type)
+    return error(std::string(k.spec.name) + ": x must be uint8 or int8 codes, as its zero point");
   if (xs.dims.empty()) return error(std::string(k.spec.name) + ": x must have a leading time dimension [T, ...]");
   const void *scale = nullptr, *zp = nullptr, *xd = nullptr;
+  // Scale and zero point stay where the EP keeps inputs (device memory on the CUDA EP): the kernel reads them.
   DSR_ORT_TRY(scalar_input(ctx, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, k.spec.name, &scale));
-  DSR_ORT_TRY(scalar_input(ctx, 2, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, k.spec.name, &zp));
+  DSR_ORT_TRY(scalar_input(ctx, 2, k.spec.type, k.spec.name, &zp));
   DSR_ORT_TRY(input_data(x, &xd));
   int64_t N = 1;
   for (size_t i = 1; i < xs.dims.size(); ++i) N *= xs.dims[i];
@@ -210,13 +211,15 @@ OrtStatus* compute_quantized(const Kernel& k, OrtKernelContext* ctx) {
   void* yd = nullptr;
   DSR_ORT_TRY(g_api->GetTensorMutableData(y, &yd));
   if (N == 0 || xs.dims[0] == 0) return nullptr;
-  QuantCtx qc{&k, static_cast<const uint8_t*>(xd), static_cast<uint8_t*>(yd), *static_cast<const float*>(scale),
-              static_cast<int32_t>(*static_cast<const uint8_t*>(zp)), xs.dims[0], N};
+  const dsr::Code code = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? dsr::Code::I8 : dsr::Code::U8;
+  const dsr::QuantArgs args{code, xd, yd, static_cast<const float*>(scale), zp, xs.dims[0], N, &k.params};
+  if (k.ep == Ep::Cuda) return launch_cuda(ctx, args);
   const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
   if (blocks == 1) {
-    run_quantized_block(&qc, 0);
+    dsr::cpu_forward_quantized_range(args, 0, N);
     return nullptr;
   }
+  QuantCtx qc{&args};
   return g_api->KernelContext_ParallelFor(ctx, &run_quantized_block, blocks, 0, &qc);
 }
 
@@ -265,17 +268,7 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   const dsr::DType dtype = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? dsr::DType::F16 : dsr::DType::F32;
   dsr::ForwardArgs args{dtype, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
   if (N == 0) return nullptr;
-  if (k.ep == Ep::Cuda) {
-#if defined(DSR_WITH_CUDA)
-    void* stream = nullptr;
-    DSR_ORT_TRY(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
-    const int err = dsr::cuda::launch_forward(args, stream);
-    if (err != 0) return g_api->CreateStatus(ORT_EP_FAIL, dsr::cuda::error_string(err));
-    return nullptr;
-#else
-    return g_api->CreateStatus(ORT_NOT_IMPLEMENTED, "built without CUDA");
-#endif
-  }
+  if (k.ep == Ep::Cuda) return launch_cuda(ctx, args);
   const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
   if (blocks == 1 || T * N < (int64_t(1) << 16)) {
     dsr::cpu_forward_range(args, 0, N);
@@ -312,7 +305,7 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
 #endif
   };
   op->GetInputType = [](const OrtCustomOp* o, size_t i) {
-    if (self(o).spec.quantized && i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;  // x_zero_point
+    if (self(o).spec.quantized && i == 2) return self(o).spec.type;  // x_zero_point: the codes' type
     return i == 0 ? self(o).spec.type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   };
   op->GetInputTypeCount = [](const OrtCustomOp* o) -> size_t {
@@ -349,13 +342,21 @@ void init_op(DsrOp* op, const OpSpec& spec, Ep ep) {
 constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr ONNXTensorElementDataType kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
 constexpr ONNXTensorElementDataType kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr ONNXTensorElementDataType kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
 const OpSpec kSpecs[] = {
-    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
-    {"DSRIFStep", dsr::Neuron::IF, true, kF32},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
-    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},  {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
-    {"DSRIFStep", dsr::Neuron::IF, true, kF16},    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
-    // CPU only (no CUDA kernel; the CUDA EP runs the function body of a quantised model).
-    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kU8, true}, {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kU8, true},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF32},
+    {"DSRLIFSpike", dsr::Neuron::LIF, false, kF32},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF32},
+    {"DSRLIFStep", dsr::Neuron::LIF, true, kF32},
+    {"DSRIFSpike", dsr::Neuron::IF, false, kF16},
+    {"DSRLIFSpike", dsr::Neuron::LIF, false, kF16},
+    {"DSRIFStep", dsr::Neuron::IF, true, kF16},
+    {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
+    // The quantised ops: uint8 codes (the default int8 export) and int8 codes (--int8-activations int8).
+    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kU8, true},
+    {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kU8, true},
+    {"DSRIFSpikeQ", dsr::Neuron::IF, false, kI8, true},
+    {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kI8, true},
 };
 constexpr size_t kNumSpecs = sizeof(kSpecs) / sizeof(kSpecs[0]);
 
@@ -410,7 +411,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cpu[i]));
 #endif
 #if defined(DSR_WITH_CUDA)
-    if (!kSpecs[i].quantized) DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));
+    DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));
 #endif
   }
   // The session options keep the domain; ORT never frees a custom-op domain it was given, so neither do we:

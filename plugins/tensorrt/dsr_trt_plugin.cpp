@@ -88,20 +88,20 @@ IPluginV3* DsrSpikePlugin::clone() noexcept {
 
 int32_t DsrSpikePlugin::configurePlugin(DynamicPluginTensorDesc const*, int32_t nbInputs,
                                         DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept {
-  return (nbInputs == (kind_.step ? 2 : 1) && nbOutputs == getNbOutputs()) ? 0 : -1;
+  return (nbInputs == kind_.nb_inputs() && nbOutputs == getNbOutputs()) ? 0 : -1;
 }
 
 int32_t DsrSpikePlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
                                            int32_t nbInputs) const noexcept {
-  if (nbInputs != (kind_.step ? 2 : 1) || nbOutputs != getNbOutputs()) return -1;
-  outputTypes[0] = inputTypes[0];
+  if (nbInputs != kind_.nb_inputs() || nbOutputs != getNbOutputs()) return -1;
+  outputTypes[0] = inputTypes[0];  // the quantised op: int8 codes in, int8 spike codes out
   if (kind_.step) outputTypes[1] = DataType::kFLOAT;
   return 0;
 }
 
 int32_t DsrSpikePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                         DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept {
-  if (nbInputs != (kind_.step ? 2 : 1) || nbOutputs != getNbOutputs()) return -1;
+  if (nbInputs != kind_.nb_inputs() || nbOutputs != getNbOutputs()) return -1;
   if (!kind_.step && inputs[0].nbDims < 1) {
     log_error(std::string(kind_.name) + ": x needs a leading time dimension [T, ...]");
     return -1;
@@ -116,6 +116,9 @@ bool DsrSpikePlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorD
   if (pos < 0 || pos >= nbInputs + nbOutputs) return false;
   PluginTensorDesc const& d = inOut[pos].desc;
   if (d.format != TensorFormat::kLINEAR) return false;
+  if (kind_.quantized) {  // 0: x codes, 1: x_scale, 2: x_zero_point, 3: y codes
+    return pos == 1 ? d.type == DataType::kFLOAT : d.type == DataType::kINT8;
+  }
   if (!kind_.step) {  // 0: x, 1: y
     return pos == 0 ? is_spike_type(d.type) : d.type == inOut[0].desc.type;
   }
@@ -133,11 +136,16 @@ int32_t DsrSpikePlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInpu
     log_error(std::string(kind_.name) + ": v must have the shape of x_t");
     return -1;
   }
+  if (kind_.quantized && nbInputs == 3 && (volume(in[1].dims, 0) != 1 || volume(in[2].dims, 0) != 1)) {
+    log_error(std::string(kind_.name) + ": x_scale and x_zero_point must be scalars (one value per tensor)");
+    return -1;
+  }
   return 0;
 }
 
 int32_t DsrSpikePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                                 void* const* outputs, void*, cudaStream_t stream) noexcept {
+  if (kind_.quantized) return enqueue_quantized(inputDesc, inputs, outputs, stream);
   dsr::ForwardArgs args{};
   switch (inputDesc[0].type) {
     case DataType::kFLOAT: args.dtype = dsr::DType::F32; break;
@@ -158,12 +166,27 @@ int32_t DsrSpikePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
   }
   args.params_f32 = &params_;
   if (args.T == 0 || args.N == 0) return 0;
-  int const err = dsr::cuda::launch_forward(args, stream);
-  if (err != 0) {
-    log_error(std::string(kind_.name) + ": kernel launch failed: " + dsr::cuda::error_string(err));
+  return launched(dsr::cuda::launch_forward(args, stream));
+}
+
+int32_t DsrSpikePlugin::enqueue_quantized(PluginTensorDesc const* inputDesc, void const* const* inputs,
+                                          void* const* outputs, cudaStream_t stream) noexcept {
+  if (inputDesc[0].type != DataType::kINT8 || inputDesc[0].dims.nbDims < 1) {
+    log_error(std::string(kind_.name) + ": x must be int8 codes [T, ...]");
     return -1;
   }
-  return 0;
+  // The scale and zero point stay in device memory (TensorRT inputs): the kernel reads them.
+  auto const* scale = static_cast<float const*>(inputs[1]);
+  int64_t const T = inputDesc[0].dims.d[0], N = volume(inputDesc[0].dims, 1);
+  dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], scale, inputs[2], T, N, &params_};
+  if (args.T == 0 || args.N == 0) return 0;
+  return launched(dsr::cuda::launch_forward_quantized(args, stream));
+}
+
+int32_t DsrSpikePlugin::launched(int err) const noexcept {
+  if (err == 0) return 0;
+  log_error(std::string(kind_.name) + ": kernel launch failed: " + dsr::cuda::error_string(err));
+  return -1;
 }
 
 IPluginV3* DsrSpikePlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
@@ -244,8 +267,11 @@ nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) noexcept 
   static DsrSpikeCreator lif_spike({"DSRLIFSpike", dsr::Neuron::LIF, false});
   static DsrSpikeCreator if_step({"DSRIFStep", dsr::Neuron::IF, true});
   static DsrSpikeCreator lif_step({"DSRLIFStep", dsr::Neuron::LIF, true});
-  static IPluginCreatorInterface* const list[] = {&if_spike, &lif_spike, &if_step, &lif_step};
-  count = 4;
+  static DsrSpikeCreator if_spike_q({"DSRIFSpikeQ", dsr::Neuron::IF, false, true});
+  static DsrSpikeCreator lif_spike_q({"DSRLIFSpikeQ", dsr::Neuron::LIF, false, true});
+  static IPluginCreatorInterface* const list[] = {&if_spike, &lif_spike,  &if_step,
+                                                  &lif_step, &if_spike_q, &lif_spike_q};
+  count = 6;
   return list;
 }
 

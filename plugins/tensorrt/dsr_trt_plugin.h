@@ -1,11 +1,14 @@
-// TensorRT adapter: IPluginV3 plugins DSRIFSpike / DSRLIFSpike / DSRIFStep / DSRLIFStep (namespace "dsr",
-// version "1") on the CUDA spike-loop core.
+// TensorRT adapter: IPluginV3 plugins DSRIFSpike / DSRLIFSpike / DSRIFStep / DSRLIFStep / DSRIFSpikeQ / DSRLIFSpikeQ
+// (namespace "dsr", version "1") on the CUDA spike-loop core.
 //
 // Fields = the ONNX node attributes (float32): v_threshold, alpha; LIF also tau, delta_t, decay, gain (decay/gain
 // optional: computed from tau/delta_t in double when absent). The ONNX parser passes a node's attributes to the
 // creator by field name; plugin_namespace / plugin_version attributes only steer the parser's lookup.
 //   *Spike: x [T, ...] (float32 / float16 / bfloat16) -> y [T, ...] of x's type
 //   *Step:  (x_t [...], v [...] float32) -> (y_t [...] of x's type, v_new [...] float32)
+//   *SpikeQ: (x [T, ...] int8 codes, x_scale [] float32, x_zero_point [] int8) -> y [T, ...] int8 spike codes {0, 1}:
+//            the quantised op (dsr_spike.h, QuantArgs) of an int8 export (--int8-activations int8); TensorRT's
+//            ONNX parser hands it the int8 output of a QuantizeLinear, the scale and zero point as constant inputs.
 // Output spike value vth / fl32(delta_t) (true division, as the reference on every device and the ONNX function body).
 #pragma once
 
@@ -35,6 +38,8 @@ struct OpKind {
   char const* name;
   dsr::Neuron neuron;
   bool step;
+  bool quantized = false;  // *SpikeQ: (x codes, x_scale, x_zero_point) -> spike codes
+  int32_t nb_inputs() const { return quantized ? 3 : step ? 2 : 1; }
 };
 
 class DsrSpikePlugin final : public nvinfer1::IPluginV3,
@@ -75,6 +80,10 @@ class DsrSpikePlugin final : public nvinfer1::IPluginV3,
   nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
  private:
+  int32_t enqueue_quantized(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs,
+                            void* const* outputs, cudaStream_t stream) noexcept;
+  int32_t launched(int err) const noexcept;  // 0, or -1 with the CUDA error logged
+
   OpKind kind_;
   Attributes attrs_;
   dsr::SpikeParams<float> params_;
@@ -98,7 +107,7 @@ class DsrSpikeCreator : public nvinfer1::IPluginCreatorV3One {
   nvinfer1::PluginFieldCollection field_collection_{};
 };
 
-// The four creators (IF/LIF x Spike/Step), one static instance each; shared by both registration libraries.
+// The six creators (IF/LIF x Spike/Step/SpikeQ), one static instance each; shared by both registration libraries.
 nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) noexcept;
 
 // Where plugin errors go: the logger TensorRT handed to setLoggerFinder (dynamic library), else stderr.

@@ -57,7 +57,7 @@ DynamicPluginTensorDesc desc(DataType t, TensorFormat f = TensorFormat::kLINEAR)
   return d;
 }
 
-void check_creator(IPluginCreatorV3One* c, bool lif, bool step) {
+void check_creator(IPluginCreatorV3One* c, bool lif, bool step, bool quantized = false) {
   CHECK(c != nullptr);
   if (!c) return;
   CHECK(std::strcmp(c->getPluginNamespace(), "dsr") == 0);
@@ -96,14 +96,39 @@ void check_creator(IPluginCreatorV3One* c, bool lif, bool step) {
   CHECK(std::strcmp(core->getPluginNamespace(), "dsr") == 0);
   CHECK(build->getNbOutputs() == (step ? 2 : 1));
 
-  DataType in_types[2] = {DataType::kHALF, DataType::kFLOAT};
-  DataType out_types[2] = {DataType::kINT8, DataType::kINT8};
-  CHECK(build->getOutputDataTypes(out_types, step ? 2 : 1, in_types, step ? 2 : 1) == 0);
-  CHECK(out_types[0] == DataType::kHALF);
-  if (step) CHECK(out_types[1] == DataType::kFLOAT);
+  int32_t const nb_in = quantized ? 3 : step ? 2 : 1;
+  if (quantized) {
+    // int8 codes, float32 scale, int8 zero point -> int8 spike codes; nothing else.
+    DataType in_types[3] = {DataType::kINT8, DataType::kFLOAT, DataType::kINT8};
+    DataType out_types[1] = {DataType::kFLOAT};
+    CHECK(build->getOutputDataTypes(out_types, 1, in_types, 3) == 0);
+    CHECK(out_types[0] == DataType::kINT8);
+    CHECK(build->getOutputDataTypes(out_types, 1, in_types, 1) != 0);
+    DynamicPluginTensorDesc io[4] = {desc(DataType::kINT8), desc(DataType::kFLOAT), desc(DataType::kINT8),
+                                     desc(DataType::kINT8)};
+    for (int p = 0; p < 4; ++p) CHECK(build->supportsFormatCombination(p, io, 3, 1));
+    io[0] = desc(DataType::kFLOAT);
+    CHECK(!build->supportsFormatCombination(0, io, 3, 1));
+    io[0] = desc(DataType::kINT8, TensorFormat::kCHW4);
+    CHECK(!build->supportsFormatCombination(0, io, 3, 1));
+    io[1] = desc(DataType::kINT8);
+    CHECK(!build->supportsFormatCombination(1, io, 3, 1));
+    io[2] = desc(DataType::kUINT8);
+    CHECK(!build->supportsFormatCombination(2, io, 3, 1));
+    io[3] = desc(DataType::kFLOAT);
+    CHECK(!build->supportsFormatCombination(3, io, 3, 1));
+  } else {
+    DataType in_types[2] = {DataType::kHALF, DataType::kFLOAT};
+    DataType out_types[2] = {DataType::kINT8, DataType::kINT8};
+    CHECK(build->getOutputDataTypes(out_types, step ? 2 : 1, in_types, nb_in) == 0);
+    CHECK(out_types[0] == DataType::kHALF);
+    if (step) CHECK(out_types[1] == DataType::kFLOAT);
+  }
 
   // Format combinations: x float/half/bf16 linear; y like x; the Step membrane float32.
-  if (!step) {
+  if (quantized) {
+    // checked above
+  } else if (!step) {
     DynamicPluginTensorDesc io[2] = {desc(DataType::kHALF), desc(DataType::kHALF)};
     CHECK(build->supportsFormatCombination(0, io, 1, 1));
     CHECK(build->supportsFormatCombination(1, io, 1, 1));
@@ -167,18 +192,20 @@ int main(int argc, char** argv) {
     if (get) {
       int32_t n = 0;
       IPluginCreatorInterface* const* list = get(n);
-      CHECK(n == 4);
+      CHECK(n == 6);
       check_creator(creator_named(list, n, "DSRIFSpike"), false, false);
       check_creator(creator_named(list, n, "DSRLIFSpike"), true, false);
       check_creator(creator_named(list, n, "DSRIFStep"), false, true);
       check_creator(creator_named(list, n, "DSRLIFStep"), true, true);
+      check_creator(creator_named(list, n, "DSRIFSpikeQ"), false, false, true);
+      check_creator(creator_named(list, n, "DSRLIFSpikeQ"), true, false, true);
     }
   }
-  // The static library registers its four creators under namespace "dsr" when loaded.
+  // The static library registers its six creators under namespace "dsr" when loaded.
   void* stat = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   CHECK(stat != nullptr);
   if (!stat) std::fprintf(stderr, "%s\n", dlerror());
-  CHECK(g_registry.registered.size() == 4);
+  CHECK(g_registry.registered.size() == 6);
   for (auto const& [name, ns] : g_registry.registered) {
     CHECK(ns == "dsr");
     CHECK(name.rfind("DSR", 0) == 0);
