@@ -14,6 +14,7 @@ import pytest
 import torch
 from _native_util import ensure_ort_library
 from test_cli_export import run_cli
+from test_export_int8 import IF, LIF, SHAPE, T, _calibration
 
 from dsr_deploy.errors import UserError
 from dsr_deploy.export import export_model
@@ -21,11 +22,6 @@ from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
 
 ort = pytest.importorskip("onnxruntime")
-
-T, B = 4, 2
-SHAPE = (T, B, 2, 6, 6)
-LIF = dict(v_threshold=0.3, tau=1.0, delta_t=0.05, alpha=0.3)
-IF = dict(v_threshold=0.5, alpha=0.5)
 
 
 class Net(torch.nn.Module):
@@ -65,10 +61,6 @@ class Net(torch.nn.Module):
         s2 = self.n2(fold(self.bn2, r))
         s3 = self.n3(fold(self.c3, s2))
         return self.n4(fold(self.fc, s3.flatten(2)))
-
-
-def _calibration(n=6, seed=0):
-    return (np.random.default_rng(seed).normal(size=(T, n, *SHAPE[2:])) * 2).astype(np.float32)
 
 
 def _export(tmp_path, name, **extra):
