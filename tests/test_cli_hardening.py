@@ -138,8 +138,11 @@ def test_module_level_exit_is_an_error(tmp_path, capsys):
 
 def _cli_proc(args, cwd, tmpdir):
     env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
+    # SIGHUP as in a terminal, also when the tests themselves run under nohup (an ignored SIGHUP is inherited,
+    # and the CLI rightly keeps ignoring it: test_ignored_sighup_stays_ignored)
     return subprocess.Popen([sys.executable, "-m", "dsr_deploy", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
 
 def _signal_once_there(proc, pattern: Path, sig, settle: float = 0.3) -> str:

@@ -131,6 +131,38 @@ def _run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, 
                         "traceback)") from exc
 
 
+def write_folder(out_dir: Path, ctx: ExportContext, jobs: Sequence[Tuple[str, str, Any, str]], *, mode: str,
+                 force: bool, progress=None, weights_of: Optional[nn.Module] = None,
+                 names: Optional[Tuple[List[str], List[str]]] = None, finish=None) -> Dict[str, Any]:
+    """The one way an export folder is written, for every mode: each job ``(format, file name, writer, progress
+    message)`` runs into a temporary folder (:func:`_run_writer`); then the manifest (I/O ``names`` or those the
+    writers recorded; ``finish(manifest)`` adds a mode's own fields; the weights digest of ``weights_of``) is
+    validated and written, and the folder moves into place: all or nothing."""
+    from ..io import atomic_dir
+    from ..model_spec import weights_digest
+
+    artifacts: List[Dict[str, Any]] = []
+    with atomic_dir(out_dir, force=force) as tmp:
+        for name, filename, writer, message in jobs:
+            if progress:
+                progress(message)
+            artifacts.append(_run_writer(name, writer, ctx, tmp / filename))
+        if names is None:
+            names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
+                         (None, None))
+        manifest = build_manifest(ctx, artifacts, mode=mode, inputs=names[0], outputs=names[1])
+        if weights_of is not None:  # verify rebuilds the model from its spec: this says whether it got these back
+            manifest["model"]["weights_sha256"] = weights_digest(weights_of)
+        if finish is not None:
+            finish(manifest)
+        write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
+        # mkdtemp/mkstemp create private files; an export folder is ordinary output.
+        tmp.chmod(0o755)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
+    return manifest
+
+
 #: ``export --precision``: the dtype of the exported activations; ``int8``: a quantised Q/DQ graph with float32
 #: input and output (:mod:`dsr_deploy.export.quantize`).
 PRECISIONS = ("float32", "float16", "bfloat16", "int8")
@@ -170,8 +202,6 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     Q/DQ model of :mod:`dsr_deploy.export.quantize`; needs ``extra_options["calibration"]`` (an array of inputs
     as the artifact takes them) and honours ``extra_options["int8_all_layers"]``.
     """
-    from ..io import atomic_dir
-
     shape = check_input_shape(input_shape)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -222,29 +252,13 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
                  "trust_pickle": trust_pickle, **(extra_options or {})},
         spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}), io=dict(io) if io else None,
     )
-    artifacts: List[Dict[str, Any]] = []
-    with atomic_dir(out_dir, force=force) as tmp:
-        for name in wanted:
-            fmt = available[name]
-            if progress:
-                progress(f"writing {fmt.filename} ({name})")
-            artifacts.append(_run_writer(name, fmt.writer, ctx, tmp / fmt.filename))
-            if name == "pt2" and aot and mode == "multistep":
-                from .pt2_writer import AOT_FILENAME, write_pt2_aot
+    jobs = []
+    for name in wanted:
+        fmt = available[name]
+        jobs.append((name, fmt.filename, fmt.writer, f"writing {fmt.filename} ({name})"))
+        if name == "pt2" and aot and mode == "multistep":
+            from .pt2_writer import AOT_FILENAME, write_pt2_aot
 
-                if progress:
-                    progress(f"compiling {AOT_FILENAME} (AOTInductor)")
-                artifacts.append(_run_writer("aoti", write_pt2_aot, ctx, tmp / AOT_FILENAME))
-        io_names = next(((a["inputs"], a["outputs"]) for a in artifacts if a.get("inputs") and a.get("outputs")),
-                        (None, None))
-        manifest = build_manifest(ctx, artifacts, mode=mode, inputs=io_names[0], outputs=io_names[1])
-        from ..model_spec import weights_digest
-
-        # verify rebuilds the model from its spec: this says whether it got the exported weights back.
-        manifest["model"]["weights_sha256"] = weights_digest(exported)
-        write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
-        # mkdtemp/mkstemp create private files; an export folder is ordinary output.
-        tmp.chmod(0o755)
-        for f in tmp.rglob("*"):
-            f.chmod(0o755 if f.is_dir() else 0o644)
+            jobs.append(("aoti", AOT_FILENAME, write_pt2_aot, f"compiling {AOT_FILENAME} (AOTInductor)"))
+    manifest = write_folder(out_dir, ctx, jobs, mode=mode, force=force, progress=progress, weights_of=exported)
     return manifest

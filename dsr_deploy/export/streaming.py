@@ -412,11 +412,9 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
     """
-    from ..io import atomic_dir
-    from . import check_input_shape, check_precision
+    from . import check_input_shape, check_precision, write_folder
     from .base import ExportContext
     from .formats import formats
-    from .manifest import build_manifest, write_manifest
 
     register_formats()
     shape = check_input_shape(input_shape)
@@ -439,22 +437,15 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
                         options=options,
                         spec=spec, checkpoint=checkpoint, model_info=dict(model_info or {}))
     sm, _ = _context_module(ctx)  # validates the model before anything is written
-    artifacts = []
-    with atomic_dir(out_dir, force=force) as tmp:
-        for name in wanted:
-            fmt = available[name]
-            if progress:
-                progress(f"writing {fmt.filename} (streaming {name})")
-            artifacts.append(fmt.writer(ctx, tmp / fmt.filename))
-        in_names, out_names = _io_names(len(neurons))
-        manifest = build_manifest(ctx, artifacts, mode=MODE, inputs=in_names, outputs=out_names)
+    jobs = [(name, available[name].filename, available[name].writer,
+             f"writing {available[name].filename} (streaming {name})") for name in wanted]
+
+    def finish(manifest: dict) -> None:
         manifest["step_shape"] = list(shape[1:])
         manifest["states"] = _states(sm)
-        write_manifest(tmp, manifest)
-        tmp.chmod(0o755)
-        for f in tmp.rglob("*"):
-            f.chmod(0o755 if f.is_dir() else 0o644)
-    return manifest
+
+    return write_folder(out_dir, ctx, jobs, mode=MODE, force=force, progress=progress, weights_of=model,
+                        names=_io_names(len(neurons)), finish=finish)
 
 
 register_formats()
