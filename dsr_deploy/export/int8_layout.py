@@ -66,24 +66,24 @@ def _scalar_init(inits, name: str) -> bool:
 
 
 class _Rewrite:
+    """One pass over a model's main graph: its producers, consumers, initializers and the recorded (logical) shapes
+    (``None`` for a dimension known only at run time)."""
+
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         g = model.graph
         self.inits = {i.name: i for i in g.initializer}
-        self.shapes: Dict[str, List] = {}
-        for vi in list(g.value_info) + list(g.input) + list(g.output):
-            if vi.type.tensor_type.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                                        for d in vi.type.tensor_type.shape.dim]
-        for i in g.initializer:
-            self.shapes[i.name] = list(i.dims)
+        self._vi = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+        self.shapes: Dict[str, List] = {name: [d.dim_value if d.HasField("dim_value") else None
+                                               for d in vi.type.tensor_type.shape.dim]
+                                        for name, vi in self._vi.items() if vi.type.tensor_type.HasField("shape")}
+        self.shapes.update((i.name, list(i.dims)) for i in g.initializer)
         self.consumers: Dict[str, List[onnx.NodeProto]] = {}
         self.producer = {o: n for n in g.node for o in n.output if o}
         for n in g.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.count = 0
-        self._vi = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
 
     def fresh(self, base: str) -> str:
         self.count += 1
