@@ -253,6 +253,7 @@ STATE = Record("state", {
     "initial": string, "neuron": integer(0), "layer": string,
 }, required=("input", "output", "shape"))
 
+
 def string_map(v: Any) -> dict:
     """Names to strings (e.g. the layers an int8 export kept float32, and why)."""
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
@@ -271,6 +272,7 @@ QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/e
     "neuron": one_of("qdq", "quantized"),
     "quantized_neurons": integer(0),
     "activations": one_of("uint8", "int8"),  # --int8-activations (int8: the TensorRT form); absent: uint8
+    "layout": one_of("nchw", "nhwc"),  # --int8-layout (nhwc: channels-last for ONNX Runtime's CPU)
 })
 
 ARTIFACT = Record("artifact", {

@@ -170,9 +170,19 @@ def test_nhwc_streaming_step_equals_multistep(tmp_path):
 
 
 def test_nhwc_metadata_is_checked(tmp_path):
+    import json
+
     from dsr_deploy.export.onnx_neurons import META_CHANNELS_LAST, META_PROBE_NODES, channels_last_map, probe_nodes
+    from dsr_deploy.manifest import read_manifest
 
     _, model = _export(tmp_path, "nhwc", int8_neuron="quantized", int8_layout="nhwc")
+    path = tmp_path / "nhwc" / "manifest.json"
+    assert read_manifest(path.parent)["artifacts"][0]["quantization"]["layout"] == "nhwc"
+    data = json.loads(path.read_text())
+    data["artifacts"][0]["quantization"]["layout"] = "nwhc"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="layout"):
+        read_manifest(path.parent)
     perms = channels_last_map(model)
     assert perms and all(sorted(p) == list(range(len(p))) for p in perms.values())
     for key, bad, reader in ((META_CHANNELS_LAST, '{"x": [0, 0, 1]}', channels_last_map),

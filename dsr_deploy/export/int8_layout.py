@@ -70,19 +70,17 @@ class _Rewrite:
     (``None`` for a dimension known only at run time)."""
 
     def __init__(self, model: onnx.ModelProto):
+        from .quantize import Graph  # the int8 rewrite's producer / consumer maps
+
         self.model = model
         g = model.graph
-        self.inits = {i.name: i for i in g.initializer}
+        maps = Graph(model)
+        self.inits, self.producer, self.consumers = maps.inits, maps.producer, maps.consumers
         self._vi = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
         self.shapes: Dict[str, List] = {name: [d.dim_value if d.HasField("dim_value") else None
                                                for d in vi.type.tensor_type.shape.dim]
                                         for name, vi in self._vi.items() if vi.type.tensor_type.HasField("shape")}
         self.shapes.update((i.name, list(i.dims)) for i in g.initializer)
-        self.consumers: Dict[str, List[onnx.NodeProto]] = {}
-        self.producer = {o: n for n in g.node for o in n.output if o}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
         self.count = 0
 
     def fresh(self, base: str) -> str:
@@ -173,8 +171,7 @@ class _Rewrite:
             elif id(n) not in drop:
                 order.append(n)
         del g.node[:]
-        g.node.extend(order)
-        _prune(self.model)
+        g.node.extend(order)  # the dequantised weights and biases it no longer reads go in channels_last's _prune
         return len(replace)
 
     # ---- step 2: carry the channels-last layout through the graph
