@@ -46,3 +46,21 @@ def has_dsr_nodes(path: Any) -> bool:
         return bool(dsr_nodes(onnx.load(str(path), load_external_data=False)))
     except Exception:  # noqa: BLE001
         return False
+
+
+class GraphMaps:
+    """A main graph's initializers, producers, consumers and output names, read once (rebuild after a rewrite)."""
+
+    def __init__(self, model: Any):
+        from collections import defaultdict
+
+        self.model = model
+        g = model.graph
+        self.inits = {i.name: i for i in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        self.consumers: dict[str, list[Any]] = defaultdict(list)
+        for n in g.node:
+            for i in n.input:
+                if i:
+                    self.consumers[i].append(n)
+        self.outputs = {o.name for o in g.output}

@@ -40,6 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..convert import ONNX_DOMAIN
+from ..onnx_graph import GraphMaps
 from .onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
 
 LAYOUTS = ("nchw", "nhwc")
@@ -70,11 +71,9 @@ class _Rewrite:
     (``None`` for a dimension known only at run time)."""
 
     def __init__(self, model: onnx.ModelProto):
-        from .quantize import Graph  # the int8 rewrite's producer / consumer maps
-
         self.model = model
         g = model.graph
-        maps = Graph(model)
+        maps = GraphMaps(model)
         self.inits, self.producer, self.consumers = maps.inits, maps.producer, maps.consumers
         self._vi = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
         self.shapes: Dict[str, List] = {name: [d.dim_value if d.HasField("dim_value") else None

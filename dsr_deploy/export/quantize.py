@@ -56,6 +56,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
 from ..errors import UserError
+from ..onnx_graph import GraphMaps
 
 CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
                     "them, any number of samples along the batch dimension)")
@@ -80,20 +81,8 @@ def spike_value(node: onnx.NodeProto) -> float:
     return float(vth)
 
 
-class Graph:
-    """Producer / consumer maps of a main graph (rebuilt after each rewrite)."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        g = model.graph
-        self.inits = {i.name: i for i in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output if o}
-        self.consumers: Dict[str, List[onnx.NodeProto]] = defaultdict(list)
-        for n in g.node:
-            for i in n.input:
-                if i:
-                    self.consumers[i].append(n)
-        self.outputs = {o.name for o in g.output}
+class Graph(GraphMaps):
+    """Producer / consumer maps of a main graph (rebuilt after each rewrite) and the int8 rewrite's questions."""
 
     def is_dsr(self, node: Optional[onnx.NodeProto]) -> bool:
         return node is not None and node.domain == ONNX_DOMAIN and node.op_type in _DSR
