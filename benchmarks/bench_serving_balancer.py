@@ -62,6 +62,12 @@ def median_row(rows):
     return out
 
 
+def round_range(results, key, work):
+    """The lowest and highest req/s of one row over the rounds (the run-to-run spread on this machine)."""
+    values = [r[work]["req_per_s"] for r in results["rounds"][key]]
+    return min(values), max(values)
+
+
 def markdown(results, clients):
     m = results["machine"]
     load = results["load_average"]
@@ -69,23 +75,26 @@ def markdown(results, clients):
         "# Replicas behind a balancer (`benchmarks/bench_serving_balancer.py`)", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, nvidia-pytriton "
         f"{m['nvidia-pytriton']} (tritonserver 2.51), tritonclient {m['tritonclient']}, {results['nginx']}. "
-        f"Loopback (127.0.0.1). One run of {results['rounds_n']} rounds over the three set-ups in turn (each row: "
-        "the median over the rounds; requests: all rounds); "
+        f"Loopback (127.0.0.1). One run of {results['rounds_n']} rounds over the three set-ups in turn, each round "
+        "in another order (each row: the median over the rounds; requests: all rounds); "
         f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after (the machine is shared: "
         "a load above 2 means other work competed for the 2 cores).", "",
         f"Models: {results['model']['streaming']} (streams: one step per request, {clients} concurrent, a sequence "
         f"ends every 50 steps); {results['model']['multistep']} ({clients} concurrent clients).", "",
         "**On 2 cores this shows the balancer's cost, not scaling**: both replicas and nginx share the same 2 cores. "
-        "More replicas add throughput where each has its own cores or GPU.", "",
-        "| set-up | workload | requests | req/s | p50 ms | p99 ms | req/s vs 1 direct |",
-        "|---|---|---|---|---|---|---|",
+        "More replicas add throughput where each has its own cores or GPU. Compare the rows with the per-round "
+        "spread: a difference smaller than it is this shared machine's noise, not the balancer.", "",
+        "| set-up | workload | requests | req/s | req/s per round (min-max) | p50 ms | p99 ms | req/s vs 1 direct |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, key in (("1 replica, direct", "direct_1"), ("1 replica behind nginx", "nginx_1"),
                        ("2 replicas behind nginx (hash on X-DSR-Sequence-Id)", "nginx_2")):
         for work in ("streaming", "multistep_dynamic_batching"):
             r, base = results[key][work], results["direct_1"][work]
+            lo, hi = round_range(results, key, work)
             lines.append(f"| {label} | {work.replace('_', ' ')} | {r['requests']} | {r['req_per_s']:.0f} | "
-                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s'] / base['req_per_s']:.2f}x |")
+                         f"{lo:.0f}-{hi:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['req_per_s'] / base['req_per_s']:.2f}x |")
     lines += ["", f"Streams through nginx to 2 replicas: every sequence's steps went to one replica "
               f"({results['affinity']['sequences']} sequences, {results['affinity']['split']} split), "
               f"{results['affinity']['per_replica']} steps per replica."]
@@ -129,9 +138,10 @@ def main(argv=None):
                               {"one": (ups[:1], True), "two": (ups, True)}) as nginx:
                 urls = {"direct_1": replicas[0].url, "nginx_1": f"127.0.0.1:{p1}", "nginx_2": f"127.0.0.1:{p2}"}
                 rounds: dict = {key: [] for key in urls}
-                for _ in range(args.rounds):  # the set-ups in turn, so drifting load hits each alike
-                    for key, url in urls.items():
-                        rounds[key].append(measure(url, args.clients, per_client, pool, steps))
+                keys = list(urls)
+                for i in range(args.rounds):  # the set-ups in turn, each round in another order: drifting load
+                    for key in keys[i % 3:] + keys[:i % 3]:  # and warm-up hit each alike
+                        rounds[key].append(measure(urls[key], args.clients, per_client, pool, steps))
                 for key in urls:
                     results[key] = {work: median_row([r[work] for r in rounds[key]]) for work in rounds[key][0]}
                 results["rounds"] = rounds

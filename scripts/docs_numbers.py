@@ -194,14 +194,21 @@ def block_serving_replicas(results: Path) -> str:
     """docs/serving.md: replicas behind nginx vs one direct (benchmarks/bench_serving_balancer.py)."""
     data = _load("serving_balancer.json", results)
     m, load = data["machine"], data["load_average"]
-    rows = [("set-up", "streams: req/s (p50 ms)", "multi-step, dynamic batching: req/s (p50 ms)"), ("---",) * 3]
+    rows = [("set-up", "streams: req/s [rounds' range] (p50 ms)",
+             "multi-step, dynamic batching: req/s [rounds' range] (p50 ms)"), ("---",) * 3]
+
+    def cell(key, work):
+        r, per = data[key][work], [x[work]["req_per_s"] for x in data["rounds"][key]]
+        return f"{r['req_per_s']:.0f} [{min(per):.0f}-{max(per):.0f}] ({r['p50_ms']:.1f})"
+
     for label, key in (("1 replica, direct", "direct_1"), ("1 replica behind nginx", "nginx_1"),
                        ("2 replicas behind nginx", "nginx_2")):
-        s, b = data[key]["streaming"], data[key]["multistep_dynamic_batching"]
-        rows.append((label, f"{s['req_per_s']:.0f} ({s['p50_ms']:.1f})", f"{b['req_per_s']:.0f} ({b['p50_ms']:.1f})"))
+        rows.append((label, cell(key, "streaming"), cell(key, "multistep_dynamic_batching")))
     head = (f"Measured on {m['cores']} cores ({m['cpu']}, {data['nginx']}, {data['clients']} concurrent clients, "
             f"median of {data['rounds_n']} rounds; load {load['before'][0]:.1f} before, {load['after'][0]:.1f} "
-            "after): on one 2-core machine this shows the balancer's cost, not scaling.\n\n")
+            "after): on one 2-core machine this shows the balancer's cost, not scaling. Read a difference against "
+            "the rounds' range: on this shared machine one within it is noise "
+            "([results](../benchmarks/results/serving_balancer.md)).\n\n")
     return head + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
 
 
