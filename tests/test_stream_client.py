@@ -66,6 +66,13 @@ def test_own_unknown_sequence_is_state_lost():
         s.step(np.zeros((1, 6), np.float32))
     assert exc.value.sequence_id == 42 and not s.started  # the next step starts the stream again
     assert len(srv.calls) == 2  # not retried
+    # tritonserver's sequence batcher says it its own way.
+    t = C.StreamClient(srv, "m_onnx", sequence_id=43, triton_sequence=True)
+    t.started = True
+    srv.errors = [ServerError("inference request for sequence 43 to model 'm_onnx' must specify the START flag on "
+                              "the first request of the sequence")]
+    with pytest.raises(C.SequenceStateLost, match="stream 43"):
+        t.step(np.zeros((1, 6), np.float32))
 
 
 def test_a_step_failed_by_another_streams_step_is_sent_again():

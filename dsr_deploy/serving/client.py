@@ -61,7 +61,9 @@ class ServeClient:
         self.close()
 
 
-_UNKNOWN_ID = re.compile(r"unknown sequence id (\d+)", re.IGNORECASE)
+# serve's answer, and tritonserver's sequence batcher's for a step of a sequence it does not hold.
+_UNKNOWN_ID = re.compile(r"unknown sequence id (\d+)|request for sequence (\d+) .*must specify the START flag",
+                         re.IGNORECASE | re.S)
 COLLATERAL_RETRIES = 8  # a step failed only because another stream's step in its batch did: sent again
 MAX_SEQUENCE_ID = 2**64 - 1  # Triton's sequence ids are uint64; 0 means "no sequence"
 
@@ -125,7 +127,7 @@ class StreamClient:
                 found = _UNKNOWN_ID.search(_server_message(exc))
                 if found is None:
                     raise
-                if int(found.group(1)) == sid and not start:
+                if int(found.group(1) or found.group(2)) == sid and not start:
                     self.started = False
                     raise SequenceStateLost(self.model, sid, _server_message(exc)) from exc
                 # Another stream's unknown id: this step was batched with that stream's failing step, and a failed
