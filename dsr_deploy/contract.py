@@ -35,6 +35,16 @@ STREAM_OUTPUT = "y_t"  # the step's output
 STATE_IN_PREFIX = "v_in_"  # membrane state of neuron layer i, fed in: v_in_0, v_in_1, ...
 STATE_OUT_PREFIX = "v_out_"  # ... and returned: v_out_0, v_out_1, ...
 
+# -- serving past one machine -----------------------------------------------------------------------------------
+# The streaming clients send each step's sequence id in this HTTP header (gRPC metadata: lower case) as well as in
+# the request, so a load balancer can keep every step of a sequence on the replica that holds its membranes.
+SEQUENCE_ID_HEADER = "X-DSR-Sequence-Id"
+
+
+def nginx_header_variable(header: str = SEQUENCE_ID_HEADER) -> str:
+    """nginx's variable for a request header: ``$http_`` + the name lower-cased, ``-`` as ``_``."""
+    return "$http_" + header.lower().replace("-", "_")
+
 
 def state_input_name(i: int) -> str:
     return f"{STATE_IN_PREFIX}{i}"

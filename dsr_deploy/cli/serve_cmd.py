@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from ..serving.k8s import DEFAULT_IMAGE as K8S_IMAGE
 
 ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
 
@@ -93,12 +94,34 @@ def register(app: typer.Typer) -> None:
                                           "CUDA kernels with --ort-ops-library)"),
         force: bool = typer.Option(False, "--force", help="replace an existing repository folder"),
         as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
+        k8s: Optional[Path] = typer.Option(None, "--k8s", help="also write Kubernetes manifests for the repository "
+                                           "into this folder (Deployment, Service, KServe InferenceService, and "
+                                           "for streaming models the sequence-affinity routing rule)"),
+        k8s_name: str = typer.Option("dsr-triton", "--k8s-name", help="name of the Kubernetes objects"),
+        k8s_image: str = typer.Option(K8S_IMAGE, "--k8s-image",
+                                      help="the tritonserver image"),
+        k8s_replicas: int = typer.Option(2, "--k8s-replicas", help="replicas of the Deployment"),
+        k8s_namespace: str = typer.Option("default", "--k8s-namespace", help="namespace the routing rule's "
+                                          "service names point into"),
     ):
         """Write a Triton model repository (config.pbtxt per model, README on the dsr plugin library)."""
         from ..serving.triton_repo import write_repository
 
+        if k8s is not None:  # every option checked before the repository is written
+            from ..io import check_output_target
+            from ..serving.k8s import check_options
+
+            check_options(k8s_name, k8s_replicas, k8s_namespace)
+            if Path(k8s).resolve() == Path(out).resolve():
+                raise UserError("--k8s and --out must be two different folders")
+            check_output_target(k8s, force=force, protect=(out, *artifacts))
         summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
                                    ort_ops_library=ort_ops_library, instance_kind=instance_kind)
+        if k8s is not None:
+            from ..serving.k8s import write_manifests
+
+            summary["k8s"] = write_manifests(k8s, summary, name=k8s_name, image=k8s_image, replicas=k8s_replicas,
+                                             namespace=k8s_namespace, force=force)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return
@@ -107,3 +130,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {m['name']:<32} {m['backend']:<14} max_batch_size {m['max_batch_size']}"
                        + (f"  ({m['note']})" if m["note"] else ""))
         typer.echo(f"  see {Path(out) / 'README.md'} to start tritonserver")
+        if k8s is not None:
+            typer.echo(f"wrote {k8s}: {', '.join(summary['k8s']['files'])} (see {Path(k8s) / 'README.md'})")

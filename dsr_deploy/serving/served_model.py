@@ -132,8 +132,9 @@ class ServedModel:
                         new += 1
                     live.add(sid)
                 elif sid not in live:
-                    raise UserError(f"unknown sequence id {sid} (never started, ended, or idle for longer than "
-                                    f"{store.idle_timeout_s:g} s): send sequence_start=true first")
+                    raise UserError(f"unknown sequence id {sid}: this server holds no membrane state for it (never "
+                                    f"started here, ended, idle for longer than {store.idle_timeout_s:g} s, or "
+                                    "started on another replica); send sequence_start=true first")
                 if end:
                     live.discard(sid)
             if len(store) + new > store.max_sequences:
