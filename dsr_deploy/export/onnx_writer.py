@@ -93,7 +93,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     try:
         with quiet_export():
             prog = torch.onnx.export(
-                inf, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                inf, (x,), input_names=[INPUT_NAME], output_names=ctx.output_names, opset_version=opset,
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
