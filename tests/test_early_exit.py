@@ -18,7 +18,7 @@ from torch import nn
 
 from dsr_deploy import plugins
 from dsr_deploy.contract import EXIT_PREDICTION, EXIT_READOUT, EXIT_STEPS, READOUT_STEPS
-from dsr_deploy.early_exit import ExitRule, ExitTracker, Readout, calibrate, simulate
+from dsr_deploy.early_exit import ExitRule, ExitTracker, Readout, calibrate, candidate_rules, simulate
 from dsr_deploy.errors import UserError
 from dsr_deploy.export import export_model
 from dsr_deploy.export.streaming import export_streaming
@@ -31,11 +31,11 @@ T, B, F, C = 6, 5, 8, 4
 
 def exact_net(out: str = "if") -> nn.Module:
     """Linear -> IF -> Linear -> IF|LIF with weights in quarters (exact arithmetic)."""
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(4)
     l1, l2 = nn.Linear(F, 12, bias=False), nn.Linear(12, C, bias=False)
     with torch.no_grad():
         l1.weight.copy_(torch.randint(-4, 6, l1.weight.shape, generator=g).float() / 4)
-        l2.weight.copy_(torch.randint(-3, 6, l2.weight.shape, generator=g).float() / 4)
+        l2.weight.copy_(torch.randint(-3, 5, l2.weight.shape, generator=g).float() / 4)
     last = DSRIFNode(T=None, v_threshold=1.0, alpha=0.5) if out == "if" else \
         DSRLIFNode(T=None, v_threshold=0.5, tau=1.0, delta_t=0.05, alpha=0.5)
     return nn.Sequential(SeqToANN(l1), DSRIFNode(T=None, v_threshold=1.0, alpha=0.5), SeqToANN(l2), last).eval()
@@ -83,11 +83,29 @@ def exported(request, tmp_path_factory):
     return out, net, d
 
 
+def own_prefixes(d, net, out: str, x: np.ndarray, backend: str, opts: dict) -> np.ndarray:
+    """The same backend's full model on the first t steps, for every t: ONNX Runtime runs an ONNX export with
+    T=t (the LIF weighted rate is a float sum whose last bit is the backend's summation order); the torch
+    backends run torch's ops, as the eager model does."""
+    if backend != "onnxruntime":
+        return reference_prefixes(net, x, readout_kind(out))
+    rows = []
+    for t in range(1, x.shape[0] + 1):
+        folder = d / f"T{t}"
+        if not folder.exists():
+            export_model(net, (t, 2, F), folder, formats_=("onnx",), io=io_record(t, readout=readout_kind(out)))
+        with load_runner(folder, backend, **opts) as r:
+            rows.append(r.infer({"input": x[:t]})["output"])
+    return np.stack(rows)
+
+
 @pytest.mark.parametrize("backend,opts", BACKENDS)
 def test_per_step_readout_is_the_prefix_readout_bit_for_bit(exported, backend, opts):
     out, net, d = exported
     x = exact_input()
-    want = reference_prefixes(net, x, readout_kind(out))
+    want = own_prefixes(d, net, out, x, backend, opts)
+    if out == "if":  # the IF rate is a count: exact, so every backend gives the eager model's bits
+        np.testing.assert_array_equal(want, reference_prefixes(net, x, "mean"))
     assert len({tuple(np.round(w.ravel(), 6)) for w in want}) > 2  # the readout really changes over the steps
     manifest = json.loads((d / "per_step" / "manifest.json").read_text())
     assert manifest["io"]["per_step_readout"] is True and manifest["outputs"] == ["output", READOUT_STEPS]
@@ -125,12 +143,10 @@ def test_stream_session_running_readout(exported):
 
 
 def _rule_with_spread(readouts: np.ndarray) -> ExitRule:
-    """A margin rule under which the samples stop at different steps (and some run to the end)."""
-    for m in sorted({float(v) for v in np.abs(np.diff(np.sort(readouts, -1)[..., -2:], axis=-1)).ravel()}):
-        rule = ExitRule("margin", m) if m > 0 else None
-        if rule and len(set(simulate(readouts, rule)[1].tolist())) >= 3:
-            return rule
-    pytest.fail("no margin rule spreads the exit steps of this batch")
+    """The rule under which the samples of this batch stop at the most different steps."""
+    rule = max(candidate_rules(readouts, T), key=lambda r: len(set(simulate(readouts, r)[1].tolist())))
+    assert len(set(simulate(readouts, rule)[1].tolist())) >= 3, "no rule spreads the exit steps of this batch"
+    return rule
 
 
 @pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
