@@ -274,7 +274,7 @@ class CurvePoint:
                 "mean_steps": self.mean_steps}
 
 
-def _thresholds(values: np.ndarray, n: int = 48) -> List[float]:
+def _thresholds(values: np.ndarray, n: int = 96) -> List[float]:
     v = np.unique(values[np.isfinite(values)])
     if len(v) > n:
         v = np.unique(np.quantile(v, np.linspace(0.0, 1.0, n), method="nearest"))
