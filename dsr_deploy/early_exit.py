@@ -20,6 +20,7 @@ samples finish) is :mod:`dsr_deploy.runtime.early_exit`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -27,8 +28,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .contract import EXIT_PREDICTION, EXIT_READOUT, EXIT_STEPS, STREAM_INPUT, STREAM_OUTPUT
-from .contract import state_input_name, state_output_name
+from .contract import (
+    EXIT_PREDICTION,
+    EXIT_READOUT,
+    EXIT_STEPS,
+    STREAM_INPUT,
+    STREAM_OUTPUT,
+    state_input_name,
+    state_output_name,
+)
 from .errors import UserError
 
 RULES = ("max-prob", "margin", "stable", "full")
@@ -52,17 +60,14 @@ class Readout:
             raise UserError(f"unknown readout {self.kind!r}; choose {' or '.join(READOUTS)}")
 
     def module(self):
-        from .models.common import RateReadout
-
-        return RateReadout("lif", self.tau, self.delta_t).eval() if self.kind == "lif-rate" \
-            else RateReadout("if").eval()
+        return _rate_readout(self.kind, self.tau, self.delta_t)
 
     def __call__(self, spikes: Any) -> np.ndarray:
         """The readout of the whole of ``spikes [t, B, C]`` (the full model's readout on those t steps)."""
         import torch
 
         y = spikes if isinstance(spikes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(spikes))
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.module()(y).numpy()
 
     def prefixes(self, spikes: Any) -> np.ndarray:
@@ -72,6 +77,14 @@ class Readout:
 
     def to_record(self) -> dict:
         return {"kind": self.kind, **({"tau": self.tau, "delta_t": self.delta_t} if self.kind == "lif-rate" else {})}
+
+
+@functools.lru_cache(maxsize=16)
+def _rate_readout(kind: str, tau: float, delta_t: float):
+    """One eval-mode :class:`RateReadout` per readout (it holds no state; building one per step costs time)."""
+    from .models.common import RateReadout
+
+    return (RateReadout("lif", tau, delta_t) if kind == "lif-rate" else RateReadout("if")).eval()
 
 
 def readout_of_manifest(manifest: Mapping) -> Readout:
@@ -165,16 +178,18 @@ class ExitRule:
         return text + (f" (at most {self.max_steps} steps)" if self.max_steps else "")
 
 
-def scores(readout: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scores(readout: np.ndarray, prob: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top-1 class, max softmax probability, top-1 minus top-2) per row of ``readout [B, C]``; ties go to the
-    lowest class (argmax), the same rule as the accuracy everywhere."""
+    lowest class (argmax), the same rule as the accuracy everywhere. ``prob=False``: no softmax (None)."""
     r = np.asarray(readout, dtype=np.float64).reshape(len(readout), -1)
     top1 = r.argmax(-1)
-    e = np.exp(r - r.max(-1, keepdims=True))
-    prob = e.max(-1) / e.sum(-1)
-    part = np.sort(r, axis=-1)
+    p = None
+    if prob:
+        e = np.exp(r - r.max(-1, keepdims=True))
+        p = e.max(-1) / e.sum(-1)
+    part = np.partition(r, r.shape[1] - 2, axis=-1) if r.shape[1] > 1 else r
     margin = part[:, -1] - part[:, -2] if r.shape[1] > 1 else np.full(len(r), np.inf)
-    return top1, prob, margin
+    return top1, p, margin
 
 
 class ExitTracker:
@@ -187,7 +202,7 @@ class ExitTracker:
 
     def done(self, readout: np.ndarray, step: int) -> np.ndarray:
         """Which samples of ``readout [B, C]`` (after 1-based ``step``) stop now."""
-        top1, prob, margin = scores(readout)
+        top1, prob, margin = scores(readout, prob=self.rule.kind == "max-prob")
         strict = margin > 0
         self.run = np.where(strict & (top1 == self.prev), self.run + 1, np.where(strict, 1, 0))
         self.prev = np.where(strict, top1, -1)

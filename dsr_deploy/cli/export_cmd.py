@@ -177,7 +177,8 @@ def register(app: typer.Typer) -> None:
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
-                io=io_record(shape[0], layout, encode, readout, per_step_readout), precision=precision, extra_options=extra,
+                io=io_record(shape[0], layout, encode, readout, per_step_readout), precision=precision,
+                extra_options=extra,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))

@@ -16,6 +16,7 @@ This module knows no backend and not the runner base class: it calls ``runner.in
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,18 +110,37 @@ def readouts_of(runner: Any, x: np.ndarray, manifest: Manifest | None = None) ->
     return per_step_readouts(runner, {name: x}, manifest, readout)
 
 
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # runner -> (manifest, readout, state shapes)
+
+
+def _plan(runner: Any) -> tuple:
+    """The runner's manifest, readout and membrane shapes, read and validated once per runner (a call per
+    request must not re-read the folder)."""
+    plan = _PLANS.get(runner)
+    if plan is None:
+        manifest = artifact_manifest(runner)
+        shapes = None
+        if manifest.mode == "streaming":
+            from .stream import manifest_states
+
+            shapes = [tuple(s["shape"]) for s in manifest_states(manifest)]
+        plan = _PLANS[runner] = (manifest, manifest_readout(manifest), shapes)
+    return plan
+
+
 def infer_early_exit(runner: Any, feeds: Mapping[str, Any], early_exit: Any) -> dict[str, np.ndarray]:
     """``runner.infer(feeds, early_exit=rule)``: predictions, steps used and readouts (see the module docs)."""
-    manifest = artifact_manifest(runner)
+    manifest, readout, shapes = _plan(runner)
     rule = exit_rule(early_exit, manifest)
-    readout = manifest_readout(manifest)
     if manifest.mode == "streaming":
-        from .stream import manifest_states
-
         x = _one_input(feeds)
         if x.ndim < 2:
             raise UserError(f"early exit on a streaming artifact takes the sequence [T, B, ...], got {list(x.shape)}")
-        shapes = [tuple(s["shape"]) for s in manifest_states(manifest)]
-        return run_streaming(runner.infer, x, rule, readout, shapes)
+        calls = []
+
+        def infer(f: dict) -> Mapping[str, Any]:  # the feeds are checked on the first step only
+            calls.append(1)
+            return runner.infer(f, check=len(calls) == 1)
+        return run_streaming(infer, x, rule, readout, shapes)
     pred, steps, final = simulate(per_step_readouts(runner, feeds, manifest, readout), rule)
     return {EXIT_PREDICTION: pred, EXIT_STEPS: steps, EXIT_READOUT: final}
