@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dsr_deploy import models, plugins
-from dsr_deploy.contract import EXIT_PREDICTION, EXIT_STEPS
+from dsr_deploy.bench.early_exit import measure
 from dsr_deploy.early_exit import ExitRule, calibrate, manifest_record
 from dsr_deploy.encoding import direct_encode
 from dsr_deploy.export import export_model
@@ -38,13 +37,6 @@ from dsr_deploy.runtime import load_runner
 from dsr_deploy.runtime.early_exit import manifest_readout, readouts_of
 
 MAX_DROP = 0.5
-
-
-def stats(lat: list, samples: int, wall: float) -> dict:
-    ms = np.asarray(lat) * 1e3
-    return {"calls": len(lat), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(statistics.fmean(ms)),
-            "samples_per_s": samples / wall}
 
 
 def run(repeats: int, out: Path) -> dict:
@@ -75,7 +67,9 @@ def run(repeats: int, out: Path) -> dict:
                     f"streaming artifact, early exit ({rule})": lambda i, c=chunk: stream.infer({"x_t": c[i]},
                                                                                                 early_exit=rule),
                 }
-                rows[batch] = measure(entries, n, batch, repeats, y)
+                rows[batch] = measure(entries, n, batch, repeats, y, len(y))
+                for row in rows[batch]:
+                    row.setdefault("mean_steps", float(DIGITS_T))
     doc = {"model": "zoo:digits-cnn", "T": DIGITS_T, "heldout_images": int(len(y)), "max_drop": MAX_DROP,
            "backend": "onnxruntime (" + ("dsr custom-op library" if opts["custom_ops"] == "require"
                                          else "function fallback") + ", 1 thread)",
@@ -96,32 +90,6 @@ def stream_manifest(runner):
     from dsr_deploy.runtime.early_exit import artifact_manifest
 
     return artifact_manifest(runner)
-
-
-def measure(entries: dict, n: int, batch: int, repeats: int, labels: np.ndarray) -> list:
-    """Each entry timed call by call; per pass every entry runs over the whole set in turn (so load hits each
-    alike); the first pass is a warm-up."""
-    lat = {k: [] for k in entries}
-    last = {k: [None] * n for k in entries}
-    for rep in range(repeats + 1):
-        for k, fn in entries.items():
-            for i in range(n):
-                t = time.perf_counter()
-                last[k][i] = fn(i)
-                if rep:
-                    lat[k].append(time.perf_counter() - t)
-    rows = []
-    for k in entries:
-        row = {"entry": k, "batch": batch, **stats(lat[k], labels.size * repeats, sum(lat[k]))}
-        res = last[k]
-        if EXIT_STEPS in res[0]:
-            pred = np.concatenate([r[EXIT_PREDICTION] for r in res])
-            steps = np.concatenate([r[EXIT_STEPS] for r in res])
-            row.update(mean_steps=float(steps.mean()), accuracy=float((pred == labels).mean()))
-        else:
-            row.update(mean_steps=float(DIGITS_T))
-        rows.append(row)
-    return rows
 
 
 def render(doc: dict) -> str:

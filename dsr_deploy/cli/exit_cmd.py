@@ -122,6 +122,56 @@ def calibrate_folder(folder: Path, input_file: Path, labels_file: Path, max_drop
     return result
 
 
+def bench_early_exit_cli(artifact: str, rule: Optional[str], input_file: Optional[Path],
+                         labels_file: Optional[Path], *, backend, batch: str, iters: Optional[int], threads,
+                         json_out: Optional[Path]) -> None:
+    """``dsr-deploy bench DIR --early-exit RULE --input X.npy [--labels y.npy]``
+    (:mod:`dsr_deploy.bench.early_exit`)."""
+    import numpy as np
+
+    from ..bench import parse_backends, parse_int_list
+    from ..bench.early_exit import bench_early_exit, render_rows
+    from ..io import atomic_write_text, check_output_file
+    from ..machine import machine_info
+    from ..manifest import read_manifest
+    from ..runtime import load_runner
+
+    if rule is None or input_file is None:
+        raise UserError("bench --early-exit RULE needs --input X.npy (and --input / --labels need --early-exit)")
+    folder = Path(artifact)
+    manifest = read_manifest(folder)
+    batches = parse_int_list(batch, "--batch")
+    if not batches or min(batches) < 1:
+        raise UserError("--batch: give positive batch sizes")
+    if iters is not None and iters < 1:
+        raise UserError(f"--iters must be >= 1, got {iters}")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    if labels_file is not None:
+        x, y = read_data(manifest, input_file, labels_file)
+    else:
+        x, y = _load_npy("--input", input_file).astype(np.float32), None
+    choices = parse_backends(backend) or [(None, None, {})]
+    if len(choices) != 1:
+        raise UserError("bench --early-exit runs one backend; give one --backend")
+    _, name, opts = choices[0]
+    opts = {**opts, **({"threads": threads} if threads else {})}
+    runner = load_runner(folder, name, **opts)
+    with runner:
+        batch_axis = 0 if (manifest.get("io") or {}).get("input_layout") in ("BT", "static") else 1
+        rows = bench_early_exit(runner, x, rule, batches, passes=iters or 3, labels=y, batch_axis=batch_axis)
+        label = runner.backend
+    console().print(render_rows(rows, f"early exit on {folder} ({label}; {x.shape[batch_axis]} samples, "
+                                      f"T={manifest.get('T')}; passes {iters or 3} after a warm-up)"))
+    if json_out is not None:
+        import os
+
+        doc = {"artifact": str(folder), "backend": label, "rule": rule, "rows": rows, "machine": machine_info(),
+               "load_average": list(os.getloadavg())}
+        atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")
+        console().print(f"wrote {json_out}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("exit-calibrate")
     def exit_calibrate(

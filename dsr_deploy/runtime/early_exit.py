@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..manifest import MANIFEST, Manifest, read_manifest
 
 __all__ = ["artifact_manifest", "exit_rule", "infer_early_exit", "manifest_readout", "per_step_readouts",
-           "readouts_of"]
+           "readouts_of", "runner_manifest"]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -126,6 +126,11 @@ def _plan(runner: Any) -> tuple:
             shapes = [tuple(s["shape"]) for s in manifest_states(manifest)]
         plan = _PLANS[runner] = (manifest, manifest_readout(manifest), shapes)
     return plan
+
+
+def runner_manifest(runner: Any) -> Manifest:
+    """The validated manifest of the runner's export folder (read once per runner)."""
+    return _plan(runner)[0]
 
 
 def infer_early_exit(runner: Any, feeds: Mapping[str, Any], early_exit: Any) -> dict[str, np.ndarray]:
