@@ -58,13 +58,13 @@ def bench_early_exit(runner: Any, x: np.ndarray, rule: Any, batches: Sequence[in
 
     rule = exit_rule(rule, runner_manifest(runner))
     total = x.shape[batch_axis]
+    full = ExitRule("full")
     rows = []
     for b in batches:
         n = -(-total // b)
         chunks = [np.ascontiguousarray(np.take(x, range(i * b, min((i + 1) * b, total)), axis=batch_axis))
                   for i in range(n)]
         name = runner.inputs()[0].name
-        full = ExitRule("full")
         entries = {"all T steps": lambda i, c=chunks, n=name: runner.infer({n: c[i]}, early_exit=full),
                    f"early exit ({rule})": lambda i, c=chunks, n=name: runner.infer({n: c[i]}, early_exit=rule)}
         rows += measure(entries, n, b, passes, labels, total)
