@@ -232,3 +232,33 @@ def test_per_step_readout_needs_a_readout():
     with pytest.raises(UserError, match="--readout"):
         io_record(T, per_step_readout=True)
     assert Readout("mean").prefixes(np.ones((3, 1, 2), np.float32)).shape == (3, 1, 2)
+
+
+def test_served_stream_early_exit_matches_the_local_run_and_ends_the_sequence(exported):
+    """The client helper (dsr-deploy serve / the Triton repository) against a server stand-in that keeps the
+    membranes per sequence as Triton does: the same prediction, steps and readout as the local run, and the
+    sequence is ended at the exit step."""
+    from dsr_deploy.runtime.stream import StreamSession
+    from dsr_deploy.serving.early_exit import stream_early_exit
+
+    out, net, d = exported
+    x = exact_input(8, seed=4)
+    with load_runner(d / "stream", "onnxruntime") as r:
+        readout = Readout(readout_kind(out))
+        rule = _rule_with_spread(reference_prefixes(net, x, readout_kind(out)))
+        local = StreamSession.from_manifest(r, d / "stream").run_early_exit(x, rule)
+        for i in range(x.shape[1]):
+            server = StreamSession.from_manifest(r, d / "stream")
+            calls = []
+
+            def step(x_t, end, server=server, calls=calls):
+                calls.append(end)
+                y = server.step(x_t)
+                if end:
+                    server.reset()
+                return y
+            got = stream_early_exit(step, x[:, i:i + 1], rule, readout)
+            assert got[EXIT_STEPS][0] == local[EXIT_STEPS][i] and got[EXIT_PREDICTION][0] == local[EXIT_PREDICTION][i]
+            np.testing.assert_array_equal(got[EXIT_READOUT][0], local[EXIT_READOUT][i])
+            assert calls[-1] is True and calls.count(True) == 1  # ended exactly once, at the end
+            assert len(calls) == got[EXIT_STEPS][0] + (got[EXIT_STEPS][0] < T)  # + the release request
