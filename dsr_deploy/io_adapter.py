@@ -180,7 +180,8 @@ def wrap_io(model: nn.Module, io: Optional[Mapping[str, Any]]) -> nn.Module:
     if record is None or any(record.get(k) != io.get(k) for k in ("input_layout", "output", "encode", "readout",
                                                                    "per_step_readout")):
         raise UserError(f"the manifest's io record is inconsistent: {dict(io)}")
-    return adapter(model, record)
+    # The reference of the artifact's ``output`` (verify): the logits; ``readout_steps`` has its own check.
+    return IOAdapter(model, record)
 
 
 def check_output(out: Tensor, shape: Sequence[int], io: Optional[Mapping[str, Any]]) -> Optional[str]:

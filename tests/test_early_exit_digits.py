@@ -91,3 +91,21 @@ def test_a_tampered_early_exit_record_is_refused(digits, tmp_path, capsys):
     with pytest.raises(Exception, match="early_exit.threshold"):
         with load_runner(bad, "onnxruntime") as r:
             r.infer({"x_t": x[:, :2]}, early_exit="manifest")
+
+
+def test_cli_per_step_readout_export_verifies_and_its_last_step_is_the_logits(tmp_path, capsys):
+    out = tmp_path / "ps"
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--encode", "direct", "--readout", "mean",
+                           "--per-step-readout", "--format", "torchscript,onnx", "--out", str(out))
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["io"]["per_step_readout"] is True and m["outputs"] == ["output", "readout_steps"]
+    code, stdout, err = run_cli(capsys, "verify", str(out))  # verify's reference: the logits output
+    assert code == 0 and "PASSED" in stdout, err
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with load_runner(out, "torchscript") as r:
+        got = r.infer({"input": x})
+    assert got["readout_steps"].shape == (DIGITS_T, 3, 10)
+    np.testing.assert_array_equal(got["readout_steps"][-1], got["output"])
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--per-step-readout", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--readout" in err and not (tmp_path / "x").exists()
