@@ -250,32 +250,6 @@ IO = Record("io", {  # how the exported model takes its input and gives its outp
 })
 
 
-def fraction(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-        raise Invalid(f"expected a number in [0, 1], got {_show(v)}")
-    return v
-
-
-def finite_number(lo: float = -math.inf) -> Check:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
-            raise Invalid(f"expected a finite number >= {lo:g}, got {_show(v)}")
-        return v
-    return check
-
-
-# dsr-deploy exit-calibrate: the rule that stops a sample early (dsr_deploy/early_exit.py), and what it kept
-EARLY_EXIT = Record("early_exit", {
-    "rule": one_of("max-prob", "margin", "stable", "full"),
-    "threshold": finite_number(0.0),
-    "max_steps": optional(integer(1)),
-    "readout": Record("readout", {"kind": one_of("mean", "lif-rate"), "tau": finite_number(0.0),
-                                  "delta_t": finite_number(0.0)}, required=("kind",)),
-    "calibration": Record("calibration", {
-        "samples": integer(1), "T": integer(1), "max_drop": finite_number(0.0), "full_accuracy": fraction,
-        "accuracy": fraction, "mean_steps": finite_number(0.0), "data": string}),
-}, required=("rule", "threshold"))
-
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
     "initial": string, "neuron": integer(0), "layer": string,
@@ -347,7 +321,6 @@ TOP = Record("manifest", {
     "step_shape": dims(min_rank=1),
     "states": list_of(STATE),
     "io": IO,
-    "early_exit": EARLY_EXIT,
 }, required=("artifacts",))
 
 
