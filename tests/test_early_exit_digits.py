@@ -4,6 +4,7 @@ early; bad input exits 2 with one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -36,10 +37,13 @@ def digits(tmp_path_factory):
 
 def test_calibrated_rule_keeps_heldout_accuracy_within_the_bound(digits, capsys):
     d, x, y = digits
+    plot = ["--plot", str(d / "curve.png")] if importlib.util.find_spec("matplotlib") else []
     code, out, err = run_cli(capsys, "exit-calibrate", str(d / "stream"), "--input", str(d / "x.npy"),
-                             "--labels", str(d / "y.npy"), "--max-drop", str(MAX_DROP))
+                             "--labels", str(d / "y.npy"), "--max-drop", str(MAX_DROP), *plot)
     assert code == 0, err
     assert "chosen" in out and "mean steps" in out
+    if plot:  # the curve as PNG (matplotlib: the bench extra)
+        assert (d / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((d / "stream" / "manifest.json").read_text())["early_exit"]
     cal = record["calibration"]
     assert cal["samples"] == len(y) and cal["T"] == DIGITS_T and cal["max_drop"] == MAX_DROP
