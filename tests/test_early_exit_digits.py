@@ -113,3 +113,20 @@ def test_cli_per_step_readout_export_verifies_and_its_last_step_is_the_logits(tm
     np.testing.assert_array_equal(got["readout_steps"][-1], got["output"])
     code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--per-step-readout", "--out", str(tmp_path / "x"))
     assert code == 2 and "--readout" in err and not (tmp_path / "x").exists()
+
+
+def test_bench_early_exit_reports_steps_latency_and_throughput_next_to_full_T(digits, tmp_path, capsys):
+    d, x, y = digits
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_cli(capsys, "bench", str(d / "stream"), "--early-exit", "stable=3", "--input",
+                                str(d / "x.npy"), "--labels", str(d / "y.npy"), "--batch", "32", "--iters", "1",
+                                "--json", str(out), "-b", "onnxruntime:fallback")
+    assert code == 0, err
+    rows = {r["entry"]: r for r in json.loads(out.read_text())["rows"]}
+    full, early = rows["all T steps"], rows["early exit (stable=3)"]
+    assert full["mean_steps"] == DIGITS_T and early["mean_steps"] < DIGITS_T
+    for r in (full, early):
+        assert r["batch"] == 32 and r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["samples_per_s"] > 0
+    assert 0.9 < early["accuracy"] <= full["accuracy"] + 0.005
+    code, _, err = run_cli(capsys, "bench", str(d / "stream"), "--early-exit", "stable=3")
+    assert code == 2 and "--input" in err
