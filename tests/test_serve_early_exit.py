@@ -31,8 +31,31 @@ def test_served_sequences_stop_early_with_the_local_result(tmp_path_factory):
     with load_runner(stream, "onnxruntime") as r:
         local = StreamSession.from_manifest(r, stream).run_early_exit(x, rule)
     assert local[EXIT_STEPS].min() < T  # some sequences end early
-    server = ServerProcess(tmp_path, [stream], ["--idle-timeout", "30"], start_timeout_s=180)
+    # a second folder whose manifest holds the calibrated rule: the server itself ends its sequences
+    import json
+    import shutil
+
+    served = tmp_path / "exact_exit"
+    shutil.copytree(stream, served)
+    m = json.loads((served / "manifest.json").read_text())
+    m["early_exit"] = {**rule.to_record(), "max_steps": None, "readout": {"kind": "mean"}}
+    (served / "manifest.json").write_text(json.dumps(m))
+    server = ServerProcess(tmp_path, [stream, served], ["--idle-timeout", "30"], start_timeout_s=180)
     try:
+        with ServeClient(server.url, timeout_s=60) as client:
+            for i in range(x.shape[1]):
+                sid = np.array([[9000 + i]], np.uint64)
+                for t in range(T):
+                    res = client.infer("exact_exit", {"x_t": x[t, i:i + 1], "sequence_id": sid,
+                                                      "sequence_start": np.array([[t == 0]])},
+                                       ["y_t", "steps", "exit", "readout"])
+                    assert res["steps"][0, 0] == t + 1
+                    if res["exit"][0, 0]:
+                        break
+                assert t + 1 == local[EXIT_STEPS][i]
+                np.testing.assert_array_equal(res["readout"][0], local[EXIT_READOUT][i])
+                with pytest.raises(InferenceServerException, match="unknown sequence id"):  # ended by the server
+                    client.infer("exact_exit", {"x_t": x[0, i:i + 1], "sequence_id": sid})
         with ServeClient(server.url, timeout_s=60) as client:
             for i in range(x.shape[1]):
                 s = StreamClient(client, "exact_stream")
