@@ -57,3 +57,9 @@ def state_output_name(i: int) -> str:
 def is_streaming_input(name: str) -> bool:
     """The step input or a membrane state input."""
     return name == STREAM_INPUT or name.startswith(STATE_IN_PREFIX)
+
+# -- early exit over time steps (dsr_deploy.early_exit) ---------------------------------------------------------
+READOUT_STEPS = "readout_steps"  # export --per-step-readout: [T, B, classes], entry t = the readout of steps 0..t
+EXIT_PREDICTION = "prediction"  # infer(..., early_exit=...): top-1 class per sample [B] (int64)
+EXIT_STEPS = "steps"  # ... the time steps each sample used [B] (int64)
+EXIT_READOUT = "readout"  # ... the readout each sample exited with [B, classes] (float32)

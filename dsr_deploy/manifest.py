@@ -246,7 +246,9 @@ MODEL = Record("model", {
 IO = Record("io", {  # how the exported model takes its input and gives its output (export options)
     "input_layout": nonempty_string,
     "output": nonempty_string,
+    "per_step_readout": boolean,  # export --per-step-readout: a second output, the readout after every step
 })
+
 
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,

@@ -83,6 +83,7 @@ class QuickstartResult:
     backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
     native: Dict[str, str] = field(default_factory=dict)  # native kernel -> where it was loaded from, or why not
     precision: str = "float32"
+    early_exit: Optional[dict] = None  # the early-exit step (dsr_deploy.quickstart_early_exit)
 
     @property
     def bit_exact(self) -> bool:
@@ -118,7 +119,7 @@ class QuickstartResult:
             "bench": _bench_summary(self.bench) if self.bench else None,
             "backends": {k: v or "available" for k, v in self.backends.items()},
             "native_kernels": self.native,
-            "files": self.files, "seconds": self.seconds,
+            "files": self.files, "seconds": self.seconds, "early_exit": self.early_exit,
         }
 
 
@@ -324,12 +325,22 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     else:
         log("[5/5] benchmark skipped (--no-bench)")
 
+    early = None
+    if precision == "float32" and "onnx" in formats:  # each image stops when its answer is settled
+        from .quickstart_early_exit import run_early_exit
+
+        t0 = time.perf_counter()
+        log("[+] early exit: streaming export, the cheapest rule within 0.5 points on the held-out split"
+            + (", batch-1 latency" if bench else ""))
+        early = run_early_exit(model, spec, T, x_np, labels, out, export_dir, bench, bench_iters, threads, log)
+        files["early_exit_export"] = early["export"]
+        seconds["early_exit"] = round(time.perf_counter() - t0, 2)
     from .runtime import available_backends
 
     result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
                               manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
                               seconds=seconds, backends=available_backends(), native=_native_summary(),
-                              precision=precision)
+                              precision=precision, early_exit=early)
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -414,6 +425,10 @@ def render(result: QuickstartResult, console=None) -> None:
 
         console.print(B.render_table(_bench_from_dict(result.bench)))
 
+    if result.early_exit:
+        from .quickstart_early_exit import render_early_exit
+
+        render_early_exit(result.early_exit, console)
     if result.native:
         console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
     unusable = {k: v for k, v in result.backends.items() if v}

@@ -198,8 +198,20 @@ def register(app: typer.Typer) -> None:
         compare: Optional[List[str]] = typer.Option(None, "--compare", help="Another artifact or export folder "
                                                     "(e.g. the --precision int8 export of the same model) on the "
                                                     "same backends in the same run; labels name each precision."),
+        early_exit: Optional[str] = typer.Option(None, "--early-exit", help="an export folder run with all T steps "
+                                                 "and with this exit rule (manifest: the one exit-calibrate "
+                                                 "recorded; or e.g. margin>=0.25), side by side; needs --input"),
+        input_file: Optional[Path] = typer.Option(None, "--input", help="--early-exit: .npy inputs as the "
+                                                  "artifact takes them (how early a sample settles depends on it)"),
+        labels_file: Optional[Path] = typer.Option(None, "--labels", help="--early-exit: .npy labels (accuracy)"),
     ):
         """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
+        if early_exit is not None or input_file is not None or labels_file is not None:
+            from .exit_cmd import bench_early_exit_cli
+
+            bench_early_exit_cli(artifact, early_exit, input_file, labels_file, backend=backend, batch=batch,
+                                 iters=iters, threads=threads, json_out=json_out)
+            return
         run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
                 iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
                 neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings,

@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
         readout: str = typer.Option("none", "--readout", help="none (spike train out) | mean (logits [B, classes]: "
                                     "firing rate over T, the authors' IF readout) | lif-rate (the authors' LIF "
                                     "weighted rate)"),
+        per_step_readout: bool = typer.Option(False, "--per-step-readout", help="with --readout: a second output "
+                                              "readout_steps [T, B, classes], the readout after every step (early "
+                                              "exit: dsr-deploy exit-calibrate)"),
         precision: str = typer.Option("float32", "--precision", help="ONNX activations and dsr nodes in float32 | "
                                       "float16 | bfloat16 (membranes stay float32, as in the kernels; for "
                                       "TensorRT 11's strongly typed networks) | int8 (quantised Q/DQ graph, spikes "
@@ -134,7 +137,7 @@ def register(app: typer.Typer) -> None:
             raise UserError("--aot compiles the pt2 export; add pt2 to --format")
         from ..io_adapter import io_record
 
-        io_record(1, layout, encode, readout)  # bad options fail before any work
+        io_record(1, layout, encode, readout, per_step_readout)  # bad options fail before any work
         if mode == "streaming" and (layout, encode, readout) != ("TB", "none", "none"):
             raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
         shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
@@ -174,7 +177,8 @@ def register(app: typer.Typer) -> None:
                 loaded.model, shape, out, formats_=wanted, spec=loaded.spec, checkpoint=loaded.checkpoint,
                 lowering=lowering, opset=opset, function_body=function_body, static_batch=static_batch, aot=aot,
                 force=force, trust_pickle=trust_pickle, progress=progress, model_info=loaded.record(),
-                io=io_record(shape[0], layout, encode, readout), precision=precision, extra_options=extra,
+                io=io_record(shape[0], layout, encode, readout, per_step_readout), precision=precision,
+                extra_options=extra,
             )
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))

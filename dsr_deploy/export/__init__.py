@@ -218,11 +218,11 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
         raise UserError("--layout, --encode and --readout apply to networks that take [T, B, ...]; this model has "
                         "its own I/O (its neurons take [T*B, ...]) and is exported with it")
     if io:
-        from ..io_adapter import IOAdapter, artifact_shape, check_output
+        from ..io_adapter import adapter, artifact_shape, check_output
 
         if mode != "multistep":
             raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
-        model = IOAdapter(model, io, neurons)
+        model = adapter(model, io, neurons)
         shape = artifact_shape(shape, io)
         with torch.no_grad():
             problem = check_output(inference_copy(model, "op")(torch.zeros(shape)), shape, io)

@@ -47,7 +47,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "neurons": [n.to_dict() for n in ctx.neurons],
         "artifacts": artifacts,
         "inputs": inputs or [INPUT_NAME],
-        "outputs": outputs or [OUTPUT_NAME],
+        "outputs": outputs or getattr(ctx, "output_names", None) or [OUTPUT_NAME],
         **({"io": dict(ctx.io)} if ctx.io is not None else {}),
     }
     return manifest

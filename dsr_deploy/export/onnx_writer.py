@@ -37,7 +37,7 @@ from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
-from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, PROBE_PREFIX, ExportContext
 from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
@@ -93,7 +93,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     try:
         with quiet_export():
             prog = torch.onnx.export(
-                inf, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                inf, (x,), input_names=[INPUT_NAME], output_names=ctx.output_names, opset_version=opset,
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed

@@ -65,6 +65,13 @@ class _Recorder(nn.Module):
         return y
 
 
+def _same(got: Any, want: Any) -> bool:
+    """Bit-equal outputs (a tensor, or a tuple of them: ``--per-step-readout``)."""
+    if isinstance(want, (tuple, list)):
+        return isinstance(got, (tuple, list)) and len(got) == len(want) and all(map(_same, got, want))
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)
+
+
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
@@ -97,7 +104,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
             try:
                 got = traced(x2)
                 got = got[0] if probe else got
-                ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)
+                ok = _same(got, want)
             except Exception:
                 ok = False
         if not ok:

@@ -90,6 +90,7 @@ class ServedModel:
     # ([B, T, ...] or static [B, ...] in; logits [B, ...] out).
     swap_in: bool = True
     swap_out: bool = True
+    early_exit: Any = None  # serving.served_exit.ServerExit: the manifest's exit rule (streaming)
 
     # -- multi-step --------------------------------------------------------------------------------------
     def infer_multistep(self, requests):
@@ -168,17 +169,37 @@ class ServedModel:
                     y_all[k] = y[pos]
                     sid, end = rows[k][2], rows[k][4]
                     pending[sid] = None if end else [np.array(v[pos]) for v in v_out]
+            extra = self._exit_outputs(rows, y_all, pending) if self.early_exit is not None else None
             for sid, st in pending.items():
                 if st is None:
                     store.drop(sid)
                 else:
                     store.put(sid, st)
+            if extra is not None:
+                self.early_exit.keep_only(store._seq)
         responses, k = [], 0
         for x in xs:
             n = x.shape[0]
             responses.append({STREAM_OUTPUT: np.stack(y_all[k:k + n])})
+            if extra is not None:
+                responses[-1].update({name: np.stack(v[k:k + n]) for name, v in extra.items()})
             k += n
         return responses
+
+    def _exit_outputs(self, rows, y_all, pending) -> dict:
+        """Early exit: per row the sequence's steps, whether its rule fired (the sequence then ends: its state is
+        dropped with the batch's commit) and the running readout (rows of a sequence in arrival order)."""
+        from .served_exit import EXIT, READOUT, STEPS
+
+        extra = {STEPS: [], EXIT: [], READOUT: []}
+        for k, (_, _, sid, start, _) in enumerate(rows):
+            steps, fired, readout = self.early_exit.step(sid, start, y_all[k])
+            if fired:
+                pending[sid] = None
+            extra[STEPS].append(np.array([steps], np.int64))
+            extra[EXIT].append(np.array([fired]))
+            extra[READOUT].append(np.asarray(readout, np.float32))
+        return extra
 
     def infer(self, requests):
         return self.infer_streaming(requests) if self.streaming else self.infer_multistep(requests)
@@ -234,6 +255,11 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
                         (SEQUENCE_END, np.bool_, (1,), True)]
         y_shape = _output_shape(runner, STREAM_OUTPUT, manifest)
         model.outputs = [(STREAM_OUTPUT, np.float32, y_shape)]
+        if manifest.get("early_exit"):  # exit-calibrate's rule: steps / exit / readout per step, sequences end
+            from .served_exit import ServerExit
+
+            model.early_exit = ServerExit.from_manifest(manifest)
+            model.outputs += model.early_exit.outputs(int(np.prod(y_shape)))
     else:
         if "input" not in specs or "output" not in out_names:
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
