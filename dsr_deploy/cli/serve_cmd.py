@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from .validate import emit_json
 
 ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
 
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
         def ready(info):
             if as_json:
-                typer.echo(json.dumps(info))
+                emit_json(json.dumps(info))
             else:
                 typer.echo(f"serving {', '.join(m['name'] for m in info['models'])} at {info['http']} "
                            f"(gRPC {info['grpc']}); Ctrl-C or SIGTERM stops")
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
         summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
                                    ort_ops_library=ort_ops_library, instance_kind=instance_kind)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            emit_json(json.dumps(summary, indent=2))
             return
         typer.echo(f"wrote {out}:")
         for m in summary["models"]:
