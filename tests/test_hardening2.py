@@ -83,9 +83,9 @@ def test_every_numeric_option_has_a_range():
     from dsr_deploy.cli import command
     from dsr_deploy.cli.validate import RANGES, numeric_params
 
-    found = {(where, p.opts[0]) for where, p, _ in numeric_params(command())}
-    assert ("dsr-deploy bench", "--seconds") in {(w.replace("main ", ""), o) for w, o in found} or found
-    assert len(found) >= 15, found
+    found = {(where.split()[-1], p.opts[0]) for where, p, _ in numeric_params(command())}
+    assert {("bench", "--seconds"), ("bench", "--neurons"), ("serve", "--port"), ("verify", "--min-top1"),
+            ("export", "--opset")} <= found, found
     missing = sorted(f"{w} {o}" for w, o in found if o not in RANGES)
     assert missing == [], missing
     assert all(getattr(p.callback, "_dsr_checked", False) for _, p, _ in numeric_params(command()))

@@ -94,7 +94,10 @@ def check_data(header: dict, binary_bytes: int, itemsize: dict) -> None:
         for d in shape:
             n *= d
         params = inp.get("parameters")
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        params = params if isinstance(params, dict) else {}
+        if "shared_memory_region" in params:  # tritonserver checks the region's registered size itself
+            continue
+        size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size != n * itemsize[datatype]:
                 raise BadRequest(f"input {name!r}: binary_data_size {json.dumps(size)[:40]} does not match shape "
