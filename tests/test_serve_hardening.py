@@ -74,6 +74,8 @@ CASES = [
     ("duplicate shape key inside an input", "conv", _dup_shape(), 400, "'shape' twice"),
     ("NaN literal", "conv", json.dumps({"inputs": [dict(X_CONV, data=[float("nan")] * (T * 128))]}).encode(), 400,
      "not JSON"),
+    ("a number overflowing a double", "conv",
+     json.dumps({"inputs": [X_CONV]}).replace("0.0", "1e400", 1).encode(), 400, "every element must be a number"),
     ("sequence_id 2**64", "mlp_stream", json.dumps({"inputs": [X_STEP, _sid(1 << 64), START]}).encode(), 400,
      "sequence_id"),
     ("sequence_id a string", "mlp_stream", json.dumps({"inputs": [X_STEP, _sid("seven"), START]}).encode(), 400,

@@ -10,7 +10,13 @@ one sentence, nothing forwarded) when
   forwarded inflated), or it has no ``Content-Length`` (chunked uploads are refused, 411);
 * its JSON header is not an object with a list of inputs;
 * an input of a served model has the wrong rank, a fixed dimension that differs from the model's, a batch larger
-  than ``--max-batch``, a negative dimension, or declares more bytes than the limit (all inputs together).
+  than ``--max-batch``, a negative dimension, or declares more bytes than the limit (all inputs together);
+* the JSON has a key twice in one object (any depth), a NaN / Infinity, an empty dimension, data that does not
+  fill its shape exactly or an element its datatype cannot hold (:mod:`.request_json`).
+
+What is forwarded is the guard's own serialisation of the JSON it checked (never the client's bytes), so
+tritonserver cannot read the request differently from the guard (it keeps the *first* of two equal keys, Python the
+last).
 
 Error answers that PyTriton fills with a Python traceback (an inference callable that raised) are reduced to
 their last sentence; a :class:`~dsr_deploy.errors.UserError` raised by the model (unknown sequence id, ...)
@@ -252,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise Refused(400, "malformed Inference-Header-Content-Length") from None
             if not 0 <= n <= len(body):
-                raise Refused(400, "Inference-Header-Content-Length is larger than the request")
+                raise Refused(400, "Inference-Header-Content-Length does not fit the request")
             try:
                 header = strict_loads(body[:n])
                 check_request(header, guard.models.get(match.group(1)), guard.max_bytes)

@@ -10,6 +10,7 @@ client's bytes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, List, Tuple
 
 _INT_RANGE = {"INT8": (-(1 << 7), (1 << 7) - 1), "INT16": (-(1 << 15), (1 << 15) - 1),
@@ -48,7 +49,10 @@ def strict_loads(data: bytes) -> Any:
 
 def canonical(header: Any) -> bytes:
     """The guard's own serialisation of what it checked (ASCII, no NaN: nothing another parser reads otherwise)."""
-    return json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    try:
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    except ValueError:  # 1e400 reads as inf: not a number any input can hold
+        raise BadRequest("the request's JSON holds a number out of range (it overflows a double)") from None
 
 
 def _count_and_check(data: Any, datatype: str, name: str) -> int:
@@ -66,7 +70,7 @@ def _count_and_check(data: Any, datatype: str, name: str) -> int:
         elif lo_hi is not None:
             ok = isinstance(v, int) and not isinstance(v, bool) and lo_hi[0] <= v <= lo_hi[1]
         elif datatype in _FLOATS:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         else:
             ok = True
         if not ok:
