@@ -470,3 +470,18 @@ def test_fallback_without_functions_names_the_switch(tmp_path):
         runner.load()
     message = str(info.value)
     assert "without a function fallback" in message and "switched off" in message and "not built" not in message
+
+
+@pytest.mark.parametrize("text, want", [
+    ('Traceback (most recent call last):\n  File "/srv/app/model.py", line 3, in f\n    x = y[0]\n'
+     "IndexError: index 0 is out of bounds", "inference failed: IndexError: index 0 is out of bounds"),
+    ('Traceback (most recent call last):\n  File "/srv/app/model.py", line 3, in f\n    run()\n'
+     "ValueError: cannot read /srv/app/data/x.npy", "inference failed: ValueError: cannot read <path>"),
+    ('Traceback (most recent call last):\n  File "/srv/app/model.py", line 3, in f\n',
+     "inference failed: an internal error"),
+], ids=["exception line", "path in the message", "frame only"])
+def test_server_error_answers_carry_no_frame_or_path(text, want):
+    from dsr_deploy.serving.http_guard import clean_error
+
+    user, message = clean_error(text)
+    assert not user and message == want
