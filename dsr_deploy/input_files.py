@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
 from .errors import UserError
 
@@ -83,3 +83,34 @@ def load_npy(path: Path | str, label: str) -> Any:
         return np.load(p, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{label} {p} is not a readable .npy array ({type(exc).__name__})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An export folder's files that its manifest does not list.
+
+MODEL_SUFFIXES = (".onnx", ".ts", ".pt2", ".plan", ".engine", ".trt")
+
+
+def unlisted_models(m: Any) -> List[str]:
+    """Model files in the export folder that its manifest does not list: never verified, never published."""
+    if m.folder is None:
+        return []
+    listed = set()
+    for art in m.artifacts:
+        for key in ("path", "onnx"):
+            if isinstance(art.get(key), str):
+                listed.add(Path(os.path.normpath(art[key])).as_posix())
+    out = []
+    for p in sorted(Path(m.folder).iterdir()):
+        if p.suffix in MODEL_SUFFIXES and p.name not in listed and not p.name.startswith("."):
+            out.append(p.name)
+    return out
+
+
+def unlisted_note(m: Any, what: str) -> Optional[str]:
+    """The one line saying which files of the folder are left out (None when every model file is listed)."""
+    extra = unlisted_models(m)
+    if not extra:
+        return None
+    return (f"note: {', '.join(extra)} in {m.folder} {'is' if len(extra) == 1 else 'are'} not listed in its "
+            f"manifest.json (never verified); not {what}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -466,34 +465,6 @@ def read_manifest(folder: Union[str, Path]) -> Manifest:
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be a manifest") from None
     return parse_manifest(data, path, folder)
-
-
-MODEL_SUFFIXES = (".onnx", ".ts", ".pt2", ".plan", ".engine", ".trt", ".pt", ".pth")
-
-
-def unlisted_models(m: Manifest) -> List[str]:
-    """Model files in the export folder that its manifest does not list: never verified, never published."""
-    if m.folder is None:
-        return []
-    listed = set()
-    for art in m.artifacts:
-        for key in ("path", "onnx"):
-            if isinstance(art.get(key), str):
-                listed.add(Path(os.path.normpath(art[key])).as_posix())
-    out = []
-    for p in sorted(Path(m.folder).iterdir()):
-        if p.suffix in MODEL_SUFFIXES and p.name not in listed and not p.name.startswith("."):
-            out.append(p.name)
-    return out
-
-
-def unlisted_note(m: Manifest, what: str) -> Optional[str]:
-    """The one line saying which files of the folder are left out (None when every model file is listed)."""
-    extra = unlisted_models(m)
-    if not extra:
-        return None
-    return (f"note: {', '.join(extra)} in {m.folder} {'is' if len(extra) == 1 else 'are'} not listed in its "
-            f"{MANIFEST} (never verified); not {what}")
 
 
 def manifest_beside(path: Union[str, Path]) -> Optional[Manifest]:

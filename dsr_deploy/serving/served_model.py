@@ -212,7 +212,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         raise UserError(f"{path} does not exist")
     manifest = _manifest(path)
     if path.is_dir() and manifest is not None:  # only the manifest's artifacts are served
-        from ..manifest import unlisted_note
+        from ..input_files import unlisted_note
 
         note = unlisted_note(manifest, "served")
         if note:

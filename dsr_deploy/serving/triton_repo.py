@@ -80,7 +80,7 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
             plan_paths = [manifest.path_of(x) for x in arts if x["path"].endswith(PLAN_SUFFIXES)
                           or x["format"].lower() in ("tensorrt", "tensorrt_plan", "plan")]
             # Only what the manifest lists (what verify ran) is published; a file merely lying there never is.
-            from ..manifest import unlisted_models, unlisted_note
+            from ..input_files import unlisted_models, unlisted_note
 
             if not onnx_paths:
                 extra = [n for n in unlisted_models(manifest) if n.endswith(".onnx")]
