@@ -485,3 +485,17 @@ def test_server_error_answers_carry_no_frame_or_path(text, want):
 
     user, message = clean_error(text)
     assert not user and message == want
+
+
+def test_bench_fallback_without_functions_is_one_true_line(tmp_path, monkeypatch, capsys):
+    import onnx
+
+    monkeypatch.chdir(tmp_path)
+    model = onnx.load(str(exported("ours_neuron_net", (3, 2, 5), formats=("onnx",)) / "model.onnx"))
+    del model.functions[:]
+    onnx.save(model, "bare.onnx")
+    code, _, err = run_cli(capsys, "bench", "bare.onnx", "--backend", "onnxruntime:fallback", "--iters", "1",
+                           "--warmup", "0", "--batch", "1")
+    assert code == 2, err
+    line = one_line(err)
+    assert "switched off" in line and "not built" not in line
