@@ -118,13 +118,13 @@ _command: dict = {}
 def command():
     """The click command of ``app``, built once, every numeric option checked and every ``--json`` flag keeping
     stdout for the JSON document (:mod:`.validate`)."""
-    if "cmd" not in _command:
+    if _command.get("app") is not app:  # rebuilt when ``app`` was replaced (a test's own Typer app)
         from .validate import harden, json_flags
 
         cmd = typer.main.get_command(app)
         harden(cmd)
         json_flags(cmd)
-        _command["cmd"] = cmd
+        _command.update(app=app, cmd=cmd)
     return _command["cmd"]
 
 
