@@ -434,10 +434,12 @@ def parse_manifest(data: Any, source: Union[str, Path, None] = None, folder: Uni
         raise UserError(f"{where} is not a valid dsr-deploy manifest: {str(exc).lstrip('.')}") from None
     m = Manifest(checked, Path(source) if source else None, Path(folder) if folder else None)
     if m.folder is not None:
+        from .input_files import refuse_special
+
         for art in m.artifacts:
-            m.path_of(art)
+            refuse_special(m.path_of(art), "artifact")  # a FIFO would block its reader forever
             if "onnx" in art:
-                m.path_of(art, "onnx")
+                refuse_special(m.path_of(art, "onnx"), "artifact")
     return m
 
 

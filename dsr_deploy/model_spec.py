@@ -154,7 +154,10 @@ def _resolve(obj: Any, attr: str, where: str):
 
 
 def _file_factory(path_text: str, attr: str) -> Factory:
+    from .input_files import refuse_special
+
     path = Path(path_text).expanduser().resolve()
+    refuse_special(path, "model file")
     if not path.is_file():
         raise UserError(f"model file {path_text} not found")
     mod_name = f"_dsr_user_model_{abs(hash(str(path)))}"

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import UserError
 from .common import SET_HELP, console, err_console, neuron_table, warn_assumed
+from .validate import emit_json
 
 ORDER = 20  # place in `dsr-deploy --help` (after info)
 
@@ -181,7 +182,7 @@ def register(app: typer.Typer) -> None:
                 extra_options=extra,
             )
         if as_json:
-            typer.echo(json.dumps(manifest, indent=2))
+            emit_json(json.dumps(manifest, indent=2))
             return
         from rich.table import Table
 

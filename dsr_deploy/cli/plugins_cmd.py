@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .validate import emit_json
+
 plugins_app = typer.Typer(
     help="Build and inspect the native spike-loop plugins (PyTorch ops, ONNX Runtime ops, TensorRT plugins).",
     no_args_is_help=True,
@@ -53,7 +55,7 @@ def build_cmd(
     record = plugins.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
                            cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
     if as_json:
-        typer.echo(json.dumps(record, indent=2))
+        emit_json(json.dumps(record, indent=2))
         return
     opts = record["options"]
     typer.echo(f"built in {record['seconds']} s into {record['lib_dir']} "
@@ -75,7 +77,7 @@ def status_cmd(
 
     st = plugins.status(ort_root=ort_root, trt_root=trt_root)
     if as_json:
-        typer.echo(json.dumps(st, indent=2))
+        emit_json(json.dumps(st, indent=2))
         return
     typer.echo("library folders: " + ", ".join(st["lib_dirs"]))
     for key, e in st["libraries"].items():

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import UserError
 from ..serving.k8s import DEFAULT_IMAGE as K8S_IMAGE
+from .validate import emit_json
 
 ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
 
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
         def ready(info):
             if as_json:
-                typer.echo(json.dumps(info))
+                emit_json(json.dumps(info))
             else:
                 typer.echo(f"serving {', '.join(m['name'] for m in info['models'])} at {info['http']} "
                            f"(gRPC {info['grpc']}); Ctrl-C or SIGTERM stops")
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
             summary["k8s"] = write_manifests(k8s, summary, name=k8s_name, image=k8s_image, replicas=k8s_replicas,
                                              namespace=k8s_namespace, force=force)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            emit_json(json.dumps(summary, indent=2))
             return
         typer.echo(f"wrote {out}:")
         for m in summary["models"]:

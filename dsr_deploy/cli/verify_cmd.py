@@ -11,6 +11,7 @@ import typer
 
 from ..errors import UserError
 from .common import console, err_console, pct
+from .validate import emit_json
 
 ORDER = 21  # place in `dsr-deploy --help` (after export)
 
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
                                trust_model_code=trust_model_code, allow_skipped=allow_skipped,
                                progress=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
         if as_json:
-            typer.echo(json.dumps(report, indent=2))
+            emit_json(json.dumps(report, indent=2))
         else:
             _print_verify(report)
         if not report["passed"]:

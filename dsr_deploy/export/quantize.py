@@ -559,10 +559,9 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
     layout, else a one-line UserError saying calibration is required."""
 
     if path is not None:
-        try:
-            return np.load(str(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--calibration {path}: cannot read a .npy array ({str(exc).splitlines()[0]})") from exc
+        from ..input_files import load_npy
+
+        return load_npy(path, "--calibration")
     name = (spec or "")[4:] if (spec or "").startswith("zoo:") else None
     if name not in ZOO_CALIBRATION:
         raise UserError(CALIBRATION_HINT + (f"; {spec} ships no calibration data" if spec else ""))

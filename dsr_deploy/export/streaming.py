@@ -192,6 +192,27 @@ def _streamable_neurons(model: nn.Module, lowering: str) -> list:
     return neurons
 
 
+def _check_keeps_T(net: nn.Module, example_step: Tensor, out: Any) -> None:
+    """The output must keep T first: ``[1, B, ...]`` for one step and ``[2, B, ...]`` for two. With one step
+    and a batch of one, a network that reduces over T (``[B, classes]``) looks the same; two steps tell."""
+    shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+    fine = isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == 1
+    if fine:
+        try:
+            with torch.no_grad():
+                out2 = net(torch.cat([example_step.unsqueeze(0)] * 2))
+        except Exception as exc:  # noqa: BLE001 - any failure here is the same finding
+            raise UserError(f"the model failed on two time steps: {str(exc).strip().splitlines()[0]}") from exc
+        fine = isinstance(out2, Tensor) and out2.dim() == out.dim() and out2.shape[0] == 2 \
+            and out2.shape[1:] == out.shape[1:]
+        shape = f"{shape} (and for two steps {list(out2.shape) if isinstance(out2, Tensor) else type(out2).__name__})"
+    if not fine:
+        raise UserError(
+            f"the network's output for one time step is {shape}: streaming needs an output that keeps the "
+            "time dimension first ([T, B, ...]); export the network without its reduction over T"
+        )
+
+
 def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional") -> StreamingModule:
     """Wrap ``model`` (multi-step, [T, B, ...]) as a single-step :class:`StreamingModule`.
 
@@ -234,12 +255,7 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     unused = [n.name for n in neurons if n.name not in seen]
     if unused:
         raise UserError(f"neurons never called in a forward pass: {', '.join(unused)}")
-    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != 1:
-        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise UserError(
-            f"the network's output for one time step is {shape}: streaming needs an output that keeps the "
-            "time dimension first ([T, B, ...]); export the network without its reduction over T"
-        )
+    _check_keeps_T(net, example_step, out)
     batch = example_step.shape[0]
     shapes = []
     for n in neurons:
@@ -271,7 +287,7 @@ def _io_names(n: int) -> tuple[list[str], list[str]]:
 
 def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | str) -> Path:
     """Trace ``sm`` around its scripted neuron steps and save it (loads with plain ``torch.jit.load``)."""
-    from ..io import atomic_path
+    from ..io import atomic_path, write_through_memory
 
     states = sm.zero_states(example_step.shape[0])
     with torch.no_grad():
@@ -281,7 +297,7 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
         value.setDebugName(name)
     path = Path(path)
     with atomic_path(path) as tmp:
-        traced.save(str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(traced, f))
     return path
 
 

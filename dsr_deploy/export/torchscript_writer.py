@@ -22,7 +22,7 @@ from torch import nn
 
 from ..convert import IFSpikeScript, LIFSpikeScript, inference_copy, set_child
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
 
 
@@ -116,7 +116,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
 def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     module, method = script_model(ctx)
     with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(module, f))
     return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": not ctx.fixed_T,
             "dynamic_batch": True, "needs_dsr_deploy": False}
 
@@ -126,5 +126,5 @@ def write_torchscript_probe(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     agreement and to show where divergence starts."""
     module, method = script_model(ctx, probe=True)
     with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(module, f))
     return {"format": "torchscript", "path": str(path), "method": method, "probe_prefix": PROBE_PREFIX}

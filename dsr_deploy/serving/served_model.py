@@ -95,6 +95,10 @@ class ServedModel:
     # -- multi-step --------------------------------------------------------------------------------------
     def infer_multistep(self, requests):
         xs = [np.asarray(r["input"]) for r in requests]
+        for x in xs:  # gRPC is not guarded: a T of 0 must be a client error here too
+            if x.size == 0:
+                raise UserError(f"the input has an empty dimension (shape {list(x.shape)}); T and the batch must be "
+                                "at least 1")
         sizes = [x.shape[0] for x in xs]
         x = np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
         x_tb = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if self.swap_in else x  # [B, T, ...] -> [T, B, ...]
@@ -229,6 +233,14 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     if not path.exists():
         raise UserError(f"{path} does not exist")
     manifest = _manifest(path)
+    if path.is_dir() and manifest is not None:  # only the manifest's artifacts are served
+        from ..input_files import unlisted_note
+
+        note = unlisted_note(manifest, "served")
+        if note:
+            import sys
+
+            print(note, file=sys.stderr)
     # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
     # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
     runner = load_runner(str(path), backend, trust_pickle=trust_pickle, **({"threads": threads} if threads else {}))

@@ -79,10 +79,19 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
             onnx_paths = [manifest.path_of(x) for x in arts if x["format"].lower() == "onnx"]
             plan_paths = [manifest.path_of(x) for x in arts if x["path"].endswith(PLAN_SUFFIXES)
                           or x["format"].lower() in ("tensorrt", "tensorrt_plan", "plan")]
-            if not onnx_paths and (p / "model.onnx").is_file():
-                onnx_paths = [p / "model.onnx"]
+            # Only what the manifest lists (what verify ran) is published; a file merely lying there never is.
+            from ..input_files import unlisted_models, unlisted_note
+
             if not onnx_paths:
-                raise UserError(f"export folder {p} has no ONNX model (export with --format onnx)")
+                extra = [n for n in unlisted_models(manifest) if n.endswith(".onnx")]
+                raise UserError(f"export folder {p} lists no ONNX model in its manifest (export with --format onnx)"
+                                + (f"; {', '.join(extra)} lies there unlisted (never verified) and is not published"
+                                   if extra else ""))
+            note = unlisted_note(manifest, "published")
+            if note:
+                import sys
+
+                print(note, file=sys.stderr)
             for q in onnx_paths + plan_paths:
                 if not q.is_file():
                     raise UserError(f"{q} is listed in {mpath} but missing")

@@ -49,13 +49,9 @@ def load_inputs(manifest: dict, input_file: Optional[str], n_random: int = 1,
 
 def _load_npy(option: str, path: str) -> np.ndarray:
     """A user's .npy file (never unpickled); one-line errors."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{option} {path}: no such file")
-    try:
-        return np.load(p, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"{option} {path} is not a readable .npy array ({type(exc).__name__})") from exc
+    from ..input_files import load_npy
+
+    return load_npy(path, option)
 
 
 def _read_input(input_file: str, shape: tuple, io: dict) -> np.ndarray:
