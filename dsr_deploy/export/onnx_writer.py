@@ -113,11 +113,12 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
 
 def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
     """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
-    from .quantize import quantize_model
+    from .quantize import default_neuron, quantize_model
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or "qdq",
+                          neuron=ctx.options.get("int8_neuron") or default_neuron(
+                              ctx.options.get("int8_activations") or "uint8"),
                           activations=ctx.options.get("int8_activations") or "uint8",
                           layout=ctx.options.get("int8_layout") or "nchw")
     return q

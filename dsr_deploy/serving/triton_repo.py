@@ -198,7 +198,8 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             if src.plan is not None:
                 pname = f"{src.name}_trt"
                 plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
-                pmax = max_batch if plan_batched else 0
+                pmax, pnote = plan_max_batch(src, ins0, streaming, max_batch) if plan_batched else (
+                    0, "batch not first: no dynamic batching")
                 pd = tmp / pname / "1"
                 pd.mkdir(parents=True)
                 (pd / "model.plan").write_bytes(src.plan.read_bytes())
@@ -206,8 +207,7 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                     pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
                     instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
                 summary["models"].append({"name": pname, "backend": "tensorrt_plan", "streaming": streaming,
-                                          "max_batch_size": pmax,
-                                          "note": "" if plan_batched else "batch not first: no dynamic batching"})
+                                          "max_batch_size": pmax, "note": pnote})
         listing = "\n".join(f"- `{m['name']}` ({m['backend']}, max_batch_size {m['max_batch_size']}"
                             + (f"; {m['note']}" if m["note"] else "") + ")" for m in summary["models"])
         has_plan = any(m["backend"] == "tensorrt_plan" for m in summary["models"])
@@ -215,6 +215,28 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
         (tmp / "README.md").write_text(readme_text(version=__version__, models=listing, plugin_flag=flag,
                                                    ort_section=_ort_section(kind, ort_ops_library)))
     return summary
+
+
+def plan_max_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool, wanted: int) -> tuple[int, str]:
+    """A plan's ``max_batch_size``: Triton's tensorrt backend refuses one above the engine's batch profile, and
+    a plan cannot be opened without TensorRT, so the profile ``build-engine`` recorded in the manifest is read.
+    Above it: clamped (with a note); no recorded profile, or one whose batch does not start at 1: 0 (no
+    batching, explicit dims)."""
+    entry = next((a for a in (src.manifest.artifacts if src.manifest else [])
+                  if src.plan is not None and src.manifest.path_of(a) == src.plan), None)
+    profile = (entry or {}).get("profile")
+    names = [e.name for e in inputs if not streaming or e.name == contract.STREAM_INPUT
+             or e.name.startswith(contract.STATE_IN_PREFIX)]
+    if not profile or not all(n in profile and profile[n][0] for n in names):
+        return 0, "the engine's batch profile is not in a manifest (build it with build-engine in the export " \
+                  "folder): no dynamic batching"
+    lo = max(profile[n][0][0] for n in names)
+    hi = min(profile[n][2][0] for n in names)
+    if lo > 1:
+        return 0, f"the engine's batch profile starts at {lo}: no dynamic batching"
+    if wanted > hi:
+        return hi, f"max_batch_size clamped to the engine's profile maximum batch {hi} (asked {wanted})"
+    return wanted, ""
 
 
 def _require_dynamic_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool) -> None:
