@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes only (the test suite's dry run)")
     ap.add_argument("--build-only", action="store_true", help="environment and build only")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds; later stages are skipped past it")
+    ap.add_argument("--only", default="", help="comma-separated stages to run (environment and build always run)")
     ap.add_argument("--no-results-copy", action="store_true", help="do not write benchmarks/results/ (GPU runs)")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)

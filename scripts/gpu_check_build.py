@@ -61,8 +61,8 @@ def _run(cmd: list[str], log: Path, timeout: int) -> int:
 
 
 def _cmake_build(python: str, arch: str | None, build: Path, lib_dir: Path, log: Path, torch_op: bool) -> int:
-    code = ("from dsr_deploy import plugins; plugins.build(torch=%r, cuda=True, ort=False, trt=False, cuda_arch=%r, "
-            "build_dir=%r, lib_dir=%r, verbose=True)" % (torch_op, arch, str(build), str(lib_dir)))
+    code = (f"from dsr_deploy import plugins; plugins.build(torch={torch_op!r}, cuda=True, ort=False, trt=False, "
+            f"cuda_arch={arch!r}, build_dir={str(build)!r}, lib_dir={str(lib_dir)!r}, verbose=True)")
     return _run([python, "-c", code], log, timeout=420)
 
 

@@ -16,13 +16,9 @@ runs the same launcher.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import datetime
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -484,5 +480,4 @@ def size_rows(run, gen, repeats, sizes=SIZES):
             out.append(dict(size=cls, T=T, N=n, dtype=str(dtype).split(".")[-1], kernel_us=t_kernel * 1e6,
                             copy_us=t_copy * 1e6, kernel_over_copy=t_kernel / t_copy,
                             launch=launch_shape(dtype, n)))
-            del x, dst
     return out

@@ -34,21 +34,15 @@ class Stages:
         self.gen = None
         self.no_kernels = ""
 
+    ORDER = ("environment", "build", "kernels_float", "kernels_quantized", "torch_op", "torchscript", "pt2",
+             "timings_by_size", "timings_layer", "tensorrt")
+
     def run_all(self) -> None:
-        r = self.report
-        r.stage("environment", self.environment)
-        r.stage("build", self.build)
-        if self.args.build_only:
-            r.stage("build_check", self.build_check)
-            return
-        r.stage("kernels_float", self.kernels_float)
-        r.stage("kernels_quantized", self.kernels_quantized)
-        r.stage("torch_op", self.torch_op)
-        r.stage("torchscript", self.torchscript)
-        r.stage("pt2", self.pt2)
-        r.stage("timings_by_size", self.timings_by_size)
-        r.stage("timings_layer", self.timings_layer)
-        r.stage("tensorrt", self.tensorrt)
+        only = set(self.args.only.split(",")) if self.args.only else None
+        names = ("environment", "build", "build_check") if self.args.build_only else self.ORDER
+        for name in names:
+            if only is None or name in only or name in ("environment", "build"):
+                self.report.stage(name, getattr(self, name))
 
     # ---- environment and build -----------------------------------------------------------------------------------
 
@@ -96,6 +90,7 @@ class Stages:
         import ctypes
 
         import torch
+
         from dsr_deploy import ops, plugins
 
         path = ops.find_library(plugins.KERNELS_LIBRARY)
