@@ -306,3 +306,25 @@ def test_cli_instance_kind(exports, tmp_path):
           "--name", "m"])
     cfg = _parse(tmp_path / "r" / "m_onnx" / "config.pbtxt")
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_python_backend_variant(exports, tmp_path):
+    """`--backend python`: <name>_py models with model.py (ONNX Runtime in Triton's python backend), the same
+    config fields as the onnxruntime variant, the custom-op library as a parameter model.py registers; bad
+    backends refused (tests/test_triton_server.py loads these in a real tritonserver)."""
+    _, _, _, multi, stream = exports
+    out = tmp_path / "r"
+    summary = TR.write_repository([multi, stream], out, max_batch=8, backend="python",
+                                  ort_ops_library="/dsr_lib/libdsr_ort_ops.so")
+    assert sorted(m["name"] for m in summary["models"]) == ["mlp_py", "mlp_stream_py", "mlp_trt"]
+    for name in ("mlp_py", "mlp_stream_py"):
+        cfg = _parse(out / name / "config.pbtxt")
+        assert cfg.backend == "python" and cfg.max_batch_size == 8 and not cfg.HasField("model_operations")
+        assert cfg.parameters["dsr_ops_library"].string_value == "/dsr_lib/libdsr_ort_ops.so"
+        assert "class TritonPythonModel" in (out / name / "1" / "model.py").read_text()
+        assert (out / name / "1" / "model.onnx").is_file()
+    assert _parse(out / "mlp_py" / "config.pbtxt").HasField("dynamic_batching")
+    sb = _parse(out / "mlp_stream_py" / "config.pbtxt").sequence_batching
+    assert {c.name for c in sb.control_input} == {"START", "READY"} and len(sb.state) == 2
+    with pytest.raises(UserError, match="--backend must be one of onnxruntime, python"):
+        TR.write_repository([multi], tmp_path / "x", backend="tensorflow")

@@ -50,7 +50,8 @@ def make_config(name: str, platform: str, inputs: Sequence[Edge], outputs: Seque
     """The text of a config.pbtxt (parsable as Triton's ``inference.ModelConfig``)."""
     batched = max_batch > 0
     lines = [f'name: "{name}"']
-    lines.append('backend: "onnxruntime"' if platform == "onnxruntime_onnx" else f'platform: "{platform}"')
+    backends = {"onnxruntime_onnx": "onnxruntime", "python": "python"}
+    lines.append(f'backend: "{backends[platform]}"' if platform in backends else f'platform: "{platform}"')
     lines.append(f"max_batch_size: {max_batch}")
     text = "\n".join(lines) + "\n"
     if streaming:
@@ -86,6 +87,9 @@ def make_config(name: str, platform: str, inputs: Sequence[Edge], outputs: Seque
         if batched:
             text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
     text += f"instance_group [\n  {{\n    kind: {instance_kind}\n    count: 1\n  }}\n]\n"
-    if ops_library:
+    if ops_library and platform == "python":  # the python variant's model.py registers it with ONNX Runtime
+        text += (f'parameters [\n  {{\n    key: "dsr_ops_library"\n    value: {{ string_value: "{ops_library}" }}\n'
+                 "  }\n]\n")
+    elif ops_library:
         text += f'model_operations {{\n  op_library_filename: [ "{ops_library}" ]\n}}\n'
     return text

@@ -40,6 +40,8 @@ from .triton_onnx import (
 )
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+#: ``--backend`` -> (model name suffix, config platform) of the ONNX models.
+ONNX_BACKENDS = {"onnxruntime": ("onnx", "onnxruntime_onnx"), "python": ("py", "python")}
 
 
 @dataclass
@@ -124,6 +126,13 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
 # The repository.
 
 
+def python_model_text() -> str:
+    """The python variant's ``model.py`` (:mod:`.triton_python_model`, package data as a module)."""
+    from importlib import resources
+
+    return resources.files(__package__).joinpath("triton_python_model.py").read_text(encoding="utf-8")
+
+
 def readme_text(**fields) -> str:
     """The repository's README: the package's ``triton_readme.md`` template with the contract's names filled in."""
     from importlib import resources
@@ -138,8 +147,10 @@ def readme_text(**fields) -> str:
 def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch: int = 8,
                      name: Optional[str] = None, force: bool = False,
                      ort_ops_library: Optional[str] = None, queue_delay_us: int = 100,
-                     instance_kind: str = "cpu") -> dict:
-    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written."""
+                     instance_kind: str = "cpu", backend: str = "onnxruntime") -> dict:
+    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written.
+    ``backend``: what runs the ONNX models, Triton's onnxruntime backend (``<name>_onnx``) or its python backend
+    (``<name>_py``: ONNX Runtime in ``model.py``, the same config fields; :mod:`.triton_python_model`)."""
     import onnx
 
     from .. import __version__
@@ -150,6 +161,8 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind!r}")
     kind = INSTANCE_KINDS[instance_kind]
+    if backend not in ONNX_BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     sources = collect_sources(artifacts, name)
     summary = {"repository": str(out), "models": []}
     with atomic_dir(Path(out), force=force) as tmp:
@@ -186,14 +199,17 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             ins, outs = edges(model.graph.input), edges(model.graph.output)
             ins = [e for e in ins if e.name not in initializers]
             onnx.checker.check_model(model)
-            mname = f"{src.name}_onnx"
+            suffix, platform = ONNX_BACKENDS[backend]
+            mname = f"{src.name}_{suffix}"
             d = tmp / mname / "1"
             d.mkdir(parents=True)
             onnx.save(model, str(d / "model.onnx"))
+            if backend == "python":
+                (d / "model.py").write_text(python_model_text())
             (tmp / mname / "config.pbtxt").write_text(make_config(
-                mname, "onnxruntime_onnx", ins, outs, max_batch, streaming, controls=True,
+                mname, platform, ins, outs, max_batch, streaming, controls=True,
                 instance_kind=kind, queue_delay_us=queue_delay_us, ops_library=ort_ops_library))
-            summary["models"].append({"name": mname, "backend": "onnxruntime", "streaming": streaming,
+            summary["models"].append({"name": mname, "backend": backend, "streaming": streaming,
                                       "max_batch_size": max_batch, "instance_kind": kind, "note": note})
             if src.plan is not None:
                 pname = f"{src.name}_trt"
