@@ -328,3 +328,20 @@ def test_python_backend_variant(exports, tmp_path):
     assert {c.name for c in sb.control_input} == {"START", "READY"} and len(sb.state) == 2
     with pytest.raises(UserError, match="--backend must be one of onnxruntime, python"):
         TR.write_repository([multi], tmp_path / "x", backend="tensorflow")
+
+
+def test_readme_and_tensorrt_doc_name_the_right_library_versions_and_ops(repo):
+    """The repository README and docs/tensorrt.md: Triton loads the static-registration library, dsr_deploy the
+    getCreators one; plugin-vs-function precedence from 10.7 (10.15: before built-ins); the quantised ops listed."""
+    from pathlib import Path
+
+    out, _ = repo
+    readme = (out / "README.md").read_text()
+    assert "DSRIFSpikeQ" in readme and "DSRLIFSpikeQ" in readme
+    assert "10.0 - 10.6" in readme and "from\n10.7" in readme.replace("from 10.7", "from\n10.7")
+    assert "10.15" in readme and "plugins=\"/dsr_lib/libdsr_trt_plugin.so\"" in readme
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md").read_text()
+    assert "(TensorRT >= 10.15) picks the plugin before the\n  model-local function" not in doc
+    assert "`libdsr_trt_plugin_dynamic.so` (loaded through TensorRT's registry" in doc
+    assert "From TensorRT 10.7 a\n  registered plugin wins" in doc and "DSRIFSpikeQ" in doc
+    assert "cudart_static" in doc
