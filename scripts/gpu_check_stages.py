@@ -33,6 +33,7 @@ class Stages:
         self.run = None  # the kernels under test
         self.gen = None
         self.no_kernels = ""
+        self.cuda_build = False
 
     ORDER = ("environment", "build", "kernels_float", "kernels_quantized", "torch_op", "torchscript", "pt2",
              "timings_by_size", "timings_layer", "tensorrt")
@@ -80,7 +81,9 @@ class Stages:
 
     def build(self):
         build = ROOT / "build" / "gpu_check"
-        if self.gpu:
+        # --build-only needs no GPU, a CUDA build of torch: the preflight of a GPU session
+        self.cuda_build = self.gpu or (self.args.build_only and bool(self.env.get("torch_cuda")))
+        if self.cuda_build:
             return B.build_gpu(self.env, build, self.log)
         from dsr_deploy import ops
 
@@ -100,7 +103,8 @@ class Stages:
         res = {"dsr_cuda_forward": hasattr(lib, "dsr_cuda_forward"), "torch_op": ops.native_status()["reason"],
                "cuda_kernels": {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"dsr::{op}", "CUDA")
                                 for op in ("if_spike", "lif_spike")}}
-        return (OK if res["dsr_cuda_forward"] or not self.gpu else FAILED), str(res), res
+        ok = not self.cuda_build or (res["dsr_cuda_forward"] and all(res["cuda_kernels"].values()))
+        return (OK if ok else FAILED), str(res), res
 
     # ---- checks --------------------------------------------------------------------------------------------------
 
