@@ -14,6 +14,8 @@ DOMAIN_VERSION = 1  # the opset version of DOMAIN in opset_import
 SPIKE_OP_TYPES = {"if": "DSRIFSpike", "lif": "DSRLIFSpike"}  # whole-sequence neurons (multistep export)
 STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with membrane I/O (streaming export)
 DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values())
+# the quantised neurons of an int8 export (--int8-neuron quantized): current codes in, spike codes out
+QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
 
 # -- TensorRT plugins ---------------------------------------------------------------------------------------
 PLUGIN_NAMESPACE = "dsr"  # plugin_namespace attribute / creator namespace

@@ -277,6 +277,23 @@ QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/e
     "layout": one_of("nchw", "nhwc"),  # --int8-layout (nhwc: channels-last for ONNX Runtime's CPU)
 })
 
+def engine_profile(v: Any) -> dict:
+    """A TensorRT plan's optimisation profile (``build-engine``): ``{input name: [min, opt, max] shapes}``."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise Invalid(f"expected a mapping of input names to [min, opt, max] shapes, got {_show(v)}")
+    three = list_of(dims(min_rank=0), min_len=3)
+    out = {}
+    for k, x in v.items():
+        try:
+            shapes = three(x)
+        except Invalid as exc:
+            raise Invalid(f".{k}{_join(exc)}") from None
+        if len(shapes) != 3 or len({len(s) for s in shapes}) != 1:
+            raise Invalid(f".{k}: expected three shapes of one rank (min, opt, max), got {_show(x)}")
+        out[k] = shapes
+    return out
+
+
 ARTIFACT = Record("artifact", {
     "format": nonempty_string,
     "path": relative_path,
@@ -288,6 +305,7 @@ ARTIFACT = Record("artifact", {
     "outputs": name_list,
     "states": list_of(STATE),
     "quantization": QUANTIZATION,
+    "profile": engine_profile,  # a TensorRT plan's batch / time ranges (triton-repo reads its max batch)
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {

@@ -88,10 +88,12 @@ def register(app: typer.Typer) -> None:
                                                    "dimension; default for zoo:digits-cnn: its training split)"),
         int8_all_layers: bool = typer.Option(False, "--int8-all-layers", help="--precision int8: quantise the "
                                              "analog first layer and the readout too (float32 by default)"),
-        int8_neuron: str = typer.Option("qdq", "--int8-neuron", help="--precision int8: qdq (Q/DQ around the "
-                                        "float32 dsr node) | quantized (dsr ops on the current codes giving spike "
-                                        "codes: same results, faster with the custom-op library); verify "
-                                        "teacher-forces both"),
+        int8_neuron: Optional[str] = typer.Option(None, "--int8-neuron", help="--precision int8: qdq (Q/DQ "
+                                                  "around the float32 dsr node; the default with uint8 "
+                                                  "activations) | quantized (dsr ops on the current codes giving "
+                                                  "spike codes: same results, faster with the custom-op library or "
+                                                  "the TensorRT plugin; the default with --int8-activations int8); "
+                                                  "verify teacher-forces both"),
         int8_activations: str = typer.Option("uint8", "--int8-activations", help="--precision int8: uint8 "
                                              "(asymmetric currents; ONNX Runtime) | int8 (signed, zero point 0: "
                                              "the form TensorRT's build-engine takes)"),
@@ -122,7 +124,7 @@ def register(app: typer.Typer) -> None:
         from ..export import check_precision
 
         check_precision(precision, wanted)
-        if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron != "qdq"
+        if precision != "int8" and (calibration is not None or int8_all_layers or int8_neuron is not None
                                     or int8_activations != "uint8" or int8_layout != "nchw"):
             raise UserError("--calibration, --int8-all-layers, --int8-neuron, --int8-activations and --int8-layout "
                             "apply to "

@@ -93,6 +93,9 @@ def register(app: typer.Typer) -> None:
         instance_kind: str = typer.Option("cpu", "--instance-kind", help="where the onnxruntime models run: cpu "
                                           "(KIND_CPU) | gpu (KIND_GPU: the CUDA execution provider, and the fused "
                                           "CUDA kernels with --ort-ops-library)"),
+        backend: str = typer.Option("onnxruntime", "--backend", help="what runs the ONNX models: onnxruntime "
+                                    "(Triton's onnxruntime backend) | python (ONNX Runtime in a python-backend "
+                                    "model.py; the same config fields; the tritonserver PyTriton ships runs it)"),
         force: bool = typer.Option(False, "--force", help="replace an existing repository folder"),
         as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
         k8s: Optional[Path] = typer.Option(None, "--k8s", help="also write Kubernetes manifests for the repository "
@@ -117,7 +120,8 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--k8s and --out must be two different folders")
             check_output_target(k8s, force=force, protect=(out, *artifacts))
         summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
-                                   ort_ops_library=ort_ops_library, instance_kind=instance_kind)
+                                   ort_ops_library=ort_ops_library, instance_kind=instance_kind,
+                                   backend=backend)
         if k8s is not None:
             from ..serving.k8s import write_manifests
 

@@ -15,7 +15,10 @@ measurement (benchmarks/results/bench_export.md, ONNX Runtime CPU): on a PreAct-
 fastest or within noise of the fastest at T=4 and T=20, batch 1 and 8 (at T=20 about 0.7x the unrolled body's
 time and 0.2-0.5x the plain ``torch.onnx.export``'s), its session creation does not grow with T, and only it
 keeps T dynamic.
-Default opset 18: the opset torch.onnx.export implements natively (17 goes through a version conversion).
+Default opset 18: the opset torch.onnx.export implements natively (17 goes through a version conversion);
+``--precision bfloat16`` defaults to opset 22 (Conv has bfloat16 only from 22) and exports without the exporter's
+optimiser (its BatchNorm folding writes the folded weights as float32, which a bfloat16 Conv refuses): BatchNorm
+stays a bfloat16 BatchNormalization node (:func:`bfloat16_export_settings`).
 Dynamic batch by default (``--static-batch`` fixes it), dynamic T with the scan body.
 """
 
@@ -45,6 +48,7 @@ from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
 from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
 DEFAULT_OPSET = 18
+BFLOAT16_OPSET = 22  # the first opset whose Conv (and ConvTranspose) takes bfloat16
 DEFAULT_BODY = "scan"
 LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
@@ -70,9 +74,24 @@ def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return find_dsr_nodes(model, _DSR_OP_TYPES)  # the neuron (whole-sequence) nodes: dsr_deploy.onnx_graph
 
 
+def bfloat16_export_settings(model: torch.nn.Module, dtype: torch.dtype, opset=None) -> tuple:
+    """(opset, optimize) of a torch.onnx.export at ``dtype``: bfloat16 defaults to opset 22 (an explicit older one
+    is refused for a model with convolutions: ONNX Conv has no bfloat16 before 22) and turns the exporter's
+    optimiser off (its BatchNorm folding writes float32 weights beside bfloat16 activations)."""
+    if dtype != torch.bfloat16:
+        return int(opset or DEFAULT_OPSET), True
+    opset = int(opset or BFLOAT16_OPSET)
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
+             torch.nn.ConvTranspose3d)
+    if opset < BFLOAT16_OPSET and any(isinstance(m, convs) for m in model.modules()):
+        raise UserError(f"--precision bfloat16 with convolutions needs --opset {BFLOAT16_OPSET} or later (ONNX Conv "
+                        f"has no bfloat16 before opset {BFLOAT16_OPSET}); got --opset {opset}")
+    return opset, False
+
+
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options``; checked with full_check."""
-    opset = int(ctx.options.get("opset") or DEFAULT_OPSET)
+    opset, optimize = bfloat16_export_settings(ctx.model, ctx.dtype, ctx.options.get("opset"))
     lowering = ctx.options.get("lowering") or "function"
     body = ctx.options.get("function_body") or DEFAULT_BODY
     if opset < 17:
@@ -94,7 +113,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         with quiet_export():
             prog = torch.onnx.export(
                 inf, (x,), input_names=[INPUT_NAME], output_names=ctx.output_names, opset_version=opset,
-                dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
+                dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=optimize, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -113,11 +132,12 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
 
 def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
     """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
-    from .quantize import quantize_model
+    from .quantize import default_neuron, quantize_model
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or "qdq",
+                          neuron=ctx.options.get("int8_neuron") or default_neuron(
+                              ctx.options.get("int8_activations") or "uint8"),
                           activations=ctx.options.get("int8_activations") or "uint8",
                           layout=ctx.options.get("int8_layout") or "nchw")
     return q

@@ -433,11 +433,12 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
-                   quantize_all: bool = False, states=None, neuron: str = "qdq",
+                   quantize_all: bool = False, states=None, neuron: Optional[str] = None,
                    activations: str = "uint8", layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`); ``activations``: uint8 | int8 (the
-    TensorRT form)."""
+    TensorRT form); ``neuron``: qdq | quantized (None: :func:`default_neuron`)."""
+    neuron = neuron or default_neuron(activations)
     signed = activations == "int8"
     code = np.int8 if signed else np.uint8
     out = onnx.ModelProto()
@@ -571,6 +572,11 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
     return np.ascontiguousarray(x.swapaxes(0, 1)) if layout == "BT" else x
 
 
+def default_neuron(activations: str) -> str:
+    """``--int8-neuron`` when not given: ``quantized`` for the TensorRT form (int8 activations), else ``qdq``."""
+    return "quantized" if activations == "int8" else "qdq"
+
+
 def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_dim: int) -> Dict[str, Any]:
     """The export options of ``--precision int8``: the calibration array checked against the input ``shape``
     (one-line UserError when it is missing or does not fit) and ``int8_all_layers``."""
@@ -578,12 +584,14 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     extra = extra or {}
     if extra.get("calibration") is None:
         raise UserError(CALIBRATION_HINT)
-    neuron = extra.get("int8_neuron") or "qdq"
-    if neuron not in NEURON_FORMS:
-        raise UserError(f"unknown --int8-neuron {neuron!r}; choose from {', '.join(NEURON_FORMS)}")
     activations = extra.get("int8_activations") or "uint8"
     if activations not in ACTIVATIONS:
         raise UserError(f"unknown --int8-activations {activations!r}; choose from {', '.join(ACTIVATIONS)}")
+    # The TensorRT form defaults to the quantised neuron ops: TensorRT never fuses a float node between Q and DQ into
+    # a plugin; input -> Q -> plugin -> DQ is the placement that runs the plugin on int8 codes.
+    neuron = extra.get("int8_neuron") or default_neuron(activations)
+    if neuron not in NEURON_FORMS:
+        raise UserError(f"unknown --int8-neuron {neuron!r}; choose from {', '.join(NEURON_FORMS)}")
     from .int8_layout import LAYOUTS
 
     layout = extra.get("int8_layout") or "nchw"
@@ -604,7 +612,8 @@ def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
 
     model = onnx.load(str(path))
     q, record = quantize_model(model, ctx.options["calibration"], 1, quantize_all=bool(ctx.options.get(
-        "int8_all_layers")), states=states, neuron=ctx.options.get("int8_neuron") or "qdq",
+        "int8_all_layers")), states=states, neuron=ctx.options.get("int8_neuron") or default_neuron(
+        ctx.options.get("int8_activations") or "uint8"),
         activations=ctx.options.get("int8_activations") or "uint8", layout=ctx.options.get("int8_layout") or "nchw")
     onnx.checker.check_model(q, full_check=True)
     with atomic_path(path) as tmp:

@@ -332,11 +332,13 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     if dynamic_batch:
         b = torch.export.Dim("batch")
         dyn = ({0: b}, tuple({0: b} for _ in states))  # forward(x_t, *v_in)
-    from .onnx_writer import quiet_export
+    from .onnx_writer import bfloat16_export_settings, quiet_export
 
+    opset, optimize = bfloat16_export_settings(sm, example_step.dtype)  # bfloat16: opset 22, no BatchNorm folding
     with torch.no_grad(), quiet_export():  # the exporter's warnings and log lines are not the user's business
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
-                                 output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
+                                 output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=optimize,
+                                 **({} if optimize else {"opset_version": opset}))
     proto = prog.model_proto
     from .onnx_functions import onnx_elem_type
 

@@ -40,6 +40,8 @@ from .triton_onnx import (
 )
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+#: ``--backend`` -> (model name suffix, config platform) of the ONNX models.
+ONNX_BACKENDS = {"onnxruntime": ("onnx", "onnxruntime_onnx"), "python": ("py", "python")}
 
 
 @dataclass
@@ -133,13 +135,21 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
 # The repository.
 
 
+def python_model_text() -> str:
+    """The python variant's ``model.py`` (:mod:`.triton_python_model`, package data as a module)."""
+    from importlib import resources
+
+    return resources.files(__package__).joinpath("triton_python_model.py").read_text(encoding="utf-8")
+
+
 def readme_text(**fields) -> str:
     """The repository's README: the package's ``triton_readme.md`` template with the contract's names filled in."""
     from importlib import resources
 
     template = resources.files(__package__).joinpath("triton_readme.md").read_text(encoding="utf-8")
     names = {"trt_plugin": contract.TRT_PLUGIN_LIBRARY, "trt_plugin_dynamic": contract.TRT_DYNAMIC_PLUGIN_LIBRARY,
-             "ort_library": contract.ORT_OPS_LIBRARY, "dsr_ops": ", ".join(contract.DSR_OPS),
+             "ort_library": contract.ORT_OPS_LIBRARY,
+             "dsr_ops": ", ".join((*contract.DSR_OPS, *contract.QUANTIZED_OP_TYPES.values())),
              "stream_input": contract.STREAM_INPUT, "stream_output": contract.STREAM_OUTPUT,
              "state_in": contract.STATE_IN_PREFIX, "state_out": contract.STATE_OUT_PREFIX}
     return template.format(**names, **fields)
@@ -147,8 +157,10 @@ def readme_text(**fields) -> str:
 def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch: int = 8,
                      name: Optional[str] = None, force: bool = False,
                      ort_ops_library: Optional[str] = None, queue_delay_us: int = 100,
-                     instance_kind: str = "cpu") -> dict:
-    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written."""
+                     instance_kind: str = "cpu", backend: str = "onnxruntime") -> dict:
+    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written.
+    ``backend``: what runs the ONNX models, Triton's onnxruntime backend (``<name>_onnx``) or its python backend
+    (``<name>_py``: ONNX Runtime in ``model.py``, the same config fields; :mod:`.triton_python_model`)."""
     import onnx
 
     from .. import __version__
@@ -159,6 +171,8 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind!r}")
     kind = INSTANCE_KINDS[instance_kind]
+    if backend not in ONNX_BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     sources = collect_sources(artifacts, name)
     summary = {"repository": str(out), "models": []}
     with atomic_dir(Path(out), force=force) as tmp:
@@ -195,19 +209,23 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             ins, outs = edges(model.graph.input), edges(model.graph.output)
             ins = [e for e in ins if e.name not in initializers]
             onnx.checker.check_model(model)
-            mname = f"{src.name}_onnx"
+            suffix, platform = ONNX_BACKENDS[backend]
+            mname = f"{src.name}_{suffix}"
             d = tmp / mname / "1"
             d.mkdir(parents=True)
             onnx.save(model, str(d / "model.onnx"))
+            if backend == "python":
+                (d / "model.py").write_text(python_model_text())
             (tmp / mname / "config.pbtxt").write_text(make_config(
-                mname, "onnxruntime_onnx", ins, outs, max_batch, streaming, controls=True,
+                mname, platform, ins, outs, max_batch, streaming, controls=True,
                 instance_kind=kind, queue_delay_us=queue_delay_us, ops_library=ort_ops_library))
-            summary["models"].append({"name": mname, "backend": "onnxruntime", "streaming": streaming,
+            summary["models"].append({"name": mname, "backend": backend, "streaming": streaming,
                                       "max_batch_size": max_batch, "instance_kind": kind, "note": note})
             if src.plan is not None:
                 pname = f"{src.name}_trt"
                 plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
-                pmax = max_batch if plan_batched else 0
+                pmax, pnote = plan_max_batch(src, ins0, streaming, max_batch) if plan_batched else (
+                    0, "batch not first: no dynamic batching")
                 pd = tmp / pname / "1"
                 pd.mkdir(parents=True)
                 (pd / "model.plan").write_bytes(src.plan.read_bytes())
@@ -215,8 +233,7 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                     pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
                     instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
                 summary["models"].append({"name": pname, "backend": "tensorrt_plan", "streaming": streaming,
-                                          "max_batch_size": pmax,
-                                          "note": "" if plan_batched else "batch not first: no dynamic batching"})
+                                          "max_batch_size": pmax, "note": pnote})
         listing = "\n".join(f"- `{m['name']}` ({m['backend']}, max_batch_size {m['max_batch_size']}"
                             + (f"; {m['note']}" if m["note"] else "") + ")" for m in summary["models"])
         has_plan = any(m["backend"] == "tensorrt_plan" for m in summary["models"])
@@ -224,6 +241,28 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
         (tmp / "README.md").write_text(readme_text(version=__version__, models=listing, plugin_flag=flag,
                                                    ort_section=_ort_section(kind, ort_ops_library)))
     return summary
+
+
+def plan_max_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool, wanted: int) -> tuple[int, str]:
+    """A plan's ``max_batch_size``: Triton's tensorrt backend refuses one above the engine's batch profile, and
+    a plan cannot be opened without TensorRT, so the profile ``build-engine`` recorded in the manifest is read.
+    Above it: clamped (with a note); no recorded profile, or one whose batch does not start at 1: 0 (no
+    batching, explicit dims)."""
+    entry = next((a for a in (src.manifest.artifacts if src.manifest else [])
+                  if src.plan is not None and src.manifest.path_of(a) == src.plan), None)
+    profile = (entry or {}).get("profile")
+    names = [e.name for e in inputs if not streaming or e.name == contract.STREAM_INPUT
+             or e.name.startswith(contract.STATE_IN_PREFIX)]
+    if not profile or not all(n in profile and profile[n][0] for n in names):
+        return 0, "the engine's batch profile is not in a manifest (build it with build-engine in the export " \
+                  "folder): no dynamic batching"
+    lo = max(profile[n][0][0] for n in names)
+    hi = min(profile[n][2][0] for n in names)
+    if lo > 1:
+        return 0, f"the engine's batch profile starts at {lo}: no dynamic batching"
+    if wanted > hi:
+        return hi, f"max_batch_size clamped to the engine's profile maximum batch {hi} (asked {wanted})"
+    return wanted, ""
 
 
 def _require_dynamic_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool) -> None:

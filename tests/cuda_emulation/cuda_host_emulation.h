@@ -26,7 +26,11 @@ struct dim3 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 }  // namespace dsr_emu
+using dsr_emu::uint2;
 using dsr_emu::uint4;
 typedef int cudaError_t;
 typedef void* cudaStream_t;
