@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                 warnings.simplefilter("ignore")
                 export_model(loaded.model, SHAPE, out, formats_=("torchscript", "onnx", "pt2"), spec=loaded.spec)
             for encoding in ("direct", "noise"):
-                report = verify_folder(out, n_random=args.random, encoding=encoding, trust_model_code=True)
+                report = verify_folder(out, samples=args.random, encoding=encoding, trust_model_code=True)
                 for r in report["runs"]:
                     if r["status"] != "ok":
                         continue
