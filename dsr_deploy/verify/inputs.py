@@ -10,7 +10,6 @@ import numpy as np
 
 from ..errors import UserError
 
-
 ENCODINGS = ("direct", "noise", "events", "static")
 EVENT_RATE = 0.3  # generated event inputs: Poisson counts with this mean per pixel and step (DVS-style, >= 0)
 CHUNK = 8  # generated samples per batch fed at once (memory: every neuron call's input is recorded)

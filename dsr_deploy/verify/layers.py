@@ -33,6 +33,9 @@ INT8_QUANTILE = 99.0
 INT8_MIN_STEPS = 16.0
 
 
+_MOVES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}  # values moved, not changed
+
+
 @dataclass
 class ForcedSite:
     call: int
@@ -58,6 +61,8 @@ def _current_of(graph, site, producer) -> Tuple[Optional[str], Optional[str], Op
 
     if site.input is not None and (site.input in producer or any(i.name == site.input for i in graph.input)):
         dq = producer.get(site.input)
+        while dq is not None and dq.op_type in _MOVES:  # a reshape between the DequantizeLinear and the neuron
+            dq = producer.get(dq.input[0])
         if dq is not None and dq.op_type == "DequantizeLinear":
             return site.input, dq.input[1], dq.input[2] if len(dq.input) > 2 else None
         return site.input, None, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+
 @dataclass
 class LayerStat:
     """One neuron layer of one run: the teacher-forced check and the end-to-end agreement."""

@@ -11,11 +11,12 @@ from .report import Run
 DEFAULT_MIN_TOP1 = 0.99
 DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
 HALF_NEURON_AGREEMENT = 0.999  # float16 / bfloat16 neurons: spikes equal given the same input
-# int8 (quantised weights and currents; neurons and spikes exact): accuracy-based end to end, with labels at most
-# this many points below PyTorch's (or --max-accuracy-drop when larger); without labels top-1 agreement >=
-# INT8_MIN_TOP1 (or --min-top1 when lower). Every quantised layer is also checked on its own (verify.layers).
+# int8 (quantised weights and currents; neurons and spikes exact): every quantised layer is checked on its own
+# against its recorded scale (verify.layers); end to end, with labels, accuracy at most this many points below
+# PyTorch's (or --max-accuracy-drop when larger). Without labels, top-1 agreement with the float32 model on
+# generated inputs is reported, not judged: on such inputs it measures how close the logits are to ties (a correct
+# export of a small random-weight LIF net agrees on 77 % of 64 samples), not whether the export is right.
 INT8_MAX_ACCURACY_DROP = 1.0
-INT8_MIN_TOP1 = 0.90
 HALF = ("float16", "bfloat16")
 
 
@@ -28,7 +29,7 @@ class VerifyRule:
     min_agreement: Optional[float] = None  # opt-in: every layer's end-to-end spike agreement at least this
     allow_skipped: bool = False  # an artifact no backend ran here is not a failure
 
-    def validate(self) -> "VerifyRule":
+    def validate(self) -> VerifyRule:
         for name, v, lo, hi in (("--min-top1", self.min_top1, 0.0, 1.0),
                                 ("--max-accuracy-drop", self.max_accuracy_drop, 0.0, 100.0)):
             if not lo <= v <= hi:
@@ -44,8 +45,9 @@ class VerifyRule:
                 "defects": "no layer whose input, given the reference's spikes upstream, is off by more than its "
                            "own arithmetic explains (float: relative 1e-4; int8: a few steps of its recorded scale)",
                 "top1": f"top-1 agreement >= {self.min_top1:.0%} over {samples} samples",
-                "int8": f"accuracy at most {INT8_MAX_ACCURACY_DROP:g} points below PyTorch's with labels, else "
-                        f"top-1 agreement >= {INT8_MIN_TOP1:.0%} over {samples} samples"}
+                "int8": "every quantised layer within a few steps of its recorded scale given the reference's spikes; "
+                        f"with labels, accuracy at most {INT8_MAX_ACCURACY_DROP:g} points below PyTorch's; top-1 "
+                        f"agreement over {samples} samples reported"}
 
     def judge(self, run: Run, ref_correct: Optional[int]) -> None:
         """Fill ``run.failures`` and ``run.passed``."""
@@ -53,7 +55,7 @@ class VerifyRule:
         run.failures += [f"defect: {d['text']}" for d in run.defects]
         min_top1, max_drop = self.min_top1, self.max_accuracy_drop
         if run.precision == "int8":
-            min_top1 = 0.0 if ref_correct is not None and run.labelled else min(min_top1, INT8_MIN_TOP1)
+            min_top1 = 0.0
             max_drop = max(max_drop, INT8_MAX_ACCURACY_DROP)
         if run.top1_agreement is not None and run.top1_agreement < min_top1:
             run.failures.append(f"top-1 agreement {run.top1_agreement:.2%} < {min_top1:.2%} "
