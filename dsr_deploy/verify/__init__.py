@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from ..manifest import read_manifest
 from .context import VerifyContext, VerifyOptions, build_context
@@ -54,8 +54,9 @@ from .execute import execute
 from .inputs import input_encoding, load_inputs
 from .plan import Target, plan
 from .reference import Call, Reference, top1
-from .report import LayerStat, Run, unchecked_artifacts
+from .report import LayerStat, Run
 from .rule import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_TOP1, HALF_NEURON_AGREEMENT, VerifyRule
+from .summary import report
 
 __all__ = ["verify_folder", "verify", "VerifyRule", "VerifyOptions", "VerifyContext", "Target", "plan", "execute",
            "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat", "DEFAULT_MIN_TOP1",
@@ -95,38 +96,3 @@ def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, label
     rule = VerifyRule(min_top1=min_top1, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
                       allow_skipped=allow_skipped)
     return verify(folder, options, rule, progress)
-
-
-def report(ctx: VerifyContext, runs: List[Run], **extra) -> dict:
-    """The report of a verification: its inputs, rule, runs and verdict."""
-    ok_runs = [r for r in runs if r.status != "skipped"]
-    unchecked = unchecked_artifacts(runs)
-    passed = bool(ok_runs) and all(r.passed for r in ok_runs) and (ctx.rule.allow_skipped or not unchecked)
-    n_samples = sum(batch for batch in (_batch(x, ctx.io) for _n, x in ctx.inputs))
-    return {
-        "dir": str(ctx.folder),
-        "model": ctx.loaded.spec,
-        "checkpoint": ctx.loaded.checkpoint,
-        "mode": ctx.manifest.mode,
-        "rule": ctx.rule.describe(n_samples),
-        "min_agreement": ctx.rule.min_agreement,
-        "unchecked": unchecked,
-        "allow_skipped": ctx.rule.allow_skipped,
-        "inputs": [{"name": n, "shape": list(x.shape)} for n, x in ctx.inputs],
-        "samples": n_samples,
-        "generated": {"samples": ctx.samples, "seed": ctx.options.seed, "encoding": ctx.encoding},
-        "encoding": ctx.encoding,
-        "labels": ctx.options.labels_file,
-        "pytorch_accuracy": (ctx.ref_correct / len(ctx.labels)) if ctx.labels is not None else None,
-        "neurons": [{"index": n.index, "name": n.name, "op_type": n.op_type} for n in ctx.ref.infos],
-        "runs": [r.to_dict() for r in runs],
-        "verdicts": sorted({r.verdict() for r in runs if r.status == "ok"}),
-        **extra,
-        "passed": passed,
-    }
-
-
-def _batch(x, io: dict) -> int:
-    from .context import batch_size
-
-    return batch_size(x, io)

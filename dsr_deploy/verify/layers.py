@@ -55,15 +55,21 @@ def _spike_producer_rename(graph, tensor: str, new: str) -> bool:
     return False
 
 
+def dequantized_by(producer: dict, tensor: str):
+    """The DequantizeLinear that produced ``tensor`` (through reshapes), or None."""
+    dq = producer.get(tensor)
+    while dq is not None and dq.op_type in _MOVES:
+        dq = producer.get(dq.input[0])
+    return dq if dq is not None and dq.op_type == "DequantizeLinear" else None
+
+
 def _current_of(graph, site, producer) -> Tuple[Optional[str], Optional[str], Optional[str]]:
     """(tensor holding the float current the neuron reads, its scale, zero point) of one neuron call."""
     from onnx import helper
 
     if site.input is not None and (site.input in producer or any(i.name == site.input for i in graph.input)):
-        dq = producer.get(site.input)
-        while dq is not None and dq.op_type in _MOVES:  # a reshape between the DequantizeLinear and the neuron
-            dq = producer.get(dq.input[0])
-        if dq is not None and dq.op_type == "DequantizeLinear":
+        dq = dequantized_by(producer, site.input)  # through a reshape between it and the neuron
+        if dq is not None:
             return site.input, dq.input[1], dq.input[2] if len(dq.input) > 2 else None
         return site.input, None, None
     if site.quantized:  # a quantised neuron op reads the codes: dequantise them with its own scale / zero point
@@ -108,7 +114,7 @@ def forced_model(model, ranks: List[int]) -> Tuple[object, List[ForcedSite]]:
     return m, forced
 
 
-def _init_value(model, name: Optional[str]) -> Optional[np.ndarray]:
+def init_value(model, name: Optional[str]) -> Optional[np.ndarray]:
     from onnx import numpy_helper
 
     if not name:
@@ -118,7 +124,7 @@ def _init_value(model, name: Optional[str]) -> Optional[np.ndarray]:
 
 
 @dataclass
-class _LayerFigures:
+class LayerFigures:
     """One layer over every verify input: the largest relative difference, and for int8 the worst quantile in
     steps of the scale and the fewest steps the reference's current spans."""
 
@@ -129,7 +135,7 @@ class _LayerFigures:
     zero_point: Optional[int] = None
 
 
-def _compare(fig: _LayerFigures, have: np.ndarray, want: np.ndarray, scale, zp) -> None:
+def compare(fig: LayerFigures, have: np.ndarray, want: np.ndarray, scale, zp) -> None:
     d = np.abs(have.astype(np.float64) - want.astype(np.float64))
     top = float(np.max(np.abs(want))) if want.size else 0.0
     fig.rel = max(fig.rel, float(np.max(d)) / top if top > 0 else float(np.max(d, initial=0.0)))
@@ -162,7 +168,7 @@ def _forced_feeds(x, calls, sites: List[ForcedSite], infos, dtype) -> dict:
     return feeds
 
 
-def forced_figures(ctx, target, model) -> Dict[int, _LayerFigures]:
+def forced_figures(ctx, target, model) -> Dict[int, LayerFigures]:
     """Run the forced copy of ``model`` (an ONNX file) in the target's backend on every verify input."""
     import onnx
 
@@ -175,8 +181,8 @@ def forced_figures(ctx, target, model) -> Dict[int, _LayerFigures]:
     path = ctx.tmp / f"forced_{target.path.stem}.onnx"
     onnx.save(forced, str(path))
     runner = load_runner(path, target.backend, **{**target.options, "trust_pickle": ctx.options.trust_pickle})
-    figures: Dict[int, _LayerFigures] = {}
-    qparams = [(_init_value(model, s.scale), _init_value(model, s.zero_point)) for s in sites]
+    figures: Dict[int, LayerFigures] = {}
+    qparams = [(init_value(model, s.scale), init_value(model, s.zero_point)) for s in sites]
     try:
         for _name, x, _out, calls in ctx.refs:
             if fits(target.artifact, ctx.manifest, x) or len(calls) != len(sites):
@@ -185,13 +191,13 @@ def forced_figures(ctx, target, model) -> Dict[int, _LayerFigures]:
             got = runner.infer(_forced_feeds(x.astype(dtype), calls, sites, ctx.infos, dtype))
             for site, call, (scale, zp) in zip(sites, calls, qparams):
                 have = np.asarray(got[f"{CURRENT_PREFIX}{site.call}"]).reshape(call.x.shape)
-                _compare(figures.setdefault(call.layer, _LayerFigures()), have, call.x, scale, zp)
+                compare(figures.setdefault(call.layer, LayerFigures()), have, call.x, scale, zp)
     finally:
         runner.release()
     return figures
 
 
-def _defect_text(layer, fig: _LayerFigures, tol: float) -> Optional[str]:
+def defect_text(layer, fig: LayerFigures, tol: float) -> Optional[str]:
     where = f"layer {layer.index} ({layer.name})"
     if fig.scale is not None:
         q = f"scale {fig.scale:.3g}, zero point {fig.zero_point}"
@@ -215,7 +221,7 @@ def _generic(run) -> None:
     for layer in run.layers:
         rel = layer.input_max_rel_diff
         if rel is not None and rel > tol:
-            text = _defect_text(layer, _LayerFigures(rel=rel), tol)
+            text = defect_text(layer, LayerFigures(rel=rel), tol)
             run.defects.append({"layer": layer.index, "name": layer.name, "text": text, "input_max_rel_diff": rel})
             return
         if layer.total and layer.equal != layer.total:
@@ -236,7 +242,7 @@ def check_layers(ctx, target, run) -> None:
             stats = {layer.index: layer for layer in run.layers}
             for index, fig in sorted(figures.items()):
                 layer = stats.get(index) or type("L", (), {"index": index, "name": ctx.infos[index].name})()
-                text = _defect_text(layer, fig, tol)
+                text = defect_text(layer, fig, tol)
                 if text:
                     run.defects.append({"layer": index, "name": layer.name, "text": text, "input_max_rel_diff":
                                         fig.rel, "int8_steps": fig.scale and fig.steps,
