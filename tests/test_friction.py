@@ -97,3 +97,14 @@ def test_the_low_latency_row_uses_the_authors_readme_values():
         assert want in row, want
     assert not re.search(r"v_threshold_lower_bound=5e-4", row)
     assert "IF from LIF" in text  # where nothing can tell the families apart, the docs say so
+
+
+def test_the_quickstart_says_how_much_logits_differ():
+    from dsr_deploy.quickstart import AccuracyRow, vs_pytorch
+
+    far = AccuracyRow("model.onnx", "onnx", "onnxruntime", total=10, identical_to_pytorch=False,
+                      predictions_differing=0, max_logit_diff=2.2, last_bits=False)
+    assert vs_pytorch(far) == "logits differ by up to 2.2, every prediction identical"
+    near = AccuracyRow("model.onnx", "onnx", "onnxruntime", total=10, identical_to_pytorch=False,
+                       predictions_differing=0, max_logit_diff=4.8e-7, last_bits=True)
+    assert vs_pytorch(near) == "logits differ in the last bits, every prediction identical"
