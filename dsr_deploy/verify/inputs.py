@@ -37,11 +37,14 @@ def input_encoding(manifest: dict) -> str:
 
 
 def default_samples(manifest: dict) -> int:
-    """At least 16 generated samples; more for a small model (cheap, and top-1 agreement then means more)."""
+    """At least 16 generated samples; more for a small model (cheap, and top-1 agreement then means more). The size
+    of one sample counts its T steps (what the reference records per sample grows with it)."""
     shape = [int(d) for d in manifest["input_shape"]]
     layout = (manifest.get("io") or {}).get("input_layout")
     per_sample = int(np.prod(shape)) // max(1, shape[0 if layout in ("static", "BT") else 1])
-    return 64 if per_sample <= 2048 else 32 if per_sample <= 16384 else 16
+    if layout == "static":
+        per_sample *= int((manifest.get("io") or {}).get("T") or 1)
+    return 64 if per_sample <= 4096 else 32 if per_sample <= 32768 else 16
 
 
 def _sample_batch(g, shape: tuple, t_axis: Optional[int], b_axis: int, n: int, encoding: str) -> np.ndarray:
