@@ -55,12 +55,18 @@ from .inputs import input_encoding, load_inputs
 from .plan import Target, plan
 from .reference import Call, Reference, top1
 from .report import LayerStat, Run
-from .rule import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_TOP1, HALF_NEURON_AGREEMENT, VerifyRule
+from .rule import (
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MIN_TOP1,
+    HALF_NEURON_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    VerifyRule,
+)
 from .summary import report
 
 __all__ = ["verify_folder", "verify", "VerifyRule", "VerifyOptions", "VerifyContext", "Target", "plan", "execute",
            "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat", "DEFAULT_MIN_TOP1",
-           "DEFAULT_MAX_ACCURACY_DROP", "HALF_NEURON_AGREEMENT"]
+           "DEFAULT_MAX_ACCURACY_DROP", "HALF_NEURON_AGREEMENT", "INT8_MAX_ACCURACY_DROP"]
 
 
 def verify(folder: str | Path, options: Optional[VerifyOptions] = None, rule: Optional[VerifyRule] = None,
