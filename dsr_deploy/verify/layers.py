@@ -44,6 +44,7 @@ class ForcedSite:
     perm: Optional[List[int]]  # channels-last: the permutation from the reference's layout to the tensor's
     scale: Optional[str]  # int8: the current's recorded scale / zero point (initializer names)
     zero_point: Optional[str]
+    has_current: bool = True  # False: the file does not show the current (the layer is not checked)
 
 
 def _spike_producer_rename(graph, tensor: str, new: str) -> bool:
@@ -63,7 +64,7 @@ def dequantized_by(producer: dict, tensor: str):
     return dq if dq is not None and dq.op_type == "DequantizeLinear" else None
 
 
-def _current_of(graph, site, producer) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+def _current_of(graph, site, producer, cl: dict) -> Tuple[Optional[str], Optional[str], Optional[str]]:
     """(tensor holding the float current the neuron reads, its scale, zero point) of one neuron call."""
     from onnx import helper
 
@@ -74,9 +75,13 @@ def _current_of(graph, site, producer) -> Tuple[Optional[str], Optional[str], Op
         return site.input, None, None
     if site.quantized:  # a quantised neuron op reads the codes: dequantise them with its own scale / zero point
         node = next(n for n in graph.node if n.name == site.node)
+        if cl and node.input[0] not in cl:  # a channels-last file whose codes' layout is not recorded: unchecked
+            return None, None, None
         out = f"verify_current_{site.call}"
         graph.node.append(helper.make_node("DequantizeLinear", list(node.input[:3]), [out],
                                            name=f"verify_dq_{site.call}"))
+        if node.input[0] in cl:  # channels-last codes: the current is too
+            cl[out] = cl[node.input[0]]
         return out, node.input[1], node.input[2]
     return None, None, None
 
@@ -95,20 +100,26 @@ def forced_model(model, ranks: List[int]) -> Tuple[object, List[ForcedSite]]:
     cl = channels_last_map(m)
     elem = m.graph.input[0].type.tensor_type.elem_type
     sites, forced, outputs = neuron_sites(m), [], []
+    if cl and any(site.quantized for site in sites):
+        raise ValueError("a channels-last file with quantised neuron ops passes spike codes between layers, so its "
+                         "layers cannot be fed the reference's spikes")
     producer = {o: n for n in m.graph.node for o in n.output}
     for site in sites:
-        cur, scale, zp = _current_of(m.graph, site, producer)
-        if cur is None or not _spike_producer_rename(m.graph, site.output, f"{site.output}__verify_own"):
+        cur, scale, zp = _current_of(m.graph, site, producer, cl)
+        if (cur is None and not site.quantized) or \
+                not _spike_producer_rename(m.graph, site.output, f"{site.output}__verify_own"):
             raise ValueError(f"layer {site.layer}: the file does not show its neuron's input and spikes")
         rank = ranks[site.call] if site.call < len(ranks) else 0
         m.graph.input.append(helper.make_tensor_value_info(site.output, elem,
                                                            [f"forced{site.call}_{i}" for i in range(rank)]))
+        perm = [int(i) for i in np.argsort(cl[site.output])] if site.output in cl else None
+        forced.append(ForcedSite(site.call, site.layer, site.output, perm, scale, zp, cur is not None))
+        if cur is None:  # its spikes are still forced for the layers downstream
+            continue
         name = f"{CURRENT_PREFIX}{site.call}"
         m.graph.node.append(helper.make_node("Transpose", [cur], [name], perm=cl[cur]) if cur in cl else
                             helper.make_node("Identity", [cur], [name]))
         outputs.append(helper.make_tensor_value_info(name, elem, None))
-        perm = [int(i) for i in np.argsort(cl[site.output])] if site.output in cl else None
-        forced.append(ForcedSite(site.call, site.layer, site.output, perm, scale, zp))
     del m.graph.output[:]
     m.graph.output.extend(outputs)
     return m, forced
@@ -190,6 +201,8 @@ def forced_figures(ctx, target, model) -> Dict[int, LayerFigures]:
             dtype = input_dtype(target.precision)
             got = runner.infer(_forced_feeds(x.astype(dtype), calls, sites, ctx.infos, dtype))
             for site, call, (scale, zp) in zip(sites, calls, qparams):
+                if not site.has_current:
+                    continue
                 have = np.asarray(got[f"{CURRENT_PREFIX}{site.call}"]).reshape(call.x.shape)
                 compare(figures.setdefault(call.layer, LayerFigures()), have, call.x, scale, zp)
     finally:
