@@ -48,6 +48,21 @@ MAX_ACCURACY_DROP = 0.5  # percentage points, verify's default rule
 PRECISIONS = ("float32", "int8")  # quickstart --precision: int8 runs on the quantised ONNX export
 
 
+LAST_BITS_ULPS = 4  # "differ in the last bits": every logit within this many ulps of PyTorch's
+
+
+def vs_pytorch(r) -> str:
+    """The accuracy table's words for how an artifact's logits compare with PyTorch's: "last bits" only for a
+    few ulps, else by how much."""
+    if r.identical_to_pytorch:
+        return "[green]identical logits[/green]"
+    if r.predictions_differing:
+        return f"{r.predictions_differing} of {r.total} predictions differ"
+    how = ("logits differ in the last bits" if r.last_bits else
+           f"logits differ by up to {r.max_logit_diff:.2g}" if r.max_logit_diff is not None else "logits differ")
+    return how + ", every prediction identical"
+
+
 @dataclass
 class AccuracyRow:
     artifact: str
@@ -61,6 +76,8 @@ class AccuracyRow:
     total: Optional[int] = None
     identical_to_pytorch: Optional[bool] = None  # logits bit-equal to the PyTorch model's
     predictions_differing: Optional[int] = None  # held-out images whose predicted class differs from PyTorch's
+    max_logit_diff: Optional[float] = None  # max |logits - PyTorch's|
+    last_bits: Optional[bool] = None  # that difference is a few ulps of the logits (else: say how much)
     seconds: Optional[float] = None
 
     def to_dict(self) -> dict:
@@ -214,6 +231,11 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
     row.identical_to_pytorch = bool(logits.shape == reference_logits.shape
                                     and np.array_equal(logits, reference_logits))
     row.predictions_differing = int((pred != reference_logits.argmax(-1)).sum())
+    if logits.shape == reference_logits.shape:
+        diff = np.abs(logits.astype(np.float64) - reference_logits.astype(np.float64))
+        row.max_logit_diff = float(diff.max()) if diff.size else 0.0
+        ulp = np.spacing(np.abs(reference_logits).astype(np.float32)).astype(np.float64)
+        row.last_bits = bool((diff <= LAST_BITS_ULPS * ulp).all())
     return row
 
 
@@ -409,12 +431,7 @@ def render(result: QuickstartResult, console=None) -> None:
         if r.status != "ok":
             a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
             continue
-        if r.identical_to_pytorch:
-            vs = "[green]identical logits[/green]"
-        elif not r.predictions_differing:
-            vs = "logits differ in the last bits, every prediction identical"
-        else:
-            vs = f"{r.predictions_differing} of {r.total} predictions differ"
+        vs = vs_pytorch(r)
         if not _within_rule(r, result.pytorch_accuracy, result.precision):
             vs = f"[red]{vs}; more than {_max_drop(result.precision)} points below PyTorch[/red]"
         a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)

@@ -55,11 +55,11 @@ def neuron_table(neurons: List[dict], title: str):
 
 def warn_assumed(loaded) -> None:
     """The one-line warning on stderr naming the settings a checkpoint did not store and no --set gave."""
-    line = loaded.warning()
-    if line:
-        import sys
+    import sys
 
-        print(f"warning: {line}", file=sys.stderr)
+    for line in [loaded.warning(), *getattr(loaded, "notes", [])]:
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
 
 
 SET_HELP = ("KEY=VALUE for the model's factory / constructor (repeatable; e.g. --set T=5 --set num_classes=100 "

@@ -150,14 +150,16 @@ def register(app: typer.Typer) -> None:
 
         check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
         set_opts = parse_set_options(settings)
-        if shape is not None and model.strip().startswith("zoo:") and "T" not in set_opts:
+        if shape is not None and model.strip().startswith("zoo:") and not {"T", "timesteps"} & set(set_opts):
             set_opts["T"] = str(shape[0])  # a zoo network is built for the T of the input shape given
         loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle, settings=set_opts)
         warn_assumed(loaded)
         _warn_non_finite(loaded.model)
         if shape is None:
             if loaded.default_input_shape is None:
-                raise UserError("--input-shape T,B,... is required for a model outside the zoo")
+                from ..input_hint import missing_shape_message
+
+                raise UserError(missing_shape_message(loaded.model))
             shape = loaded.default_input_shape
         extra: dict = {}
         if precision == "int8":

@@ -86,7 +86,10 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
     def message(err: str) -> str:
         exc = sys.exc_info()[1]
         text = str(exc).strip().splitlines()[0] if isinstance(exc, Exception) and str(exc).strip() else err
-        return f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
+        from ..input_hint import expected_input
+
+        return (f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
+                + f"; it takes {expected_input(model, neurons)}")
 
     neurons = list(neurons) if neurons is not None else find_neurons(model)
     flat = any(n.layout == "flat" for n in neurons)
