@@ -94,8 +94,8 @@ _AUTHORS_REQUIRED = {
     "if": ("timesteps", "Vth", "alpha", "Vth_bound"),
     "lif": ("timesteps", "Vth", "alpha", "Vth_bound", "tau", "delta_t"),
 }
-SUPPORTED_NEURONS = ("dsr_deploy's DSRIFNode / DSRLIFNode, SpikingJelly's DSRIFNode / DSRLIFNode and IFNode / LIFNode / "
-                     "ParametricLIFNode (step_mode='m'), the authors' (qymeng94/DSR) IFNeuron / LIFNeuron")
+SUPPORTED_NEURONS = ("dsr_deploy's DSRIFNode / DSRLIFNode, SpikingJelly's DSRIFNode / DSRLIFNode and IFNode / "
+                     "LIFNode / ParametricLIFNode (step_mode='m'), the authors' (qymeng94/DSR) IFNeuron / LIFNeuron")
 NO_NEURON_HINT = "the model holds no supported neuron (supported: " + SUPPORTED_NEURONS + ")"
 LAYOUTS = ("TB", "flat")
 

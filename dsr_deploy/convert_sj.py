@@ -103,7 +103,7 @@ def read_sj_neuron(name: str, module: nn.Module, kind: str) -> Dict[str, object]
             raise ValueError(f"neuron {name or '<root>'}: w must be a one-element float parameter")
         # as SpikingJelly's reference: q = w.float().sigmoid(), once, in float32
         fields["leak"] = float(w.detach().reshape(()).float().sigmoid())
-        fields["tau"] = 1.0 / fields["leak"]  # informative only (inspect); the arithmetic uses leak
+        fields["tau"] = 1.0 / fields["leak"] if fields["leak"] > 0 else None  # informative only; leak is used
     return fields
 
 

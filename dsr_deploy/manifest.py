@@ -289,7 +289,8 @@ ARTIFACT = Record("artifact", {
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {
-    "index": integer(0), "name": string, "kind": one_of("if", "lif", "sj_if", "sj_lif", "sj_plif"), "op_type": nonempty_string, "source": string,
+    "index": integer(0), "name": string, "kind": one_of("if", "lif", "sj_if", "sj_lif", "sj_plif"),
+    "op_type": nonempty_string, "source": string,
     "v_threshold": number, "v_threshold_stored": number, "v_threshold_lower_bound": number, "clamped": boolean,
     "alpha": number, "tau": optional(number), "delta_t": optional(number), "decay": optional(number),
     "gain": optional(number), "T": optional(integer(1)),

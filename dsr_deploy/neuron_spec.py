@@ -98,7 +98,9 @@ def describe(spec: NeuronSpec) -> str:
         parts.append(("tau=" if spec.tau_rule == "divide" else "k=sigmoid(w)=") + f"{spec.leak:.9g}")
     if spec.decay is not None:
         parts.append(f"decay={spec.decay:.9g} gain={spec.gain:.9g} ({spec.lif_rule} rule)")
-    thr = f"{spec.v_threshold:.9g}" if spec.threshold_scale == 1.0 else f"{spec.threshold_scale:.9g}*{spec.v_threshold:.9g}"
+    thr = f"{spec.v_threshold:.9g}"
+    if spec.threshold_scale != 1.0:
+        thr = f"{spec.threshold_scale:.9g}*{thr}"
     parts.append(f"fire h>={thr}")
     parts.append("reset=soft" if spec.reset == "soft" else f"reset=hard to {spec.v_reset:.9g}")
     parts.append(f"spike={spec.spike_value}")

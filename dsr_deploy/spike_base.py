@@ -10,7 +10,7 @@ from torch import Tensor, nn
 class SpikeBase(nn.Module):
     """What the inference neurons share: the parameters as plain floats and an optional probe list."""
 
-    def __init__(self, info: NeuronInfo):
+    def __init__(self, info):  # a dsr_deploy.convert.NeuronInfo
         super().__init__()
         self.index = info.index
         self.layer_name = info.name

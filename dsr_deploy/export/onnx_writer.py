@@ -42,9 +42,9 @@ from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
+from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
 _KIND_OF_OP = {op: kind for kind, op in ALL_OP_TYPES.items()}
-from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
 DEFAULT_OPSET = 18
 DEFAULT_BODY = "scan"

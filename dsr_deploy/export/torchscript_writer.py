@@ -25,6 +25,8 @@ from ..errors import UserError
 from ..io import atomic_path
 from .base import PROBE_PREFIX, ExportContext
 
+_SCRIPT_NEURONS = (IFSpikeScript, LIFSpikeScript, SJSpikeScript)
+
 
 class _Probed(nn.Module):
     """Wraps a network so its forward returns ``(output, spikes_0, ..., spikes_n-1, currents_0, ...,
@@ -36,7 +38,7 @@ class _Probed(nn.Module):
         self._sink: list = []
         self._currents: list = []
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript, SJSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
+            if isinstance(m, (*_SCRIPT_NEURONS, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
                 set_child(net, name, _Recorder(m, self._sink, self._currents))
 
     def forward(self, x):
@@ -68,7 +70,7 @@ class _Recorder(nn.Module):
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
-    if probe and isinstance(net, (IFSpikeScript, LIFSpikeScript, SJSpikeScript)):
+    if probe and isinstance(net, _SCRIPT_NEURONS):
         net = nn.Sequential(net)  # a single-neuron network: give the probe a child to record
     x = ctx.example_input()
     with warnings.catch_warnings():
@@ -79,7 +81,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
             except Exception:  # SpikingJelly layers and the like: fall back to scripted neurons + trace
                 pass
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript, SJSpikeScript)):
+            if isinstance(m, _SCRIPT_NEURONS):
                 scripted = torch.jit.script(m)
                 if not name:
                     return (scripted if not probe else torch.jit.trace(_Probed(m), x, check_trace=False)), "script"
