@@ -95,6 +95,8 @@ def small_net_file(tmp_path: Path) -> Path:
         "        neuron.ParametricLIFNode(decay_input=False),\n"
         "        layer.Flatten(), layer.Linear(8 * 8 * 8, num_classes), neuron.IFNode(v_reset=-0.1))\n"
         "    functional.set_step_mode(net, 'm')\n"
+        "    with torch.no_grad():\n"
+        "        net[6].bias.fill_(0.4)  # the output layer fires within a few steps\n"
         "    return net\n")
     return path
 
@@ -172,3 +174,45 @@ def test_reference_matches_sj_node_float64():
     assert y.dtype == torch.float64 and y.sum() >= 0
     wrapped = layer.SeqToANNContainer(torch.nn.Identity())
     assert convert.neuron_family(wrapped) is None
+
+
+def test_sj_streaming_equals_multistep(capsys, tmp_path):
+    """Membranes as I/O, a hard-reset layer (v_reset -0.1) starting its stream at v_reset: every step of every
+    backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library."""
+    import numpy as np
+
+    from dsr_deploy.runtime import load_runner
+    from dsr_deploy.runtime.stream import StreamSession
+
+    from dsr_deploy.export.streaming import build_streaming_module
+
+    path = small_net_file(tmp_path)
+    spec = f"{path}:build"
+    out = tmp_path / "stream"
+    code, _, err = run_cli(capsys, "export", spec, "--input-shape", "4,2,3,8,8", "--mode", "streaming", "--out", out)
+    assert code == 0, err
+    states = json.loads((out / "manifest.json").read_text())["states"]
+    assert [s["initial"] for s in states] == ["zeros", "zeros", "fill"]
+    assert states[2]["initial_value"] == float(np.float32(-0.1))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import sjnet
+    finally:
+        sys.path.remove(str(tmp_path))
+    net = sjnet.build().eval()
+    x = torch.rand(4, 2, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2
+    with torch.no_grad():
+        sjf.reset_net(net)
+        ref = net(x).numpy()
+    assert ref.any()
+    for backend in ("onnxruntime", "torchscript"):
+        with load_runner(out, backend) as runner:
+            got = StreamSession.from_manifest(runner, out).run(x.numpy())
+            assert np.array_equal(got, ref), backend
+    for lowering in ("functional", "ops"):  # the eager step module: the scripted step, the dsr op with v_init
+        sm = build_streaming_module(net, x[0], lowering)
+        states = sm.zero_states(2)
+        with torch.no_grad():
+            for t in range(4):
+                y, *states = sm(x[t], *states)
+                assert np.array_equal(y.numpy(), ref[t]), (lowering, t)
