@@ -181,10 +181,9 @@ def test_sj_streaming_equals_multistep(capsys, tmp_path):
     backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library."""
     import numpy as np
 
+    from dsr_deploy.export.streaming import build_streaming_module
     from dsr_deploy.runtime import load_runner
     from dsr_deploy.runtime.stream import StreamSession
-
-    from dsr_deploy.export.streaming import build_streaming_module
 
     path = small_net_file(tmp_path)
     spec = f"{path}:build"
