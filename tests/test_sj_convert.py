@@ -215,3 +215,29 @@ def test_sj_streaming_equals_multistep(capsys, tmp_path):
             for t in range(4):
                 y, *states = sm(x[t], *states)
                 assert np.array_equal(y.numpy(), ref[t]), (lowering, t)
+
+
+def test_sj_int8_spikes_scale_one_and_verified(capsys, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    spec = f"{small_net_file(tmp_path)}:build"
+    calib = tmp_path / "calib.npy"
+    np.save(calib, (np.random.default_rng(0).random((4, 8, 3, 8, 8)) * 2).astype(np.float32))
+    out = tmp_path / "int8"
+    code, _, err = run_cli(capsys, "export", spec, "--input-shape", "4,2,3,8,8", "--out", out, "--format", "onnx",
+                           "--precision", "int8", "--calibration", calib)
+    assert code == 0, err
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    readers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    sj = [n for n in model.graph.node if n.domain == "dsr"]
+    assert [n.op_type for n in sj] == ["SJLIFSpike", "SJPLIFSpike", "SJIFSpike"]
+    quantized = [q for n in sj for q in readers.get(n.output[0], []) if q.op_type == "QuantizeLinear"]
+    assert quantized and all(float(inits[q.input[1]]) == 1.0 and int(inits[q.input[2]]) == 0 for q in quantized)
+    report = verified(capsys, out, spec)
+    assert "int8" in report["rule"]
