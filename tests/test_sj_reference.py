@@ -107,3 +107,30 @@ def test_neuron_spec_members():
         NeuronSpec("sj-if", "integrate", 1.0, reset="hard")
     with pytest.raises(ValueError, match="unknown family"):
         NeuronSpec("qif", "integrate", 1.0)
+
+
+def test_native_cpu_kernel_matches_reference():
+    """The native CPU kernel of dsr::sj_spike (plugins/core/dsr_sj_cpu.cpp) against sj_forward, every family x reset
+    x decay_input x dtype, with and without an initial membrane, more neurons than one block (1024)."""
+    from dsr_deploy import ops
+
+    if not ops.has_native_kernel("cpu"):
+        pytest.skip("the native kernels are not built (dsr-deploy plugins build)")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("dsr::sj_spike", "CPU")  # the native kernel, not Python
+    gen = torch.Generator().manual_seed(11)
+    for family, reset, decay_input, dtype in itertools.product(
+            ("if", "lif", "plif"), ("soft", "hard"), (True, False),
+            (torch.float32, torch.float64, torch.float16, torch.bfloat16)):
+        vth = float(torch.empty(()).uniform_(0.2, 2.0, generator=gen))
+        v_reset = None if reset == "soft" else float(torch.empty(()).uniform_(-0.5, 0.3, generator=gen))
+        leak = float(torch.empty(()).uniform_(1.1, 8.0, generator=gen)) if family == "lif" else \
+            float(torch.empty(()).uniform_(0.05, 0.95, generator=gen).float())
+        x = (torch.randn(6, 1500, generator=gen) * vth * 2).to(dtype)
+        x[0, :7] = vth
+        v0 = torch.randn(1500, generator=gen, dtype=torch.float64).to(F.compute_dtype(dtype))
+        for v_init in (None, v0):
+            want = F.sj_forward(x, family, vth, v_reset, leak, decay_input, v_init, True)
+            got = torch.ops.dsr.sj_spike(x, family, vth, v_reset, leak, decay_input, v_init, True)
+            case = (family, reset, decay_input, dtype, v_init is None)
+            assert torch.equal(got[0], want[0]), case
+            assert torch.equal(got[1], want[1]), case
