@@ -39,4 +39,8 @@ void sj_cpu_forward_range(const SJArgs& args, int64_t n_begin, int64_t n_end);
 // The whole call on up to num_threads std::threads (<= 0: hardware concurrency), small calls on one.
 void sj_cpu_forward(const SJArgs& args, int num_threads);
 
+// CUDA (dsr_sj_cuda.cu, built with DSR_BUILD_CUDA): one call on `stream` (a cudaStream_t), device pointers, F32 or
+// F64 only; returns the cudaError_t of the launch (1 for another dtype).
+int launch_sj_forward(const SJArgs& args, void* stream);
+
 }  // namespace dsr
