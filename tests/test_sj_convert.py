@@ -149,6 +149,7 @@ def train_zoo(name: str, neuron: str, path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,neuron", [("sew_resnet18", "LIFNode"), ("spiking_resnet18", "IFNode"),
+                                         ("spiking_resnet18", "LIFNode"), ("sew_resnet18", "IFNode"),
                                          ("sew_resnet18", "ParametricLIFNode")])
 def test_zoo_from_checkpoint_every_format_verified(capsys, tmp_path, name, neuron):
     ckpt = tmp_path / "trained.pt"
@@ -241,3 +242,31 @@ def test_sj_int8_spikes_scale_one_and_verified(capsys, tmp_path):
     assert quantized and all(float(inits[q.input[1]]) == 1.0 and int(inits[q.input[2]]) == 0 for q in quantized)
     report = verified(capsys, out, spec)
     assert "int8" in report["rule"]
+
+
+def test_spiking_vgg11_bn_plif_inference_copy_equals_sj():
+    """SpikingJelly's spiking_vgg11_bn with ParametricLIFNode, hard reset, a moved w: every neuron recognised and the
+    inference copy (the dsr op in every layer) equal to SpikingJelly's own forward."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import sj_zoo
+    finally:
+        sys.path.remove(str(HERE))
+    from dsr_deploy import sj_factory
+
+    kw = sj_factory.resolve({"spiking_neuron": "ParametricLIFNode", "step_mode": "m", "num_classes": 10,
+                             "v_reset": 0.0})
+    torch.manual_seed(0)
+    net = sj_factory.finish(sj_zoo.spiking_vgg11_bn(**kw), kw).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, sj_neuron.ParametricLIFNode):
+                m.w.add_(0.3)
+    infos = convert.find_neurons(net)
+    assert len(infos) >= 8 and {i.kind for i in infos} == {"sj_plif"}
+    x = torch.rand(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        sjf.reset_net(net)
+        ref = net(x)
+        got = convert.inference_copy(net)(x)
+    assert torch.equal(got, ref)
