@@ -103,7 +103,7 @@ def ts_runner(path: Path):
     return run
 
 
-def bench_model(name: str, shapes, repeats: int, folder: Path) -> list:
+def bench_model(name: str, shapes, repeats: int, folder: Path, done=lambda row: None) -> list:
     net = build(name)
     rows = []
     scan = export(name, folder, "onnx", "scan", 4)
@@ -130,6 +130,7 @@ def bench_model(name: str, shapes, repeats: int, folder: Path) -> list:
         row["speedup_vs_sj_compile"] = round(row["sj_compile_ms"] / dsr[row["dsr_fastest"]], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
+        done(dict(row))
     return rows
 
 
@@ -139,7 +140,8 @@ def markdown(result: dict) -> str:
              f"{m['cpu_model']}, {m['cpu_cores_usable']} usable cores (shared with other jobs: load "
              f"{result['load_before']} before, {result['load_after']} after), torch {result['versions']['torch']}, "
              f"onnxruntime {result['versions']['onnxruntime']}, SpikingJelly {result['versions']['spikingjelly']}; "
-             f"median of {result['repeats']} runs, ms per forward.", "",
+             f"median of {result['repeats']} runs, ms per forward; {len(result['rows'])} of "
+             f"{result.get('planned_rows', len(result['rows']))} planned rows measured.", "",
              "| model | T | B | SJ eager | SJ torch.compile | dsr ORT scan | dsr ORT unrolled | dsr TorchScript | "
              "fastest dsr | vs SJ eager | vs SJ compile | outputs equal SJ |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -162,16 +164,21 @@ def main(argv=None) -> int:
 
     shapes = [(4, 1)] if args.quick else [(4, 1), (4, 8), (20, 1), (20, 8)]
     before = [round(v, 2) for v in os.getloadavg()]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-sj-") as tmp:
-        for name in MODELS:
-            rows += bench_model(name, shapes, args.repeats, Path(tmp))
+    rows: list = []
     result = {"machine": machine_info(), "cpu_flags": cpu_flags(), "versions": library_versions(),
               "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "load_before": before,
-              "load_after": [round(v, 2) for v in os.getloadavg()], "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
+              "load_after": None, "planned_rows": len(MODELS) * len(shapes), "rows": rows}
+
+    def write(_row=None) -> None:  # after every row: an interrupted run keeps what it measured
+        result["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(result))
+
+    with tempfile.TemporaryDirectory(prefix="bench-sj-") as tmp:
+        for name in MODELS:
+            bench_model(name, shapes, args.repeats, Path(tmp), done=lambda row: (rows.append(row), write()))
+    write()
     print(markdown(result))
     return 0
 
