@@ -103,7 +103,7 @@ def ts_runner(path: Path):
     return run
 
 
-def bench_model(name: str, shapes, repeats: int, folder: Path, done=lambda row: None) -> list:
+def bench_model(name: str, shapes, repeats: int, folder: Path, done=lambda row: None, compile_: bool = True) -> list:
     net = build(name)
     rows = []
     scan = export(name, folder, "onnx", "scan", 4)
@@ -114,20 +114,23 @@ def bench_model(name: str, shapes, repeats: int, folder: Path, done=lambda row: 
         x = torch.rand(T, B, 3, 32, 32, generator=torch.Generator().manual_seed(T * 100 + B)) * 2
         row = {"model": name, "T": T, "batch": B}
         row["sj_eager_ms"], ref = timed(lambda x=x: sj_runner(net)(x), repeats)
-        torch._dynamo.reset()
-        compiled = torch.compile(net)
-        t0 = time.perf_counter()
-        sj_runner(compiled)(x)
-        row["sj_compile_first_call_s"] = round(time.perf_counter() - t0, 1)
-        row["sj_compile_ms"], out = timed(lambda x=x, c=compiled: sj_runner(c)(x), repeats)
-        row["sj_compile_equal_eager"] = bool(np.array_equal(out, ref))
+        row["sj_compile_ms"] = None  # --no-compile: not measured
+        if compile_:
+            torch._dynamo.reset()
+            compiled = torch.compile(net)
+            t0 = time.perf_counter()
+            sj_runner(compiled)(x)
+            row["sj_compile_first_call_s"] = round(time.perf_counter() - t0, 1)
+            row["sj_compile_ms"], out = timed(lambda x=x, c=compiled: sj_runner(c)(x), repeats)
+            row["sj_compile_equal_eager"] = bool(np.array_equal(out, ref))
         for key, run in {**runners, "dsr_ort_unrolled": unrolled[T]}.items():
             row[f"{key}_ms"], out = timed(lambda run=run, x=x: run(x), repeats)
             row[f"{key}_equal_sj"] = bool(np.array_equal(out, ref))
         dsr = {k: row[f"{k}_ms"] for k in ("dsr_ort_scan", "dsr_ort_unrolled", "dsr_torchscript")}
         row["dsr_fastest"] = min(dsr, key=dsr.get)
         row["speedup_vs_sj_eager"] = round(row["sj_eager_ms"] / dsr[row["dsr_fastest"]], 2)
-        row["speedup_vs_sj_compile"] = round(row["sj_compile_ms"] / dsr[row["dsr_fastest"]], 2)
+        row["speedup_vs_sj_compile"] = (round(row["sj_compile_ms"] / dsr[row["dsr_fastest"]], 2)
+                                        if row["sj_compile_ms"] is not None else None)
         print(json.dumps(row), flush=True)
         rows.append(row)
         done(dict(row))
@@ -147,9 +150,11 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         equal = all(r[k] for k in r if k.endswith("_equal_sj"))
-        lines.append(f"| {r['model']} | {r['T']} | {r['batch']} | {r['sj_eager_ms']:.1f} | {r['sj_compile_ms']:.1f} | "
+        comp = "not run" if r["sj_compile_ms"] is None else f"{r['sj_compile_ms']:.1f}"
+        lines.append(f"| {r['model']} | {r['T']} | {r['batch']} | {r['sj_eager_ms']:.1f} | {comp} | "
                      f"{r['dsr_ort_scan_ms']:.1f} | {r['dsr_ort_unrolled_ms']:.1f} | {r['dsr_torchscript_ms']:.1f} | "
-                     f"{r['dsr_fastest']} | {r['speedup_vs_sj_eager']}x | {r['speedup_vs_sj_compile']}x | "
+                     f"{r['dsr_fastest']} | {r['speedup_vs_sj_eager']}x | "
+                     f"{'-' if r['speedup_vs_sj_compile'] is None else str(r['speedup_vs_sj_compile']) + 'x'} | "
                      f"{'yes' if equal else 'NO'} |")
     return "\n".join(lines) + "\n"
 
@@ -157,17 +162,24 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="T=4, batch 1 only (a smoke run; not committed)")
+    ap.add_argument("--quick", action="store_true", help="T=4, batch 1 only")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "spikingjelly_cpu")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time SpikingJelly under torch.compile (minutes of compilation per shape)")
     args = ap.parse_args(argv)
     from dsr_deploy.machine import cpu_flags, library_versions, machine_info
 
     shapes = [(4, 1)] if args.quick else [(4, 1), (4, 8), (20, 1), (20, 8)]
+    models = [m for m in args.models.split(",") if m]
+    if not set(models) <= set(MODELS):
+        ap.error(f"--models: choose from {', '.join(MODELS)}")
     before = [round(v, 2) for v in os.getloadavg()]
     rows: list = []
     result = {"machine": machine_info(), "cpu_flags": cpu_flags(), "versions": library_versions(),
               "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "load_before": before,
-              "load_after": None, "planned_rows": len(MODELS) * len(shapes), "rows": rows}
+              "load_after": None, "planned_rows": len(models) * len(shapes), "compile": args.compile,
+              "rows": rows}
 
     def write(_row=None) -> None:  # after every row: an interrupted run keeps what it measured
         result["load_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -176,8 +188,9 @@ def main(argv=None) -> int:
         args.out.with_suffix(".md").write_text(markdown(result))
 
     with tempfile.TemporaryDirectory(prefix="bench-sj-") as tmp:
-        for name in MODELS:
-            bench_model(name, shapes, args.repeats, Path(tmp), done=lambda row: (rows.append(row), write()))
+        for name in models:
+            bench_model(name, shapes, args.repeats, Path(tmp), done=lambda row: (rows.append(row), write()),
+                        compile_=args.compile)
     write()
     print(markdown(result))
     return 0
