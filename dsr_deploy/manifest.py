@@ -252,7 +252,7 @@ IO = Record("io", {  # how the exported model takes its input and gives its outp
 
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
-    "initial": string, "neuron": integer(0), "layer": string,
+    "initial": one_of("zeros", "fill"), "initial_value": optional(number), "neuron": integer(0), "layer": string,
 }, required=("input", "output", "shape"))
 
 
@@ -309,10 +309,13 @@ ARTIFACT = Record("artifact", {
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {
-    "index": integer(0), "name": string, "kind": one_of("if", "lif"), "op_type": nonempty_string, "source": string,
+    "index": integer(0), "name": string, "kind": one_of("if", "lif", "sj_if", "sj_lif", "sj_plif"),
+    "op_type": nonempty_string, "source": string,
     "v_threshold": number, "v_threshold_stored": number, "v_threshold_lower_bound": number, "clamped": boolean,
     "alpha": number, "tau": optional(number), "delta_t": optional(number), "decay": optional(number),
     "gain": optional(number), "T": optional(integer(1)),
+    # SpikingJelly's nodes: hard reset value (None: soft), tau / sigmoid(w), decay_input
+    "v_reset": optional(number), "leak": optional(number), "decay_input": optional(boolean),
     # sizes bench reads when a hand-written manifest gives them (neurons per sample per step)
     "size": integer(0), "neurons": integer(0), "numel": integer(0), "shape": dims(min_rank=0),
     "step_shape": dims(min_rank=0), "output_shape": dims(min_rank=0), "layout": string,

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from . import sj_factory
 from .checkpoint_checks import AUTHOR_ALIASES
 from .checkpoints import STATE_KEYS, apply_checkpoint, read_checkpoint, state_dict_of  # noqa: F401  (public API)
 from .errors import UserError
@@ -79,8 +80,9 @@ class LoadedModel:
 
 
 def _call_factory(factory, what: str, settings: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    kwargs = sj_factory.resolve(settings or {})
     with user_code(lambda err: f"model factory {what} raised {err}"):
-        model = factory(**dict(settings or {}))
+        model = sj_factory.finish(factory(**kwargs), kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {what} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -32,6 +32,16 @@ def pct(v) -> str:
     return "-" if v is None else f"{100.0 * v:.4f}%"
 
 
+def spec_note(spec) -> str:
+    """One line from a neuron record's ``spec`` (:mod:`dsr_deploy.neuron_spec`); a bad record gives a note."""
+    from ..neuron_spec import NeuronSpec, describe
+
+    try:
+        return describe(NeuronSpec(**spec))
+    except (TypeError, ValueError):
+        return "(no valid spec record)"
+
+
 def neuron_table(neurons: List[dict], title: str):
     from rich.markup import escape
     from rich.table import Table
@@ -44,6 +54,8 @@ def neuron_table(neurons: List[dict], title: str):
         note = (f"clamped from {fmt_float(n.get('v_threshold_stored'))} to bound "
                 f"{fmt_float(n.get('v_threshold_lower_bound'))}" if n.get("clamped") else "")
         layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
+        if str(n.get("kind", "")).startswith("sj_"):  # SpikingJelly's: the arithmetic from the typed description
+            note = spec_note(n.get("spec"))
         # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
         t.add_row(str(n["index"]), escape(n["name"] or "<root>"), escape(n["op_type"]),
                   escape(str(n.get("source", ""))), layout,

@@ -36,7 +36,7 @@ import torch
 from onnx import helper
 
 from .. import __version__
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
+from ..convert import ALL_OP_TYPES, ONNX_DOMAIN, inference_copy
 from ..errors import UserError
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
@@ -47,11 +47,13 @@ from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
 from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
+_KIND_OF_OP = {op: kind for kind, op in ALL_OP_TYPES.items()}
+
 DEFAULT_OPSET = 18
 BFLOAT16_OPSET = 22  # the first opset whose Conv (and ConvTranspose) takes bfloat16
 DEFAULT_BODY = "scan"
 LOWERINGS = ("function", "portable")
-_DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
+_DSR_OP_TYPES = set(ALL_OP_TYPES.values())
 
 
 def quiet_export():
@@ -158,7 +160,7 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         # dsr_layer_<i>; a neuron module called twice gets _call<k> on its later nodes.
         node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in named else f"dsr_layer_{idx}_call{call}"
         named.add(node.name)
-        kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
+        kind = _KIND_OF_OP.get(node.op_type, "lif")
         if kind not in kinds:
             kinds.append(kind)
     prefix = scope_prefix(model.graph)  # function names never collide with the graph's (onnx-tensorrt < 10.8)

@@ -54,6 +54,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..contract import SJ_SPIKE_OP_TYPES, SJ_STEP_OP_TYPES
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
 from ..errors import UserError
 from ..onnx_graph import GraphMaps
@@ -70,10 +71,14 @@ ACTIVATIONS = ("uint8", "int8")
 SAMPLE = 1 << 20  # values kept per tensor for the MSE search
 META_QUANT = "dsr_deploy.int8"
 _DSR = set(ONNX_OP_TYPES.values()) | {"DSRIFStep", "DSRLIFStep"}  # multi-step ops and the streaming step ops
+_SJ = set(SJ_SPIKE_OP_TYPES.values()) | set(SJ_STEP_OP_TYPES.values())  # SpikingJelly's: spikes 0 / 1
+_DSR |= _SJ
 
 
 def spike_value(node: onnx.NodeProto) -> float:
-    """The float32 value of a spike of ``node``: ``vth`` (IF) or ``fl32(vth) / fl32(delta_t)`` (LIF)."""
+    """The float32 value of a spike of ``node``: ``vth`` (IF), ``fl32(vth) / fl32(delta_t)`` (LIF), 1 (SpikingJelly)."""
+    if node.op_type in _SJ:  # SpikingJelly's spikes are 0 / 1: scale 1, exact
+        return 1.0
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     vth = np.float32(attrs["v_threshold"])
     if node.op_type in (ONNX_OP_TYPES["lif"], "DSRLIFStep", "DSRLIFSpikeQ"):

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..contract import DOMAIN as ONNX_DOMAIN
 from ..contract import DOMAIN_VERSION as ONNX_DOMAIN_VERSION
-from ..contract import STEP_OP_TYPES, state_input_name, state_output_name
+from ..contract import SJ_STEP_OP_TYPES, STEP_OP_TYPES, state_input_name, state_output_name
 from ..contract import STREAM_INPUT as INPUT_NAME
 from ..contract import STREAM_OUTPUT as OUTPUT_NAME
 from ..convert import set_child
@@ -66,6 +66,14 @@ __all__ = [
 
 IF_STEP_OP = STEP_OP_TYPES["if"]
 LIF_STEP_OP = STEP_OP_TYPES["lif"]
+ALL_STEP_OPS = {**STEP_OP_TYPES, **SJ_STEP_OP_TYPES}  # NeuronInfo.kind -> the step node's op type
+
+
+def initial_membrane(info) -> float:
+    """Where a layer's membrane starts a stream: 0, or a SpikingJelly hard reset's v_reset (as SpikingJelly does)."""
+    if not info.kind.startswith("sj_") or info.v_reset is None:
+        return 0.0
+    return float(torch.tensor(info.v_reset, dtype=torch.float32))  # the float32 membrane's value
 
 
 def _find_neurons(model: nn.Module) -> list:
@@ -88,7 +96,14 @@ def step_functions() -> tuple:
     if not _scripted:
         _scripted["if"] = torch.jit.script(F.if_step)
         _scripted["lif"] = torch.jit.script(F.lif_step)
+        _scripted["sj"] = torch.jit.script(F.sj_step)
     return _scripted["if"], _scripted["lif"]
+
+
+def sj_step_function():
+    """The scripted SpikingJelly reference step (:func:`dsr_deploy.functional.sj_step`)."""
+    step_functions()
+    return _scripted["sj"]
 
 
 class _StateIO:
@@ -104,10 +119,13 @@ class _StepNeuron(nn.Module):
 
     def __init__(self, info, index: int, io: _StateIO, lowering: str):
         from ..convert import onnx_attributes
+        from ..convert_sj import sj_onnx_attributes
+        from ..neuron_spec import SJ_CHARGE
 
         super().__init__()
         self.info, self.index, self.lowering = info, index, lowering
-        self.onnx_attrs = onnx_attributes(info)
+        self.sj_charge = SJ_CHARGE.get(info.kind)  # None: a DSR neuron
+        self.onnx_attrs = sj_onnx_attributes(info) if self.sj_charge else onnx_attributes(info)
         object.__setattr__(self, "_io", io)  # not a submodule, not a buffer
 
     def forward(self, x_seq: Tensor) -> Tensor:
@@ -118,11 +136,13 @@ class _StepNeuron(nn.Module):
             raise RuntimeError(f"neuron {n.name} is called twice in one step; streaming needs one call per step")
         x_t, v = x_seq[0], io.v_in[i]
         if torch.onnx.is_in_onnx_export():
-            op = IF_STEP_OP if n.kind == "if" else LIF_STEP_OP
+            op = ALL_STEP_OPS[n.kind]
             y_t, v_new = torch.onnx.ops.symbolic_multi_out(
                 f"{ONNX_DOMAIN}::{op}", (x_t, v), self.onnx_attrs,
                 dtypes=(x_t.dtype, torch.float32), shapes=(x_t.shape, v.shape), version=ONNX_DOMAIN_VERSION,
             )
+        elif self.sj_charge is not None:
+            y_t, v_new = self._sj_step(x_seq, v)
         elif self.lowering == "ops":
             from .. import ops
 
@@ -141,6 +161,16 @@ class _StepNeuron(nn.Module):
                 y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t, n.decay, n.gain)
         io.v_out[i] = v_new
         return y_t.unsqueeze(0)
+
+    def _sj_step(self, x_seq: Tensor, v: Tensor) -> tuple:
+        n = self.info
+        decay_input = bool(n.decay_input) if n.decay_input is not None else True
+        leak = float(n.leak or 0.0)
+        if self.lowering == "ops":
+            y, v_new = torch.ops.dsr.sj_spike(x_seq, self.sj_charge, n.v_threshold, n.v_reset, leak, decay_input, v,
+                                              True)
+            return y[0], v_new
+        return sj_step_function()(x_seq[0], v, self.sj_charge, n.v_threshold, n.v_reset, leak, decay_input)
 
 
 class StreamingModule(nn.Module):
@@ -169,7 +199,9 @@ class StreamingModule(nn.Module):
         return (y[0], *v_out)
 
     def zero_states(self, batch: int, device=None) -> list[Tensor]:
-        return [torch.zeros((batch, *s), dtype=torch.float32, device=device) for s in self.state_shapes]
+        """The membranes that start a stream: zeros, v_reset for a SpikingJelly hard-reset layer."""
+        return [torch.full((batch, *s), initial_membrane(n), dtype=torch.float32, device=device)
+                for n, s in zip(self.neurons, self.state_shapes)]
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -184,7 +216,8 @@ def _streamable_neurons(model: nn.Module, lowering: str) -> list:
         raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
     neurons = _find_neurons(model)
     if not neurons:
-        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode) nor a supported SpikingJelly one; "
+                        "nothing to stream")
     flat = [n.name for n in neurons if n.layout == "flat"]
     if flat:
         raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
@@ -310,7 +343,7 @@ def add_step_functions(model_proto, elem: int = 1) -> None:
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     prefix = scope_prefix(model_proto.graph)  # formals never collide with x_t / v_in_i (onnx-tensorrt < 10.8)
-    for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
+    for kind, op in ALL_STEP_OPS.items():
         if op in used and (ONNX_DOMAIN, op) not in have:
             model_proto.functions.append(step_function_proto(kind, op, opset, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
@@ -375,8 +408,10 @@ def _context_module(ctx) -> tuple:
 
 
 def _states(sm: StreamingModule) -> list[dict]:
+    # "initial": "zeros", or "fill" with initial_value (a SpikingJelly hard reset starts at v_reset)
     return [{"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
-             "initial": "zeros", "neuron": i, "layer": n.name}
+             "initial": "zeros" if initial_membrane(n) == 0.0 else "fill", "initial_value": initial_membrane(n),
+             "neuron": i, "layer": n.name}
             for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))]
 
 
@@ -403,7 +438,7 @@ def write_streaming_onnx(ctx, path: Path) -> dict:
 
         extra = quantize_file(path, ctx, states=[(s["input"], s["output"], s["shape"]) for s in _states(sm)])
     return {**extra, "format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
-            "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP for n in sm.neurons}),
+            "custom_ops": sorted({ALL_STEP_OPS[n.kind] for n in sm.neurons}),
             "fallback": "model-local functions of standard ops", **_io_record(sm)}
 
 

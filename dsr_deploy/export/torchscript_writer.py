@@ -20,10 +20,12 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from ..convert import IFSpikeScript, LIFSpikeScript, inference_copy, set_child
+from ..convert import IFSpikeScript, LIFSpikeScript, SJSpikeScript, inference_copy, set_child
 from ..errors import UserError
 from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
+
+_SCRIPT_NEURONS = (IFSpikeScript, LIFSpikeScript, SJSpikeScript)
 
 
 class _Probed(nn.Module):
@@ -36,7 +38,7 @@ class _Probed(nn.Module):
         self._sink: list = []
         self._currents: list = []
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
+            if isinstance(m, (*_SCRIPT_NEURONS, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
                 set_child(net, name, _Recorder(m, self._sink, self._currents))
 
     def forward(self, x):
@@ -75,7 +77,7 @@ def _same(got: Any, want: Any) -> bool:
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
-    if probe and isinstance(net, (IFSpikeScript, LIFSpikeScript)):
+    if probe and isinstance(net, _SCRIPT_NEURONS):
         net = nn.Sequential(net)  # a single-neuron network: give the probe a child to record
     x = ctx.example_input()
     with warnings.catch_warnings():
@@ -86,7 +88,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
             except Exception:  # SpikingJelly layers and the like: fall back to scripted neurons + trace
                 pass
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript)):
+            if isinstance(m, _SCRIPT_NEURONS):
                 scripted = torch.jit.script(m)
                 if not name:
                     return (scripted if not probe else torch.jit.trace(_Probed(m), x, check_trace=False)), "script"

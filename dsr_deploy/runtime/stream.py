@@ -30,6 +30,14 @@ def manifest_states(manifest: Mapping) -> list[dict]:
             return a["states"]
     raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode streaming)")
 
+def _initial_value(state: Mapping) -> float:
+    """A membrane record's starting value (untrusted manifest: a number or nothing)."""
+    value = state.get("initial_value", 0.0) if state.get("initial", "zeros") != "zeros" else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UserError(f"manifest: membrane {state.get('input')!r} has a bad initial_value {value!r}")
+    return float(value)
+
+
 def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
         return x.detach().cpu().numpy()
@@ -45,7 +53,10 @@ class StreamSession:
     ``inputs()``.
     """
 
-    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None, readout: Any = None):
+    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None, readout: Any = None,
+                 initial_values: Sequence[float] | None = None):
+        # initial_values: where each membrane starts a stream (the manifest's states[i]["initial_value"]; 0 else)
+        self.initial_values = [float(v) for v in initial_values] if initial_values is not None else None
         self._infer: Callable[[Mapping[str, Any]], Mapping[str, Any]] = getattr(model, "infer", model)
         if state_shapes is None:
             if not hasattr(model, "inputs"):
@@ -74,7 +85,9 @@ class StreamSession:
             manifest = read_manifest(p if p.is_dir() else p.parent)
         from ..early_exit import readout_of_manifest
 
-        return cls(model, [s["shape"] for s in manifest_states(manifest)], readout=readout_of_manifest(manifest))
+        states = manifest_states(manifest)
+        return cls(model, [s["shape"] for s in states], readout=readout_of_manifest(manifest),
+                   initial_values=[_initial_value(s) for s in states])
 
     def reset(self) -> None:
         """Start a new stream: the next step begins from zero membranes."""
@@ -87,7 +100,8 @@ class StreamSession:
         if self.states is None or self.states[0].shape[0] != x.shape[0]:
             if self.states is not None and self.steps:
                 raise UserError(f"the batch changed mid-stream ({self.states[0].shape[0]} -> {x.shape[0]}); reset()")
-            self.states = [np.zeros((x.shape[0], *s), dtype=np.float32) for s in self.state_shapes]
+            init = self.initial_values or [0.0] * len(self.state_shapes)
+            self.states = [np.full((x.shape[0], *s), v, dtype=np.float32) for s, v in zip(self.state_shapes, init)]
         feeds = {INPUT_NAME: x}
         feeds.update({state_input_name(i): v for i, v in enumerate(self.states)})
         out = self._infer(feeds)
