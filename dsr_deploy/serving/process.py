@@ -78,6 +78,11 @@ class ServerProcess:
                  start_timeout_s: float = 120.0, python: Optional[str] = None):
         self.root = Path(root)
         self.pytriton_home = self.root / "pytriton_home"
+        self._short_home = False
+        if len(str(self.pytriton_home.resolve())) > 48:  # PyTriton's socket paths must fit 107 bytes
+            import tempfile
+
+            self.pytriton_home, self._short_home = Path(tempfile.mkdtemp(prefix="dsr-pt-", dir="/tmp")), True
         self.tmpdir = self.root / "tmp"
         self.pytriton_home.mkdir(parents=True, exist_ok=True)
         self.tmpdir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,15 @@ class ServerProcess:
             return self.proc.wait(timeout_s)
         finally:
             self._log.close()
+            self._remove_short_home()
+
+    def _remove_short_home(self) -> None:
+        """The short home made for a long ``root`` goes once the server left it empty."""
+        if self._short_home:
+            try:
+                self.pytriton_home.rmdir()
+            except OSError:
+                pass
 
     def kill(self) -> None:
         for pid in descendants(self.proc.pid):
@@ -143,6 +157,7 @@ class ServerProcess:
             shutil.rmtree(folder, ignore_errors=True)
         for entry in self.pytriton_home.glob("workspace_*"):
             shutil.rmtree(entry, ignore_errors=True)
+        self._remove_short_home()
 
     def __enter__(self) -> ServerProcess:
         return self
