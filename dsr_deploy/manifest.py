@@ -261,7 +261,7 @@ def string_map(v: Any) -> dict:
     return v
 
 
-QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/export/quantize.py)
+QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/export/int8/)
     "method": nonempty_string,
     "calibration_samples": integer(1),
     "quantized_layers": integer(0),

@@ -222,7 +222,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
                    threads: Optional[int] = None, log: Callable[[str], None] = print,
                    precision: str = "float32") -> QuickstartResult:
     """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
-    :mod:`dsr_deploy.export.quantize`), verified with the int8 rule; PyTorch's float32 accuracy is reported next
+    :mod:`dsr_deploy.export.int8`), verified with the int8 rule; PyTorch's float32 accuracy is reported next
     to the int8 artifacts'."""
     import torch
 
@@ -277,7 +277,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
     extra = {}
     if precision == "int8":
-        from .export.quantize import load_calibration
+        from .export.int8.rewrite import load_calibration
 
         formats = ("onnx",)
         extra = {"calibration": load_calibration(None, spec, shape)}

@@ -1,4 +1,4 @@
-"""``export --precision int8``: the Q/DQ graph (dsr_deploy/export/quantize.py) on tiny networks.
+"""``export --precision int8``: the Q/DQ graph (dsr_deploy/export/int8/) on tiny networks.
 
 Structure (which tensors are quantised, spike scales = spike values with zero point 0, per-channel weight scales,
 the analog first layer and the readout float32 by default), exactness of the spike quantisation in ONNX Runtime,
@@ -17,7 +17,7 @@ from test_cli_export import run_cli
 from dsr_deploy import functional as F
 from dsr_deploy.errors import UserError
 from dsr_deploy.export import export_model
-from dsr_deploy.export.quantize import load_calibration, qparams, quantize_weight, spike_value
+from dsr_deploy.export.int8.rewrite import load_calibration, qparams, quantize_weight, spike_value
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
 
@@ -520,7 +520,7 @@ def test_cli_int8_activations_option(tmp_path, capsys):
 def test_signed_activations_and_the_onnx_runtime_layout_are_exclusive():
     """``--int8-layout nhwc`` (ONNX Runtime's channels-last int8 graph, another branch) with the TensorRT form: one
     line asking to choose."""
-    from dsr_deploy.export.quantize import int8_options
+    from dsr_deploy.export.int8.rewrite import int8_options
 
     cal = _calibration()
     with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):

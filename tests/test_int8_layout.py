@@ -1,4 +1,4 @@
-"""``export --precision int8 --int8-layout nhwc`` (dsr_deploy/export/int8_layout.py): the int8 graph written
+"""``export --precision int8 --int8-layout nhwc`` (dsr_deploy/export/int8/layout.py): the int8 graph written
 channels-last for ONNX Runtime's CPU.
 
 Structure (every quantised convolution a channels-last ``com.microsoft.QLinearConv``, no transpose between two of

@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
             shape = loaded.default_input_shape
         extra: dict = {}
         if precision == "int8":
-            from ..export.quantize import load_calibration
+            from ..export.int8.rewrite import load_calibration
 
             extra = {"calibration": load_calibration(calibration, loaded.spec, shape, layout, encode),
                      "int8_all_layers": int8_all_layers, "int8_neuron": int8_neuron,

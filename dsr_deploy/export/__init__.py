@@ -164,7 +164,7 @@ def write_folder(out_dir: Path, ctx: ExportContext, jobs: Sequence[Tuple[str, st
 
 
 #: ``export --precision``: the dtype of the exported activations; ``int8``: a quantised Q/DQ graph with float32
-#: input and output (:mod:`dsr_deploy.export.quantize`).
+#: input and output (:mod:`dsr_deploy.export.int8`).
 PRECISIONS = ("float32", "float16", "bfloat16", "int8")
 #: The formats that honour a precision other than float32.
 HALF_FORMATS = ("onnx",)
@@ -181,7 +181,7 @@ def check_precision(precision: str, formats_: Sequence[str]) -> torch.dtype:
     return torch.float32 if precision == "int8" else getattr(torch, precision)
 
 
-from .quantize import CALIBRATION_HINT  # noqa: E402,F401  (public: the one-line error when calibration is missing)
+from .int8.rewrite import CALIBRATION_HINT  # noqa: E402,F401  (public: the one-line error when calibration is missing)
 
 
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str, *,
@@ -199,7 +199,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     ``input`` / ``output``. ``extra_options`` reach the writers through ``ExportContext.options``.
     ``precision`` (float32 / float16 / bfloat16; also ``extra_options["precision"]``): the activations' dtype of
     the ONNX model; membranes stay float32 (see :mod:`dsr_deploy.export.onnx_functions`). ``int8``: the quantised
-    Q/DQ model of :mod:`dsr_deploy.export.quantize`; needs ``extra_options["calibration"]`` (an array of inputs
+    Q/DQ model of :mod:`dsr_deploy.export.int8`; needs ``extra_options["calibration"]`` (an array of inputs
     as the artifact takes them) and honours ``extra_options["int8_all_layers"]``.
     """
     shape = check_input_shape(input_shape)
@@ -242,7 +242,7 @@ def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | s
     dtype = check_precision(precision, wanted)
     extra_options = dict(extra_options or {}, precision=precision)
     if precision == "int8":
-        from .quantize import int8_options
+        from .int8.rewrite import int8_options
 
         extra_options.update(int8_options(extra_options, shape,
                                           batch_dim=1 if (io or {}).get("input_layout", "TB") == "TB" else 0))

@@ -113,7 +113,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
 
 def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
     """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
-    from .quantize import quantize_model
+    from .int8.rewrite import quantize_model
 
     q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
                           quantize_all=bool(ctx.options.get("int8_all_layers")),

@@ -381,7 +381,7 @@ def write_streaming_onnx(ctx, path: Path) -> dict:
     export_onnx(sm, step, path, dynamic_batch=ctx.dynamic_batch)
     extra = {}
     if ctx.options.get("precision") == "int8":  # the Q/DQ step model, calibrated one step at a time
-        from .quantize import quantize_file
+        from .int8.rewrite import quantize_file
 
         extra = quantize_file(path, ctx, states=[(s["input"], s["output"], s["shape"]) for s in _states(sm)])
     return {**extra, "format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
@@ -407,7 +407,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
 
     ``precision`` (ONNX only): ``x_t`` / ``y_t`` and the weights in float16 / bfloat16, membranes float32;
     ``int8``: the quantised Q/DQ step model (``extra_options["calibration"]``: ``[T, N, ...]`` inputs, fed one
-    step at a time; :mod:`dsr_deploy.export.quantize`).
+    step at a time; :mod:`dsr_deploy.export.int8`).
     ``input_shape`` is the multi-step ``[T, B, ...]`` shape (as for ``dsr-deploy export``); one step is
     ``[B, ...]``. The manifest is the export package's, with ``mode: "streaming"``, the streaming I/O names and
     ``states``: per membrane its input/output names and per-sample shape.
@@ -430,7 +430,7 @@ def export_streaming(model: nn.Module, input_shape: Sequence[int], out_dir: Path
     dtype = check_precision(precision, wanted)
     options = {"lowering": f"streaming-{lowering}", "streaming_lowering": lowering, "precision": precision}
     if precision == "int8":
-        from .quantize import int8_options
+        from .int8.rewrite import int8_options
 
         options.update(int8_options(extra_options, shape, batch_dim=1))
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not static_batch, dtype=dtype,

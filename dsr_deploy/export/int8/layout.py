@@ -39,9 +39,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..convert import ONNX_DOMAIN
-from ..onnx_graph import GraphMaps
-from .onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
+from ...convert import ONNX_DOMAIN
+from ...onnx_graph import GraphMaps
+from ..onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
 
 LAYOUTS = ("nchw", "nhwc")
 ORT_DOMAIN = "com.microsoft"

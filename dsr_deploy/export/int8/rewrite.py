@@ -54,9 +54,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
-from ..errors import UserError
-from ..onnx_graph import GraphMaps
+from ...convert import ONNX_DOMAIN, ONNX_OP_TYPES
+from ...errors import UserError
+from ...onnx_graph import GraphMaps
 
 CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
                     "them, any number of samples along the batch dimension)")
@@ -342,7 +342,7 @@ def quantized_neurons(model: onnx.ModelProto) -> int:
     ``DequantizeLinear``
     (no separate dequantise / quantise pass around the neuron). The float spikes keep their tensor name (a
     ``DequantizeLinear`` of the codes: exact), so probes still find them. Returns the number of nodes rewritten."""
-    from .onnx_functions import QUANTIZED_OP_SUFFIX, quantized_function_proto
+    from ..onnx_functions import QUANTIZED_OP_SUFFIX, quantized_function_proto
 
     g = Graph(model)
     graph = model.graph
@@ -532,7 +532,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
     record["neuron"] = neuron
     record["layout"] = layout
     if layout == "nhwc":  # ONNX Runtime CPU: channels-last QLinearConv, no transposes between layers
-        from .int8_layout import channels_last
+        from .layout import channels_last
 
         record["channels_last"] = channels_last(out)
     out.metadata_props.append(onnx.StringStringEntryProto(key=META_QUANT, value=json.dumps(record)))
@@ -543,7 +543,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
 
 def _digits_training_inputs(T: int) -> np.ndarray:
     """zoo digits-cnn: its training split (never the held-out images), direct-encoded over T: ``[T, N, 1, 8, 8]``."""
-    from ..models.digits import load_digits_split
+    from ...models.digits import load_digits_split
 
     x = load_digits_split().x_train.numpy()
     return np.ascontiguousarray(np.broadcast_to(x[None], (T, *x.shape)), dtype=np.float32)
@@ -585,7 +585,7 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
     activations = extra.get("int8_activations") or "uint8"
     if activations not in ACTIVATIONS:
         raise UserError(f"unknown --int8-activations {activations!r}; choose from {', '.join(ACTIVATIONS)}")
-    from .int8_layout import LAYOUTS
+    from .layout import LAYOUTS
 
     layout = extra.get("int8_layout") or "nchw"
     if layout not in LAYOUTS:
@@ -601,7 +601,7 @@ def int8_options(extra: Optional[Dict[str, Any]], shape: Sequence[int], batch_di
 def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
     """Rewrite the float32 ONNX file ``path`` as its int8 model in place (checked); returns the artifact's
     ``precision`` / ``quantization`` fields."""
-    from ..io import atomic_path
+    from ...io import atomic_path
 
     model = onnx.load(str(path))
     q, record = quantize_model(model, ctx.options["calibration"], 1, quantize_all=bool(ctx.options.get(

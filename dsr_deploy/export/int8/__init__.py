@@ -1,0 +1,1 @@
+"""``export --precision int8``: the float32 ONNX export rewritten into a quantised Q/DQ graph, spikes exact."""
