@@ -13,7 +13,13 @@ DOMAIN = "dsr"  # ONNX domain of the dsr nodes and of their model-local function
 DOMAIN_VERSION = 1  # the opset version of DOMAIN in opset_import
 SPIKE_OP_TYPES = {"if": "DSRIFSpike", "lif": "DSRLIFSpike"}  # whole-sequence neurons (multistep export)
 STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with membrane I/O (streaming export)
+#: int8 exports (``--int8-neuron quantized``): the whole-sequence neurons on the current's codes (uint8 / int8),
+#: giving spike codes of the same type.
+QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
 DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values())
+
+# -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
+TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")
 
 # -- TensorRT plugins ---------------------------------------------------------------------------------------
 PLUGIN_NAMESPACE = "dsr"  # plugin_namespace attribute / creator namespace

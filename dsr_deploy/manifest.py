@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+from .contract import TARGETS
 from .errors import UserError
 
 MANIFEST = "manifest.json"
@@ -310,6 +311,7 @@ TOP = Record("manifest", {
     "dtype": nonempty_string,
     "dynamic_batch": boolean,
     "lowering": string,
+    "target": one_of(*TARGETS),  # export --target (absent in manifests written before it)
     "neurons": list_of(NEURON),
     "artifacts": _artifacts,
     "inputs": name_list,
@@ -376,6 +378,54 @@ class Manifest(dict):
     def input_shape(self) -> Optional[Tuple[int, ...]]:
         s = self.get("input_shape")
         return tuple(s) if s is not None else None
+
+    @property
+    def T(self) -> Optional[int]:
+        return self.get("T")
+
+    @property
+    def dtype(self) -> str:
+        return self.get("dtype") or "float32"
+
+    @property
+    def layout(self) -> Optional[str]:
+        return self.get("layout")
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.get("dynamic_batch", True))
+
+    @property
+    def lowering(self) -> Optional[str]:
+        return self.get("lowering")
+
+    @property
+    def target(self) -> str:
+        return self.get("target") or "portable"
+
+    @property
+    def io(self) -> Optional[dict]:
+        """The ``io`` record (how the artifact takes its input and gives its output); None: ``[T, B, ...]`` in,
+        the spike train out."""
+        v = self.get("io")
+        return dict(v) if v else None
+
+    @property
+    def streaming(self) -> bool:
+        return self.mode == "streaming"
+
+    @property
+    def step_shape(self) -> Optional[List[int]]:
+        """A streaming export's one-step input shape ``[B, ...]`` (from ``input_shape`` when not recorded)."""
+        s = self.get("step_shape")
+        if s is None and self.input_shape is not None:
+            s = list(self.input_shape[1:])
+        return list(s) if s is not None else None
+
+    @property
+    def states(self) -> List[dict]:
+        """A streaming export's membrane records (``[]`` for a multi-step export)."""
+        return [dict(x) for x in self.get("states") or []]
 
     def require(self, *keys: str, why: str = "") -> None:
         """A one-line error when a key the caller needs is absent."""

@@ -220,15 +220,16 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
                    formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
                    bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
                    threads: Optional[int] = None, log: Callable[[str], None] = print,
-                   precision: str = "float32") -> QuickstartResult:
+                   precision: str = "float32", target: str = "onnxruntime-cpu") -> QuickstartResult:
     """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
-    :mod:`dsr_deploy.export.int8`), verified with the int8 rule; PyTorch's float32 accuracy is reported next
-    to the int8 artifacts'."""
+    :mod:`dsr_deploy.export.int8`) in the forms ``target`` picks (default: ONNX Runtime's CPU, the runtime the
+    quickstart runs it on), verified with the int8 rule; PyTorch's float32 accuracy is reported next to the int8
+    artifacts'."""
     import torch
 
     from . import models
     from .encoding import direct_encode
-    from .export import export_model
+    from .export import ExportOptions, export_model
     from .io import atomic_write_text, check_writable_dir
     from .models.common import NEURON_DEFAULTS, firing_rate
     from .models.digits import load_digits_split
@@ -275,15 +276,12 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     t0 = time.perf_counter()
     export_dir = out / EXPORT_DIR
     shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
-    extra = {}
     if precision == "int8":
-        from .export.int8.rewrite import load_calibration
-
-        formats = ("onnx",)
-        extra = {"calibration": load_calibration(None, spec, shape)}
-    log(f"[2/5] export to {', '.join(formats)} ({precision}) -> {export_dir}")
-    manifest = export_model(model, shape, export_dir, formats_=formats, spec=spec, force=True,
-                            progress=lambda m: log(f"      {m}"), precision=precision, extra_options=extra)
+        formats = ("onnx",)  # calibrated on the zoo model's training split (export_model loads it)
+    log(f"[2/5] export to {', '.join(formats)} ({precision}, target {target}) -> {export_dir}")
+    manifest = export_model(model, shape, export_dir, ExportOptions(formats=tuple(formats), precision=precision,
+                                                                     target=target), spec=spec, force=True,
+                            progress=lambda m: log(f"      {m}"))
     files["export"] = str(export_dir)
     files["manifest"] = str(export_dir / "manifest.json")
     for art in manifest.get("artifacts", []):

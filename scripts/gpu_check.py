@@ -386,7 +386,7 @@ def tensorrt_rows(gen):
         for precision in ("float32", "float16"):
             d = Path(tmp) / precision
             try:
-                export_model(net, shape, d, formats_=("onnx",), extra_options={"precision": precision})
+                export_model(net, shape, d, formats=("onnx",), precision=precision)
                 summary = E.build_engine(d / "model.onnx", d / "model.plan", batch=E.Range(1, 4, 8),
                                          timesteps=E.Range(1, 20, 20), allow_function_fallback=True,
                                          log=lambda m: print(m, flush=True))

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("float32", "--precision", help="float32 | int8: run on the quantised ONNX "
                                       "export (calibrated on the training split) and report its held-out "
                                       "accuracy next to float32's"),
+        target: str = typer.Option("onnxruntime-cpu", "--target", help="--precision int8: the runtime the int8 "
+                                   "forms are for (portable | onnxruntime-cpu | tensorrt; export --target)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
     ):
         """Run the whole product on the shipped trained network (DSR-IF CNN, 8x8 digits): export to TorchScript,
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
         # a file or pipe gets the whole tables (rich would wrap them at 80 columns)
         console = err if as_json else Console(width=None if sys.stdout.isatty() else 160)
         result = run_quickstart(out, model_name=model, bench=bench, bench_batches=batches, bench_iters=iters,
-                                threads=threads or None, precision=precision,
+                                threads=threads or None, precision=precision, target=target,
                                 log=lambda m: console.print(m, markup=False, highlight=False))
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -72,9 +72,9 @@ def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
 
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options``; checked with full_check."""
-    opset = int(ctx.options.get("opset") or DEFAULT_OPSET)
-    lowering = ctx.options.get("lowering") or "function"
-    body = ctx.options.get("function_body") or DEFAULT_BODY
+    opset = int(ctx.options.opset or DEFAULT_OPSET)
+    lowering = ctx.options.lowering or "function"
+    body = ctx.options.function_body or DEFAULT_BODY
     if opset < 17:
         raise UserError(f"--opset must be >= 17 (got {opset})")
     if lowering not in LOWERINGS:
@@ -101,7 +101,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
         raise UserError(f"ONNX export failed: {first}") from exc
     model = prog.model_proto
     kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
-    if ctx.options.get("precision") == "int8" and kinds:
+    if ctx.options.precision == "int8" and kinds:
         model = quantized(model, ctx)
     if lowering == "portable":
         model = portable(model)
@@ -112,14 +112,10 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
 
 
 def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
-    """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
-    from .int8.rewrite import quantize_model
+    """``--precision int8``: the Q/DQ model (:mod:`.int8`) with the export's int8 options (calibration checked)."""
+    from .int8.rewrite import quantize
 
-    q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
-                          quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or "qdq",
-                          activations=ctx.options.get("int8_activations") or "uint8",
-                          layout=ctx.options.get("int8_layout") or "nchw")
+    q, _ = quantize(model, ctx.options.int8, ctx.batch_dim)
     return q
 
 

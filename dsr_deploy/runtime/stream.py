@@ -22,13 +22,15 @@ __all__ = ["StreamSession", "manifest_states"]
 
 
 def manifest_states(manifest: Mapping) -> list[dict]:
-    """The membrane records of a streaming export's manifest (top level, or in an artifact record)."""
-    if isinstance(manifest.get("states"), list):
-        return manifest["states"]
-    for a in manifest.get("artifacts", []):
-        if isinstance(a, Mapping) and isinstance(a.get("states"), list):
-            return a["states"]
-    raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode streaming)")
+    """The membrane records of a streaming export's manifest (a validated one, or a dict to validate)."""
+    from ..manifest import Manifest, parse_manifest
+
+    m = manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))
+    if not m.states:
+        raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode "
+                        "streaming)")
+    return m.states
+
 
 def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
