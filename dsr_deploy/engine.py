@@ -411,7 +411,7 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
     if Path(engine).resolve().parent != folder or not manifest_path.is_file():
         return None
     try:
-        manifest = dict(read_manifest(folder))
+        manifest = read_manifest(folder)
     except UserError:
         return None  # not ours to repair; the engine itself is written
     entry = {"format": "tensorrt", "path": Path(engine).name, "onnx": Path(onnx_path).name,
@@ -420,8 +420,7 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
              # what the engine holds, read from the parsed network, not whether a library was found
              "plugin": summary.get("contents", {}).get("dsr_path") == "plugin",
              "dsr_path": summary.get("contents", {}).get("dsr_path")}
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
-    write_manifest(folder, manifest)
+    write_manifest(folder, manifest.with_artifact(entry))
     return str(manifest_path)
 
 

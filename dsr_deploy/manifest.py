@@ -427,6 +427,15 @@ class Manifest(dict):
         """A streaming export's membrane records (``[]`` for a multi-step export)."""
         return [dict(x) for x in self.get("states") or []]
 
+    def with_artifact(self, entry: Mapping) -> dict:
+        """The manifest's data with artifact ``entry`` added (replacing one with the same path)."""
+        return {**self, "artifacts": [a for a in self.artifacts if a["path"] != entry["path"]] + [dict(entry)]}
+
+    @property
+    def version(self) -> Optional[str]:
+        """The dsr-deploy version that wrote it."""
+        return self.get("dsr_deploy_version")
+
     def require(self, *keys: str, why: str = "") -> None:
         """A one-line error when a key the caller needs is absent."""
         for key in keys:

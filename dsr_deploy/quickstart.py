@@ -284,7 +284,7 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
                             progress=lambda m: log(f"      {m}"))
     files["export"] = str(export_dir)
     files["manifest"] = str(export_dir / "manifest.json")
-    for art in manifest.get("artifacts", []):
+    for art in manifest.artifacts:
         files[f"artifact:{art.get('format')}"] = str(export_dir / art["path"])
     seconds["export"] = round(time.perf_counter() - t0, 2)
 

@@ -137,7 +137,7 @@ def _manifest_io(runner: Runner) -> Optional[dict]:
     if not isinstance(runner.artifact, (str, Path)):
         return None
     m = manifest_for(runner.artifact)
-    io = m.get("io") if m else None
+    io = m.io if m else None
     return io if isinstance(io, dict) and io.get("input_layout") in ("TB", "BT", "static") else None
 
 

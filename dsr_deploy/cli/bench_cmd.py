@@ -63,8 +63,7 @@ def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters
     if shape is None and manifest is not None and manifest.input_shape is not None:
         from ..io_adapter import canonical_shape
 
-        io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
-        shape = [int(d) for d in canonical_shape(list(manifest.input_shape), io)]  # as [T, B, ...]
+        shape = [int(d) for d in canonical_shape(list(manifest.input_shape), manifest.io)]  # as [T, B, ...]
     entries = []
     # --compare: more artifacts (e.g. the int8 export of the same model) on the same backends, in the same run;
     # every row's label then names its artifact's precision.
@@ -158,10 +157,10 @@ def _precision_of(target: str) -> str:
         m = None
     if m is None:
         return "float32"
-    arts = [a for a in m.get("artifacts", []) if isinstance(a, dict)]
+    arts = [a for a in m.artifacts if isinstance(a, dict)]
     if not R.is_export_folder(target):
         arts = [a for a in arts if a.get("path") == Path(target).name]
-    return next((str(a["precision"]) for a in arts if a.get("precision")), str(m.get("dtype") or "float32"))
+    return next((str(a["precision"]) for a in arts if a.get("precision")), m.dtype)
 
 
 def register(app: typer.Typer) -> None:

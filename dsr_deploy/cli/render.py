@@ -94,3 +94,63 @@ def export_summary(manifest: Mapping[str, Any], spec: str, out, as_json: bool) -
         t.add_row(a["format"], a["path"], details)
     c.print(t)
     c.print(neuron_table(m.neurons, f"{len(m.neurons)} DSR neuron layers"))
+
+
+def inspect_report(info: dict) -> None:
+    """``dsr-deploy inspect``: a MODEL spec, an export folder, an ONNX file or another artifact."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    c = console()
+    kind = info["kind"]
+    if kind == "model":
+        c.print(f"[bold]{info['spec']}[/bold]" + (f"  checkpoint {info['checkpoint']}" if info["checkpoint"] else ""))
+        if info.get("default_input_shape"):
+            c.print(f"default input shape {info['default_input_shape']}")
+        if info.get("settings"):
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items())))
+        c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
+    elif kind == "export-folder":
+        from ..manifest import Manifest
+
+        m = Manifest(info["manifest"])
+        shape = list(m.input_shape) if m.input_shape is not None else None
+        c.print(escape(f"{info['path']}: {m.model_spec} T={m.T} input {shape} layout {m.layout} "
+                       f"(dsr-deploy {m.version})"))
+        if m.model_settings:
+            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in m.model_settings.items())))
+        if m.io:
+            c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m.io.items())))
+        t = Table("format", "path", "details", title="artifacts")
+        for a in info["artifacts"]:
+            extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
+            t.add_row(escape(a["format"]), escape(a["path"]), escape(extra))
+        c.print(t)
+        c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
+    elif kind == "onnx":
+        c.print(f"[bold]{info['path']}[/bold]  opsets {info['opset_import']}  IR {info['ir_version']}")
+        c.print(escape(f"nodes {info['node_count']}, dsr nodes {info['dsr_node_count']}, "
+                       f"functions {info['function_count']}"
+                       + "".join(f"  [{f['name']}: {f['nodes']} nodes, {f['body']}]" for f in info["functions"])))
+        c.print(escape("inputs " + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
+                       + "  outputs " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"])))
+        if info["metadata"]:
+            t = Table("key", "value", title="metadata")
+            for k, v in info["metadata"].items():
+                t.add_row(k, v if len(v) < 120 else v[:117] + "...")
+            c.print(t)
+        if info["neurons"]:
+            t = Table("node", "op", "attributes", title="dsr nodes")
+            for n in info["neurons"]:
+                t.add_row(n["node"], n["op_type"], ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in n["attributes"].items()))
+            c.print(t)
+    else:
+        c.print(f"[bold]{escape(info['path'])}[/bold] ({kind}, {info['bytes']} bytes)")
+        if info.get("pickled_entries"):
+            c.print(escape(f"pickled entries (loading runs code; refused without --trust-pickle): "
+                           f"{', '.join(info['pickled_entries'])}"))
+        if info.get("artifact"):
+            c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
+        if info.get("neurons"):
+            c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers (from manifest.json)"))

@@ -22,7 +22,7 @@ from . import multistep, streaming
 from .base import INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
 from .formats import Format, Job, formats, get_mode, modes, register_format, register_mode
 from .int8 import CALIBRATION_HINT, Int8Options
-from .manifest import MANIFEST, build_manifest, read_manifest, write_manifest
+from .manifest import MANIFEST, Manifest, build_manifest, read_manifest, write_manifest
 from .multistep import model_io, probe_model
 from .options import HALF_FORMATS, PRECISIONS, ExportOptions, IOOptions
 
@@ -87,12 +87,12 @@ def write_folder(out_dir: Path, ctx: ExportContext, jobs: Sequence[Job], *, mode
         # verify rebuilds the model from its spec: the digest says whether it got these weights back
         digest = weights_digest(weights_of) if weights_of is not None else None
         manifest = build_manifest(ctx, artifacts, mode=mode, weights_sha256=digest, fields=fields)
-        write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
+        checked = write_manifest(tmp, manifest)  # validated: never a manifest its readers refuse
         # mkdtemp/mkstemp create private files; an export folder is ordinary output.
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
-    return manifest
+    return Manifest(checked, out_dir / MANIFEST, out_dir)
 
 
 def export_model(model: nn.Module, input_shape: Sequence[int], out_dir: Path | str,

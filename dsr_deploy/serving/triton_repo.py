@@ -22,12 +22,13 @@ with explicit dims, and a streaming plan's sequence batcher uses the zero initia
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import contract
 from ..errors import UserError
+from ..manifest import Manifest
 from .triton_config import INSTANCE_KINDS, make_config
 from .triton_onnx import (
     Edge,
@@ -49,7 +50,7 @@ class ModelSource:
     name: str
     onnx: Path
     plan: Optional[Path] = None
-    manifest: dict = field(default_factory=dict)
+    manifest: Optional[Manifest] = None  # the export folder's (validated), None for a loose file
 
 
 def _sanitize(name: str) -> str:
@@ -170,8 +171,7 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                 add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
-                io = (src.manifest or {}).get("io")
-                io = io if isinstance(io, dict) else {}
+                io = (src.manifest.io if src.manifest is not None else None) or {}
                 if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
                     note = (f"model used as exported (batch first: {io['input_layout']} input, "
                             f"{io.get('output', 'spikes')} output)")

@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ...errors import UserError
-from .options import CALIBRATION_HINT
 
+CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
+                    "them, any number of samples along the batch dimension)")
 PERCENTILES = (100.0, 99.999, 99.99, 99.9)
 SAMPLE = 1 << 20  # values kept per tensor for the MSE search
 
@@ -86,7 +85,7 @@ def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarra
         yield np.ascontiguousarray(np.take(data, range(start, min(n, start + chunk)), axis=batch_dim))
 
 
-def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, batch_dim: int,
+def calibrate(model: "onnx.ModelProto", tensors: Sequence[str], data: np.ndarray, batch_dim: int,
               chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None,
               signed: bool = False) -> Dict[str, Tuple[float, int]]:
     """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return the
@@ -94,7 +93,9 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: np.ndarray, 
     step model): ``(input,
     output, per-sample shape)`` of each membrane; ``data`` ``[T, N, ...]`` is then fed one step at a time from
     zero membranes, as a stream runs."""
+    import onnx
     import onnxruntime as ort
+    from onnx import helper
 
     if not tensors:
         return {}

@@ -18,9 +18,7 @@ from typing import Any, Optional, Sequence
 
 from ...contract import TARGETS
 from ...errors import UserError
-
-CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
-                    "them, any number of samples along the batch dimension)")
+from .calibrate import CALIBRATION_HINT, check_calibration, load_calibration  # noqa: F401  (CALIBRATION_HINT: public)
 
 NEURON_FORMS = ("qdq", "quantized")
 #: ``export --int8-activations``: the element type of quantised activations (currents and spike codes).
@@ -70,8 +68,6 @@ class Int8Options:
         given, the ``.npy`` file given (read without pickle), or the zoo model's shipped inputs (``spec``,
         ``network_shape`` and the I/O options say which); a one-line UserError when there is none or it does
         not fit."""
-        from .calibrate import check_calibration, load_calibration
-
         data = self.calibration
         if data is None or isinstance(data, (str, Path)):
             data = load_calibration(data, spec, network_shape or shape, layout, encode)
