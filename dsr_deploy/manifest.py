@@ -6,9 +6,9 @@ dsr-deploy reads, and that every artifact path stays inside the folder (no absol
 symlink leading out). A bad manifest is one :class:`~dsr_deploy.errors.UserError` line naming the file and the
 key, raised before anything is printed or loaded.
 
-The schema is declarative: a :class:`Record` per object (the manifest, ``model``, one artifact, one neuron, one
-streaming state) maps each key to a checker. Keys a record does not know are kept as they are (a newer
-exporter may add fields); a key it knows must have the right type. A field is added in one line, here or from
+The schema is declarative: a :class:`~dsr_deploy.schema.Record` per object (the manifest, ``model``, one
+artifact, one neuron, one streaming state) maps each key to a checker. Keys a record does not know are kept as
+they are (a newer exporter may add fields); a key it knows must have the right type. A field is added in one line, here or from
 the module that owns it::
 
     from dsr_deploy.manifest import ARTIFACT, optional, string
@@ -17,199 +17,49 @@ the module that owns it::
 Keys (schema 1): ``schema``, ``dsr_deploy_version``, ``created``, ``mode`` (multistep | streaming), ``model``
 (``spec``, ``checkpoint``, ``trust_pickle``: what the export was made from; ``trust_pickle`` records that the
 export needed it and never grants trust to a reader), ``input_shape`` ``[T, B, ...]``, ``T``, ``layout``,
-``dtype``, ``dynamic_batch``, ``lowering``, ``neurons`` (one record per layer), ``artifacts`` (``[{format, path,
-...}]``, paths relative to the folder), ``inputs`` / ``outputs`` (names); streaming exports add ``step_shape``
-and ``states``.
+``dtype``, ``dynamic_batch``, ``lowering``, ``target`` (export ``--target``), ``neurons`` (one record per layer),
+``artifacts`` (``[{format, path, ...}]``, paths relative to the folder), ``inputs`` / ``outputs`` (names), ``io``;
+streaming exports add ``step_shape`` and ``states`` (at the top level only).
 
-One idea, over 400 lines: the manifest's schema, with its one validating reader and writer (every field's
-check beside the field, so a field is never read unchecked).
+Code outside this module reads a manifest through :class:`Manifest`'s accessors (``m.io``, ``m.states``,
+``m.step_shape``, ...), never by raw key (tests/test_architecture.py checks it). The checkers are
+:mod:`dsr_deploy.schema`'s (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from .contract import TARGETS
 from .errors import UserError
+from .schema import (  # noqa: F401  (the checkers are re-exported: fields are added from here)
+    MAX_ELEMENTS,
+    Check,
+    Invalid,
+    Record,
+    boolean,
+    dims,
+    integer,
+    list_of,
+    name_list,
+    nonempty_string,
+    number,
+    one_of,
+    optional,
+    relative_path,
+    settings_map,
+    show,
+    string,
+    string_map,
+)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMAS = (1,)
 MODES = ("multistep", "streaming")
-# An input shape whose element count exceeds this is refused (2**30 float32 elements = 4 GiB per input):
-# verify and bench allocate inputs of the manifest's shape.
-MAX_ELEMENTS = 1 << 30
 MAX_BYTES = 16 << 20  # a manifest is a few KiB; refuse to parse a huge file
-
-
-class Invalid(ValueError):
-    """A value that does not fit its key (the message says what was expected)."""
-
-
-def _show(v: Any) -> str:
-    text = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkers: (value) -> value, raising Invalid. Compose them to describe a key.
-
-Check = Callable[[Any], Any]
-
-
-def string(v: Any) -> str:
-    if not isinstance(v, str):
-        raise Invalid(f"expected a string, got {_show(v)}")
-    return v
-
-
-def nonempty_string(v: Any) -> str:
-    if not string(v).strip():
-        raise Invalid("expected a non-empty string")
-    return v
-
-
-def boolean(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise Invalid(f"expected true or false, got {_show(v)}")
-    return v
-
-
-def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Check:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise Invalid(f"expected an integer, got {_show(v)}")
-        if lo is not None and v < lo:
-            raise Invalid(f"expected an integer >= {lo}, got {v}")
-        if hi is not None and v > hi:
-            raise Invalid(f"expected an integer <= {hi}, got {v}")
-        return v
-    return check
-
-
-def number(v: Any) -> float:
-    """A JSON number (not a boolean); NaN/inf allowed (a manifest records what the model held)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Invalid(f"expected a number, got {_show(v)}")
-    return v
-
-
-def one_of(*choices: str) -> Check:
-    def check(v: Any) -> str:
-        if v not in choices:
-            raise Invalid(f"expected one of {', '.join(choices)}, got {_show(v)}")
-        return v
-    return check
-
-
-def optional(inner: Check) -> Check:
-    def check(v: Any) -> Any:
-        return None if v is None else inner(v)
-    return check
-
-
-def settings_map(v: Any) -> dict:
-    """Keyword settings of a factory (``--set`` and a checkpoint's): names to JSON scalars or lists of them."""
-    if not isinstance(v, dict):
-        raise Invalid(f"expected a mapping of names to values, got {_show(v)}")
-    for k, x in v.items():
-        items = list(x) if isinstance(x, (list, tuple)) else [x]
-        if not k.isidentifier() or not all(i is None or isinstance(i, (str, int, float, bool)) for i in items):
-            raise Invalid(f"{k}: expected a name with a scalar or a list of scalars, got {_show(x)}")
-    return v
-
-
-def list_of(inner: Check, *, min_len: int = 0) -> Check:
-    def check(v: Any) -> list:
-        if not isinstance(v, list):
-            raise Invalid(f"expected a list, got {_show(v)}")
-        if len(v) < min_len:
-            raise Invalid(f"expected at least {min_len} item(s), got {len(v)}")
-        out = []
-        for i, item in enumerate(v):
-            try:
-                out.append(inner(item))
-            except Invalid as exc:
-                raise Invalid(f"[{i}]{_join(exc)}") from None
-        return out
-    return check
-
-
-def dims(*, min_rank: int = 1) -> Check:
-    """A shape: a list of positive integers whose product is at most :data:`MAX_ELEMENTS`."""
-    each = list_of(integer(1), min_len=min_rank)
-
-    def check(v: Any) -> list:
-        shape = each(v)
-        if math.prod(shape) > MAX_ELEMENTS:
-            text = str(shape) if len(str(shape)) <= 60 else str(shape)[:57] + "..."
-            raise Invalid(f"{text} has more than the {MAX_ELEMENTS} elements a dsr-deploy input may have")
-        return shape
-    return check
-
-
-def relative_path(v: Any) -> str:
-    """A path inside the export folder: relative, no ``..``, no backslash or NUL (symlinks are checked when the
-    folder is known: :meth:`Manifest.path_of`)."""
-    p = nonempty_string(v)
-    if "\x00" in p or "\\" in p:
-        raise Invalid(f"{_show(p)} is not a plain relative path")
-    pp = PurePosixPath(p)
-    if pp.is_absolute() or p.startswith("~") or ".." in pp.parts:
-        raise Invalid(f"{_show(p)} leaves the export folder (absolute paths and '..' are refused)")
-    if pp.parts in ((), (".",)):
-        raise Invalid(f"{_show(p)} names the folder itself, not a file")
-    return p
-
-
-def name_list(v: Any) -> List[str]:
-    """Tensor names: strings, or ``{"name": str, ...}`` records."""
-    def one(x: Any) -> Any:
-        if isinstance(x, dict):
-            if not isinstance(x.get("name"), str):
-                raise Invalid(f".name: expected a string, got {_show(x.get('name'))}")
-            return x
-        return nonempty_string(x)
-    return list_of(one)(v)
-
-
-def _join(exc: Invalid) -> str:
-    text = str(exc)
-    return text if text.startswith(("[", ".")) else f": {text}"
-
-
-@dataclass
-class Record:
-    """An object with known keys (each with a checker) and possibly ``required`` keys; other keys are kept."""
-
-    name: str
-    fields: Dict[str, Check] = field(default_factory=dict)
-    required: Tuple[str, ...] = ()
-
-    def add(self, key: str, check: Check, *, required: bool = False) -> None:
-        """Declare a key (branches that add manifest fields call this)."""
-        self.fields[key] = check
-        if required and key not in self.required:
-            self.required = self.required + (key,)
-
-    def __call__(self, v: Any) -> dict:
-        if not isinstance(v, dict):
-            raise Invalid(f"expected an object, got {_show(v)}")
-        for key in self.required:
-            if key not in v:
-                raise Invalid(f".{key}: missing")
-        out = dict(v)
-        for key, check in self.fields.items():
-            if key in v:
-                try:
-                    out[key] = check(v[key])
-                except Invalid as exc:
-                    raise Invalid(f".{key}{_join(exc)}") from None
-        return out
 
 
 def _artifacts(v: Any) -> list:
@@ -222,14 +72,14 @@ def _artifacts(v: Any) -> list:
             elif isinstance(x, str):
                 items.append({"format": k, "path": x})
             else:
-                raise Invalid(f".{k}: expected a path or an artifact object, got {_show(x)}")
+                raise Invalid(f".{k}: expected a path or an artifact object, got {show(x)}")
         v = items
     return list_of(ARTIFACT)(v)
 
 
 def _schema(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v not in SUPPORTED_SCHEMAS:
-        raise Invalid(f"unknown schema version {_show(v)} "
+        raise Invalid(f"unknown schema version {show(v)} "
                       f"(this dsr-deploy reads {', '.join(map(str, SUPPORTED_SCHEMAS))}; "
                       "a newer dsr-deploy wrote it?)")
     return v
@@ -254,12 +104,6 @@ STATE = Record("state", {
     "initial": string, "neuron": integer(0), "layer": string,
 }, required=("input", "output", "shape"))
 
-
-def string_map(v: Any) -> dict:
-    """Names to strings (e.g. the layers an int8 export kept float32, and why)."""
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise Invalid(f"expected a mapping of names to strings, got {_show(v)}")
-    return v
 
 
 QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/export/int8/)

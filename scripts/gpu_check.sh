@@ -59,13 +59,13 @@ ARCH_PY=${ARCH_PY:-None}
 
 echo "== building the torch op with CUDA kernels (+ libdsr_kernels.so) into $LIB"
 if ! "$PYTHON" -c "
-from dsr_deploy import plugins
+from dsr_deploy import plugin_build as plugins
 plugins.build(torch=True, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-torch', lib_dir='$LIB', verbose=True)
 "; then
   echo "== the torch CUDA adapter did not build; building the CUDA core alone (the check then runs it through ctypes)"
   rm -f "$LIB/libdsr_torch_ops.so"
   "$PYTHON" -c "
-from dsr_deploy import plugins
+from dsr_deploy import plugin_build as plugins
 plugins.build(torch=False, cuda=True, ort=False, trt=False, cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-core', lib_dir='$LIB', verbose=True)
 "
 fi
@@ -75,7 +75,7 @@ fi
 if [ -n "${TENSORRT_ROOT:-}" ] && "$PYTHON" -c "import tensorrt" 2>/dev/null; then
   echo "== building the TensorRT plugins against $TENSORRT_ROOT"
   "$PYTHON" -c "
-from dsr_deploy import plugins
+from dsr_deploy import plugin_build as plugins
 plugins.build(torch=False, cuda=True, ort=False, trt=True, trt_root='$TENSORRT_ROOT', cuda_arch=$ARCH_PY, build_dir='build/gpu_check/cmake-trt', lib_dir='$LIB', verbose=False)
 " || echo "== the TensorRT plugin build failed; the TensorRT step runs the function bodies"
 fi

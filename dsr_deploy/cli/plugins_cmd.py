@@ -48,10 +48,11 @@ def build_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the build record as JSON."),
 ):
     """Configure and build plugins/ with CMake and install the libraries where dsr_deploy finds them."""
-    from .. import plugins
+    from .. import plugin_build
 
-    record = plugins.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
-                           cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
+    record = plugin_build.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
+                                cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs,
+                                verbose=verbose)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

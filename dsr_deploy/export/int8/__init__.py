@@ -10,11 +10,22 @@
 
 from __future__ import annotations
 
-from .calibrate import ZOO_CALIBRATION, calibrate, check_calibration, load_calibration, qparams
-from .graph import spike_value
+from .calibrate import ZOO_CALIBRATION, check_calibration, load_calibration, qparams
 from .options import ACTIVATIONS, CALIBRATION_HINT, LAYOUTS, NEURON_FORMS, TARGET_FORMS, TARGETS, Int8Options
-from .rewrite import META_QUANT, plan, quantize, quantize_file, quantize_model, quantize_weight
 
 __all__ = ["ACTIVATIONS", "CALIBRATION_HINT", "LAYOUTS", "META_QUANT", "NEURON_FORMS", "TARGETS", "TARGET_FORMS",
-           "ZOO_CALIBRATION", "Int8Options", "calibrate", "check_calibration", "load_calibration", "plan", "qparams",
+           "ZOO_CALIBRATION", "Int8Options", "check_calibration", "load_calibration", "plan", "qparams",
            "quantize", "quantize_file", "quantize_model", "quantize_weight", "spike_value"]
+
+# The graph rewrite imports onnx: loaded when first used, so `import dsr_deploy.export` stays cheap.
+_LAZY = {"spike_value": ".graph", "META_QUANT": ".rewrite", "plan": ".rewrite",
+         "quantize": ".rewrite", "quantize_file": ".rewrite", "quantize_model": ".rewrite",
+         "quantize_weight": ".rewrite"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

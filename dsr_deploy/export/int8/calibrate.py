@@ -85,7 +85,7 @@ def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarra
         yield np.ascontiguousarray(np.take(data, range(start, min(n, start + chunk)), axis=batch_dim))
 
 
-def calibrate(model: "onnx.ModelProto", tensors: Sequence[str], data: np.ndarray, batch_dim: int,
+def calibrate(model: Any, tensors: Sequence[str], data: np.ndarray, batch_dim: int,
               chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None,
               signed: bool = False) -> Dict[str, Tuple[float, int]]:
     """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return the
