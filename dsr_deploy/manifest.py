@@ -8,8 +8,8 @@ key, raised before anything is printed or loaded.
 
 The schema is declarative: a :class:`~dsr_deploy.schema.Record` per object (the manifest, ``model``, one
 artifact, one neuron, one streaming state) maps each key to a checker. Keys a record does not know are kept as
-they are (a newer exporter may add fields); a key it knows must have the right type. A field is added in one line, here or from
-the module that owns it::
+they are (a newer exporter may add fields); a key it knows must have the right type. A field is added in one
+line, here or from the module that owns it::
 
     from dsr_deploy.manifest import ARTIFACT, optional, string
     ARTIFACT.add("precision", optional(string))
