@@ -7,7 +7,7 @@ anything the library did not return.
 from __future__ import annotations
 
 import json
-from typing import Any, List, Mapping
+from typing import Any, List, Mapping, Optional
 
 
 def console():
@@ -154,3 +154,81 @@ def inspect_report(info: dict) -> None:
             c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
         if info.get("neurons"):
             c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers (from manifest.json)"))
+
+
+class bench_progress:  # noqa: N801 - used as a context manager: `with bench_progress(iters) as progress:`
+    """``dsr-deploy bench``'s progress bars on stderr (configurations, iterations of the current one); yields the
+    ``progress(event, **info)`` callback :func:`dsr_deploy.bench.run_benchmark` calls."""
+
+    def __init__(self, iters: Optional[int]):
+        self.iters = iters
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err_console(), transient=True)
+        self.bar.__enter__()
+        self.tasks = {}
+        return self.progress
+
+    def progress(self, event, **info) -> None:
+        bar, tasks = self.bar, self.tasks
+        if event == "start":
+            tasks["all"] = bar.add_task("configurations", total=info["total"])
+            tasks["it"] = bar.add_task("iterations", total=info["iters"])
+        elif event == "row":
+            bar.reset(tasks["it"], total=self.iters)
+            bar.update(tasks["it"], description=f"{info['label']} batch={info['batch']} T={info['timesteps']}")
+        elif event == "iteration":
+            bar.advance(tasks["it"])
+        elif event == "row_done":
+            bar.advance(tasks["all"])
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+
+def bench_report(result, *, json_out=None, csv_out=None, plot=None) -> None:
+    """``dsr-deploy bench``: the table on stdout, each backend's dsr ops, and the files asked for."""
+    from .. import bench as B
+
+    out = console()
+    out.print(B.render_table(result))
+    for label, desc in result.entries.items():
+        if desc.get("dsr_ops"):
+            out.print(f"[dim]{label}: dsr ops: {desc['dsr_ops']}[/dim]")
+    for path, write in ((json_out, B.write_json), (csv_out, B.write_csv), (plot, B.write_plot)):
+        if path:
+            write(result, path)
+            out.print(f"wrote {path}")
+
+
+def serving_ready(info: dict, as_json: bool) -> None:
+    """``dsr-deploy serve``: the endpoints and models, once the server is ready (flushed: a caller waits on it)."""
+    import sys
+
+    import typer
+
+    if as_json:
+        typer.echo(json.dumps(info))
+    else:
+        typer.echo(f"serving {', '.join(m['name'] for m in info['models'])} at {info['http']} "
+                   f"(gRPC {info['grpc']}); Ctrl-C or SIGTERM stops")
+    sys.stdout.flush()
+
+
+def repository_summary(summary: dict, out, as_json: bool) -> None:
+    """``dsr-deploy triton-repo``: what was written."""
+    from pathlib import Path
+
+    import typer
+
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"wrote {out}:")
+    for m in summary["models"]:
+        typer.echo(f"  {m['name']:<32} {m['backend']:<14} max_batch_size {m['max_batch_size']}"
+                   + (f"  ({m['note']})" if m["note"] else ""))
+    typer.echo(f"  see {Path(out) / 'README.md'} to start tritonserver")
