@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -216,39 +216,31 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
     return row
 
 
-def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
-                   formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
-                   bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
-                   threads: Optional[int] = None, log: Callable[[str], None] = print,
-                   precision: str = "float32", target: str = "onnxruntime-cpu") -> QuickstartResult:
-    """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
-    :mod:`dsr_deploy.export.int8`) in the forms ``target`` picks (default: ONNX Runtime's CPU, the runtime the
-    quickstart runs it on), verified with the int8 rule; PyTorch's float32 accuracy is reported next to the int8
-    artifacts'."""
+@dataclass
+class _Reference:
+    """Step 1's results: the model, the held-out data and PyTorch's logits on it."""
+
+    model: Any
+    T: int
+    x: np.ndarray  # held-out inputs [T, N, ...], direct-encoded
+    labels: np.ndarray
+    neuron: str
+    params: dict
+    logits: np.ndarray
+    accuracy: float
+
+
+def _reference(model_name: str, out: Path, files: Dict[str, str], log: Callable[[str], None]) -> _Reference:
+    """Step 1: the held-out data (saved beside the reports) and the PyTorch reference on it."""
     import torch
 
     from . import models
     from .encoding import direct_encode
-    from .export import ExportOptions, export_model
-    from .io import atomic_write_text, check_writable_dir
     from .models.common import NEURON_DEFAULTS, firing_rate
     from .models.digits import load_digits_split
-    from .verify import verify_folder
 
-    out = Path(out)
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    check_writable_dir(out)
-    spec = f"zoo:{model_name}"
     info = models.describe(model_name)
-    if not info.get("checkpoint"):
-        raise UserError(f"quickstart needs a zoo model with shipped weights; {spec} has none")
-    seconds: Dict[str, float] = {}
-    files: Dict[str, str] = {}
-
-    # 1. data and the PyTorch reference
-    t0 = time.perf_counter()
-    log(f"[1/5] {spec}: {info['summary']}")
+    log(f"[1/5] zoo:{model_name}: {info['summary']}")
     for kernel, state in _native_summary().items():
         log(f"      native {kernel}: {state}")
     model = models.build(model_name).eval()
@@ -265,22 +257,62 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     params = {**NEURON_DEFAULTS[neuron], **{k: v for k, v in info.get("defaults", {}).items()
                                               if k in ("tau", "delta_t")}}
     with torch.no_grad():
-        ref_logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
-    ref_correct = int((ref_logits.argmax(-1) == labels).sum())
-    pytorch_acc = ref_correct / len(labels)
-    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {pytorch_acc:.2%} "
-        f"({ref_correct}/{len(labels)})")
+        logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
+    correct = int((logits.argmax(-1) == labels).sum())
+    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {correct / len(labels):.2%} "
+        f"({correct}/{len(labels)})")
+    return _Reference(model, T, x_np, labels, neuron, params, logits, correct / len(labels))
+
+
+def _accuracy_rows(export_dir: Path, ref: _Reference, log: Callable[[str], None]) -> List[AccuracyRow]:
+    """Step 4: the held-out accuracy of each artifact on each backend that runs it here."""
+    rows: List[AccuracyRow] = []
+    for path, fmt, backend, variant, opts, why in _artifact_targets(export_dir):
+        if why is not None:
+            rows.append(AccuracyRow(path.name, fmt, backend, variant, status="skipped", reason=str(why)))
+            continue
+        log(f"      {path.name} on {backend}" + (f" ({variant})" if variant else ""))
+        rows.append(artifact_accuracy(path, fmt, backend, ref.x, ref.labels, ref.logits, ref.neuron, ref.params,
+                                      variant, opts))
+    return rows
+
+
+def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
+                   formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
+                   bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
+                   threads: Optional[int] = None, log: Callable[[str], None] = print,
+                   precision: str = "float32", target: str = "onnxruntime-cpu") -> QuickstartResult:
+    """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
+    :mod:`dsr_deploy.export.int8`) in the forms ``target`` picks (default: ONNX Runtime's CPU, the runtime the
+    quickstart runs it on), verified with the int8 rule; PyTorch's float32 accuracy is reported next to the int8
+    artifacts'."""
+    from . import models
+    from .export import ExportOptions, export_model
+    from .io import atomic_write_text, check_writable_dir
+    from .runtime import available_backends
+    from .verify import verify_folder
+
+    out = Path(out)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_writable_dir(out)
+    spec = f"zoo:{model_name}"
+    if not models.describe(model_name).get("checkpoint"):
+        raise UserError(f"quickstart needs a zoo model with shipped weights; {spec} has none")
+    seconds: Dict[str, float] = {}
+    files: Dict[str, str] = {}
+    t0 = time.perf_counter()
+    ref = _reference(model_name, out, files, log)
     seconds["data_and_pytorch"] = round(time.perf_counter() - t0, 2)
 
-    # 2. export
     t0 = time.perf_counter()
     export_dir = out / EXPORT_DIR
-    shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
+    shape = (ref.T, EXPORT_EXAMPLE_BATCH) + tuple(ref.x.shape[2:])
     if precision == "int8":
         formats = ("onnx",)  # calibrated on the zoo model's training split (export_model loads it)
     log(f"[2/5] export to {', '.join(formats)} ({precision}, target {target}) -> {export_dir}")
-    manifest = export_model(model, shape, export_dir, ExportOptions(formats=tuple(formats), precision=precision,
-                                                                     target=target), spec=spec, force=True,
+    manifest = export_model(ref.model, shape, export_dir, ExportOptions(formats=tuple(formats), precision=precision,
+                                                                         target=target), spec=spec, force=True,
                             progress=lambda m: log(f"      {m}"))
     files["export"] = str(export_dir)
     files["manifest"] = str(export_dir / "manifest.json")
@@ -288,7 +320,6 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
         files[f"artifact:{art.get('format')}"] = str(export_dir / art["path"])
     seconds["export"] = round(time.perf_counter() - t0, 2)
 
-    # 3. verify on the held-out data
     t0 = time.perf_counter()
     log("[3/5] verify every artifact on every available backend (held-out data + one direct-encoded input)")
     report = verify_folder(export_dir, input_file=str(out / HELDOUT_INPUT), labels_file=str(out / HELDOUT_LABELS),
@@ -297,37 +328,26 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     files["verify_report"] = str(out / VERIFY_REPORT)
     seconds["verify"] = round(time.perf_counter() - t0, 2)
 
-    # 4. accuracy of each artifact
     t0 = time.perf_counter()
     log("[4/5] held-out accuracy of each artifact")
-    rows: List[AccuracyRow] = []
-    for path, fmt, backend, variant, opts, why in _artifact_targets(export_dir):
-        if why is not None:
-            rows.append(AccuracyRow(path.name, fmt, backend, variant, status="skipped", reason=str(why)))
-            continue
-        log(f"      {path.name} on {backend}" + (f" ({variant})" if variant else ""))
-        rows.append(artifact_accuracy(path, fmt, backend, x_np, labels, ref_logits, neuron, params, variant, opts))
+    rows = _accuracy_rows(export_dir, ref, log)
     seconds["accuracy"] = round(time.perf_counter() - t0, 2)
 
-    # 5. benchmark
     bench_doc = None
     if bench:
         t0 = time.perf_counter()
-        log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={T}, {bench_iters} iterations each")
-        bench_doc = _benchmark(model, export_dir, manifest, [r for r in rows if r.status == "ok"], T,
+        log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={ref.T}, {bench_iters} iterations each")
+        bench_doc = _benchmark(ref.model, export_dir, manifest, [r for r in rows if r.status == "ok"], ref.T,
                                shape, bench_batches, bench_iters, bench_warmup, threads)
         atomic_write_text(out / BENCH_REPORT, json.dumps(bench_doc, indent=2) + "\n")
         files["bench_report"] = str(out / BENCH_REPORT)
         seconds["bench"] = round(time.perf_counter() - t0, 2)
     else:
         log("[5/5] benchmark skipped (--no-bench)")
-
-    from .runtime import available_backends
-
-    result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
-                              manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
-                              seconds=seconds, backends=available_backends(), native=_native_summary(),
-                              precision=precision)
+    result = QuickstartResult(out=out, model=model_name, T=ref.T, heldout=len(ref.labels),
+                              pytorch_accuracy=ref.accuracy, manifest=manifest, verify=report, accuracy=rows,
+                              bench=bench_doc, files=files, seconds=seconds, backends=available_backends(),
+                              native=_native_summary(), precision=precision)
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
