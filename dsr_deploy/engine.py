@@ -96,9 +96,9 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        from .runtime.base import one_line
+        from .errors import first_line
 
-        raise UserError(f"cannot read {path} as ONNX: {one_line(exc)}") from None
+        raise UserError(f"cannot read {path} as ONNX: {first_line(exc)}") from None
     initializers = {i.name for i in model.graph.initializer}
     inputs = []
     for vi in model.graph.input:

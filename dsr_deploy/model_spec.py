@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from .checkpoints import STATE_KEYS, apply_checkpoint, read_checkpoint, state_dict_of  # noqa: F401  (public API)
-from .errors import UserError
-from .guard import first_line as _first_line
+from .errors import UserError, first_line
 from .guard import user_code
 from .model_settings import (  # noqa: F401  (parse_set_options, checkpoint_settings: public API)
     IDENT,
@@ -182,11 +181,11 @@ def _module_factory(mod: str, attr: str) -> Factory:
     try:
         module = importlib.import_module(mod)
     except ModuleNotFoundError as exc:
-        raise UserError(f"cannot import module {mod!r}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot import module {mod!r}: {first_line(exc, with_type=True)}") from exc
     except (UserError, KeyboardInterrupt, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import time too
-        raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
+        raise UserError(f"importing {mod} failed: {first_line(exc, with_type=True)}") from exc
     factory = _resolve(module, attr, mod)
     params, open_kwargs = _signature_params(factory)
     return Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)

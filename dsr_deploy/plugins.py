@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import contract, ops
-from .errors import UserError
+from .errors import UserError, first_line
 
 BUILD_INFO = "build_info.json"
 
@@ -295,7 +295,7 @@ def _ort_check(path: Path) -> tuple[bool, str]:
         so = ort.SessionOptions()
         so.register_custom_ops_library(str(path))
     except Exception as exc:  # ORT raises its own exception types
-        return False, f"onnxruntime {ort.__version__} could not register it: {str(exc).splitlines()[0]}"
+        return False, f"onnxruntime {ort.__version__} could not register it: {first_line(exc)}"
     return True, f"registers in onnxruntime {ort.__version__}"
 
 

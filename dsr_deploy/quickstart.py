@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEFAULT_MODEL = "digits-cnn"
 DEFAULT_OUT = "quickstart-out"
@@ -203,7 +203,7 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
         row.status, row.reason = "error", str(exc)
         return row
     except Exception as exc:  # a runtime that crashes on the artifact is a failure of that artifact, reported
-        row.status, row.reason = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row.status, row.reason = "error", first_line(exc, with_type=True)
         return row
     row.seconds = round(time.perf_counter() - t0, 3)
     logits = firing_rate(spikes, neuron, neuron_params.get("tau", 1.0), neuron_params.get("delta_t", 0.05)).numpy()
@@ -356,20 +356,18 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
 def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRow], T: int, shape: tuple,
                batches: Sequence[int], iters: int, warmup: int, threads: Optional[int] = None) -> dict:
     from . import bench as B
-    from .runtime import load_runner
-    from .runtime.registry import ORT_VARIANTS
+    from .runtime import load_runner, variant_options
 
     opts = {"threads": threads} if threads else {}  # every runner the same intra-op thread count
     entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape), **opts))]
     seen = set()
-    variants = dict(ORT_VARIANTS)
     for r in ok_rows:
         if (r.artifact, r.backend, r.variant) in seen:
             continue
         seen.add((r.artifact, r.backend, r.variant))
         label = f"{r.format}/{r.backend}" + (f" ({r.variant})" if r.variant else "")
         entries.append(B.BenchEntry(label, load_runner(export_dir / r.artifact, backend=r.backend, **opts,
-                                                       **variants.get(r.variant, {}))))
+                                                       **variant_options(r.backend, r.variant))))
     result = B.run_benchmark(entries, list(batches), [T], warmup=warmup, iters=iters, input_shape=list(shape),
                              neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir),
                              settings_extra={"threads": threads})

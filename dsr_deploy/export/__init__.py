@@ -54,7 +54,7 @@ def run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, A
     DSR_DEPLOY_DEBUG=1 to get the original exception and its traceback instead)."""
     import os
 
-    from ..guard import first_line
+    from ..errors import first_line
 
     try:
         return writer(ctx, path)
@@ -64,7 +64,7 @@ def run_writer(name: str, writer, ctx: ExportContext, path: Path) -> Dict[str, A
         if os.environ.get("DSR_DEPLOY_DEBUG"):
             raise
         model = f" of {ctx.spec}" if ctx.spec else ""
-        raise UserError(f"{name} export{model} failed: {first_line(exc)} (DSR_DEPLOY_DEBUG=1 shows the "
+        raise UserError(f"{name} export{model} failed: {first_line(exc, with_type=True)} (DSR_DEPLOY_DEBUG=1 shows the "
                         "traceback)") from exc
 
 

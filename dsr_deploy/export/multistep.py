@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..convert import NO_NEURON_HINT, NeuronInfo, find_neurons, inference_copy, inference_modules
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .base import ExportContext
 from .formats import Job, register_format, register_mode
 from .options import ExportOptions
@@ -79,7 +79,7 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
 
     def message(err: str) -> str:
         exc = sys.exc_info()[1]
-        text = str(exc).strip().splitlines()[0] if isinstance(exc, Exception) and str(exc).strip() else err
+        text = first_line(exc) if isinstance(exc, Exception) and str(exc).strip() else err
         return f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
 
     neurons = list(neurons) if neurons is not None else find_neurons(model)

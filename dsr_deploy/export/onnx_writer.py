@@ -34,7 +34,7 @@ from onnx import helper
 
 from .. import __version__
 from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
 from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
@@ -97,7 +97,7 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"ONNX export failed: {first}") from exc
     model = prog.model_proto
     kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
