@@ -16,7 +16,7 @@ STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with m
 #: int8 exports (``--int8-neuron quantized``): the whole-sequence neurons on the current's codes (uint8 / int8),
 #: giving spike codes of the same type.
 QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
-DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values())
+DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values())
 
 # -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
 TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")

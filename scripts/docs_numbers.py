@@ -116,7 +116,7 @@ def block_readme_measured(results: Path) -> str:
          "mappings)",
          f"{_x(i['op_vs_memcpy'])} / {_x(lif['op_vs_memcpy'])} memcpy ({_x(i['op_vs_clone'])} / "
          f"{_x(lif['op_vs_clone'])} a `clone()`); {_x(i['op_vs_spikingjelly'])} / {_x(lif['op_vs_spikingjelly'])} "
-         "faster than SpikingJelly eager (the spread over runs: [plugins/README.md](plugins/README.md))"),
+         "faster than SpikingJelly eager (the spread over runs: [docs/kernel-runs.md](docs/kernel-runs.md))"),
         ("ONNX Runtime with `libdsr_ort_ops.so`",
          f"{_x(i['ort_vs_memcpy'])} / {_x(lif['ort_vs_memcpy'])} memcpy; {_x(i['ort_vs_fallback'])} / "
          f"{_x(lif['ort_vs_fallback'])} faster than the model's function fallback"),
