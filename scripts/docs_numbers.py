@@ -67,7 +67,7 @@ def _int8_rows(results: Path) -> list:
     load = d["settings"].get("load_average", {}).get("before", [0.0])[0]
     speed = (f"{mean[(best, 8)]:.0f} vs {mean[(f32, 8)]:.0f} ms ({_x(mean[(f32, 8)] / mean[(best, 8)])}) / "
              f"{mean[(best, 1)]:.1f} vs {mean[(f32, 1)]:.1f} ms ({_x(mean[(f32, 1)] / mean[(best, 1)])}) with "
-             "`--int8-neuron quantized --int8-layout nhwc`; "
+             "`--target onnxruntime-cpu` (`--int8-neuron quantized --int8-layout nhwc`); "
              f"{_x(mean[(sj, 8)] / mean[(best, 8)])} faster than SpikingJelly eager and "
              f"{_x(mean[(sjc, 8)] / mean[(best, 8)])} than SpikingJelly under `torch.compile` at batch 8; the "
              f"portable Q/DQ form {_x(mean[(f32, 8)] / mean[(q, 8)])} / {_x(mean[(f32, 1)] / mean[(q, 1)])} "
