@@ -100,13 +100,13 @@ class QuickstartResult:
     def passed(self) -> bool:
         ran = [a for a in self.accuracy if a.status != "skipped"]
         return (bool(self.verify.get("passed")) and self.neurons_exact and bool(ran)
-                and all(a.status == "ok" and _within_rule(a, self.pytorch_accuracy, self.precision) for a in ran))
+                and all(a.status == "ok" and within_rule(a, self.pytorch_accuracy, self.precision) for a in ran))
 
     def to_dict(self) -> dict:
         return {
             "model": f"zoo:{self.model}", "T": self.T, "heldout_images": self.heldout,
             "pytorch_accuracy": self.pytorch_accuracy, "passed": self.passed, "neurons_exact": self.neurons_exact,
-            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": _max_drop(self.precision),
+            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": max_drop(self.precision),
             "precision": self.precision,
             "verify_passed": bool(self.verify.get("passed")),
             "verify": [{k: r.get(k) for k in ("artifact", "format", "backend", "variant", "status", "reason",
@@ -122,14 +122,14 @@ class QuickstartResult:
         }
 
 
-def _max_drop(precision: str) -> float:
+def max_drop(precision: str) -> float:
     from .verify import INT8_MAX_ACCURACY_DROP
 
     return INT8_MAX_ACCURACY_DROP if precision == "int8" else MAX_ACCURACY_DROP
 
 
-def _within_rule(row: AccuracyRow, pytorch_accuracy: float, precision: str = "float32") -> bool:
-    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= _max_drop(precision) + 1e-9
+def within_rule(row: AccuracyRow, pytorch_accuracy: float, precision: str = "float32") -> bool:
+    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= max_drop(precision) + 1e-9
 
 
 def _run_bit_exact(run: dict) -> bool:
@@ -376,87 +376,7 @@ def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRo
     return result.to_dict()
 
 
-def render(result: QuickstartResult, console=None) -> None:
-    """Print the summary tables and where everything is."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = console or Console()
-    t = Table(title="verify: every artifact x backend vs PyTorch (held-out + direct-encoded inputs)")
-    for col in ("artifact", "backend", "neurons (same input)", "max |diff|", "spikes equal", "top-1",
-                "divergence starts", "result"):
-        t.add_column(col)
-    for r in result.verify["runs"]:
-        if r["status"] != "ok":
-            t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), "", "", "", "", "",
-                      f"[yellow]{r['status']}: {escape(r['reason'])}[/yellow]")
-            continue
-        agreements = [layer["agreement"] for layer in r.get("layers") or [] if layer.get("agreement") is not None]
-        d = r.get("divergence")
-        div = "none" if not d else (f"L{d['layer']}: input differs by {d['input_max_rel_diff']:.2g} (rel.)"
-                                    if d.get("input_max_rel_diff") is not None else f"L{d['layer']}")
-        t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(),
-                  "[green]bit-exact[/green]" if r.get("neuron_exact") else "[red]DIFFER[/red]",
-                  f"{r['max_abs_diff']:g}", f"{min(agreements):.4%}" if agreements else "-",
-                  f"{r['top1_agreement']:.2%}" if r.get("top1_agreement") is not None else "-", div,
-                  "[green]pass[/green]" if r.get("passed")
-                  else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
-    console.print(t)
-
-    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch"
-                    + (" float32" if result.precision != "float32" else "") + f": {result.pytorch_accuracy:.2%}"
-                    + (f"; {result.precision} artifacts below" if result.precision != "float32" else ""))
-    for col in ("artifact", "backend", "accuracy", "correct", "vs PyTorch"):
-        a.add_column(col)
-    for r in result.accuracy:
-        backend = f"{r.backend} {r.variant}".strip()
-        if r.status != "ok":
-            a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
-            continue
-        if r.identical_to_pytorch:
-            vs = "[green]identical logits[/green]"
-        elif not r.predictions_differing:
-            vs = "logits differ in the last bits, every prediction identical"
-        else:
-            vs = f"{r.predictions_differing} of {r.total} predictions differ"
-        if not _within_rule(r, result.pytorch_accuracy, result.precision):
-            vs = f"[red]{vs}; more than {_max_drop(result.precision)} points below PyTorch[/red]"
-        a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
-    console.print(a)
-
-    if result.bench:
-        from . import bench as B
-
-        console.print(B.render_table(_bench_from_dict(result.bench)))
-
-    if result.native:
-        console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
-    unusable = {k: v for k, v in result.backends.items() if v}
-    if unusable:
-        console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"
-                                                                   for k, v in unusable.items()))
-    w = Table(title="where everything is", show_header=False)
-    w.add_column("what")
-    w.add_column("path")
-    for k, v in result.files.items():
-        w.add_row(k, v)
-    console.print(w)
-    if result.passed:
-        same = all(r.identical_to_pytorch for r in result.accuracy if r.status == "ok")
-        console.print("[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
-                      "PyTorch given the same input, and every artifact "
-                      + (f"gives PyTorch's logits exactly ({result.pytorch_accuracy:.2%} held-out accuracy)"
-                         if same else f"is within {_max_drop(result.precision)} points of PyTorch's "
-                         f"{result.pytorch_accuracy:.2%} held-out accuracy (see the table)") + ". Next: "
-                      f"dsr-deploy bench {result.files.get('export')}  |  "
-                      f"dsr-deploy verify {result.files.get('export')}")
-    else:
-        console.print("[bold red]quickstart FAILED[/bold red]: see the tables above and "
-                      f"{result.files.get('summary')}")
-
-
-def _bench_from_dict(doc: dict):
+def bench_from_dict(doc: dict):
     from . import bench as B
 
     return B.BenchResult(artifact=doc.get("artifact", ""), settings=doc.get("settings", {}),

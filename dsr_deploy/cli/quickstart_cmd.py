@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
 
         from ..bench import parse_int_list
         from ..errors import UserError
-        from ..quickstart import render, run_quickstart
+        from ..quickstart import run_quickstart
+        from .render import quickstart_report as render
 
         batches = parse_int_list(batch, "--batch")
         if not batches:

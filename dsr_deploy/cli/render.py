@@ -232,3 +232,157 @@ def repository_summary(summary: dict, out, as_json: bool) -> None:
         typer.echo(f"  {m['name']:<32} {m['backend']:<14} max_batch_size {m['max_batch_size']}"
                    + (f"  ({m['note']})" if m["note"] else ""))
     typer.echo(f"  see {Path(out) / 'README.md'} to start tritonserver")
+
+
+def quickstart_report(result, console=None) -> None:
+    """``dsr-deploy quickstart``: the summary tables and where everything is."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .. import quickstart as Q
+
+    console = console or Console()
+    t = Table(title="verify: every artifact x backend vs PyTorch (held-out + direct-encoded inputs)")
+    for col in ("artifact", "backend", "neurons (same input)", "max |diff|", "spikes equal", "top-1",
+                "divergence starts", "result"):
+        t.add_column(col)
+    for r in result.verify["runs"]:
+        if r["status"] != "ok":
+            t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), "", "", "", "", "",
+                      f"[yellow]{r['status']}: {escape(r['reason'])}[/yellow]")
+            continue
+        agreements = [layer["agreement"] for layer in r.get("layers") or [] if layer.get("agreement") is not None]
+        d = r.get("divergence")
+        div = "none" if not d else (f"L{d['layer']}: input differs by {d['input_max_rel_diff']:.2g} (rel.)"
+                                    if d.get("input_max_rel_diff") is not None else f"L{d['layer']}")
+        t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(),
+                  "[green]bit-exact[/green]" if r.get("neuron_exact") else "[red]DIFFER[/red]",
+                  f"{r['max_abs_diff']:g}", f"{min(agreements):.4%}" if agreements else "-",
+                  f"{r['top1_agreement']:.2%}" if r.get("top1_agreement") is not None else "-", div,
+                  "[green]pass[/green]" if r.get("passed")
+                  else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
+    console.print(t)
+
+    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch"
+                    + (" float32" if result.precision != "float32" else "") + f": {result.pytorch_accuracy:.2%}"
+                    + (f"; {result.precision} artifacts below" if result.precision != "float32" else ""))
+    for col in ("artifact", "backend", "accuracy", "correct", "vs PyTorch"):
+        a.add_column(col)
+    for r in result.accuracy:
+        backend = f"{r.backend} {r.variant}".strip()
+        if r.status != "ok":
+            a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
+            continue
+        if r.identical_to_pytorch:
+            vs = "[green]identical logits[/green]"
+        elif not r.predictions_differing:
+            vs = "logits differ in the last bits, every prediction identical"
+        else:
+            vs = f"{r.predictions_differing} of {r.total} predictions differ"
+        if not Q.within_rule(r, result.pytorch_accuracy, result.precision):
+            vs = f"[red]{vs}; more than {Q.max_drop(result.precision)} points below PyTorch[/red]"
+        a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
+    console.print(a)
+
+    if result.bench:
+        from .. import bench as B
+
+        console.print(B.render_table(Q.bench_from_dict(result.bench)))
+
+    if result.native:
+        console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
+    unusable = {k: v for k, v in result.backends.items() if v}
+    if unusable:
+        console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"
+                                                                   for k, v in unusable.items()))
+    w = Table(title="where everything is", show_header=False)
+    w.add_column("what")
+    w.add_column("path")
+    for k, v in result.files.items():
+        w.add_row(k, v)
+    console.print(w)
+    if result.passed:
+        same = all(r.identical_to_pytorch for r in result.accuracy if r.status == "ok")
+        console.print("[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
+                      "PyTorch given the same input, and every artifact "
+                      + (f"gives PyTorch's logits exactly ({result.pytorch_accuracy:.2%} held-out accuracy)"
+                         if same else f"is within {Q.max_drop(result.precision)} points of PyTorch's "
+                         f"{result.pytorch_accuracy:.2%} held-out accuracy (see the table)") + ". Next: "
+                      f"dsr-deploy bench {result.files.get('export')}  |  "
+                      f"dsr-deploy verify {result.files.get('export')}")
+    else:
+        console.print("[bold red]quickstart FAILED[/bold red]: see the tables above and "
+                      f"{result.files.get('summary')}")
+
+
+def info_report(data: dict) -> None:
+    """``dsr-deploy info``: versions and which optional backends are importable."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]dsr-deploy {data['dsr_deploy']}[/bold]  python {data['python']}  ({data['platform']})")
+    t = Table("component", "version / state")
+    t.add_row("torch", f"{data['torch']} (CUDA {'yes: ' + data['gpu'] if data['cuda_available'] else 'no'})")
+    t.add_row("numpy", data["numpy"])
+    t.add_row("onnx", data["onnx"])
+    ort = data["onnxruntime"]
+    t.add_row("onnxruntime", f"{ort['version']} {', '.join(ort['providers'])}" if ort else "not installed")
+    nat = data["native_torch_ops"]
+    t.add_row("native torch ops", f"loaded from {nat['path']}" if nat["loaded"] else f"no: {nat['reason']}")
+    for name, o in data["optional"].items():
+        state = (f"{o['version'] or 'installed'}" if o["importable"]
+                 else f"missing (pip install 'dsr-deploy[{o['extra']}]')")
+        if o["extra"] == "core" and not o["importable"]:
+            state = "missing (core dependency)"
+        t.add_row(f"{name}  [dim]{o['enables']}[/dim]", escape(state))
+    console.print(t)
+
+
+def plugins_built(record: dict) -> None:
+    """``dsr-deploy plugins build``: what was built where, and what was skipped and why."""
+    import typer
+
+    opts = record["options"]
+    typer.echo(f"built in {record['seconds']} s into {record['lib_dir']} "
+               f"(torch={opts['torch']}, cuda={opts['cuda']}, ort={opts['ort']}, tensorrt={opts['trt']})")
+    for key, path in record["libraries"].items():
+        typer.echo(f"  {key:12s} {path}")
+    for _key, why in record.get("skipped", {}).items():
+        typer.secho(f"warning: {why}", fg="yellow", err=True)
+
+
+def plugins_status(st: dict) -> None:
+    """``dsr-deploy plugins status``: each library, whether it loads here and what it was built against."""
+    import typer
+
+    typer.echo("library folders: " + ", ".join(st["lib_dirs"]))
+    for key, e in st["libraries"].items():
+        mark = "built  " if e["built"] else "missing"
+        typer.echo(f"{mark} {e['library']:30s} {e['what']}")
+        if key == "torch" and e["built"]:
+            typer.echo(f"        loaded={e['loaded']} cpu_kernel={e['cpu_kernel']} cuda_kernel={e['cuda_kernel']}")
+        typer.echo(f"        {e['reason']}")
+        if e.get("build") and e["built"]:
+            b = e["build"]
+            abi = b.get("ort_abi") or {}
+            checked = abi.get("checked_against")
+            against = {"torch": f"torch {b.get('torch')}",
+                       "ort": f"OrtApi {abi.get('api_version')} (dsr_ort_abi.h"
+                              + (f", checked against API {checked.get('ORT_API_VERSION')} header)" if checked else ")"),
+                       "trt": f"TensorRT headers {b.get('trt_headers')}",
+                       "trt_dynamic": f"TensorRT headers {b.get('trt_headers')}"}.get(key, f"{b.get('compiler')}")
+            cuda = b.get("cuda")
+            typer.echo(f"        built {b.get('built_at')} against {against}; CUDA "
+                       + (f"sm_{cuda['arch']} ({cuda['nvcc']})" if cuda else "off"))
+    tc = st["toolchain"]
+    typer.echo("toolchain: " + "; ".join([
+        f"cmake {'yes' if tc['cmake']['available'] else 'NO'}",
+        (f"nvcc yes (toolkit {tc['cuda'].get('root') or 'not found'})" if tc['cuda']['available'] else "nvcc no"),
+        f"GPU {'yes' if tc['cuda']['gpu_visible'] else 'no'}",
+        f"torch {tc['torch']['version']} (CUDA {tc['torch']['cuda']})",
+        f"ORT header for the ABI check {tc['ort']['include'] or 'no (not needed)'}",
+        f"TensorRT headers {tc['trt']['include'] or 'no'}",
+    ]))
