@@ -38,7 +38,7 @@ from ..errors import UserError, first_line
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
 from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
-from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
+from .onnx_functions import function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
@@ -46,7 +46,6 @@ from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
 DEFAULT_OPSET = 18
 DEFAULT_BODY = "scan"
-LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
 
 
@@ -71,16 +70,11 @@ def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
 
 
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
-    """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options``; checked with full_check."""
+    """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options`` (validated by
+    :meth:`~dsr_deploy.export.options.ExportOptions.validate`); checked with full_check."""
     opset = int(ctx.options.opset or DEFAULT_OPSET)
     lowering = ctx.options.lowering or "function"
     body = ctx.options.function_body or DEFAULT_BODY
-    if opset < 17:
-        raise UserError(f"--opset must be >= 17 (got {opset})")
-    if lowering not in LOWERINGS:
-        raise UserError(f"unknown lowering {lowering!r}; choose from {', '.join(LOWERINGS)}")
-    if body not in BODIES:
-        raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
     dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
     if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
