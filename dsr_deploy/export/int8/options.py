@@ -53,8 +53,11 @@ class Int8Options:
     def resolved(self, target: str = "portable") -> Int8Options:
         """Every form filled in from ``target`` where not given, each checked (one-line UserErrors)."""
         picks = TARGET_FORMS[_choice("--target", target, TARGETS)]
-        neuron = _choice("--int8-neuron", self.neuron or picks["neuron"], NEURON_FORMS)
         activations = _choice("--int8-activations", self.activations or picks["activations"], ACTIVATIONS)
+        # The TensorRT form (int8 activations) runs its neurons on the codes unless asked otherwise: TensorRT never
+        # fuses a float node between Q and DQ into a plugin (input -> Q -> plugin -> DQ is what runs the plugin).
+        neuron = _choice("--int8-neuron", self.neuron or ("quantized" if activations == "int8" else picks["neuron"]),
+                         NEURON_FORMS)
         layout = _choice("--int8-layout", self.layout or picks["layout"], LAYOUTS)
         if activations == "int8" and layout != "nchw":
             raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
