@@ -304,6 +304,12 @@ class Manifest(dict):
         return resolve_inside(self.folder, art[key], self.where)
 
 
+def as_manifest(data: Mapping) -> Manifest:
+    """``data`` as a :class:`Manifest` (unchanged when it is one; a plain mapping built in memory is wrapped, not
+    validated), so readers use the accessors whatever they are given."""
+    return data if isinstance(data, Manifest) else Manifest(data)
+
+
 def resolve_inside(folder: Path, rel: str, where: str = MANIFEST) -> Path:
     """``folder / rel`` when it stays inside ``folder`` after resolving symlinks; a one-line UserError else."""
     relative_path_checked(rel, where)

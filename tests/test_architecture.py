@@ -208,8 +208,15 @@ def _raw_manifest_reads(root: Path):
     """``manifest["io"]`` / ``m.get("states")`` / ``"io" in manifest``: a manifest key read from an object named
     like a manifest (``manifest``, ``m``, ``*_manifest``, ``x.manifest``) outside the files named manifest.py."""
     def manifest_like(expr) -> bool:
-        text = ast.unparse(expr)
-        return "manifest" in text.lower() or text == "m"
+        if isinstance(expr, ast.Name):
+            return expr.id == "m" or "manifest" in expr.id.lower()
+        if isinstance(expr, ast.Attribute):  # self.manifest, ctx.manifest (not manifest.io: the io record)
+            return "manifest" in expr.attr.lower()
+        if isinstance(expr, ast.BoolOp):  # (manifest or {})
+            return manifest_like(expr.values[0])
+        if isinstance(expr, ast.Call):  # read_manifest(folder)["io"]
+            return manifest_like(expr.func)
+        return False
 
     bad = []
     for p in sorted(root.rglob("*.py")):
@@ -242,7 +249,7 @@ def test_the_size_and_manifest_checks_can_fail(tmp_path):
     pkg.mkdir()
     (pkg / "long.py").write_text("def f():\n" + "    x = 1\n" * 80 + "\n" * 430)
     (pkg / "reader.py").write_text("def g(manifest, m):\n    return manifest['io'], m.get('states'), "
-                                   "'step_shape' in manifest\n")
+                                   "'step_shape' in manifest, (manifest.io or {}).get('T')\n")
     (pkg / "manifest.py").write_text("def h(manifest):\n    return manifest['io']\n")
     files, functions = _sizes(pkg)
     assert files == ["dsr_deploy/long.py: 511 lines"] and functions == ["dsr_deploy/long.py:1 f: 81 lines"]

@@ -112,7 +112,7 @@ def test_rule_in_onnx_bodies_and_the_ort_library(rule):
 
     from dsr_deploy.export.onnx_functions import function_proto, step_function_proto
     from dsr_deploy.export.onnx_writer import portable
-    from dsr_deploy.streaming import LIF_STEP_OP
+    from dsr_deploy.export.streaming import LIF_STEP_OP
 
     x = _rule_input()
     want = _reference(x, rule)

@@ -25,7 +25,7 @@ Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="state 
 Lowering = Annotated[Optional[str], typer.Option(
     "--lowering", help="ONNX: function (dsr nodes + function fallback, the default) | portable (standard ops only); "
     "--mode streaming: functional (the default) | ops (TorchScript on torch.ops.dsr)")]
-Opset = Annotated[int, typer.Option("--opset", help="ONNX opset (>= 17)")]
+Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (>= 17; default 18, for bfloat16 22)")]
 Body = Annotated[str, typer.Option("--function-body", help="ONNX function body: scan (dynamic T) | unrolled (fixed T)")]
 StaticBatch = Annotated[bool, typer.Option("--static-batch", help="fix the batch size to the example's")]
 Aot = Annotated[bool, typer.Option("--aot", help="pt2: also compile an AOTInductor package (model.aoti.pt2)")]
@@ -76,7 +76,7 @@ def _spec_file(model: str) -> Optional[Path]:
 
 
 def export(model: Model, out: Out, input_shape: InputShape = None, fmt: Formats = "all",
-           checkpoint: Checkpoint = None, lowering: Lowering = None, opset: Opset = 18, function_body: Body = "scan",
+           checkpoint: Checkpoint = None, lowering: Lowering = None, opset: Opset = None, function_body: Body = "scan",
            static_batch: StaticBatch = False, aot: Aot = False, force: Force = False,
            trust_pickle: TrustPickle = False, as_json: AsJson = False, mode: Mode = "multistep",
            settings: Settings = None, layout: Layout = "TB", encode: Encode = "none", readout: Readout = "none",

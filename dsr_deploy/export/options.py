@@ -77,7 +77,7 @@ class ExportOptions:
     formats: Tuple[str, ...] = ("all",)  # names of the mode's formats, or "all"
     mode: str = "multistep"
     lowering: Optional[str] = None  # None: the mode's default (LOWERINGS)
-    opset: int = DEFAULT_OPSET
+    opset: Optional[int] = None  # None: DEFAULT_OPSET (bfloat16: the first opset whose Conv takes it, 22)
     function_body: str = "scan"
     static_batch: bool = False
     aot: bool = False  # pt2: also an AOTInductor package
@@ -109,8 +109,8 @@ class ExportOptions:
         if self.function_body not in FUNCTION_BODIES:
             raise UserError(f"unknown --function-body {self.function_body!r}; choose "
                             f"{' or '.join(FUNCTION_BODIES)}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) \
-                or not MIN_OPSET <= self.opset <= max_opset():
+        if self.opset is not None and (isinstance(self.opset, bool) or not isinstance(self.opset, int)
+                                       or not MIN_OPSET <= self.opset <= max_opset()):
             raise UserError(f"--opset must be >= {MIN_OPSET} and <= {max_opset()} (what torch.onnx and onnx here "
                             f"support), got {self.opset}")
         if self.aot and ("pt2" not in wanted or self.mode != "multistep"):

@@ -41,7 +41,7 @@ The neurons themselves stay float32 ``dsr`` nodes (custom-op library or function
 dequantised current, so given that input the neuron's spikes are the float32 reference's bit for bit. With
 ``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the
 current codes (uint8 or int8; same results, measured faster with the custom-op library; verify teacher-forces them
-too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.int8_layout`).
+too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.layout`).
 """
 
 from __future__ import annotations
