@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2", help="0 = the zoo's seeded network; others: torch.manual_seed(k)")
-    ap.add_argument("--random", type=int, default=2, help="generated inputs per encoding")
+    ap.add_argument("--random", type=int, default=2, help="generated batches (of the export's batch) per encoding")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/fidelity_cpu"))
     args = ap.parse_args(argv)
     rows = []
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                 warnings.simplefilter("ignore")
                 export_model(loaded.model, SHAPE, out, formats=("torchscript", "onnx", "pt2"), spec=loaded.spec)
             for encoding in ("direct", "noise"):
-                report = verify_folder(out, n_random=args.random, encoding=encoding, trust_model_code=True)
+                report = verify_folder(out, samples=args.random * SHAPE[1], encoding=encoding, trust_model_code=True)
                 for r in report["runs"]:
                     if r["status"] != "ok":
                         continue

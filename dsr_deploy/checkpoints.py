@@ -47,7 +47,10 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
     """``torch.load`` a checkpoint safely (``.safetensors`` with safetensors); a UserError for every way it can
     be unreadable. Torch's own message is never repeated: it advises ``weights_only=False``, which runs the
     file's code; the only switch for that is the user's ``--trust-pickle``."""
+    from .input_files import refuse_special
+
     path = Path(path)
+    refuse_special(path, "checkpoint")
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     if _is_safetensors(path):

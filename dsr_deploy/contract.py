@@ -16,7 +16,12 @@ STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with m
 #: int8 exports (``--int8-neuron quantized``): the whole-sequence neurons on the current's codes (uint8 / int8),
 #: giving spike codes of the same type.
 QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
-DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values())
+# SpikingJelly's IFNode / LIFNode / ParametricLIFNode (attributes: v_threshold, v_reset, hard_reset; LIF / PLIF also
+# leak (tau, or sigmoid(w)) and decay_input); the same names with "Step" for the streaming single step.
+SJ_SPIKE_OP_TYPES = {"sj_if": "SJIFSpike", "sj_lif": "SJLIFSpike", "sj_plif": "SJPLIFSpike"}
+SJ_STEP_OP_TYPES = {"sj_if": "SJIFStep", "sj_lif": "SJLIFStep", "sj_plif": "SJPLIFStep"}
+DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
+           *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())
 
 # -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
 TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")
@@ -41,6 +46,16 @@ STREAM_OUTPUT = "y_t"  # the step's output
 STATE_IN_PREFIX = "v_in_"  # membrane state of neuron layer i, fed in: v_in_0, v_in_1, ...
 STATE_OUT_PREFIX = "v_out_"  # ... and returned: v_out_0, v_out_1, ...
 
+# -- serving past one machine -----------------------------------------------------------------------------------
+# The streaming clients send each step's sequence id in this HTTP header (gRPC metadata: lower case) as well as in
+# the request, so a load balancer can keep every step of a sequence on the replica that holds its membranes.
+SEQUENCE_ID_HEADER = "X-DSR-Sequence-Id"
+
+
+def nginx_header_variable(header: str = SEQUENCE_ID_HEADER) -> str:
+    """nginx's variable for a request header: ``$http_`` + the name lower-cased, ``-`` as ``_``."""
+    return "$http_" + header.lower().replace("-", "_")
+
 
 def state_input_name(i: int) -> str:
     return f"{STATE_IN_PREFIX}{i}"
@@ -53,3 +68,9 @@ def state_output_name(i: int) -> str:
 def is_streaming_input(name: str) -> bool:
     """The step input or a membrane state input."""
     return name == STREAM_INPUT or name.startswith(STATE_IN_PREFIX)
+
+# -- early exit over time steps (dsr_deploy.early_exit) ---------------------------------------------------------
+READOUT_STEPS = "readout_steps"  # export --per-step-readout: [T, B, classes], entry t = the readout of steps 0..t
+EXIT_PREDICTION = "prediction"  # infer(..., early_exit=...): top-1 class per sample [B] (int64)
+EXIT_STEPS = "steps"  # ... the time steps each sample used [B] (int64)
+EXIT_READOUT = "readout"  # ... the readout each sample exited with [B, classes] (float32)

@@ -47,7 +47,10 @@ from torch import Tensor, nn
 
 from . import functional as F
 from . import ops  # noqa: F401  (registers torch.ops.dsr.*)
-from .contract import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SPIKE_OP_TYPES
+from .contract import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SJ_SPIKE_OP_TYPES, SPIKE_OP_TYPES
+from .convert_sj import SJSpike, SJSpikeScript, check_unsupported, read_sj_neuron, sj_kind
+from .neuron_spec import spec_of
+from .spike_base import SpikeBase
 
 __all__ = [
     "NeuronInfo",
@@ -62,6 +65,9 @@ __all__ = [
     "LIFSpike",
     "IFSpikeScript",
     "LIFSpikeScript",
+    "SJSpike",
+    "SJSpikeScript",
+    "SpikeBase",
     "ONNX_DOMAIN",
     "ONNX_OP_TYPES",
     "onnx_attributes",
@@ -69,6 +75,7 @@ __all__ = [
 
 ONNX_DOMAIN = DOMAIN  # the names the exporters import from here (one definition: dsr_deploy.contract)
 ONNX_OP_TYPES = SPIKE_OP_TYPES
+ALL_OP_TYPES = {**SPIKE_OP_TYPES, **SJ_SPIKE_OP_TYPES}  # NeuronInfo.kind -> the op type of its ONNX node
 
 # Where a DSR neuron class may come from: our package and SpikingJelly (its module path is
 # spikingjelly.activation_based.neuron.dsr in 2.0; older trees keep the same class names under neuron).
@@ -87,11 +94,9 @@ _AUTHORS_REQUIRED = {
     "if": ("timesteps", "Vth", "alpha", "Vth_bound"),
     "lif": ("timesteps", "Vth", "alpha", "Vth_bound", "tau", "delta_t"),
 }
-SUPPORTED_NEURONS = ("dsr_deploy's DSRIFNode / DSRLIFNode, SpikingJelly's DSRIFNode / DSRLIFNode, the authors' "
-                     "(qymeng94/DSR) IFNeuron / LIFNeuron")
-NO_NEURON_HINT = ("the model holds no DSR neuron (supported: " + SUPPORTED_NEURONS + "); a network "
-                  "with other neuron classes can be exported as the matching zoo model with its weights: "
-                  "`dsr-deploy export zoo:<name> --checkpoint FILE` (see `dsr-deploy info`)")
+SUPPORTED_NEURONS = ("dsr_deploy's DSRIFNode / DSRLIFNode, SpikingJelly's DSRIFNode / DSRLIFNode and IFNode / "
+                     "LIFNode / ParametricLIFNode (step_mode='m'), the authors' (qymeng94/DSR) IFNeuron / LIFNeuron")
+NO_NEURON_HINT = "the model holds no supported neuron (supported: " + SUPPORTED_NEURONS + ")"
 LAYOUTS = ("TB", "flat")
 
 
@@ -101,12 +106,16 @@ def f32(value: float) -> float:
 
 
 def neuron_family(module: nn.Module) -> Optional[tuple]:
-    """``(kind, family)`` when ``module`` is a DSR training neuron, else None. kind: ``"if"`` / ``"lif"``;
+    """``(kind, family)`` when ``module`` is a supported training neuron, else None. kind: ``"if"`` / ``"lif"`` (DSR),
+    ``"sj_if"`` / ``"sj_lif"`` / ``"sj_plif"`` (SpikingJelly's IFNode / LIFNode / ParametricLIFNode);
     family: ``"dsr_deploy"`` / ``"spikingjelly"`` / ``"authors"``.
 
     Matched on the class name along the MRO (a user's subclass counts), the defining module's path (ours and
     SpikingJelly's) and the attributes the parameters are read from; no neuron package is ever imported here.
     """
+    kind = sj_kind(module)
+    if kind is not None:
+        return kind, "spikingjelly"
     for cls in type(module).__mro__:
         kind = _NEURON_CLASSES.get(cls.__name__)
         if kind is not None and cls.__module__.startswith(_NEURON_MODULE_PREFIXES):
@@ -145,14 +154,24 @@ class NeuronInfo:
     layout: str = "TB"  # "TB": input [T, B, ...]; "flat": [T*B, ...] time-major, T = timesteps (the authors')
     timesteps: Optional[int] = None  # T of a "flat" layer (None for "TB": T is the input's first dimension)
     lif_rule: Optional[str] = None  # LIF: "double" | "float32" (functional.lif_coefficients); None for IF
+    # SpikingJelly's nodes (kind sj_*): hard reset value (None: soft), LIF tau / PLIF sigmoid(w), decay_input
+    v_reset: Optional[float] = None
+    leak: Optional[float] = None
+    decay_input: Optional[bool] = None
 
     @property
     def op_type(self) -> str:
-        return ONNX_OP_TYPES[self.kind]
+        return ALL_OP_TYPES[self.kind]
+
+    @property
+    def spec(self):
+        """The layer's :class:`dsr_deploy.neuron_spec.NeuronSpec`."""
+        return spec_of(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["op_type"] = self.op_type
+        d["spec"] = self.spec.to_dict()
         return d
 
 
@@ -168,6 +187,8 @@ def _scalar(value, what: str, name: str) -> float:
 
 
 def _read_neuron(index: int, name: str, module: nn.Module, kind: str, family: str) -> NeuronInfo:
+    if kind.startswith("sj_"):
+        return NeuronInfo(index=index, name=name, **read_sj_neuron(name, module, kind))
     attr = _AUTHORS_ATTRS if family == "authors" else {k: k for k in _AUTHORS_ATTRS}
     vth = getattr(module, attr["v_threshold"])
     lower = _scalar(getattr(module, attr["v_threshold_lower_bound"]), "the threshold's lower bound", name)
@@ -215,6 +236,8 @@ def find_neurons(model: nn.Module) -> List[NeuronInfo]:
     seen = set()
     for name, m in model.named_modules():
         fam = neuron_family(m)
+        if fam is None:
+            check_unsupported(name, m)  # a SpikingJelly neuron that is not supported: one line, not a silent skip
         if fam is None or id(m) in seen:
             continue
         seen.add(id(m))
@@ -235,40 +258,6 @@ def onnx_attributes(info: NeuronInfo) -> Dict[str, object]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Inference modules.
-
-
-class SpikeBase(nn.Module):
-    """What the inference neurons share: the parameters as plain floats and an optional probe list."""
-
-    def __init__(self, info: NeuronInfo):
-        super().__init__()
-        self.index = info.index
-        self.layer_name = info.name
-        self.v_threshold = float(info.v_threshold)
-        self.alpha = float(info.alpha)
-        # 0: input [T, B, ...]; T > 0: a "flat" layer, input [T*B, ...] unflattened to [T, B, ...] around the op.
-        self.timesteps = int(info.timesteps or 0) if info.layout == "flat" else 0
-        # verify sets this to a list to collect each call's (layer, input, spikes) (dsr_deploy.verify); else None.
-        self.probe: Optional[list] = None
-        # metadata_props of the emitted ONNX node (the ONNX writer sets the layer index here).
-        self.onnx_meta: Optional[Dict[str, str]] = None
-
-    def _spikes(self, x: Tensor) -> Tensor:  # [T, B, ...] -> [T, B, ...]
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        # A flat layer's probe records the [T, B, ...] spikes (what the dsr node of an ONNX file outputs too).
-        if self.timesteps:
-            xs = x.unflatten(0, (self.timesteps, -1))
-            y = self._spikes(xs)
-            self._record(xs, y)
-            return y.flatten(0, 1)
-        return self._record(x, self._spikes(x))
-
-    def _record(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.probe is not None:
-            self.probe.append((self.index, x, y))
-        return y
 
 
 class IFSpike(SpikeBase):
@@ -358,15 +347,18 @@ class LIFSpikeScript(nn.Module):
                              self.gain)[0]
 
 
+_SJ_OP = dict.fromkeys(SJ_SPIKE_OP_TYPES, SJSpike)
+_SJ_SCRIPT = dict.fromkeys(SJ_SPIKE_OP_TYPES, SJSpikeScript)
 _TARGETS = {
-    "op": {"if": IFSpike, "lif": LIFSpike},
-    "script": {"if": IFSpikeScript, "lif": LIFSpikeScript},
+    "op": {"if": IFSpike, "lif": LIFSpike, **_SJ_OP},
+    "script": {"if": IFSpikeScript, "lif": LIFSpikeScript, **_SJ_SCRIPT},
 }
 
 
-def register_target(name: str, if_cls, lif_cls) -> None:
-    """Add an inference target (e.g. the streaming single-step modules): classes built from a NeuronInfo."""
-    _TARGETS[name] = {"if": if_cls, "lif": lif_cls}
+def register_target(name: str, if_cls, lif_cls, sj_cls=None) -> None:
+    """Add an inference target (e.g. the streaming single-step modules): classes built from a NeuronInfo; ``sj_cls``
+    serves SpikingJelly's kinds (without it, a network with them is refused for this target in one line)."""
+    _TARGETS[name] = {"if": if_cls, "lif": lif_cls, **(dict.fromkeys(SJ_SPIKE_OP_TYPES, sj_cls) if sj_cls else {})}
 
 
 def set_child(root: nn.Module, qualified: str, new: nn.Module) -> None:
@@ -390,6 +382,9 @@ def inference_copy(model: nn.Module, target: str = "op") -> nn.Module:
     copied.eval()
     classes = _TARGETS[target]
     by_id: Dict[int, nn.Module] = {}
+    missing = sorted({i.kind for i in infos} - set(classes))
+    if missing:
+        raise ValueError(f"the {target!r} inference target does not support neuron kind(s) {', '.join(missing)}")
     for name, m in find_neuron_modules(copied).items():
         info = infos[len(by_id)]
         assert info.name == name, (info.name, name)
@@ -420,6 +415,6 @@ def inference_modules(model: nn.Module) -> List[nn.Module]:
     """The inference neuron modules of an inference copy, by layer index."""
     mods = {}
     for m in model.modules():
-        if isinstance(m, (SpikeBase, IFSpikeScript, LIFSpikeScript)) and m.index not in mods:
+        if isinstance(m, (SpikeBase, IFSpikeScript, LIFSpikeScript, SJSpikeScript)) and m.index not in mods:
             mods[m.index] = m
     return [mods[i] for i in sorted(mods)]

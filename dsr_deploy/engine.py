@@ -90,7 +90,10 @@ class OnnxInfo:
 def read_onnx(path: Union[str, Path]) -> OnnxInfo:
     import onnx
 
+    from .input_files import refuse_special
+
     path = Path(path)
+    refuse_special(path, "model")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:

@@ -45,6 +45,9 @@ __all__ = [
     "lif_forward",
     "if_step",
     "lif_step",
+    "SJ_CHARGES",
+    "sj_forward",
+    "sj_step",
     "LIF_RULES",
     "lif_coefficients",
     "lif_rate_weights",
@@ -184,6 +187,82 @@ def lif_step(
 ) -> Tuple[Tensor, Tensor]:
     """One LIF time step: ``x_t`` has no time dimension. Returns ``(spike, v_new)``."""
     y, v_new = lif_forward(x_t.unsqueeze(0), v_threshold, alpha, tau, delta_t, v, True, decay, gain)
+    assert v_new is not None
+    return y[0], v_new
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SpikingJelly 2.0's IFNode / LIFNode / ParametricLIFNode (multi-step inference), as its torch reference
+# (spikingjelly/_ops/{if_,lif,plif}/reference.py, _ops/reset.py) computes them, operation for operation:
+#
+#   charge  "if":   h = v + x
+#           "lif":  h = v + (x - (v - r)) / tau   (decay_input)  |  h = v - (v - r) / tau + x
+#           "plif": the same with "* k" for "/ tau", k = sigmoid(w) computed once in float32 from the parameter
+#   fire    s = (h >= v_threshold), 0/1 in the input dtype (SJ: heaviside(h - v_threshold); equal without FTZ)
+#   reset   soft (v_reset None): v = h - s * v_threshold;  hard: v = s * v_reset + (1 - s) * h
+#
+# r is v_reset, or 0.0 for a soft reset; the membrane starts at r. Every scalar (threshold, reset, tau, k) is
+# rounded once to the compute dtype and used as a tensor: the division by tau is a true division on every device
+# (PyTorch CUDA eager turns a division by a Python scalar into a product with its reciprocal, see docs/fidelity.md).
+
+SJ_CHARGES = ("if", "lif", "plif")
+
+
+def sj_forward(
+    x: Tensor,
+    charge: str,
+    v_threshold: float,
+    v_reset: Optional[float],
+    leak: float,
+    decay_input: bool,
+    v_init: Optional[Tensor] = None,
+    return_state: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """SpikingJelly IF / LIF / PLIF inference over ``x`` of layout ``[T, ...]``; returns ``(spikes, v_final)``.
+
+    ``charge``: one of :data:`SJ_CHARGES`; ``leak``: tau ("lif", divided by) or sigmoid(w) ("plif", multiplied
+    by), unused for "if"; ``v_reset`` None: soft reset. Spikes are 0/1 in the input dtype.
+    """
+    if x.dim() < 1:
+        raise ValueError("input must have a leading time dimension [T, ...]")
+    if charge != "if" and charge != "lif" and charge != "plif":
+        raise ValueError("unknown SpikingJelly charge rule " + charge + "; known: if, lif, plif")
+    ct = compute_dtype(x.dtype)
+    hard = v_reset is not None
+    r_value = 0.0
+    if v_reset is not None:
+        r_value = v_reset
+    r = torch.full((), r_value, dtype=ct, device=x.device)
+    vth = torch.full((), v_threshold, dtype=ct, device=x.device)
+    k = torch.full((), leak, dtype=ct, device=x.device)
+    if v_init is None:
+        v = torch.full(x.shape[1:], r_value, dtype=ct, device=x.device)
+    else:
+        v = _membrane(x, v_init, ct)
+    out = torch.empty_like(x)
+    for t in range(x.size(0)):
+        xt = x[t].to(ct)
+        if charge == "if":
+            h = v + xt
+        elif charge == "lif":
+            h = v + (xt - (v - r)) / k if decay_input else v - (v - r) / k + xt
+        else:
+            h = v + (xt - (v - r)) * k if decay_input else v - (v - r) * k + xt
+        s = (h >= vth).to(ct)
+        if hard:
+            v = s * r + (1.0 - s) * h
+        else:
+            v = h - s * vth
+        out[t] = s.to(x.dtype)
+    if return_state:
+        return out, v
+    return out, None
+
+
+def sj_step(x_t: Tensor, v: Tensor, charge: str, v_threshold: float, v_reset: Optional[float], leak: float,
+            decay_input: bool) -> Tuple[Tensor, Tensor]:
+    """One SpikingJelly time step: ``x_t`` has no time dimension. Returns ``(spike, v_new)``."""
+    y, v_new = sj_forward(x_t.unsqueeze(0), charge, v_threshold, v_reset, leak, decay_input, v, True)
     assert v_new is not None
     return y[0], v_new
 

@@ -104,8 +104,70 @@ def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()  # a dangling symlink is still in the way
 
 
-# A full disk, a quota, a file-size limit, a read-only file system: one line, nothing left.
-_NO_ROOM = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS") if hasattr(errno, n)}
+# A full disk, a quota, a file-size limit, a read-only file system, a name or path too long, a symlink loop, no
+# permission, a place that holds no files (/proc, /sys): one line, nothing left.
+_NO_ROOM = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "ENAMETOOLONG", "ELOOP", "EACCES",
+                                        "EPERM", "ENOTDIR", "EISDIR", "EINVAL", "ENOENT", "EEXIST", "EIO", "ENXIO",
+                                        "ENODEV", "EOPNOTSUPP") if hasattr(errno, n)}
+# Kernel interfaces, not storage: writing a report or an export there is refused before any work.
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+_DEV_STORAGE = ("/dev/shm",)
+
+
+def write_error(target: Path | str, exc: OSError) -> UserError:
+    """The one-line error for an OSError met while writing ``target``."""
+    what = exc.strerror or type(exc).__name__
+    other = f" ({exc.filename})" if exc.filename and os.fspath(exc.filename) != os.fspath(target) else ""
+    return UserError(f"cannot write {target}: {what}{other}")
+
+
+def is_write_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
+
+
+def check_not_pseudo(path: Path | str, label: str) -> None:
+    """Refuse an output under /proc, /sys or /dev (but /dev/shm): kernel files, not a place for files we write."""
+    try:
+        real = os.path.realpath(os.fspath(path))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{label} {path}: cannot resolve the path ({exc})") from None
+    for root in PSEUDO_ROOTS:
+        if (real == root or real.startswith(root + "/")) and not any(
+                real == d or real.startswith(d + "/") for d in _DEV_STORAGE):
+            raise UserError(f"{label} {path} is under {root} (a kernel interface, not storage); write elsewhere")
+
+
+def umask() -> int:
+    """The process's umask, without changing it (Linux /proc/self/status; else set and put back)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def follow_umask(path: Path | str, folder: bool = False) -> None:
+    """``mkstemp`` / ``mkdtemp`` create 0600 / 0700; a published file or folder gets the modes of ``open`` /
+    ``mkdir`` (0666 / 0777 less the umask) like any other program's output."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def write_through_memory(path: Path | str, save) -> None:
+    """``save(buffer)`` into memory, then the bytes into ``path`` from Python. torch's C++ zip writer
+    (``torch.jit.save``, ``torch.export.save``, the AOTInductor packager) ends the whole process from a
+    destructor when a write fails (a full disk): in memory it cannot fail that way, and Python's write raises
+    an OSError that :func:`atomic_path` turns into one line."""
+    import io
+
+    buf = io.BytesIO()
+    save(buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 @contextlib.contextmanager
@@ -118,9 +180,15 @@ def atomic_path(target: Path | str, *, force: bool = True) -> Iterator[Path]:
     target = Path(target)
     if _exists(target) and not force:
         raise UserError(f"{target} exists; pass --force to overwrite it")
+    check_not_pseudo(target, "output")
     check_writable_dir(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".tmp" + "".join(target.suffixes)[-32:],
+                                   dir=target.parent)
+        os.close(fd)
+        follow_umask(tmp)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
     tmp_path = Path(tmp)
     try:
         try:
@@ -136,7 +204,7 @@ def atomic_path(target: Path | str, *, force: bool = True) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno not in _NO_ROOM:
                 raise
-            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            raise write_error(target, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             _remove(tmp_path)
@@ -172,14 +240,29 @@ def check_output_file(path: Path | str, label: str) -> Path:
     if not text.strip():
         raise UserError(f"{label} is empty; name a file")
     path = Path(text)
-    if path.is_dir():
-        raise UserError(f"{label} {path} is a folder; give a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UserError(f"{label} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{label} {path}: folder {parent} is not writable")
+    check_not_pseudo(path, label)
+    try:
+        if path.is_dir():
+            raise UserError(f"{label} {path} is a folder; give a file name")
+        parent = path.parent
+        if not parent.is_dir():
+            raise UserError(f"{label} {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{label} {path}: folder {parent} is not writable")
+        _check_name_length(path, label)
+    except OSError as exc:  # a name too long, a symlink loop
+        raise UserError(f"{label} {path}: {exc.strerror or exc}") from None
     return path
+
+
+def _check_name_length(path: Path, label: str) -> None:
+    """The temporary name beside ``path`` is longer than its name: refuse a name the folder cannot hold."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(path.name)) > limit:
+        raise UserError(f"{label} {path}: the file name is longer than {limit} bytes")
 
 
 def check_output_target(target: Path | str, *, force: bool = False, protect: tuple = ()) -> Path:
@@ -190,7 +273,17 @@ def check_output_target(target: Path | str, *, force: bool = False, protect: tup
     text = os.fspath(target)
     if not text.strip():
         raise UserError("--out is empty; name the output folder")
-    target = Path(text)
+    try:
+        return _check_output_target(Path(text), text, force, protect)
+    except OSError as exc:  # a name too long, a symlink loop
+        raise UserError(f"--out {text}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # pathlib's "Symlink loop from ..."
+        raise UserError(f"--out {text}: {exc}") from None
+
+
+def _check_output_target(target: Path, text: str, force: bool, protect: tuple) -> Path:
+    check_not_pseudo(target, "--out")
+    _check_name_length(target, "--out")
     resolved = target.resolve() if not target.is_symlink() else target.parent.resolve() / target.name
     cwd = Path.cwd().resolve()
     if (target.name in ("", ".", "..") or resolved == Path(resolved.anchor) or resolved == cwd
@@ -220,12 +313,22 @@ def atomic_dir(target: Path | str, *, force: bool = False) -> Iterator[Path]:
     ``target`` are removed again when the work fails.
     """
     target = check_output_target(target, force=force)  # never the current folder, nor one above it
+    check_not_pseudo(target, "--out")
     created = _missing_parents(target.parent)
     check_writable_dir(target.parent)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        yield tmp
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent))
+            follow_umask(tmp, folder=True)
+        except OSError as exc:
+            raise write_error(target, exc) from exc
+        try:
+            yield tmp
+        except OSError as exc:  # a write inside the folder (triton-repo's files, a copied plan) failed
+            if exc.errno not in _NO_ROOM:
+                raise
+            raise write_error(target, exc) from exc
         old = None
         if _exists(target):
             if not force:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from .errors import UserError
@@ -31,8 +32,10 @@ ENCODINGS = ("none", "direct")
 READOUTS = ("none", "mean", "lif-rate")
 
 
-def io_record(T: int, layout: str = "TB", encode: str = "none", readout: str = "none") -> Optional[Dict[str, Any]]:
-    """The manifest's ``io`` record for these options, or None for the default (TB in, spikes out)."""
+def io_record(T: int, layout: str = "TB", encode: str = "none", readout: str = "none",
+              per_step_readout: bool = False) -> Optional[Dict[str, Any]]:
+    """The manifest's ``io`` record for these options, or None for the default (TB in, spikes out).
+    ``per_step_readout`` (``--per-step-readout``): a second output, the readout after every step (early exit)."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown --layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     if encode not in ENCODINGS:
@@ -41,11 +44,24 @@ def io_record(T: int, layout: str = "TB", encode: str = "none", readout: str = "
         raise UserError(f"unknown --readout {readout!r}; choose {', '.join(READOUTS)}")
     if encode == "direct" and layout != "TB":
         raise UserError("--encode direct takes a static [B, ...] input (no time dimension): --layout does not apply")
+    if per_step_readout and readout == "none":
+        raise UserError("--per-step-readout adds the readout after every step: give the readout "
+                        "(--readout mean or lif-rate)")
     if layout == "TB" and encode == "none" and readout == "none":
         return None
-    return {"input_layout": "static" if encode == "direct" else layout,
-            "output": "logits" if readout != "none" else "spikes", "T": int(T), "encode": encode,
-            "readout": readout, "source": "export options"}
+    record = {"input_layout": "static" if encode == "direct" else layout,
+              "output": "logits" if readout != "none" else "spikes", "T": int(T), "encode": encode,
+              "readout": readout, "source": "export options"}
+    if per_step_readout:
+        record["per_step_readout"] = True
+    return record
+
+
+def output_names(io: Optional[Mapping[str, Any]], default: str) -> List[str]:
+    """The artifact's output names: ``default``, and with ``--per-step-readout`` the per-step readout's."""
+    from .contract import READOUT_STEPS
+
+    return [default, READOUT_STEPS] if (io or {}).get("per_step_readout") else [default]
 
 
 def artifact_shape(network_shape: Sequence[int], io: Optional[Mapping[str, Any]]) -> Tuple[int, ...]:
@@ -130,6 +146,26 @@ class IOAdapter(nn.Module):
         return self
 
 
+class PerStepReadout(IOAdapter):
+    """:class:`IOAdapter` with ``--per-step-readout``: ``(logits, readout_steps)``, ``readout_steps[t]`` the
+    readout of steps 0..t, computed by the full readout's own ops on each prefix (so bit for bit the full model's
+    readout on the first t+1 steps, in every backend)."""
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.static:
+            x = x.unsqueeze(0).repeat([self.T] + [1] * x.dim())
+        elif self.bt:
+            x = x.transpose(0, 1)
+        y = self.net(x)
+        steps = [self.readout(y[: t + 1]) for t in range(self.T)]
+        return steps[-1], torch.stack(steps)
+
+
+def adapter(net: nn.Module, io: Mapping[str, Any], neurons: Optional[List[Any]] = None) -> nn.Module:
+    """The I/O wrapper for the ``io`` record: :class:`PerStepReadout` or :class:`IOAdapter`."""
+    return (PerStepReadout if io.get("per_step_readout") else IOAdapter)(net, io, neurons)
+
+
 def wrap_io(model: nn.Module, io: Optional[Mapping[str, Any]]) -> nn.Module:
     """``model`` with the I/O of a manifest's ``io`` record (``model`` itself when absent or ``source: model``).
     The record is untrusted: its fields are checked as export options."""
@@ -139,14 +175,19 @@ def wrap_io(model: nn.Module, io: Optional[Mapping[str, Any]]) -> nn.Module:
             or io["T"] <= 0:
         raise UserError("the manifest's io record has no positive integer T")
     layout = "TB" if io.get("input_layout") == "static" else io.get("input_layout")
-    record = io_record(io["T"], str(layout), str(io.get("encode")), str(io.get("readout")))
-    if record is None or any(record[k] != io.get(k) for k in ("input_layout", "output", "encode", "readout")):
+    record = io_record(io["T"], str(layout), str(io.get("encode")), str(io.get("readout")),
+                       io.get("per_step_readout") is True)
+    if record is None or any(record.get(k) != io.get(k) for k in ("input_layout", "output", "encode", "readout",
+                                                                   "per_step_readout")):
         raise UserError(f"the manifest's io record is inconsistent: {dict(io)}")
+    # The reference of the artifact's ``output`` (verify): the logits; ``readout_steps`` has its own check.
     return IOAdapter(model, record)
 
 
 def check_output(out: Tensor, shape: Sequence[int], io: Optional[Mapping[str, Any]]) -> Optional[str]:
     """Why ``out`` (the artifact model's output for input ``shape``) is not what ``io`` says, or None."""
+    if isinstance(out, (tuple, list)):  # --per-step-readout: (logits, readout after every step)
+        out = out[0]
     if io and io.get("output") == "logits":
         B = shape[batch_dim(io)]
         if out.dim() < 1 or out.shape[0] != B:

@@ -42,6 +42,7 @@ from .schema import (  # noqa: F401  (the checkers are re-exported: fields are a
     boolean,
     dims,
     integer,
+    join_path,
     list_of,
     name_list,
     nonempty_string,
@@ -97,11 +98,13 @@ MODEL = Record("model", {
 IO = Record("io", {  # how the exported model takes its input and gives its output (export options)
     "input_layout": nonempty_string,
     "output": nonempty_string,
+    "per_step_readout": boolean,  # export --per-step-readout: a second output, the readout after every step
 })
+
 
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
-    "initial": string, "neuron": integer(0), "layer": string,
+    "initial": one_of("zeros", "fill"), "initial_value": optional(number), "neuron": integer(0), "layer": string,
 }, required=("input", "output", "shape"))
 
 
@@ -120,6 +123,24 @@ QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/e
     "layout": one_of("nchw", "nhwc"),  # --int8-layout (nhwc: channels-last for ONNX Runtime's CPU)
 })
 
+
+def engine_profile(v: Any) -> dict:
+    """A TensorRT plan's optimisation profile (``build-engine``): ``{input name: [min, opt, max] shapes}``."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise Invalid(f"expected a mapping of input names to [min, opt, max] shapes, got {show(v)}")
+    three = list_of(dims(min_rank=0), min_len=3)
+    out = {}
+    for k, x in v.items():
+        try:
+            shapes = three(x)
+        except Invalid as exc:
+            raise Invalid(f".{k}{join_path(exc)}") from None
+        if len(shapes) != 3 or len({len(s) for s in shapes}) != 1:
+            raise Invalid(f".{k}: expected three shapes of one rank (min, opt, max), got {show(x)}")
+        out[k] = shapes
+    return out
+
+
 ARTIFACT = Record("artifact", {
     "format": nonempty_string,
     "path": relative_path,
@@ -131,13 +152,17 @@ ARTIFACT = Record("artifact", {
     "outputs": name_list,
     "states": list_of(STATE),
     "quantization": QUANTIZATION,
+    "profile": engine_profile,  # a TensorRT plan's batch / time ranges (triton-repo reads its max batch)
 }, required=("format", "path"))
 
 NEURON = Record("neuron", {
-    "index": integer(0), "name": string, "kind": one_of("if", "lif"), "op_type": nonempty_string, "source": string,
+    "index": integer(0), "name": string, "kind": one_of("if", "lif", "sj_if", "sj_lif", "sj_plif"),
+    "op_type": nonempty_string, "source": string,
     "v_threshold": number, "v_threshold_stored": number, "v_threshold_lower_bound": number, "clamped": boolean,
     "alpha": number, "tau": optional(number), "delta_t": optional(number), "decay": optional(number),
     "gain": optional(number), "T": optional(integer(1)),
+    # SpikingJelly's nodes: hard reset value (None: soft), tau / sigmoid(w), decay_input
+    "v_reset": optional(number), "leak": optional(number), "decay_input": optional(boolean),
     # sizes bench reads when a hand-written manifest gives them (neurons per sample per step)
     "size": integer(0), "neurons": integer(0), "numel": integer(0), "shape": dims(min_rank=0),
     "step_shape": dims(min_rank=0), "output_shape": dims(min_rank=0), "layout": string,
@@ -341,10 +366,12 @@ def parse_manifest(data: Any, source: Union[str, Path, None] = None, folder: Uni
         raise UserError(f"{where} is not a valid dsr-deploy manifest: {str(exc).lstrip('.')}") from None
     m = Manifest(checked, Path(source) if source else None, Path(folder) if folder else None)
     if m.folder is not None:
+        from .input_files import refuse_special
+
         for art in m.artifacts:
-            m.path_of(art)
+            refuse_special(m.path_of(art), "artifact")  # a FIFO would block its reader forever
             if "onnx" in art:
-                m.path_of(art, "onnx")
+                refuse_special(m.path_of(art, "onnx"), "artifact")
     return m
 
 

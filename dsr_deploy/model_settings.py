@@ -48,7 +48,7 @@ _CHECKPOINT_NAMES = {"T": "T", "timesteps": "T", "timestep": "T", "Vth": "v_thre
                      "alpha": "alpha", "Vth_bound": "v_threshold_lower_bound",
                      "v_threshold_lower_bound": "v_threshold_lower_bound", "tau": "tau", "delta_t": "delta_t",
                      "dt": "delta_t"}
-_CHECKPOINT_SETTING_KEYS = ("settings", "snn_setting", "args", "hparams", "config")
+CHECKPOINT_SETTING_KEYS = ("settings", "snn_setting", "args", "hparams", "config")
 
 
 def show(value: Any) -> str:
@@ -171,7 +171,7 @@ def checkpoint_settings(obj: Any) -> Tuple[Dict[str, Any], bool]:
     found: Dict[str, Any] = {}
     thresholds = False
     if isinstance(obj, Mapping):
-        for container in _CHECKPOINT_SETTING_KEYS:
+        for container in CHECKPOINT_SETTING_KEYS:
             inner = obj.get(container)
             if not isinstance(inner, Mapping):
                 continue

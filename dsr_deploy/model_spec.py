@@ -31,11 +31,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from . import sj_factory
+from .checkpoint_checks import AUTHOR_ALIASES
 from .checkpoints import STATE_KEYS, apply_checkpoint, read_checkpoint, state_dict_of  # noqa: F401  (public API)
 from .errors import UserError, first_line
 from .guard import user_code
@@ -60,6 +62,7 @@ class LoadedModel:
     checkpoint: Optional[str] = None
     settings: Dict[str, Any] = field(default_factory=dict)  # every setting passed to the factory
     assumed: Dict[str, Any] = field(default_factory=dict)  # neuron settings neither given nor stored (defaults)
+    notes: List[str] = field(default_factory=list)  # warnings about the checkpoint versus the model chosen
 
     def record(self) -> Dict[str, Any]:
         """What the manifest records as ``model`` settings (see :func:`load_reference_model`)."""
@@ -76,8 +79,9 @@ class LoadedModel:
 
 
 def _call_factory(factory, what: str, settings: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    kwargs = sj_factory.resolve(settings or {})
     with user_code(lambda err: f"model factory {what} raised {err}"):
-        model = factory(**dict(settings or {}))
+        model = sj_factory.finish(factory(**kwargs), kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {what} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -153,7 +157,10 @@ def _resolve(obj: Any, attr: str, where: str):
 
 
 def _file_factory(path_text: str, attr: str) -> Factory:
+    from .input_files import refuse_special
+
     path = Path(path_text).expanduser().resolve()
+    refuse_special(path, "model file")
     if not path.is_file():
         raise UserError(f"model file {path_text} not found")
     mod_name = f"_dsr_user_model_{abs(hash(str(path)))}"
@@ -230,14 +237,23 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
     listed in ``LoadedModel.assumed`` (the caller warns). The key mapping (authors' ``Vth``, ``module.``
     prefixes, SpikingJelly containers) is tried for every spec when the keys do not match as they are.
     """
+    from .checkpoint_checks import canonical_settings, disagreeing_settings, family_warnings
+
     user = dict(settings or {})
     f = resolve_factory(spec, user)
+    if any(k in AUTHOR_ALIASES and k not in f.params for k in user):  # the authors' names: ours from here on
+        user = canonical_settings(user, f.params)
+        f = resolve_factory(spec, user)
     typed = check_settings(f, user)
     assumed: Dict[str, Any] = {}
+    notes: List[str] = []
     missing_thresholds = False
     if checkpoint is not None:
         obj = read_checkpoint(Path(checkpoint), trust_pickle)
         stored, has_thresholds = checkpoint_settings(obj)
+        notes += disagreeing_settings(stored, typed, checkpoint)
+        if not isinstance(obj, nn.Module):
+            notes += family_warnings(obj, state_dict_of(obj, Path(checkpoint)), f.neuron_kind, checkpoint)
         stored = {k: v for k, v in stored.items() if k in f.params and k not in typed}
         typed = {**check_settings(f, stored, where=f"checkpoint {checkpoint} setting"), **typed}
         relevant = relevant_settings(f)
@@ -249,9 +265,9 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
             assumed = {k: f.params[k] for k in relevant if k not in typed
                        and f.params[k] is not inspect.Parameter.empty}
     loaded = LoadedModel(_call_factory(f.call, f.what, typed), f.spec, _default_shape(f, typed), settings=typed,
-                         assumed=assumed)
+                         assumed=assumed, notes=notes)
     if checkpoint is not None:
-        loaded.model = apply_checkpoint(loaded.model, checkpoint, trust_pickle, remap=True)
+        loaded.model = _apply(loaded.model, checkpoint, trust_pickle, f.params)
         loaded.checkpoint = str(Path(checkpoint).expanduser().resolve())
         if missing_thresholds:  # after the architecture check, whose error says more
             raise UserError(f"checkpoint {checkpoint} stores no neuron thresholds (trained with fixed "
@@ -259,6 +275,21 @@ def load_model(spec: str, checkpoint: Optional[str | Path] = None, trust_pickle:
                             "with, --set v_threshold=VALUE (their --Vth); the zoo default is not assumed")
     loaded.model.eval()
     return loaded
+
+
+def _apply(model: nn.Module, checkpoint, trust_pickle: bool, params) -> nn.Module:
+    """:func:`apply_checkpoint`; a classifier of another size names the ``--set`` that fits."""
+    from .checkpoint_checks import classifier_hint
+
+    try:
+        return apply_checkpoint(model, checkpoint, trust_pickle, remap=True)
+    except UserError as exc:
+        obj = read_checkpoint(Path(checkpoint), trust_pickle)
+        hint = None if isinstance(obj, nn.Module) else classifier_hint(model, state_dict_of(obj, Path(checkpoint)),
+                                                                         params)
+        if hint is None:
+            raise
+        raise UserError(f"{first_line(exc, with_type=True)}; {hint}") from exc
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -36,6 +36,9 @@ SCHEMAS = {
     # from tau / delta_t (files written before the rule existed call the op without them).
     "lif_spike": "lif_spike(Tensor x, float v_threshold, float alpha, float tau, float delta_t, "
     "Tensor? v_init=None, bool return_state=False, float? decay=None, float? gain=None) -> (Tensor, Tensor)",
+    # SpikingJelly's IF / LIF / PLIF (functional.sj_forward): charge "if" | "lif" | "plif"; v_reset None: soft reset
+    "sj_spike": "sj_spike(Tensor x, str charge, float v_threshold, float? v_reset, float leak, bool decay_input, "
+    "Tensor? v_init=None, bool return_state=False) -> (Tensor, Tensor)",
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")  # the registrations live as long as this object
@@ -63,6 +66,12 @@ def _lif_reference(x, v_threshold, alpha, tau, delta_t, v_init=None, return_stat
     return y, (v if v is not None else _empty_state(x))
 
 
+def _sj_reference(x, charge, v_threshold, v_reset, leak, decay_input, v_init=None, return_state=False):
+    y, v = F.sj_forward(x.contiguous(), charge, v_threshold, v_reset, leak, decay_input, v_init, return_state)
+    return y, (v if v is not None else _empty_state(x))
+
+
+_lib.impl("sj_spike", _sj_reference, "CompositeExplicitAutograd")
 _lib.impl("if_spike", _if_reference, "CompositeExplicitAutograd")
 _lib.impl("lif_spike", _lif_reference, "CompositeExplicitAutograd")
 
@@ -80,6 +89,11 @@ def _if_fake(x, v_threshold, alpha, v_init=None, return_state=False):
 
 @torch.library.register_fake("dsr::lif_spike")
 def _lif_fake(x, v_threshold, alpha, tau, delta_t, v_init=None, return_state=False, decay=None, gain=None):
+    return _fake(x, v_init, return_state)
+
+
+@torch.library.register_fake("dsr::sj_spike")
+def _sj_fake(x, charge, v_threshold, v_reset, leak, decay_input, v_init=None, return_state=False):
     return _fake(x, v_init, return_state)
 
 

@@ -48,6 +48,21 @@ MAX_ACCURACY_DROP = 0.5  # percentage points, verify's default rule
 PRECISIONS = ("float32", "int8")  # quickstart --precision: int8 runs on the quantised ONNX export
 
 
+LAST_BITS_ULPS = 4  # "differ in the last bits": every logit within this many ulps of PyTorch's
+
+
+def vs_pytorch(r) -> str:
+    """The accuracy table's words for how an artifact's logits compare with PyTorch's: "last bits" only for a
+    few ulps, else by how much."""
+    if r.identical_to_pytorch:
+        return "[green]identical logits[/green]"
+    if r.predictions_differing:
+        return f"{r.predictions_differing} of {r.total} predictions differ"
+    how = ("logits differ in the last bits" if r.last_bits else
+           f"logits differ by up to {r.max_logit_diff:.2g}" if r.max_logit_diff is not None else "logits differ")
+    return how + ", every prediction identical"
+
+
 @dataclass
 class AccuracyRow:
     artifact: str
@@ -61,6 +76,8 @@ class AccuracyRow:
     total: Optional[int] = None
     identical_to_pytorch: Optional[bool] = None  # logits bit-equal to the PyTorch model's
     predictions_differing: Optional[int] = None  # held-out images whose predicted class differs from PyTorch's
+    max_logit_diff: Optional[float] = None  # max |logits - PyTorch's|
+    last_bits: Optional[bool] = None  # that difference is a few ulps of the logits (else: say how much)
     seconds: Optional[float] = None
 
     def to_dict(self) -> dict:
@@ -83,6 +100,7 @@ class QuickstartResult:
     backends: Dict[str, Optional[str]] = field(default_factory=dict)  # name -> None (usable) or why not
     native: Dict[str, str] = field(default_factory=dict)  # native kernel -> where it was loaded from, or why not
     precision: str = "float32"
+    early_exit: Optional[dict] = None  # the early-exit step (dsr_deploy.quickstart_early_exit)
 
     @property
     def bit_exact(self) -> bool:
@@ -118,7 +136,7 @@ class QuickstartResult:
             "bench": _bench_summary(self.bench) if self.bench else None,
             "backends": {k: v or "available" for k, v in self.backends.items()},
             "native_kernels": self.native,
-            "files": self.files, "seconds": self.seconds,
+            "files": self.files, "seconds": self.seconds, "early_exit": self.early_exit,
         }
 
 
@@ -213,6 +231,11 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
     row.identical_to_pytorch = bool(logits.shape == reference_logits.shape
                                     and np.array_equal(logits, reference_logits))
     row.predictions_differing = int((pred != reference_logits.argmax(-1)).sum())
+    if logits.shape == reference_logits.shape:
+        diff = np.abs(logits.astype(np.float64) - reference_logits.astype(np.float64))
+        row.max_logit_diff = float(diff.max()) if diff.size else 0.0
+        ulp = np.spacing(np.abs(reference_logits).astype(np.float32)).astype(np.float64)
+        row.last_bits = bool((diff <= LAST_BITS_ULPS * ulp).all())
     return row
 
 
@@ -275,6 +298,22 @@ def _accuracy_rows(export_dir: Path, ref: _Reference, log: Callable[[str], None]
         rows.append(artifact_accuracy(path, fmt, backend, ref.x, ref.labels, ref.logits, ref.neuron, ref.params,
                                       variant, opts))
     return rows
+
+
+def _early_exit(ref: _Reference, spec: str, out: Path, export_dir: Path, bench: bool, bench_iters: int,
+                threads: Optional[int], files: Dict[str, str], seconds: Dict[str, float],
+                log: Callable[[str], None]) -> dict:
+    """The early-exit step: a streaming export and the cheapest rule within 0.5 points on the held-out split."""
+    from .quickstart_early_exit import run_early_exit
+
+    t0 = time.perf_counter()
+    log("[+] early exit: streaming export, the cheapest rule within 0.5 points on the held-out split"
+        + (", batch-1 latency" if bench else ""))
+    early = run_early_exit(ref.model, spec, ref.T, ref.x, ref.labels, out, export_dir, bench, bench_iters, threads,
+                           log)
+    files["early_exit_export"] = early["export"]
+    seconds["early_exit"] = round(time.perf_counter() - t0, 2)
+    return early
 
 
 def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
@@ -344,10 +383,13 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
         seconds["bench"] = round(time.perf_counter() - t0, 2)
     else:
         log("[5/5] benchmark skipped (--no-bench)")
+    early = None
+    if precision == "float32" and "onnx" in formats:  # each image stops when its answer is settled
+        early = _early_exit(ref, spec, out, export_dir, bench, bench_iters, threads, files, seconds, log)
     result = QuickstartResult(out=out, model=model_name, T=ref.T, heldout=len(ref.labels),
                               pytorch_accuracy=ref.accuracy, manifest=manifest, verify=report, accuracy=rows,
                               bench=bench_doc, files=files, seconds=seconds, backends=available_backends(),
-                              native=_native_summary(), precision=precision)
+                              native=_native_summary(), precision=precision, early_exit=early)
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -190,10 +190,53 @@ def block_runtime_backends(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def block_serving_replicas(results: Path) -> str:
+    """docs/serving.md: replicas behind nginx vs one direct (benchmarks/bench_serving_balancer.py)."""
+    data = _load("serving_balancer.json", results)
+    m, load = data["machine"], data["load_average"]
+    rows = [("set-up", "streams: req/s [rounds' range] (p50 ms)",
+             "multi-step, dynamic batching: req/s [rounds' range] (p50 ms)"), ("---",) * 3]
+
+    def cell(key, work):
+        r, per = data[key][work], [x[work]["req_per_s"] for x in data["rounds"][key]]
+        return f"{r['req_per_s']:.0f} [{min(per):.0f}-{max(per):.0f}] ({r['p50_ms']:.1f})"
+
+    for label, key in (("1 replica, direct", "direct_1"), ("1 replica behind nginx", "nginx_1"),
+                       ("2 replicas behind nginx", "nginx_2")):
+        rows.append((label, cell(key, "streaming"), cell(key, "multistep_dynamic_batching")))
+    head = (f"Measured on {m['cores']} cores ({m['cpu']}, {data['nginx']}, {data['clients']} concurrent clients, "
+            f"median of {data['rounds_n']} rounds; load {load['before'][0]:.1f} before, {load['after'][0]:.1f} "
+            "after): on one 2-core machine this shows the balancer's cost, not scaling. Read a difference against "
+            "the rounds' range: on this shared machine one within it is noise "
+            "([results](../benchmarks/results/serving_balancer.md)).\n\n")
+    return head + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
+
+
+def block_runtime_early_exit(results: Path) -> str:
+    """docs/runtime.md: the digits model's early exit (benchmarks/bench_early_exit.py), one run."""
+    d = _load("early_exit_digits_cpu.json", results)
+    m, cal = d["machine"], d["early_exit_record"]["calibration"]
+    load = d["load_average"]
+    lines = [f"{d['model']}, T={d['T']}, {d['heldout_images']} held-out images; {m['cpu_cores']}-core "
+             f"{m['cpu_model']}, {d['backend']}; 1-min load average {load['before'][0]:.1f} at the start, "
+             f"{load['after'][0]:.1f} at the end ({d['created'][:10]}; benchmarks/results/early_exit_digits_cpu.md).",
+             "", f"Rule chosen for `--max-drop {d['max_drop']:g}`: **{d['chosen_rule']}**, {cal['accuracy']:.2%} at "
+             f"{cal['mean_steps']:.2f} mean steps (full T: {d['full_accuracy']:.2%}). Every image stopped at step t: "
+             + ", ".join(f"{f['steps']}: {f['accuracy']:.1%}" for f in d["fixed_steps"]) + ".", "",
+             "| run | batch | mean steps | p50 ms | p90 ms | images/s |", "|---|---|---|---|---|---|"]
+    for b, rows in d["latency"].items():
+        for r in rows:
+            lines.append(f"| {r['entry']} | {b} | {r['mean_steps']:.2f} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+                         f"{r['samples_per_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "measured": ("README.md", block_readme_measured),
     "kernels": ("plugins/README.md", block_plugins_kernels),
     "backends": ("docs/runtime.md", block_runtime_backends),
+    "serving-replicas": ("docs/serving.md", block_serving_replicas),
+    "early_exit": ("docs/runtime.md", block_runtime_early_exit),
 }
 
 

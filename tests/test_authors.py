@@ -377,7 +377,8 @@ def test_cli_model_without_a_recognisable_neuron(tmp_path, capsys, command):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err  # one line, no traceback
     text = lines[0]
-    assert "IFNeuron / LIFNeuron" in text and "SpikingJelly" in text and "zoo:" in text and "--checkpoint" in text
+    assert "IFNeuron / LIFNeuron" in text and "SpikingJelly" in text and "ParametricLIFNode" in text
+    assert "zoo:" not in text  # no hint to swap another family's neurons for DSR's (issue 25)
     assert not (tmp_path / "o").exists()
 
 

@@ -112,7 +112,7 @@ BAD = [
     (["/nonexistent/dir/model.py:make", "--input-shape", "4,2,3,8,8"], "not found"),
     (["{nets}:raising_factory", "--input-shape", "4,2,3,8,8"], "checkpoint server unreachable"),
     (["{nets}:not_a_module", "--input-shape", "4,2,3,8,8"], "not a torch.nn.Module"),
-    (["{nets}:no_neuron_net", "--input-shape", "4,2,4"], "no DSR neuron"),
+    (["{nets}:no_neuron_net", "--input-shape", "4,2,4"], "no supported neuron"),
     (["{nets}:sj_conv_net", "--input-shape", "4,2,5,8,8"], "the model rejects input shape [4, 2, 5, 8, 8]"),
     (["{nets}:ours_fixed_T_net", "--input-shape", "4,2,5"], "built with T=6 but the input has 4 time steps"),
     (["{nets}:sj_conv_net", "--input-shape", "4"], "rank 1"),

@@ -209,7 +209,7 @@ def test_sigterm_during_verify_removes_its_probe_folder(tmp_path):
     export_model(loaded.model, loaded.default_input_shape, folder, formats=("torchscript",), spec=loaded.spec)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _cli_proc(["verify", str(folder), "--random", "300"], tmp_path, tmpdir)  # seconds of work
+    proc = _cli_proc(["verify", str(folder), "--samples", "4800"], tmp_path, tmpdir)  # seconds of work
     err = _signal_once_there(proc, tmpdir / "dsr-verify-*", signal.SIGTERM, settle=0.0)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"

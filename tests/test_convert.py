@@ -111,7 +111,7 @@ def test_shared_neuron_is_replaced_everywhere():
 def test_single_neuron_model_and_no_neuron_model():
     inf = inference_copy(DSRLIFNode(T=None))
     assert isinstance(inf, LIFSpike)
-    with pytest.raises(ValueError, match="no DSR neuron"):
+    with pytest.raises(ValueError, match="no supported neuron"):
         inference_copy(nn.Sequential(nn.ReLU()))
 
 

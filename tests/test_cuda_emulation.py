@@ -185,6 +185,80 @@ def test_small_layer_launch_shapes_are_bit_exact(emu, dtype, N):
         assert_bit_equal(v, rv, f"{kind} membrane N={N}")
 
 
+LAUNCH_DTYPES = {"float32": (0, 4), "float64": (1, 2), "float16": (2, 8), "bfloat16": (3, 8), "uint8": (4, 16),
+                 "int8": (5, 16)}  # dsr_cuda_launch_shape code, widest vector (16 bytes)
+LAUNCH_N = sorted({1, 2, 3, 7, 31, 32, 33, 4095, 4096, 4099, 65536, 100003, 262144, 500_000, 524288, 1_000_000,
+                   1_048_576, 1_500_000, 2_000_000, 2_162_688, 4_194_304, 8_388_608, 20_971_520, 33_554_432}
+                  | {2 ** k * m for k in range(26) for m in (1, 3) if 2 ** k * m <= 32 * 2 ** 20})
+
+
+@pytest.mark.parametrize("name", list(LAUNCH_DTYPES))
+def test_launch_shape_for_n_from_1_to_32m(emu, name):
+    """Every dtype, N from 1 to 32 M on a 132-SM device: a power-of-two vector dividing the 16-byte width and N,
+    every neuron covered by one thread; the vector never narrows as N grows (multiples of the width); the largest
+    layers take 16 bytes, and between one element per thread and 16-byte vectors the intermediate widths are used
+    (a 0.5 M-neuron layer, a CIFAR ResNet layer at batch 8, no longer drops to one element per thread)."""
+    code, max_vec = LAUNCH_DTYPES[name]
+    sms, seen, last = 132, set(), 0
+    for N in LAUNCH_N:
+        out = (ctypes.c_int64 * 3)()
+        assert emu.dsr_cuda_launch_shape(code, ctypes.c_int64(N), sms, out) == 0
+        vec, block, grid = tuple(out)
+        assert vec >= 1 and max_vec % vec == 0 and N % vec == 0, (N, vec)
+        assert 32 <= block <= 256 and block % 32 == 0 and grid * block * vec >= N > (grid - 1) * block * vec, N
+        if N % max_vec == 0:
+            assert vec >= last, (N, vec, last)
+            last = vec
+        seen.add(vec)
+    assert max_vec in seen and 1 in seen
+    assert seen >= {v for v in (2, 4, 8) if v < max_vec}, seen  # every intermediate width occurs
+    mid = (ctypes.c_int64 * 3)()
+    emu.dsr_cuda_launch_shape(code, ctypes.c_int64(524288), sms, mid)
+    assert max_vec == 2 or 1 < mid[0] < max_vec, tuple(mid)  # 0.5 M: an intermediate width
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+def test_intermediate_vector_widths_are_bit_exact(emu, dtype):
+    """A one-SM device (1024 threads fill it): N = 1024 * v neurons take v-element vectors, every width from 2 to
+    the 16-byte one; each launch is bit-exact with the reference, in bounds and aligned (the emulator checks)."""
+    emu.dsr_emu_set_device(3, 1)
+    try:
+        v = 2
+        while v <= VEC[dtype]:
+            N = 1024 * v
+            x = (torch.randn(3, N, generator=torch.Generator().manual_seed(v), dtype=torch.float64) * 2).to(dtype)
+            v0 = torch.randn(N, generator=torch.Generator().manual_seed(v + 1)) * 0.5
+            for kind, params in (("if", IF_PARAMS), ("lif", LIF_PARAMS)):
+                y, vv = run_emulated(emu, kind, x, params, v0)
+                assert emu.dsr_emu_last_grid() * emu.dsr_emu_last_block() * v == N, (v, N)
+                ry, rv = reference(kind, x, params, v0)
+                assert_bit_equal(y, ry, f"{kind} spikes vec={v}")
+                assert_bit_equal(vv, rv, f"{kind} membrane vec={v}")
+            v *= 2
+    finally:
+        emu.dsr_emu_set_device(0, 0)
+
+
+def test_quantized_intermediate_vector_widths_and_null_zero_point(emu):
+    """int8 codes at 2, 4, 8 and 16 codes per thread (a one-SM device) equal the definition; a null zero point
+    (the TensorRT plugin's zero point given as float or int32: TensorRT's int8 is symmetric) reads as 0."""
+    emu.dsr_emu_set_device(4, 1)
+    try:
+        for v in (2, 4, 8, 16):
+            codes = random_codes(np.int8, 3, 1024 * v, v)
+            got = run_quantized(emu, "lif", codes, 0.01, -2, LIF_PARAMS)
+            assert emu.dsr_emu_last_grid() * emu.dsr_emu_last_block() * v == codes.shape[1], v
+            assert np.array_equal(got, quantized_reference("lif", codes, 0.01, -2, LIF_PARAMS)), v
+        codes = random_codes(np.int8, 4, 1001, 5)
+        y = np.full(codes.shape, 7, np.int8)
+        s = np.array([0.03], np.float32)
+        rc = emu.dsr_cuda_forward_quantized(CODES[np.int8], codes.ctypes.data, y.ctypes.data, s.ctypes.data, None,
+                                            4, 1001, 0, *IF_PARAMS, None)
+        assert rc == 0 and np.array_equal(y, quantized_reference("if", codes, 0.03, 0, IF_PARAMS))
+    finally:
+        emu.dsr_emu_set_device(0, 0)
+
+
 def same_bits_or_both_nan(a, b, what):
     # IEEE 754 leaves open which NaN an operation on NaNs returns (x86 keeps an operand's sign, a GPU returns the
     # canonical NaN), so NaN positions must agree and every other value must agree bit for bit.

@@ -155,8 +155,9 @@ def _with_outputs(model, names):
 @pytest.mark.parametrize("activations", ["uint8", "int8"])
 def test_spike_quantisation_is_exact(tmp_path, activations):
     """In ONNX Runtime: each neuron's spikes, quantised to uint8 / int8 codes and dequantised, equal its float32
-    spikes bit for bit, and those equal the reference neuron's given the (dequantised) input current it read."""
-    _, model = _export(tmp_path, int8_activations=activations)
+    spikes bit for bit, and those equal the reference neuron's given the (dequantised) input current it read.
+    (The Q/DQ neuron form, explicitly: the TensorRT form's default is the quantised ops, tested further down.)"""
+    _, model = _export(tmp_path, int8_activations=activations, int8_neuron="qdq")
     dsr = [n for n in model.graph.node if n.domain == "dsr"]
     dq_of = {}
     for node in model.graph.node:
@@ -530,3 +531,20 @@ def test_signed_activations_and_the_onnx_runtime_layout_are_exclusive():
     with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):
         Int8Options(cal, activations="int8").resolved("onnxruntime-cpu")  # the target's nhwc with the flag's int8
     assert Int8Options(cal, activations="int8").resolved().activations == "int8"
+
+
+def test_tensorrt_form_defaults_to_the_quantised_neuron_ops(tmp_path, capsys):
+    """--int8-activations int8 (the TensorRT form) without --int8-neuron: the quantised neuron ops (input -> Q ->
+    plugin -> DQ: TensorRT never fuses a float node between Q and DQ into a plugin); uint8 keeps qdq; an explicit
+    --int8-neuron is kept either way. Before: qdq for both."""
+    cal = _calibration()
+    assert Int8Options(cal, activations="int8").resolved().neuron == "quantized"
+    assert Int8Options(cal).resolved().neuron == "qdq"
+    assert Int8Options(cal, activations="int8", neuron="qdq").resolved().neuron == "qdq"
+    manifest, model = _export(tmp_path, int8_activations="int8")
+    q = manifest["artifacts"][0]["quantization"]
+    assert q["neuron"] == "quantized" and q["quantized_neurons"] == 2
+    assert {n.op_type for n in model.graph.node if n.domain == "dsr"} >= {"DSRIFSpikeQ"}
+    code, _, err = run_cli(capsys, "export", "zoo:mlp", "--format", "onnx", "--int8-neuron", "qdq",
+                           "--out", str(tmp_path / "a"))
+    assert code == 2 and "apply to --precision int8" in err

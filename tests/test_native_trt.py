@@ -91,6 +91,24 @@ def test_static_library_needs_libnvinfer_and_leaves_nothing_undefined(built):
     assert not plugins.elf_exports(lib, "getCreators")
 
 
+def test_plugin_libraries_need_no_shared_cuda_runtime(built):
+    """The static CUDA runtime (cudart_static): no library needs libcudart.so.<major>, so one built on CUDA 13 loads
+    in a Triton image of CUDA 12.x (only a driver is required); the ONNX Runtime and ctypes libraries of the same
+    build too. Before: every CUDA library had NEEDED libcudart.so.13."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf not installed")
+    build = built["build"]
+    libs = [build / n for n in (plugins.TRT_LIBRARY, plugins.TRT_DYNAMIC_LIBRARY, plugins.KERNELS_LIBRARY,
+                                plugins.ORT_LIBRARY)]
+    for lib in libs:
+        assert lib.is_file(), lib
+        _rc, dyn = _run([readelf, "-d", str(lib)])
+        needed = [ln.split("[")[-1].rstrip("]") for ln in dyn.splitlines() if "(NEEDED)" in ln]
+        assert not [n for n in needed if n.startswith("libcudart")], (lib.name, needed)
+    assert plugins.elf_exports(build / plugins.KERNELS_LIBRARY, "dsr_cuda_forward")  # the CUDA entry is there
+
+
 def test_static_library_loads_in_a_fresh_process_with_only_the_stub(built):
     """As TensorRT's Python package, Triton's plugins= (RTLD_LOCAL) and LD_PRELOAD load it: nothing but the library
     and a libnvinfer of the right major in the process. Before the fix: "undefined symbol: getPluginRegistry"."""

@@ -57,6 +57,12 @@ def _type(cell: str) -> str:
 def test_the_plugin_readme_tables_are_the_spec():
     tables = _tables((ROOT / "plugins" / "README.md").read_text())
     for form in SPEC["forms"]:
+        if "attributes" in form:  # a family with its own attribute set: its section's table lists them
+            heading = next((h for h in tables if ", ".join(form["ops"].values()) in h), None)
+            assert heading, f"plugins/README.md has no section for {', '.join(form['ops'].values())}"
+            got = [(r[0].strip("`"), {"float": "float32", "int": "int64"}.get(r[1], r[1])) for r in tables[heading]]
+            assert got == [(a["name"], a["type"]) for a in SPEC[form["attributes"]]], heading
+            continue
         heading = next((h for h in tables if h.startswith(", ".join(form["ops"].values()) + " (")), None)
         assert heading, f"plugins/README.md has no section for {', '.join(form['ops'].values())}"
         heading = heading.split(" / ")[0]

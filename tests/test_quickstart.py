@@ -173,3 +173,19 @@ def test_int8_quickstart_reports_accuracy_next_to_float32(tmp_path):
     assert all(a.accuracy >= 0.99 for a in rows), [(a.variant, a.accuracy) for a in rows]
     assert result.neurons_exact and result.passed
     assert summary["pytorch_accuracy"] >= 0.99  # the float32 model's, reported next to the int8 rows
+
+
+def test_quickstart_shows_the_early_exit_curve_and_batch1_latency(quickstart):
+    """Issue 27: the streaming export with the calibrated rule recorded, its curve and its batch-1 latency."""
+    out, summary, log = quickstart
+    ee = summary["early_exit"]
+    rec = ee["record"]["calibration"]
+    assert ee["rule"] and 100 * (ee["full_accuracy"] - rec["accuracy"]) <= 0.5 + 1e-9
+    assert rec["mean_steps"] < summary["T"] and len(ee["fixed_steps"]) == summary["T"] and ee["frontier"]
+    manifest = json.loads((Path(ee["export"]) / "manifest.json").read_text())
+    assert manifest["mode"] == "streaming" and manifest["early_exit"]["calibration"] == rec
+    rows = {r["entry"].split(",")[0] + ("/exit" if "early" in r["entry"] else ""): r for r in ee["batch1_latency"]}
+    assert set(rows) == {"multi-step ONNX", "streaming ONNX", "streaming ONNX/exit"}
+    assert all(r["batch"] == 1 and r["p50_ms"] > 0 for r in rows.values())
+    assert rows["streaming ONNX/exit"]["mean_steps"] < summary["T"] == rows["streaming ONNX"]["mean_steps"]
+    assert "[+] early exit" in log

@@ -130,3 +130,33 @@ def test_http_guard_bounds_open_connections(monkeypatch):
         for s in socks:
             s.close()
         guard.stop()
+
+
+def test_pytriton_home_too_long_for_its_sockets_is_refused():
+    from pathlib import Path
+
+    from dsr_deploy.errors import UserError
+    from dsr_deploy.serving.pytriton_server import UNIX_PATH_MAX, check_socket_room
+
+    check_socket_room(["digits"], home=Path("/tmp/pt"))  # short: fine
+    with pytest.raises(UserError, match="PYTRITON_HOME") as err:
+        check_socket_room(["digits"], home=Path("/tmp/" + "d" * (UNIX_PATH_MAX - 20)))
+    assert "\n" not in str(err.value)
+
+
+def test_serve_with_a_too_long_pytriton_home_exits_2_before_starting(tmp_path):
+    import os
+
+    from _streaming_nets import mlp_net
+
+    from dsr_deploy.export import export_model
+
+    export_model(mlp_net(), (4, 1, 6), tmp_path / "mlp", formats=("torchscript",))
+    home = tmp_path / ("h" * 100)
+    env = dict(os.environ, PYTRITON_HOME=str(home))
+    res = subprocess.run([sys.executable, "-m", "dsr_deploy", "serve", str(tmp_path / "mlp")], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "set PYTRITON_HOME to a shorter folder" in lines[0], res.stderr
+    assert not home.exists() or not any(home.iterdir())  # no workspace was made

@@ -227,6 +227,60 @@ def test_streaming_without_batching_has_controls_of_shape_1(exports, tmp_path):
     assert np.array_equal(np.stack(ys), ref)
 
 
+def test_streaming_without_batching_state_dims_are_fixed(exports, tmp_path):
+    """Triton's sequence batcher refuses variable dims (-1) in initial_state: with --max-batch 0 the state's batch
+    dim is part of its shape and is fixed to 1, and the stream input/output say the same batch."""
+    _, _, _, _, stream = exports
+    TR.write_repository([stream], tmp_path / "r", max_batch=0)
+    cfg = _parse(tmp_path / "r" / "mlp_stream_onnx" / "config.pbtxt")
+    for s in cfg.sequence_batching.state:
+        assert all(d > 0 for d in s.dims) and all(d > 0 for d in s.initial_state[0].dims)
+    assert [(s.input_name, list(s.dims), list(s.initial_state[0].dims)) for s in cfg.sequence_batching.state] == [
+        ("v_in_0", [1, 8], [1, 8]), ("v_in_1", [1, 3], [1, 3])]
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("x_t", [1, 6])]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("y_t", [1, 3])]
+
+
+def _stream_with_plan(stream, dst, profile):
+    import shutil
+
+    shutil.copytree(stream, dst)
+    (dst / "model.plan").write_bytes(b"fake engine")
+    m = json.loads((dst / "manifest.json").read_text())
+    entry = {"format": "tensorrt", "path": "model.plan", "onnx": "model.onnx"}
+    if profile is not None:
+        entry["profile"] = profile
+    m["artifacts"].append(entry)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def _profile(lo, hi):
+    return {n: [[lo, d], [hi, d], [hi, d]] for n, d in (("x_t", 6), ("v_in_0", 8), ("v_in_1", 3))}
+
+
+@pytest.mark.parametrize("profile, want", [(_profile(1, 4), 4), (_profile(1, 16), 8), (None, 0),
+                                          (_profile(2, 16), 0)])
+def test_plan_max_batch_from_engine_profile(exports, tmp_path, profile, want):
+    """The tensorrt backend refuses a max_batch_size above the engine's profile: it is read from the manifest
+    (build-engine records it), clamped to it; unknown, or a profile not starting at batch 1: no batching."""
+    _, _, _, _, stream = exports
+    src = _stream_with_plan(stream, tmp_path / "s", profile)
+    summary = TR.write_repository([src], tmp_path / "r", max_batch=8)
+    cfg = _parse(tmp_path / "r" / "s_trt" / "config.pbtxt")
+    assert cfg.max_batch_size == want
+    assert next(m for m in summary["models"] if m["name"] == "s_trt")["max_batch_size"] == want
+    if want == 0:  # explicit dims then: the state's batch dim fixed (initial_state has no -1)
+        assert all(d > 0 for s in cfg.sequence_batching.state for d in s.initial_state[0].dims)
+
+
+def test_plan_profile_tampered_is_refused(exports, tmp_path):
+    _, _, _, _, stream = exports
+    src = _stream_with_plan(stream, tmp_path / "s", {"x_t": [[1, 6], [4, 6]]})
+    with pytest.raises(UserError, match="profile"):
+        TR.write_repository([src], tmp_path / "r", max_batch=8)
+
+
 @pytest.mark.parametrize("kind, triton_kind, build_flag", [("cpu", "KIND_CPU", "--no-cuda"),
                                                           ("gpu", "KIND_GPU", "--cuda")])
 def test_instance_kind_and_ops_library_readme(exports, tmp_path, kind, triton_kind, build_flag):
@@ -252,3 +306,42 @@ def test_cli_instance_kind(exports, tmp_path):
           "--name", "m"])
     cfg = _parse(tmp_path / "r" / "m_onnx" / "config.pbtxt")
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_python_backend_variant(exports, tmp_path):
+    """`--backend python`: <name>_py models with model.py (ONNX Runtime in Triton's python backend), the same
+    config fields as the onnxruntime variant, the custom-op library as a parameter model.py registers; bad
+    backends refused (tests/test_triton_server.py loads these in a real tritonserver)."""
+    _, _, _, multi, stream = exports
+    out = tmp_path / "r"
+    summary = TR.write_repository([multi, stream], out, max_batch=8, backend="python",
+                                  ort_ops_library="/dsr_lib/libdsr_ort_ops.so")
+    assert sorted(m["name"] for m in summary["models"]) == ["mlp_py", "mlp_stream_py", "mlp_trt"]
+    for name in ("mlp_py", "mlp_stream_py"):
+        cfg = _parse(out / name / "config.pbtxt")
+        assert cfg.backend == "python" and cfg.max_batch_size == 8 and not cfg.HasField("model_operations")
+        assert cfg.parameters["dsr_ops_library"].string_value == "/dsr_lib/libdsr_ort_ops.so"
+        assert "class TritonPythonModel" in (out / name / "1" / "model.py").read_text()
+        assert (out / name / "1" / "model.onnx").is_file()
+    assert _parse(out / "mlp_py" / "config.pbtxt").HasField("dynamic_batching")
+    sb = _parse(out / "mlp_stream_py" / "config.pbtxt").sequence_batching
+    assert {c.name for c in sb.control_input} == {"START", "READY"} and len(sb.state) == 2
+    with pytest.raises(UserError, match="--backend must be one of onnxruntime, python"):
+        TR.write_repository([multi], tmp_path / "x", backend="tensorflow")
+
+
+def test_readme_and_tensorrt_doc_name_the_right_library_versions_and_ops(repo):
+    """The repository README and docs/tensorrt.md: Triton loads the static-registration library, dsr_deploy the
+    getCreators one; plugin-vs-function precedence from 10.7 (10.15: before built-ins); the quantised ops listed."""
+    from pathlib import Path
+
+    out, _ = repo
+    readme = (out / "README.md").read_text()
+    assert "DSRIFSpikeQ" in readme and "DSRLIFSpikeQ" in readme
+    assert "10.0 - 10.6" in readme and "from\n10.7" in readme.replace("from 10.7", "from\n10.7")
+    assert "10.15" in readme and "plugins=\"/dsr_lib/libdsr_trt_plugin.so\"" in readme
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md").read_text()
+    assert "(TensorRT >= 10.15) picks the plugin before the\n  model-local function" not in doc
+    assert "`libdsr_trt_plugin_dynamic.so` (loaded through TensorRT's registry" in doc
+    assert "From TensorRT 10.7 a\n  registered plugin wins" in doc and "DSRIFSpikeQ" in doc
+    assert "cudart_static" in doc

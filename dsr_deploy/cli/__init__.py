@@ -112,6 +112,44 @@ def _outside_code_exit(exc: BaseException) -> None:
     sys.exit(2)
 
 
+_command: dict = {}
+
+
+def command():
+    """The click command of ``app``, built once, every numeric option checked and every ``--json`` flag keeping
+    stdout for the JSON document (:mod:`.validate`)."""
+    if _command.get("app") is not app:  # rebuilt when ``app`` was replaced (a test's own Typer app)
+        from .validate import harden, json_flags
+
+        cmd = typer.main.get_command(app)
+        harden(cmd)
+        json_flags(cmd)
+        _command.update(app=app, cmd=cmd)
+    return _command["cmd"]
+
+
+def _broken_pipe() -> None:
+    """The reader of stdout went away (``| head``): not an error of the command's; end quietly, as a process
+    killed by SIGPIPE would (exit 141), without Python's complaint when it flushes stdout at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (a test's capture)
+        pass
+    sys.exit(141)
+
+
+def _from_broken_pipe(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, BrokenPipeError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors become one red line on stderr and exit code 2; nothing else is swallowed.
 
@@ -125,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     restore_warnings = _quiet_library_warnings()
     try:
         # Outside standalone mode click returns the code of a `typer.Exit(n)` instead of exiting: pass it on.
-        rc = app(args=argv, standalone_mode=False)
+        rc = command()(args=argv, standalone_mode=False)
         if terminated_by() is not None:
             _interrupted(None)
         if isinstance(rc, int) and rc != 0:
@@ -133,6 +171,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SystemExit as exc:
         if terminated_by() is not None:
             _interrupted(None)
+        if _from_broken_pipe(exc):  # rich turns a closed stdout into SystemExit(1)
+            _broken_pipe()
         _outside_code_exit(exc)
         raise
     except UserError as exc:
@@ -146,11 +186,17 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt) as exc:
         _interrupted(exc)
+    except BrokenPipeError:
+        _broken_pipe()
     except Exception as exc:
         if terminated_by() is not None:
             _interrupted(exc)
         # Click usage errors (Typer may vendor its own click, so match by behaviour, not by class).
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            if getattr(exc, "param", None) is not None and callable(getattr(exc, "format_message", None)):
+                # A bad option value (``--iters 1.5``): one line, like every other refusal.
+                typer.secho(f"error: {' '.join(exc.format_message().split())}", fg="red", err=True)
+                sys.exit(2)
             exc.show()
             sys.exit(exc.exit_code)
         raise
@@ -158,5 +204,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         _outside_code_exit(exc)
         raise
     finally:
+        from .validate import end_json_mode
+
+        end_json_mode()
         restore_signals()
         restore_warnings()

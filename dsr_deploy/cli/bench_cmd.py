@@ -41,6 +41,12 @@ Settings = Annotated[Optional[List[str]], typer.Option("--set", help="KEY=VALUE 
                                                        "(repeatable; e.g. --set T=5 --set num_classes=100).")]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickled Python objects in a .pt2 archive "
                                            "(runs code from the file).")]
+EarlyExit = Annotated[Optional[str], typer.Option(
+    "--early-exit", help="an export folder run with all T steps and with this exit rule (manifest: the one "
+    "exit-calibrate recorded; or e.g. margin>=0.25), side by side; needs --input")]
+InputFile = Annotated[Optional[Path], typer.Option("--input", help="--early-exit: .npy inputs as the artifact takes "
+                                                   "them (how early a sample settles depends on it)")]
+LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="--early-exit: .npy labels (accuracy)")]
 Compare = Annotated[Optional[List[str]], typer.Option(
     "--compare", help="Another artifact or export folder (e.g. the --precision int8 export of the same model) on "
     "the same backends in the same run; labels name each precision.")]
@@ -223,8 +229,15 @@ def bench(artifact: Artifact, backend: Backends = None, batch: Batch = "1,8,32",
           warmup: Warmup = 3, iters: Iters = None, seconds: Seconds = None, device: Device = "cpu",
           threads: Threads = None, input_shape: InputShape = None, neurons: Neurons = None, memcpy: Memcpy = True,
           json_out: JsonOut = None, csv_out: CsvOut = None, plot: Plot = None, settings: Settings = None,
-          trust_pickle: TrustPickle = False, compare: Compare = None):
+          trust_pickle: TrustPickle = False, compare: Compare = None, early_exit: EarlyExit = None,
+          input_file: InputFile = None, labels_file: LabelsFile = None):
     """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
+    if early_exit is not None or input_file is not None or labels_file is not None:
+        from .exit_cmd import bench_early_exit_cli
+
+        bench_early_exit_cli(artifact, early_exit, input_file, labels_file, backend=backend, batch=batch,
+                             iters=iters, threads=threads, json_out=json_out)
+        return
     run_cli(BenchRequest(artifact, backend, batch, timesteps, warmup, iters, seconds, device, threads, input_shape,
                          neurons, memcpy, json_out, csv_out, plot, settings, trust_pickle, compare))
 

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from .render import console, err_console, fmt_coef, fmt_float, neuron_table, pct  # noqa: F401  (re-exported)
+from .render import console, err_console, fmt_coef, fmt_float, neuron_table, pct, spec_note  # noqa: F401 (re-exported)
 
 
 def warn_assumed(loaded) -> None:
     """The one-line warning on stderr naming the settings a checkpoint did not store and no --set gave."""
-    line = loaded.warning()
-    if line:
-        import sys
+    import sys
 
-        print(f"warning: {line}", file=sys.stderr)
+    for line in [loaded.warning(), *getattr(loaded, "notes", [])]:
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
 
 
 SET_HELP = ("KEY=VALUE for the model's factory / constructor (repeatable; e.g. --set T=5 --set num_classes=100 "

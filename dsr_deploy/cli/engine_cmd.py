@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .validate import emit_json
+
 
 def register(app: typer.Typer) -> None:
     @app.command("build-engine")
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
                                  allow_function_fallback=allow_function_fallback,
                                  log=lambda m: typer.secho(m, fg="yellow", err=True))
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            emit_json(json.dumps(summary, indent=2))
         else:
             c = summary["contents"]
             typer.echo(f"wrote {summary['engine']} (TensorRT {summary['tensorrt']}, {summary['precision']}; dsr "

@@ -43,6 +43,9 @@ Encode = Annotated[str, typer.Option("--encode", help="none | direct: the artifa
 Readout = Annotated[str, typer.Option("--readout", help="none (spike train out) | mean (logits [B, classes]: firing "
                                       "rate over T, the authors' IF readout) | lif-rate (the authors' LIF weighted "
                                       "rate)")]
+PerStepReadout = Annotated[bool, typer.Option("--per-step-readout", help="with --readout: a second output "
+                                             "readout_steps [T, B, classes], the readout after every step (early "
+                                             "exit: dsr-deploy exit-calibrate)")]
 Precision = Annotated[str, typer.Option(
     "--precision", help="ONNX activations and dsr nodes in float32 | float16 | bfloat16 (membranes stay float32, as "
     "in the kernels; for TensorRT 11's strongly typed networks) | int8 (quantised Q/DQ graph, spikes exact, needs "
@@ -80,6 +83,7 @@ def export(model: Model, out: Out, input_shape: InputShape = None, fmt: Formats 
            static_batch: StaticBatch = False, aot: Aot = False, force: Force = False,
            trust_pickle: TrustPickle = False, as_json: AsJson = False, mode: Mode = "multistep",
            settings: Settings = None, layout: Layout = "TB", encode: Encode = "none", readout: Readout = "none",
+           per_step_readout: PerStepReadout = False,
            precision: Precision = "float32", target: Target = "portable", calibration: Calibration = None,
            int8_all_layers: AllLayers = False, int8_neuron: Neuron = None, int8_activations: Activations = None,
            int8_layout: Int8Layout = None):
@@ -94,14 +98,15 @@ def export(model: Model, out: Out, input_shape: InputShape = None, fmt: Formats 
     check_output_target(out, force=force, protect=(checkpoint, _spec_file(model)))
     options = ExportOptions(
         formats=fmt, mode=mode, lowering=lowering, opset=opset, function_body=function_body,
-        static_batch=static_batch, aot=aot, precision=precision, target=target, io=IOOptions(layout, encode, readout),
+        static_batch=static_batch, aot=aot, precision=precision, target=target,
+        io=IOOptions(layout, encode, readout, per_step_readout),
         int8=Int8Options(calibration, int8_all_layers, int8_neuron, int8_activations, int8_layout)).validate()
     shape = parse_shape(input_shape) if input_shape is not None else None  # '' is an error, as ',,,' is
     if shape is not None:
         check_input_shape(shape)
     check_can_create(out.parent if out.parent != Path("") else Path("."))  # creates nothing yet
     set_opts = parse_set_options(settings)
-    if shape is not None and model.strip().startswith("zoo:") and "T" not in set_opts:
+    if shape is not None and model.strip().startswith("zoo:") and not {"T", "timesteps"} & set(set_opts):
         set_opts["T"] = str(shape[0])  # a zoo network is built for the T of the input shape given
     loaded = load_model(model, str(checkpoint) if checkpoint else None, trust_pickle, settings=set_opts)
     warn_assumed(loaded)
@@ -109,8 +114,9 @@ def export(model: Model, out: Out, input_shape: InputShape = None, fmt: Formats 
     if shape is None:
         if loaded.default_input_shape is None:
             from ..errors import UserError
+            from ..input_hint import missing_shape_message
 
-            raise UserError("--input-shape T,B,... is required for a model outside the zoo")
+            raise UserError(missing_shape_message(loaded.model))
         shape = loaded.default_input_shape
     err = err_console()
     manifest = export_model(loaded.model, shape, out, options, spec=loaded.spec, checkpoint=loaded.checkpoint,

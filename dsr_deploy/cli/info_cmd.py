@@ -8,6 +8,8 @@ import platform
 
 import typer
 
+from .validate import emit_json
+
 ORDER = 0  # first in --help
 
 OPTIONAL = {
@@ -72,7 +74,7 @@ def register(app: typer.Typer) -> None:
         """Print library versions and which optional backends are available."""
         data = collect()
         if as_json:
-            typer.echo(json.dumps(data, indent=2))
+            emit_json(json.dumps(data, indent=2))
             return
         from .render import info_report
 

@@ -11,6 +11,7 @@ import typer
 from ..errors import UserError
 from .common import SET_HELP, warn_assumed
 from .render import inspect_report
+from .validate import emit_json
 
 ORDER = 22  # place in `dsr-deploy --help` (after export, verify)
 
@@ -114,6 +115,6 @@ def register(app: typer.Typer) -> None:
             raise UserError("--set applies to a MODEL spec, not to an export folder or artifact file")
         info = inspect_target(target, str(checkpoint) if checkpoint else None, trust_pickle, settings)
         if as_json:
-            typer.echo(json.dumps(info, indent=2, default=str))
+            emit_json(json.dumps(info, indent=2, default=str))
         else:
             inspect_report(info)

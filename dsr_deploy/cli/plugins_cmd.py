@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .validate import emit_json
+
 plugins_app = typer.Typer(
     help="Build and inspect the native spike-loop plugins (PyTorch ops, ONNX Runtime ops, TensorRT plugins).",
     no_args_is_help=True,
@@ -54,7 +56,7 @@ def build_cmd(
                                 cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs,
                                 verbose=verbose)
     if as_json:
-        typer.echo(json.dumps(record, indent=2))
+        emit_json(json.dumps(record, indent=2))
         return
     from .render import plugins_built
 
@@ -72,7 +74,7 @@ def status_cmd(
 
     st = plugins.status(ort_root=ort_root, trt_root=trt_root)
     if as_json:
-        typer.echo(json.dumps(st, indent=2))
+        emit_json(json.dumps(st, indent=2))
         return
     from .render import plugins_status
 

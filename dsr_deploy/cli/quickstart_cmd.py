@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .validate import emit_json
+
 ORDER = 5  # place in `dsr-deploy --help`: the main job, right after info
 
 
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
                                 threads=threads or None, precision=precision, target=target,
                                 log=lambda m: console.print(m, markup=False, highlight=False))
         if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
+            emit_json(json.dumps(result.to_dict(), indent=2))
         else:
             render(result, console)
         if not result.passed:

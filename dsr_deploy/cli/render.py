@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, List, Mapping, Optional
 
+from .validate import emit_json
+
 
 def console():
     import sys
@@ -37,6 +39,16 @@ def pct(v) -> str:
     return "-" if v is None else f"{100.0 * v:.4f}%"
 
 
+def spec_note(spec) -> str:
+    """One line from a neuron record's ``spec`` (:mod:`dsr_deploy.neuron_spec`); a bad record gives a note."""
+    from ..neuron_spec import NeuronSpec, describe
+
+    try:
+        return describe(NeuronSpec(**spec))
+    except (TypeError, ValueError):
+        return "(no valid spec record)"
+
+
 def neuron_table(neurons: List[dict], title: str):
     """The neuron layers of a model or manifest (inspect, export, verify)."""
     from rich.markup import escape
@@ -50,6 +62,8 @@ def neuron_table(neurons: List[dict], title: str):
         note = (f"clamped from {fmt_float(n.get('v_threshold_stored'))} to bound "
                 f"{fmt_float(n.get('v_threshold_lower_bound'))}" if n.get("clamped") else "")
         layout = f"T*B (T={n.get('timesteps')})" if n.get("layout") == "flat" else "T,B"
+        if str(n.get("kind", "")).startswith("sj_"):  # SpikingJelly's: the arithmetic from the typed description
+            note = spec_note(n.get("spec"))
         # The coefficients in full (9 digits: a float32 exactly): the two LIF rules differ in the last digits.
         t.add_row(str(n["index"]), escape(n["name"] or "<root>"), escape(n["op_type"]),
                   escape(str(n.get("source", ""))), layout,
@@ -73,13 +87,12 @@ def warn_non_finite(model) -> None:
 
 def export_summary(manifest: Mapping[str, Any], spec: str, out, as_json: bool) -> None:
     """``dsr-deploy export``: the manifest as JSON, or a line, the artifacts and the neuron table."""
-    import typer
     from rich.table import Table
 
     from ..manifest import Manifest
 
     if as_json:
-        typer.echo(json.dumps(manifest, indent=2))
+        emit_json(json.dumps(manifest, indent=2))
         return
     m = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
     inputs, outputs = m.io_names()
@@ -211,27 +224,31 @@ def serving_ready(info: dict, as_json: bool) -> None:
     import typer
 
     if as_json:
-        typer.echo(json.dumps(info))
+        emit_json(json.dumps(info))
     else:
         typer.echo(f"serving {', '.join(m['name'] for m in info['models'])} at {info['http']} "
                    f"(gRPC {info['grpc']}); Ctrl-C or SIGTERM stops")
     sys.stdout.flush()
 
 
-def repository_summary(summary: dict, out, as_json: bool) -> None:
+def repository_summary(summary: dict, out, as_json: bool, k8s=None) -> None:
     """``dsr-deploy triton-repo``: what was written."""
     from pathlib import Path
 
     import typer
 
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        emit_json(json.dumps(summary, indent=2))
         return
     typer.echo(f"wrote {out}:")
     for m in summary["models"]:
         typer.echo(f"  {m['name']:<32} {m['backend']:<14} max_batch_size {m['max_batch_size']}"
                    + (f"  ({m['note']})" if m["note"] else ""))
     typer.echo(f"  see {Path(out) / 'README.md'} to start tritonserver")
+    if k8s is not None:
+        typer.echo(f"wrote {k8s}: {', '.join(summary['k8s']['files'])} (see {Path(k8s) / 'README.md'})")
+    if k8s is not None:
+        typer.echo(f"wrote {k8s}: {', '.join(summary['k8s']['files'])} (see {Path(k8s) / 'README.md'})")
 
 
 def quickstart_report(result, console=None) -> None:
@@ -274,12 +291,7 @@ def quickstart_report(result, console=None) -> None:
         if r.status != "ok":
             a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
             continue
-        if r.identical_to_pytorch:
-            vs = "[green]identical logits[/green]"
-        elif not r.predictions_differing:
-            vs = "logits differ in the last bits, every prediction identical"
-        else:
-            vs = f"{r.predictions_differing} of {r.total} predictions differ"
+        vs = Q.vs_pytorch(r)
         if not Q.within_rule(r, result.pytorch_accuracy, result.precision):
             vs = f"[red]{vs}; more than {Q.max_drop(result.precision)} points below PyTorch[/red]"
         a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
@@ -290,6 +302,10 @@ def quickstart_report(result, console=None) -> None:
 
         console.print(B.render_table(Q.bench_from_dict(result.bench)))
 
+    if result.early_exit:
+        from ..quickstart_early_exit import render_early_exit
+
+        render_early_exit(result.early_exit, console)
     if result.native:
         console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
     unusable = {k: v for k, v in result.backends.items() if v}

@@ -13,6 +13,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..errors import UserError
+from ..serving.k8s import DEFAULT_IMAGE as K8S_IMAGE
 
 ORDER = 60  # place in `dsr-deploy --help`: after export, verify, bench
 
@@ -50,6 +51,17 @@ InstanceKind = Annotated[str, typer.Option("--instance-kind", help="where the on
                                            "with --ort-ops-library)")]
 Force = Annotated[bool, typer.Option("--force", help="replace an existing repository folder")]
 RepoJson = Annotated[bool, typer.Option("--json", help="print a JSON summary")]
+K8s = Annotated[Optional[Path], typer.Option("--k8s", help="also write Kubernetes manifests for the repository into "
+                                             "this folder (Deployment, Service, KServe InferenceService, and for "
+                                             "streaming models the sequence-affinity routing rule)")]
+K8sName = Annotated[str, typer.Option("--k8s-name", help="name of the Kubernetes objects")]
+K8sImage = Annotated[str, typer.Option("--k8s-image", help="the tritonserver image")]
+K8sReplicas = Annotated[int, typer.Option("--k8s-replicas", help="replicas of the Deployment")]
+K8sNamespace = Annotated[str, typer.Option("--k8s-namespace", help="namespace the routing rule's service names point "
+                                           "into")]
+RepoBackend = Annotated[str, typer.Option("--backend", help="what runs the ONNX models: onnxruntime (Triton's "
+                                          "onnxruntime backend) | python (ONNX Runtime in a python-backend model.py; "
+                                          "the same config fields; the tritonserver PyTriton ships runs it)")]
 
 
 def server_config(host: str, port: int, grpc_port: Optional[int], max_batch: int, queue_delay_us: int,
@@ -95,14 +107,29 @@ def serve(artifacts: Artifacts, backend: Backend = None, host: Host = "127.0.0.1
 
 def triton_repo(artifacts: RepoArtifacts, out: RepoOut, max_batch: RepoMaxBatch = 8, name: RepoName = None,
                 ort_ops_library: OrtOpsLibrary = None, instance_kind: InstanceKind = "cpu", force: Force = False,
-                as_json: RepoJson = False):
+                as_json: RepoJson = False, backend: RepoBackend = "onnxruntime", k8s: K8s = None,
+                k8s_name: K8sName = "dsr-triton", k8s_image: K8sImage = K8S_IMAGE, k8s_replicas: K8sReplicas = 2,
+                k8s_namespace: K8sNamespace = "default"):
     """Write a Triton model repository (config.pbtxt per model, README on the dsr plugin library)."""
     from ..serving.triton_repo import write_repository
     from .render import repository_summary
 
+    if k8s is not None:  # every option checked before the repository is written
+        from ..io import check_output_target
+        from ..serving.k8s import check_options
+
+        check_options(k8s_name, k8s_replicas, k8s_namespace)
+        if Path(k8s).resolve() == Path(out).resolve():
+            raise UserError("--k8s and --out must be two different folders")
+        check_output_target(k8s, force=force, protect=(out, *artifacts))
     summary = write_repository(artifacts, out, max_batch=max_batch, name=name, force=force,
-                               ort_ops_library=ort_ops_library, instance_kind=instance_kind)
-    repository_summary(summary, out, as_json)
+                               ort_ops_library=ort_ops_library, instance_kind=instance_kind, backend=backend)
+    if k8s is not None:
+        from ..serving.k8s import write_manifests
+
+        summary["k8s"] = write_manifests(k8s, summary, name=k8s_name, image=k8s_image, replicas=k8s_replicas,
+                                         namespace=k8s_namespace, force=force)
+    repository_summary(summary, out, as_json, k8s)
 
 
 def register(app: typer.Typer) -> None:

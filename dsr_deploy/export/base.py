@@ -59,6 +59,13 @@ class ExportContext:
         return 1 if self.input_layout == "TB" else 0
 
     @property
+    def output_names(self) -> List[str]:
+        """The multi-step artifact's outputs: ``output``, and ``readout_steps`` with ``--per-step-readout``."""
+        from ..io_adapter import output_names
+
+        return output_names(self.io, OUTPUT_NAME)
+
+    @property
     def T(self) -> int:
         if self.io and self.io.get("T"):
             return int(self.io["T"])

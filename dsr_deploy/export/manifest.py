@@ -52,7 +52,7 @@ def build_manifest(ctx, artifacts: List[Dict[str, Any]], mode: str = "multistep"
         "neurons": [n.to_dict() for n in ctx.neurons],
         "artifacts": artifacts,
         "inputs": [INPUT_NAME],
-        "outputs": [OUTPUT_NAME],
+        "outputs": getattr(ctx, "output_names", None) or [OUTPUT_NAME],
         **({"io": dict(ctx.io)} if ctx.io is not None else {}),
         **(fields or {}),
     }

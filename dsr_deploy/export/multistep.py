@@ -80,7 +80,10 @@ def probe_model(model: nn.Module, shape: tuple, dtype: torch.dtype = torch.float
     def message(err: str) -> str:
         exc = sys.exc_info()[1]
         text = first_line(exc) if isinstance(exc, Exception) and str(exc).strip() else err
-        return f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
+        from ..input_hint import expected_input
+
+        return (f"the model rejects input shape {list(shape)}: {text}" + (f" (model {spec})" if spec else "")
+                + f"; it takes {expected_input(model, neurons)}")
 
     neurons = list(neurons) if neurons is not None else find_neurons(model)
     flat = any(n.layout == "flat" for n in neurons)
@@ -117,9 +120,9 @@ def prepare(model: nn.Module, shape: tuple, opts: ExportOptions, spec: Optional[
         raise UserError("--layout, --encode and --readout apply to networks that take [T, B, ...]; this model has "
                         "its own I/O (its neurons take [T*B, ...]) and is exported with it")
     if io:
-        from ..io_adapter import IOAdapter, artifact_shape, check_output
+        from ..io_adapter import adapter, artifact_shape, check_output
 
-        model = IOAdapter(model, io, neurons)
+        model = adapter(model, io, neurons)
         shape = artifact_shape(shape, io)
         with torch.no_grad():
             problem = check_output(inference_copy(model, "op")(torch.zeros(shape)), shape, io)

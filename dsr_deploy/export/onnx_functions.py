@@ -37,7 +37,10 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from ..contract import QUANTIZED_OP_TYPES
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
+from ..convert import ALL_OP_TYPES, ONNX_DOMAIN
+from . import onnx_sj
+
+ONNX_OP_TYPES = ALL_OP_TYPES  # DSR and SpikingJelly kinds (the SpikingJelly step: onnx_sj)
 
 BODIES = ("scan", "unrolled")
 SCOPE_PREFIX = "dsr_fn_"
@@ -67,6 +70,8 @@ def _ref_constant(output: str, attr: str) -> onnx.NodeProto:
 
 
 def _prologue(kind: str) -> List[onnx.NodeProto]:
+    if kind.startswith("sj_"):
+        return onnx_sj.prologue(kind)
     nodes = [
         _ref_constant("vth", "v_threshold"),
         _ref_constant("alpha", "alpha"),
@@ -80,6 +85,8 @@ def _prologue(kind: str) -> List[onnx.NodeProto]:
 
 def _step(kind: str, v_in: str, x_t: str, v_out: str, y_t: str, p: str) -> List[onnx.NodeProto]:
     """One time step from membrane ``v_in`` and input ``x_t``; names prefixed with ``p``."""
+    if kind.startswith("sj_"):
+        return onnx_sj.step(kind, v_in, x_t, v_out, y_t, p)
     nodes = []
     if kind == "if":
         nodes.append(helper.make_node("Add", [v_in, x_t], [p + "v"], name=p + "integrate"))
@@ -99,6 +106,13 @@ def _step(kind: str, v_in: str, x_t: str, v_out: str, y_t: str, p: str) -> List[
     else:
         nodes.append(helper.make_node("Div", [p + "s", "dt"], [y_t], name=p + "out"))
     return nodes
+
+
+def _initial_membrane(kind: str, src: str, out: str, start: int) -> List[onnx.NodeProto]:
+    """The membrane's start in the shape of ``src`` from dim ``start`` on: zeros (DSR), v_reset (SpikingJelly)."""
+    if kind.startswith("sj_"):
+        return _zeros_like_step(src, out + "_zeros", start) + onnx_sj.initial(out + "_zeros", out)
+    return _zeros_like_step(src, out, start)
 
 
 def _zeros_like_step(src: str, out: str, start: int) -> List[onnx.NodeProto]:
@@ -133,7 +147,7 @@ def scan_body(kind: str) -> List[onnx.NodeProto]:
         [helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
          helper.make_tensor_value_info("y_t", TensorProto.FLOAT, None)],
     )
-    return _prologue(kind) + _zeros_like_step("x", "v0", 1) + [
+    return _prologue(kind) + _initial_membrane(kind, "x", "v0", 1) + [
         helper.make_node("Scan", ["v0", "x"], ["v_final", "y"], body=body, num_scan_inputs=1, name="time_loop"),
     ]
 
@@ -148,7 +162,7 @@ def unrolled_body(kind: str, T: int) -> List[onnx.NodeProto]:
         helper.make_node("Split", ["x", "split_sizes"], xs, axis=0, name="split_time"),
     ]
     # The membrane starts at zero with the shape of one (kept-dim) time slice.
-    nodes += _zeros_like_step(xs[0], "v_init", 0)
+    nodes += _initial_membrane(kind, xs[0], "v_init", 0)
     v = "v_init"
     ys = []
     for t in range(T):
@@ -214,7 +228,8 @@ def _function(op_type: str, kind: str, inputs: list, outputs: list, nodes: List[
     return helper.make_function(
         ONNX_DOMAIN, op_type, _rename(inputs, prefix), _rename(outputs, prefix), nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=IF_ATTRS if kind == "if" else LIF_ATTRS, doc_string=doc)
+        attributes=onnx_sj.attributes(kind) if kind.startswith("sj_") else IF_ATTRS if kind == "if" else LIF_ATTRS,
+        doc_string=doc)
 
 
 def function_formals(fn: onnx.FunctionProto) -> set:

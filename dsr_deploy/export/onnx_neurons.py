@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from ..contract import QUANTIZED_OP_TYPES
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES
+from ..convert import ALL_OP_TYPES, ONNX_DOMAIN
 from ..onnx_graph import dsr_nodes
 
 META_LAYER_OUTPUTS = "dsr_deploy.layer_outputs"  # [[layer index, output tensor], ...] in call order
@@ -31,7 +31,7 @@ META_LAYER_INPUTS = "dsr_deploy.layer_inputs"  # [[layer index, input tensor], .
 META_CHANNELS_LAST = "dsr_deploy.channels_last"
 META_PROBE_NODES = "dsr_deploy.probe_nodes"
 META_INDEX = "dsr.layer_index"  # metadata_props of a dsr node: its layer index
-_DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
+_DSR_OP_TYPES = set(ALL_OP_TYPES.values())
 
 
 @dataclass

@@ -15,7 +15,10 @@ measurement (benchmarks/results/bench_export.md, ONNX Runtime CPU): on a PreAct-
 fastest or within noise of the fastest at T=4 and T=20, batch 1 and 8 (at T=20 about 0.7x the unrolled body's
 time and 0.2-0.5x the plain ``torch.onnx.export``'s), its session creation does not grow with T, and only it
 keeps T dynamic.
-Default opset 18: the opset torch.onnx.export implements natively (17 goes through a version conversion).
+Default opset 18: the opset torch.onnx.export implements natively (17 goes through a version conversion);
+``--precision bfloat16`` defaults to opset 22 (Conv has bfloat16 only from 22) and exports without the exporter's
+optimiser (its BatchNorm folding writes the folded weights as float32, which a bfloat16 Conv refuses): BatchNorm
+stays a bfloat16 BatchNormalization node (:func:`bfloat16_export_settings`).
 Dynamic batch by default (``--static-batch`` fixes it), dynamic T with the scan body.
 """
 
@@ -33,20 +36,23 @@ import torch
 from onnx import helper
 
 from .. import __version__
-from ..convert import ONNX_DOMAIN, ONNX_OP_TYPES, inference_copy
+from ..convert import ALL_OP_TYPES, ONNX_DOMAIN, inference_copy
 from ..errors import UserError, first_line
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
-from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, PROBE_PREFIX, ExportContext
 from .onnx_functions import function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
 from .onnx_neurons import channels_last_map, neuron_sites, probe_nodes
 
+_KIND_OF_OP = {op: kind for kind, op in ALL_OP_TYPES.items()}
+
 DEFAULT_OPSET = 18
+BFLOAT16_OPSET = 22  # the first opset whose Conv (and ConvTranspose) takes bfloat16
 DEFAULT_BODY = "scan"
-_DSR_OP_TYPES = set(ONNX_OP_TYPES.values())
+_DSR_OP_TYPES = set(ALL_OP_TYPES.values())
 
 
 def quiet_export():
@@ -69,10 +75,25 @@ def dsr_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return find_dsr_nodes(model, _DSR_OP_TYPES)  # the neuron (whole-sequence) nodes: dsr_deploy.onnx_graph
 
 
+def bfloat16_export_settings(model: torch.nn.Module, dtype: torch.dtype, opset=None) -> tuple:
+    """(opset, optimize) of a torch.onnx.export at ``dtype``: bfloat16 defaults to opset 22 (an explicit older one
+    is refused for a model with convolutions: ONNX Conv has no bfloat16 before 22) and turns the exporter's
+    optimiser off (its BatchNorm folding writes float32 weights beside bfloat16 activations)."""
+    if dtype != torch.bfloat16:
+        return int(opset or DEFAULT_OPSET), True
+    opset = int(opset or BFLOAT16_OPSET)
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
+             torch.nn.ConvTranspose3d)
+    if opset < BFLOAT16_OPSET and any(isinstance(m, convs) for m in model.modules()):
+        raise UserError(f"--precision bfloat16 with convolutions needs --opset {BFLOAT16_OPSET} or later (ONNX Conv "
+                        f"has no bfloat16 before opset {BFLOAT16_OPSET}); got --opset {opset}")
+    return opset, False
+
+
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options`` (validated by
     :meth:`~dsr_deploy.export.options.ExportOptions.validate`); checked with full_check."""
-    opset = int(ctx.options.opset or DEFAULT_OPSET)
+    opset, optimize = bfloat16_export_settings(ctx.model, ctx.dtype, ctx.options.opset)
     lowering = ctx.options.lowering or "function"
     body = ctx.options.function_body or DEFAULT_BODY
     dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
@@ -87,8 +108,8 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
     try:
         with quiet_export():
             prog = torch.onnx.export(
-                inf, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=True, verbose=False,
+                inf, (x,), input_names=[INPUT_NAME], output_names=ctx.output_names, opset_version=opset,
+                dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=optimize, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
         first = first_line(exc)
@@ -128,7 +149,7 @@ def postprocess(model: onnx.ModelProto, ctx: ExportContext, *, lowering: str, bo
         # dsr_layer_<i>; a neuron module called twice gets _call<k> on its later nodes.
         node.name = f"dsr_layer_{idx}" if f"dsr_layer_{idx}" not in named else f"dsr_layer_{idx}_call{call}"
         named.add(node.name)
-        kind = "if" if node.op_type == ONNX_OP_TYPES["if"] else "lif"
+        kind = _KIND_OF_OP.get(node.op_type, "lif")
         if kind not in kinds:
             kinds.append(kind)
     prefix = scope_prefix(model.graph)  # function names never collide with the graph's (onnx-tensorrt < 10.8)

@@ -52,22 +52,23 @@ def max_opset() -> int:
 
 @dataclass(frozen=True)
 class IOOptions:
-    """``--layout TB|BT``, ``--encode none|direct``, ``--readout none|mean|lif-rate``: what the artifact takes and
-    returns (:mod:`dsr_deploy.io_adapter`)."""
+    """``--layout TB|BT``, ``--encode none|direct``, ``--readout none|mean|lif-rate``, ``--per-step-readout``: what
+    the artifact takes and returns (:mod:`dsr_deploy.io_adapter`)."""
 
     layout: str = "TB"
     encode: str = "none"
     readout: str = "none"
+    per_step_readout: bool = False  # --per-step-readout: also the readout after every step (early exit)
 
     @property
     def default(self) -> bool:
-        return (self.layout, self.encode, self.readout) == ("TB", "none", "none")
+        return (self.layout, self.encode, self.readout, self.per_step_readout) == ("TB", "none", "none", False)
 
     def record(self, T: int) -> Optional[Dict[str, Any]]:
         """The manifest's ``io`` record for a network of ``T`` steps (None for the default); checks the values."""
         from ..io_adapter import io_record
 
-        return io_record(T, self.layout, self.encode, self.readout)
+        return io_record(T, self.layout, self.encode, self.readout, self.per_step_readout)
 
 
 @dataclass(eq=False)

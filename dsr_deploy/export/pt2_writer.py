@@ -20,7 +20,7 @@ from torch import nn
 
 from ..convert import SpikeBase, inference_copy
 from ..errors import UserError, first_line
-from ..io import atomic_path
+from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
 
 AOT_FILENAME = "model.aoti.pt2"
@@ -65,7 +65,7 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
 def write_pt2(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     ep = export_program(ctx)
     with atomic_path(path) as tmp:
-        torch.export.save(ep, str(tmp))
+        write_through_memory(tmp, lambda f: torch.export.save(ep, f))
     ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith("dsr.")]
     entry = {"format": "pt2", "path": Path(path).name, "dsr_nodes": len(ops), "dynamic_T": not ctx.fixed_T,
              "dynamic_batch": ctx.dynamic_batch, "loader": "torch.export.load (after import dsr_deploy.ops)"}
@@ -73,11 +73,13 @@ def write_pt2(ctx: ExportContext, path: Path) -> Dict[str, Any]:
 
 
 def compile_aot(ep: torch.export.ExportedProgram, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.unlink()  # the packager writes the file itself
+    def package(f):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
+            torch._inductor.aoti_compile_and_package(ep, package_path=f)
+
+    with atomic_path(path) as tmp:
+        write_through_memory(tmp, package)
 
 
 def write_pt2_aot(ctx: ExportContext, path: Path) -> Dict[str, Any]:
@@ -98,5 +100,5 @@ def write_pt2_probe(ctx: ExportContext, path: Path, aot: bool = False) -> Dict[s
         compile_aot(ep, Path(path))
     else:
         with atomic_path(path) as tmp:
-            torch.export.save(ep, str(tmp))
+            write_through_memory(tmp, lambda f: torch.export.save(ep, f))
     return {"format": "aoti" if aot else "pt2", "path": str(path), "probe_prefix": PROBE_PREFIX}

@@ -19,14 +19,25 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..contract import DOMAIN as ONNX_DOMAIN
 from ..contract import DOMAIN_VERSION as ONNX_DOMAIN_VERSION
-from ..contract import STEP_OP_TYPES
+from ..contract import SJ_STEP_OP_TYPES, STEP_OP_TYPES
 from ..convert import set_child
-from ..errors import UserError
+from ..errors import UserError, first_line
 
-__all__ = ["StreamingModule", "build_streaming_module", "step_functions", "streamable_neurons"]
+__all__ = ["ALL_STEP_OPS", "StreamingModule", "build_streaming_module", "initial_membrane", "step_functions",
+           "streamable_neurons"]
 
 IF_STEP_OP = STEP_OP_TYPES["if"]
 LIF_STEP_OP = STEP_OP_TYPES["lif"]
+ALL_STEP_OPS = {**STEP_OP_TYPES, **SJ_STEP_OP_TYPES}  # NeuronInfo.kind -> the step node's op type
+
+
+def initial_membrane(info) -> float:
+    """Where a layer's membrane starts a stream: 0, or a SpikingJelly hard reset's v_reset (as SpikingJelly does)."""
+    if not info.kind.startswith("sj_") or info.v_reset is None:
+        return 0.0
+    return float(torch.tensor(info.v_reset, dtype=torch.float32))  # the float32 membrane's value
+
+
 
 
 def _find_neurons(model: nn.Module) -> list:
@@ -49,7 +60,14 @@ def step_functions() -> tuple:
     if not _scripted:
         _scripted["if"] = torch.jit.script(F.if_step)
         _scripted["lif"] = torch.jit.script(F.lif_step)
+        _scripted["sj"] = torch.jit.script(F.sj_step)
     return _scripted["if"], _scripted["lif"]
+
+
+def sj_step_function():
+    """The scripted SpikingJelly reference step (:func:`dsr_deploy.functional.sj_step`)."""
+    step_functions()
+    return _scripted["sj"]
 
 
 class _StateIO:
@@ -65,10 +83,13 @@ class _StepNeuron(nn.Module):
 
     def __init__(self, info, index: int, io: _StateIO, lowering: str):
         from ..convert import onnx_attributes
+        from ..convert_sj import sj_onnx_attributes
+        from ..neuron_spec import SJ_CHARGE
 
         super().__init__()
         self.info, self.index, self.lowering = info, index, lowering
-        self.onnx_attrs = onnx_attributes(info)
+        self.sj_charge = SJ_CHARGE.get(info.kind)  # None: a DSR neuron
+        self.onnx_attrs = sj_onnx_attributes(info) if self.sj_charge else onnx_attributes(info)
         object.__setattr__(self, "_io", io)  # not a submodule, not a buffer
 
     def forward(self, x_seq: Tensor) -> Tensor:
@@ -79,11 +100,13 @@ class _StepNeuron(nn.Module):
             raise RuntimeError(f"neuron {n.name} is called twice in one step; streaming needs one call per step")
         x_t, v = x_seq[0], io.v_in[i]
         if torch.onnx.is_in_onnx_export():
-            op = IF_STEP_OP if n.kind == "if" else LIF_STEP_OP
+            op = ALL_STEP_OPS[n.kind]
             y_t, v_new = torch.onnx.ops.symbolic_multi_out(
                 f"{ONNX_DOMAIN}::{op}", (x_t, v), self.onnx_attrs,
                 dtypes=(x_t.dtype, torch.float32), shapes=(x_t.shape, v.shape), version=ONNX_DOMAIN_VERSION,
             )
+        elif self.sj_charge is not None:
+            y_t, v_new = self._sj_step(x_seq, v)
         elif self.lowering == "ops":
             from .. import ops
 
@@ -102,6 +125,16 @@ class _StepNeuron(nn.Module):
                 y_t, v_new = lif_step(x_t, v, n.v_threshold, n.alpha, n.tau, n.delta_t, n.decay, n.gain)
         io.v_out[i] = v_new
         return y_t.unsqueeze(0)
+
+    def _sj_step(self, x_seq: Tensor, v: Tensor) -> tuple:
+        n = self.info
+        decay_input = bool(n.decay_input) if n.decay_input is not None else True
+        leak = float(n.leak or 0.0)
+        if self.lowering == "ops":
+            y, v_new = torch.ops.dsr.sj_spike(x_seq, self.sj_charge, n.v_threshold, n.v_reset, leak, decay_input, v,
+                                              True)
+            return y[0], v_new
+        return sj_step_function()(x_seq[0], v, self.sj_charge, n.v_threshold, n.v_reset, leak, decay_input)
 
 
 class StreamingModule(nn.Module):
@@ -130,7 +163,9 @@ class StreamingModule(nn.Module):
         return (y[0], *v_out)
 
     def zero_states(self, batch: int, device=None) -> list[Tensor]:
-        return [torch.zeros((batch, *s), dtype=torch.float32, device=device) for s in self.state_shapes]
+        """The membranes that start a stream: zeros, v_reset for a SpikingJelly hard-reset layer."""
+        return [torch.full((batch, *s), initial_membrane(n), dtype=torch.float32, device=device)
+                for n, s in zip(self.neurons, self.state_shapes)]
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -145,12 +180,35 @@ def streamable_neurons(model: nn.Module, lowering: str) -> list:
         raise UserError(f"unknown streaming lowering {lowering!r}; use 'functional' or 'ops'")
     neurons = _find_neurons(model)
     if not neurons:
-        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode); nothing to stream")
+        raise UserError("the model has no DSR neuron (DSRIFNode / DSRLIFNode) nor a supported SpikingJelly one; "
+                        "nothing to stream")
     flat = [n.name for n in neurons if n.layout == "flat"]
     if flat:
         raise UserError(f"neuron {flat[0]} takes [T*B, ...] with T fixed inside the model (the authors' layout); "
                         "it cannot be streamed one step at a time: export it in multi-step mode")
     return neurons
+
+
+def _check_keeps_T(net: nn.Module, example_step: Tensor, out: Any) -> None:
+    """The output must keep T first: ``[1, B, ...]`` for one step and ``[2, B, ...]`` for two. With one step
+    and a batch of one, a network that reduces over T (``[B, classes]``) looks the same; two steps tell."""
+    shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+    fine = isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == 1
+    if fine:
+        try:
+            with torch.no_grad():
+                out2 = net(torch.cat([example_step.unsqueeze(0)] * 2))
+        except Exception as exc:  # noqa: BLE001 - any failure here is the same finding
+            raise UserError(f"the model failed on two time steps: {first_line(exc)}") from exc
+        fine = isinstance(out2, Tensor) and out2.dim() == out.dim() and out2.shape[0] == 2 \
+            and out2.shape[1:] == out.shape[1:]
+        two = list(out2.shape) if isinstance(out2, Tensor) else type(out2).__name__
+        shape = f"{shape} (and for two steps {two})"
+    if not fine:
+        raise UserError(
+            f"the network's output for one time step is {shape}: streaming needs an output that keeps the "
+            "time dimension first ([T, B, ...]); export the network without its reduction over T"
+        )
 
 
 def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional") -> StreamingModule:
@@ -195,12 +253,7 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
     unused = [n.name for n in neurons if n.name not in seen]
     if unused:
         raise UserError(f"neurons never called in a forward pass: {', '.join(unused)}")
-    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != 1:
-        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise UserError(
-            f"the network's output for one time step is {shape}: streaming needs an output that keeps the "
-            "time dimension first ([T, B, ...]); export the network without its reduction over T"
-        )
+    _check_keeps_T(net, example_step, out)
     batch = example_step.shape[0]
     shapes = []
     for n in neurons:

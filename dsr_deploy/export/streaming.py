@@ -48,7 +48,14 @@ from ..onnx_graph import dsr_nodes
 from .base import ExportContext
 from .formats import register_format, register_mode
 from .options import ExportOptions
-from .stream_module import StreamingModule, build_streaming_module, step_functions, streamable_neurons
+from .stream_module import (
+    ALL_STEP_OPS,
+    StreamingModule,
+    build_streaming_module,
+    initial_membrane,
+    step_functions,
+    streamable_neurons,
+)
 
 __all__ = [
     "INPUT_NAME",
@@ -77,7 +84,7 @@ def io_names(n: int) -> tuple[list[str], list[str]]:
 
 def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | str) -> Path:
     """Trace ``sm`` around its scripted neuron steps and save it (loads with plain ``torch.jit.load``)."""
-    from ..io import atomic_path
+    from ..io import atomic_path, write_through_memory
 
     states = sm.zero_states(example_step.shape[0])
     with torch.no_grad():
@@ -87,7 +94,7 @@ def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | s
         value.setDebugName(name)
     path = Path(path)
     with atomic_path(path) as tmp:
-        traced.save(str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(traced, f))
     return path
 
 
@@ -100,7 +107,7 @@ def add_step_functions(model_proto, elem: int = 1) -> None:
     have = {(f.domain, f.name) for f in model_proto.functions}
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     prefix = scope_prefix(model_proto.graph)  # formals never collide with x_t / v_in_i (onnx-tensorrt < 10.8)
-    for kind, op in (("if", IF_STEP_OP), ("lif", LIF_STEP_OP)):
+    for kind, op in ALL_STEP_OPS.items():
         if op in used and (ONNX_DOMAIN, op) not in have:
             model_proto.functions.append(step_function_proto(kind, op, opset, elem=elem, prefix=prefix))
     if not any(o.domain == ONNX_DOMAIN for o in model_proto.opset_import):
@@ -122,11 +129,13 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     if dynamic_batch:
         b = torch.export.Dim("batch")
         dyn = ({0: b}, tuple({0: b} for _ in states))  # forward(x_t, *v_in)
-    from .onnx_writer import quiet_export
+    from .onnx_writer import bfloat16_export_settings, quiet_export
 
+    opset, optimize = bfloat16_export_settings(sm, example_step.dtype)  # bfloat16: opset 22, no BatchNorm folding
     with torch.no_grad(), quiet_export():  # the exporter's warnings and log lines are not the user's business
         prog = torch.onnx.export(sm, (example_step, *states), None, dynamo=True, input_names=in_names,
-                                 output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
+                                 output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=optimize,
+                                 **({} if optimize else {"opset_version": opset}))
     proto = prog.model_proto
     from .onnx_functions import onnx_elem_type
 
@@ -172,7 +181,8 @@ def step_module(ctx: ExportContext) -> tuple:
 def states(sm: StreamingModule) -> list[dict]:
     """The manifest's ``states``: one record per membrane."""
     return [{"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
-             "initial": "zeros", "neuron": i, "layer": n.name}
+             "initial": "zeros" if initial_membrane(n) == 0.0 else "fill", "initial_value": initial_membrane(n),
+             "neuron": i, "layer": n.name}
             for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))]
 
 
@@ -201,7 +211,7 @@ def write_streaming_onnx(ctx: ExportContext, path: Path) -> dict:
 
         extra = quantize_file(path, ctx, states=[(s["input"], s["output"], s["shape"]) for s in states(sm)])
     return {**extra, "format": "onnx", "path": path.name, "mode": MODE, "custom_domain": ONNX_DOMAIN,
-            "custom_ops": sorted({IF_STEP_OP if n.kind == "if" else LIF_STEP_OP for n in sm.neurons}),
+            "custom_ops": sorted({ALL_STEP_OPS[n.kind] for n in sm.neurons}),
             "fallback": "model-local functions of standard ops"}
 
 

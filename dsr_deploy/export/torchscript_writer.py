@@ -20,10 +20,12 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from ..convert import IFSpikeScript, LIFSpikeScript, inference_copy, set_child
+from ..convert import IFSpikeScript, LIFSpikeScript, SJSpikeScript, inference_copy, set_child
 from ..errors import UserError, first_line
-from ..io import atomic_path
+from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
+
+_SCRIPT_NEURONS = (IFSpikeScript, LIFSpikeScript, SJSpikeScript)
 
 
 class _Probed(nn.Module):
@@ -36,7 +38,7 @@ class _Probed(nn.Module):
         self._sink: list = []
         self._currents: list = []
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
+            if isinstance(m, (*_SCRIPT_NEURONS, torch.jit.ScriptModule)) and name and hasattr(m, "index"):
                 set_child(net, name, _Recorder(m, self._sink, self._currents))
 
     def forward(self, x):
@@ -65,10 +67,17 @@ class _Recorder(nn.Module):
         return y
 
 
+def _same(got: Any, want: Any) -> bool:
+    """Bit-equal outputs (a tensor, or a tuple of them: ``--per-step-readout``)."""
+    if isinstance(want, (tuple, list)):
+        return isinstance(got, (tuple, list)) and len(got) == len(want) and all(map(_same, got, want))
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)
+
+
 def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.ScriptModule, str]:
     """The TorchScript module of ``ctx.model`` and how it was made (``"script"`` or ``"trace"``)."""
     net = inference_copy(ctx.model, "script")
-    if probe and isinstance(net, (IFSpikeScript, LIFSpikeScript)):
+    if probe and isinstance(net, _SCRIPT_NEURONS):
         net = nn.Sequential(net)  # a single-neuron network: give the probe a child to record
     x = ctx.example_input()
     with warnings.catch_warnings():
@@ -79,7 +88,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
             except Exception:  # SpikingJelly layers and the like: fall back to scripted neurons + trace
                 pass
         for name, m in list(net.named_modules()):
-            if isinstance(m, (IFSpikeScript, LIFSpikeScript)):
+            if isinstance(m, _SCRIPT_NEURONS):
                 scripted = torch.jit.script(m)
                 if not name:
                     return (scripted if not probe else torch.jit.trace(_Probed(m), x, check_trace=False)), "script"
@@ -97,7 +106,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
             try:
                 got = traced(x2)
                 got = got[0] if probe else got
-                ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)
+                ok = _same(got, want)
             except Exception:
                 ok = False
         if not ok:
@@ -109,7 +118,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
 def write_torchscript(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     module, method = script_model(ctx)
     with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(module, f))
     return {"format": "torchscript", "path": Path(path).name, "method": method, "dynamic_T": not ctx.fixed_T,
             "dynamic_batch": True, "needs_dsr_deploy": False}
 
@@ -119,5 +128,5 @@ def write_torchscript_probe(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     agreement and to show where divergence starts."""
     module, method = script_model(ctx, probe=True)
     with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp))
+        write_through_memory(tmp, lambda f: torch.jit.save(module, f))
     return {"format": "torchscript", "path": str(path), "method": method, "probe_prefix": PROBE_PREFIX}

@@ -133,10 +133,17 @@ class Runner(abc.ABC):
         return {"backend": self.backend, "artifact": str(self.artifact)}
 
     # -- inference -------------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True, check: bool = True) -> dict[str, Any]:
+    def infer(self, feeds: Mapping[str, Any], copy_outputs: bool = True, check: bool = True,
+              early_exit: Any = None) -> dict[str, Any]:
         """Run once. Returns numpy arrays by output name, or (``copy_outputs=False``) possibly device tensors.
 
-        ``check=False`` skips :meth:`check_feeds` (timing loops whose feeds were checked once already)."""
+        ``check=False`` skips :meth:`check_feeds` (timing loops whose feeds were checked once already).
+        ``early_exit`` (a rule such as ``"margin>=0.25"``, or ``"manifest"``: the calibrated one): each sample stops
+        when its answer is settled; returns ``prediction`` and ``steps`` per sample (:mod:`.early_exit`)."""
+        if early_exit is not None:
+            from .early_exit import infer_early_exit
+
+            return infer_early_exit(self, feeds, early_exit)
         self.ensure_loaded()
         feeds = self.check_feeds(feeds) if check else dict(feeds)
         return self._infer(feeds, copy_outputs)

@@ -93,7 +93,7 @@ class OnnxNeuronSet:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-INFERENCE_NEURON_CLASSES = ("IFSpike", "LIFSpike", "IFSpikeScript", "LIFSpikeScript")
+INFERENCE_NEURON_CLASSES = ("IFSpike", "LIFSpike", "IFSpikeScript", "LIFSpikeScript", "SJSpike", "SJSpikeScript")
 
 
 def torch_module_neurons(named_modules, kinds=INFERENCE_NEURON_CLASSES, device: str = "cpu",

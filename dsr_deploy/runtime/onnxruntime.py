@@ -86,6 +86,9 @@ class OrtOptions(RunnerOptions):
     optimization: str = "all"
 
 
+_OPS_OFF = "function fallback (custom ops disabled)"
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
     Options = OrtOptions
@@ -124,10 +127,18 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:
             msg = first_line(exc)
             if usage["missing_fallback"] and self.library is None:
-                raise UserError(
-                    f"onnxruntime: {path} uses dsr ops {', '.join(usage['missing_fallback'])} without a function "
-                    f"fallback and {ORT_OPS_LIBRARY} is not built (run `dsr-deploy plugins build`)") from None
+                raise UserError(f"onnxruntime: {path} uses dsr ops {', '.join(usage['missing_fallback'])} without a "
+                                f"function fallback, and {self._no_library_reason()}") from None
             raise UserError(f"onnxruntime: cannot load {path}: {msg}") from None
+
+    def _no_library_reason(self) -> str:
+        """Why this session has no custom-op library, for a model that cannot run without it."""
+        if self.dsr_ops == _OPS_OFF:  # asked for: onnxruntime:fallback, custom_ops=off
+            return ("this run has the custom-op library switched off (the function-fallback variant, custom_ops=off); "
+                    "run it with the library (backend onnxruntime or onnxruntime:custom)")
+        if self.dsr_ops.endswith("not built)"):
+            return f"{ORT_OPS_LIBRARY} is not built (run `dsr-deploy plugins build`)"
+        return f"the custom-op library is not loaded: {self.dsr_ops}"
 
     def _register_custom_ops(self, so, usage: dict) -> None:
         mode = self.options.custom_ops
@@ -140,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
         explicit = self.options.custom_ops_library
         lib = Path(explicit) if explicit else (find_ort_library() if mode != "off" else None)
         if mode == "off":
-            self.dsr_ops = "function fallback (custom ops disabled)"
+            self.dsr_ops = _OPS_OFF
             return
         if lib is None or not lib.is_file():
             if mode == "require" or explicit:

@@ -164,6 +164,10 @@ def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Ru
         artifact = resolve_artifact(artifact, backend)
     elif isinstance(artifact, (str, Path)) and not looks_like_spec(artifact) and not Path(artifact).exists():
         raise UserError(f"{artifact}: no such file")
+    if isinstance(artifact, (str, Path)):
+        from ..input_files import refuse_special
+
+        refuse_special(artifact, "artifact")
     if backend is not None:
         b = get_backend(backend)
         if not b.accepts(artifact):

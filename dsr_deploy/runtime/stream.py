@@ -32,6 +32,14 @@ def manifest_states(manifest: Mapping) -> list[dict]:
     return m.states
 
 
+def _initial_value(state: Mapping) -> float:
+    """A membrane record's starting value (untrusted manifest: a number or nothing)."""
+    value = state.get("initial_value", 0.0) if state.get("initial", "zeros") != "zeros" else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UserError(f"manifest: membrane {state.get('input')!r} has a bad initial_value {value!r}")
+    return float(value)
+
+
 def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
         return x.detach().cpu().numpy()
@@ -47,7 +55,10 @@ class StreamSession:
     ``inputs()``.
     """
 
-    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None):
+    def __init__(self, model: Any, state_shapes: Sequence[Sequence[int]] | None = None, readout: Any = None,
+                 initial_values: Sequence[float] | None = None):
+        # initial_values: where each membrane starts a stream (the manifest's states[i]["initial_value"]; 0 else)
+        self.initial_values = [float(v) for v in initial_values] if initial_values is not None else None
         self._infer: Callable[[Mapping[str, Any]], Mapping[str, Any]] = getattr(model, "infer", model)
         if state_shapes is None:
             if not hasattr(model, "inputs"):
@@ -63,6 +74,9 @@ class StreamSession:
         self.state_shapes = [tuple(int(d) for d in s) for s in state_shapes]
         self.states: list[np.ndarray] | None = None
         self.steps = 0
+        # The running readout (dsr_deploy.early_exit.Readout): the output spikes so far are kept for it.
+        self.readout_of = readout
+        self._outputs: list[np.ndarray] = []
 
     @classmethod
     def from_manifest(cls, model: Any, manifest: Mapping | str | Path) -> StreamSession:
@@ -71,11 +85,16 @@ class StreamSession:
 
             p = Path(manifest)
             manifest = read_manifest(p if p.is_dir() else p.parent)
-        return cls(model, [s["shape"] for s in manifest_states(manifest)])
+        from ..early_exit import readout_of_manifest
+
+        states = manifest_states(manifest)
+        return cls(model, [s["shape"] for s in states], readout=readout_of_manifest(manifest),
+                   initial_values=[_initial_value(s) for s in states])
 
     def reset(self) -> None:
         """Start a new stream: the next step begins from zero membranes."""
         self.states, self.steps = None, 0
+        self._outputs = []
 
     def step(self, x_t: Any) -> np.ndarray:
         """One time step ``x_t [B, ...]`` -> ``y_t``; the membranes are kept for the next step."""
@@ -83,13 +102,33 @@ class StreamSession:
         if self.states is None or self.states[0].shape[0] != x.shape[0]:
             if self.states is not None and self.steps:
                 raise UserError(f"the batch changed mid-stream ({self.states[0].shape[0]} -> {x.shape[0]}); reset()")
-            self.states = [np.zeros((x.shape[0], *s), dtype=np.float32) for s in self.state_shapes]
+            init = self.initial_values or [0.0] * len(self.state_shapes)
+            self.states = [np.full((x.shape[0], *s), v, dtype=np.float32) for s, v in zip(self.state_shapes, init)]
         feeds = {INPUT_NAME: x}
         feeds.update({state_input_name(i): v for i, v in enumerate(self.states)})
         out = self._infer(feeds)
         self.states = [_as_numpy(out[state_output_name(i)]) for i in range(len(self.state_shapes))]
         self.steps += 1
-        return _as_numpy(out[OUTPUT_NAME])
+        y = _as_numpy(out[OUTPUT_NAME])
+        if self.readout_of is not None:
+            self._outputs.append(y.reshape(y.shape[0], -1))
+        return y
+
+    def readout(self) -> np.ndarray:
+        """The running readout ``[B, C]`` after the steps so far: bit for bit the full model's readout on those
+        steps (:class:`dsr_deploy.early_exit.Readout`; the session needs ``readout=`` or ``from_manifest``)."""
+        if self.readout_of is None or not self._outputs:
+            raise UserError("no running readout: create the session with readout= (or from_manifest) and step it")
+        return self.readout_of(np.stack(self._outputs))
+
+    def run_early_exit(self, x_seq: Any, rule: Any) -> dict:
+        """Feed ``x_seq [T, B, ...]`` until each sample's exit rule fires (``"margin>=0.25"``, an
+        :class:`~dsr_deploy.early_exit.ExitRule`); finished samples leave the batch. Returns ``prediction``,
+        ``steps`` (used per sample) and ``readout`` (:mod:`.early_exit`). Independent of the session's stream."""
+        from ..early_exit import ExitRule, Readout, run_streaming
+
+        return run_streaming(self._infer, _as_numpy(x_seq), ExitRule.of(rule), self.readout_of or Readout(),
+                             self.state_shapes)
 
     def run(self, x_seq: Any, reset: bool = True) -> np.ndarray:
         """Feed every step of ``x_seq [T, B, ...]``; returns the stacked outputs ``[T, B, ...]``."""

@@ -140,7 +140,8 @@ class TorchRunner(Runner):
         from .neurons import torch_module_neurons
 
         self.ensure_loaded()
-        found = torch_module_neurons(self.model.named_modules(), kinds=("IFSpike", "LIFSpike"), device=self.device)
+        found = torch_module_neurons(self.model.named_modules(), kinds=("IFSpike", "LIFSpike", "SJSpike"),
+                                     device=self.device)
         if not found:
             training = find_neuron_modules(self.model)
             found = torch_module_neurons(training.items(), kinds=None, device=self.device,

@@ -10,7 +10,13 @@ one sentence, nothing forwarded) when
   forwarded inflated), or it has no ``Content-Length`` (chunked uploads are refused, 411);
 * its JSON header is not an object with a list of inputs;
 * an input of a served model has the wrong rank, a fixed dimension that differs from the model's, a batch larger
-  than ``--max-batch``, a negative dimension, or declares more bytes than the limit (all inputs together).
+  than ``--max-batch``, a negative dimension, or declares more bytes than the limit (all inputs together);
+* the JSON has a key twice in one object (any depth), a NaN / Infinity, an empty dimension, data that does not
+  fill its shape exactly or an element its datatype cannot hold (:mod:`.request_json`).
+
+What is forwarded is the guard's own serialisation of the JSON it checked (never the client's bytes), so
+tritonserver cannot read the request differently from the guard (it keeps the *first* of two equal keys, Python the
+last).
 
 Error answers that PyTriton fills with a Python traceback (an inference callable that raised) are reduced to
 their last sentence; a :class:`~dsr_deploy.errors.UserError` raised by the model (unknown sequence id, ...)
@@ -30,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Optional, Sequence, Tuple
 
 from ..errors import UserError
+from .request_json import BadRequest, canonical, check_data, strict_loads
 
 DEFAULT_MAX_REQUEST_MB = 64
 _INFER = re.compile(r"^/v2/models/([^/?]+)(?:/versions/[^/?]+)?/infer/?(?:\?.*)?$")
@@ -113,10 +120,23 @@ def clean_error(text: str) -> Tuple[bool, str]:
     """``(is_user_error, one sentence)`` for an error text PyTriton filled with a traceback."""
     found = _USER_ERROR.findall(text)
     if found:
-        return True, found[-1].strip()
+        return True, _no_paths(found[-1].strip())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    last = lines[-1] if lines else "inference failed"
-    return False, f"inference failed: {last}" if "Traceback" in text else last
+    # The exception line, never a traceback frame ('File "/srv/...", line 3, in f') or source line.
+    errors = [line for line in lines if _EXC_LINE.match(line)]
+    last = errors[-1] if errors else (lines[-1] if lines else "inference failed")
+    if last.startswith("File ") or not errors and "Traceback" in text:
+        last = "an internal error"
+    return False, _no_paths(f"inference failed: {last}" if "Traceback" in text else last)
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\b")
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"():,]+/)+[^\s/'\"():,]*")
+
+
+def _no_paths(message: str) -> str:
+    """A server-side message with the server's file paths replaced (they tell a client nothing it needs)."""
+    return _PATH.sub("<path>", message)
 
 
 class _NoDelayConnection(http.client.HTTPConnection):
@@ -173,8 +193,11 @@ class _Handler(BaseHTTPRequestHandler):
         if status in (411, 413):
             self.close_connection = True  # the unread body would be taken for the next request
 
-    def _forward(self, body: Optional[bytes], drop: Sequence[str] = ()) -> None:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() not in drop}
+    def _forward(self, body: Optional[bytes], drop: Sequence[str] = (), replace: Optional[dict] = None) -> None:
+        replace = replace or {}
+        skip = {*drop, *(k.lower() for k in replace)}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() not in skip}
+        headers.update(replace)
         if body is not None:
             headers["Content-Length"] = str(len(body))
         for attempt in (0, 1):  # a kept-alive backend connection may have been closed meanwhile: reconnect once
@@ -232,13 +255,22 @@ class _Handler(BaseHTTPRequestHandler):
             head_len = self.headers.get("Inference-Header-Content-Length")
             try:
                 n = int(head_len) if head_len is not None else len(body)
-                header = json.loads(body[:n]) if 0 <= n <= len(body) else None
-            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested arrays
-                raise Refused(400, "the request header is not valid JSON") from None
-            check_request(header, guard.models.get(match.group(1)), guard.max_bytes)
+            except ValueError:
+                raise Refused(400, "malformed Inference-Header-Content-Length") from None
+            if not 0 <= n <= len(body):
+                raise Refused(400, "Inference-Header-Content-Length does not fit the request")
+            try:
+                header = strict_loads(body[:n])
+                check_request(header, guard.models.get(match.group(1)), guard.max_bytes)
+                check_data(header, len(body) - n, _ITEMSIZE)
+                # Forward what was checked, serialised by us: no second reading can differ from ours.
+                head = canonical(header)
+            except BadRequest as exc:
+                raise Refused(400, str(exc)) from None
         except Refused as exc:
             return self._refuse(exc.status, str(exc))
-        self._forward(body, drop)
+        body = head + body[n:]
+        self._forward(body, drop, {"Inference-Header-Content-Length": str(len(head))} if head_len is not None else {})
 
 
 class _Server(ThreadingHTTPServer):

@@ -63,6 +63,22 @@ from .served_model import SEQUENCE_END, SEQUENCE_ID, SEQUENCE_START, SequenceSto
 # ---------------------------------------------------------------------------------------------------------
 # The server.
 
+# AF_UNIX socket paths hold at most 107 bytes. PyTriton (0.7) puts each model's sockets at
+# PYTRITON_HOME/workspace_XXXXXXXX/<model>_<group>_<instance>-server.sock; past the limit tritonserver still reports
+# ready but every request fails ("Event loop is closed"), so a too-long home is refused before the server starts.
+UNIX_PATH_MAX = 107
+
+
+def check_socket_room(model_names: Sequence[str], home: Optional[Path] = None) -> None:
+    """Refuse (one line) a PyTriton home whose socket paths would not fit ``UNIX_PATH_MAX``."""
+    if home is None:
+        from pytriton.constants import PYTRITON_HOME as home
+    longest = max((len(n) for n in model_names), default=0)
+    need = len(str(home)) + len("/workspace_12345678/") + longest + len("_00_00-server.sock")
+    if need > UNIX_PATH_MAX:
+        raise UserError(f"PyTriton's workspace {home} is too long for its sockets ({need} > {UNIX_PATH_MAX} bytes "
+                        "with the longest model name): set PYTRITON_HOME to a shorter folder")
+
 
 @dataclass
 class ServerConfig:
@@ -180,6 +196,7 @@ def _serve(guard, artifacts, backend, cfg, names, idle_timeout_s, max_sequences,
     guard.models.update({m.name: ModelLimits({n: tuple(int(d) for d in s) for n, _, s, _ in m.inputs},
                                              cfg.max_batch) for m in models})
 
+    check_socket_room([m.name for m in models])
     stop = stop_event or threading.Event()
     previous = {}
 

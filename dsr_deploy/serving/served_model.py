@@ -91,10 +91,15 @@ class ServedModel:
     # ([B, T, ...] or static [B, ...] in; logits [B, ...] out).
     swap_in: bool = True
     swap_out: bool = True
+    early_exit: Any = None  # serving.served_exit.ServerExit: the manifest's exit rule (streaming)
 
     # -- multi-step --------------------------------------------------------------------------------------
     def infer_multistep(self, requests):
         xs = [np.asarray(r["input"]) for r in requests]
+        for x in xs:  # gRPC is not guarded: a T of 0 must be a client error here too
+            if x.size == 0:
+                raise UserError(f"the input has an empty dimension (shape {list(x.shape)}); T and the batch must be "
+                                "at least 1")
         sizes = [x.shape[0] for x in xs]
         x = np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
         x_tb = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if self.swap_in else x  # [B, T, ...] -> [T, B, ...]
@@ -133,8 +138,9 @@ class ServedModel:
                         new += 1
                     live.add(sid)
                 elif sid not in live:
-                    raise UserError(f"unknown sequence id {sid} (never started, ended, or idle for longer than "
-                                    f"{store.idle_timeout_s:g} s): send sequence_start=true first")
+                    raise UserError(f"unknown sequence id {sid}: this server holds no membrane state for it (never "
+                                    f"started here, ended, idle for longer than {store.idle_timeout_s:g} s, or "
+                                    "started on another replica); send sequence_start=true first")
                 if end:
                     live.discard(sid)
             if len(store) + new > store.max_sequences:
@@ -168,17 +174,37 @@ class ServedModel:
                     y_all[k] = y[pos]
                     sid, end = rows[k][2], rows[k][4]
                     pending[sid] = None if end else [np.array(v[pos]) for v in v_out]
+            extra = self._exit_outputs(rows, y_all, pending) if self.early_exit is not None else None
             for sid, st in pending.items():
                 if st is None:
                     store.drop(sid)
                 else:
                     store.put(sid, st)
+            if extra is not None:
+                self.early_exit.keep_only(store._seq)
         responses, k = [], 0
         for x in xs:
             n = x.shape[0]
             responses.append({STREAM_OUTPUT: np.stack(y_all[k:k + n])})
+            if extra is not None:
+                responses[-1].update({name: np.stack(v[k:k + n]) for name, v in extra.items()})
             k += n
         return responses
+
+    def _exit_outputs(self, rows, y_all, pending) -> dict:
+        """Early exit: per row the sequence's steps, whether its rule fired (the sequence then ends: its state is
+        dropped with the batch's commit) and the running readout (rows of a sequence in arrival order)."""
+        from .served_exit import EXIT, READOUT, STEPS
+
+        extra = {STEPS: [], EXIT: [], READOUT: []}
+        for k, (_, _, sid, start, _) in enumerate(rows):
+            steps, fired, readout = self.early_exit.step(sid, start, y_all[k])
+            if fired:
+                pending[sid] = None
+            extra[STEPS].append(np.array([steps], np.int64))
+            extra[EXIT].append(np.array([fired]))
+            extra[READOUT].append(np.asarray(readout, np.float32))
+        return extra
 
     def infer(self, requests):
         return self.infer_streaming(requests) if self.streaming else self.infer_multistep(requests)
@@ -208,6 +234,14 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     if not path.exists():
         raise UserError(f"{path} does not exist")
     manifest = _manifest(path)
+    if path.is_dir() and manifest is not None:  # only the manifest's artifacts are served
+        from ..input_files import unlisted_note
+
+        note = unlisted_note(manifest, "served")
+        if note:
+            import sys
+
+            print(note, file=sys.stderr)
     # One compute thread by default: next to tritonserver, the backend stub and the HTTP threads, a runner's own
     # spinning thread pool starves the server on a small machine (threads=0 keeps the backend's default).
     runner = load_runner(str(path), backend, trust_pickle=trust_pickle, **({"threads": threads} if threads else {}))
@@ -226,6 +260,10 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         if manifest is None:
             raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
         states = manifest_states(manifest)
+        filled = [s.get("layer") or s.get("input") for s in states if s.get("initial", "zeros") != "zeros"]
+        if filled:  # the sequence store and Triton's sequence batcher start every stream from zeros
+            raise UserError(f"{path}: layer {filled[0]} starts its stream at a nonzero membrane (a SpikingJelly hard "
+                            "reset's v_reset); serving starts streams from zeros: run it with StreamSession instead")
         step = manifest.step_shape
         model.store = SequenceStore([s["shape"] for s in states], idle_timeout_s, max_sequences)
         model.inputs = [(STREAM_INPUT, np.float32, tuple(int(d) for d in step[1:]), False),
@@ -234,6 +272,11 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
                         (SEQUENCE_END, np.bool_, (1,), True)]
         y_shape = _output_shape(runner, STREAM_OUTPUT, manifest)
         model.outputs = [(STREAM_OUTPUT, np.float32, y_shape)]
+        if manifest.get("early_exit"):  # exit-calibrate's rule: steps / exit / readout per step, sequences end
+            from .served_exit import ServerExit
+
+            model.early_exit = ServerExit.from_manifest(manifest)
+            model.outputs += model.early_exit.outputs(int(np.prod(y_shape)))
     else:
         if "input" not in specs or "output" not in out_names:
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "

@@ -41,6 +41,8 @@ from .triton_onnx import (
 )
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+#: ``--backend`` -> (model name suffix, config platform) of the ONNX models.
+ONNX_BACKENDS = {"onnxruntime": ("onnx", "onnxruntime_onnx"), "python": ("py", "python")}
 
 
 @dataclass
@@ -80,10 +82,19 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
             onnx_paths = [manifest.path_of(x) for x in arts if x["format"].lower() == "onnx"]
             plan_paths = [manifest.path_of(x) for x in arts if x["path"].endswith(PLAN_SUFFIXES)
                           or x["format"].lower() in ("tensorrt", "tensorrt_plan", "plan")]
-            if not onnx_paths and (p / "model.onnx").is_file():
-                onnx_paths = [p / "model.onnx"]
+            # Only what the manifest lists (what verify ran) is published; a file merely lying there never is.
+            from ..input_files import unlisted_models, unlisted_note
+
             if not onnx_paths:
-                raise UserError(f"export folder {p} has no ONNX model (export with --format onnx)")
+                extra = [n for n in unlisted_models(manifest) if n.endswith(".onnx")]
+                raise UserError(f"export folder {p} lists no ONNX model in its manifest (export with --format onnx)"
+                                + (f"; {', '.join(extra)} lies there unlisted (never verified) and is not published"
+                                   if extra else ""))
+            note = unlisted_note(manifest, "published")
+            if note:
+                import sys
+
+                print(note, file=sys.stderr)
             for q in onnx_paths + plan_paths:
                 if not q.is_file():
                     raise UserError(f"{q} is listed in {mpath} but missing")
@@ -125,22 +136,64 @@ def collect_sources(artifacts: Sequence[Path | str], name: Optional[str] = None)
 # The repository.
 
 
+def python_model_text() -> str:
+    """The python variant's ``model.py`` (:mod:`.triton_python_model`, package data as a module)."""
+    from importlib import resources
+
+    return resources.files(__package__).joinpath("triton_python_model.py").read_text(encoding="utf-8")
+
+
 def readme_text(**fields) -> str:
     """The repository's README: the package's ``triton_readme.md`` template with the contract's names filled in."""
     from importlib import resources
 
     template = resources.files(__package__).joinpath("triton_readme.md").read_text(encoding="utf-8")
     names = {"trt_plugin": contract.TRT_PLUGIN_LIBRARY, "trt_plugin_dynamic": contract.TRT_DYNAMIC_PLUGIN_LIBRARY,
-             "ort_library": contract.ORT_OPS_LIBRARY, "dsr_ops": ", ".join(contract.DSR_OPS),
+             "ort_library": contract.ORT_OPS_LIBRARY,
+             "dsr_ops": ", ".join((*contract.DSR_OPS, *contract.QUANTIZED_OP_TYPES.values())),
              "stream_input": contract.STREAM_INPUT, "stream_output": contract.STREAM_OUTPUT,
              "state_in": contract.STATE_IN_PREFIX, "state_out": contract.STATE_OUT_PREFIX}
     return template.format(**names, **fields)
 
+def _batch_note(src: ModelSource, model, ins0) -> str:
+    """How a batched multi-step model's batch dimension is used (the summary's note)."""
+    io = (src.manifest.io if src.manifest is not None else None) or {}
+    if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
+        return (f"model used as exported (batch first: {io['input_layout']} input, "
+                f"{io.get('output', 'spikes')} output)")
+    if io and batch_first_multistep(model, output_spikes=io.get("output") != "logits"):
+        return f"multi-step: input batch first [B, T, ...], {io.get('output')} output"
+    if batch_first(ins0):
+        return "model used as exported (batch first)"
+    if batch_first_multistep(model):
+        return "multi-step: input/output batch first [B, T, ...]"
+    return "model used as exported (batch assumed first)"
+
+
+def _write_plan(tmp: Path, src: ModelSource, ins0, outs0, streaming: bool, batched: bool, max_batch: int,
+                queue_delay_us: int) -> dict:
+    """The TensorRT plan's model folder and config; returns its summary entry."""
+    pname = f"{src.name}_trt"
+    plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
+    pmax, pnote = plan_max_batch(src, ins0, streaming, max_batch) if plan_batched else (
+        0, "batch not first: no dynamic batching")
+    pd = tmp / pname / "1"
+    pd.mkdir(parents=True)
+    (pd / "model.plan").write_bytes(src.plan.read_bytes())
+    (tmp / pname / "config.pbtxt").write_text(make_config(
+        pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
+        instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
+    return {"name": pname, "backend": "tensorrt_plan", "streaming": streaming, "max_batch_size": pmax,
+            "note": pnote}
+
+
 def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch: int = 8,
                      name: Optional[str] = None, force: bool = False,
                      ort_ops_library: Optional[str] = None, queue_delay_us: int = 100,
-                     instance_kind: str = "cpu") -> dict:
-    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written."""
+                     instance_kind: str = "cpu", backend: str = "onnxruntime") -> dict:
+    """Write the model repository into ``out`` (all or nothing). Returns a summary of what was written.
+    ``backend``: what runs the ONNX models, Triton's onnxruntime backend (``<name>_onnx``) or its python backend
+    (``<name>_py``: ONNX Runtime in ``model.py``, the same config fields; :mod:`.triton_python_model`)."""
     import onnx
 
     from .. import __version__
@@ -151,6 +204,8 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind!r}")
     kind = INSTANCE_KINDS[instance_kind]
+    if backend not in ONNX_BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     sources = collect_sources(artifacts, name)
     summary = {"repository": str(out), "models": []}
     with atomic_dir(Path(out), force=force) as tmp:
@@ -171,43 +226,25 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                 add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
-                io = (src.manifest.io if src.manifest is not None else None) or {}
-                if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
-                    note = (f"model used as exported (batch first: {io['input_layout']} input, "
-                            f"{io.get('output', 'spikes')} output)")
-                elif io and batch_first_multistep(model, output_spikes=io.get("output") != "logits"):
-                    note = f"multi-step: input batch first [B, T, ...], {io.get('output')} output"
-                elif batch_first(ins0):
-                    note = "model used as exported (batch first)"
-                elif batch_first_multistep(model):
-                    note = "multi-step: input/output batch first [B, T, ...]"
-                else:
-                    note = "model used as exported (batch assumed first)"
+                note = _batch_note(src, model, ins0)
             ins, outs = edges(model.graph.input), edges(model.graph.output)
             ins = [e for e in ins if e.name not in initializers]
             onnx.checker.check_model(model)
-            mname = f"{src.name}_onnx"
+            suffix, platform = ONNX_BACKENDS[backend]
+            mname = f"{src.name}_{suffix}"
             d = tmp / mname / "1"
             d.mkdir(parents=True)
             onnx.save(model, str(d / "model.onnx"))
+            if backend == "python":
+                (d / "model.py").write_text(python_model_text())
             (tmp / mname / "config.pbtxt").write_text(make_config(
-                mname, "onnxruntime_onnx", ins, outs, max_batch, streaming, controls=True,
+                mname, platform, ins, outs, max_batch, streaming, controls=True,
                 instance_kind=kind, queue_delay_us=queue_delay_us, ops_library=ort_ops_library))
-            summary["models"].append({"name": mname, "backend": "onnxruntime", "streaming": streaming,
+            summary["models"].append({"name": mname, "backend": backend, "streaming": streaming,
                                       "max_batch_size": max_batch, "instance_kind": kind, "note": note})
             if src.plan is not None:
-                pname = f"{src.name}_trt"
-                plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
-                pmax = max_batch if plan_batched else 0
-                pd = tmp / pname / "1"
-                pd.mkdir(parents=True)
-                (pd / "model.plan").write_bytes(src.plan.read_bytes())
-                (tmp / pname / "config.pbtxt").write_text(make_config(
-                    pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
-                    instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
-                summary["models"].append({"name": pname, "backend": "tensorrt_plan", "streaming": streaming,
-                                          "max_batch_size": pmax,
-                                          "note": "" if plan_batched else "batch not first: no dynamic batching"})
+                summary["models"].append(_write_plan(tmp, src, ins0, outs0, streaming, batched, max_batch,
+                                                     queue_delay_us))
         listing = "\n".join(f"- `{m['name']}` ({m['backend']}, max_batch_size {m['max_batch_size']}"
                             + (f"; {m['note']}" if m["note"] else "") + ")" for m in summary["models"])
         has_plan = any(m["backend"] == "tensorrt_plan" for m in summary["models"])
@@ -215,6 +252,28 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
         (tmp / "README.md").write_text(readme_text(version=__version__, models=listing, plugin_flag=flag,
                                                    ort_section=_ort_section(kind, ort_ops_library)))
     return summary
+
+
+def plan_max_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool, wanted: int) -> tuple[int, str]:
+    """A plan's ``max_batch_size``: Triton's tensorrt backend refuses one above the engine's batch profile, and
+    a plan cannot be opened without TensorRT, so the profile ``build-engine`` recorded in the manifest is read.
+    Above it: clamped (with a note); no recorded profile, or one whose batch does not start at 1: 0 (no
+    batching, explicit dims)."""
+    entry = next((a for a in (src.manifest.artifacts if src.manifest else [])
+                  if src.plan is not None and src.manifest.path_of(a) == src.plan), None)
+    profile = (entry or {}).get("profile")
+    names = [e.name for e in inputs if not streaming or e.name == contract.STREAM_INPUT
+             or e.name.startswith(contract.STATE_IN_PREFIX)]
+    if not profile or not all(n in profile and profile[n][0] for n in names):
+        return 0, "the engine's batch profile is not in a manifest (build it with build-engine in the export " \
+                  "folder): no dynamic batching"
+    lo = max(profile[n][0][0] for n in names)
+    hi = min(profile[n][2][0] for n in names)
+    if lo > 1:
+        return 0, f"the engine's batch profile starts at {lo}: no dynamic batching"
+    if wanted > hi:
+        return hi, f"max_batch_size clamped to the engine's profile maximum batch {hi} (asked {wanted})"
+    return wanted, ""
 
 
 def _require_dynamic_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool) -> None:

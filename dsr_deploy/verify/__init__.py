@@ -22,187 +22,83 @@ a difference into a few differing spikes). So there are two parts:
    divergence starts**: the first layer whose spikes differ and how far that layer's *input* already differed
    (a difference in the input, with an exact neuron, comes from the backend's own arithmetic upstream).
 
-Pass rule, per artifact x backend: the artifact loads and runs; the neuron check holds (1); top-1 agreement
->= ``min_top1`` (default 0.99) over the verify inputs; with labels, accuracy at most ``max_accuracy_drop``
-(default 0.5) percentage points below PyTorch's; and, only when asked (``min_agreement``), every layer's
-end-to-end spike agreement at least that. The folder passes when every run that ran passes and at least one ran.
+3. **Each layer on its own** (:mod:`.layers`): a layer's input computed from the reference's spikes upstream may
+   differ from the reference's only by its own arithmetic (float rounding; int8: a few steps of its recorded
+   scale). More is a *defect*; spikes that differ end to end with no defect are *numerical divergence*.
 
-Inputs: ``n_random`` generated inputs of the export's shape (for a zoo model fed static images, *direct-encoded*:
-one N(0, 1) image per batch item repeated over T, as the network sees in use; otherwise N(0, 1) at every step;
-the report names which), plus ``--input X.npy``.
+Pass rule (:class:`VerifyRule`), per artifact x backend: the artifact loads and runs; the neuron check holds (1);
+no defect (3); top-1 agreement >= ``min_top1`` (default 0.99) over the verify samples; with labels, accuracy at
+most ``max_accuracy_drop`` (default 0.5) percentage points below PyTorch's; and, only when asked
+(``min_agreement``), every layer's end-to-end spike agreement at least that. The folder passes when every run
+that ran passes and at least one ran.
+
+Structure: :func:`build_context` (manifest, reference, inputs) -> :func:`plan` (artifact x backend targets,
+PyTorch's inference copy one of them) -> :func:`execute` (the runs) -> the report. Streaming folders:
+:mod:`.stream`.
+
+Inputs: without ``--input``, at least 16 generated samples (more for a small model), seeded (``seed``), shaped
+by the artifact's recorded I/O (:func:`.inputs.input_encoding`: static images, direct-encoded images, DVS-style
+event counts, or noise); the report records the encoding, seed and sample count.
 """
+
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
-from ..errors import UserError
 from ..manifest import read_manifest
-from .checks import run_end_to_end, run_neuron_check
-from .inputs import input_encoding, load_inputs, read_labels
-from .probes import backends_for, make_probe, probe_output_names
+from .context import VerifyContext, VerifyOptions, build_context
+from .execute import execute
+from .inputs import input_encoding, load_inputs
+from .plan import Target, plan
 from .reference import Call, Reference, top1
-from .report import (
+from .report import LayerStat, Run
+from .rule import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_TOP1,
     HALF_NEURON_AGREEMENT,
     INT8_MAX_ACCURACY_DROP,
-    INT8_MIN_TOP1,
-    LayerStat,
-    Run,
-    judge,
-    unchecked_artifacts,
+    VerifyRule,
 )
+from .summary import report
 
-__all__ = ["verify_folder", "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat",
-           "DEFAULT_MIN_TOP1", "DEFAULT_MAX_ACCURACY_DROP", "HALF_NEURON_AGREEMENT"]
+__all__ = ["verify_folder", "verify", "VerifyRule", "VerifyOptions", "VerifyContext", "Target", "plan", "execute",
+           "Reference", "Call", "top1", "load_inputs", "input_encoding", "Run", "LayerStat", "DEFAULT_MIN_TOP1",
+           "DEFAULT_MAX_ACCURACY_DROP", "HALF_NEURON_AGREEMENT", "INT8_MAX_ACCURACY_DROP"]
+
+
+def verify(folder: str | Path, options: Optional[VerifyOptions] = None, rule: Optional[VerifyRule] = None,
+           progress=None) -> dict:
+    """Verify every artifact of ``folder``; returns the report (``report["passed"]``). The folder is untrusted
+    (:mod:`dsr_deploy.manifest`, :func:`dsr_deploy.model_spec.load_reference_model`); trust comes from
+    ``options`` only."""
+    folder = Path(folder)
+    options = options or VerifyOptions()
+    rule = (rule or VerifyRule()).validate()
+    manifest = read_manifest(folder)
+    if manifest.mode == "streaming":
+        from .stream import verify_streaming
+
+        return verify_streaming(folder, manifest, options, rule, progress)
+    with tempfile.TemporaryDirectory(prefix="dsr-verify-") as tmpdir:
+        ctx = build_context(folder, manifest, options, rule, progress=progress)
+        ctx.tmp = Path(tmpdir)
+        runs = execute(ctx, plan(ctx))
+    return report(ctx, runs)
 
 
 def verify_folder(folder: str | Path, *, input_file: Optional[str] = None, labels_file: Optional[str] = None,
                   min_top1: float = DEFAULT_MIN_TOP1, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-                  min_agreement: Optional[float] = None, n_random: int = 1, layers: bool = True,
-                  encoding: Optional[str] = None, progress=None, model: Optional[str] = None,
+                  min_agreement: Optional[float] = None, samples: Optional[int] = None, seed: int = 0,
+                  layers: bool = True, encoding: Optional[str] = None, progress=None, model: Optional[str] = None,
                   checkpoint: Optional[str] = None, trust_pickle: bool = False, trust_model_code: bool = False,
                   allow_skipped: bool = False) -> dict:
-    """Verify every artifact of ``folder``; returns the report (``report["passed"]``).
-
-    The folder is untrusted (:mod:`dsr_deploy.manifest`, :func:`dsr_deploy.model_spec.load_reference_model`):
-    ``model`` / ``checkpoint`` given by the user replace the manifest's; ``trust_pickle`` and
-    ``trust_model_code`` come from the caller only. An artifact no backend ran fails the verification unless
-    ``allow_skipped``.
-    """
-    from ..model_spec import load_reference_model
-    from ..runtime import load_runner
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest.mode != "multistep":
-        raise UserError(f"verify handles multi-step exports; {folder} holds mode {manifest.mode!r}")
-    for name, v, lo, hi in (("--min-top1", min_top1, 0.0, 1.0), ("--max-accuracy-drop", max_accuracy_drop, 0.0, 100.0)):
-        if not lo <= v <= hi:
-            raise UserError(f"{name} must be within [{lo:g}, {hi:g}], got {v}")
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise UserError(f"--min-agreement must be within [0, 1], got {min_agreement}")
-    if labels_file and not input_file:
-        raise UserError("--labels needs --input: the labels are those of the --input batch")
-    if encoding not in (None, "direct", "noise"):
-        raise UserError(f"unknown input encoding {encoding!r}; choose direct or noise")
-    manifest.require("input_shape", why="verify makes inputs of that shape")
-    io = manifest.get("io") or {}
-    loaded = load_reference_model(manifest, model=model, checkpoint=checkpoint, trust_pickle=trust_pickle,
-                                  trust_model_code=trust_model_code)
-    digest = (manifest.get("model") or {}).get("weights_sha256")
-    if digest:
-        from ..model_spec import weights_digest
-
-        if weights_digest(loaded.model) != digest:
-            raise UserError(f"{loaded.spec} rebuilt here does not hold the weights that were exported (a random "
-                            "initialisation, or another checkpoint?); export with --checkpoint so verify can "
-                            "rebuild the same network")
-    from ..io_adapter import wrap_io
-
-    # With export options (--layout / --encode / --readout) the artifact is the network behind an IOAdapter: so is
-    # the reference (the model's own I/O, `source: model`, needs nothing).
-    reference_model = wrap_io(loaded.model, io)
-    ref = Reference(reference_model)
-    infos = {n.index: n for n in ref.infos}
-    inputs = load_inputs(manifest, input_file, n_random, encoding)
-    refs = [(name, x, *ref.run(x)) for name, x in inputs]
-    reference_neurons = ref.neurons()
-    labels = read_labels(labels_file, inputs[-1][1].shape[0 if io.get("input_layout") in ("static", "BT") else 1]) \
-        if labels_file else None
-    ref_correct = int((top1(refs[-1][2], io) == labels).sum()) if labels is not None else None
-
-    runs: List[Run] = []
-    with tempfile.TemporaryDirectory(prefix="dsr-verify-") as tmpdir:
-        tmp = Path(tmpdir)
-        arts = [{"format": "pytorch", "path": None}] + list(manifest["artifacts"])
-        for art in arts:
-            fmt = str(art.get("format"))
-            if fmt == "pytorch":
-                from ..convert import inference_copy
-                from ..export.pt2_writer import ProbedOp
-
-                targets = [("torch", {"output_names": probe_output_names(len(refs[0][3]))},
-                            "inference copy (dsr ops)", None)]
-                path, probe_path, probe_idx, note = None, None, None, "the inference copy's own neuron outputs"
-                module = ProbedOp(inference_copy(reference_model, "op"))
-            else:
-                module = None
-                path = manifest.path_of(art)
-                if not path.exists():
-                    runs.append(Run(art["path"], fmt, "-", status="error", reason="listed in the manifest but missing",
-                                    passed=False))
-                    continue
-                targets = backends_for(path)
-                if not targets:
-                    runs.append(Run(art["path"], fmt, "-", status="skipped", reason="no backend runs this format"))
-                    continue
-                probe_path = probe_idx = None
-                note = ""
-                if layers and any(why is None for *_, why in targets):
-                    if progress:
-                        progress(f"probing {art['path']} per layer")
-                    try:
-                        probe_path, probe_idx, note = make_probe(fmt, path, reference_model, manifest, tmp)
-                    except Exception as exc:
-                        note = f"no per-layer probe: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            for backend, opts, variant, why in targets:
-                label = art["path"] if path is not None else "(PyTorch)"
-                precision = "float32" if fmt == "pytorch" else str(art.get("precision") or manifest.get("dtype")
-                                                                    or "float32")
-                run = Run(label, fmt, backend, variant, precision=precision)
-                runs.append(run)
-                if why is None and precision == "bfloat16":
-                    why = "bfloat16 inputs cannot be fed from numpy here (and ONNX Runtime's CPU provider has no " \
-                          "bfloat16 convolutions)"
-                if why is not None:
-                    run.status, run.reason = "skipped", why
-                    continue
-                if progress:
-                    progress(f"running {label} on {backend} {variant}".rstrip())
-                opts = {**opts, "trust_pickle": trust_pickle}
-                try:
-                    runner = load_runner(module if module is not None else path, backend, **opts)
-                    try:
-                        run_end_to_end(run, art, manifest, io, runner, refs, infos, labels, backend, opts,
-                                        probe_path, probe_idx, module is not None, load_runner)
-                        run.layers_note = note
-                        run_neuron_check(run, runner, refs, infos, reference_neurons)
-                    finally:
-                        runner.release()
-                except UserError as exc:
-                    run.status, run.reason, run.passed = "error", str(exc), False
-                    continue
-                except Exception as exc:  # a runtime that crashes on the artifact fails the artifact
-                    run.status, run.passed = "error", False
-                    run.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    continue
-                judge(run, min_top1, max_accuracy_drop, min_agreement, ref_correct)
-    ok_runs = [r for r in runs if r.status != "skipped"]
-    unchecked = unchecked_artifacts(runs)
-    passed = bool(ok_runs) and all(r.passed for r in ok_runs) and (allow_skipped or not unchecked)
-    return {
-        "dir": str(folder),
-        "model": loaded.spec,
-        "checkpoint": loaded.checkpoint,
-        "rule": {"min_top1": min_top1, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
-                 "neuron": "float32 and int8: every spike equal given the reference's input; float16/bfloat16: >= "
-                           f"{HALF_NEURON_AGREEMENT:.1%}",
-                 "int8": f"accuracy at most {INT8_MAX_ACCURACY_DROP:g} points below PyTorch's with labels, else "
-                         f"top-1 agreement >= {INT8_MIN_TOP1:.0%}"},
-        "min_agreement": min_agreement,
-        "unchecked": unchecked,
-        "allow_skipped": allow_skipped,
-        "inputs": [{"name": n, "shape": list(x.shape)} for n, x in inputs],
-        "encoding": input_encoding(manifest) if encoding is None else encoding,
-        "labels": labels_file,
-        "pytorch_accuracy": (ref_correct / len(labels)) if labels is not None else None,
-        "neurons": [{"index": n.index, "name": n.name, "op_type": n.op_type} for n in ref.infos],
-        "runs": [r.to_dict() for r in runs],
-        "passed": passed,
-    }
-
-
+    """:func:`verify` with keyword options (the command line's)."""
+    options = VerifyOptions(input_file=input_file, labels_file=labels_file, samples=samples, seed=seed,
+                            encoding=encoding, layers=layers, model=model, checkpoint=checkpoint,
+                            trust_pickle=trust_pickle, trust_model_code=trust_model_code)
+    rule = VerifyRule(min_top1=min_top1, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                      allow_skipped=allow_skipped)
+    return verify(folder, options, rule, progress)

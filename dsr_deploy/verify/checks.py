@@ -3,6 +3,7 @@ per-layer spikes and inputs from the probe) and the teacher-forced neuron check.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -24,44 +25,61 @@ def _stat(stats: Dict[int, LayerStat], layer: int, infos) -> LayerStat:
     return stats[layer]
 
 
-def run_end_to_end(run: Run, art: dict, manifest: dict, io: dict, runner, refs, infos, labels, backend: str,
-                    opts: dict, probe_path: Optional[Path], probe_idx, is_module: bool, load_runner) -> None:
+@dataclass
+class Probe:
+    """An artifact with every neuron call's spikes and input exposed (:mod:`.probes`)."""
+
+    path: Optional[Path] = None
+    layer_of: Optional[list] = None  # layer index of each probe output (None: the reference's call order)
+    note: str = ""
+
+
+def _probe_runner(ctx, target, probe: Optional[Probe], n_calls: int, load_runner):
+    if target.module is not None or probe is None or probe.path is None:
+        return None
+    popts = {**target.options, "trust_pickle": ctx.options.trust_pickle}
+    if target.format != "onnx":
+        popts.update(input_names=[INPUT_NAME], output_names=probe_output_names(n_calls))
+    return load_runner(probe.path, target.backend, **popts)
+
+
+def run_end_to_end(ctx, target, run: Run, runner, probe: Optional[Probe]) -> None:
+    """The artifact on every verify input: output difference, top-1 (and accuracy), per-layer spikes and inputs
+    from the probe (the PyTorch target is its own probe)."""
+    from ..runtime import load_runner
+
     stats: Dict[int, LayerStat] = {}
-    probe_runner = None
-    n_calls = len(refs[0][3])
-    if not is_module and probe_path is not None:
-        popts = dict(opts)
-        if art.get("format") != "onnx":
-            popts.update(input_names=[INPUT_NAME], output_names=probe_output_names(n_calls))
-        probe_runner = load_runner(probe_path, backend, **popts)
+    is_module = target.module is not None
+    probe_runner = _probe_runner(ctx, target, probe, len(ctx.refs[0][3]), load_runner)
     try:
-        for k, (name, x, ref_out, ref_calls) in enumerate(refs):
-            skip = fits(art, manifest, x) if not is_module else None
+        for k, (name, x, ref_out, ref_calls) in enumerate(ctx.refs):
+            skip = fits(target.artifact, ctx.manifest, x) if not is_module else None
             if skip:
                 run.layers_note = (run.layers_note + f"; input {name} skipped ({skip})").lstrip("; ")
                 continue
             x = x.astype(input_dtype(run.precision))
             out = runner.infer({INPUT_NAME: x})
-            y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values()))).astype(np.float32)
-            if y.shape != ref_out.shape:
-                raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
-            run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)  # NaN-aware (dsr_deploy.numerics)
-            t_art, t_ref = top1(y, io), top1(ref_out, io)
-            run.top1_equal += int((t_art == t_ref).sum())
-            run.top1_total += int(t_ref.size)
-            if labels is not None and k == len(refs) - 1:
-                run.correct, run.labelled = int((t_art == labels).sum()), int(labels.size)
-            if is_module:
-                got = out
-            elif probe_runner is not None:
-                got = probe_runner.infer({INPUT_NAME: x})
-            else:
-                continue
-            _accumulate(stats, got, ref_calls, probe_idx, infos, run.precision)
+            _score_output(ctx, run, out, ref_out, last=k == len(ctx.refs) - 1)
+            got = out if is_module else (probe_runner.infer({INPUT_NAME: x}) if probe_runner is not None else None)
+            if got is not None:
+                layer_of = probe.layer_of if probe is not None else None
+                _accumulate(stats, got, ref_calls, layer_of, ctx.infos, run.precision)
     finally:
         if probe_runner is not None:
             probe_runner.release()
     run.layers = [stats[i] for i in sorted(stats)]
+
+
+def _score_output(ctx, run: Run, out: dict, ref_out: np.ndarray, last: bool) -> None:
+    y = np.asarray(out[OUTPUT_NAME] if OUTPUT_NAME in out else next(iter(out.values()))).astype(np.float32)
+    if y.shape != ref_out.shape:
+        raise UserError(f"output shape {list(y.shape)} differs from the model's {list(ref_out.shape)}")
+    run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)  # NaN-aware (dsr_deploy.numerics)
+    t_art, t_ref = top1(y, ctx.io), top1(ref_out, ctx.io)
+    run.top1_equal += int((t_art == t_ref).sum())
+    run.top1_total += int(t_ref.size)
+    if ctx.labels is not None and last:
+        run.correct, run.labelled = int((t_art == ctx.labels).sum()), int(ctx.labels.size)
 
 
 def _accumulate(stats: Dict[int, LayerStat], got: dict, ref_calls: List[Call], probe_idx, infos,

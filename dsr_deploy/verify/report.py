@@ -1,19 +1,10 @@
-"""verify's figures per artifact x backend (:class:`Run`, :class:`LayerStat`) and the pass rule (:func:`judge`)."""
+"""verify's figures per artifact x backend (:class:`Run`, :class:`LayerStat`); the pass rule is
+:class:`dsr_deploy.verify.rule.VerifyRule`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
-
-DEFAULT_MIN_TOP1 = 0.99
-DEFAULT_MAX_ACCURACY_DROP = 0.5  # percentage points
-HALF_NEURON_AGREEMENT = 0.999  # float16 / bfloat16 neurons: spikes equal given the same input
-# int8 (quantised weights and currents; neurons and spikes exact): accuracy-based. With labels, accuracy at most
-# this many points below PyTorch's (or --max-accuracy-drop when larger) and top-1 agreement only reported;
-# without labels, top-1 agreement >= INT8_MIN_TOP1 (or --min-top1 when lower). docs/fidelity.md.
-INT8_MAX_ACCURACY_DROP = 1.0
-INT8_MIN_TOP1 = 0.90
-_HALF = ("float16", "bfloat16")
 
 
 @dataclass
@@ -67,6 +58,10 @@ class Run:
     neuron_checked: bool = False
     failures: List[str] = field(default_factory=list)
     passed: Optional[bool] = None
+    # Layers whose input is off by more than their own arithmetic explains, given the reference's spikes upstream:
+    # {"layer", "name", "text", evidence...} (verify.layers).
+    defects: List[dict] = field(default_factory=list)
+    layer_check: str = ""  # what the per-layer check did (or why it did not run)
 
     @property
     def top1_agreement(self) -> Optional[float]:
@@ -97,6 +92,13 @@ class Run:
                         "input_max_abs_diff": layer.input_max_abs_diff, "input_max_rel_diff": layer.input_max_rel_diff}
         return None
 
+    def verdict(self) -> str:
+        """``exact`` | ``numerical divergence`` (spikes differ end to end, nothing in the artifact is wrong: each
+        neuron exact and each layer within its own arithmetic given the reference's input) | ``defect``."""
+        if self.defects or (self.neuron_exact is False):
+            return "defect"
+        return "numerical divergence" if self.divergence() is not None or self.max_abs_diff else "exact"
+
     def to_dict(self) -> dict:
         ok = self.status == "ok"
         return {
@@ -113,6 +115,9 @@ class Run:
             "divergence": self.divergence() if ok else None,
             "first_input_difference": self.input_difference() if ok else None,
             "layers_note": self.layers_note,
+            "defects": list(self.defects),
+            "layer_check": self.layer_check,
+            "verdict": self.verdict() if ok else None,
             "failures": list(self.failures),
             "passed": self.passed,
         }
@@ -129,34 +134,4 @@ def unchecked_artifacts(runs: List[Run]) -> List[dict]:
         by.setdefault(r.artifact, []).append(r)
     return [{"artifact": a, "format": rs[0].format, "reason": "; ".join(dict.fromkeys(r.reason for r in rs))}
             for a, rs in by.items() if all(r.status == "skipped" for r in rs)]
-
-
-def judge(run: Run, min_top1: float, max_accuracy_drop: float, min_agreement: Optional[float],
-           ref_correct: Optional[int]) -> None:
-    """The pass rule (module docstring); ``run.failures`` says which parts failed."""
-    half = run.precision in _HALF
-    if not run.neuron_checked:
-        run.failures.append(f"neuron check did not run: {run.neuron_note}")
-    for layer in run.layers:
-        if not layer.neuron_total:
-            continue
-        exact = layer.neuron_equal == layer.neuron_total
-        if (not half and not exact) or (half and layer.neuron_agreement < HALF_NEURON_AGREEMENT):
-            run.failures.append(f"layer {layer.index} ({layer.name}) neuron differs from the reference given the same "
-                                f"input: {layer.neuron_total - layer.neuron_equal} of {layer.neuron_total} spikes")
-    if run.precision == "int8":
-        min_top1 = 0.0 if ref_correct is not None and run.labelled else min(min_top1, INT8_MIN_TOP1)
-        max_accuracy_drop = max(max_accuracy_drop, INT8_MAX_ACCURACY_DROP)
-    if run.top1_agreement is not None and run.top1_agreement < min_top1:
-        run.failures.append(f"top-1 agreement {run.top1_agreement:.2%} < {min_top1:.2%}")
-    if ref_correct is not None and run.labelled:
-        drop = 100.0 * (ref_correct - run.correct) / run.labelled
-        if drop > max_accuracy_drop + 1e-9:
-            run.failures.append(f"accuracy {run.correct}/{run.labelled} is {drop:.2f} points below PyTorch's")
-    if min_agreement is not None:
-        low = [layer for layer in run.layers if layer.agreement is not None and layer.agreement < min_agreement]
-        run.failures += [f"layer {layer.index} ({layer.name}) end-to-end spike agreement {layer.agreement:.4%} < "
-                         f"{min_agreement:.4%}" for layer in low]
-    run.passed = not run.failures
-
 

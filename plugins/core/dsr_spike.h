@@ -199,7 +199,7 @@ struct QuantArgs {
   const void* x;           // [T, N] codes
   void* y;                 // [T, N] spike codes {0, 1}
   const float* scale;      // one value: host memory for the CPU, device memory for the CUDA launcher
-  const void* zero_point;  // one value of the codes' type, where scale is
+  const void* zero_point;  // one value of the codes' type, where scale is (CUDA launcher: null means 0)
   int64_t T;
   int64_t N;
   const SpikeParams<float>* params;

@@ -58,10 +58,11 @@ DSR_C_EXPORT int dsr_cuda_forward_quantized(int code, const void* x, void* y, co
 }
 
 // The launch shape dsr_cuda_forward uses for N neurons of `dtype` on a device with `sms` SMs (buffers aligned):
-// out[0] neurons per thread, out[1] threads per block, out[2] blocks.
+// out[0] neurons per thread, out[1] threads per block, out[2] blocks. dtype 4 / 5: the quantised op's uint8 / int8
+// codes (dsr_cuda_forward_quantized).
 DSR_C_EXPORT int dsr_cuda_launch_shape(int dtype, int64_t N, int sms, int64_t* out) {
-  static const int kBytes[] = {4, 8, 2, 2};
-  if (dtype < 0 || dtype > 3 || out == nullptr) return 1;
+  static const int kBytes[] = {4, 8, 2, 2, 1, 1};
+  if (dtype < 0 || dtype > 5 || out == nullptr) return 1;
   const dsr::cuda::LaunchShape s = dsr::cuda::launch_shape(N, 16 / kBytes[dtype], true, sms);
   out[0] = s.vec;
   out[1] = s.block;

@@ -1,8 +1,8 @@
 // The DSR spike loop on CUDA: one thread per short vector of neurons, membrane in registers, looping over T.
 //
 // Each thread owns VEC adjacent neurons (16 bytes of input per step: 4 float, 8 half/bfloat16, 2 double), so a warp
-// reads and writes 512 contiguous bytes per time step; small layers run one neuron per thread in smaller blocks so
-// every SM gets work (launch_shape, from N and the device's SM count). Loads use the streaming cache hint (__ldcs: read
+// reads and writes 512 contiguous bytes per time step; smaller layers take narrower vectors (8, 4... bytes), the
+// smallest one neuron per thread in smaller blocks, so every SM gets work (launch_shape, from N and the SM count). Loads use the streaming cache hint (__ldcs: read
 // once) and stores __stcs (written once, not re-read). Arithmetic is spelled with the _rn intrinsics so nothing is
 // contracted into an FMA (the file is also compiled with --fmad=false): float32 is then bit-exact with PyTorch CUDA
 // eager, which runs every op of the reference loop as its own kernel.
@@ -64,14 +64,32 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
-// VEC storage elements; a 16-byte pack moves as one uint4, anything smaller element by element. The test is on the
-// payload size, not sizeof(Pack): an alignas(16) pack of one float is 16 bytes big but holds 4, and moving it as a
-// uint4 would write 12 bytes past the neuron (and fault on an unaligned base).
-template <typename Bits, int VEC>
-constexpr bool kWidePack = sizeof(Bits) * VEC == 16;
+// VEC storage elements; a pack of 16, 8 or 4 bytes (VEC > 1) moves as one uint4, uint2 or 32-bit word, anything
+// else element by element. The test is on the payload size, not sizeof(Pack): an alignas(16) pack of one float is 16
+// bytes big but holds 4, and moving it as a uint4 would write 12 bytes past the neuron (and fault on an unaligned base).
+template <int Bytes>
+struct RawWord;
+template <>
+struct RawWord<16> {
+  using type = uint4;
+};
+template <>
+struct RawWord<8> {
+  using type = uint2;
+};
+template <>
+struct RawWord<4> {
+  using type = unsigned int;
+};
 
 template <typename Bits, int VEC>
-struct alignas(kWidePack<Bits, VEC> ? 16 : alignof(Bits)) Pack {
+constexpr int kPackBytes = static_cast<int>(sizeof(Bits)) * VEC;
+template <typename Bits, int VEC>
+constexpr bool kWidePack = VEC > 1 && (kPackBytes<Bits, VEC> == 16 || kPackBytes<Bits, VEC> == 8 ||
+                                       kPackBytes<Bits, VEC> == 4);
+
+template <typename Bits, int VEC>
+struct alignas(kWidePack<Bits, VEC> ? kPackBytes<Bits, VEC> : alignof(Bits)) Pack {
   Bits e[VEC];
 };
 
@@ -79,8 +97,9 @@ template <typename Bits, int VEC>
 __device__ __forceinline__ Pack<Bits, VEC> load_pack(const Bits* p) {
   Pack<Bits, VEC> out;
   if constexpr (kWidePack<Bits, VEC>) {
-    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
-    memcpy(&out, &raw, 16);
+    using Raw = typename RawWord<kPackBytes<Bits, VEC>>::type;
+    const Raw raw = __ldcs(reinterpret_cast<const Raw*>(p));
+    memcpy(&out, &raw, sizeof(Raw));
   } else {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out.e[i] = __ldcs(p + i);
@@ -91,9 +110,10 @@ __device__ __forceinline__ Pack<Bits, VEC> load_pack(const Bits* p) {
 template <typename Bits, int VEC>
 __device__ __forceinline__ void store_pack(Bits* p, const Pack<Bits, VEC>& v) {
   if constexpr (kWidePack<Bits, VEC>) {
-    uint4 raw;
-    memcpy(&raw, &v, 16);
-    __stcs(reinterpret_cast<uint4*>(p), raw);
+    using Raw = typename RawWord<kPackBytes<Bits, VEC>>::type;
+    Raw raw;
+    memcpy(&raw, &v, sizeof(Raw));
+    __stcs(reinterpret_cast<Raw*>(p), raw);
   } else {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) __stcs(p + i, v.e[i]);
@@ -127,7 +147,10 @@ struct CodeInput {
   using C = float;
   const float* scale;
   const Q* zero_point;
-  __device__ Dequantize<Q> resolve() const { return {*scale, static_cast<int32_t>(*zero_point)}; }
+  // A null zero point is 0 (the TensorRT plugin's int8 zero point given in another type: TensorRT's int8 is symmetric).
+  __device__ Dequantize<Q> resolve() const {
+    return {*scale, zero_point != nullptr ? static_cast<int32_t>(*zero_point) : 0};
+  }
 };
 
 // One neuron, one time step, in the reference's operation order: the membrane update (IF v + x; LIF decay*v +
@@ -217,8 +240,9 @@ cudaError_t launch_vec(const SpikeParams<typename In::C>& p, Out spike, Out none
   return cudaGetLastError();
 }
 
-// One launch: the widest vector (16 bytes of input per thread) when the buffers allow it, else one element per
-// thread. Input and output elements have the same size (the float op: one storage type; the quantised op: codes).
+// One launch at the vector width launch_shape picks: 16 bytes of input per thread for large layers, halved (8, 4, ...
+// bytes) while that leaves too few threads to fill the device, one element per thread when the buffers allow no
+// vector. Input and output elements have the same size (the float op: one storage type; the quantised op: codes).
 template <typename In, typename Out>
 cudaError_t launch_typed(const SpikeParams<typename In::C>& p, Out spike, Out none, In input, const void* x, void* y,
                          const void* v_in, void* v_out, int64_t T, int64_t N, cudaStream_t stream) {
@@ -226,9 +250,19 @@ cudaError_t launch_typed(const SpikeParams<typename In::C>& p, Out spike, Out no
   constexpr int kVec = 16 / static_cast<int>(sizeof(Out));
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (reinterpret_cast<uintptr_t>(y) % 16 == 0);
   const LaunchShape shape = launch_shape(N, kVec, aligned, sm_count());
-  if (shape.vec == kVec)
-    return launch_vec<In, Out, kVec>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
-  return launch_vec<In, Out, 1>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+  switch (shape.vec) {
+    case kVec: return launch_vec<In, Out, kVec>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+    case (kVec >= 4 ? kVec / 2 : -2):
+      return launch_vec<In, Out, (kVec >= 4 ? kVec / 2 : 1)>(p, spike, none, input, x, y, v_in, v_out, T, N, shape,
+                                                             stream);
+    case (kVec >= 8 ? kVec / 4 : -4):
+      return launch_vec<In, Out, (kVec >= 8 ? kVec / 4 : 1)>(p, spike, none, input, x, y, v_in, v_out, T, N, shape,
+                                                             stream);
+    case (kVec >= 16 ? kVec / 8 : -8):
+      return launch_vec<In, Out, (kVec >= 16 ? kVec / 8 : 1)>(p, spike, none, input, x, y, v_in, v_out, T, N, shape,
+                                                              stream);
+    default: return launch_vec<In, Out, 1>(p, spike, none, input, x, y, v_in, v_out, T, N, shape, stream);
+  }
 }
 
 template <typename S>
@@ -250,15 +284,23 @@ cudaError_t launch_codes(const QuantArgs& a, cudaStream_t stream) {
 LaunchShape launch_shape(int64_t N, int max_vec, bool aligned, int sms) {
   LaunchShape shape;
   // Vector loads need every row start aligned: 16-byte aligned bases and N a multiple of the vector width.
-  shape.vec = (aligned && max_vec > 1 && N % max_vec == 0) ? max_vec : 1;
-  // Small layers: one thread per vector leaves most SMs idle (N = 32K float32 is 8192 threads, 32 blocks of 256 on
-  // a 132-SM H100/H200). Below kFullThreadsPerSM threads per SM, one thread per neuron (4-8x the threads, each load
-  // still a coalesced 128 bytes per warp), and blocks shrink (down to one warp) until there are kBlocksPerSM per SM,
-  // so every SM gets work. Large layers keep 16-byte vectors and 256-thread blocks (the bandwidth path).
+  // Large layers: 16-byte vectors and 256-thread blocks (the bandwidth path). Below kFullThreadsPerSM threads per SM
+  // the vector halves (8, 4, 2 elements: a 0.5 M-neuron int8 layer on 132 SMs keeps 4-byte words) until the threads
+  // fill the SMs or it is one element per thread (each warp load still a coalesced run of 32 elements); then blocks
+  // shrink (down to one warp) until there are kBlocksPerSM per SM, so every SM gets work.
   constexpr int64_t kFullThreadsPerSM = 1024;
   constexpr int kBlocksPerSM = 4;
   constexpr int kMinBlock = 32;  // one warp
-  if (sms > 0 && shape.vec > 1 && (N + shape.vec - 1) / shape.vec < kFullThreadsPerSM * sms) shape.vec = 1;
+  shape.vec = 1;
+  if (aligned && max_vec > 1) {
+    for (int v = max_vec; v > 1; v /= 2) {
+      if (N % v != 0) continue;
+      if (sms <= 0 || N / v >= kFullThreadsPerSM * sms) {
+        shape.vec = v;
+        break;
+      }
+    }
+  }
   const int64_t threads = (N + shape.vec - 1) / shape.vec;
   shape.block = kMaxBlock;
   if (sms > 0) {

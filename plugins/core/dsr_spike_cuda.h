@@ -17,7 +17,7 @@ int launch_forward(const ForwardArgs& args, void* stream);
 // launch shapes as a 1-byte dtype (16 codes per thread when aligned). Returns the cudaError_t of the launch.
 int launch_forward_quantized(const QuantArgs& args, void* stream);
 
-// How launch_forward splits N neurons: `vec` neurons per thread (the 16-byte vector width, or 1), `block` threads
+// How launch_forward splits N neurons: `vec` neurons per thread (16, 8, 4... bytes of them, or 1), `block` threads
 // per block (<= kMaxBlock, the kernel's __launch_bounds__), `grid` blocks. Chosen from N, the widest vector the
 // dtype allows, whether the buffers allow vector access, and the device's SM count `sms` (0: unknown, the
 // large-N shape). Pure host code, exported as dsr_cuda_launch_shape for tests and scripts/gpu_check.py.

@@ -111,6 +111,7 @@ typedef struct OrtApiBase OrtApiBase;
   X(62, GetDimensions)                        \
   X(65, GetTensorTypeAndShape)                \
   X(85, KernelInfoGetAttribute_float)         \
+  X(86, KernelInfoGetAttribute_int64)         \
   X(90, KernelContext_GetInput)               \
   X(91, KernelContext_GetOutput)              \
   X(93, ReleaseStatus)                        \
@@ -142,7 +143,9 @@ struct OrtApi {
   /*  66 */ DSR_ORT_SKIP(66, 84);
   /*  85 */ OrtStatusPtr (*KernelInfoGetAttribute_float)(const OrtKernelInfo* info, const char* name,
                                                          float* out) noexcept;
-  /*  86 */ DSR_ORT_SKIP(86, 89);
+  /*  86 */ OrtStatusPtr (*KernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name,
+                                                         int64_t* out) noexcept;
+  /*  87 */ DSR_ORT_SKIP(87, 89);
   /*  90 */ OrtStatusPtr (*KernelContext_GetInput)(const OrtKernelContext* context, size_t index,
                                                    const OrtValue** out) noexcept;
   /*  91 */ OrtStatusPtr (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dim_values,

@@ -4,6 +4,9 @@
 //   DSRLIFSpike (x [T, ...]) -> y [T, ...]          attrs v_threshold, alpha, tau, delta_t, decay, gain
 //   DSRIFStep   (x_t, v) -> (y_t, v_new)             as DSRIFSpike, one time step, v the float32 membrane
 //   DSRLIFStep  (x_t, v) -> (y_t, v_new)             as DSRLIFSpike
+//   SJIFSpike / SJLIFSpike / SJPLIFSpike (x [T, ...]) -> y [T, ...]  SpikingJelly's IF / LIF / PLIF (dsr_sj.h),
+//               attrs v_threshold, v_reset, hard_reset (int); LIF / PLIF also leak (tau / sigmoid(w)), decay_input
+//               (int); SJIFStep / SJLIFStep / SJPLIFStep (x_t, v) -> (y_t, v_new) one step. CPU EP only.
 //   DSRIFSpikeQ / DSRLIFSpikeQ (x codes [T, ...], x_scale float32, x_zero_point) -> spike codes {0, 1} [T, ...]
 //               codes uint8 or int8 (x, x_zero_point and the output of one type); the float op on the exact
 //               DequantizeLinear of x (dsr_spike.h, QuantArgs); CPU and CUDA EP
@@ -26,6 +29,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dsr_sj.h"
 #include "dsr_spike.h"
 #if defined(DSR_WITH_CUDA)
 #include "dsr_spike_cuda.h"
@@ -55,12 +59,14 @@ struct OpSpec {
   // -> spike codes {0, 1} of `type`: the float op on DequantizeLinear(x), its spikes as codes (scale = the spike
   // value, zero point 0).
   bool quantized = false;
+  int sj = 0;  // SpikingJelly: 1 + dsr::SJCharge (IF / LIF / PLIF); 0 for the DSR ops
 };
 
 struct Kernel {
   OpSpec spec;
   Ep ep;
   dsr::SpikeParams<float> params;
+  dsr::SJArgs sj{};  // the SpikingJelly layer's constants (the pointers and sizes are set per call)
 };
 
 OrtStatus* float_attr(const OrtKernelInfo* info, const char* name, float* out, bool* present) {
@@ -74,7 +80,39 @@ OrtStatus* float_attr(const OrtKernelInfo* info, const char* name, float* out, b
   return nullptr;
 }
 
+OrtStatus* int_attr(const OrtKernelInfo* info, const char* name, int64_t* out, bool* present) {
+  OrtStatus* st = g_api->KernelInfoGetAttribute_int64(info, name, out);
+  *present = st == nullptr;
+  if (st != nullptr) g_api->ReleaseStatus(st);
+  return nullptr;
+}
+
+OrtStatus* create_sj_kernel(const OpSpec& spec, Ep ep, const OrtKernelInfo* info, void** out) {
+  float vth = 0.f, v_reset = 0.f, leak = 1.f;
+  int64_t hard = 0, decay_input = 1;
+  bool has_vth, has_reset, has_hard, has_leak = false, has_decay = false;
+  DSR_ORT_TRY(float_attr(info, "v_threshold", &vth, &has_vth));
+  DSR_ORT_TRY(float_attr(info, "v_reset", &v_reset, &has_reset));
+  DSR_ORT_TRY(int_attr(info, "hard_reset", &hard, &has_hard));
+  const auto charge = static_cast<dsr::SJCharge>(spec.sj - 1);
+  if (charge != dsr::SJCharge::IF) {
+    DSR_ORT_TRY(float_attr(info, "leak", &leak, &has_leak));
+    DSR_ORT_TRY(int_attr(info, "decay_input", &decay_input, &has_decay));
+    if (!has_leak || !has_decay) return error(std::string(spec.name) + ": attributes leak and decay_input are required");
+  }
+  if (!has_vth || !has_reset || !has_hard)
+    return error(std::string(spec.name) + ": attributes v_threshold, v_reset and hard_reset are required");
+  auto k = std::make_unique<Kernel>();
+  k->spec = spec;
+  k->ep = ep;
+  k->sj = dsr::SJArgs{charge, decay_input ? 1 : 0, hard ? 1 : 0, vth, v_reset, leak, dsr::DType::F32,
+                      nullptr, nullptr, nullptr, nullptr, 0, 0};
+  *out = k.release();
+  return nullptr;
+}
+
 OrtStatus* create_kernel(const OpSpec& spec, Ep ep, const OrtKernelInfo* info, void** out) {
+  if (spec.sj) return create_sj_kernel(spec, ep, info, out);
   float vth = 0.f, alpha = 0.f, tau = 0.f, dt = 0.f, decay = 0.f, gain = 0.f;
   bool has_vth, has_alpha, has_tau = false, has_dt = false, has_decay = false, has_gain = false;
   DSR_ORT_TRY(float_attr(info, "v_threshold", &vth, &has_vth));
@@ -138,6 +176,16 @@ OrtStatus* input_data(const OrtValue* v, const void** out) {
 struct ParallelCtx {
   const dsr::ForwardArgs* args;
 };
+
+struct SJParallelCtx {
+  const dsr::SJArgs* args;
+};
+
+void run_sj_block(void* user, size_t block) {
+  const auto* c = static_cast<const SJParallelCtx*>(user);
+  const int64_t b = static_cast<int64_t>(block) * dsr::kCpuBlock;
+  dsr::sj_cpu_forward_range(*c->args, b, std::min(c->args->N, b + dsr::kCpuBlock));
+}
 
 void run_block(void* user, size_t block) {
   const auto* c = static_cast<const ParallelCtx*>(user);
@@ -266,6 +314,19 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
     DSR_ORT_TRY(g_api->GetTensorMutableData(vn, &v_out));
   }
   const dsr::DType dtype = k.spec.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? dsr::DType::F16 : dsr::DType::F32;
+  if (k.spec.sj) {
+    dsr::SJArgs sa = k.sj;
+    sa.dtype = dtype;
+    sa.x = xd, sa.y = yd, sa.v_in = v_in, sa.v_out = v_out, sa.T = T, sa.N = N;
+    if (N == 0) return nullptr;
+    const size_t blocks = static_cast<size_t>((N + dsr::kCpuBlock - 1) / dsr::kCpuBlock);
+    if (blocks == 1 || T * N < (int64_t(1) << 16)) {
+      dsr::sj_cpu_forward_range(sa, 0, N);
+      return nullptr;
+    }
+    SJParallelCtx sc{&sa};
+    return g_api->KernelContext_ParallelFor(ctx, &run_sj_block, blocks, 0, &sc);
+  }
   dsr::ForwardArgs args{dtype, xd, yd, v_in, v_out, T, N, &k.params, nullptr};
   if (N == 0) return nullptr;
   if (k.ep == Ep::Cuda) return launch_cuda(ctx, args);
@@ -353,6 +414,18 @@ const OpSpec kSpecs[] = {
     {"DSRIFStep", dsr::Neuron::IF, true, kF16},
     {"DSRLIFStep", dsr::Neuron::LIF, true, kF16},
     // The quantised ops: uint8 codes (the default int8 export) and int8 codes (--int8-activations int8).
+    {"SJIFSpike", dsr::Neuron::IF, false, kF32, false, 1},
+    {"SJLIFSpike", dsr::Neuron::IF, false, kF32, false, 2},
+    {"SJPLIFSpike", dsr::Neuron::IF, false, kF32, false, 3},
+    {"SJIFStep", dsr::Neuron::IF, true, kF32, false, 1},
+    {"SJLIFStep", dsr::Neuron::IF, true, kF32, false, 2},
+    {"SJPLIFStep", dsr::Neuron::IF, true, kF32, false, 3},
+    {"SJIFSpike", dsr::Neuron::IF, false, kF16, false, 1},
+    {"SJLIFSpike", dsr::Neuron::IF, false, kF16, false, 2},
+    {"SJPLIFSpike", dsr::Neuron::IF, false, kF16, false, 3},
+    {"SJIFStep", dsr::Neuron::IF, true, kF16, false, 1},
+    {"SJLIFStep", dsr::Neuron::IF, true, kF16, false, 2},
+    {"SJPLIFStep", dsr::Neuron::IF, true, kF16, false, 3},
     {"DSRIFSpikeQ", dsr::Neuron::IF, false, kU8, true},
     {"DSRLIFSpikeQ", dsr::Neuron::LIF, false, kU8, true},
     {"DSRIFSpikeQ", dsr::Neuron::IF, false, kI8, true},
@@ -411,7 +484,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cpu[i]));
 #endif
 #if defined(DSR_WITH_CUDA)
-    DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));
+    if (!kSpecs[i].sj) DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));  // SpikingJelly ops: CPU EP only
 #endif
   }
   // The session options keep the domain; ORT never frees a custom-op domain it was given, so neither do we:

@@ -86,9 +86,22 @@ IPluginV3* DsrSpikePlugin::clone() noexcept {
   }
 }
 
-int32_t DsrSpikePlugin::configurePlugin(DynamicPluginTensorDesc const*, int32_t nbInputs,
+namespace {
+// The zero point of a quantised op's codes as TensorRT may give it: the ONNX parser turns a plugin's int8 initializer
+// into a constant layer, which a weakly typed network may hand over as int8, float or int32 (its own Q/DQ zero
+// points it converts to float). TensorRT's int8 is symmetric and the exporter's TensorRT form writes 0: an int8 zero
+// point is read by the kernel, one of another type is ignored (zero point 0).
+bool zero_point_type(DataType t) { return t == DataType::kINT8 || t == DataType::kFLOAT || t == DataType::kINT32; }
+}  // namespace
+
+int32_t DsrSpikePlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                         DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept {
-  return (nbInputs == kind_.nb_inputs() && nbOutputs == getNbOutputs()) ? 0 : -1;
+  if (nbInputs != kind_.nb_inputs() || nbOutputs != getNbOutputs()) return -1;
+  if (kind_.quantized && !zero_point_type(in[2].desc.type)) {
+    log_error(std::string(kind_.name) + ": x_zero_point must be int8, float or int32");
+    return -1;
+  }
+  return 0;
 }
 
 int32_t DsrSpikePlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
@@ -117,7 +130,8 @@ bool DsrSpikePlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorD
   PluginTensorDesc const& d = inOut[pos].desc;
   if (d.format != TensorFormat::kLINEAR) return false;
   if (kind_.quantized) {  // 0: x codes, 1: x_scale, 2: x_zero_point, 3: y codes
-    return pos == 1 ? d.type == DataType::kFLOAT : d.type == DataType::kINT8;
+    if (pos == 1) return d.type == DataType::kFLOAT;
+    return pos == 2 ? zero_point_type(d.type) : d.type == DataType::kINT8;
   }
   if (!kind_.step) {  // 0: x, 1: y
     return pos == 0 ? is_spike_type(d.type) : d.type == inOut[0].desc.type;
@@ -178,7 +192,8 @@ int32_t DsrSpikePlugin::enqueue_quantized(PluginTensorDesc const* inputDesc, voi
   // The scale and zero point stay in device memory (TensorRT inputs): the kernel reads them.
   auto const* scale = static_cast<float const*>(inputs[1]);
   int64_t const T = inputDesc[0].dims.d[0], N = volume(inputDesc[0].dims, 1);
-  dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], scale, inputs[2], T, N, &params_};
+  void const* zero_point = inputDesc[2].type == DataType::kINT8 ? inputs[2] : nullptr;  // null: zero point 0
+  dsr::QuantArgs const args{dsr::Code::I8, inputs[0], outputs[0], scale, zero_point, T, N, &params_};
   if (args.T == 0 || args.N == 0) return 0;
   return launched(dsr::cuda::launch_forward_quantized(args, stream));
 }

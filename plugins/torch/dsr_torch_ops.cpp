@@ -6,6 +6,7 @@
 // v_init is converted to the compute dtype and must have the shape of one time step, T == 0 or N == 0 gives an
 // empty output (and the initial membrane as the final one), and v_final is an empty tensor unless return_state.
 #include "dsr_torch_common.h"
+#include "dsr_sj.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/from_blob.h>
@@ -142,6 +143,29 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, const Lay
   return finish(pr, return_state);
 }
 
+// dsr::sj_spike: SpikingJelly's IF / LIF / PLIF (core/dsr_sj.h), the same threads as the DSR ops.
+std::tuple<at::Tensor, at::Tensor> sj_spike_cpu(const at::Tensor& x_in, c10::string_view charge, double v_threshold,
+                                                std::optional<double> v_reset, double leak, bool decay_input,
+                                                const std::optional<at::Tensor>& v_init, bool return_state) {
+  dsr::SJCharge c;
+  if (charge == "if") {
+    c = dsr::SJCharge::IF;
+  } else if (charge == "lif") {
+    c = dsr::SJCharge::LIF;
+  } else if (charge == "plif") {
+    c = dsr::SJCharge::PLIF;
+  } else {
+    TORCH_CHECK_VALUE(false, "unknown SpikingJelly charge rule ", std::string(charge), "; known: if, lif, plif");
+  }
+  Prepared pr = prepare(x_in, v_init, return_state);
+  const dsr::SJArgs args{c, decay_input ? 1 : 0, v_reset.has_value() ? 1 : 0, v_threshold,
+                         v_reset.value_or(0.0), leak, to_core_dtype(pr.x.scalar_type()), pr.x.const_data_ptr(),
+                         pr.y.mutable_data_ptr(), pr.v_in.defined() ? pr.v_in.const_data_ptr() : nullptr,
+                         pr.v_out.defined() ? pr.v_out.mutable_data_ptr() : nullptr, pr.T, pr.N};
+  dsr::sj_cpu_forward(args, at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads()));
+  return finish(pr, return_state);
+}
+
 }  // namespace
 
 }  // namespace dsr_torch
@@ -149,4 +173,5 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_in, const Lay
 TORCH_LIBRARY_IMPL(dsr, CPU, m) {
   m.impl("if_spike", &dsr_torch::if_spike<&dsr_torch::forward_cpu>);
   m.impl("lif_spike", &dsr_torch::lif_spike<&dsr_torch::forward_cpu>);
+  m.impl("sj_spike", &dsr_torch::sj_spike_cpu);
 }

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...errors import UserError, first_line
+from ...errors import UserError
 
 CALIBRATION_HINT = ("--precision int8 needs calibration data: pass --calibration X.npy (inputs as the model takes "
                     "them, any number of samples along the batch dimension)")
@@ -159,10 +159,9 @@ def load_calibration(path: Optional[Any], spec: Optional[str], shape: Sequence[i
     layout, else a one-line UserError saying calibration is required."""
 
     if path is not None:
-        try:
-            return np.load(str(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--calibration {path}: cannot read a .npy array ({first_line(exc)})") from exc
+        from ...input_files import load_npy
+
+        return load_npy(path, "--calibration")
     name = (spec or "")[4:] if (spec or "").startswith("zoo:") else None
     if name not in ZOO_CALIBRATION:
         raise UserError(CALIBRATION_HINT + (f"; {spec} ships no calibration data" if spec else ""))

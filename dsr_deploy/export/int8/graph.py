@@ -10,18 +10,21 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...contract import DOMAIN as ONNX_DOMAIN
-from ...contract import QUANTIZED_OP_TYPES, SPIKE_OP_TYPES, STEP_OP_TYPES
+from ...contract import QUANTIZED_OP_TYPES, SJ_SPIKE_OP_TYPES, SJ_STEP_OP_TYPES, SPIKE_OP_TYPES, STEP_OP_TYPES
 from ...onnx_graph import GraphMaps
 
 #: Ops that move values without changing them: spikes stay spikes through them.
 EXACT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
-DSR_FLOAT_OPS = set(SPIKE_OP_TYPES.values()) | set(STEP_OP_TYPES.values())  # multi-step and streaming step ops
+SJ_OPS = set(SJ_SPIKE_OP_TYPES.values()) | set(SJ_STEP_OP_TYPES.values())  # SpikingJelly's: spikes 0 / 1
+DSR_FLOAT_OPS = set(SPIKE_OP_TYPES.values()) | set(STEP_OP_TYPES.values()) | SJ_OPS  # multi-step and streaming
 LIF_OPS = {SPIKE_OP_TYPES["lif"], STEP_OP_TYPES["lif"], QUANTIZED_OP_TYPES["lif"]}
 
 
 def spike_value(node: onnx.NodeProto) -> float:
-    """The float32 value of a spike of ``node``: ``vth`` (IF) or ``fl32(vth) / fl32(delta_t)`` (LIF)."""
+    """The float32 value of a spike of ``node``: ``vth`` (IF), ``fl32(vth) / fl32(delta_t)`` (LIF), 1 (SpikingJelly)."""
+    if node.op_type in SJ_OPS:  # SpikingJelly's spikes are 0 / 1: scale 1, exact
+        return 1.0
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     vth = np.float32(attrs["v_threshold"])
     if node.op_type in LIF_OPS:

@@ -113,6 +113,17 @@ void check_creator(IPluginCreatorV3One* c, bool lif, bool step, bool quantized =
     CHECK(!build->supportsFormatCombination(0, io, 3, 1));
     io[1] = desc(DataType::kINT8);
     CHECK(!build->supportsFormatCombination(1, io, 3, 1));
+    // The zero point as the parser's constant may come: int8, float or int32 (configure accepts the same).
+    for (DataType zt : {DataType::kINT8, DataType::kFLOAT, DataType::kINT32}) {
+      DynamicPluginTensorDesc zio[4] = {desc(DataType::kINT8), desc(DataType::kFLOAT), desc(zt), desc(DataType::kINT8)};
+      for (int p = 0; p < 4; ++p) CHECK(build->supportsFormatCombination(p, zio, 3, 1));
+      CHECK(build->configurePlugin(zio, 3, zio + 3, 1) == 0);
+    }
+    for (DataType zt : {DataType::kUINT8, DataType::kHALF, DataType::kBOOL}) {
+      DynamicPluginTensorDesc zio[4] = {desc(DataType::kINT8), desc(DataType::kFLOAT), desc(zt), desc(DataType::kINT8)};
+      CHECK(!build->supportsFormatCombination(2, zio, 3, 1));
+      CHECK(build->configurePlugin(zio, 3, zio + 3, 1) != 0);
+    }
     io[2] = desc(DataType::kUINT8);
     CHECK(!build->supportsFormatCombination(2, io, 3, 1));
     io[3] = desc(DataType::kFLOAT);
