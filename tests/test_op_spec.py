@@ -28,6 +28,8 @@ def test_the_contract_is_the_spec():
     for form in SPEC["forms"]:
         assert getattr(contract, form["contract"]) == form["ops"], form["form"]
     assert sorted(contract.DSR_OPS) == sorted(_op_types(SPEC))
+    assert sorted(contract.TENSORRT_PLUGIN_OPS) == sorted(
+        op for form in SPEC["forms"] if form["tensorrt_plugin"] for op in form["ops"].values())
 
 
 def test_the_spec_ships_with_the_plugin_sources():
@@ -79,13 +81,16 @@ def test_the_plugin_readme_tables_are_the_spec():
 def test_the_triton_readme_lists_every_op():
     from dsr_deploy.serving.triton_repo import readme_text
 
-    known = {"trt_plugin", "trt_plugin_dynamic", "ort_library", "dsr_ops", "stream_input", "stream_output", "state_in",
-             "state_out"}  # what readme_text fills in itself
+    known = {"trt_plugin", "trt_plugin_dynamic", "ort_library", "dsr_ops", "trt_ops", "stream_input", "stream_output",
+             "state_in", "state_out"}  # what readme_text fills in itself
     fields = re.findall(r"\{(\w+)\}", (ROOT / "dsr_deploy" / "serving" / "triton_readme.md").read_text())
     text = readme_text(**{f: "x" for f in fields if f not in known})
-    listed = re.search(r"\(([A-Za-z, ]*DSR[A-Za-z, ]*)\)", text)
+    listed = re.search(r"\(((?:[A-Z]\w+, )+[A-Z]\w+);", text)  # the ops the onnxruntime models may hold
     assert listed, "the Triton README names no dsr op"
-    assert sorted(listed.group(1).replace(" ", "").split(",")) == sorted(_op_types(SPEC))
+    assert sorted(listed.group(1).split(", ")) == sorted(_op_types(SPEC))
+    plugins = re.search(r"namespace `dsr`: ((?:[A-Z]\w+, )+[A-Z]\w+)\.", text)  # the TensorRT plugins
+    assert plugins and sorted(plugins.group(1).split(", ")) == sorted(
+        op for form in SPEC["forms"] if form["tensorrt_plugin"] for op in form["ops"].values())
 
 
 def test_the_checks_can_fail(tmp_path):

@@ -150,7 +150,7 @@ def readme_text(**fields) -> str:
     template = resources.files(__package__).joinpath("triton_readme.md").read_text(encoding="utf-8")
     names = {"trt_plugin": contract.TRT_PLUGIN_LIBRARY, "trt_plugin_dynamic": contract.TRT_DYNAMIC_PLUGIN_LIBRARY,
              "ort_library": contract.ORT_OPS_LIBRARY,
-             "dsr_ops": ", ".join((*contract.DSR_OPS, *contract.QUANTIZED_OP_TYPES.values())),
+             "dsr_ops": ", ".join(contract.DSR_OPS), "trt_ops": ", ".join(contract.TENSORRT_PLUGIN_OPS),
              "stream_input": contract.STREAM_INPUT, "stream_output": contract.STREAM_OUTPUT,
              "state_in": contract.STATE_IN_PREFIX, "state_out": contract.STATE_OUT_PREFIX}
     return template.format(**names, **fields)
