@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..manifest import Manifest
+from ..manifest import Manifest, as_manifest
 from ..runtime.base import Runner
 
 
@@ -162,7 +162,10 @@ def count_neurons(model, sample_shape: Sequence[int]) -> Optional[int]:
 
 def neurons_from_manifest(manifest: Optional[Manifest]) -> Optional[int]:
     """Neurons per sample per step from an export manifest's ``neurons`` list, when it gives sizes."""
-    if not manifest or not manifest.neurons:
+    if not manifest:
+        return None
+    manifest = as_manifest(manifest)  # a validated one, or a mapping built in memory
+    if not manifest.neurons:
         return None
     total = 0
     for n in manifest.neurons:
