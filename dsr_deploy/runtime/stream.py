@@ -22,10 +22,10 @@ __all__ = ["StreamSession", "manifest_states"]
 
 
 def manifest_states(manifest: Mapping) -> list[dict]:
-    """The membrane records of a streaming export's manifest (a validated one, or a dict to validate)."""
-    from ..manifest import Manifest, parse_manifest
+    """The membrane records of a streaming export's manifest (a validated one, or a mapping built in memory)."""
+    from ..manifest import as_manifest
 
-    m = manifest if isinstance(manifest, Manifest) else parse_manifest(dict(manifest))
+    m = as_manifest(manifest)
     if not m.states:
         raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode "
                         "streaming)")
