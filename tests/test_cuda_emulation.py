@@ -493,8 +493,8 @@ def ort_cuda_emu(emu, tmp_path_factory):
     cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared",
            "-DDSR_WITH_CUDA=1", "-DDSR_ORT_CUDA_KERNELS_ON_CPU_EP", f"-I{CORE}",
            str(repo_root() / "plugins" / "onnxruntime" / "dsr_ort_ops.cpp"),
-           str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
-           "-o", str(lib), "-pthread", "-Wl,--no-undefined"]
+           str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(CORE / "dsr_sj_cpu.cpp"),
+           str(emu.emulated_object), "-o", str(lib), "-pthread", "-Wl,--no-undefined"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return lib
