@@ -238,7 +238,7 @@ def test_calibration_file_and_zoo_default(tmp_path):
     np.save(tmp_path / "cal.npy", _calibration())
     assert load_calibration(tmp_path / "cal.npy", None, SHAPE).shape == (T, 6, *SHAPE[2:])
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(UserError, match="cannot read a .npy array"):
+    with pytest.raises(UserError, match="is not a readable .npy array"):  # read by dsr_deploy.input_files
         load_calibration(tmp_path / "bad.npy", None, SHAPE)
     digits = load_calibration(None, "zoo:digits-cnn", (8, 1, 1, 8, 8))
     assert digits.shape[0] == 8 and digits.shape[2:] == (1, 8, 8) and digits.shape[1] > 1000  # the training split
