@@ -23,7 +23,7 @@ T = 6
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_hardening")
+    root = tmp_path_factory.mktemp("sh")  # short: PyTriton's socket paths under it have 107 bytes at most
     multi = root / "conv"
     export_model(conv_net(), (T, 2, 2, 8, 8), multi, formats=("onnx",))
     # A model file lying in the folder, not listed in its manifest: never served.
