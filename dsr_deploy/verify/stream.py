@@ -92,7 +92,7 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
     from .layers import dequantized_by, init_value
 
     model = onnx.load(str(target.path))
-    states = target.artifact.get("states") or []
+    states = ctx.manifest.states  # the membranes: at the manifest's top level (one place)
     first = calls_of(ctx.refs[0][3])
     forced, currents = forced_step_model(model, len(states), [first[i].x.ndim - 1 for i in range(len(states))])
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -109,7 +109,7 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
              for i in range(len(states))}
     with load_runner(path, target.backend, **target.options) as runner:
         for _name, x, _out, calls in ctx.refs:
-            _forced_input(runner, target.artifact, x, calls_of(calls), stats, figures, qp)
+            _forced_input(runner, {**target.artifact, "states": states}, x, calls_of(calls), stats, figures, qp)
     run.layers = [stats[i] for i in sorted(stats)]
     run.neuron_checked = True
     return figures
@@ -153,7 +153,7 @@ def _end_to_end(ctx: VerifyContext, target: Target, run: Run, runner) -> None:
     from .reference import top1
 
     for _name, x, ref_out, _calls in ctx.refs:
-        y = _stream(runner, target.artifact, x)
+        y = _stream(runner, {**target.artifact, "states": ctx.manifest.states}, x)
         if y.shape != ref_out.shape:
             raise ValueError(f"stepped output {list(y.shape)} differs from the model's {list(ref_out.shape)}")
         run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)
