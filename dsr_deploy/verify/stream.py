@@ -186,7 +186,7 @@ def run_stream_target(ctx: VerifyContext, target: Target) -> Run:
         with load_runner(target.path, target.backend, **target.options) as runner:
             _end_to_end(ctx, target, run, runner)
         if target.format == "onnx":
-            calls_of = _calls_by_state(ctx, target.artifact.get("states") or [])
+            calls_of = _calls_by_state(ctx, ctx.manifest.states)
             _defects(run, _forced_run(ctx, target, run, calls_of))
             run.layer_check = "every step node teacher-forced over T steps, membranes carried by the file's state I/O"
         else:  # the scripted reference step on PyTorch's kernels: the stepped output itself must be exact
