@@ -70,12 +70,12 @@ def direct_encoded(n: int, T: int, seed: int):
 def int8_export(model, float_export: Path, out: Path, T: int, samples: int, name: str) -> list[str]:
     """Write the int8 export and return notes: how long it took and its top-1 agreement (firing rate over T)
     with the float32 export on direct-encoded inputs (16 images not used for calibration)."""
-    from dsr_deploy.export import export_model
+    from dsr_deploy.export import Int8Options, export_model
     from dsr_deploy.runtime import load_runner
 
     t0 = time.monotonic()
-    export_model(model, (T, 2, 3, 32, 32), out, formats_=("onnx",), spec=f"zoo:{name}", precision="int8",
-                 extra_options={"calibration": direct_encoded(samples, T, seed=1)})
+    export_model(model, (T, 2, 3, 32, 32), out, formats=("onnx",), spec=f"zoo:{name}", precision="int8",
+                 int8=Int8Options(calibration=direct_encoded(samples, T, seed=1)))
     took = time.monotonic() - t0
     x = direct_encoded(16, T, seed=2)
     rates = []
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
 
     from dsr_deploy import bench as B
     from dsr_deploy import models, ops
-    from dsr_deploy.export import export_model
+    from dsr_deploy.export import Int8Options, export_model
     from dsr_deploy.runtime import load_runner
     from dsr_deploy.runtime.onnxruntime import find_ort_library
 
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         export = Path(tmp) / "export"
         t0 = time.monotonic()
         # Export with batch 2: torch.export specialises a dimension whose example size is 1.
-        export_model(model, (args.T, 2, 3, 32, 32), export, formats_=("torchscript", "onnx", "pt2"), spec=f"zoo:{name}",
+        export_model(model, (args.T, 2, 3, 32, 32), export, formats=("torchscript", "onnx", "pt2"), spec=f"zoo:{name}",
                      function_body=args.function_body)
         notes.append(f"Export (`dsr-deploy export`, ONNX function body: {args.function_body}) took "
                      f"{time.monotonic() - t0:.0f} s")
@@ -215,21 +215,21 @@ def main(argv=None) -> int:
             # uint8 spike codes out, instead of Q/DQ around the float neuron) and the channels-last graph for
             # ONNX Runtime's CPU (`--int8-layout nhwc`: no transposes between layers).
             forms = [("onnxruntime int8 custom ops", None, "require")] if lib is not None else []
-            forms.append(("onnxruntime int8 nhwc function fallback", {"int8_layout": "nhwc"}, "off"))
+            forms.append(("onnxruntime int8 nhwc function fallback", {"layout": "nhwc"}, "off"))
             if lib is not None:
-                forms += [("onnxruntime int8 quantized-neuron ops", {"int8_neuron": "quantized"}, "require"),
+                forms += [("onnxruntime int8 quantized-neuron ops", {"neuron": "quantized"}, "require"),
                           ("onnxruntime int8 nhwc quantized-neuron ops",
-                           {"int8_neuron": "quantized", "int8_layout": "nhwc"}, "require")]
+                           {"neuron": "quantized", "layout": "nhwc"}, "require")]
             for k, (label, options, custom_ops) in enumerate(forms):
-                if options and options.get("int8_layout") == "nhwc" and args.device != "cpu":
+                if options and options.get("layout") == "nhwc" and args.device != "cpu":
                     notes.append(f"{label}: not measured on {args.device} (ONNX Runtime's CPU provider only)")
                     continue
                 folder = int8
                 if options:
                     folder = Path(tmp) / f"export-int8-{k}"
-                    export_model(model, (args.T, 2, 3, 32, 32), folder, formats_=("onnx",), spec=f"zoo:{name}",
-                                 precision="int8", extra_options={"calibration": direct_encoded(
-                                     args.calibration_samples, args.T, seed=1), **options})
+                    export_model(model, (args.T, 2, 3, 32, 32), folder, formats=("onnx",), spec=f"zoo:{name}",
+                                 precision="int8", int8=Int8Options(calibration=direct_encoded(
+                                     args.calibration_samples, args.T, seed=1), **options))
                 entries.append(B.BenchEntry(label, load_runner(folder, backend="onnxruntime", custom_ops=custom_ops,
                                                                **ort_opts)))
         if args.device.startswith("cuda"):

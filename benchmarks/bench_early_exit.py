@@ -30,7 +30,6 @@ from dsr_deploy.bench.early_exit import measure
 from dsr_deploy.early_exit import ExitRule, calibrate, manifest_record
 from dsr_deploy.encoding import direct_encode
 from dsr_deploy.export import export_model
-from dsr_deploy.export.streaming import export_streaming
 from dsr_deploy.machine import cpu_flags, library_versions, machine_info
 from dsr_deploy.models.digits import DIGITS_T, load_digits_split
 from dsr_deploy.runtime import load_runner
@@ -47,8 +46,8 @@ def run(repeats: int, out: Path) -> dict:
     opts = {"threads": 1, "custom_ops": "require" if plugins.ort_library() else "off"}
     with tempfile.TemporaryDirectory() as tmp:
         net = models.build("digits-cnn").eval()
-        export_model(net, (DIGITS_T, 2, 1, 8, 8), Path(tmp) / "multi", formats_=("onnx",), spec="zoo:digits-cnn")
-        export_streaming(net, (DIGITS_T, 1, 1, 8, 8), Path(tmp) / "stream", formats_=("onnx",),
+        export_model(net, (DIGITS_T, 2, 1, 8, 8), Path(tmp) / "multi", formats=("onnx",), spec="zoo:digits-cnn")
+        export_model(net, (DIGITS_T, 1, 1, 8, 8), Path(tmp) / "stream", mode="streaming", formats=("onnx",),
                          spec="zoo:digits-cnn")
         with load_runner(Path(tmp) / "stream", "onnxruntime", **opts) as stream, \
                 load_runner(Path(tmp) / "multi", "onnxruntime", **opts) as multi:

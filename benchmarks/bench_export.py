@@ -116,11 +116,12 @@ def quiet():
 
 def export_ours(model, shape, lowering, body):
     from dsr_deploy.convert import find_neurons
+    from dsr_deploy.export import ExportOptions
     from dsr_deploy.export.base import ExportContext
     from dsr_deploy.export.onnx_writer import export_onnx_model
 
     ctx = ExportContext(model=model, neurons=find_neurons(model), input_shape=shape,
-                        options={"lowering": lowering, "function_body": body})
+                        options=ExportOptions(lowering=lowering, function_body=body))
     t0 = time.perf_counter()
     with quiet():
         proto = export_onnx_model(ctx)

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             out = Path(tmp) / f"seed{seed}"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                export_model(loaded.model, SHAPE, out, formats_=("torchscript", "onnx", "pt2"), spec=loaded.spec)
+                export_model(loaded.model, SHAPE, out, formats=("torchscript", "onnx", "pt2"), spec=loaded.spec)
             for encoding in ("direct", "noise"):
                 report = verify_folder(out, samples=args.random * SHAPE[1], encoding=encoding, trust_model_code=True)
                 for r in report["runs"]:

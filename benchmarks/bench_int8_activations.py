@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from dsr_deploy import plugins
-    from dsr_deploy.export import export_model
+    from dsr_deploy.export import Int8Options, export_model
     from dsr_deploy.machine import cpu_flags, library_versions, machine_info
     from dsr_deploy.model_spec import load_model
     from dsr_deploy.runtime import load_runner
@@ -82,9 +82,8 @@ def main(argv=None) -> int:
             for form in FORMS:
                 for neuron in neurons:
                     d = Path(tmp) / f"{name}-{form}-{neuron}"
-                    export_model(loaded.model, shape, d, formats_=("onnx",), precision="int8",
-                                 extra_options={"calibration": cal, "int8_activations": form,
-                                                "int8_neuron": neuron})
+                    export_model(loaded.model, shape, d, formats=("onnx",), precision="int8",
+                                 int8=Int8Options(calibration=cal, activations=form, neuron=neuron))
                     folders[(form, neuron)] = d
             times = collections.defaultdict(list)
             for _ in range(args.repeats):

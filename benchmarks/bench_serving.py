@@ -37,7 +37,6 @@ from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.runtime import load_runner  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess  # noqa: E402
-from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 T = 6
 SHAPE = (T, 1, 2, 8, 8)
@@ -120,8 +119,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
         tmp = Path(tmp)
         multi, stream = tmp / "conv", tmp / "mlp_stream"
-        export_model(conv_net(), SHAPE, multi, formats_=("onnx",))
-        export_streaming(mlp_net(), (T, 1, 6), stream, formats_=("onnx",))
+        export_model(conv_net(), SHAPE, multi, formats=("onnx",))
+        export_model(mlp_net(), (T, 1, 6), stream, mode="streaming", formats=("onnx",))
         pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
         steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
         results = {"machine": machine(), "model": {"multistep": "conv-BN-IF -> linear-LIF, input [1, 6, 2, 8, 8], "

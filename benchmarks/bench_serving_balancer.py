@@ -35,7 +35,6 @@ from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.serving.balancer import NginxProcess, find_nginx  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess, free_ports  # noqa: E402
-from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 
 def measure(url, clients, per_client, pool, steps):
@@ -121,8 +120,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bsb", dir="/tmp") as tmp:
         tmp = Path(tmp)
         multi, stream = tmp / "conv", tmp / "mlp_stream"
-        export_model(conv_net(), SHAPE, multi, formats_=("onnx",))
-        export_streaming(mlp_net(), (T, 1, 6), stream, formats_=("onnx",))
+        export_model(conv_net(), SHAPE, multi, formats=("onnx",))
+        export_model(mlp_net(), (T, 1, 6), stream, mode="streaming", formats=("onnx",))
         pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
         steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
         results = {"machine": machine(), "nginx": version,

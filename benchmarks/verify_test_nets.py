@@ -54,7 +54,7 @@ def main(argv=None):
                 formats = ("torchscript", "onnx", "pt2") if lowering == "function" else ("onnx",)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    export_model(loaded.model, shape, out, formats_=formats, spec=loaded.spec, lowering=lowering)
+                    export_model(loaded.model, shape, out, formats=formats, spec=loaded.spec, lowering=lowering)
                 report = verify_folder(out, input_file=str(Path(tmp) / f"{net}_b8.npy"), samples=args.random * shape[1],
                                        trust_model_code=True)  # the test nets' own files
                 for r in report["runs"]:

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
-from .guard import first_line as _first_line
+from .errors import UserError, first_line
 
 # Where a trainer's checkpoint keeps the state dict.
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -77,7 +76,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} could not be unpickled ({_first_line(exc)})") from exc
+        raise UserError(f"checkpoint {path} could not be unpickled ({first_line(exc, with_type=True)})") from exc
 
 
 def state_dict_of(obj: Any, path: Path) -> dict:
@@ -132,7 +131,7 @@ def _apply_checkpoint(model: nn.Module, checkpoint: str | Path, trust_pickle: bo
     except RuntimeError as exc:  # shape mismatches
         lines = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
         detail = ("; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
-                  if lines else _first_line(exc))
+                  if lines else first_line(exc, with_type=True))
         raise UserError(f"checkpoint {path} does not fit the model: {detail}") from exc
     problems = []
     if result.missing_keys:

@@ -13,14 +13,20 @@ DOMAIN = "dsr"  # ONNX domain of the dsr nodes and of their model-local function
 DOMAIN_VERSION = 1  # the opset version of DOMAIN in opset_import
 SPIKE_OP_TYPES = {"if": "DSRIFSpike", "lif": "DSRLIFSpike"}  # whole-sequence neurons (multistep export)
 STEP_OP_TYPES = {"if": "DSRIFStep", "lif": "DSRLIFStep"}  # one time step with membrane I/O (streaming export)
+#: int8 exports (``--int8-neuron quantized``): the whole-sequence neurons on the current's codes (uint8 / int8),
+#: giving spike codes of the same type.
+QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
 # SpikingJelly's IFNode / LIFNode / ParametricLIFNode (attributes: v_threshold, v_reset, hard_reset; LIF / PLIF also
 # leak (tau, or sigmoid(w)) and decay_input); the same names with "Step" for the streaming single step.
 SJ_SPIKE_OP_TYPES = {"sj_if": "SJIFSpike", "sj_lif": "SJLIFSpike", "sj_plif": "SJPLIFSpike"}
 SJ_STEP_OP_TYPES = {"sj_if": "SJIFStep", "sj_lif": "SJLIFStep", "sj_plif": "SJPLIFStep"}
-DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *SJ_SPIKE_OP_TYPES.values(),
-           *SJ_STEP_OP_TYPES.values())
-# the quantised neurons of an int8 export (--int8-neuron quantized): current codes in, spike codes out
-QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
+DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
+           *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())
+#: The ops the TensorRT plugin libraries implement (SpikingJelly's run there as their inlined function bodies).
+TENSORRT_PLUGIN_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values())
+
+# -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
+TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")
 
 # -- TensorRT plugins ---------------------------------------------------------------------------------------
 PLUGIN_NAMESPACE = "dsr"  # plugin_namespace attribute / creator namespace

@@ -38,7 +38,7 @@ from .contract import (
     state_output_name,
 )
 from .errors import UserError
-from .manifest import TOP, Check, Invalid, Record, integer, one_of, optional, string
+from .manifest import TOP, Check, Invalid, Record, as_manifest, integer, one_of, optional, string
 
 RULES = ("max-prob", "margin", "stable", "full")
 READOUTS = ("mean", "lif-rate")
@@ -116,9 +116,9 @@ def _rate_readout(kind: str, tau: float, delta_t: float):
 def readout_of_manifest(manifest: Mapping) -> Readout:
     """The readout an export folder's logits are read with: its ``io`` readout, else the output layer's neuron
     (IF: mean, LIF: the weighted rate with that layer's tau / delta_t), as the quickstart reads spikes."""
-    neurons = manifest.get("neurons") or []
+    neurons = as_manifest(manifest).neurons
     last = neurons[-1] if neurons else {}
-    io = manifest.get("io") or {}
+    io = as_manifest(manifest).io or {}
     kind = io.get("readout") if io.get("readout") in READOUTS else ("lif-rate" if last.get("kind") == "lif"
                                                                    else "mean")
     if kind == "lif-rate":

@@ -99,9 +99,9 @@ def read_onnx(path: Union[str, Path]) -> OnnxInfo:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        from .runtime.base import one_line
+        from .errors import first_line
 
-        raise UserError(f"cannot read {path} as ONNX: {one_line(exc)}") from None
+        raise UserError(f"cannot read {path} as ONNX: {first_line(exc)}") from None
     initializers = {i.name for i in model.graph.initializer}
     inputs = []
     for vi in model.graph.input:
@@ -291,13 +291,8 @@ def _check_tensorrt_quantization(onnx_path: Path) -> None:
                         "re-export with `dsr-deploy export --precision int8 --int8-activations int8`")
 
 
-def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bool = False,
-                 batch: Optional[Range] = None, timesteps: Optional[Range] = None,
-                 workspace_mb: Optional[int] = None, timing_cache: Optional[Union[str, Path]] = None,
-                 plugin: Optional[Union[str, Path]] = None, force: bool = True, allow_function_fallback: bool = False,
-                 log=print) -> dict:
-    """Build and atomically write a TensorRT engine; returns a summary dict. See the module docstring."""
-    onnx_path, out = Path(onnx_path), Path(out)
+def _check_model(onnx_path: Path, out: Path, workspace_mb: Optional[int], force: bool, batch, timesteps):
+    """What the ONNX model is and the profile's shapes; one-line errors before TensorRT is imported."""
     if workspace_mb is not None and workspace_mb < 1:
         raise UserError(f"--workspace must be >= 1 MB, got {workspace_mb}")
     if out.exists() and not force:
@@ -309,20 +304,18 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
         raise UserError(f"{onnx_path} has no inputs")
     if "com.microsoft" in info.domains:
         raise UserError(f"{onnx_path} uses ONNX Runtime's own ops (com.microsoft: an `--int8-layout nhwc` export "
-                        "for ONNX Runtime's CPU); for TensorRT export with --int8-layout nchw --int8-activations "
-                        "int8 (the portable, signed Q/DQ graph)")
+                        "for ONNX Runtime's CPU); for TensorRT export with --target tensorrt (--int8-layout nchw "
+                        "--int8-activations int8: the portable, signed Q/DQ graph)")
     shapes = plan_profile(info.inputs, batch, timesteps)
     precision = _model_precision(onnx_path)
     if precision == "int8":
         _check_tensorrt_quantization(onnx_path)
-    lib = find_plugin(plugin)
-    warning = check_plugin_needs(info, lib)
-    if warning:
-        log(f"warning: {warning}")
+    return info, shapes, precision
 
-    from .runtime.tensorrt import load_plugin_library, require_tensorrt
 
-    trt = require_tensorrt("dsr-deploy build-engine")
+def _check_tensorrt(trt, onnx_path: Path, info, lib, precision: str, fp16: bool, allow_function_fallback: bool,
+                    log) -> str:
+    """The dsr path TensorRT will take (plugin / function); one-line errors for what this TensorRT cannot do."""
     version = trt_version(trt)
     if fp16 and version[0] >= 11:
         raise UserError("--fp16: TensorRT 11 networks are strongly typed (no FP16 builder flag); export a float16 "
@@ -337,21 +330,14 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
             raise UserError(msg + "; upgrade TensorRT, or pass --allow-function-fallback to build the (slower) "
                             "function bodies")
         log(f"warning: {msg}; building the function bodies (--allow-function-fallback)")
-    _require_gpu()
-    logger = trt.Logger(trt.Logger.WARNING)
-    loading = None
-    if lib is not None and info.dsr_ops:
-        loading = load_plugin_library(lib, trt)
-    trt.init_libnvinfer_plugins(logger, "")
-    registered = _check_creators(trt, info.dsr_ops) if lib is not None else {}
+    return expected
 
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise UserError("TensorRT could not create a builder (no usable GPU?)")
-    # TensorRT 10+ is explicit-batch only. A half-precision model is built strongly typed (its tensor types are
-    # the precision) on TensorRT 10 as on 11, where every network is strongly typed anyway.
+
+def _parse(trt, builder, logger, onnx_path: Path, precision: str):
+    """The parsed network. TensorRT 10+ is explicit-batch only; a half-precision model is built strongly typed
+    (its tensor types are the precision) on TensorRT 10 as on 11, where every network is strongly typed."""
     flags = 0
-    if precision != "float32" and version[0] < 11:
+    if precision != "float32" and trt_version(trt)[0] < 11:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -359,11 +345,11 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}"
                         + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
-    contents = network_contents(trt, network, info)
-    if lib is not None and contents["dsr_path"] not in ("plugin", "none") and expected == "plugin":
-        log(f"warning: the plugin library is loaded but the network holds {contents['plugin_layers']} plugin "
-            f"layer(s) for {info.dsr_nodes} dsr node(s): TensorRT {trt.__version__} built the rest from their "
-            "function bodies")
+    return network, parser
+
+
+def _builder_config(trt, builder, network, onnx_path: Path, shapes: dict, fp16: bool, workspace_mb: Optional[int],
+                    cache_path: Optional[Path], log):
     config = builder.create_builder_config()
     if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
@@ -378,12 +364,49 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bo
             raise UserError(f"TensorRT network input {name!r} is not an input of {onnx_path}")
         profile.set_shape(name, *shapes[name])
     config.add_optimization_profile(profile)
-    cache_path = Path(timing_cache) if timing_cache else None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
         if not config.set_timing_cache(cache, ignore_mismatch=False):
             raise UserError(f"--timing-cache {cache_path}: TensorRT rejected it (another TensorRT version or GPU?)")
+    return config
+
+
+def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], *, fp16: bool = False,
+                 batch: Optional[Range] = None, timesteps: Optional[Range] = None,
+                 workspace_mb: Optional[int] = None, timing_cache: Optional[Union[str, Path]] = None,
+                 plugin: Optional[Union[str, Path]] = None, force: bool = True, allow_function_fallback: bool = False,
+                 log=print) -> dict:
+    """Build and atomically write a TensorRT engine; returns a summary dict. See the module docstring."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    info, shapes, precision = _check_model(onnx_path, out, workspace_mb, force, batch, timesteps)
+    lib = find_plugin(plugin)
+    warning = check_plugin_needs(info, lib)
+    if warning:
+        log(f"warning: {warning}")
+
+    from .runtime.tensorrt import load_plugin_library, require_tensorrt
+
+    trt = require_tensorrt("dsr-deploy build-engine")
+    expected = _check_tensorrt(trt, onnx_path, info, lib, precision, fp16, allow_function_fallback, log)
+    _require_gpu()
+    logger = trt.Logger(trt.Logger.WARNING)
+    loading = None
+    if lib is not None and info.dsr_ops:
+        loading = load_plugin_library(lib, trt)
+    trt.init_libnvinfer_plugins(logger, "")
+    registered = _check_creators(trt, info.dsr_ops) if lib is not None else {}
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise UserError("TensorRT could not create a builder (no usable GPU?)")
+    network, _parser = _parse(trt, builder, logger, onnx_path, precision)  # the parser outlives the build
+    contents = network_contents(trt, network, info)
+    if lib is not None and contents["dsr_path"] not in ("plugin", "none") and expected == "plugin":
+        log(f"warning: the plugin library is loaded but the network holds {contents['plugin_layers']} plugin "
+            f"layer(s) for {info.dsr_nodes} dsr node(s): TensorRT {trt.__version__} built the rest from their "
+            "function bodies")
+    cache_path = Path(timing_cache) if timing_cache else None
+    config = _builder_config(trt, builder, network, onnx_path, shapes, fp16, workspace_mb, cache_path, log)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
@@ -414,7 +437,7 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
     if Path(engine).resolve().parent != folder or not manifest_path.is_file():
         return None
     try:
-        manifest = dict(read_manifest(folder))
+        manifest = read_manifest(folder)
     except UserError:
         return None  # not ours to repair; the engine itself is written
     entry = {"format": "tensorrt", "path": Path(engine).name, "onnx": Path(onnx_path).name,
@@ -423,8 +446,7 @@ def record_in_manifest(onnx_path: Path, engine: Path, summary: dict) -> Optional
              # what the engine holds, read from the parsed network, not whether a library was found
              "plugin": summary.get("contents", {}).get("dsr_path") == "plugin",
              "dsr_path": summary.get("contents", {}).get("dsr_path")}
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
-    write_manifest(folder, manifest)
+    write_manifest(folder, manifest.with_artifact(entry))
     return str(manifest_path)
 
 

@@ -12,6 +12,16 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
+def first_line(exc: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries print pages), at most ``limit`` characters;
+    ``with_type``: as ``Type: line`` (``SystemExit: 0``, ``ValueError: bad``). The type's name when the message is
+    empty. Every one-line error that quotes another library's exception goes through here."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:limit]
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if with_type else line
+
+
 class MissingDependency(UserError):
     """An optional dependency is not installed; the message names the pip extra that brings it."""
 

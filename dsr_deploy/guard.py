@@ -17,7 +17,7 @@ import signal
 import threading
 from typing import Callable, Iterator, Optional
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 HANDLED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
@@ -66,12 +66,6 @@ def install_signal_handlers() -> Callable[[], None]:
     return restore
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (``SystemExit: 0``, ``ValueError: bad``)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def user_code(message: Callable[[str], str]) -> Iterator[None]:
     """Run user code; anything it raises or exits with becomes ``UserError(message(first_line(exc)))``.
@@ -84,4 +78,4 @@ def user_code(message: Callable[[str], str]) -> Iterator[None]:
     except (UserError, KeyboardInterrupt, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit(0) from a factory must not end the command
-        raise UserError(message(first_line(exc))) from exc
+        raise UserError(message(first_line(exc, with_type=True))) from exc

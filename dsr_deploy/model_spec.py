@@ -39,8 +39,7 @@ from torch import nn
 from . import sj_factory
 from .checkpoint_checks import AUTHOR_ALIASES
 from .checkpoints import STATE_KEYS, apply_checkpoint, read_checkpoint, state_dict_of  # noqa: F401  (public API)
-from .errors import UserError
-from .guard import first_line as _first_line
+from .errors import UserError, first_line
 from .guard import user_code
 from .model_settings import (  # noqa: F401  (parse_set_options, checkpoint_settings: public API)
     IDENT,
@@ -189,11 +188,11 @@ def _module_factory(mod: str, attr: str) -> Factory:
     try:
         module = importlib.import_module(mod)
     except ModuleNotFoundError as exc:
-        raise UserError(f"cannot import module {mod!r}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot import module {mod!r}: {first_line(exc, with_type=True)}") from exc
     except (UserError, KeyboardInterrupt, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import time too
-        raise UserError(f"importing {mod} failed: {_first_line(exc)}") from exc
+        raise UserError(f"importing {mod} failed: {first_line(exc, with_type=True)}") from exc
     factory = _resolve(module, attr, mod)
     params, open_kwargs = _signature_params(factory)
     return Factory(factory, f"{mod}:{attr}", f"{mod}:{attr}", params, open_kwargs)
@@ -290,7 +289,7 @@ def _apply(model: nn.Module, checkpoint, trust_pickle: bool, params) -> nn.Modul
                                                                          params)
         if hint is None:
             raise
-        raise UserError(f"{_first_line(exc)}; {hint}") from exc
+        raise UserError(f"{first_line(exc, with_type=True)}; {hint}") from exc
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -239,7 +239,9 @@ def load_native() -> bool:
         try:
             torch.ops.load_library(str(path))
         except (OSError, RuntimeError) as exc:  # a library built against another torch, say
-            _native["reason"] = f"{path} failed to load: {str(exc).splitlines()[0]}"
+            from .errors import first_line
+
+            _native["reason"] = f"{path} failed to load: {first_line(exc)}"
             return False
         _native.update(loaded=True, path=str(path), reason="loaded")
         return True

@@ -28,11 +28,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEFAULT_MODEL = "digits-cnn"
 DEFAULT_OUT = "quickstart-out"
@@ -118,13 +118,13 @@ class QuickstartResult:
     def passed(self) -> bool:
         ran = [a for a in self.accuracy if a.status != "skipped"]
         return (bool(self.verify.get("passed")) and self.neurons_exact and bool(ran)
-                and all(a.status == "ok" and _within_rule(a, self.pytorch_accuracy, self.precision) for a in ran))
+                and all(a.status == "ok" and within_rule(a, self.pytorch_accuracy, self.precision) for a in ran))
 
     def to_dict(self) -> dict:
         return {
             "model": f"zoo:{self.model}", "T": self.T, "heldout_images": self.heldout,
             "pytorch_accuracy": self.pytorch_accuracy, "passed": self.passed, "neurons_exact": self.neurons_exact,
-            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": _max_drop(self.precision),
+            "end_to_end_identical": self.bit_exact, "max_accuracy_drop": max_drop(self.precision),
             "precision": self.precision,
             "verify_passed": bool(self.verify.get("passed")),
             "verify": [{k: r.get(k) for k in ("artifact", "format", "backend", "variant", "status", "reason",
@@ -140,14 +140,14 @@ class QuickstartResult:
         }
 
 
-def _max_drop(precision: str) -> float:
+def max_drop(precision: str) -> float:
     from .verify import INT8_MAX_ACCURACY_DROP
 
     return INT8_MAX_ACCURACY_DROP if precision == "int8" else MAX_ACCURACY_DROP
 
 
-def _within_rule(row: AccuracyRow, pytorch_accuracy: float, precision: str = "float32") -> bool:
-    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= _max_drop(precision) + 1e-9
+def within_rule(row: AccuracyRow, pytorch_accuracy: float, precision: str = "float32") -> bool:
+    return row.accuracy is not None and 100.0 * (pytorch_accuracy - row.accuracy) <= max_drop(precision) + 1e-9
 
 
 def _run_bit_exact(run: dict) -> bool:
@@ -221,7 +221,7 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
         row.status, row.reason = "error", str(exc)
         return row
     except Exception as exc:  # a runtime that crashes on the artifact is a failure of that artifact, reported
-        row.status, row.reason = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row.status, row.reason = "error", first_line(exc, with_type=True)
         return row
     row.seconds = round(time.perf_counter() - t0, 3)
     logits = firing_rate(spikes, neuron, neuron_params.get("tau", 1.0), neuron_params.get("delta_t", 0.05)).numpy()
@@ -239,38 +239,31 @@ def artifact_accuracy(path: Path, fmt: str, backend: str, x: np.ndarray, labels:
     return row
 
 
-def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
-                   formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
-                   bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
-                   threads: Optional[int] = None, log: Callable[[str], None] = print,
-                   precision: str = "float32") -> QuickstartResult:
-    """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
-    :mod:`dsr_deploy.export.quantize`), verified with the int8 rule; PyTorch's float32 accuracy is reported next
-    to the int8 artifacts'."""
+@dataclass
+class _Reference:
+    """Step 1's results: the model, the held-out data and PyTorch's logits on it."""
+
+    model: Any
+    T: int
+    x: np.ndarray  # held-out inputs [T, N, ...], direct-encoded
+    labels: np.ndarray
+    neuron: str
+    params: dict
+    logits: np.ndarray
+    accuracy: float
+
+
+def _reference(model_name: str, out: Path, files: Dict[str, str], log: Callable[[str], None]) -> _Reference:
+    """Step 1: the held-out data (saved beside the reports) and the PyTorch reference on it."""
     import torch
 
     from . import models
     from .encoding import direct_encode
-    from .export import export_model
-    from .io import atomic_write_text, check_writable_dir
     from .models.common import NEURON_DEFAULTS, firing_rate
     from .models.digits import load_digits_split
-    from .verify import verify_folder
 
-    out = Path(out)
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    check_writable_dir(out)
-    spec = f"zoo:{model_name}"
     info = models.describe(model_name)
-    if not info.get("checkpoint"):
-        raise UserError(f"quickstart needs a zoo model with shipped weights; {spec} has none")
-    seconds: Dict[str, float] = {}
-    files: Dict[str, str] = {}
-
-    # 1. data and the PyTorch reference
-    t0 = time.perf_counter()
-    log(f"[1/5] {spec}: {info['summary']}")
+    log(f"[1/5] zoo:{model_name}: {info['summary']}")
     for kernel, state in _native_summary().items():
         log(f"      native {kernel}: {state}")
     model = models.build(model_name).eval()
@@ -287,33 +280,85 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     params = {**NEURON_DEFAULTS[neuron], **{k: v for k, v in info.get("defaults", {}).items()
                                               if k in ("tau", "delta_t")}}
     with torch.no_grad():
-        ref_logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
-    ref_correct = int((ref_logits.argmax(-1) == labels).sum())
-    pytorch_acc = ref_correct / len(labels)
-    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {pytorch_acc:.2%} "
-        f"({ref_correct}/{len(labels)})")
+        logits = firing_rate(model(x), neuron, params.get("tau", 1.0), params.get("delta_t", 0.05)).numpy()
+    correct = int((logits.argmax(-1) == labels).sum())
+    log(f"      held-out: {len(labels)} images x T={T}; PyTorch accuracy {correct / len(labels):.2%} "
+        f"({correct}/{len(labels)})")
+    return _Reference(model, T, x_np, labels, neuron, params, logits, correct / len(labels))
+
+
+def _accuracy_rows(export_dir: Path, ref: _Reference, log: Callable[[str], None]) -> List[AccuracyRow]:
+    """Step 4: the held-out accuracy of each artifact on each backend that runs it here."""
+    rows: List[AccuracyRow] = []
+    for path, fmt, backend, variant, opts, why in _artifact_targets(export_dir):
+        if why is not None:
+            rows.append(AccuracyRow(path.name, fmt, backend, variant, status="skipped", reason=str(why)))
+            continue
+        log(f"      {path.name} on {backend}" + (f" ({variant})" if variant else ""))
+        rows.append(artifact_accuracy(path, fmt, backend, ref.x, ref.labels, ref.logits, ref.neuron, ref.params,
+                                      variant, opts))
+    return rows
+
+
+def _early_exit(ref: _Reference, spec: str, out: Path, export_dir: Path, bench: bool, bench_iters: int,
+                threads: Optional[int], files: Dict[str, str], seconds: Dict[str, float],
+                log: Callable[[str], None]) -> dict:
+    """The early-exit step: a streaming export and the cheapest rule within 0.5 points on the held-out split."""
+    from .quickstart_early_exit import run_early_exit
+
+    t0 = time.perf_counter()
+    log("[+] early exit: streaming export, the cheapest rule within 0.5 points on the held-out split"
+        + (", batch-1 latency" if bench else ""))
+    early = run_early_exit(ref.model, spec, ref.T, ref.x, ref.labels, out, export_dir, bench, bench_iters, threads,
+                           log)
+    files["early_exit_export"] = early["export"]
+    seconds["early_exit"] = round(time.perf_counter() - t0, 2)
+    return early
+
+
+def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_MODEL,
+                   formats: Sequence[str] = ("torchscript", "onnx", "pt2"), bench: bool = True,
+                   bench_batches: Sequence[int] = (1, 32), bench_iters: int = 20, bench_warmup: int = 3,
+                   threads: Optional[int] = None, log: Callable[[str], None] = print,
+                   precision: str = "float32", target: str = "onnxruntime-cpu") -> QuickstartResult:
+    """``precision="int8"``: the export is the quantised ONNX model (calibrated on the model's training split,
+    :mod:`dsr_deploy.export.int8`) in the forms ``target`` picks (default: ONNX Runtime's CPU, the runtime the
+    quickstart runs it on), verified with the int8 rule; PyTorch's float32 accuracy is reported next to the int8
+    artifacts'."""
+    from . import models
+    from .export import ExportOptions, export_model
+    from .io import atomic_write_text, check_writable_dir
+    from .runtime import available_backends
+    from .verify import verify_folder
+
+    out = Path(out)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_writable_dir(out)
+    spec = f"zoo:{model_name}"
+    if not models.describe(model_name).get("checkpoint"):
+        raise UserError(f"quickstart needs a zoo model with shipped weights; {spec} has none")
+    seconds: Dict[str, float] = {}
+    files: Dict[str, str] = {}
+    t0 = time.perf_counter()
+    ref = _reference(model_name, out, files, log)
     seconds["data_and_pytorch"] = round(time.perf_counter() - t0, 2)
 
-    # 2. export
     t0 = time.perf_counter()
     export_dir = out / EXPORT_DIR
-    shape = (T, EXPORT_EXAMPLE_BATCH) + tuple(x_np.shape[2:])
-    extra = {}
+    shape = (ref.T, EXPORT_EXAMPLE_BATCH) + tuple(ref.x.shape[2:])
     if precision == "int8":
-        from .export.quantize import load_calibration
-
-        formats = ("onnx",)
-        extra = {"calibration": load_calibration(None, spec, shape)}
-    log(f"[2/5] export to {', '.join(formats)} ({precision}) -> {export_dir}")
-    manifest = export_model(model, shape, export_dir, formats_=formats, spec=spec, force=True,
-                            progress=lambda m: log(f"      {m}"), precision=precision, extra_options=extra)
+        formats = ("onnx",)  # calibrated on the zoo model's training split (export_model loads it)
+    log(f"[2/5] export to {', '.join(formats)} ({precision}, target {target}) -> {export_dir}")
+    manifest = export_model(ref.model, shape, export_dir, ExportOptions(formats=tuple(formats), precision=precision,
+                                                                         target=target), spec=spec, force=True,
+                            progress=lambda m: log(f"      {m}"))
     files["export"] = str(export_dir)
     files["manifest"] = str(export_dir / "manifest.json")
-    for art in manifest.get("artifacts", []):
+    for art in manifest.artifacts:
         files[f"artifact:{art.get('format')}"] = str(export_dir / art["path"])
     seconds["export"] = round(time.perf_counter() - t0, 2)
 
-    # 3. verify on the held-out data
     t0 = time.perf_counter()
     log("[3/5] verify every artifact on every available backend (held-out data + one direct-encoded input)")
     report = verify_folder(export_dir, input_file=str(out / HELDOUT_INPUT), labels_file=str(out / HELDOUT_LABELS),
@@ -322,47 +367,29 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
     files["verify_report"] = str(out / VERIFY_REPORT)
     seconds["verify"] = round(time.perf_counter() - t0, 2)
 
-    # 4. accuracy of each artifact
     t0 = time.perf_counter()
     log("[4/5] held-out accuracy of each artifact")
-    rows: List[AccuracyRow] = []
-    for path, fmt, backend, variant, opts, why in _artifact_targets(export_dir):
-        if why is not None:
-            rows.append(AccuracyRow(path.name, fmt, backend, variant, status="skipped", reason=str(why)))
-            continue
-        log(f"      {path.name} on {backend}" + (f" ({variant})" if variant else ""))
-        rows.append(artifact_accuracy(path, fmt, backend, x_np, labels, ref_logits, neuron, params, variant, opts))
+    rows = _accuracy_rows(export_dir, ref, log)
     seconds["accuracy"] = round(time.perf_counter() - t0, 2)
 
-    # 5. benchmark
     bench_doc = None
     if bench:
         t0 = time.perf_counter()
-        log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={T}, {bench_iters} iterations each")
-        bench_doc = _benchmark(model, export_dir, manifest, [r for r in rows if r.status == "ok"], T,
+        log(f"[5/5] benchmark: batch {', '.join(map(str, bench_batches))}, T={ref.T}, {bench_iters} iterations each")
+        bench_doc = _benchmark(ref.model, export_dir, manifest, [r for r in rows if r.status == "ok"], ref.T,
                                shape, bench_batches, bench_iters, bench_warmup, threads)
         atomic_write_text(out / BENCH_REPORT, json.dumps(bench_doc, indent=2) + "\n")
         files["bench_report"] = str(out / BENCH_REPORT)
         seconds["bench"] = round(time.perf_counter() - t0, 2)
     else:
         log("[5/5] benchmark skipped (--no-bench)")
-
     early = None
     if precision == "float32" and "onnx" in formats:  # each image stops when its answer is settled
-        from .quickstart_early_exit import run_early_exit
-
-        t0 = time.perf_counter()
-        log("[+] early exit: streaming export, the cheapest rule within 0.5 points on the held-out split"
-            + (", batch-1 latency" if bench else ""))
-        early = run_early_exit(model, spec, T, x_np, labels, out, export_dir, bench, bench_iters, threads, log)
-        files["early_exit_export"] = early["export"]
-        seconds["early_exit"] = round(time.perf_counter() - t0, 2)
-    from .runtime import available_backends
-
-    result = QuickstartResult(out=out, model=model_name, T=T, heldout=len(labels), pytorch_accuracy=pytorch_acc,
-                              manifest=manifest, verify=report, accuracy=rows, bench=bench_doc, files=files,
-                              seconds=seconds, backends=available_backends(), native=_native_summary(),
-                              precision=precision, early_exit=early)
+        early = _early_exit(ref, spec, out, export_dir, bench, bench_iters, threads, files, seconds, log)
+    result = QuickstartResult(out=out, model=model_name, T=ref.T, heldout=len(ref.labels),
+                              pytorch_accuracy=ref.accuracy, manifest=manifest, verify=report, accuracy=rows,
+                              bench=bench_doc, files=files, seconds=seconds, backends=available_backends(),
+                              native=_native_summary(), precision=precision, early_exit=early)
     files["summary"] = str(out / SUMMARY)
     atomic_write_text(out / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -371,20 +398,18 @@ def run_quickstart(out: Path | str = DEFAULT_OUT, *, model_name: str = DEFAULT_M
 def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRow], T: int, shape: tuple,
                batches: Sequence[int], iters: int, warmup: int, threads: Optional[int] = None) -> dict:
     from . import bench as B
-    from .runtime import load_runner
-    from .runtime.registry import ORT_VARIANTS
+    from .runtime import load_runner, variant_options
 
     opts = {"threads": threads} if threads else {}  # every runner the same intra-op thread count
     entries = [B.BenchEntry("pytorch eager", load_runner(model, backend="torch", input_shape=list(shape), **opts))]
     seen = set()
-    variants = dict(ORT_VARIANTS)
     for r in ok_rows:
         if (r.artifact, r.backend, r.variant) in seen:
             continue
         seen.add((r.artifact, r.backend, r.variant))
         label = f"{r.format}/{r.backend}" + (f" ({r.variant})" if r.variant else "")
         entries.append(B.BenchEntry(label, load_runner(export_dir / r.artifact, backend=r.backend, **opts,
-                                                       **variants.get(r.variant, {}))))
+                                                       **variant_options(r.backend, r.variant))))
     result = B.run_benchmark(entries, list(batches), [T], warmup=warmup, iters=iters, input_shape=list(shape),
                              neurons=B.neurons_from_manifest(manifest), artifact=str(export_dir),
                              settings_extra={"threads": threads})
@@ -393,86 +418,7 @@ def _benchmark(model, export_dir: Path, manifest: dict, ok_rows: List[AccuracyRo
     return result.to_dict()
 
 
-def render(result: QuickstartResult, console=None) -> None:
-    """Print the summary tables and where everything is."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = console or Console()
-    t = Table(title="verify: every artifact x backend vs PyTorch (held-out + direct-encoded inputs)")
-    for col in ("artifact", "backend", "neurons (same input)", "max |diff|", "spikes equal", "top-1",
-                "divergence starts", "result"):
-        t.add_column(col)
-    for r in result.verify["runs"]:
-        if r["status"] != "ok":
-            t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(), "", "", "", "", "",
-                      f"[yellow]{r['status']}: {escape(r['reason'])}[/yellow]")
-            continue
-        agreements = [layer["agreement"] for layer in r.get("layers") or [] if layer.get("agreement") is not None]
-        d = r.get("divergence")
-        div = "none" if not d else (f"L{d['layer']}: input differs by {d['input_max_rel_diff']:.2g} (rel.)"
-                                    if d.get("input_max_rel_diff") is not None else f"L{d['layer']}")
-        t.add_row(r["artifact"], f"{r['backend']} {r.get('variant') or ''}".strip(),
-                  "[green]bit-exact[/green]" if r.get("neuron_exact") else "[red]DIFFER[/red]",
-                  f"{r['max_abs_diff']:g}", f"{min(agreements):.4%}" if agreements else "-",
-                  f"{r['top1_agreement']:.2%}" if r.get("top1_agreement") is not None else "-", div,
-                  "[green]pass[/green]" if r.get("passed")
-                  else "[red]FAIL[/red] " + escape("; ".join(r.get("failures") or [])))
-    console.print(t)
-
-    a = Table(title=f"held-out accuracy ({result.heldout} images, T={result.T}); PyTorch"
-                    + (" float32" if result.precision != "float32" else "") + f": {result.pytorch_accuracy:.2%}"
-                    + (f"; {result.precision} artifacts below" if result.precision != "float32" else ""))
-    for col in ("artifact", "backend", "accuracy", "correct", "vs PyTorch"):
-        a.add_column(col)
-    for r in result.accuracy:
-        backend = f"{r.backend} {r.variant}".strip()
-        if r.status != "ok":
-            a.add_row(r.artifact, backend, f"[yellow]{r.status}: {escape(r.reason)}[/yellow]", "", "")
-            continue
-        vs = vs_pytorch(r)
-        if not _within_rule(r, result.pytorch_accuracy, result.precision):
-            vs = f"[red]{vs}; more than {_max_drop(result.precision)} points below PyTorch[/red]"
-        a.add_row(r.artifact, backend, f"{r.accuracy:.2%}", f"{r.correct}/{r.total}", vs)
-    console.print(a)
-
-    if result.bench:
-        from . import bench as B
-
-        console.print(B.render_table(_bench_from_dict(result.bench)))
-
-    if result.early_exit:
-        from .quickstart_early_exit import render_early_exit
-
-        render_early_exit(result.early_exit, console)
-    if result.native:
-        console.print("native kernels: " + "; ".join(f"{k}: {escape(str(v))}" for k, v in result.native.items()))
-    unusable = {k: v for k, v in result.backends.items() if v}
-    if unusable:
-        console.print("backends not available here: " + "; ".join(f"{k} ({escape(str(v))})"
-                                                                   for k, v in unusable.items()))
-    w = Table(title="where everything is", show_header=False)
-    w.add_column("what")
-    w.add_column("path")
-    for k, v in result.files.items():
-        w.add_row(k, v)
-    console.print(w)
-    if result.passed:
-        same = all(r.identical_to_pytorch for r in result.accuracy if r.status == "ok")
-        console.print("[bold green]quickstart passed[/bold green]: every backend's neurons are bit-exact with "
-                      "PyTorch given the same input, and every artifact "
-                      + (f"gives PyTorch's logits exactly ({result.pytorch_accuracy:.2%} held-out accuracy)"
-                         if same else f"is within {_max_drop(result.precision)} points of PyTorch's "
-                         f"{result.pytorch_accuracy:.2%} held-out accuracy (see the table)") + ". Next: "
-                      f"dsr-deploy bench {result.files.get('export')}  |  "
-                      f"dsr-deploy verify {result.files.get('export')}")
-    else:
-        console.print("[bold red]quickstart FAILED[/bold red]: see the tables above and "
-                      f"{result.files.get('summary')}")
-
-
-def _bench_from_dict(doc: dict):
+def bench_from_dict(doc: dict):
     from . import bench as B
 
     return B.BenchResult(artifact=doc.get("artifact", ""), settings=doc.get("settings", {}),

@@ -23,13 +23,13 @@ def run_early_exit(model: Any, spec: str, T: int, x: np.ndarray, labels: np.ndar
     from . import plugins
     from .bench.early_exit import measure
     from .early_exit import calibrate, manifest_record
-    from .export.streaming import export_streaming
+    from .export import export_model
     from .manifest import read_manifest, write_manifest
     from .runtime import load_runner
     from .runtime.early_exit import manifest_readout, readouts_of
 
     folder = out / STREAM_DIR
-    export_streaming(model, (T, 1, *x.shape[2:]), folder, formats_=("onnx",), spec=spec, force=True)
+    export_model(model, (T, 1, *x.shape[2:]), folder, mode="streaming", formats=("onnx",), spec=spec, force=True)
     opts = {"custom_ops": "require" if plugins.ort_library() else "off", **({"threads": threads} if threads else {})}
     with load_runner(folder, "onnxruntime", **opts) as stream:
         manifest = read_manifest(folder)

@@ -67,7 +67,7 @@ def _int8_rows(results: Path) -> list:
     load = d["settings"].get("load_average", {}).get("before", [0.0])[0]
     speed = (f"{mean[(best, 8)]:.0f} vs {mean[(f32, 8)]:.0f} ms ({_x(mean[(f32, 8)] / mean[(best, 8)])}) / "
              f"{mean[(best, 1)]:.1f} vs {mean[(f32, 1)]:.1f} ms ({_x(mean[(f32, 1)] / mean[(best, 1)])}) with "
-             "`--int8-neuron quantized --int8-layout nhwc`; "
+             "`--target onnxruntime-cpu` (`--int8-neuron quantized --int8-layout nhwc`); "
              f"{_x(mean[(sj, 8)] / mean[(best, 8)])} faster than SpikingJelly eager and "
              f"{_x(mean[(sjc, 8)] / mean[(best, 8)])} than SpikingJelly under `torch.compile` at batch 8; the "
              f"portable Q/DQ form {_x(mean[(f32, 8)] / mean[(q, 8)])} / {_x(mean[(f32, 1)] / mean[(q, 1)])} "
@@ -116,7 +116,7 @@ def block_readme_measured(results: Path) -> str:
          "mappings)",
          f"{_x(i['op_vs_memcpy'])} / {_x(lif['op_vs_memcpy'])} memcpy ({_x(i['op_vs_clone'])} / "
          f"{_x(lif['op_vs_clone'])} a `clone()`); {_x(i['op_vs_spikingjelly'])} / {_x(lif['op_vs_spikingjelly'])} "
-         "faster than SpikingJelly eager (the spread over runs: [plugins/README.md](plugins/README.md))"),
+         "faster than SpikingJelly eager (the spread over runs: [docs/kernel-runs.md](docs/kernel-runs.md))"),
         ("ONNX Runtime with `libdsr_ort_ops.so`",
          f"{_x(i['ort_vs_memcpy'])} / {_x(lif['ort_vs_memcpy'])} memcpy; {_x(i['ort_vs_fallback'])} / "
          f"{_x(lif['ort_vs_fallback'])} faster than the model's function fallback"),

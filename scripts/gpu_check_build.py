@@ -1,6 +1,6 @@
 """The build stage of scripts/gpu_check.py: the CUDA kernels with whatever this machine has, output to a log file.
 
-* nvcc and cmake: ``dsr_deploy.plugins.build`` (the torch op with CUDA kernels + libdsr_kernels.so; if the torch
+* nvcc and cmake: ``dsr_deploy.plugin_build.build`` (the torch op with CUDA kernels + libdsr_kernels.so; if the torch
   adapter does not configure, the CUDA core alone);
 * nvcc, no cmake: one nvcc command builds libdsr_kernels.so (the C entry points, CPU and CUDA kernels, the static
   CUDA runtime; the checks then run the CUDA kernels through ctypes);
@@ -61,8 +61,8 @@ def _run(cmd: list[str], log: Path, timeout: int) -> int:
 
 
 def _cmake_build(python: str, arch: str | None, build: Path, lib_dir: Path, log: Path, torch_op: bool) -> int:
-    code = (f"from dsr_deploy import plugins; plugins.build(torch={torch_op!r}, cuda=True, ort=False, trt=False, "
-            f"cuda_arch={arch!r}, build_dir={str(build)!r}, lib_dir={str(lib_dir)!r}, verbose=True)")
+    code = (f"from dsr_deploy import plugin_build; plugin_build.build(torch={torch_op!r}, cuda=True, ort=False, "
+            f"trt=False, cuda_arch={arch!r}, build_dir={str(build)!r}, lib_dir={str(lib_dir)!r}, verbose=True)")
     return _run([python, "-c", code], log, timeout=420)
 
 

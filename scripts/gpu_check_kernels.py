@@ -372,9 +372,12 @@ def tensorrt_rows(gen):
 
 
 def _tensorrt_row(E, export_model, load_runner, net, x, ref, cal, T, d, precision):
+    from dsr_deploy.export import Int8Options
+
     try:
-        extra = {"calibration": cal, "int8_activations": "int8"} if precision == "int8" else {}
-        export_model(net, tuple(x.shape), d, formats_=("onnx",), precision=precision, extra_options=extra)
+        # int8: the TensorRT form (signed codes, the neurons on the codes)
+        export_model(net, tuple(x.shape), d, formats=("onnx",), precision=precision, target="tensorrt",
+                     **({"int8": Int8Options(calibration=cal)} if precision == "int8" else {}))
         summary = E.build_engine(d / "model.onnx", d / "model.plan", batch=E.Range(1, x.shape[1], x.shape[1]),
                                  timesteps=E.Range(1, T, T), allow_function_fallback=True,
                                  log=lambda m: print(m, flush=True))

@@ -32,14 +32,14 @@ def assert_bit_equal(a: torch.Tensor, b: torch.Tensor, what: str = "") -> None:
 def _build_native() -> None:
     """Build the CPU libraries (the torch op and the ONNX Runtime library; neither needs an SDK) into the default
     folder, once; skip only when this machine has no CMake or no C++ compiler."""
-    from dsr_deploy import errors, plugins
+    from dsr_deploy import errors, plugin_build, plugins
 
     found = plugins.detect()
     if not (found["cmake"]["available"] and found["cxx"]["available"]):
         pytest.skip("cannot build the native libraries here: "
                     + str(found["cmake"]["reason"] or found["cxx"]["reason"]))
     try:
-        plugins.build(torch=True, cuda=False, ort=True, trt=False)
+        plugin_build.build(torch=True, cuda=False, ort=True, trt=False)
     except errors.UserError as exc:
         pytest.fail(f"building the native libraries failed: {exc}")
 

@@ -74,7 +74,7 @@ def export_multistep_onnx(net: nn.Module, x: torch.Tensor, path) -> None:
     """Write ``net`` as a multi-step ONNX model (fixed T, symbolic batch at dim 1) with names input/output."""
     import onnx
 
-    from dsr_deploy import streaming as S
+    from dsr_deploy.export import streaming as S
 
     model = UnrolledMultiStep(S.build_streaming_module(net, x[0])).eval()
     with torch.no_grad():

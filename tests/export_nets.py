@@ -172,7 +172,7 @@ def exported(factory: str, shape, formats=("torchscript", "onnx", "pt2"), **opti
         loaded = load_model(f"{nets_file()}:{factory}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(loaded.model, shape, out, formats_=formats, spec=loaded.spec, **options)
+            export_model(loaded.model, shape, out, formats=formats, spec=loaded.spec, **options)
         _EXPORTS[key] = out
     return _EXPORTS[key]
 

@@ -170,3 +170,88 @@ def test_callers_pass_only_known_runner_options():
                 bad += [f"{path.relative_to(root)}:{node.lineno} {kw.arg}" for kw in node.keywords
                         if kw.arg is not None and kw.arg not in known]
     assert calls > 10 and not bad, (calls, bad)
+
+
+# -- size: no package function over 80 lines, no package file over 500 (split along a seam, not cut to fit) ----
+MAX_FUNCTION_LINES = 80
+MAX_FILE_LINES = 500
+
+
+def _sizes(root: Path):
+    """(file lines over the limit, functions over the limit) of every .py file under ``root``."""
+    files, functions = [], []
+    for p in sorted(root.rglob("*.py")):
+        text = p.read_text()
+        n = len(text.splitlines())
+        if n > MAX_FILE_LINES:
+            files.append(f"{p.relative_to(root.parent)}: {n} lines")
+        for node in ast.walk(ast.parse(text, str(p))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    functions.append(f"{p.relative_to(root.parent)}:{node.lineno} {node.name}: {length} lines")
+    return files, functions
+
+
+def test_no_function_over_80_lines_and_no_file_over_500():
+    files, functions = _sizes(PKG)
+    assert not files and not functions, "\n".join(files + functions)
+
+
+# -- the manifest is read through dsr_deploy.manifest.Manifest's accessors, not by raw key ---------------------
+MANIFEST_KEYS = {"schema", "dsr_deploy_version", "created", "mode", "model", "input_shape", "T", "layout", "dtype",
+                 "dynamic_batch", "lowering", "target", "neurons", "artifacts", "inputs", "outputs", "input_names",
+                 "output_names", "step_shape", "states", "io"}
+
+
+def _raw_manifest_reads(root: Path):
+    """``manifest["io"]`` / ``m.get("states")`` / ``"io" in manifest``: a manifest key read from an object named
+    like a manifest (``manifest``, ``m``, ``*_manifest``, ``x.manifest``) outside the files named manifest.py."""
+    def manifest_like(expr) -> bool:
+        if isinstance(expr, ast.Name):
+            return expr.id == "m" or "manifest" in expr.id.lower()
+        if isinstance(expr, ast.Attribute):  # self.manifest, ctx.manifest (not manifest.io: the io record)
+            return "manifest" in expr.attr.lower()
+        if isinstance(expr, ast.BoolOp):  # (manifest or {})
+            return manifest_like(expr.values[0])
+        if isinstance(expr, ast.Call):  # read_manifest(folder)["io"]
+            return manifest_like(expr.func)
+        return False
+
+    bad = []
+    for p in sorted(root.rglob("*.py")):
+        if p.name == "manifest.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            recv = key = None
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                    and isinstance(node.ctx, ast.Load):
+                recv, key = node.value, node.slice.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("get", "pop", "setdefault") and node.args \
+                    and isinstance(node.args[0], ast.Constant):
+                recv, key = node.func.value, node.args[0].value
+            elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) \
+                    and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+                recv, key = node.comparators[0], node.left.value
+            if recv is not None and key in MANIFEST_KEYS and manifest_like(recv):
+                bad.append(f"{p.relative_to(root.parent)}:{node.lineno} {ast.unparse(node)}")
+    return bad
+
+
+def test_manifest_keys_are_read_only_in_manifest_py():
+    bad = _raw_manifest_reads(PKG)
+    assert not bad, "read these through dsr_deploy.manifest.Manifest's accessors:\n" + "\n".join(bad)
+
+
+def test_the_size_and_manifest_checks_can_fail(tmp_path):
+    pkg = tmp_path / "dsr_deploy"
+    pkg.mkdir()
+    (pkg / "long.py").write_text("def f():\n" + "    x = 1\n" * 80 + "\n" * 430)
+    (pkg / "reader.py").write_text("def g(manifest, m):\n    return manifest['io'], m.get('states'), "
+                                   "'step_shape' in manifest, (manifest.io or {}).get('T')\n")
+    (pkg / "manifest.py").write_text("def h(manifest):\n    return manifest['io']\n")
+    files, functions = _sizes(pkg)
+    assert files == ["dsr_deploy/long.py: 511 lines"] and functions == ["dsr_deploy/long.py:1 f: 81 lines"]
+    bad = _raw_manifest_reads(pkg)
+    assert [b.split(" ", 1)[0] for b in bad] == ["dsr_deploy/reader.py:2"] * 3, bad

@@ -24,6 +24,7 @@ from test_cli_export import run_cli
 from dsr_deploy import functional as F
 from dsr_deploy import ops
 from dsr_deploy.convert import find_neuron_modules, find_neurons, inference_copy, inference_modules
+from dsr_deploy.runtime.stream import StreamSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import authors_nets as A  # noqa: E402
@@ -111,7 +112,7 @@ def test_rule_in_onnx_bodies_and_the_ort_library(rule):
 
     from dsr_deploy.export.onnx_functions import function_proto, step_function_proto
     from dsr_deploy.export.onnx_writer import portable
-    from dsr_deploy.streaming import LIF_STEP_OP
+    from dsr_deploy.export.streaming import LIF_STEP_OP
 
     x = _rule_input()
     want = _reference(x, rule)
@@ -383,10 +384,10 @@ def test_cli_model_without_a_recognisable_neuron(tmp_path, capsys, command):
 
 def test_streaming_refuses_the_flat_layout(tmp_path):
     from dsr_deploy.errors import UserError
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
     with pytest.raises(UserError, match="multi-step mode"):
-        export_streaming(A.resnet_lif(), (4, *A.CIFAR_SHAPE), tmp_path / "s")
+        export_model(A.resnet_lif(), (4, *A.CIFAR_SHAPE), tmp_path / "s", mode="streaming")
 
 
 @pytest.mark.parametrize("rule", ["double", "float32"])
@@ -396,7 +397,8 @@ def test_rule_through_streaming_step_exports(tmp_path, rule):
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
-    from dsr_deploy import streaming as S
+    from dsr_deploy.export import export_model
+    from dsr_deploy.export import streaming as S
     from dsr_deploy.neuron import DSRLIFNode
 
     ensure_torch_native()
@@ -417,10 +419,10 @@ def test_rule_through_streaming_step_exports(tmp_path, rule):
                 ys.append(y)
         assert_bit_equal(torch.stack(ys), ref, f"streaming {lowering}")
     out = tmp_path / "s"
-    S.export_streaming(net, tuple(x.shape), out, formats_=("onnx",))
+    export_model(net, tuple(x.shape), out, mode="streaming", formats=("onnx",))
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    session = S.StreamSession.from_manifest(lambda feeds: dict(zip(names, sess.run(None, dict(feeds)))), out)
+    session = StreamSession.from_manifest(lambda feeds: dict(zip(names, sess.run(None, dict(feeds)))), out)
     assert_bit_equal(torch.from_numpy(session.run(x.numpy())), ref, "streaming ONNX")
 
 

@@ -206,7 +206,7 @@ def test_sigterm_during_verify_removes_its_probe_folder(tmp_path):
 
     loaded = load_model("zoo:digits-cnn")  # a zoo spec: verify rebuilds it without any trust option
     folder = tmp_path / "export"
-    export_model(loaded.model, loaded.default_input_shape, folder, formats_=("torchscript",), spec=loaded.spec)
+    export_model(loaded.model, loaded.default_input_shape, folder, formats=("torchscript",), spec=loaded.spec)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     proc = _cli_proc(["verify", str(folder), "--samples", "4800"], tmp_path, tmpdir)  # seconds of work
@@ -254,7 +254,7 @@ def test_two_exports_to_one_out(tmp_path, user_file):
 
     model = load_model(f"{user_file}:fine").model
     rival, out = tmp_path / "rival", tmp_path / "out"
-    export_model(model, (3, 2, 5), rival, formats_=("torchscript",))
+    export_model(model, (3, 2, 5), rival, formats=("torchscript",))
     theirs = (rival / "manifest.json").read_text()
 
     def land(msg):  # progress is called inside the export, before it publishes
@@ -262,7 +262,7 @@ def test_two_exports_to_one_out(tmp_path, user_file):
             rival.rename(out)
 
     with pytest.raises(UserError, match="appeared while this command ran"):
-        export_model(model, (3, 2, 5), out, formats_=("torchscript",), progress=land)
+        export_model(model, (3, 2, 5), out, formats=("torchscript",), progress=land)
     assert (out / "manifest.json").read_text() == theirs  # the rival's folder, intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 

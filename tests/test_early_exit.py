@@ -20,8 +20,7 @@ from dsr_deploy import plugins
 from dsr_deploy.contract import EXIT_PREDICTION, EXIT_READOUT, EXIT_STEPS, READOUT_STEPS
 from dsr_deploy.early_exit import ExitRule, ExitTracker, Readout, calibrate, candidate_rules, simulate
 from dsr_deploy.errors import UserError
-from dsr_deploy.export import export_model
-from dsr_deploy.export.streaming import export_streaming
+from dsr_deploy.export import IOOptions, export_model
 from dsr_deploy.io_adapter import IOAdapter, io_record
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
@@ -76,10 +75,10 @@ def exported(request, tmp_path_factory):
     out = request.param
     net = exact_net(out)
     d = tmp_path_factory.mktemp(f"ee_{out}")
-    io = io_record(T, readout=readout_kind(out), per_step_readout=True)
-    export_model(net, (T, 2, F), d / "per_step", formats_=("torchscript", "onnx", "pt2"), io=io)
-    export_model(net, (T, 2, F), d / "spikes", formats_=("onnx",))
-    export_streaming(net, (T, 1, F), d / "stream", formats_=("torchscript", "onnx"))
+    io = IOOptions(readout=readout_kind(out), per_step_readout=True)
+    export_model(net, (T, 2, F), d / "per_step", formats=("torchscript", "onnx", "pt2"), io=io)
+    export_model(net, (T, 2, F), d / "spikes", formats=("onnx",))
+    export_model(net, (T, 1, F), d / "stream", mode="streaming", formats=("torchscript", "onnx"))
     return out, net, d
 
 
@@ -93,7 +92,7 @@ def own_prefixes(d, net, out: str, x: np.ndarray, backend: str, opts: dict) -> n
     for t in range(1, x.shape[0] + 1):
         folder = d / f"T{t}"
         if not folder.exists():
-            export_model(net, (t, 2, F), folder, formats_=("onnx",), io=io_record(t, readout=readout_kind(out)))
+            export_model(net, (t, 2, F), folder, formats=("onnx",), io=IOOptions(readout=readout_kind(out)))
         with load_runner(folder, backend, **opts) as r:
             rows.append(r.infer({"input": x[:t]})["output"])
     return np.stack(rows)

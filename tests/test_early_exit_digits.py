@@ -14,7 +14,7 @@ from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI ca
 from dsr_deploy import models
 from dsr_deploy.contract import EXIT_PREDICTION, EXIT_STEPS
 from dsr_deploy.encoding import direct_encode
-from dsr_deploy.export.streaming import export_streaming
+from dsr_deploy.export import export_model
 from dsr_deploy.models.digits import DIGITS_T, load_digits_split
 from dsr_deploy.runtime import load_runner
 
@@ -30,7 +30,8 @@ def digits(tmp_path_factory):
     y = split.y_test.numpy()
     np.save(d / "x.npy", x)
     np.save(d / "y.npy", y)
-    export_streaming(models.build("digits-cnn").eval(), (DIGITS_T, 1, 1, 8, 8), d / "stream", formats_=("onnx",),
+    export_model(models.build("digits-cnn").eval(), (DIGITS_T, 1, 1, 8, 8), d / "stream", mode="streaming",
+                 formats=("onnx",),
                      spec="zoo:digits-cnn")
     return d, x, y
 

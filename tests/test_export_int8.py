@@ -1,4 +1,4 @@
-"""``export --precision int8``: the Q/DQ graph (dsr_deploy/export/quantize.py) on tiny networks.
+"""``export --precision int8``: the Q/DQ graph (dsr_deploy/export/int8/) on tiny networks.
 
 Structure (which tensors are quantised, spike scales = spike values with zero point 0, per-channel weight scales,
 the analog first layer and the readout float32 by default), exactness of the spike quantisation in ONNX Runtime,
@@ -16,8 +16,8 @@ from test_cli_export import run_cli
 
 from dsr_deploy import functional as F
 from dsr_deploy.errors import UserError
-from dsr_deploy.export import export_model
-from dsr_deploy.export.quantize import load_calibration, qparams, quantize_weight, spike_value
+from dsr_deploy.export import Int8Options, export_model
+from dsr_deploy.export.int8 import load_calibration, qparams, quantize_weight, spike_value
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
 
@@ -64,10 +64,14 @@ def _calibration(n=6, seed=0):
     return (np.random.default_rng(seed).normal(size=(T, n, *SHAPE[2:])) * 2).astype(np.float32)
 
 
+def int8_options(**kw):
+    """Int8Options from export flags' names (int8_neuron=..., int8_all_layers=...)."""
+    return Int8Options(**{k[5:] if k.startswith("int8_") else k: v for k, v in kw.items()})
+
+
 def _export(tmp_path, name="e", **extra):
-    opts = {"calibration": _calibration(), **extra}
-    manifest = export_model(_net(), SHAPE, tmp_path / name, formats_=("onnx",), precision="int8",
-                            extra_options=opts)
+    manifest = export_model(_net(), SHAPE, tmp_path / name, formats=("onnx",), precision="int8",
+                            int8=int8_options(calibration=_calibration(), **extra))
     return manifest, onnx.load(str(tmp_path / name / "model.onnx"))
 
 
@@ -213,18 +217,18 @@ def test_int8_close_to_float32(tmp_path):
 
 def test_calibration_required_and_checked(tmp_path):
     with pytest.raises(UserError, match="--precision int8 needs calibration data: pass --calibration"):
-        export_model(_net(), SHAPE, tmp_path / "a", formats_=("onnx",), precision="int8")
+        export_model(_net(), SHAPE, tmp_path / "a", formats=("onnx",), precision="int8")
     with pytest.raises(UserError, match=r"calibration data \(--calibration\) has shape \[4, 6, 3, 6, 6\]"):
-        export_model(_net(), SHAPE, tmp_path / "b", formats_=("onnx",), precision="int8",
-                     extra_options={"calibration": np.zeros((T, 6, 3, 6, 6), np.float32)})
+        export_model(_net(), SHAPE, tmp_path / "b", formats=("onnx",), precision="int8",
+                     int8=Int8Options(calibration=np.zeros((T, 6, 3, 6, 6), np.float32)))
     bad = _calibration()
     bad[0, 0, 0, 0, 0] = np.nan
     with pytest.raises(UserError, match="NaN"):
-        export_model(_net(), SHAPE, tmp_path / "c", formats_=("onnx",), precision="int8",
-                     extra_options={"calibration": bad})
+        export_model(_net(), SHAPE, tmp_path / "c", formats=("onnx",), precision="int8",
+                     int8=Int8Options(calibration=bad))
     with pytest.raises(UserError, match="--precision int8 is written for onnx only"):
-        export_model(_net(), SHAPE, tmp_path / "d", formats_=("onnx", "torchscript"), precision="int8",
-                     extra_options={"calibration": _calibration()})
+        export_model(_net(), SHAPE, tmp_path / "d", formats=("onnx", "torchscript"), precision="int8",
+                     int8=Int8Options(calibration=_calibration()))
     with pytest.raises(UserError, match="ships no calibration data"):
         load_calibration(None, "zoo:cnn-small", SHAPE)
     assert not any((tmp_path / n).exists() for n in "abcd")
@@ -234,7 +238,7 @@ def test_calibration_file_and_zoo_default(tmp_path):
     np.save(tmp_path / "cal.npy", _calibration())
     assert load_calibration(tmp_path / "cal.npy", None, SHAPE).shape == (T, 6, *SHAPE[2:])
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(UserError, match="is not a readable .npy array"):
+    with pytest.raises(UserError, match="is not a readable .npy array"):  # read by dsr_deploy.input_files
         load_calibration(tmp_path / "bad.npy", None, SHAPE)
     digits = load_calibration(None, "zoo:digits-cnn", (8, 1, 1, 8, 8))
     assert digits.shape[0] == 8 and digits.shape[2:] == (1, 8, 8) and digits.shape[1] > 1000  # the training split
@@ -268,13 +272,13 @@ def _stream(folder, manifest, x):
 
 
 def test_streaming_int8_step_equals_multistep_int8(tmp_path):
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
     cal = _calibration()
-    export_model(_net(), SHAPE, tmp_path / "m", formats_=("onnx",), precision="int8",
-                 extra_options={"calibration": cal})
-    manifest = export_streaming(_net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
-                                extra_options={"calibration": cal})
+    export_model(_net(), SHAPE, tmp_path / "m", formats=("onnx",), precision="int8",
+                 int8=Int8Options(calibration=cal))
+    manifest = export_model(_net(), SHAPE, tmp_path / "s", mode="streaming", formats=("onnx",), precision="int8",
+                                int8=Int8Options(calibration=cal))
     art = manifest["artifacts"][0]
     assert art["precision"] == "int8" and art["quantization"]["quantized_layers"] == 2
     step = onnx.load(str(tmp_path / "s" / "model.onnx"))
@@ -286,7 +290,7 @@ def test_streaming_int8_step_equals_multistep_int8(tmp_path):
     assert (want != 0).any()
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
     with pytest.raises(UserError, match="needs calibration data"):
-        export_streaming(_net(), SHAPE, tmp_path / "s2", formats_=("onnx",), precision="int8")
+        export_model(_net(), SHAPE, tmp_path / "s2", mode="streaming", formats=("onnx",), precision="int8")
 
 
 def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
@@ -300,7 +304,7 @@ def test_cli_int8_export_errors_and_bench_compare(tmp_path, capsys):
                            "--int8-neuron", "int4", "--out", str(tmp_path / "z"))
     assert code == 2 and "unknown --int8-neuron" in err
     _export(tmp_path, "q")
-    export_model(_net(), SHAPE, tmp_path / "f", formats_=("onnx",))
+    export_model(_net(), SHAPE, tmp_path / "f", formats=("onnx",))
     code, out, _ = run_cli(capsys, "bench", str(tmp_path / "f"), "--compare", str(tmp_path / "q"), "--backend",
                         "onnxruntime", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-memcpy")
     assert code == 0
@@ -482,13 +486,13 @@ def test_signed_int8_is_verified_teacher_forced(tmp_path):
 
 
 def test_streaming_signed_int8_step_equals_multistep_signed_int8(tmp_path):
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
     cal = _calibration()
-    opts = {"calibration": cal, "int8_activations": "int8"}
-    export_model(_net(), SHAPE, tmp_path / "m", formats_=("onnx",), precision="int8", extra_options=dict(opts))
-    manifest = export_streaming(_net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
-                                extra_options=dict(opts))
+    opts = {"calibration": cal, "activations": "int8"}
+    export_model(_net(), SHAPE, tmp_path / "m", formats=("onnx",), precision="int8", int8=Int8Options(**opts))
+    manifest = export_model(_net(), SHAPE, tmp_path / "s", mode="streaming", formats=("onnx",), precision="int8",
+                                int8=Int8Options(**opts))
     assert manifest["artifacts"][0]["quantization"]["activations"] == "int8"
     step = onnx.load(str(tmp_path / "s" / "model.onnx"))
     zps = [i for i in step.graph.initializer if i.name.endswith("_zp") and not i.name.startswith("int8_onnx")]
@@ -521,26 +525,22 @@ def test_cli_int8_activations_option(tmp_path, capsys):
 def test_signed_activations_and_the_onnx_runtime_layout_are_exclusive():
     """``--int8-layout nhwc`` (ONNX Runtime's channels-last int8 graph, another branch) with the TensorRT form: one
     line asking to choose."""
-    from dsr_deploy.export.quantize import int8_options
-
     cal = _calibration()
     with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):
-        int8_options({"calibration": cal, "int8_activations": "int8", "int8_layout": "nhwc"}, SHAPE, 1)
-    assert int8_options({"calibration": cal, "int8_activations": "int8"}, SHAPE, 1)["int8_activations"] == "int8"
+        Int8Options(cal, activations="int8", layout="nhwc").resolved()
+    with pytest.raises(UserError, match="--int8-activations int8 is the TensorRT form.*choose one"):
+        Int8Options(cal, activations="int8").resolved("onnxruntime-cpu")  # the target's nhwc with the flag's int8
+    assert Int8Options(cal, activations="int8").resolved().activations == "int8"
 
 
 def test_tensorrt_form_defaults_to_the_quantised_neuron_ops(tmp_path, capsys):
     """--int8-activations int8 (the TensorRT form) without --int8-neuron: the quantised neuron ops (input -> Q ->
     plugin -> DQ: TensorRT never fuses a float node between Q and DQ into a plugin); uint8 keeps qdq; an explicit
     --int8-neuron is kept either way. Before: qdq for both."""
-    from dsr_deploy.export.quantize import default_neuron, int8_options
-
     cal = _calibration()
-    assert int8_options({"calibration": cal, "int8_activations": "int8"}, SHAPE, 1)["int8_neuron"] == "quantized"
-    assert int8_options({"calibration": cal}, SHAPE, 1)["int8_neuron"] == "qdq"
-    assert int8_options({"calibration": cal, "int8_activations": "int8", "int8_neuron": "qdq"}, SHAPE,
-                        1)["int8_neuron"] == "qdq"
-    assert (default_neuron("int8"), default_neuron("uint8")) == ("quantized", "qdq")
+    assert Int8Options(cal, activations="int8").resolved().neuron == "quantized"
+    assert Int8Options(cal).resolved().neuron == "qdq"
+    assert Int8Options(cal, activations="int8", neuron="qdq").resolved().neuron == "qdq"
     manifest, model = _export(tmp_path, int8_activations="int8")
     q = manifest["artifacts"][0]["quantization"]
     assert q["neuron"] == "quantized" and q["quantized_neurons"] == 2

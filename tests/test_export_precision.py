@@ -39,7 +39,7 @@ def _dsr_nodes(model):
 
 @pytest.mark.parametrize("precision, elem", [("float16", TensorProto.FLOAT16), ("bfloat16", TensorProto.BFLOAT16)])
 def test_half_export_types(tmp_path, precision, elem):
-    manifest = export_model(_mlp(), SHAPE, tmp_path / "e", formats_=("onnx",), precision=precision)
+    manifest = export_model(_mlp(), SHAPE, tmp_path / "e", formats=("onnx",), precision=precision)
     assert manifest["dtype"] == precision
     model = onnx.load(str(tmp_path / "e" / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -73,7 +73,7 @@ def _with_layer_io(path, out_path):
 
 
 def test_float16_rule_teacher_forced_through_the_ort_runner(tmp_path):
-    export_model(_mlp(), SHAPE, tmp_path / "e", formats_=("onnx",), precision="float16")
+    export_model(_mlp(), SHAPE, tmp_path / "e", formats=("onnx",), precision="float16")
     pairs = _with_layer_io(tmp_path / "e" / "model.onnx", tmp_path / "probe.onnx")
     runner = load_runner(tmp_path / "probe.onnx", backend="onnxruntime").load()
     assert runner.inputs()[0].dtype == "float16"
@@ -101,7 +101,7 @@ def test_bfloat16_function_bodies_are_exact_in_ort(tmp_path):
     the dsr function bodies run: a neuron-only model, fed and read as raw bfloat16 OrtValues."""
     import onnxruntime as ort
 
-    export_model(_neurons(), SHAPE, tmp_path / "e", formats_=("onnx",), precision="bfloat16")
+    export_model(_neurons(), SHAPE, tmp_path / "e", formats=("onnx",), precision="bfloat16")
     sess = ort.InferenceSession(str(tmp_path / "e" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)) * 3).to(torch.bfloat16)
     feed = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(x.view(torch.int16).numpy(), TensorProto.BFLOAT16)
@@ -118,9 +118,9 @@ def test_bfloat16_function_bodies_are_exact_in_ort(tmp_path):
 
 def test_precision_errors(tmp_path):
     with pytest.raises(UserError, match="unknown --precision 'int4'"):
-        export_model(_mlp(), SHAPE, tmp_path / "a", formats_=("onnx",), precision="int4")
+        export_model(_mlp(), SHAPE, tmp_path / "a", formats=("onnx",), precision="int4")
     with pytest.raises(UserError, match="--precision float16 is written for onnx only .*torchscript"):
-        export_model(_mlp(), SHAPE, tmp_path / "b", formats_=("onnx", "torchscript"), precision="float16")
+        export_model(_mlp(), SHAPE, tmp_path / "b", formats=("onnx", "torchscript"), precision="float16")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -144,10 +144,10 @@ def test_streaming_float16_steps_teacher_forced(tmp_path):
     computed for it, gives the reference step's spikes and membrane bit for bit."""
     import onnxruntime as ort
 
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
     net = _mlp()
-    manifest = export_streaming(net, SHAPE, tmp_path / "s", formats_=("onnx",), precision="float16")
+    manifest = export_model(net, SHAPE, tmp_path / "s", mode="streaming", formats=("onnx",), precision="float16")
     assert manifest["dtype"] == "float16" and all(s["dtype"] == "float32" for s in manifest["states"])
     model = onnx.load(str(tmp_path / "s" / "model.onnx"))
     types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
@@ -248,7 +248,7 @@ def test_bfloat16_conv_batchnorm_export_runs_in_ort(tmp_path):
     from export_nets import ours_conv_net
 
     shape = (4, 2, 3, 8, 8)
-    manifest = export_model(ours_conv_net(), shape, tmp_path / "e", formats_=("onnx",), precision="bfloat16")
+    manifest = export_model(ours_conv_net(), shape, tmp_path / "e", formats=("onnx",), precision="bfloat16")
     assert manifest["dtype"] == "bfloat16"
     model = onnx.load(str(tmp_path / "e" / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -276,7 +276,7 @@ def test_bfloat16_conv_needs_opset_22(tmp_path):
     from export_nets import ours_conv_net
 
     with pytest.raises(UserError, match="--precision bfloat16 with convolutions needs --opset 22"):
-        export_model(ours_conv_net(), (4, 2, 3, 8, 8), tmp_path / "e", formats_=("onnx",), precision="bfloat16",
+        export_model(ours_conv_net(), (4, 2, 3, 8, 8), tmp_path / "e", formats=("onnx",), precision="bfloat16",
                      opset=18)
     assert not (tmp_path / "e").exists()
 
@@ -285,9 +285,10 @@ def test_streaming_bfloat16_conv_batchnorm_export(tmp_path):
     """The streaming (step) export of the same CNN at bfloat16: opset 22, bfloat16 weights, checked."""
     from export_nets import ours_conv_net
 
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
-    export_streaming(ours_conv_net(), (4, 2, 3, 8, 8), tmp_path / "s", formats_=("onnx",), precision="bfloat16")
+    export_model(ours_conv_net(), (4, 2, 3, 8, 8), tmp_path / "s", mode="streaming",
+                 formats=("onnx",), precision="bfloat16")
     model = onnx.load(str(tmp_path / "s" / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 22

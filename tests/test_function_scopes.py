@@ -39,7 +39,7 @@ def test_portable_lowering_has_no_function_and_unique_names():
 def test_streaming_step_functions_are_scoped_and_still_run(tmp_path):
     import onnxruntime as ort
 
-    from dsr_deploy import streaming as S
+    from dsr_deploy.export import streaming as S
     from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 
     # Neurons only (no conv whose last bits depend on the library): the step must match bit for bit.

@@ -54,7 +54,7 @@ NUMBERS = [
     (["verify", "x"], "--min-top1", "1.5", "<= 1"),
     (["verify", "x"], "--max-accuracy-drop", "-inf", "finite"),
     (["verify", "x"], "--min-agreement", "-0.1", ">= 0"),
-    (["verify", "x"], "--samples", "0", ">= 1"),
+    (["verify", "x"], "--samples", "-1", ">= 0"),
     (["verify", "x"], "--seed", "-1", ">= 0"),
     (["serve", "x"], "--port", "70000", "<= 65535"),
     (["serve", "x"], "--max-request-mb", "nan", "finite"),

@@ -1,4 +1,4 @@
-"""``export --precision int8 --int8-layout nhwc`` (dsr_deploy/export/int8_layout.py): the int8 graph written
+"""``export --precision int8 --int8-layout nhwc`` (dsr_deploy/export/int8/layout.py): the int8 graph written
 channels-last for ONNX Runtime's CPU.
 
 Structure (every quantised convolution a channels-last ``com.microsoft.QLinearConv``, no transpose between two of
@@ -17,7 +17,7 @@ from test_cli_export import run_cli
 from test_export_int8 import IF, LIF, SHAPE, T, _calibration
 
 from dsr_deploy.errors import UserError
-from dsr_deploy.export import export_model
+from dsr_deploy.export import Int8Options, export_model
 from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
 from dsr_deploy.runtime import load_runner
 
@@ -63,9 +63,14 @@ class Net(torch.nn.Module):
         return self.n4(fold(self.fc, s3.flatten(2)))
 
 
+def int8_options(**kw):
+    """Int8Options from export flags' names (int8_neuron=..., int8_layout=...)."""
+    return Int8Options(**{k[5:] if k.startswith("int8_") else k: v for k, v in kw.items()})
+
+
 def _export(tmp_path, name, **extra):
-    manifest = export_model(Net(), SHAPE, tmp_path / name, formats_=("onnx",), precision="int8",
-                            extra_options={"calibration": _calibration(), **extra})
+    manifest = export_model(Net(), SHAPE, tmp_path / name, formats=("onnx",), precision="int8",
+                            int8=int8_options(calibration=_calibration(), **extra))
     return manifest, onnx.load(str(tmp_path / name / "model.onnx"))
 
 
@@ -147,12 +152,12 @@ def test_verify_teacher_forces_the_nhwc_neurons(tmp_path, neuron):
 
 
 def test_nhwc_streaming_step_equals_multistep(tmp_path):
-    from dsr_deploy.streaming import export_streaming
+    from dsr_deploy.export import export_model
 
     cal = _calibration()
     _export(tmp_path, "m", int8_layout="nhwc")
-    manifest = export_streaming(Net(), SHAPE, tmp_path / "s", formats_=("onnx",), precision="int8",
-                                extra_options={"calibration": cal, "int8_layout": "nhwc"})
+    manifest = export_model(Net(), SHAPE, tmp_path / "s", mode="streaming", formats=("onnx",), precision="int8",
+                                int8=Int8Options(calibration=cal, layout="nhwc"))
     step = onnx.load(str(tmp_path / "s" / "model.onnx"))
     assert any(n.op_type == "QLinearConv" and n.domain == "com.microsoft" for n in step.graph.node)
     x = _calibration(n=3, seed=9)

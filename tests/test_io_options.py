@@ -12,8 +12,8 @@ import torch
 from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 from dsr_deploy import models
-from dsr_deploy.export import export_model
-from dsr_deploy.io_adapter import io_record, wrap_io
+from dsr_deploy.export import IOOptions, export_model
+from dsr_deploy.io_adapter import wrap_io
 from dsr_deploy.models.common import firing_rate
 
 T, B = 4, 3
@@ -48,9 +48,9 @@ def lif_direct(tmp_path_factory):
     """LIF net exported with --encode direct --readout lif-rate: function lowering, portable lowering."""
     net = _net("lif")
     d = tmp_path_factory.mktemp("io")
-    io = io_record(T, encode="direct", readout="lif-rate")
-    m = export_model(net, SHAPE, d / "fn", formats_=("torchscript", "onnx", "pt2"), io=io)
-    export_model(net, SHAPE, d / "portable", formats_=("onnx",), io=io, lowering="portable")
+    io = IOOptions(encode="direct", readout="lif-rate")
+    m = export_model(net, SHAPE, d / "fn", formats=("torchscript", "onnx", "pt2"), io=io)
+    export_model(net, SHAPE, d / "portable", formats=("onnx",), io=io, lowering="portable")
     return net, d, m
 
 
@@ -90,8 +90,8 @@ def test_direct_encoding_and_lif_rate_readout_equal_the_authors_logits_in_every_
 
 def test_mean_readout_of_an_if_net_is_the_exact_rate(tmp_path):
     net = _net("if", 2)
-    io = io_record(T, encode="direct", readout="mean")
-    export_model(net, SHAPE, tmp_path / "e", formats_=("torchscript", "onnx"), io=io)
+    io = IOOptions(encode="direct", readout="mean")
+    export_model(net, SHAPE, tmp_path / "e", formats=("torchscript", "onnx"), io=io)
     x = _static(3)
     with torch.no_grad():
         spikes = net(x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
@@ -104,7 +104,7 @@ def test_mean_readout_of_an_if_net_is_the_exact_rate(tmp_path):
 
 def test_bt_layout_keeps_a_dynamic_T(tmp_path):
     net = _net("lif", 4)
-    export_model(net, SHAPE, tmp_path / "bt", formats_=("torchscript", "onnx", "pt2"), io=io_record(T, "BT"))
+    export_model(net, SHAPE, tmp_path / "bt", formats=("torchscript", "onnx", "pt2"), io=IOOptions("BT"))
     m = json.loads((tmp_path / "bt" / "manifest.json").read_text())
     assert m["input_shape"] == [2, T, 1, 8, 8] and m["io"]["output"] == "spikes" and m["layout"] == "BT..."
     net.apply(lambda mod: setattr(mod, "T", None) if hasattr(mod, "v_threshold_lower_bound") else None)

@@ -11,8 +11,8 @@ import yaml
 from _streaming_nets import export_multistep_onnx, mlp_net
 
 from dsr_deploy import contract
-from dsr_deploy import streaming as S
 from dsr_deploy.cli import main
+from dsr_deploy.export import export_model
 
 T, B = 5, 3
 
@@ -26,7 +26,7 @@ def exports(tmp_path_factory):
     multi.mkdir()
     export_multistep_onnx(net, x, multi / "model.onnx")
     stream = root / "mlp_stream"
-    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",))
+    export_model(net, tuple(x.shape), stream, mode="streaming", formats=("onnx",))
     return multi, stream
 
 

@@ -57,7 +57,7 @@ def zoo_export(tmp_path_factory):
     from dsr_deploy.export import export_model
 
     out = tmp_path_factory.mktemp("zoo") / "export"
-    export_model(models.build("digits-cnn"), ZOO_SHAPE, out, formats_=("onnx", "pt2"), spec=ZOO)
+    export_model(models.build("digits-cnn"), ZOO_SHAPE, out, formats=("onnx", "pt2"), spec=ZOO)
     return out
 
 

@@ -46,7 +46,7 @@ def test_lif_cnn_exports_to_every_format_bit_exact(tmp_path):
 
     model = zoo.build("cnn-small", T=None, neuron="lif", image_size=8, channels=(4, 8), v_threshold=0.05, delta_t=0.5,
                       pretrained=False).eval()
-    manifest = export_model(model, (3, 2, 1, 8, 8), tmp_path / "exp", formats_=("torchscript", "onnx", "pt2"))
+    manifest = export_model(model, (3, 2, 1, 8, 8), tmp_path / "exp", formats=("torchscript", "onnx", "pt2"))
     x = (np.random.default_rng(0).random((3, 5, 1, 8, 8)) * 3).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _native_util import repo_root
 
-from dsr_deploy import plugins
+from dsr_deploy import plugin_build, plugins
 
 FOUND = plugins.detect(trt_root=os.environ.get("TENSORRT_ROOT"))
 pytestmark = [
@@ -142,7 +142,7 @@ def test_without_libnvinfer_only_the_dynamic_library_is_built(built):
     # `plugins build` (the CLI's path): the static library is skipped with that one line, the dynamic one installed.
     os.environ.pop("TENSORRT_LIB_DIR", None)
     lib_dir = built["tmp"] / "lib"
-    record = plugins.build(torch=False, cuda=True, ort=False, trt=True, trt_root=FOUND["trt"]["root"],
+    record = plugin_build.build(torch=False, cuda=True, ort=False, trt=True, trt_root=FOUND["trt"]["root"],
                            cuda_arch="90", build_dir=built["tmp"] / "cli-build", lib_dir=lib_dir)
     assert record["skipped"]["trt"].startswith("dsr: " + plugins.TRT_NOT_BUILT)
     assert set(record["libraries"]) == {"trt_dynamic", "kernels"}

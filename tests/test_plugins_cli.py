@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from _native_util import ensure_torch_native
 
-from dsr_deploy import plugins
+from dsr_deploy import plugin_build, plugins
 from dsr_deploy.errors import UserError
 
 
@@ -85,11 +85,11 @@ def test_detect_finds_headers_in_the_usual_layouts(tmp_path):
 def test_torch_arch_list_spelling():
     # A CUDA torch appends its own -gencode list unless TORCH_CUDA_ARCH_LIST is set, and its default list holds
     # architectures (compute_50) that nvcc 13 refuses; the build passes the one asked for, in torch's spelling.
-    assert plugins._torch_arch("90") == "9.0"
-    assert plugins._torch_arch("90;100a") == "9.0;10.0a"
-    assert plugins._torch_arch("86-real") == "8.6"
-    assert plugins._torch_arch("120") == "12.0"
-    assert plugins._torch_arch("native") is None
+    assert plugins.torch_arch("90") == "9.0"
+    assert plugins.torch_arch("90;100a") == "9.0;10.0a"
+    assert plugins.torch_arch("86-real") == "8.6"
+    assert plugins.torch_arch("120") == "12.0"
+    assert plugins.torch_arch("native") is None
 
 
 def test_cuda_root_sees_through_an_nvcc_wrapper(tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_a_failed_build_step_names_the_compiler_message(tmp_path):
                       "echo 'ninja: build stopped: subcommand failed.'\nexit 1\n")
     script.chmod(0o755)
     with pytest.raises(UserError) as info:
-        plugins._run([str(script)], [], verbose=False)
+        plugin_build.run([str(script)], [], verbose=False)
     msg = str(info.value)
     assert "Unsupported gpu architecture 'compute_50'" in msg and "\n" not in msg
 

@@ -21,7 +21,6 @@ from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.runtime import load_runner  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess, alive  # noqa: E402
-from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 T = 6
 IDLE_TIMEOUT_S = 3.0
@@ -33,9 +32,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     net_multi, net_stream = conv_net(), mlp_net()
     multi = root / "conv"
-    export_model(net_multi, (T, 2, 2, 8, 8), multi, formats_=("onnx",))  # onnxruntime backend
+    export_model(net_multi, (T, 2, 2, 8, 8), multi, formats=("onnx",))  # onnxruntime backend
     stream = root / "mlp_stream"
-    export_streaming(net_stream, (T, 2, 6), stream, formats_=("torchscript",))  # torchscript backend
+    export_model(net_stream, (T, 2, 6), stream, mode="streaming", formats=("torchscript",))  # torchscript backend
     server = ServerProcess(root, [multi, stream], ["--max-batch", "16", "--idle-timeout", str(IDLE_TIMEOUT_S)],
                            start_timeout_s=START_TIMEOUT_S)
     state = {"server": server, "stopped": False}

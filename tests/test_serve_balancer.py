@@ -23,10 +23,10 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) is not
 pytest.importorskip("tritonclient.http", reason="tritonclient (the serve extra) is not installed")
 from _streaming_nets import mlp_net  # noqa: E402
 
+from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.serving.balancer import NginxProcess, find_nginx  # noqa: E402
 from dsr_deploy.serving.client import SequenceStateLost, ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess, free_ports  # noqa: E402
-from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 pytestmark = pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (Debian: apt-get install "
                                 "nginx-light; .ci/run tries that before make test)")
@@ -42,7 +42,7 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("balancer")
     net = mlp_net()
     art = root / MODEL
-    export_streaming(net, (T, 1, 6), art, formats_=("torchscript",))
+    export_model(net, (T, 1, 6), art, mode="streaming", formats=("torchscript",))
     replicas = [None, None]
 
     # PyTriton's IPC sockets live in its workspace, and a Unix socket path has at most 107 bytes: pytest's

@@ -151,7 +151,7 @@ def test_serve_with_a_too_long_pytriton_home_exits_2_before_starting(tmp_path):
 
     from dsr_deploy.export import export_model
 
-    export_model(mlp_net(), (4, 1, 6), tmp_path / "mlp", formats_=("torchscript",))
+    export_model(mlp_net(), (4, 1, 6), tmp_path / "mlp", formats=("torchscript",))
     home = tmp_path / ("h" * 100)
     env = dict(os.environ, PYTRITON_HOME=str(home))
     res = subprocess.run([sys.executable, "-m", "dsr_deploy", "serve", str(tmp_path / "mlp")], capture_output=True,

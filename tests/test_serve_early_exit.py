@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from dsr_deploy.contract import EXIT_PREDICTION, EXIT_READOUT, EXIT_STEPS  # noqa: E402
 from dsr_deploy.early_exit import ExitRule, Readout  # noqa: E402
-from dsr_deploy.export.streaming import export_streaming  # noqa: E402
+from dsr_deploy.export import export_model
 from dsr_deploy.runtime import load_runner  # noqa: E402
 from dsr_deploy.runtime.stream import StreamSession  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
@@ -25,7 +25,7 @@ from dsr_deploy.serving.process import ServerProcess  # noqa: E402
 def test_served_sequences_stop_early_with_the_local_result(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ee")  # short: the server's AF_UNIX socket paths live under it
     stream = tmp_path / "exact_stream"
-    export_streaming(exact_net("if"), (T, 1, 8), stream, formats_=("onnx",))
+    export_model(exact_net("if"), (T, 1, 8), stream, mode="streaming", formats=("onnx",))
     x = exact_input(6, seed=4)
     rule = ExitRule("stable", 2)
     with load_runner(stream, "onnxruntime") as r:

@@ -17,20 +17,19 @@ from _streaming_nets import conv_net, mlp_net  # noqa: E402
 from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.serving.client import ServeClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess  # noqa: E402
-from dsr_deploy.streaming import export_streaming  # noqa: E402
 
 T = 6
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_hardening")
+    root = tmp_path_factory.mktemp("sh")  # short: PyTriton's socket paths under it have 107 bytes at most
     multi = root / "conv"
-    export_model(conv_net(), (T, 2, 2, 8, 8), multi, formats_=("onnx",))
+    export_model(conv_net(), (T, 2, 2, 8, 8), multi, formats=("onnx",))
     # A model file lying in the folder, not listed in its manifest: never served.
     (multi / "model.ts").write_bytes(b"not listed")
     stream = root / "mlp_stream"
-    export_streaming(mlp_net(), (T, 2, 6), stream, formats_=("torchscript",))
+    export_model(mlp_net(), (T, 2, 6), stream, mode="streaming", formats=("torchscript",))
     server = ServerProcess(root, [multi, stream], ["--max-batch", "16"], start_timeout_s=120)
     yield {"server": server, "multi": multi}
     if server.proc.poll() is None:

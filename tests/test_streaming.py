@@ -14,8 +14,10 @@ import torch
 from _streaming_nets import SeqToANN, conv_net, mlp_net
 from torch import nn
 
-from dsr_deploy import streaming as S
 from dsr_deploy.errors import UserError
+from dsr_deploy.export import export_model
+from dsr_deploy.export import streaming as S
+from dsr_deploy.runtime.stream import StreamSession, manifest_states
 
 T = 6
 
@@ -30,7 +32,7 @@ def conv_export(tmp_path_factory):
     net = conv_net()
     x = _inputs((T, 3, 2, 8, 8), 0)
     out = tmp_path_factory.mktemp("stream") / "conv"
-    manifest = S.export_streaming(net, tuple(x.shape), out)
+    manifest = export_model(net, tuple(x.shape), out, mode="streaming")
     with torch.no_grad():
         ref = net(x).numpy()
     assert ref.any() and not (ref > 0).all(), "the test net must fire on some steps and not others"
@@ -130,7 +132,7 @@ def test_onnx_nodes_attributes_and_functions(conv_export):
 
 def test_onnx_stock_ort_stream_is_bit_exact(conv_export):
     net, x, ref, out, manifest = conv_export
-    session = S.StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
+    session = StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
     assert np.array_equal(session.run(x.numpy()), ref)
     # Another batch size through the same (dynamic-batch) model.
     x2 = _inputs((T, 5, 2, 8, 8), 7)
@@ -141,7 +143,7 @@ def test_onnx_stock_ort_stream_is_bit_exact(conv_export):
 
 def test_stream_session_reset_and_carry(conv_export):
     _, x, ref, out, _ = conv_export
-    session = S.StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
+    session = StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
     first = [session.step(x[t].numpy()) for t in range(3)]
     assert session.steps == 3
     session.reset()
@@ -215,7 +217,7 @@ def test_bad_models_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no DSR neuron"):
         S.build_streaming_module(nn.Sequential(SeqToANN(nn.Linear(3, 3))), torch.zeros(2, 3))
     with pytest.raises(UserError, match="streaming export supports"):
-        S.export_streaming(mlp_net(), (2, 3, 6), tmp_path / "o", formats_=("tensorrt",))
+        export_model(mlp_net(), (2, 3, 6), tmp_path / "o", mode="streaming", formats=("tensorrt",))
     assert not (tmp_path / "o").exists()
 
 
@@ -239,7 +241,7 @@ def test_cli_export_mode_streaming_and_runtime_runners(tmp_path):
     assert ref.any()
     for backend in ("onnxruntime", "torchscript"):
         with load_runner(out, backend) as runner:
-            assert np.array_equal(S.StreamSession.from_manifest(runner, out).run(x.numpy()), ref), backend
+            assert np.array_equal(StreamSession.from_manifest(runner, out).run(x.numpy()), ref), backend
     bad = subprocess.run(cmd[:-3] + ["--mode", "stream", "--out", str(tmp_path / "bad")], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown --mode")
@@ -250,14 +252,13 @@ def test_export_package_mode_streaming(tmp_path):
     """The export package's own entry point with mode='streaming' uses these writers (names, states in records)."""
     from dsr_deploy.export import export_model
 
-    S.register_formats()
     out = tmp_path / "pkg"
-    manifest = export_model(mlp_net(), (5, 2, 6), out, formats_=("onnx",), mode="streaming")
+    manifest = export_model(mlp_net(), (5, 2, 6), out, formats=("onnx",), mode="streaming")
     assert manifest["mode"] == "streaming"
     assert manifest["inputs"] == ["x_t", "v_in_0", "v_in_1"] and manifest["outputs"] == ["y_t", "v_out_0", "v_out_1"]
-    assert [s["shape"] for s in S.manifest_states(manifest)] == [[8], [3]]
+    assert [s["shape"] for s in manifest_states(manifest)] == [[8], [3]]
     x = _inputs((5, 2, 6), 12)
     with torch.no_grad():
         ref = mlp_net()(x).numpy()
-    session = S.StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
+    session = StreamSession.from_manifest(_ort_session(out / "model.onnx"), out)
     assert np.array_equal(session.run(x.numpy()), ref)

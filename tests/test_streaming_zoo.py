@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from dsr_deploy import models
-from dsr_deploy import streaming as S
 from dsr_deploy.cli import main
+from dsr_deploy.export import streaming as S
+from dsr_deploy.runtime.stream import StreamSession
 
 T = 3
 STEP = {  # one small input step [B, ...] per architecture (the zoo's channels, small images)
@@ -67,5 +68,5 @@ def test_cli_streaming_export_of_a_zoo_model_runs_in_the_runtimes(tmp_path, caps
     assert ref.any() and not ref.all(), "the output layer must fire on some steps and not others"
     for backend in ("torchscript", "onnxruntime"):
         with load_runner(out, backend) as runner:
-            got = S.StreamSession.from_manifest(runner, out).run(x.numpy())
+            got = StreamSession.from_manifest(runner, out).run(x.numpy())
         assert np.array_equal(got, ref), backend

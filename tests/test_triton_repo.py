@@ -11,8 +11,8 @@ import pytest
 import torch
 from _streaming_nets import export_multistep_onnx, mlp_net
 
-from dsr_deploy import streaming as S
 from dsr_deploy.errors import UserError
+from dsr_deploy.export import export_model
 from dsr_deploy.serving import triton_repo as TR
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
@@ -47,7 +47,7 @@ def exports(tmp_path_factory):
     (multi / "manifest.json").write_text(json.dumps({"artifacts": [
         {"format": "onnx", "path": "model.onnx"}, {"format": "tensorrt", "path": "model.plan"}]}))
     stream = root / "mlp_stream"
-    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",))
+    export_model(net, tuple(x.shape), stream, mode="streaming", formats=("onnx",))
     return net, x, ref, multi, stream
 
 
@@ -199,7 +199,7 @@ def test_static_batch_is_refused_for_batching(exports, tmp_path):
         TR.write_repository([static], tmp_path / "r", max_batch=4)
     assert not (tmp_path / "r").exists()
     stream = tmp_path / "stream_static"
-    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",), static_batch=True)
+    export_model(net, tuple(x.shape), stream, mode="streaming", formats=("onnx",), static_batch=True)
     with pytest.raises(UserError, match="batch dimension is fixed"):
         TR.write_repository([stream], tmp_path / "r", max_batch=4)
     TR.write_repository([static], tmp_path / "r", max_batch=0)

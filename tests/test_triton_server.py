@@ -16,7 +16,7 @@ import torch
 from _streaming_nets import export_multistep_onnx, mlp_net
 from _triton_server import TritonServer, pytriton_dir
 
-from dsr_deploy import streaming as S
+from dsr_deploy.export import export_model
 from dsr_deploy.serving import triton_repo as TR
 
 http = pytest.importorskip("tritonclient.http", reason="tritonclient (the serve extra) is not installed")
@@ -42,7 +42,7 @@ def served(tmp_path_factory):
     export_multistep_onnx(net, x, multi / "model.onnx")
     (multi / "manifest.json").write_text(json.dumps({"artifacts": [{"format": "onnx", "path": "model.onnx"}]}))
     stream = root / "mlp_stream"
-    S.export_streaming(net, tuple(x.shape), stream, formats_=("onnx",))
+    export_model(net, tuple(x.shape), stream, mode="streaming", formats=("onnx",))
     r8, r0, bad = root / "r8", root / "r0", root / "bad"
     TR.write_repository([multi, stream], r8, max_batch=8, backend="python")
     TR.write_repository([stream], r0, max_batch=0, backend="python", name="s0")

@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from dsr_deploy.cli import main
-from dsr_deploy.export import export_model
+from dsr_deploy.export import Int8Options, export_model
 from dsr_deploy.verify import verify_folder
 
 pytest.importorskip("onnxruntime")
@@ -25,8 +25,8 @@ NETS = Path(__file__).resolve().parent / "authors_nets.py"
 
 
 def _export(folder: Path, calibration: np.ndarray) -> Path:
-    export_model(A.resnet_lif(), A.CIFAR_SHAPE, folder, formats_=("onnx",), spec=f"{NETS}:resnet_lif",
-                 precision="int8", extra_options={"calibration": calibration})
+    export_model(A.resnet_lif(), A.CIFAR_SHAPE, folder, formats=("onnx",), spec=f"{NETS}:resnet_lif",
+                 precision="int8", int8=Int8Options(calibration=calibration))
     return folder
 
 

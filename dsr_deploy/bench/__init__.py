@@ -21,9 +21,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..machine import cpu_model, library_versions, machine_info  # noqa: F401  (public API)
-from ..runtime.base import Runner, one_line
+from ..runtime.base import Runner
 from .report import (  # noqa: F401  (public API)
     CSV_COLUMNS,
     SCHEMA,
@@ -114,7 +114,7 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
                     except UserError as exc:
                         row["error"] = str(exc)
                     except Exception as exc:  # one backend failing must not lose the others' numbers
-                        row["error"] = f"{type(exc).__name__}: {one_line(exc)}"
+                        row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
                 rows.append(row)
                 notify("row_done", label=e.label, batch=b, timesteps=t, row=row)
     _add_ratios(rows, entries[0].label)
@@ -126,7 +126,7 @@ def run_benchmark(entries: Sequence[BenchEntry], batches: Sequence[int], timeste
         try:
             described[e.label] = e.runner.describe()
         except Exception as exc:  # pragma: no cover - describe is cheap and safe
-            described[e.label] = {"backend": e.runner.backend, "error": one_line(exc)}
+            described[e.label] = {"backend": e.runner.backend, "error": first_line(exc)}
     return BenchResult(artifact=artifact, settings=settings, entries=described, rows=rows)
 
 
@@ -137,7 +137,7 @@ def _manifest_io(runner: Runner) -> Optional[dict]:
     if not isinstance(runner.artifact, (str, Path)):
         return None
     m = manifest_for(runner.artifact)
-    io = m.get("io") if m else None
+    io = m.io if m else None
     return io if isinstance(io, dict) and io.get("input_layout") in ("TB", "BT", "static") else None
 
 

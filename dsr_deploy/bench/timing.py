@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import Manifest, as_manifest
 from ..runtime.base import Runner
 
 
@@ -159,12 +160,15 @@ def count_neurons(model, sample_shape: Sequence[int]) -> Optional[int]:
     return sum(hits) or None
 
 
-def neurons_from_manifest(manifest: Optional[dict]) -> Optional[int]:
+def neurons_from_manifest(manifest: Optional[Manifest]) -> Optional[int]:
     """Neurons per sample per step from an export manifest's ``neurons`` list, when it gives sizes."""
-    if not manifest or not isinstance(manifest.get("neurons"), list):
+    if not manifest:
+        return None
+    manifest = as_manifest(manifest)  # a validated one, or a mapping built in memory
+    if not manifest.neurons:
         return None
     total = 0
-    for n in manifest["neurons"]:
+    for n in manifest.neurons:
         if not isinstance(n, dict):
             return None
         size = n.get("neurons") or n.get("size") or n.get("numel")

@@ -94,7 +94,7 @@ def _outside_code_exit(exc: BaseException) -> None:
     exit 2, instead of ending the command with the user code's exit status."""
     import os
 
-    from ..guard import first_line
+    from ..errors import first_line
 
     tb, last = exc.__traceback__, None
     while tb is not None:
@@ -107,7 +107,7 @@ def _outside_code_exit(exc: BaseException) -> None:
             if m is not None and getattr(m, "__file__", None)]
     if any(where.startswith(d + os.sep) for d in [ours, *libs]):
         return
-    typer.secho(f"error: model code raised {first_line(exc)} at {where}:{last.tb_lineno} "
+    typer.secho(f"error: model code raised {first_line(exc, with_type=True)} at {where}:{last.tb_lineno} "
                 f"({last.tb_frame.f_code.co_name})", fg="red", err=True)
     sys.exit(2)
 

@@ -1,147 +1,208 @@
-"""``dsr-deploy bench``: latency and throughput of one model on several backends, side by side."""
+"""``dsr-deploy bench``: latency and throughput of one model on several backends, side by side.
+
+parse (the flags) -> request (:class:`BenchRequest`: every flag checked before any work) -> call (the runners,
+:func:`dsr_deploy.bench.run_benchmark`) -> render (:func:`dsr_deploy.cli.render.bench_report`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
+from ..errors import UserError
 
-def run_cli(*, artifact: str, backend, batch: str, timesteps, warmup: int, iters, seconds, device: str, threads,
-            input_shape, neurons, memcpy: bool, json_out, csv_out, plot, settings=None,
-            trust_pickle: bool = False, compare: Optional[List[str]] = None) -> object:
-    """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
-    from rich.console import Console
+Artifact = Annotated[str, typer.Argument(help="A model file (.onnx, .ts, .pt2, .plan), an export folder, or a model "
+                                         "spec (zoo:NAME) for eager torch.")]
+Backends = Annotated[Optional[List[str]], typer.Option(
+    "--backend", "-b", help="Backends to compare, in order (the first is the baseline); repeat or comma-separate. "
+    "torch, torchscript, pt2, onnxruntime, onnxruntime:fallback, onnxruntime:custom, onnxruntime:iobinding, "
+    "tensorrt. Default: every backend the folder has an artifact for.")]
+Batch = Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")]
+Timesteps = Annotated[Optional[str], typer.Option("--timesteps", "-T", help="Time steps, comma-separated (default: "
+                                                  "the model's T).")]
+Warmup = Annotated[int, typer.Option("--warmup", help="Untimed runs before timing each configuration.")]
+Iters = Annotated[Optional[int], typer.Option("--iters", help="Timed runs per configuration (default 20).")]
+Seconds = Annotated[Optional[float], typer.Option("--seconds", help="Time budget per configuration instead of "
+                                                  "--iters.")]
+Device = Annotated[str, typer.Option("--device", help="cpu or cuda[:N] (tensorrt always runs on cuda).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for torch / ONNX Runtime.")]
+InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="T,B,C,H,W when the artifact does not say "
+                                                   "its input shape.")]
+Neurons = Annotated[Optional[int], typer.Option("--neurons", help="Neurons per sample per time step (for "
+                                                "neuron-steps/s; default: from the manifest or the model).")]
+Memcpy = Annotated[bool, typer.Option("--memcpy/--no-memcpy", help="Also time a copy of the same bytes.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON (docs/bench-schema.md).")]
+CsvOut = Annotated[Optional[Path], typer.Option("--csv", help="Write the results as CSV (docs/bench-schema.md).")]
+Plot = Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency against batch per backend.")]
+Settings = Annotated[Optional[List[str]], typer.Option("--set", help="KEY=VALUE for a MODEL spec's factory "
+                                                       "(repeatable; e.g. --set T=5 --set num_classes=100).")]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickled Python objects in a .pt2 archive "
+                                           "(runs code from the file).")]
+EarlyExit = Annotated[Optional[str], typer.Option(
+    "--early-exit", help="an export folder run with all T steps and with this exit rule (manifest: the one "
+    "exit-calibrate recorded; or e.g. margin>=0.25), side by side; needs --input")]
+InputFile = Annotated[Optional[Path], typer.Option("--input", help="--early-exit: .npy inputs as the artifact takes "
+                                                   "them (how early a sample settles depends on it)")]
+LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="--early-exit: .npy labels (accuracy)")]
+Compare = Annotated[Optional[List[str]], typer.Option(
+    "--compare", help="Another artifact or export folder (e.g. the --precision int8 export of the same model) on "
+    "the same backends in the same run; labels name each precision.")]
 
+
+@dataclass
+class BenchRequest:
+    """What ``dsr-deploy bench`` was asked, checked (:meth:`check`) before any runner loads."""
+
+    artifact: str
+    backend: Optional[List[str]] = None
+    batch: str = "1,8,32"
+    timesteps: Optional[str] = None
+    warmup: int = 3
+    iters: Optional[int] = None
+    seconds: Optional[float] = None
+    device: str = "cpu"
+    threads: Optional[int] = None
+    input_shape: Optional[str] = None
+    neurons: Optional[int] = None
+    memcpy: bool = True
+    json_out: Optional[Path] = None
+    csv_out: Optional[Path] = None
+    plot: Optional[Path] = None
+    settings: Optional[List[str]] = None
+    trust_pickle: bool = False
+    compare: Optional[List[str]] = None
+    # resolved by check()
+    batches: List[int] = field(default_factory=list)
+    ts: Optional[List[int]] = None
+    shape: Optional[List[int]] = None
+    is_spec: bool = False
+    model_settings: dict = field(default_factory=dict)
+
+    def check(self) -> BenchRequest:
+        from .. import bench as B
+        from .. import runtime as R
+        from ..io import check_output_file
+        from ..model_spec import parse_set_options
+
+        if self.iters is not None and self.seconds is not None:
+            raise UserError("give --iters or --seconds, not both")
+        if self.seconds is not None and self.seconds <= 0:
+            raise UserError(f"--seconds must be > 0, got {self.seconds}")
+        if self.iters is None and self.seconds is None:
+            self.iters = 20
+        self.batches = B.parse_int_list(self.batch, "--batch")
+        if not self.batches:
+            raise UserError("--batch: give at least one batch size")
+        self.ts = B.parse_int_list(self.timesteps, "--timesteps")
+        self.shape = B.parse_int_list(self.input_shape, "--input-shape")
+        if self.shape is not None and len(self.shape) < 3:
+            raise UserError(f"--input-shape: expected T,B,... with at least 3 dims, got {self.input_shape}")
+        for label, out in (("--json", self.json_out), ("--csv", self.csv_out), ("--plot", self.plot)):
+            if out is not None:  # before the benchmark, not after it
+                check_output_file(out, label)
+        if self.plot is not None:
+            from ..errors import require
+
+            require("matplotlib", "bench", "bench --plot")
+        self.is_spec = R.looks_like_spec(self.artifact) and not Path(self.artifact).exists()
+        if not self.is_spec and not Path(self.artifact).exists():
+            raise UserError(f"{self.artifact}: no such file or folder")
+        if self.settings and not self.is_spec:
+            raise UserError("--set applies to a MODEL spec (zoo:NAME, file.py:factory), not to an artifact or folder")
+        self.model_settings = parse_set_options(self.settings)
+        return self
+
+
+def _targets(req: BenchRequest, manifest) -> list:
+    """``[(artifact, [(label, backend, options)])]``: the artifact and each ``--compare`` one, on their backends."""
     from .. import bench as B
     from .. import runtime as R
-    from ..errors import UserError
 
-    if iters is not None and seconds is not None:
-        raise UserError("give --iters or --seconds, not both")
-    if seconds is not None and seconds <= 0:
-        raise UserError(f"--seconds must be > 0, got {seconds}")
-    if iters is None and seconds is None:
-        iters = 20
-    batches = B.parse_int_list(batch, "--batch")
-    if not batches:
-        raise UserError("--batch: give at least one batch size")
-    ts = B.parse_int_list(timesteps, "--timesteps")
-    shape = B.parse_int_list(input_shape, "--input-shape")
-    if shape is not None and len(shape) < 3:
-        raise UserError(f"--input-shape: expected T,B,... with at least 3 dims, got {input_shape}")
-    from ..io import check_output_file
-
-    for label, out in (("--json", json_out), ("--csv", csv_out), ("--plot", plot)):
-        if out is not None:  # before the benchmark, not after it
-            check_output_file(out, label)
-    if plot is not None:
-        from ..errors import require
-
-        require("matplotlib", "bench", "bench --plot")
-
-    is_spec = R.looks_like_spec(artifact) and not Path(artifact).exists()
-    if not is_spec and not Path(artifact).exists():
-        raise UserError(f"{artifact}: no such file or folder")
-    if settings and not is_spec:
-        raise UserError("--set applies to a MODEL spec (zoo:NAME, file.py:factory), not to an artifact or folder")
-    from ..model_spec import parse_set_options
-
-    model_settings = parse_set_options(settings)
-    # An export folder's manifest is read (and validated) first: a broken one is the error, not "no backend".
-    manifest = R.read_manifest(artifact) if R.is_export_folder(artifact) else (
-        None if is_spec else R.manifest_for(artifact))
-    choices = B.parse_backends(backend)
+    choices = B.parse_backends(req.backend)
     if not choices:
-        names = (["torch"] if is_spec else R.backends_for(artifact))
+        names = (["torch"] if req.is_spec else R.backends_for(req.artifact))
         usable = R.available_backends()
         choices = [(n, n, {}) for n in names if usable.get(n) is None]
         if not choices:
-            raise UserError(f"no usable backend for {artifact} (available here: "
+            raise UserError(f"no usable backend for {req.artifact} (available here: "
                             f"{', '.join(n for n, why in usable.items() if why is None)})")
-    if shape is None and manifest is not None and manifest.input_shape is not None:
-        from ..io_adapter import canonical_shape
-
-        io = manifest.get("io") if isinstance(manifest.get("io"), dict) else None
-        shape = [int(d) for d in canonical_shape(list(manifest.input_shape), io)]  # as [T, B, ...]
-    entries = []
-    # --compare: more artifacts (e.g. the int8 export of the same model) on the same backends, in the same run;
-    # every row's label then names its artifact's precision.
-    targets = [(artifact, choices)]
-    for other in compare or []:
+    targets = [(req.artifact, choices)]
+    for other in req.compare or []:
         if not Path(other).exists():
             raise UserError(f"--compare {other}: no such file or folder")
         if R.is_export_folder(other):
             R.read_manifest(other)  # a broken manifest is the error, before any work
-        targets.append((other, B.parse_backends(backend) or [(n, n, {}) for n in R.backends_for(other)
-                                                              if R.available_backends().get(n) is None]))
-    for target, target_choices in targets:
+        targets.append((other, B.parse_backends(req.backend) or [(n, n, {}) for n in R.backends_for(other)
+                                                                  if R.available_backends().get(n) is None]))
+    return targets
+
+
+def _entries(req: BenchRequest, manifest) -> list:
+    """One loaded runner per (artifact, backend) to time."""
+    from .. import bench as B
+    from .. import runtime as R
+
+    entries = []
+    for target, target_choices in _targets(req, manifest):
         for label, name, opts in target_choices:
             opts = dict(opts)
             if name != "tensorrt":
-                opts["device"] = device
-            if threads:
-                opts["threads"] = threads
-            if name == "onnxruntime" and device.startswith("cuda"):
+                opts["device"] = req.device
+            if req.threads:
+                opts["threads"] = req.threads
+            if name == "onnxruntime" and req.device.startswith("cuda"):
                 opts.setdefault("io_binding", True)  # device-resident inputs/outputs: no host copies in the timing
-            if name == "torch" and shape is not None:
-                opts["input_shape"] = shape
-            if name == "torch" and model_settings:
-                opts["settings"] = model_settings
-            opts["trust_pickle"] = trust_pickle
-            if compare:
+            if name == "torch" and req.shape is not None:
+                opts["input_shape"] = req.shape
+            if name == "torch" and req.model_settings:
+                opts["settings"] = req.model_settings
+            opts["trust_pickle"] = req.trust_pickle
+            if req.compare:
                 label = f"{label} ({_precision_of(target)})"
             entries.append(B.BenchEntry(label, R.load_runner(target, backend=name, **opts)))
     for e in entries:  # load before the progress bar, so a load error is the only output
         e.runner.ensure_loaded()
-    if neurons is None:
-        neurons = B.neurons_from_manifest(manifest)
-    if neurons is None:
-        for e in entries:
-            known = shape or getattr(e.runner, "example_shape", None)
-            if e.runner.backend == "torch" and known:
-                neurons = B.count_neurons(e.runner.model, [known[0], 1, *known[2:]])
-                break
+    return entries
 
-    import sys
 
-    err = Console(stderr=True)
-    out = Console(width=None if sys.stdout.isatty() else 200)  # a file or pipe gets the whole table
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _neurons(req: BenchRequest, manifest, entries) -> Optional[int]:
+    from .. import bench as B
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
-        tasks = {}
+    if req.neurons is not None:
+        return req.neurons
+    neurons = B.neurons_from_manifest(manifest)
+    for e in entries if neurons is None else []:
+        known = req.shape or getattr(e.runner, "example_shape", None)
+        if e.runner.backend == "torch" and known:
+            return B.count_neurons(e.runner.model, [known[0], 1, *known[2:]])
+    return neurons
 
-        def progress(event, **info):
-            if event == "start":
-                tasks["all"] = bar.add_task("configurations", total=info["total"])
-                tasks["it"] = bar.add_task("iterations", total=info["iters"])
-            elif event == "row":
-                bar.reset(tasks["it"], total=iters)
-                bar.update(tasks["it"], description=f"{info['label']} batch={info['batch']} T={info['timesteps']}")
-            elif event == "iteration":
-                bar.advance(tasks["it"])
-            elif event == "row_done":
-                bar.advance(tasks["all"])
 
-        result = B.run_benchmark(entries, batches, ts, warmup=warmup, iters=iters, seconds=seconds,
-                                 input_shape=shape, neurons=neurons, artifact=str(artifact), memcpy=memcpy,
-                                 progress=progress, settings_extra={"device": device, "threads": threads})
-    out.print(B.render_table(result))
-    for label, desc in result.entries.items():
-        if desc.get("dsr_ops"):
-            out.print(f"[dim]{label}: dsr ops: {desc['dsr_ops']}[/dim]")
-    if json_out:
-        B.write_json(result, json_out)
-        out.print(f"wrote {json_out}")
-    if csv_out:
-        B.write_csv(result, csv_out)
-        out.print(f"wrote {csv_out}")
-    if plot:
-        B.write_plot(result, plot)
-        out.print(f"wrote {plot}")
+def run_cli(req: BenchRequest) -> Any:
+    """The command's body (heavy imports here, not at CLI start-up); returns the BenchResult."""
+    from .. import bench as B
+    from .. import runtime as R
+    from .render import bench_progress, bench_report
+
+    req.check()
+    # An export folder's manifest is read (and validated) first: a broken one is the error, not "no backend".
+    manifest = R.read_manifest(req.artifact) if R.is_export_folder(req.artifact) else (
+        None if req.is_spec else R.manifest_for(req.artifact))
+    if req.shape is None and manifest is not None and manifest.input_shape is not None:
+        from ..io_adapter import canonical_shape
+
+        req.shape = [int(d) for d in canonical_shape(list(manifest.input_shape), manifest.io)]  # as [T, B, ...]
+    entries = _entries(req, manifest)
+    neurons = _neurons(req, manifest, entries)
+    with bench_progress(req.iters) as progress:
+        result = B.run_benchmark(entries, req.batches, req.ts, warmup=req.warmup, iters=req.iters,
+                                 seconds=req.seconds, input_shape=req.shape, neurons=neurons,
+                                 artifact=str(req.artifact), memcpy=req.memcpy, progress=progress,
+                                 settings_extra={"device": req.device, "threads": req.threads})
+    bench_report(result, json_out=req.json_out, csv_out=req.csv_out, plot=req.plot)
     failed = [r for r in result.rows if r["error"] and not r["error"].startswith("skipped")]
     if failed and len(failed) == len(result.rows):
         raise UserError(f"every configuration failed; first: {failed[0]['label']}: {failed[0]['error']}")
@@ -158,61 +219,28 @@ def _precision_of(target: str) -> str:
         m = None
     if m is None:
         return "float32"
-    arts = [a for a in m.get("artifacts", []) if isinstance(a, dict)]
+    arts = [a for a in m.artifacts if isinstance(a, dict)]
     if not R.is_export_folder(target):
         arts = [a for a in arts if a.get("path") == Path(target).name]
-    return next((str(a["precision"]) for a in arts if a.get("precision")), str(m.get("dtype") or "float32"))
+    return next((str(a["precision"]) for a in arts if a.get("precision")), m.dtype)
+
+
+def bench(artifact: Artifact, backend: Backends = None, batch: Batch = "1,8,32", timesteps: Timesteps = None,
+          warmup: Warmup = 3, iters: Iters = None, seconds: Seconds = None, device: Device = "cpu",
+          threads: Threads = None, input_shape: InputShape = None, neurons: Neurons = None, memcpy: Memcpy = True,
+          json_out: JsonOut = None, csv_out: CsvOut = None, plot: Plot = None, settings: Settings = None,
+          trust_pickle: TrustPickle = False, compare: Compare = None, early_exit: EarlyExit = None,
+          input_file: InputFile = None, labels_file: LabelsFile = None):
+    """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
+    if early_exit is not None or input_file is not None or labels_file is not None:
+        from .exit_cmd import bench_early_exit_cli
+
+        bench_early_exit_cli(artifact, early_exit, input_file, labels_file, backend=backend, batch=batch,
+                             iters=iters, threads=threads, json_out=json_out)
+        return
+    run_cli(BenchRequest(artifact, backend, batch, timesteps, warmup, iters, seconds, device, threads, input_shape,
+                         neurons, memcpy, json_out, csv_out, plot, settings, trust_pickle, compare))
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def bench(
-        artifact: str = typer.Argument(..., help="A model file (.onnx, .ts, .pt2, .plan), an export folder, "
-                                                 "or a model spec (zoo:NAME) for eager torch."),
-        backend: Optional[List[str]] = typer.Option(
-            None, "--backend", "-b", help="Backends to compare, in order (the first is the baseline); repeat or "
-            "comma-separate. torch, torchscript, pt2, onnxruntime, onnxruntime:fallback, onnxruntime:custom, "
-            "onnxruntime:iobinding, tensorrt. Default: every backend the folder has an artifact for."),
-        batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes, comma-separated."),
-        timesteps: Optional[str] = typer.Option(None, "--timesteps", "-T",
-                                                help="Time steps, comma-separated (default: the model's T)."),
-        warmup: int = typer.Option(3, "--warmup", help="Untimed runs before timing each configuration."),
-        iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per configuration (default 20)."),
-        seconds: Optional[float] = typer.Option(None, "--seconds",
-                                                help="Time budget per configuration instead of --iters."),
-        device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (tensorrt always runs on cuda)."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch / ONNX Runtime."),
-        input_shape: Optional[str] = typer.Option(None, "--input-shape",
-                                                  help="T,B,C,H,W when the artifact does not say its input shape."),
-        neurons: Optional[int] = typer.Option(None, "--neurons", help="Neurons per sample per time step "
-                                              "(for neuron-steps/s; default: from the manifest or the model)."),
-        memcpy: bool = typer.Option(True, "--memcpy/--no-memcpy", help="Also time a copy of the same bytes."),
-        json_out: Optional[Path] = typer.Option(None, "--json",
-                                                help="Write the results as JSON (docs/bench-schema.md)."),
-        csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV (docs/bench-schema.md)."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency against batch per backend."),
-        settings: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE for a MODEL spec's factory "
-                                                     "(repeatable; e.g. --set T=5 --set num_classes=100)."),
-        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects in a .pt2 "
-                                          "archive (runs code from the file)."),
-        compare: Optional[List[str]] = typer.Option(None, "--compare", help="Another artifact or export folder "
-                                                    "(e.g. the --precision int8 export of the same model) on the "
-                                                    "same backends in the same run; labels name each precision."),
-        early_exit: Optional[str] = typer.Option(None, "--early-exit", help="an export folder run with all T steps "
-                                                 "and with this exit rule (manifest: the one exit-calibrate "
-                                                 "recorded; or e.g. margin>=0.25), side by side; needs --input"),
-        input_file: Optional[Path] = typer.Option(None, "--input", help="--early-exit: .npy inputs as the "
-                                                  "artifact takes them (how early a sample settles depends on it)"),
-        labels_file: Optional[Path] = typer.Option(None, "--labels", help="--early-exit: .npy labels (accuracy)"),
-    ):
-        """Benchmark a model on several backends: latency percentiles, throughput, ratios, in one run."""
-        if early_exit is not None or input_file is not None or labels_file is not None:
-            from .exit_cmd import bench_early_exit_cli
-
-            bench_early_exit_cli(artifact, early_exit, input_file, labels_file, backend=backend, batch=batch,
-                                 iters=iters, threads=threads, json_out=json_out)
-            return
-        run_cli(artifact=artifact, backend=backend, batch=batch, timesteps=timesteps, warmup=warmup,
-                iters=iters, seconds=seconds, device=device, threads=threads, input_shape=input_shape,
-                neurons=neurons, memcpy=memcpy, json_out=json_out, csv_out=csv_out, plot=plot, settings=settings,
-                trust_pickle=trust_pickle, compare=compare)
+    app.command()(bench)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
+from ..manifest import as_manifest
 from .common import console
 
 ORDER = 32  # place in `dsr-deploy --help` (after bench)
@@ -35,12 +36,12 @@ def read_data(manifest, input_file: Path, labels_file: Path):
     if not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"--input {input_file} must hold a floating-point array, got {x.dtype}")
     shape = tuple(manifest.input_shape or ())
-    lead = 1 if (manifest.get("io") or {}).get("input_layout") == "static" else 2
+    lead = 1 if (as_manifest(manifest).io or {}).get("input_layout") == "static" else 2
     if not shape or x.ndim != len(shape) or tuple(x.shape[lead:]) != shape[lead:] or min(x.shape[:lead]) < 1:
         raise UserError(f"--input {input_file} has shape {list(x.shape)}; expected the export's {list(shape)} "
                         "with any batch")
-    T = manifest.get("T") or shape[0]
-    t_axis = {"BT": 1, "static": None}.get((manifest.get("io") or {}).get("input_layout"), 0)
+    T = as_manifest(manifest).T or shape[0]
+    t_axis = {"BT": 1, "static": None}.get((as_manifest(manifest).io or {}).get("input_layout"), 0)
     if t_axis is not None and x.shape[t_axis] != T:
         raise UserError(f"--input {input_file} has T={x.shape[t_axis]}; the export's T is {T}")
     y = _load_npy("--labels", labels_file)
@@ -158,11 +159,11 @@ def bench_early_exit_cli(artifact: str, rule: Optional[str], input_file: Optiona
     opts = {**opts, **({"threads": threads} if threads else {})}
     runner = load_runner(folder, name, **opts)
     with runner:
-        batch_axis = 0 if (manifest.get("io") or {}).get("input_layout") in ("BT", "static") else 1
+        batch_axis = 0 if (as_manifest(manifest).io or {}).get("input_layout") in ("BT", "static") else 1
         rows = bench_early_exit(runner, x, rule, batches, passes=iters or 3, labels=y, batch_axis=batch_axis)
         label = runner.backend
     console().print(render_rows(rows, f"early exit on {folder} ({label}; {x.shape[batch_axis]} samples, "
-                                      f"T={manifest.get('T')}; passes {iters or 3} after a warm-up)"))
+                                      f"T={as_manifest(manifest).T}; passes {iters or 3} after a warm-up)"))
     if json_out is not None:
         import os
 

@@ -76,24 +76,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(json.dumps(data, indent=2))
             return
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
+        from .render import info_report
 
-        console = Console()
-        console.print(f"[bold]dsr-deploy {data['dsr_deploy']}[/bold]  python {data['python']}  ({data['platform']})")
-        t = Table("component", "version / state")
-        t.add_row("torch", f"{data['torch']} (CUDA {'yes: ' + data['gpu'] if data['cuda_available'] else 'no'})")
-        t.add_row("numpy", data["numpy"])
-        t.add_row("onnx", data["onnx"])
-        ort = data["onnxruntime"]
-        t.add_row("onnxruntime", f"{ort['version']} {', '.join(ort['providers'])}" if ort else "not installed")
-        nat = data["native_torch_ops"]
-        t.add_row("native torch ops", f"loaded from {nat['path']}" if nat["loaded"] else f"no: {nat['reason']}")
-        for name, o in data["optional"].items():
-            state = (f"{o['version'] or 'installed'}" if o["importable"]
-                     else f"missing (pip install 'dsr-deploy[{o['extra']}]')")
-            if o["extra"] == "core" and not o["importable"]:
-                state = "missing (core dependency)"
-            t.add_row(f"{name}  [dim]{o['enables']}[/dim]", escape(state))
-        console.print(t)
+        info_report(data)

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .common import SET_HELP, console, neuron_table, warn_assumed
+from .common import SET_HELP, warn_assumed
+from .render import inspect_report
 from .validate import emit_json
 
 ORDER = 22  # place in `dsr-deploy --help` (after export, verify)
@@ -100,65 +101,6 @@ def inspect_onnx(path: Path) -> dict:
     }
 
 
-def _print_inspect(info: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    c = console()
-    kind = info["kind"]
-    if kind == "model":
-        c.print(f"[bold]{info['spec']}[/bold]" + (f"  checkpoint {info['checkpoint']}" if info["checkpoint"] else ""))
-        if info.get("default_input_shape"):
-            c.print(f"default input shape {info['default_input_shape']}")
-        if info.get("settings"):
-            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items())))
-        c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
-    elif kind == "export-folder":
-        m = info["manifest"]
-        c.print(escape(f"{info['path']}: {(m.get('model') or {}).get('spec')} T={m.get('T')} input "
-                       f"{m.get('input_shape')} layout {m.get('layout')} (dsr-deploy {m.get('dsr_deploy_version')})"))
-        settings = (m.get("model") or {}).get("settings")
-        if isinstance(settings, dict) and settings:
-            c.print(escape("settings " + ", ".join(f"{k}={v}" for k, v in settings.items())))
-        if isinstance(m.get("io"), dict):
-            c.print(escape("io " + ", ".join(f"{k}={v}" for k, v in m["io"].items())))
-        t = Table("format", "path", "details", title="artifacts")
-        for a in info["artifacts"]:
-            extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("format", "path"))
-            t.add_row(escape(a["format"]), escape(a["path"]), escape(extra))
-        c.print(t)
-        c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers"))
-    elif kind == "onnx":
-        c.print(f"[bold]{info['path']}[/bold]  opsets {info['opset_import']}  IR {info['ir_version']}")
-        c.print(escape(f"nodes {info['node_count']}, dsr nodes {info['dsr_node_count']}, "
-                       f"functions {info['function_count']}"
-                       + "".join(f"  [{f['name']}: {f['nodes']} nodes, {f['body']}]" for f in info["functions"])))
-        c.print(escape("inputs " + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
-                       + "  outputs " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"])))
-        if info["metadata"]:
-            t = Table("key", "value", title="metadata")
-            for k, v in info["metadata"].items():
-                t.add_row(k, v if len(v) < 120 else v[:117] + "...")
-            c.print(t)
-        if info["neurons"]:
-            t = Table("node", "op", "attributes", title="dsr nodes")
-            for n in info["neurons"]:
-                t.add_row(n["node"], n["op_type"], ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in n["attributes"].items()))
-            c.print(t)
-    else:
-        c.print(f"[bold]{escape(info['path'])}[/bold] ({kind}, {info['bytes']} bytes)")
-        if info.get("pickled_entries"):
-            c.print(escape(f"pickled entries (loading runs code; refused without --trust-pickle): "
-                           f"{', '.join(info['pickled_entries'])}"))
-        if info.get("artifact"):
-            c.print(", ".join(f"{k}={v}" for k, v in info["artifact"].items()))
-        if info.get("neurons"):
-            c.print(neuron_table(info["neurons"], f"{len(info['neurons'])} DSR neuron layers (from manifest.json)"))
-
-
-
-
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect(
@@ -175,4 +117,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(json.dumps(info, indent=2, default=str))
         else:
-            _print_inspect(info)
+            inspect_report(info)

@@ -50,20 +50,17 @@ def build_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the build record as JSON."),
 ):
     """Configure and build plugins/ with CMake and install the libraries where dsr_deploy finds them."""
-    from .. import plugins
+    from .. import plugin_build
 
-    record = plugins.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
-                           cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs, verbose=verbose)
+    record = plugin_build.build(torch=torch_ops, cuda=cuda, ort=ort, ort_root=ort_root, trt_root=trt_root,
+                                cuda_arch=cuda_arch, build_dir=build_dir, lib_dir=lib_dir, jobs=jobs,
+                                verbose=verbose)
     if as_json:
         emit_json(json.dumps(record, indent=2))
         return
-    opts = record["options"]
-    typer.echo(f"built in {record['seconds']} s into {record['lib_dir']} "
-               f"(torch={opts['torch']}, cuda={opts['cuda']}, ort={opts['ort']}, tensorrt={opts['trt']})")
-    for key, path in record["libraries"].items():
-        typer.echo(f"  {key:12s} {path}")
-    for _key, why in record.get("skipped", {}).items():
-        typer.secho(f"warning: {why}", fg="yellow", err=True)
+    from .render import plugins_built
+
+    plugins_built(record)
 
 
 @plugins_app.command("status")
@@ -79,34 +76,9 @@ def status_cmd(
     if as_json:
         emit_json(json.dumps(st, indent=2))
         return
-    typer.echo("library folders: " + ", ".join(st["lib_dirs"]))
-    for key, e in st["libraries"].items():
-        mark = "built  " if e["built"] else "missing"
-        typer.echo(f"{mark} {e['library']:30s} {e['what']}")
-        if key == "torch" and e["built"]:
-            typer.echo(f"        loaded={e['loaded']} cpu_kernel={e['cpu_kernel']} cuda_kernel={e['cuda_kernel']}")
-        typer.echo(f"        {e['reason']}")
-        if e.get("build") and e["built"]:
-            b = e["build"]
-            abi = b.get("ort_abi") or {}
-            checked = abi.get("checked_against")
-            against = {"torch": f"torch {b.get('torch')}",
-                       "ort": f"OrtApi {abi.get('api_version')} (dsr_ort_abi.h"
-                              + (f", checked against API {checked.get('ORT_API_VERSION')} header)" if checked else ")"),
-                       "trt": f"TensorRT headers {b.get('trt_headers')}",
-                       "trt_dynamic": f"TensorRT headers {b.get('trt_headers')}"}.get(key, f"{b.get('compiler')}")
-            cuda = b.get("cuda")
-            typer.echo(f"        built {b.get('built_at')} against {against}; CUDA "
-                       + (f"sm_{cuda['arch']} ({cuda['nvcc']})" if cuda else "off"))
-    tc = st["toolchain"]
-    typer.echo("toolchain: " + "; ".join([
-        f"cmake {'yes' if tc['cmake']['available'] else 'NO'}",
-        (f"nvcc yes (toolkit {tc['cuda'].get('root') or 'not found'})" if tc['cuda']['available'] else "nvcc no"),
-        f"GPU {'yes' if tc['cuda']['gpu_visible'] else 'no'}",
-        f"torch {tc['torch']['version']} (CUDA {tc['torch']['cuda']})",
-        f"ORT header for the ABI check {tc['ort']['include'] or 'no (not needed)'}",
-        f"TensorRT headers {tc['trt']['include'] or 'no'}",
-    ]))
+    from .render import plugins_status
+
+    plugins_status(st)
 
 
 def register(app: typer.Typer) -> None:

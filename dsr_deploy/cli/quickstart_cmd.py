@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("float32", "--precision", help="float32 | int8: run on the quantised ONNX "
                                       "export (calibrated on the training split) and report its held-out "
                                       "accuracy next to float32's"),
+        target: str = typer.Option("onnxruntime-cpu", "--target", help="--precision int8: the runtime the int8 "
+                                   "forms are for (portable | onnxruntime-cpu | tensorrt; export --target)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
     ):
         """Run the whole product on the shipped trained network (DSR-IF CNN, 8x8 digits): export to TorchScript,
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
 
         from ..bench import parse_int_list
         from ..errors import UserError
-        from ..quickstart import render, run_quickstart
+        from ..quickstart import run_quickstart
+        from .render import quickstart_report as render
 
         batches = parse_int_list(batch, "--batch")
         if not batches:
@@ -46,7 +49,7 @@ def register(app: typer.Typer) -> None:
         # a file or pipe gets the whole tables (rich would wrap them at 80 columns)
         console = err if as_json else Console(width=None if sys.stdout.isatty() else 160)
         result = run_quickstart(out, model_name=model, bench=bench, bench_batches=batches, bench_iters=iters,
-                                threads=threads or None, precision=precision,
+                                threads=threads or None, precision=precision, target=target,
                                 log=lambda m: console.print(m, markup=False, highlight=False))
         if as_json:
             emit_json(json.dumps(result.to_dict(), indent=2))

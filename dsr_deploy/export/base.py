@@ -1,21 +1,21 @@
-"""What every export writer shares: the export context, the format registry and the artifact record.
+"""What every export writer shares: the export context.
 
-A *format* is a writer ``write(ctx, path) -> dict`` registered under a name and a *mode*. The default mode
-``"multistep"`` writes whole-sequence artifacts (input ``"input"`` ``[T, B, ...]`` -> output ``"output"``);
-other modes (the streaming single-step export with membrane I/O, say) register their own writers under their
-mode name and reuse :class:`ExportContext` and the manifest unchanged.
+A *format* is a writer ``write(ctx, path) -> dict`` registered under a name and a *mode* (:mod:`.formats`). The
+default mode ``"multistep"`` writes whole-sequence artifacts (input ``"input"`` ``[T, B, ...]`` -> output
+``"output"``); the streaming single-step export with membrane I/O is another mode; both build an
+:class:`ExportContext` and share the manifest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..convert import NeuronInfo
+from .options import ExportOptions
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -33,7 +33,7 @@ class ExportContext:
     input_shape: Tuple[int, ...]  # example [T, B, ...]
     dtype: torch.dtype = torch.float32
     dynamic_batch: bool = True
-    options: Dict[str, Any] = field(default_factory=dict)  # opset, lowering, function_body, aot, ...
+    options: ExportOptions = field(default_factory=ExportOptions)  # validated by export_model (export/options.py)
     spec: Optional[str] = None  # the MODEL spec (recorded in the manifest)
     checkpoint: Optional[str] = None
     model_info: Dict[str, Any] = field(default_factory=dict)  # more of the manifest's "model" record (settings)
@@ -42,6 +42,8 @@ class ExportContext:
     # "output": "logits", "T": 20, ..., "source": "model"}); None: TB in, spikes out. With export options
     # ``model`` is the IOAdapter-wrapped network and ``input_shape`` the artifact's input shape.
     io: Optional[Dict[str, Any]] = None
+    trust_pickle: bool = False  # recorded in the manifest: the export needed --trust-pickle
+    cache: Dict[str, Any] = field(default_factory=dict)  # what a mode builds once per export (the step module)
 
     @property
     def input_layout(self) -> str:
@@ -108,15 +110,3 @@ class ExportContext:
     def example_input(self, seed: int = 0, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(shape or self.input_shape, generator=g, dtype=torch.float32).to(self.dtype)
-
-
-Writer = Callable[[ExportContext, Path], Dict[str, Any]]
-
-
-@dataclass
-class Format:
-    name: str
-    mode: str
-    filename: str  # default file name inside the export folder
-    writer: Writer
-    description: str = ""

@@ -1,15 +1,48 @@
-"""The export format registry: a writer per (mode, format name).
+"""The export registry: the modes (``--mode``) and a writer per (mode, format name).
 
-The built-in writers are registered on first use (:func:`formats` / :func:`modes`), so importing the package stays
-cheap and no writer module imports this one back; :func:`register_format` adds more.
+The built-in modes and writers register themselves when :mod:`dsr_deploy.export` is imported
+(:mod:`.multistep`, :mod:`.streaming`; each imports its heavy writer modules only when it runs);
+:func:`register_mode` and :func:`register_format` add more. This module imports no writer (the options check the
+requested formats against it, and the writers import the options).
 """
 
 from __future__ import annotations
 
-from .base import Format, Writer
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import UserError
+
+#: ``write(ctx: ExportContext, path) -> artifact record``.
+Writer = Callable[[Any, Path], Dict[str, Any]]
+#: A job of an export: (format name, file name, writer, progress message).
+Job = Tuple[str, str, Writer, str]
+
+
+@dataclass
+class Format:
+    name: str
+    mode: str
+    filename: str  # default file name inside the export folder
+    writer: Writer
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """An export mode: how it builds the export context (``prepare(model, shape, options, spec) ->
+    ExportContext``, options validated), the jobs beyond one per requested format, and the fields it adds to the
+    manifest."""
+
+    name: str
+    prepare: Callable[..., Any]
+    extra_jobs: Optional[Callable[[Any], List[Job]]] = None
+    manifest_fields: Optional[Callable[[Any], Dict[str, Any]]] = None
+
 
 _FORMATS: dict[tuple[str, str], Format] = {}
-_builtins_registered = False
+_MODES: dict[str, Mode] = {}
 
 
 def register_format(name: str, filename: str, writer: Writer, *, mode: str = "multistep",
@@ -17,26 +50,21 @@ def register_format(name: str, filename: str, writer: Writer, *, mode: str = "mu
     _FORMATS[(mode, name)] = Format(name, mode, filename, writer, description)
 
 
-def register_builtin_formats() -> None:
-    """Register the built-in writers once (the multistep formats)."""
-    global _builtins_registered
-    if _builtins_registered:
-        return
-    _builtins_registered = True
-    from .onnx_writer import write_onnx
-    from .pt2_writer import write_pt2
-    from .torchscript_writer import write_torchscript
-
-    register_format("torchscript", "model.ts", write_torchscript, description="TorchScript (torch.jit.load)")
-    register_format("onnx", "model.onnx", write_onnx, description="ONNX: dsr nodes + function fallback, or portable")
-    register_format("pt2", "model.pt2", write_pt2, description="torch.export program (torch.export.load)")
+def register_mode(name: str, prepare: Callable[..., Any], *, extra_jobs: Optional[Callable[[Any], List[Job]]] = None,
+                  manifest_fields: Optional[Callable[[Any], Dict[str, Any]]] = None) -> None:
+    """Add (or replace) export mode ``name``; its writers come with :func:`register_format`."""
+    _MODES[name] = Mode(name, prepare, extra_jobs, manifest_fields)
 
 
 def formats(mode: str = "multistep") -> dict[str, Format]:
-    register_builtin_formats()
     return {n: f for (m, n), f in _FORMATS.items() if m == mode}
 
 
 def modes() -> list[str]:
-    register_builtin_formats()
-    return sorted({m for m, _ in _FORMATS})
+    return sorted(_MODES)
+
+
+def get_mode(name: str) -> Mode:
+    if name not in _MODES:
+        raise UserError(f"unknown --mode {name!r}; choose from {', '.join(sorted(_MODES))}")
+    return _MODES[name]

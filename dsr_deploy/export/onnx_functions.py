@@ -36,6 +36,7 @@ from typing import Iterable, List, Optional
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
+from ..contract import QUANTIZED_OP_TYPES
 from ..convert import ALL_OP_TYPES, ONNX_DOMAIN
 from . import onnx_sj
 
@@ -288,9 +289,6 @@ def step_function_proto(kind: str, op_type: str, opset: int, elem: int = TensorP
 #: The quantised ops of ``export --precision int8 --int8-neuron quantized``: (x codes, x_scale, x_zero_point)
 #: -> spike codes {0, 1} of x's type (uint8, or int8 with ``--int8-activations int8``), i.e. the float op on
 #: DequantizeLinear(x) with its spikes as codes (scale = the spike value, zero point 0; exact).
-QUANTIZED_OP_SUFFIX = "Q"
-
-
 def quantized_function_proto(kind: str, body: str, opset: int, T: int | None = None,
                              prefix: Optional[str] = None) -> onnx.FunctionProto:
     """The FunctionProto ``dsr::DSRIFSpikeQ`` / ``dsr::DSRLIFSpikeQ``: ``DequantizeLinear`` of the codes, the
@@ -308,7 +306,7 @@ def quantized_function_proto(kind: str, body: str, opset: int, T: int | None = N
              helper.make_node("CastLike", ["y_fired", "x_zero_point"], ["yq"], name="codes")]
     nodes = [dq] + float_nodes + codes
     return _function(
-        ONNX_OP_TYPES[kind] + QUANTIZED_OP_SUFFIX, kind, ["xq", "x_scale", "x_zero_point"], ["yq"], nodes, opset,
+        QUANTIZED_OP_TYPES[kind], kind, ["xq", "x_scale", "x_zero_point"], ["yq"], nodes, opset,
         prefix or SCOPE_PREFIX,
         f"DSR-{kind.upper()} on a quantised current (uint8 / int8 codes, scale, zero point) -> spike codes {{0, 1}} "
         "of the codes' type, "

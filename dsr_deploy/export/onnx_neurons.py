@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import onnx
 from onnx import helper
 
+from ..contract import QUANTIZED_OP_TYPES
 from ..convert import ALL_OP_TYPES, ONNX_DOMAIN
 from ..onnx_graph import dsr_nodes
 
@@ -132,7 +133,7 @@ def _quantized_op(producer: Dict[str, onnx.NodeProto], out: str) -> Optional[onn
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
     op = producer.get(dq.input[0])
-    if op is None or op.domain != ONNX_DOMAIN or op.op_type[:-1] not in _DSR_OP_TYPES or not op.op_type.endswith("Q"):
+    if op is None or op.domain != ONNX_DOMAIN or op.op_type not in QUANTIZED_OP_TYPES.values():
         return None
     return op
 

@@ -37,11 +37,11 @@ from onnx import helper
 
 from .. import __version__
 from ..convert import ALL_OP_TYPES, ONNX_DOMAIN, inference_copy
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io import atomic_path
 from ..onnx_graph import dsr_nodes as find_dsr_nodes
 from .base import CURRENT_PREFIX, INPUT_NAME, LAYOUT, PROBE_PREFIX, ExportContext
-from .onnx_functions import BODIES, function_proto, onnx_elem_type, scope_prefix
+from .onnx_functions import function_proto, onnx_elem_type, scope_prefix
 from .onnx_neurons import META_INDEX as _META_INDEX
 from .onnx_neurons import META_LAYER_INPUTS as _META_LAYER_INPUTS
 from .onnx_neurons import META_LAYER_OUTPUTS as _META_LAYER_OUTPUTS
@@ -52,7 +52,6 @@ _KIND_OF_OP = {op: kind for kind, op in ALL_OP_TYPES.items()}
 DEFAULT_OPSET = 18
 BFLOAT16_OPSET = 22  # the first opset whose Conv (and ConvTranspose) takes bfloat16
 DEFAULT_BODY = "scan"
-LOWERINGS = ("function", "portable")
 _DSR_OP_TYPES = set(ALL_OP_TYPES.values())
 
 
@@ -92,16 +91,11 @@ def bfloat16_export_settings(model: torch.nn.Module, dtype: torch.dtype, opset=N
 
 
 def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
-    """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options``; checked with full_check."""
-    opset, optimize = bfloat16_export_settings(ctx.model, ctx.dtype, ctx.options.get("opset"))
-    lowering = ctx.options.get("lowering") or "function"
-    body = ctx.options.get("function_body") or DEFAULT_BODY
-    if opset < 17:
-        raise UserError(f"--opset must be >= 17 (got {opset})")
-    if lowering not in LOWERINGS:
-        raise UserError(f"unknown lowering {lowering!r}; choose from {', '.join(LOWERINGS)}")
-    if body not in BODIES:
-        raise UserError(f"unknown function body {body!r}; choose from {', '.join(BODIES)}")
+    """Export ``ctx.model`` to an in-memory ModelProto per ``ctx.options`` (validated by
+    :meth:`~dsr_deploy.export.options.ExportOptions.validate`); checked with full_check."""
+    opset, optimize = bfloat16_export_settings(ctx.model, ctx.dtype, ctx.options.opset)
+    lowering = ctx.options.lowering or "function"
+    body = ctx.options.function_body or DEFAULT_BODY
     dynamic_T = body == "scan" and ctx.time_dim is not None and not ctx.fixed_T
     inf = inference_copy(ctx.model, "op")
     if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
@@ -118,11 +112,11 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
                 dynamo=True, dynamic_shapes=(dims,) if dims else None, optimize=optimize, verbose=False,
             )
     except Exception as exc:  # the exporter's messages are long; the first line says what failed
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"ONNX export failed: {first}") from exc
     model = prog.model_proto
     kinds = postprocess(model, ctx, lowering=lowering, body=body, opset=opset, dynamic_T=dynamic_T)
-    if ctx.options.get("precision") == "int8" and kinds:
+    if ctx.options.precision == "int8" and kinds:
         model = quantized(model, ctx)
     if lowering == "portable":
         model = portable(model)
@@ -133,15 +127,10 @@ def export_onnx_model(ctx: ExportContext) -> onnx.ModelProto:
 
 
 def quantized(model: onnx.ModelProto, ctx: ExportContext) -> onnx.ModelProto:
-    """``--precision int8``: the Q/DQ model (:mod:`.quantize`), calibrated on ``ctx.options["calibration"]``."""
-    from .quantize import default_neuron, quantize_model
+    """``--precision int8``: the Q/DQ model (:mod:`.int8`) with the export's int8 options (calibration checked)."""
+    from .int8.rewrite import quantize
 
-    q, _ = quantize_model(model, ctx.options["calibration"], ctx.batch_dim,
-                          quantize_all=bool(ctx.options.get("int8_all_layers")),
-                          neuron=ctx.options.get("int8_neuron") or default_neuron(
-                              ctx.options.get("int8_activations") or "uint8"),
-                          activations=ctx.options.get("int8_activations") or "uint8",
-                          layout=ctx.options.get("int8_layout") or "nchw")
+    q, _ = quantize(model, ctx.options.int8, ctx.batch_dim)
     return q
 
 

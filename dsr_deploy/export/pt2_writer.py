@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..convert import SpikeBase, inference_copy
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
 
@@ -59,7 +59,7 @@ def export_program(ctx: ExportContext, probe: bool = False) -> torch.export.Expo
             return torch.export.export(net, (ctx.example_input(shape=ctx.trace_shape()),),
                                        dynamic_shapes=(dims or None,))
     except Exception as exc:
-        raise UserError(f"torch.export failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise UserError(f"torch.export failed: {first_line(exc)}") from exc
 
 
 def write_pt2(ctx: ExportContext, path: Path) -> Dict[str, Any]:
@@ -89,7 +89,7 @@ def write_pt2_aot(ctx: ExportContext, path: Path) -> Dict[str, Any]:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"AOTInductor compilation failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise UserError(f"AOTInductor compilation failed: {first_line(exc)}") from exc
     return {"format": "aoti", "path": Path(path).name, "dynamic_T": not ctx.fixed_T, "dynamic_batch": ctx.dynamic_batch,
             "loader": "torch._inductor.aoti_load_package (after import dsr_deploy.ops)"}
 

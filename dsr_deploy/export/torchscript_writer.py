@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..convert import IFSpikeScript, LIFSpikeScript, SJSpikeScript, inference_copy, set_child
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io import atomic_path, write_through_memory
 from .base import PROBE_PREFIX, ExportContext
 
@@ -97,7 +97,7 @@ def script_model(ctx: ExportContext, probe: bool = False) -> Tuple[torch.jit.Scr
         try:
             traced = torch.jit.trace(target, x, check_trace=False)
         except Exception as exc:
-            raise UserError(f"TorchScript export failed: {str(exc).strip().splitlines()[0]}") from exc
+            raise UserError(f"TorchScript export failed: {first_line(exc)}") from exc
         # The traced layers must not have baked in the example's T / batch.
         x2 = ctx.example_input(seed=1, shape=ctx.shape_variant())
         ref = inference_copy(ctx.model, "op")

@@ -12,8 +12,9 @@ GPU for GPU runners), so timing code can exclude the device-to-host copy; feeds 
 on the runner's ``device`` are used without a copy where the backend allows it.
 
 An artifact is a file path, an export folder (``DIR/manifest.json``: :func:`.registry.resolve_artifact` picks the
-file for the backend) or, for the ``torch`` backend, an ``nn.Module`` / model spec. The backends are listed in
-:mod:`.registry` (``load_runner``, ``get_backend``); this module knows none of them.
+file for the backend) or, for the reference backend, an ``nn.Module`` / model spec. Each backend module describes
+itself with a :class:`Backend` (its runner, the artifacts and manifest formats it takes, its variants); the
+registry (:mod:`.registry`: ``load_runner``, ``get_backend``) collects them; this module knows none of them.
 """
 
 from __future__ import annotations
@@ -235,28 +236,47 @@ def to_torch(x: Any, device: str = "cpu"):
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
-def one_line(exc: BaseException) -> str:
-    """The first meaningful line of an exception message (backends print pages)."""
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return type(exc).__name__
+# ---------------------------------------------------------------------------------------------------------
+# A backend's description: everything backend-specific lives in its module, in one of these.
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way a backend runs an artifact (ONNX Runtime: the function fallback or the dsr custom-op library):
+    the runner options that select it and the native library it needs (a :data:`dsr_deploy.plugins.LIBRARIES`
+    key), if any."""
+
+    label: str
+    options: Mapping[str, Any]
+    needs: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend: its runner factory, which artifacts it accepts, the manifest ``format`` values it runs, its
+    variants, and whether it is usable here."""
+
+    name: str
+    factory: Any  # Callable[..., Runner]: the runner class
+    accepts: Any  # Callable[[artifact], bool]
+    formats: tuple = ()  # manifest "format" values it runs (the exporter's names plus common spellings)
+    extra: Optional[str] = None  # the pip extra that brings its dependency
+    probe: Any = None  # Callable[[], str | None]: None when usable, else why not
+    priority: int = 0  # orders the choice when several accept an artifact
+    variants: tuple = ()  # Variant, ...: run each (verify, quickstart) when variants_apply(path)
+    variants_apply: Any = None  # Callable[[path], bool]; None: always
+    reference: bool = False  # the eager model the artifacts are compared with (not an artifact runner)
+
+    def variants_for(self, path: Any) -> tuple:
+        if not self.variants or (self.variants_apply is not None and not self.variants_apply(path)):
+            return ()
+        return self.variants
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Export folders: DIR/manifest.json lists the artifacts; a runner gets the file for its backend.
 
 # The manifest is read and validated by dsr_deploy.manifest (one reader for every command).
-
-# Which manifest "format" values each backend runs (the exporter's names plus common spellings).
-BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
-    "torchscript": ("torchscript", "ts"),
-    "pt2": ("pt2", "torch.export", "exported_program", "aoti", "aotinductor"),
-    "onnxruntime": ("onnx",),
-    "tensorrt": ("tensorrt", "engine", "plan", "trt"),
-}
-
 
 def manifest_for(path: Union[str, Path]) -> Optional[Manifest]:
     """The validated manifest of the export folder ``path`` lives in, if any (names and shapes for the runner);
@@ -275,37 +295,6 @@ def is_export_folder(artifact: Any) -> bool:
     return isinstance(artifact, (str, Path)) and Path(artifact).is_dir()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Recognising artifact files by content (suffixes lie: .pt is TorchScript or a checkpoint, .pt2 is
-# torch.export or AOTInductor).
-
-def zip_entries(path: Union[str, Path]) -> Optional[list[str]]:
-    """The member names of the zip archive ``path``, or None when it is not a readable zip."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return None
-
-
-def zip_kind(path: Union[str, Path]) -> Optional[str]:
-    """"torchscript", "aoti", "exported_program" or None for the torch zip archive ``path``."""
-    names = zip_entries(path)
-    if not names:
-        return None
-    tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    if any("aotinductor" in n for n in names):
-        return "aoti"
-    if "archive_format" in tails or any(t.startswith("models/") or t == "serialized_exported_program.json"
-                                        for t in tails):
-        return "exported_program"
-    if "data.pkl" in tails and any(t.startswith("code/") for t in tails):
-        return "torchscript"
-    return None
-
-
 def is_file_with(artifact: Any, suffixes: Sequence[str]) -> bool:
     return isinstance(artifact, (str, Path)) and str(artifact).lower().endswith(tuple(suffixes)) \
         and not Path(artifact).is_dir()
@@ -318,77 +307,3 @@ def model_io_from_manifest(path: Union[str, Path], default_inputs: Sequence[str]
     ins, outs = manifest_io_names(manifest)
     shape = manifest.input_shape if manifest else None
     return list(ins or default_inputs), list(outs or default_outputs), shape
-
-
-def collect_outputs(out: Any, names: Sequence[str], copy_outputs: bool, backend: str) -> dict[str, Any]:
-    """Name a torch model's result (a tensor, a tuple/list or a dict of tensors) by ``names``."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        items = [out]
-    elif isinstance(out, Mapping):
-        items = list(out.values())
-    elif isinstance(out, (tuple, list)):
-        items = list(out)
-    else:
-        raise UserError(f"{backend}: the model returned a {type(out).__name__}, expected tensors")
-    if len(names) != len(items):
-        names = ["output"] + [f"output_{i}" for i in range(1, len(items))]
-    conv = (lambda t: t.detach().cpu().numpy()) if copy_outputs else (lambda t: t)
-    return {n: conv(t) for n, t in zip(names, items)}
-
-
-@dataclass
-class TorchFileOptions(RunnerOptions):
-    """Options of the torch-executed artifacts (TorchScript, pt2): ``fp16`` (float16 parameters and inputs),
-    ``input_names`` / ``output_names`` (override the manifest's names)."""
-
-    fp16: bool = False
-    input_names: Optional[Sequence[str]] = None
-    output_names: Optional[Sequence[str]] = None
-
-
-class TorchCallableRunner(Runner):
-    """What the torch-executed artifacts (TorchScript, pt2) share once loaded: a callable ``self.fn`` taking the
-    inputs positionally, input specs, output names; ``infer`` with feed checks and one-line model errors."""
-
-    Options: type[TorchFileOptions] = TorchFileOptions
-    options: TorchFileOptions
-
-    def __init__(self, artifact: Any, **options: Any):
-        super().__init__(artifact, **options)
-        self.device = str(self.options.device or "cpu")
-        self.fn = None
-        self._inputs: list[TensorSpec] = []
-        self._output_names: list[str] = []
-
-    def release(self) -> None:
-        self.fn = None
-        super().release()
-
-    def inputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return list(self._inputs)
-
-    def outputs(self) -> list[TensorSpec]:
-        self.ensure_loaded()
-        return [TensorSpec(n, None, self._inputs[0].dtype if self._inputs else "float32")
-                for n in self._output_names]
-
-    def describe(self) -> dict:
-        return {**super().describe(), "device": self.device}
-
-    def _infer(self, feeds: dict[str, Any], copy_outputs: bool) -> dict[str, Any]:
-        import torch
-
-        args = [to_torch(feeds[s.name], self.device) for s in self._inputs]
-        with torch.inference_mode():
-            try:
-                out = self.fn(*args)
-            except (KeyboardInterrupt, GeneratorExit):
-                raise
-            except BaseException as exc:  # shape errors: torch.jit.Error, guard failures (RuntimeError /
-                # AssertionError); an eager model's forward is user code: SystemExit is its failure too
-                shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(self._inputs, args))
-                raise UserError(f"{self.backend}: the model failed on {shapes}: {one_line(exc)}") from None
-        return collect_outputs(out, self._output_names, copy_outputs, self.backend)

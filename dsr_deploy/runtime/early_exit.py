@@ -26,7 +26,7 @@ import numpy as np
 from ..contract import EXIT_PREDICTION, EXIT_READOUT, EXIT_STEPS, READOUT_STEPS
 from ..early_exit import ExitRule, Readout, readout_of_manifest, run_streaming, simulate
 from ..errors import UserError
-from ..manifest import MANIFEST, Manifest, read_manifest
+from ..manifest import MANIFEST, Manifest, as_manifest, read_manifest
 
 __all__ = ["artifact_manifest", "exit_rule", "infer_early_exit", "manifest_readout", "per_step_readouts",
            "readouts_of", "runner_manifest"]
@@ -76,7 +76,7 @@ def per_step_readouts(runner: Any, feeds: Mapping[str, Any], manifest: Mapping,
     out = runner.infer(feeds)
     if READOUT_STEPS in out:
         return _np(out[READOUT_STEPS])
-    io = manifest.get("io") or {}
+    io = as_manifest(manifest).io or {}
     if io.get("output") == "logits":
         raise UserError("this artifact returns logits only: export it with --per-step-readout (or as spikes, or "
                         "--mode streaming) to read the readout after every step")

@@ -31,9 +31,9 @@ import numpy as np
 
 from ..contract import DOMAIN as DSR_DOMAIN
 from ..contract import ORT_OPS_LIBRARY
-from ..errors import UserError, require
+from ..errors import UserError, first_line, require
 from ..onnx_graph import dsr_op_types
-from .base import Runner, RunnerOptions, TensorSpec, is_file_with, one_line, to_numpy
+from .base import Backend, Runner, RunnerOptions, TensorSpec, Variant, is_file_with, to_numpy
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -64,7 +64,7 @@ def inspect_dsr_usage(path: Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise UserError(f"onnxruntime: cannot read {path} as ONNX: {one_line(exc)}") from None
+        raise UserError(f"onnxruntime: cannot read {path} as ONNX: {first_line(exc)}") from None
     used = dsr_ops_used(model.graph)
     functions = {f.name for f in model.functions if f.domain == DSR_DOMAIN}
     return {"ops": sorted(used), "functions": sorted(functions), "missing_fallback": sorted(used - functions)}
@@ -125,7 +125,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
         except Exception as exc:
-            msg = one_line(exc)
+            msg = first_line(exc)
             if usage["missing_fallback"] and self.library is None:
                 raise UserError(f"onnxruntime: {path} uses dsr ops {', '.join(usage['missing_fallback'])} without a "
                                 f"function fallback, and {self._no_library_reason()}") from None
@@ -163,8 +163,8 @@ class OnnxRuntimeRunner(Runner):
             so.register_custom_ops_library(str(lib))
         except Exception as exc:
             if mode == "require" or explicit:
-                raise UserError(f"onnxruntime: cannot register {lib}: {one_line(exc)}") from None
-            self.dsr_ops = f"function fallback ({lib} failed to register: {one_line(exc)})"
+                raise UserError(f"onnxruntime: cannot register {lib}: {first_line(exc)}") from None
+            self.dsr_ops = f"function fallback ({lib} failed to register: {first_line(exc)})"
             return
         self.library = str(lib)
         self.dsr_ops = f"custom-op library {lib}"
@@ -224,7 +224,7 @@ class OnnxRuntimeRunner(Runner):
             raise
         except Exception as exc:  # ORT raises Fail / InvalidArgument / RuntimeException with pages of text
             shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-            raise UserError(f"onnxruntime: inference failed on {shapes}: {one_line(exc)}") from None
+            raise UserError(f"onnxruntime: inference failed on {shapes}: {first_line(exc)}") from None
         return dict(zip(names, outs))
 
     def _infer_bound(self, feeds: Mapping[str, Any], names: list[str], copy_outputs: bool) -> dict[str, Any]:
@@ -262,3 +262,17 @@ def _np_dtype(t) -> Any:
     return np.dtype(str(t.dtype).replace("torch.", ""))
 
 
+def _has_dsr_nodes(path: Any) -> bool:
+    from ..onnx_graph import has_dsr_nodes
+
+    return has_dsr_nodes(path)
+
+
+#: The two ways ONNX Runtime runs a model's dsr nodes: the model-local function bodies and the fused kernels of the
+#: custom-op library ("ort" in dsr_deploy.plugins.LIBRARIES).
+VARIANTS = (Variant("function fallback", {"custom_ops": "off"}),
+            Variant("dsr custom-op library", {"custom_ops": "require"}, needs="ort"))
+
+#: The backend's description (collected by :mod:`.registry`).
+BACKEND = Backend("onnxruntime", OnnxRuntimeRunner, accepts, formats=("onnx",), extra="core", probe=probe, priority=5,
+                  variants=VARIANTS, variants_apply=_has_dsr_nodes)

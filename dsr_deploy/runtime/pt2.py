@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .base import TensorSpec, TorchCallableRunner, TorchFileOptions, model_io_from_manifest, one_line, zip_kind
+from ..errors import UserError, first_line
+from .base import Backend, TensorSpec, model_io_from_manifest
+from .torch_file import TorchCallableRunner, TorchFileOptions, zip_kind
 
 
 def accepts(artifact: Any) -> bool:
@@ -85,7 +86,7 @@ def pickled_entries(path: Any) -> list[str]:
                     if not _safe_pickle(z.read(member)):
                         found.append(f"{name} (pickled objects beyond tensors)")
     except (OSError, zipfile.BadZipFile) as exc:
-        raise UserError(f"pt2: cannot read {path}: {one_line(exc)}") from None
+        raise UserError(f"pt2: cannot read {path}: {first_line(exc)}") from None
     return found
 
 
@@ -163,7 +164,7 @@ class PT2Runner(TorchCallableRunner):
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"pt2: cannot load {path}: {one_line(exc)}") from None
+            raise UserError(f"pt2: cannot load {path}: {first_line(exc)}") from None
         ins, outs, _ = model_io_from_manifest(path, [s.name for s in specs], ["output"])
         ins = list(self.options.input_names or ins)
         if len(ins) == len(specs):
@@ -184,10 +185,13 @@ class PT2Runner(TorchCallableRunner):
             try:
                 found = aoti_neurons(Path(self.artifact), self.device)
             except Exception as exc:
-                raise UserError(f"pt2: cannot read the dsr calls of {self.artifact}: {one_line(exc)}") from None
+                raise UserError(f"pt2: cannot read the dsr calls of {self.artifact}: {first_line(exc)}") from None
             if not found:
                 raise UserError(f"pt2: {self.artifact} records no dsr op call")
             return found
         return program_neurons(self.program.graph, self.device)
 
 
+#: The backend's description (collected by :mod:`.registry`).
+BACKEND = Backend("pt2", PT2Runner, accepts, formats=("pt2", "torch.export", "exported_program", "aoti", "aotinductor"),
+                  priority=5)

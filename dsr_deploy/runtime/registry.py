@@ -1,52 +1,43 @@
 """The backend registry: which runner class runs which artifact, and :func:`load_runner`.
 
-The built-in backends are listed here (each backend module knows nothing of the registry, so no import runs
-back from a backend to this module); :func:`register_backend` adds more. Importing the backend modules is
-cheap: each imports its heavy dependency (onnxruntime, tensorrt) only when a runner loads.
+Each backend module describes itself (``BACKEND``: a :class:`~.base.Backend` with its runner, the manifest formats
+and artifacts it takes, its variants); the registry only collects them (a backend module knows nothing of the
+registry, so no import runs back from a backend to this module), and :func:`register` /
+:func:`register_backend` add more. Nothing here names a backend. Importing the backend modules is cheap: each
+imports its heavy dependency (onnxruntime, tensorrt) only when a runner loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..manifest import MANIFEST, Manifest, read_manifest
 from . import onnxruntime, pt2, tensorrt, torch_runner, torchscript
-from .base import BACKEND_FORMATS, Runner, is_export_folder
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One registered backend: its runner factory, which artifacts it accepts, and whether it is usable here."""
-
-    name: str
-    factory: Callable[..., Runner]
-    accepts: Callable[[Any], bool]
-    extra: str | None = None  # the pip extra that brings its dependency
-    probe: Callable[[], str | None] | None = None  # returns None when usable, else why not
-    priority: int = 0
-
+from .base import Backend, Runner, is_export_folder
 
 _REGISTRY: dict[str, Backend] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Runner], accepts: Callable[[Any], bool], *,
                      extra: str | None = None, probe: Callable[[], str | None] | None = None,
-                     priority: int = 0) -> None:
-    """Add (or replace) backend ``name``; ``priority`` orders the choice when several accept an artifact."""
-    _REGISTRY[name] = Backend(name, factory, accepts, extra, probe, priority)
+                     priority: int = 0, formats: tuple = (), variants: tuple = (),
+                     variants_apply: Callable[[Any], bool] | None = None, reference: bool = False) -> None:
+    """Add (or replace) backend ``name`` (:class:`~.base.Backend`); ``priority`` orders the choice when several
+    accept an artifact."""
+    _REGISTRY[name] = Backend(name, factory, accepts, formats or (name,), extra, probe, priority, variants,
+                              variants_apply, reference)
 
 
-register_backend("onnxruntime", onnxruntime.OnnxRuntimeRunner, onnxruntime.accepts, probe=onnxruntime.probe,
-                 extra="core", priority=5)
-register_backend("pt2", pt2.PT2Runner, pt2.accepts, priority=5)
-register_backend("tensorrt", tensorrt.TensorRTRunner, tensorrt.accepts, extra="tensorrt", probe=tensorrt.probe,
-                 priority=5)
-register_backend("torch", torch_runner.TorchRunner, torch_runner.accepts, priority=10)
-register_backend("torchscript", torchscript.TorchScriptRunner, torchscript.accepts, priority=5)
+def register(backend: Backend) -> None:
+    """Add (or replace) a backend described by its module."""
+    _REGISTRY[backend.name] = backend
+
+
+for _module in (onnxruntime, pt2, tensorrt, torch_runner, torchscript):  # the built-in backends describe themselves
+    register(_module.BACKEND)
 
 
 def backend_names() -> list[str]:
@@ -69,14 +60,15 @@ def available_backends() -> dict[str, str | None]:
 
 def looks_like_spec(artifact: Any) -> bool:
     """A MODEL spec the torch runner takes ("zoo:NAME", "pkg.module:factory", "file.py:factory"), not a file."""
-    return isinstance(artifact, str) and torch_runner.is_spec(artifact)
+    return isinstance(artifact, str) and any(b.reference and b.accepts(artifact) for b in _REGISTRY.values())
 
 
 def resolve_artifact(folder: str | Path, backend: str, manifest: Manifest | None = None) -> Path:
     """The file of export folder ``folder`` that ``backend`` runs; a one-line error when there is none."""
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
-    formats = BACKEND_FORMATS.get(backend, (backend,))
+    b = _REGISTRY.get(backend)
+    formats = b.formats if b is not None else (backend,)
     for art in manifest.artifacts:
         if art["format"].lower() in formats:
             path = manifest.path_of(art)
@@ -84,7 +76,6 @@ def resolve_artifact(folder: str | Path, backend: str, manifest: Manifest | None
                 raise UserError(f"{folder}/{MANIFEST} lists {art['path']} but the file is missing")
             return path
     # Manifests without a matching "format": fall back on the files the backend accepts.
-    b = _REGISTRY.get(backend)
     if b is not None:
         for art in manifest.artifacts:
             path = manifest.path_of(art)
@@ -110,35 +101,36 @@ def backends_for(artifact: Any) -> list[str]:
     return [b.name for b in order if b.accepts(artifact)]
 
 
-# The two ways ONNX Runtime runs a model's dsr nodes: the model-local function bodies and the fused kernels of the
-# custom-op library. (label, runner options)
-ORT_VARIANTS = (("function fallback", {"custom_ops": "off"}), ("dsr custom-op library", {"custom_ops": "require"}))
-
-
 def run_targets(path: str | Path) -> list[tuple[str, dict, str, str | None]]:
-    """``(backend, runner options, variant label, None | why it cannot run here)`` for every backend but ``torch``
-    that accepts the artifact file ``path``, and for a file with dsr nodes both ONNX Runtime variants: what verify
-    and the quickstart run an artifact on."""
+    """``(backend, runner options, variant label, None | why it cannot run here)`` for every artifact backend (not
+    the reference) that accepts the artifact file ``path``, once per variant it has for that file (ONNX Runtime:
+    with and without the custom-op library for a file with dsr nodes): what verify and the quickstart run an
+    artifact on."""
     from .. import plugins
-    from ..onnx_graph import has_dsr_nodes
 
     out = []
     for name, why in available_backends().items():
-        if name == "torch":
+        b = get_backend(name)
+        if b.reference:
             continue
         try:
-            ok = get_backend(name).accepts(path)
+            ok = b.accepts(path)
         except Exception:  # noqa: BLE001 - a backend that cannot tell does not run it
             ok = False
         if not ok:
             continue
-        if name == "onnxruntime" and has_dsr_nodes(path):
-            for variant, opts in ORT_VARIANTS:
-                missing = plugins.missing_reason("ort") if opts["custom_ops"] == "require" else None
-                out.append((name, dict(opts), variant, why or missing))
-        else:
+        variants = b.variants_for(path)
+        for v in variants:
+            missing = plugins.missing_reason(v.needs) if v.needs else None
+            out.append((name, dict(v.options), v.label, why or missing))
+        if not variants:
             out.append((name, {}, "", why))
     return out
+
+
+def variant_options(backend: str, label: str) -> dict:
+    """The runner options of ``backend``'s variant ``label`` (``{}`` for none)."""
+    return next((dict(v.options) for v in get_backend(backend).variants if v.label == label), {})
 
 
 def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Runner:
@@ -147,7 +139,7 @@ def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Ru
     ``artifact`` may be an export folder: the manifest names the file for ``backend`` (default: the first
     listed artifact some backend runs).
     """
-    if is_export_folder(artifact) and backend == "torch":
+    if is_export_folder(artifact) and backend is not None and get_backend(backend).reference:
         # The eager model the folder was exported from. The folder is untrusted: its MODEL spec is built only
         # when it names the zoo (or with trust_model_code), and trust_pickle comes from the caller, never from
         # the manifest.
@@ -156,13 +148,13 @@ def load_runner(artifact: Any, backend: str | None = None, **options: Any) -> Ru
         manifest = read_manifest(artifact)
         spec = manifest.model_spec
         if not spec:
-            raise UserError(f"{artifact}/{MANIFEST} names no model spec; the torch backend needs the model")
+            raise UserError(f"{artifact}/{MANIFEST} names no model spec; the {backend} backend needs the model")
         check_manifest_spec(spec, manifest.where, trust_model_code=bool(options.pop("trust_model_code", False)),
                             hint="give the model itself (MODEL spec) instead of the folder")
         options.setdefault("checkpoint", manifest.checkpoint)
         if manifest.input_shape is not None:
             options.setdefault("input_shape", list(manifest.input_shape))
-        return get_backend("torch").factory(spec, **options)
+        return get_backend(backend).factory(spec, **options)
     if is_export_folder(artifact):
         if backend is None:
             found = backends_for(artifact)

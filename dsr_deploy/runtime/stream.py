@@ -22,13 +22,15 @@ __all__ = ["StreamSession", "manifest_states"]
 
 
 def manifest_states(manifest: Mapping) -> list[dict]:
-    """The membrane records of a streaming export's manifest (top level, or in an artifact record)."""
-    if isinstance(manifest.get("states"), list):
-        return manifest["states"]
-    for a in manifest.get("artifacts", []):
-        if isinstance(a, Mapping) and isinstance(a.get("states"), list):
-            return a["states"]
-    raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode streaming)")
+    """The membrane records of a streaming export's manifest (a validated one, or a mapping built in memory)."""
+    from ..manifest import as_manifest
+
+    m = as_manifest(manifest)
+    if not m.states:
+        raise UserError("the manifest has no membrane states: not a streaming export (dsr-deploy export --mode "
+                        "streaming)")
+    return m.states
+
 
 def _initial_value(state: Mapping) -> float:
     """A membrane record's starting value (untrusted manifest: a number or nothing)."""

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..contract import TRT_DYNAMIC_PLUGIN_LIBRARY, TRT_PLUGIN_LIBRARY
-from ..errors import UserError, require
-from .base import Runner, RunnerOptions, TensorSpec, is_file_with, one_line, to_torch
+from ..errors import UserError, first_line, require
+from .base import Backend, Runner, RunnerOptions, TensorSpec, is_file_with, to_torch
 
 SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -100,7 +100,7 @@ def load_plugin_library(path: Path, trt: Any = None) -> str:
             else:
                 handle = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
         except Exception as exc:  # TensorRT raises its own types
-            raise UserError(f"cannot load TensorRT plugin library {path} ({how}): {one_line(exc)}") from None
+            raise UserError(f"cannot load TensorRT plugin library {path} ({how}): {first_line(exc)}") from None
         _loaded_plugins[key] = (how, handle)
     return how
 
@@ -263,3 +263,6 @@ class TensorRTRunner(Runner):
         torch.cuda.synchronize(self.device)
 
 
+#: The backend's description (collected by :mod:`.registry`).
+BACKEND = Backend("tensorrt", TensorRTRunner, accepts, formats=("tensorrt", "engine", "plan", "trt"),
+                  extra="tensorrt", probe=probe, priority=5)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..errors import UserError
-from .base import Runner, RunnerOptions, TensorSpec, collect_outputs, one_line, to_torch
+from ..errors import UserError, first_line
+from .base import Backend, Runner, RunnerOptions, TensorSpec, to_torch
+from .torch_file import collect_outputs
 
 
 def _is_module(artifact: Any) -> bool:
@@ -157,8 +158,11 @@ class TorchRunner(Runner):
             try:
                 out = self.model(x)
             except (RuntimeError, ValueError, TypeError) as exc:
-                raise UserError(f"torch: the model failed on input {list(x.shape)}: {one_line(exc)}") from None
+                raise UserError(f"torch: the model failed on input {list(x.shape)}: {first_line(exc)}") from None
         return collect_outputs(out, self.output_names, copy_outputs, self.backend)
 
 
-__all__ = ["TorchRunner", "build_model"]
+#: The backend's description (collected by :mod:`.registry`): the reference every artifact is compared with.
+BACKEND = Backend("torch", TorchRunner, accepts, formats=("torch",), priority=10, reference=True)
+
+__all__ = ["BACKEND", "TorchRunner", "build_model"]

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .base import TensorSpec, TorchCallableRunner, TorchFileOptions, model_io_from_manifest, one_line, zip_kind
+from ..errors import UserError, first_line
+from .base import Backend, TensorSpec, model_io_from_manifest
+from .torch_file import TorchCallableRunner, TorchFileOptions, zip_kind
 
 SUFFIXES = (".ts", ".torchscript", ".jit", ".pt", ".pth")
 
@@ -59,7 +60,7 @@ class TorchScriptRunner(TorchCallableRunner):
         try:
             module = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:  # corrupt zip, not TorchScript, unknown ops: all one line
-            raise UserError(f"torchscript: cannot load {path}: {one_line(exc)}") from None
+            raise UserError(f"torchscript: cannot load {path}: {first_line(exc)}") from None
         module.eval()
         if self.options.fp16:
             module = module.half()  # parameters and buffers; the dsr recurrence keeps a float32 membrane
@@ -101,3 +102,5 @@ class TorchScriptRunner(TorchCallableRunner):
         return self.fn
 
 
+#: The backend's description (collected by :mod:`.registry`).
+BACKEND = Backend("torchscript", TorchScriptRunner, accepts, formats=("torchscript", "ts"), priority=5)

@@ -10,6 +10,7 @@ from typing import Dict, List, Mapping
 import numpy as np
 
 from ..early_exit import ExitRule, ExitTracker, Readout
+from ..manifest import as_manifest
 
 STEPS, EXIT, READOUT = "steps", "exit", "readout"
 
@@ -27,7 +28,7 @@ class ServerExit:
         from ..runtime.early_exit import manifest_readout
 
         parse_manifest(dict(manifest), getattr(manifest, "source", None))  # the record, now that its schema is known
-        T = int(manifest.get("T") or manifest["input_shape"][0])
+        T = int(as_manifest(manifest).T or as_manifest(manifest).input_shape[0])
         return cls(ExitRule.from_record(manifest["early_exit"]), manifest_readout(manifest), T)
 
     def outputs(self, classes: int) -> list:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..contract import STREAM_INPUT, STREAM_OUTPUT, state_input_name, state_output_name
 from ..errors import UserError
+from ..manifest import Manifest
 
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 
@@ -217,7 +218,7 @@ def _flag(request, name: str, n: int) -> np.ndarray:
     return np.asarray(v).reshape(n, -1)[:, 0].astype(bool)
 
 
-def _manifest(artifact: Path) -> Optional[dict]:
+def _manifest(artifact: Path) -> Optional[Manifest]:
     from ..manifest import manifest_beside, read_manifest
 
     return read_manifest(artifact) if artifact.is_dir() else manifest_beside(artifact)
@@ -247,7 +248,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
     runner.load()
     specs = {s.name: s for s in runner.inputs()}
     out_names = [s.name for s in runner.outputs()]
-    streaming = STREAM_INPUT in specs or (manifest or {}).get("mode") == "streaming"
+    streaming = STREAM_INPUT in specs or (manifest is not None and manifest.streaming)
     if name is None:
         base = path if path.is_dir() else (path.parent if path.stem == "model" else path)
         name = base.stem if base.is_file() else base.name
@@ -263,7 +264,7 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         if filled:  # the sequence store and Triton's sequence batcher start every stream from zeros
             raise UserError(f"{path}: layer {filled[0]} starts its stream at a nonzero membrane (a SpikingJelly hard "
                             "reset's v_reset); serving starts streams from zeros: run it with StreamSession instead")
-        step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
+        step = manifest.step_shape
         model.store = SequenceStore([s["shape"] for s in states], idle_timeout_s, max_sequences)
         model.inputs = [(STREAM_INPUT, np.float32, tuple(int(d) for d in step[1:]), False),
                         (SEQUENCE_ID, np.uint64, (1,), False),
@@ -280,8 +281,8 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         if "input" not in specs or "output" not in out_names:
             raise UserError(f"{path}: expected a multi-step model with input 'input' and output 'output' "
                             f"(got inputs {sorted(specs)}, outputs {out_names})")
-        io = (manifest or {}).get("io")
-        io = io if isinstance(io, dict) and io.get("input_layout") in ("TB", "BT", "static") else None
+        io = manifest.io if manifest is not None else None
+        io = io if io and io.get("input_layout") in ("TB", "BT", "static") else None
         shape = _input_shape(specs["input"], manifest, io)  # as [T, B, ...]
         dtype = np.dtype(specs["input"].dtype or "float32").type  # an fp16 export is served in fp16
         static = bool(io) and io["input_layout"] == "static"
@@ -297,8 +298,8 @@ def _input_shape(spec, manifest, io: Optional[dict] = None) -> tuple:
     from ..io_adapter import canonical_shape
 
     shape = canonical_shape(spec.shape, io) if spec.shape else None
-    if manifest and isinstance(manifest.get("input_shape"), list):
-        known = canonical_shape(manifest["input_shape"], io)
+    if manifest is not None and manifest.input_shape is not None:
+        known = canonical_shape(list(manifest.input_shape), io)
         if shape is None or len(shape) != len(known):
             shape = list(known)
         else:  # a symbolic T stays dynamic; fixed dims from the model
@@ -314,7 +315,7 @@ def _output_shape(runner, name: str, manifest, in_shape: Optional[tuple] = None,
     runner.inputs()  # loads the runner (its errors surface here, one line)
     feeds = {}
     if name == STREAM_OUTPUT:
-        step = manifest.get("step_shape") or list(manifest["input_shape"][1:])
+        step = manifest.step_shape
         feeds[STREAM_INPUT] = np.zeros((1, *step[1:]), dtype=np.float32)
         from ..runtime.stream import manifest_states
 

@@ -22,12 +22,13 @@ with explicit dims, and a streaming plan's sequence batcher uses the zero initia
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import contract
 from ..errors import UserError
+from ..manifest import Manifest
 from .triton_config import INSTANCE_KINDS, make_config
 from .triton_onnx import (
     Edge,
@@ -51,7 +52,7 @@ class ModelSource:
     name: str
     onnx: Path
     plan: Optional[Path] = None
-    manifest: dict = field(default_factory=dict)
+    manifest: Optional[Manifest] = None  # the export folder's (validated), None for a loose file
 
 
 def _sanitize(name: str) -> str:
@@ -149,10 +150,42 @@ def readme_text(**fields) -> str:
     template = resources.files(__package__).joinpath("triton_readme.md").read_text(encoding="utf-8")
     names = {"trt_plugin": contract.TRT_PLUGIN_LIBRARY, "trt_plugin_dynamic": contract.TRT_DYNAMIC_PLUGIN_LIBRARY,
              "ort_library": contract.ORT_OPS_LIBRARY,
-             "dsr_ops": ", ".join((*contract.DSR_OPS, *contract.QUANTIZED_OP_TYPES.values())),
+             "dsr_ops": ", ".join(contract.DSR_OPS), "trt_ops": ", ".join(contract.TENSORRT_PLUGIN_OPS),
              "stream_input": contract.STREAM_INPUT, "stream_output": contract.STREAM_OUTPUT,
              "state_in": contract.STATE_IN_PREFIX, "state_out": contract.STATE_OUT_PREFIX}
     return template.format(**names, **fields)
+
+def _batch_note(src: ModelSource, model, ins0) -> str:
+    """How a batched multi-step model's batch dimension is used (the summary's note)."""
+    io = (src.manifest.io if src.manifest is not None else None) or {}
+    if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
+        return (f"model used as exported (batch first: {io['input_layout']} input, "
+                f"{io.get('output', 'spikes')} output)")
+    if io and batch_first_multistep(model, output_spikes=io.get("output") != "logits"):
+        return f"multi-step: input batch first [B, T, ...], {io.get('output')} output"
+    if batch_first(ins0):
+        return "model used as exported (batch first)"
+    if batch_first_multistep(model):
+        return "multi-step: input/output batch first [B, T, ...]"
+    return "model used as exported (batch assumed first)"
+
+
+def _write_plan(tmp: Path, src: ModelSource, ins0, outs0, streaming: bool, batched: bool, max_batch: int,
+                queue_delay_us: int) -> dict:
+    """The TensorRT plan's model folder and config; returns its summary entry."""
+    pname = f"{src.name}_trt"
+    plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
+    pmax, pnote = plan_max_batch(src, ins0, streaming, max_batch) if plan_batched else (
+        0, "batch not first: no dynamic batching")
+    pd = tmp / pname / "1"
+    pd.mkdir(parents=True)
+    (pd / "model.plan").write_bytes(src.plan.read_bytes())
+    (tmp / pname / "config.pbtxt").write_text(make_config(
+        pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
+        instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
+    return {"name": pname, "backend": "tensorrt_plan", "streaming": streaming, "max_batch_size": pmax,
+            "note": pnote}
+
 
 def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch: int = 8,
                      name: Optional[str] = None, force: bool = False,
@@ -193,19 +226,7 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
                 add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
-                io = (src.manifest or {}).get("io")
-                io = io if isinstance(io, dict) else {}
-                if io.get("input_layout") in ("BT", "static"):  # export options: batch first already
-                    note = (f"model used as exported (batch first: {io['input_layout']} input, "
-                            f"{io.get('output', 'spikes')} output)")
-                elif io and batch_first_multistep(model, output_spikes=io.get("output") != "logits"):
-                    note = f"multi-step: input batch first [B, T, ...], {io.get('output')} output"
-                elif batch_first(ins0):
-                    note = "model used as exported (batch first)"
-                elif batch_first_multistep(model):
-                    note = "multi-step: input/output batch first [B, T, ...]"
-                else:
-                    note = "model used as exported (batch assumed first)"
+                note = _batch_note(src, model, ins0)
             ins, outs = edges(model.graph.input), edges(model.graph.output)
             ins = [e for e in ins if e.name not in initializers]
             onnx.checker.check_model(model)
@@ -222,18 +243,8 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             summary["models"].append({"name": mname, "backend": backend, "streaming": streaming,
                                       "max_batch_size": max_batch, "instance_kind": kind, "note": note})
             if src.plan is not None:
-                pname = f"{src.name}_trt"
-                plan_batched = batched and (streaming or batch_first(ins0)) and first_dim_dynamic(ins0, streaming)
-                pmax, pnote = plan_max_batch(src, ins0, streaming, max_batch) if plan_batched else (
-                    0, "batch not first: no dynamic batching")
-                pd = tmp / pname / "1"
-                pd.mkdir(parents=True)
-                (pd / "model.plan").write_bytes(src.plan.read_bytes())
-                (tmp / pname / "config.pbtxt").write_text(make_config(
-                    pname, "tensorrt_plan", ins0, outs0, pmax, streaming, controls=False,
-                    instance_kind="KIND_GPU", queue_delay_us=queue_delay_us))
-                summary["models"].append({"name": pname, "backend": "tensorrt_plan", "streaming": streaming,
-                                          "max_batch_size": pmax, "note": pnote})
+                summary["models"].append(_write_plan(tmp, src, ins0, outs0, streaming, batched, max_batch,
+                                                     queue_delay_us))
         listing = "\n".join(f"- `{m['name']}` ({m['backend']}, max_batch_size {m['max_batch_size']}"
                             + (f"; {m['note']}" if m["note"] else "") + ")" for m in summary["models"])
         has_plan = any(m["backend"] == "tensorrt_plan" for m in summary["models"])

@@ -51,7 +51,7 @@ class VerifyContext:
 
     @property
     def io(self) -> dict:
-        return self.manifest.get("io") or {}
+        return self.manifest.io or {}
 
     @property
     def infos(self) -> Dict[int, Any]:
@@ -79,7 +79,7 @@ def load_model(manifest, o: VerifyOptions):
 
     loaded = load_reference_model(manifest, model=o.model, checkpoint=o.checkpoint, trust_pickle=o.trust_pickle,
                                   trust_model_code=o.trust_model_code)
-    digest = (manifest.get("model") or {}).get("weights_sha256")
+    digest = manifest.model.get("weights_sha256")
     if digest and weights_digest(loaded.model) != digest:
         raise UserError(f"{loaded.spec} rebuilt here does not hold the weights that were exported (a random "
                         "initialisation, or another checkpoint?); export with --checkpoint so verify can "
@@ -96,11 +96,11 @@ def build_context(folder: Path, manifest, o: VerifyOptions, rule: VerifyRule, re
     check_options(o)
     manifest.require("input_shape", why="verify makes inputs of that shape")
     loaded = load_model(manifest, o)
-    io = manifest.get("io") or {}
+    io = (manifest.io or {})
     model = reference_model(loaded.model) if reference_model else wrap_io(loaded.model, io)
     samples = o.samples if o.samples is not None else (0 if o.input_file else default_samples(manifest))
     encoding = o.encoding or input_encoding(manifest)
-    static_batch = not manifest.get("dynamic_batch", True)
+    static_batch = not manifest.dynamic_batch
     inputs = load_inputs(manifest, o.input_file, samples, encoding, o.seed, static_batch)
     ctx = VerifyContext(folder, manifest, o, rule, loaded, model, Reference(model), inputs, encoding, samples,
                         progress=progress)

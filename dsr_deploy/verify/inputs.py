@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import as_manifest
 
 ENCODINGS = ("direct", "noise", "events", "static")
 EVENT_RATE = 0.3  # generated event inputs: Poisson counts with this mean per pixel and step (DVS-style, >= 0)
@@ -20,8 +21,9 @@ def input_encoding(manifest: dict) -> str:
     static ``[B, ...]`` image (``--encode direct`` or the model's own repeat), ``"events"`` for event data (a zoo DVS
     network, or a time-major input with 2 polarity channels), ``"direct"`` for a zoo network fed static images (a
     static image repeated over T), else ``"noise"``."""
-    spec = str((manifest.get("model") or {}).get("spec") or "")
-    io = manifest.get("io") or {}
+    manifest = as_manifest(manifest)
+    spec = str(manifest.model.get("spec") or "")
+    io = (manifest.io or {})
     if io.get("input_layout") == "static":
         return "static"
     if spec.startswith("zoo:"):
@@ -32,18 +34,19 @@ def input_encoding(manifest: dict) -> str:
             return enc if enc in ("direct", "events") else "noise"
         except Exception:  # an unknown zoo name: the model rebuild reports it
             return "noise"
-    shape = list(manifest.get("input_shape") or [])
+    shape = list(manifest.input_shape or [])
     return "events" if len(shape) >= 3 and shape[2] == 2 else "noise"
 
 
 def default_samples(manifest: dict) -> int:
     """At least 16 generated samples; more for a small model (cheap, and top-1 agreement then means more). The size
     of one sample counts its T steps (what the reference records per sample grows with it)."""
-    shape = [int(d) for d in manifest["input_shape"]]
-    layout = (manifest.get("io") or {}).get("input_layout")
+    manifest = as_manifest(manifest)
+    shape = [int(d) for d in manifest.input_shape]
+    layout = (manifest.io or {}).get("input_layout")
     per_sample = int(np.prod(shape)) // max(1, shape[0 if layout in ("static", "BT") else 1])
     if layout == "static":
-        per_sample *= int((manifest.get("io") or {}).get("T") or 1)
+        per_sample *= int(((manifest.io or {})).get("T") or 1)
     return 64 if per_sample <= 4096 else 32 if per_sample <= 32768 else 16
 
 
@@ -61,8 +64,9 @@ def generated_inputs(manifest: dict, samples: int, seed: int, encoding: str,
                      static_batch: bool) -> List[Tuple[str, np.ndarray]]:
     """``samples`` generated samples (one seeded generator), in batches of :data:`CHUNK` (the export's batch when
     it is static)."""
-    shape = tuple(manifest["input_shape"])
-    io = manifest.get("io") or {}
+    manifest = as_manifest(manifest)
+    shape = tuple(manifest.input_shape)
+    io = (manifest.io or {})
     layout = io.get("input_layout")
     t_axis, b_axis = (None, 0) if layout == "static" else ((1, 0) if layout == "BT" else (0, 1))
     chunk = shape[b_axis] if static_batch else CHUNK
@@ -77,8 +81,9 @@ def generated_inputs(manifest: dict, samples: int, seed: int, encoding: str,
 
 def load_inputs(manifest: dict, input_file: Optional[str], samples: int = 0, encoding: Optional[str] = None,
                 seed: int = 0, static_batch: bool = False) -> List[Tuple[str, np.ndarray]]:
-    shape = tuple(manifest["input_shape"])
-    io = manifest.get("io") or {}
+    manifest = as_manifest(manifest)
+    shape = tuple(manifest.input_shape)
+    io = (manifest.io or {})
     inputs = generated_inputs(manifest, samples, seed, encoding or input_encoding(manifest), static_batch) \
         if samples else []
     if input_file:
@@ -118,15 +123,16 @@ def read_labels(labels_file: str, n: int) -> np.ndarray:
 
 
 def fits(art: dict, manifest: dict, x: np.ndarray) -> Optional[str]:
-    shape = manifest["input_shape"]
-    io = manifest.get("io") or {}
+    manifest = as_manifest(manifest)
+    shape = list(manifest.input_shape)
+    io = (manifest.io or {})
     if io.get("input_layout") == "static":
         t_axis, b_axis = None, 0
     else:
         t_axis, b_axis = (1, 0) if io.get("input_layout") == "BT" else (0, 1)
     if t_axis is not None and x.shape[t_axis] != shape[t_axis] and not art.get("dynamic_T", False):
         return f"static T={shape[t_axis]}"
-    if x.shape[b_axis] != shape[b_axis] and not art.get("dynamic_batch", manifest.get("dynamic_batch", True)):
+    if x.shape[b_axis] != shape[b_axis] and not art.get("dynamic_batch", manifest.dynamic_batch):
         return f"static batch={shape[b_axis]}"
     return None
 

@@ -49,7 +49,7 @@ def artifact_targets(ctx, art: dict) -> List[Target]:
     fmt = str(art.get("format"))
     path = ctx.manifest.path_of(art)
     label = str(art.get("path"))
-    precision = str(art.get("precision") or ctx.manifest.get("dtype") or "float32")
+    precision = str(art.get("precision") or ctx.manifest.dtype)
     if not path.exists():
         return [Target(label, fmt, "-", path=path, artifact=art, error="listed in the manifest but missing")]
     found = backends_for(path)
@@ -68,6 +68,6 @@ def artifact_targets(ctx, art: dict) -> List[Target]:
 def plan(ctx) -> List[Target]:
     """Every target of the folder: PyTorch's inference copy first, then each listed artifact x backend."""
     targets = [pytorch_target(ctx)]
-    for art in ctx.manifest["artifacts"]:
+    for art in ctx.manifest.artifacts:
         targets += artifact_targets(ctx, art)
     return targets

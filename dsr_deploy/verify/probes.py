@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..convert import find_neurons
 from ..export.base import CURRENT_PREFIX, OUTPUT_NAME, PROBE_PREFIX, ExportContext
+from ..manifest import as_manifest
 
 
 def _onnx_probe(path: Path, tmp: Path) -> Tuple[Path, List[Optional[int]]]:
@@ -24,14 +25,16 @@ def _onnx_probe(path: Path, tmp: Path) -> Tuple[Path, List[Optional[int]]]:
 
 
 def _torch_ctx(model, manifest: dict) -> ExportContext:
-    io = manifest.get("io") or None
-    return ExportContext(model=model, neurons=find_neurons(model), input_shape=tuple(manifest["input_shape"]),
-                         dynamic_batch=bool(manifest.get("dynamic_batch", True)), io=dict(io) if io else None)
+    manifest = as_manifest(manifest)
+    io = manifest.io
+    return ExportContext(model=model, neurons=find_neurons(model), input_shape=tuple(manifest.input_shape),
+                         dynamic_batch=bool(manifest.dynamic_batch), io=dict(io) if io else None)
 
 
 def make_probe(fmt: str, path: Path, model, manifest: dict, tmp: Path) -> Tuple[Path, Optional[List[int]], str]:
     """The probe artifact for ``path`` and the layer index of each probe output (None: same order as
     the reference's calls)."""
+    manifest = as_manifest(manifest)
     if fmt == "onnx":
         p, idx = _onnx_probe(path, tmp)
         return p, idx, "probe: this file with the neuron outputs exposed"

@@ -92,7 +92,7 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
     from .layers import dequantized_by, init_value
 
     model = onnx.load(str(target.path))
-    states = target.artifact.get("states") or []
+    states = ctx.manifest.states  # the membranes: at the manifest's top level (one place)
     first = calls_of(ctx.refs[0][3])
     forced, currents = forced_step_model(model, len(states), [first[i].x.ndim - 1 for i in range(len(states))])
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -109,7 +109,7 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
              for i in range(len(states))}
     with load_runner(path, target.backend, **target.options) as runner:
         for _name, x, _out, calls in ctx.refs:
-            _forced_input(runner, target.artifact, x, calls_of(calls), stats, figures, qp)
+            _forced_input(runner, {**target.artifact, "states": states}, x, calls_of(calls), stats, figures, qp)
     run.layers = [stats[i] for i in sorted(stats)]
     run.neuron_checked = True
     return figures
@@ -153,7 +153,7 @@ def _end_to_end(ctx: VerifyContext, target: Target, run: Run, runner) -> None:
     from .reference import top1
 
     for _name, x, ref_out, _calls in ctx.refs:
-        y = _stream(runner, target.artifact, x)
+        y = _stream(runner, {**target.artifact, "states": ctx.manifest.states}, x)
         if y.shape != ref_out.shape:
             raise ValueError(f"stepped output {list(y.shape)} differs from the model's {list(ref_out.shape)}")
         run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)
@@ -186,7 +186,7 @@ def run_stream_target(ctx: VerifyContext, target: Target) -> Run:
         with load_runner(target.path, target.backend, **target.options) as runner:
             _end_to_end(ctx, target, run, runner)
         if target.format == "onnx":
-            calls_of = _calls_by_state(ctx, target.artifact.get("states") or [])
+            calls_of = _calls_by_state(ctx, ctx.manifest.states)
             _defects(run, _forced_run(ctx, target, run, calls_of))
             run.layer_check = "every step node teacher-forced over T steps, membranes carried by the file's state I/O"
         else:  # the scripted reference step on PyTorch's kernels: the stepped output itself must be exact
@@ -212,7 +212,7 @@ def verify_streaming(folder: Path, manifest, options, rule, progress=None) -> di
         ctx = build_context(folder, manifest, options, rule, reference_model=lambda m: m, progress=progress)
         ctx.tmp = Path(tmpdir)
         targets: List[Target] = []
-        for art in manifest["artifacts"]:
+        for art in manifest.artifacts:
             targets += artifact_targets(ctx, art)
         runs = [run_stream_target(ctx, t) for t in targets]
-    return report(ctx, runs, stepped=f"{manifest.get('T')} steps from zero membranes")
+    return report(ctx, runs, stepped=f"{manifest.T} steps from zero membranes")

@@ -39,11 +39,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..convert import ONNX_DOMAIN
-from ..onnx_graph import GraphMaps
-from .onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
+from ...contract import QUANTIZED_OP_TYPES
+from ...convert import ONNX_DOMAIN
+from ...onnx_graph import GraphMaps
+from ..onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
 
-LAYOUTS = ("nchw", "nhwc")
 ORT_DOMAIN = "com.microsoft"
 
 #: Ops applied element by element (one output element from the same position of each input): any layout passes.
@@ -180,93 +180,111 @@ class _Rewrite:
 
     def propagate(self) -> Dict[str, List[int]]:
         g = self.model.graph
-        cl: Dict[str, Tuple[int, Tuple]] = {}  # tensor -> (rank, logical trailing (C, H, W))
-        nchw_twin: Dict[str, str] = {}  # channels-last tensor -> its transposed-back twin
-        cl_twin: Dict[str, str] = {}  # original-layout tensor -> its channels-last twin
-        order: List[onnx.NodeProto] = []
-
-        def back(t: str) -> str:
-            if t not in nchw_twin:
-                name = self.fresh(t + "_nchw")
-                order.append(helper.make_node("Transpose", [t], [name], perm=to_nchw_perm(cl[t][0]),
-                                              name=self.fresh("to_nchw")))
-                nchw_twin[t] = name
-            return nchw_twin[t]
-
-        def forward(t: str, rank: int, chw: Tuple) -> str:
-            if t not in cl_twin:
-                name = self.fresh(t + "_nhwc")
-                order.append(helper.make_node("Transpose", [t], [name], perm=to_channels_last_perm(rank),
-                                              name=self.fresh("to_nhwc")))
-                cl_twin[t] = name
-                cl[name] = (rank, chw)
-            return cl_twin[t]
-
-        def trailing(t: str) -> Optional[Tuple]:
-            s = self.shapes.get(t)
-            return tuple(s[-3:]) if s is not None and len(s) >= 3 and all(s[-3:]) else None
-
+        self.cl: Dict[str, Tuple[int, Tuple]] = {}  # tensor -> (rank, logical trailing (C, H, W))
+        self.nchw_twin: Dict[str, str] = {}  # channels-last tensor -> its transposed-back twin
+        self.cl_twin: Dict[str, str] = {}  # original-layout tensor -> its channels-last twin
+        self.order: List[onnx.NodeProto] = []
+        cl = self.cl
         for node in list(g.node):
-            ins = [i for i in node.input if i]
-            tagged = [i for i in ins if i in cl]
-            op = node.op_type
-            if op == "QLinearConv" and node.domain == ORT_DOMAIN:
-                x = node.input[0]
-                chw = trailing(x)
-                if x not in cl:
-                    if chw is None or self.rank(x) != 4:
-                        raise ValueError(f"int8 layout: the input of {node.name} has no known 4-D shape")
-                    node.input[0] = forward(x, 4, chw)
-                out_chw = trailing(node.output[0])
-                if out_chw is None:
-                    raise ValueError(f"int8 layout: the output of {node.name} has no known shape")
-                order.append(node)
-                cl[node.output[0]] = (4, out_chw)
-                continue
-            if op == "Conv" and not tagged and self.rank(node.output[0]) == 4 and trailing(node.output[0]):
-                order.append(node)  # the analog first layer: one transpose after it
-                t = node.output[0]
-                fresh = self.fresh(t + "_nchw_conv")
-                node.output[0] = fresh
-                order.append(helper.make_node("Transpose", [fresh], [t], perm=to_channels_last_perm(4),
-                                              name=self.fresh("to_nhwc")))
-                cl[t] = (4, trailing(t))
-                self.shapes[fresh] = self.shapes[t]
-                continue
-            if tagged and self._carries(node, cl):
-                ranks = {cl[i][0] for i in tagged}
-                rank, chw = cl[tagged[0]]
-                if op == "BatchNormalization":
-                    order.extend(self._batchnorm(node, chw))
-                    cl[node.output[0]] = (rank, chw)
-                    continue
-                if op == "Reshape":
-                    target = self._reshape_target(node, chw, order)
-                    if target is not None:
-                        node.input[1] = target[0]
-                        order.append(node)
-                        cl[node.output[0]] = (target[1], chw)
-                        continue
-                elif op in ("Unsqueeze", "Squeeze", "Gather"):
-                    order.append(node)
-                    cl[node.output[0]] = (self._leading_rank(node, rank), chw)
-                    continue
-                elif len(ranks) == 1:
-                    for k, i in enumerate(node.input):
-                        if i and i not in cl and not _scalar_init(self.inits, i) and not self._is_param(node, k):
-                            node.input[k] = forward(i, rank, chw)
-                    order.append(node)
-                    for o in node.output:
-                        if o:
-                            cl[o] = (rank, chw)
-                    continue
-            for k, i in enumerate(node.input):  # a consumer that needs the original layout
-                if i in cl:
-                    node.input[k] = back(i)
-            order.append(node)
+            tagged = [i for i in node.input if i and i in cl]
+            if node.op_type == "QLinearConv" and node.domain == ORT_DOMAIN:
+                self._qlinearconv(node)
+            elif node.op_type == "Conv" and not tagged and self.rank(node.output[0]) == 4 \
+                    and self.trailing(node.output[0]):
+                self._analog_conv(node)
+            elif not (tagged and self._carries(node, cl) and self._carry(node, tagged)):
+                for k, i in enumerate(node.input):  # a consumer that needs the original layout
+                    if i in cl:
+                        node.input[k] = self.back(i)
+                self.order.append(node)
         del g.node[:]
-        g.node.extend(order)
-        # Graph outputs keep their names and layout: the channels-last tensor is renamed, a transpose restores it.
+        g.node.extend(self.order)
+        self._restore_outputs()
+        return {t: to_nchw_perm(r) for t, (r, _) in cl.items()}
+
+    def back(self, t: str) -> str:
+        """``t`` (channels-last) in its original layout: one Transpose, shared by every consumer."""
+        if t not in self.nchw_twin:
+            name = self.fresh(t + "_nchw")
+            self.order.append(helper.make_node("Transpose", [t], [name], perm=to_nchw_perm(self.cl[t][0]),
+                                               name=self.fresh("to_nchw")))
+            self.nchw_twin[t] = name
+        return self.nchw_twin[t]
+
+    def forward(self, t: str, rank: int, chw: Tuple) -> str:
+        """``t`` (original layout) channels-last: one Transpose, shared by every consumer."""
+        if t not in self.cl_twin:
+            name = self.fresh(t + "_nhwc")
+            self.order.append(helper.make_node("Transpose", [t], [name], perm=to_channels_last_perm(rank),
+                                               name=self.fresh("to_nhwc")))
+            self.cl_twin[t] = name
+            self.cl[name] = (rank, chw)
+        return self.cl_twin[t]
+
+    def trailing(self, t: str) -> Optional[Tuple]:
+        s = self.shapes.get(t)
+        return tuple(s[-3:]) if s is not None and len(s) >= 3 and all(s[-3:]) else None
+
+    def _qlinearconv(self, node: onnx.NodeProto) -> None:
+        x = node.input[0]
+        chw = self.trailing(x)
+        if x not in self.cl:
+            if chw is None or self.rank(x) != 4:
+                raise ValueError(f"int8 layout: the input of {node.name} has no known 4-D shape")
+            node.input[0] = self.forward(x, 4, chw)
+        out_chw = self.trailing(node.output[0])
+        if out_chw is None:
+            raise ValueError(f"int8 layout: the output of {node.name} has no known shape")
+        self.order.append(node)
+        self.cl[node.output[0]] = (4, out_chw)
+
+    def _analog_conv(self, node: onnx.NodeProto) -> None:
+        """The analog first layer (a float Conv): one transpose after it."""
+        self.order.append(node)
+        t = node.output[0]
+        fresh = self.fresh(t + "_nchw_conv")
+        node.output[0] = fresh
+        self.order.append(helper.make_node("Transpose", [fresh], [t], perm=to_channels_last_perm(4),
+                                           name=self.fresh("to_nhwc")))
+        self.cl[t] = (4, self.trailing(t))
+        self.shapes[fresh] = self.shapes[t]
+
+    def _carry(self, node: onnx.NodeProto, tagged: List[str]) -> bool:
+        """Run ``node`` channels-last (its channels-last inputs ``tagged``); False when it cannot after all."""
+        cl, op = self.cl, node.op_type
+        ranks = {cl[i][0] for i in tagged}
+        rank, chw = cl[tagged[0]]
+        if op == "BatchNormalization":
+            self.order.extend(self._batchnorm(node, chw))
+            cl[node.output[0]] = (rank, chw)
+            return True
+        if op == "Reshape":
+            target = self._reshape_target(node, chw, self.order)
+            if target is None:
+                return False
+            node.input[1] = target[0]
+            self.order.append(node)
+            cl[node.output[0]] = (target[1], chw)
+            return True
+        if op in ("Unsqueeze", "Squeeze", "Gather"):
+            self.order.append(node)
+            cl[node.output[0]] = (self._leading_rank(node, rank), chw)
+            return True
+        if len(ranks) != 1:
+            return False
+        for k, i in enumerate(node.input):
+            if i and i not in cl and not _scalar_init(self.inits, i) and not self._is_param(node, k):
+                node.input[k] = self.forward(i, rank, chw)
+        self.order.append(node)
+        for o in node.output:
+            if o:
+                cl[o] = (rank, chw)
+        return True
+
+    def _restore_outputs(self) -> None:
+        """Graph outputs keep their names and layout: the channels-last tensor is renamed, a transpose restores
+        it."""
+        g, cl = self.model.graph, self.cl
         for out in g.output:
             if out.name in cl:
                 t = out.name
@@ -277,13 +295,12 @@ class _Rewrite:
                 g.node.append(helper.make_node("Transpose", [renamed], [t], perm=to_nchw_perm(cl[t][0]),
                                                name=self.fresh("to_nchw")))
                 cl[renamed] = cl.pop(t)
-        return {t: to_nchw_perm(r) for t, (r, _) in cl.items()}
 
     def _is_param(self, node: onnx.NodeProto, k: int) -> bool:
         """Scale / zero point inputs of QuantizeLinear / DequantizeLinear and a dsr op's non-data inputs."""
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             return k > 0
-        if node.domain == ONNX_DOMAIN and node.op_type.endswith("Q"):
+        if node.domain == ONNX_DOMAIN and node.op_type in QUANTIZED_OP_TYPES.values():
             return k > 0
         return False
 

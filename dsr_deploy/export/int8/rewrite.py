@@ -1,0 +1,252 @@
+"""``export --precision int8``: a float32 ONNX export rewritten into a quantised Q/DQ graph, spikes kept exact.
+
+One idea, over 400 lines: the int8 rewrite of one graph (calibration, the scales, the Q/DQ placement around every
+layer and neuron, the quantised neuron form); its parts only make sense together.
+
+Every activation after a DSR neuron is exactly 0 or the layer's spike value ``s`` (``vth``; ``vth / delta_t``
+for LIF, the float32 quotient the kernels compute), so as uint8 codes ``{0, 1}`` with scale ``s`` and zero point
+0 the spikes are represented *exactly*: ``QuantizeLinear`` gives ``round(s / s) = 1`` and ``DequantizeLinear``
+gives ``1 * s = s`` back, bit for bit. What is quantised (the Q/DQ form ONNX Runtime fuses into ``QLinearConv``
+/ ``QLinearMatMul`` and TensorRT builds with explicit quantisation):
+
+* **spikes** (a neuron's output feeding a quantised layer): uint8, scale = the spike value, zero point 0 (exact);
+* **weights** of every quantised Conv / Gemm / MatMul: int8, symmetric, one scale per output channel
+  (``max |w| / 127`` of that channel); a bias becomes int32 with scale ``input scale x weight scale``;
+* **input currents**: the output of every quantised layer (the neuron's input current after the folded
+  BatchNorm) and, where other float ops (a residual Add, a BatchNorm that could not be folded) lie between the
+  layer and the neuron, the neuron's input itself: uint8 with a calibrated scale and zero point (one per tensor:
+  ``QLinearConv``'s output takes one scale).
+
+*Activations* (``activations``, ``export --int8-activations``): ``uint8`` (the default, above) or ``int8``, the
+form TensorRT's explicit quantisation takes (it accepts only signed int8 with zero point 0): currents int8
+symmetric (zero point 0, a calibrated scale), spikes int8 codes ``{0, 1}`` (scale = the spike value, zero point 0:
+still exact), and biases kept float32 (TensorRT's DequantizeLinear takes no int32 input; it fuses a float bias into
+its int8 convolution).
+
+*Which layers are quantised*: a weighted layer whose data input comes from the spikes of a neuron. A layer fed by
+analog data (the first convolution of a direct-encoded network: nothing between the graph input and it passes a
+neuron) and the readout (the last weighted layers: no weighted layer after them) stay float32 by default, as does
+a neuron's current computed by such a layer; ``quantize_all`` (``export --int8-all-layers``) quantises them too
+(their data inputs with a calibrated scale).
+
+*Calibration* (:func:`calibrate`): the float32 model runs on the calibration inputs (ONNX Runtime, its function
+bodies inlined); for each tensor to quantise a sample of its values is kept, and the clipping range
+``[lo, hi]`` (0 always inside) is the one of a few candidates -- the extreme values and the 99.999 / 99.99 /
+99.9 percentiles of the values on either side of 0 -- with the smallest mean squared quantisation error on that
+sample (MSE calibration). Scale ``(hi - lo) / 255``, zero point ``round(-lo / scale)``; for int8 activations
+the range is symmetric, ``[-a, a]`` with ``a`` the extreme or a percentile of ``|values|``, scale ``a / 127``, zero
+point 0.
+
+The neurons themselves stay float32 ``dsr`` nodes (custom-op library or function fallback): their input is the
+dequantised current, so given that input the neuron's spikes are the float32 reference's bit for bit. With
+``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the
+current codes (uint8 or int8; same results, measured faster with the custom-op library; verify teacher-forces them
+too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.layout`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...errors import UserError
+from .calibrate import calibrate
+from .graph import EXACT_OPS, Graph, const, qdq, safe_name, spike_value
+
+META_QUANT = "dsr_deploy.int8"
+
+
+def plan(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, Any]:
+    """What to quantise: ``layers`` (weighted nodes' names), ``spikes`` ({dsr output: spike value}),
+    ``calibrated`` (tensor names that need a calibrated scale: layer outputs, float-fed layer inputs, currents),
+    ``float_layers`` (kept float32 and why)."""
+    g = Graph(model)
+    layers, float_layers, spikes = [], {}, {}
+    calibrated: List[str] = []
+    for node in model.graph.node:
+        if not g.weighted(node):
+            continue
+        analog = not g.upstream(node.input[0], g.is_dsr)
+        readout = not g.downstream_has(node.output[0], g.weighted)
+        if (analog or readout) and not quantize_all:
+            float_layers[node.name or node.output[0]] = "analog input" if analog else "readout"
+            continue
+        layers.append(node)
+        src = g.spike_source(node.input[0])
+        if src is not None:
+            spikes[src.output[0]] = spike_value(src)
+        elif node.input[0] not in calibrated:
+            calibrated.append(node.input[0])
+        calibrated.append(node.output[0])
+    quantised_outputs = {n.output[0] for n in layers}
+    currents = []
+    for node in model.graph.node:
+        if not g.is_dsr(node):
+            continue
+        x = node.input[0]
+        t = x
+        while t not in quantised_outputs and g.producer.get(t) is not None and g.producer[t].op_type in EXACT_OPS:
+            t = g.producer[t].input[0]
+        if t in quantised_outputs:
+            continue  # the layer's quantised output reaches the neuron unchanged
+        feeding = g.upstream(x, lambda n: g.weighted(n) or g.is_dsr(n))
+        if any(n.output[0] in quantised_outputs for n in feeding) and x not in calibrated:
+            calibrated.append(x)
+            currents.append(x)
+    return {"layers": layers, "spikes": spikes, "calibrated": calibrated, "currents": currents,
+            "float_layers": float_layers}
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 along ``axis``: (codes, scales) with ``scale = max|w| / 127`` per channel."""
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=other) if other else np.abs(w)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _weight_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans = {a.name: a.i for a in node.attribute}.get("transB", 0)
+        return 0 if trans else 1
+    return 1  # MatMul: [K, N]
+
+
+def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool) -> List[onnx.NodeProto]:
+    """Per-channel int8 weights (and, for uint8 activations, an int32 bias) for one weighted ``node``: the
+    DequantizeLinear nodes to insert; ``node`` reads their outputs."""
+    out = []
+    axis = _weight_axis(node)
+    w = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float32)
+    codes, scales = quantize_weight(w, axis)
+    tag = f"int8_{safe_name(node.input[1])}"
+    wq = const(graph, f"{tag}_codes", codes)
+    ws = const(graph, f"{tag}_scale", scales)
+    wz = const(graph, f"{tag}_zp", np.zeros(scales.shape, np.int8))
+    out.append(helper.make_node("DequantizeLinear", [wq, ws, wz], [f"{tag}_dq"], axis=axis, name=f"{tag}_DQ"))
+    node.input[1] = f"{tag}_dq"
+    if len(node.input) > 2 and node.input[2] in g.inits and not signed:  # int8: the bias stays float32
+        b = numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float64)
+        bs = (np.float64(in_scale) * scales.astype(np.float64)).astype(np.float32)
+        if b.shape == bs.shape:
+            btag = f"int8_{safe_name(node.input[2])}"
+            bq = const(graph, f"{btag}_codes", np.round(b / bs).astype(np.int32))
+            bsn = const(graph, f"{btag}_scale", bs)
+            bz = const(graph, f"{btag}_zp", np.zeros(bs.shape, np.int32))
+            out.append(helper.make_node("DequantizeLinear", [bq, bsn, bz], [f"{btag}_dq"], axis=0,
+                                        name=f"{btag}_DQ"))
+            node.input[2] = f"{btag}_dq"
+    return out
+
+
+def _insert(graph, g: Graph, new_nodes: Dict[str, List[onnx.NodeProto]], rename: Dict[str, str]) -> None:
+    """Rewire every consumer of a quantised tensor to its dequantised twin (never the Q node itself), drop unused
+    initializers and insert the new nodes after their producers (topological order). Graph outputs keep their
+    float32 tensors."""
+    inserted = {id(n) for ns in new_nodes.values() for n in ns}
+    for node in graph.node:
+        if id(node) in inserted:
+            continue
+        for k, i in enumerate(node.input):
+            if i in rename:
+                node.input[k] = rename[i]
+    used = {i for n in graph.node for i in n.input} | {w for ns in new_nodes.values() for n in ns for w in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    order: List[onnx.NodeProto] = list(new_nodes[""])
+    for t in list(new_nodes):
+        if t and t not in g.producer:  # a graph input
+            order.extend(new_nodes[t])
+    for node in list(graph.node):
+        order.append(node)
+        for o in node.output:
+            order.extend(new_nodes.get(o, []))
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
+                   quantize_all: bool = False, states=None, neuron: str = "qdq",
+                   activations: str = "uint8", layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+    """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
+    ``states``: a streaming step model's membranes (:func:`calibrate`); ``activations``: uint8 | int8 (the
+    TensorRT form)."""
+    signed = activations == "int8"
+    code = np.int8 if signed else np.uint8
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    p = plan(out, quantize_all)
+    if not p["layers"]:
+        raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
+                        "analog first layer and the readout stay float32 unless --int8-all-layers)")
+    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
+    graph = out.graph
+    g = Graph(out)
+    new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
+    rename: Dict[str, str] = {}  # tensor -> its dequantised twin, for the consumers that take it
+    for t, (scale, zp) in [*((t, (s, 0)) for t, s in p["spikes"].items()), *((t, params[t]) for t in
+                                                                               p["calibrated"])]:
+        if t not in rename:
+            nodes, rename[t] = qdq(graph, t, scale, zp, f"int8_{safe_name(t)}", code)
+            new_nodes[t].extend(nodes)
+    for node in p["layers"]:
+        src = g.spike_source(node.input[0])
+        in_scale = p["spikes"][src.output[0]] if src is not None else params[node.input[0]][0]
+        new_nodes[""].extend(_quantize_layer(graph, g, node, in_scale, signed))
+    _insert(graph, g, new_nodes, rename)
+    for prop in out.metadata_props:  # the recorded neuron inputs: the dequantised current the neuron reads
+        if prop.key == "dsr_deploy.layer_inputs":
+            prop.value = json.dumps([[i, rename.get(t, t)] for i, t in json.loads(prop.value)])
+    record = {
+        "method": "mse-percentile",
+        "calibration_samples": int(calibration.shape[batch_dim]),
+        "quantized_layers": len(p["layers"]),
+        "float_layers": p["float_layers"],
+        "spikes": {t: {"scale": s, "zero_point": 0} for t, s in p["spikes"].items()},
+        "currents": len(p["calibrated"]),
+        "weights": "int8 symmetric per output channel",
+        "all_layers": bool(quantize_all),
+        "activations": activations,
+    }
+    if neuron == "quantized":
+        from .neurons import quantized_neurons
+
+        record["quantized_neurons"] = quantized_neurons(out)
+    record["neuron"] = neuron
+    record["layout"] = layout
+    if layout == "nhwc":  # ONNX Runtime CPU: channels-last QLinearConv, no transposes between layers
+        from .layout import channels_last
+
+        record["channels_last"] = channels_last(out)
+    out.metadata_props.append(onnx.StringStringEntryProto(key=META_QUANT, value=json.dumps(record)))
+    return out, record
+
+
+def quantize_file(path, ctx, states=None) -> Dict[str, Any]:
+    """Rewrite the float32 ONNX file ``path`` as its int8 model in place (checked) with the export's
+    :class:`~.options.Int8Options`; returns the artifact's ``precision`` / ``quantization`` fields."""
+    from ...io import atomic_path
+
+    model = onnx.load(str(path))
+    q, record = quantize(model, ctx.options.int8, 1, states=states)
+    onnx.checker.check_model(q, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(q, str(tmp))
+    return {"precision": "int8", "quantization": record}
+
+
+def quantize(model: onnx.ModelProto, opts, batch_dim: int, states=None) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+    """:func:`quantize_model` with resolved :class:`~.options.Int8Options` ``opts``."""
+    return quantize_model(model, opts.calibration, batch_dim, quantize_all=opts.all_layers, states=states,
+                          neuron=opts.neuron, activations=opts.activations, layout=opts.layout)
