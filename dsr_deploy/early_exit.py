@@ -267,13 +267,16 @@ def _np(x: Any) -> np.ndarray:
 
 
 def run_streaming(infer: Callable[[dict], Mapping], x_seq: np.ndarray, rule: ExitRule, readout: Readout,
-                  state_shapes: Sequence[Sequence[int]]) -> Dict[str, np.ndarray]:
+                  state_shapes: Sequence[Sequence[int]],
+                  initial_values: Optional[Sequence[float]] = None) -> Dict[str, np.ndarray]:
     """Step ``x_seq [T, B, ...]`` through a streaming model (``infer``: feeds by name -> outputs by name) until each
     sample's rule fires (at most T steps); finished samples leave the batch, and the batch and membranes shrink
     to the samples still running."""
     T, B = int(x_seq.shape[0]), int(x_seq.shape[1])
     active = np.arange(B)
-    states = [np.zeros((B, *s), dtype=np.float32) for s in state_shapes]
+    # where each membrane starts (a hard-reset SpikingJelly layer starts at v_reset, not at zero)
+    init = list(initial_values) if initial_values is not None else [0.0] * len(state_shapes)
+    states = [np.full((B, *s), v, dtype=np.float32) for s, v in zip(state_shapes, init)]
     history: List[np.ndarray] = []  # the output spikes of the active samples, one [b, C] per step
     tracker = ExitTracker(rule, B, T)
     steps = np.zeros(B, dtype=np.int64)

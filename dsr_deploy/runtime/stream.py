@@ -128,7 +128,7 @@ class StreamSession:
         from ..early_exit import ExitRule, Readout, run_streaming
 
         return run_streaming(self._infer, _as_numpy(x_seq), ExitRule.of(rule), self.readout_of or Readout(),
-                             self.state_shapes)
+                             self.state_shapes, self.initial_values)
 
     def run(self, x_seq: Any, reset: bool = True) -> np.ndarray:
         """Feed every step of ``x_seq [T, B, ...]``; returns the stacked outputs ``[T, B, ...]``."""
