@@ -146,6 +146,8 @@ def infer_early_exit(runner: Any, feeds: Mapping[str, Any], early_exit: Any) -> 
         def infer(f: dict) -> Mapping[str, Any]:  # the feeds are checked on the first step only
             calls.append(1)
             return runner.infer(f, check=len(calls) == 1)
-        return run_streaming(infer, x, rule, readout, shapes)
+        from .stream import initial_value, manifest_states
+
+        return run_streaming(infer, x, rule, readout, shapes, [initial_value(s) for s in manifest_states(manifest)])
     pred, steps, final = simulate(per_step_readouts(runner, feeds, manifest, readout), rule)
     return {EXIT_PREDICTION: pred, EXIT_STEPS: steps, EXIT_READOUT: final}

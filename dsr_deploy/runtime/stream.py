@@ -32,7 +32,7 @@ def manifest_states(manifest: Mapping) -> list[dict]:
     return m.states
 
 
-def _initial_value(state: Mapping) -> float:
+def initial_value(state: Mapping) -> float:
     """A membrane record's starting value (untrusted manifest: a number or nothing)."""
     value = state.get("initial_value", 0.0) if state.get("initial", "zeros") != "zeros" else 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -89,7 +89,7 @@ class StreamSession:
 
         states = manifest_states(manifest)
         return cls(model, [s["shape"] for s in states], readout=readout_of_manifest(manifest),
-                   initial_values=[_initial_value(s) for s in states])
+                   initial_values=[initial_value(s) for s in states])
 
     def reset(self) -> None:
         """Start a new stream: the next step begins from zero membranes."""
