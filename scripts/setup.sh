@@ -16,7 +16,7 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -e ".[serve]"
 # Test tools. SpikingJelly is the test oracle; installed without its dependencies because they pull
 # torchvision/torchaudio builds that do not match the pinned CPU torch (its neuron and layer code needs loguru only).
-"${PIP[@]}" pytest hypothesis scikit-learn matplotlib loguru pyyaml
+"${PIP[@]}" pytest pytest-xdist hypothesis scikit-learn matplotlib loguru pyyaml
 # The linter of `make lint` (rules in pyproject.toml).
 "${PIP[@]}" "ruff>=0.6"
 "${PIP[@]}" --no-deps spikingjelly==2.0.0
