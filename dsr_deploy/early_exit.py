@@ -38,36 +38,11 @@ from .contract import (
     state_output_name,
 )
 from .errors import UserError
-from .manifest import TOP, Check, Invalid, Record, as_manifest, integer, one_of, optional, string
+from .manifest import EXIT_READOUTS as READOUTS
+from .manifest import EXIT_RULES as RULES
+from .manifest import as_manifest
 
-RULES = ("max-prob", "margin", "stable", "full")
-READOUTS = ("mean", "lif-rate")
 _RULE_TEXT = re.compile(r"^\s*(max-prob|margin)\s*>=\s*([0-9.eE+-]+)\s*$|^\s*stable\s*=\s*(\d+)\s*$|^\s*full\s*$")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The manifest's ``early_exit`` record (untrusted input: validated by dsr_deploy.manifest's reader once this module
-# is imported, which every reader of the record does).
-
-def finite(lo: float = 0.0, hi: float = math.inf) -> Check:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and lo <= v <= hi):
-            raise Invalid(f"expected a finite number in [{lo:g}, {hi:g}], got {repr(v)[:40]}")
-        return v
-    return check
-
-
-EARLY_EXIT = Record("early_exit", {  # exit-calibrate's rule and what it kept
-    "rule": one_of("max-prob", "margin", "stable", "full"), "threshold": finite(), "max_steps": optional(integer(1)),
-    "readout": Record("readout", {"kind": one_of("mean", "lif-rate"), "tau": finite(), "delta_t": finite()},
-                      required=("kind",)),
-    "calibration": Record("calibration", {"samples": integer(1), "T": integer(1), "max_drop": finite(),
-                                          "full_accuracy": finite(0, 1), "accuracy": finite(0, 1),
-                                          "mean_steps": finite(), "data": string}),
-}, required=("rule", "threshold"))
-
-
-TOP.add("early_exit", EARLY_EXIT)
 
 
 # ---------------------------------------------------------------------------------------------------------

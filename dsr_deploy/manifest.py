@@ -41,6 +41,7 @@ from .schema import (  # noqa: F401  (the checkers are re-exported: fields are a
     Record,
     boolean,
     dims,
+    finite,
     integer,
     join_path,
     list_of,
@@ -168,6 +169,19 @@ NEURON = Record("neuron", {
     "step_shape": dims(min_rank=0), "output_shape": dims(min_rank=0), "layout": string,
 }, required=("index", "name", "op_type", "v_threshold", "alpha"))
 
+# ``dsr-deploy exit-calibrate``'s rule and what it kept (dsr_deploy/early_exit.py writes it). Declared here, not by
+# its owner, so every reader validates it, also one that never imports the early-exit code.
+EXIT_RULES = ("max-prob", "margin", "stable", "full")
+EXIT_READOUTS = ("mean", "lif-rate")
+EARLY_EXIT = Record("early_exit", {
+    "rule": one_of(*EXIT_RULES), "threshold": finite(), "max_steps": optional(integer(1)),
+    "readout": Record("readout", {"kind": one_of(*EXIT_READOUTS), "tau": finite(), "delta_t": finite()},
+                      required=("kind",)),
+    "calibration": Record("calibration", {"samples": integer(1), "T": integer(1), "max_drop": finite(),
+                                          "full_accuracy": finite(0, 1), "accuracy": finite(0, 1),
+                                          "mean_steps": finite(), "data": string}),
+}, required=("rule", "threshold"))
+
 TOP = Record("manifest", {
     "schema": _schema,
     "dsr_deploy_version": string,
@@ -190,6 +204,7 @@ TOP = Record("manifest", {
     "step_shape": dims(min_rank=1),
     "states": list_of(STATE),
     "io": IO,
+    "early_exit": EARLY_EXIT,
 }, required=("artifacts",))
 
 

@@ -75,6 +75,15 @@ def number(v: Any) -> float:
     return v
 
 
+def finite(lo: float = 0.0, hi: float = math.inf) -> Check:
+    """A finite JSON number in [lo, hi] (not a boolean)."""
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and lo <= v <= hi):
+            raise Invalid(f"expected a finite number in [{lo:g}, {hi:g}], got {show(v)}")
+        return v
+    return check
+
+
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str:
         if v not in choices:

@@ -261,3 +261,23 @@ def test_served_stream_early_exit_matches_the_local_run_and_ends_the_sequence(ex
             np.testing.assert_array_equal(got[EXIT_READOUT][0], local[EXIT_READOUT][i])
             assert calls[-1] is True and calls.count(True) == 1  # ended exactly once, at the end
             assert len(calls) == got[EXIT_STEPS][0] + (got[EXIT_STEPS][0] < T)  # + the release request
+
+
+def test_early_exit_record_is_validated_without_the_early_exit_code():
+    """A reader that never imports the early-exit code (triton-repo, inspect, serve) still refuses a bad record."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from dsr_deploy.errors import UserError\n"
+            "from dsr_deploy.manifest import parse_manifest\n"
+            "base = {'schema': 1, 'artifacts': [{'format': 'onnx', 'path': 'm.onnx'}]}\n"
+            "assert 'dsr_deploy.early_exit' not in sys.modules\n"
+            "try:\n"
+            "    parse_manifest({**base, 'early_exit': {'rule': 'margin', 'threshold': float('nan')}})\n"
+            "except UserError as e:\n"
+            "    print('refused:', e)\n"
+            "assert 'dsr_deploy.early_exit' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:") and "early_exit" in out.stdout
