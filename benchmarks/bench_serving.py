@@ -106,6 +106,16 @@ def machine():
             "nvidia-pytriton": metadata.version("nvidia-pytriton"), "tritonclient": metadata.version("tritonclient")}
 
 
+def served_models(tmp: Path, rng):
+    """The two served folders (multi-step conv, streaming MLP, ONNX) and the inputs the clients send."""
+    multi, stream = tmp / "conv", tmp / "mlp_stream"
+    export_model(conv_net(), SHAPE, multi, formats=("onnx",))
+    export_model(mlp_net(), (T, 1, 6), stream, mode="streaming", formats=("onnx",))
+    pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
+    steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
+    return multi, stream, pool, steps
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests per timed phase (batch 1)")
@@ -118,11 +128,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
         tmp = Path(tmp)
-        multi, stream = tmp / "conv", tmp / "mlp_stream"
-        export_model(conv_net(), SHAPE, multi, formats=("onnx",))
-        export_model(mlp_net(), (T, 1, 6), stream, mode="streaming", formats=("onnx",))
-        pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
-        steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
+        multi, stream, pool, steps = served_models(tmp, rng)
         results = {"machine": machine(), "model": {"multistep": "conv-BN-IF -> linear-LIF, input [1, 6, 2, 8, 8], "
                                                     "ONNX (dsr nodes, function fallback), onnxruntime CPU, 1 thread",
                                                     "streaming": "linear-LIF -> linear-IF, x_t [1, 6], ONNX"}}

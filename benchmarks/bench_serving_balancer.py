@@ -28,10 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the small DSR nets the tests use
 sys.path.insert(0, str(HERE))
 
-from _streaming_nets import conv_net, mlp_net  # noqa: E402
-from bench_serving import SHAPE, T, concurrent, machine  # noqa: E402
+from bench_serving import concurrent, machine, served_models  # noqa: E402
 
-from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.serving.balancer import NginxProcess, find_nginx  # noqa: E402
 from dsr_deploy.serving.client import ServeClient, StreamClient  # noqa: E402
 from dsr_deploy.serving.process import ServerProcess, free_ports  # noqa: E402
@@ -119,11 +117,7 @@ def main(argv=None):
     # Short folder: PyTriton's IPC socket paths live in its workspace and may not exceed 107 bytes.
     with tempfile.TemporaryDirectory(prefix="bsb", dir="/tmp") as tmp:
         tmp = Path(tmp)
-        multi, stream = tmp / "conv", tmp / "mlp_stream"
-        export_model(conv_net(), SHAPE, multi, formats=("onnx",))
-        export_model(mlp_net(), (T, 1, 6), stream, mode="streaming", formats=("onnx",))
-        pool = [(rng.standard_normal(SHAPE) * 2).astype(np.float32) for _ in range(32)]
-        steps = (rng.standard_normal((64, 1, 6)) * 2).astype(np.float32)
+        multi, stream, pool, steps = served_models(tmp, rng)
         results = {"machine": machine(), "nginx": version,
                    "model": {"multistep": "conv-BN-IF -> linear-LIF, input [1, 6, 2, 8, 8], ONNX, onnxruntime CPU",
                              "streaming": "linear-LIF -> linear-IF, x_t [1, 6], ONNX"},

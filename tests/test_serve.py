@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) is not installed")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient (the serve extra) is not installed")
 from _streaming_nets import conv_net, mlp_net  # noqa: E402
+from _triton_server import post_raw  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from dsr_deploy.export import export_model  # noqa: E402
@@ -174,17 +175,8 @@ def test_bad_requests_get_errors_and_server_keeps_serving(served):
         assert client.client.is_server_live() and client.client.is_model_ready("mlp_stream")
 
 
-def _post(server, path, body: bytes, headers=None):
-    """One raw HTTP request to the server's --port (what any client, or an attacker, can send)."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+def _post(server, path: str, body: bytes, headers=None):
+    return post_raw(server.http_port, path, body, headers)
 
 
 HOSTILE = [

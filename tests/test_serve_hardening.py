@@ -4,7 +4,6 @@ artifacts served. A real ``dsr-deploy serve`` on 127.0.0.1, started once for the
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) is not installed")
 pytest.importorskip("tritonclient.http", reason="tritonclient (the serve extra) is not installed")
 from _streaming_nets import conv_net, mlp_net  # noqa: E402
+from _triton_server import post_raw  # noqa: E402
 
 from dsr_deploy.export import export_model  # noqa: E402
 from dsr_deploy.serving.client import ServeClient  # noqa: E402
@@ -37,13 +37,7 @@ def served(tmp_path_factory):
 
 
 def _post(server, path: str, body: bytes, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return post_raw(server.http_port, path, body, headers)
 
 
 X_CONV = {"name": "input", "shape": [1, T, 2, 8, 8], "datatype": "FP32", "data": [0.0] * (T * 2 * 8 * 8)}
