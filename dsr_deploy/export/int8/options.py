@@ -27,9 +27,11 @@ ACTIVATIONS = ("uint8", "int8")
 LAYOUTS = ("nchw", "nhwc")
 #: The int8 forms each target picks (measured fastest there: docs/export.md, benchmarks/results).
 TARGET_FORMS = {
-    "portable": {"neuron": "qdq", "activations": "uint8", "layout": "nchw"},
-    "onnxruntime-cpu": {"neuron": "quantized", "activations": "uint8", "layout": "nhwc"},
-    "tensorrt": {"neuron": "quantized", "activations": "int8", "layout": "nchw"},
+    "portable": {"neuron": "qdq", "activations": "uint8", "layout": "nchw", "all_layers": False},
+    # onnxruntime-cpu: the analog first layer and the readout quantised too (verify's int8 rule holds; the digits
+    # model's held-out accuracy: quickstart --precision int8, benchmarks/results).
+    "onnxruntime-cpu": {"neuron": "quantized", "activations": "uint8", "layout": "nhwc", "all_layers": True},
+    "tensorrt": {"neuron": "quantized", "activations": "int8", "layout": "nchw", "all_layers": False},
 }
 
 
@@ -45,7 +47,7 @@ class Int8Options:
     or the zoo's data) and the three forms; a form left None is the target's (:data:`TARGET_FORMS`)."""
 
     calibration: Optional[Any] = None  # numpy array [.., N, ..]: N samples along the batch dimension
-    all_layers: bool = False  # --int8-all-layers: the analog first layer and the readout too
+    all_layers: Optional[bool] = None  # --int8-all-layers: the analog first layer and the readout too
     neuron: Optional[str] = None
     activations: Optional[str] = None
     layout: Optional[str] = None
@@ -62,7 +64,8 @@ class Int8Options:
         if activations == "int8" and layout != "nchw":
             raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
                             f"{layout} is for ONNX Runtime's CPU, where uint8 activations are faster: choose one")
-        return replace(self, all_layers=bool(self.all_layers), neuron=neuron, activations=activations,
+        all_layers = picks["all_layers"] if self.all_layers is None else bool(self.all_layers)
+        return replace(self, all_layers=all_layers, neuron=neuron, activations=activations,
                        layout=layout)
 
     def with_calibration(self, shape: Sequence[int], batch_dim: int, *, network_shape: Optional[Sequence[int]] = None,
@@ -78,5 +81,5 @@ class Int8Options:
 
     def given(self) -> bool:
         """Whether any int8 option was given (they apply to ``--precision int8`` only)."""
-        return self.calibration is not None or bool(self.all_layers) or any(
-            v is not None for v in (self.neuron, self.activations, self.layout))
+        return self.calibration is not None or any(
+            v is not None for v in (self.all_layers, self.neuron, self.activations, self.layout))

@@ -95,9 +95,11 @@ def plan(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, Any]:
         if t in quantised_outputs:
             continue  # the layer's quantised output reaches the neuron unchanged
         feeding = g.upstream(x, lambda n: g.weighted(n) or g.is_dsr(n))
-        if any(n.output[0] in quantised_outputs for n in feeding) and x not in calibrated:
-            calibrated.append(x)
-            currents.append(x)
+        # The current is quantised where it is computed (before the reshapes to the neuron: the same values),
+        # so a residual Add's output is its Q/DQ's input (QLinearAdd).
+        if any(n.output[0] in quantised_outputs for n in feeding) and t not in calibrated:
+            calibrated.append(t)
+            currents.append(t)
     return {"layers": layers, "spikes": spikes, "calibrated": calibrated, "currents": currents,
             "float_layers": float_layers}
 
@@ -178,19 +180,27 @@ def _insert(graph, g: Graph, new_nodes: Dict[str, List[onnx.NodeProto]], rename:
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
                    quantize_all: bool = False, states=None, neuron: str = "qdq",
-                   activations: str = "uint8", layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   activations: str = "uint8", layout: str = "nchw",
+                   fold_residual: bool = True) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`); ``activations``: uint8 | int8 (the
-    TensorRT form)."""
+    TensorRT form); ``fold_residual=False``: BatchNorms stay float (the form before :mod:`.residual`, for
+    benchmarks/profile_int8.py's comparison)."""
     signed = activations == "int8"
     code = np.int8 if signed else np.uint8
+    from .residual import fold_batchnorms
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    folds = fold_batchnorms(folded) if fold_residual else {}  # the residual path in int8 (.residual);
+    #                                                           calibrated on the folded graph
     out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out.CopyFrom(folded)
     p = plan(out, quantize_all)
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
+    params = calibrate(folded, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
     graph = out.graph
     g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
@@ -218,6 +228,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         "weights": "int8 symmetric per output channel",
         "all_layers": bool(quantize_all),
         "activations": activations,
+        **folds,
     }
     if neuron == "quantized":
         from .neurons import quantized_neurons
