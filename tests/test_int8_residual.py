@@ -111,7 +111,7 @@ def test_folding_computes_the_same_function(after_add):
         None, {"x": x})[0]
     want = run(model)
     counts = fold_batchnorms(model)
-    assert counts == {"folded_batchnorms": 1, "spike_scale_convs": 0}
+    assert counts == {"folded_batchnorms": 1, "spike_scale_convs": 0, "batchnorm_convs": 0}
     assert "BatchNormalization" not in [n.op_type for n in model.graph.node]
     got = run(model)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5), np.abs(got - want).max()
@@ -147,5 +147,5 @@ def test_fold_leaves_a_batchnorm_it_cannot_fold():
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 2, 2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 2, 2])], inits)
     model = helper.make_model(graph)
-    assert fold_batchnorms(model) == {"folded_batchnorms": 0, "spike_scale_convs": 0}
+    assert fold_batchnorms(model) == {"folded_batchnorms": 0, "spike_scale_convs": 0, "batchnorm_convs": 0}
     assert [n.op_type for n in model.graph.node] == ["BatchNormalization"]

@@ -12,7 +12,10 @@ PreAct-ResNet-18 on an AVX2 CPU). Before quantisation, :func:`fold_batchnorms` r
   first also takes ``b``), and a spike term becomes a depthwise 1x1 convolution with weights ``g`` (and ``b``
   when no convolution took it) -- a weighted layer fed by spikes, so quantised like any other. ``g * (a + c) + b
   = (g * a + b) + g * c``: the same current up to float rounding, and the int8 rule of verify compares the
-  neuron's current against the float32 reference within a few steps of its scale.
+  neuron's current against the float32 reference within a few steps of its scale;
+* any other inference BatchNorm on a 4-D tensor downstream of a neuron (or of anything, with ``quantize_all``) --
+  one whose input is also read elsewhere, as the residual stream of a block whose shortcut adds the block's input
+  -- becomes a depthwise 1x1 convolution with the same per-channel affine, quantised like any layer.
 
 The quantisation then puts Q/DQ on the terms (layer outputs) and on the sum (the neuron's current, calibrated),
 the form ONNX Runtime fuses into ``QLinearAdd`` and TensorRT into its int8 element-wise add. The channels-last
@@ -41,9 +44,10 @@ def _shapes(model: onnx.ModelProto) -> Dict[str, List]:
 
 
 class _Fold:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, quantize_all: bool):
         self.model, self.g, self.shapes = model, Graph(model), _shapes(model)
-        self.folded = self.spike_terms = 0
+        self.quantize_all = quantize_all
+        self.folded = self.spike_terms = self.affine = 0
 
     def chw(self, t: str) -> Optional[Tuple]:
         s = self.shapes.get(t)
@@ -110,36 +114,47 @@ class _Fold:
                 or not all(i in inits for i in bn.input[1:5]) or len(self.shapes.get(bn.input[0]) or []) != 4:
             return False
         chw = self.chw(bn.input[0])
-        found = self.terms(bn.input[0], chw) if chw is not None else None
-        if found is None:
+        if chw is None:
             return False
+        found = self.terms(bn.input[0], chw)
         scale, bias, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
         gain = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
         shift = bias - mean * gain
+        if found is None:
+            return self._affine(bn, gain, shift, chw)
         terms, path = found
         tag = f"int8_bnfold_{safe_name(bn.output[0])}"
+        new: List[onnx.NodeProto] = []
+        inputs = []
+        for k, (t, conv) in enumerate(terms):  # one term takes the shift
+            if conv is not None:
+                self._scale_conv(conv, gain, shift if k == 0 else None, f"{tag}_{k}")
+                inputs.append(t)
+            else:
+                inputs.append(self._spike_term(new, t, gain, shift if k == 0 else None, f"{tag}_{k}", chw))
         if path:  # the residual Add: a new one, on the (C, H, W) tensors, computes the BatchNorm's input
-            graph = self.model.graph
-            add = next(p for p in path if p.op_type == "Add")
-            drop = {id(p) for p in path}
-            at = sum(1 for n in graph.node[:[id(n) for n in graph.node].index(id(add))] if id(n) not in drop)
-            keep = [n for n in graph.node if id(n) not in drop]
-            del graph.node[:]
-            graph.node.extend(keep)
-            new, inputs = [], []
-            for k, (t, conv) in enumerate(terms):
-                if conv is not None:
-                    self._scale_conv(conv, gain, shift if k == 0 else None, f"{tag}_{k}")
-                    inputs.append(t)
-                else:
-                    inputs.append(self._spike_term(new, t, gain, shift if k == 0 else None, f"{tag}_{k}", chw))
             new.append(helper.make_node("Add", inputs, [bn.input[0]], name=f"{tag}_Add"))
-            for n in reversed(new):
-                graph.node.insert(at, n)
-        else:
-            self._scale_conv(terms[0][1], gain, shift, f"{tag}_0")
-        self._drop(bn)
+        self._rewrite(bn, path, new)
         self.folded += 1
+        return True
+
+    def _affine(self, bn: onnx.NodeProto, gain, shift, chw: Tuple) -> bool:
+        """A BatchNorm whose input is read elsewhere too (the residual stream of a pre-activation block whose
+        shortcut adds the block's input): a depthwise 1x1 Conv with the same per-channel affine, quantised like
+        any layer -- when something upstream is quantised (a neuron, or every layer with ``quantize_all``)."""
+        if not (self.quantize_all or self.g.upstream(bn.input[0], self.g.is_dsr)):
+            return False
+        tag = f"int8_bnconv_{safe_name(bn.output[0])}"
+        c, graph = int(chw[0]), self.model.graph
+        graph.initializer.append(numpy_helper.from_array(gain.reshape(c, 1, 1, 1).astype(np.float32), f"{tag}_w"))
+        graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), f"{tag}_b"))
+        bn.op_type = "Conv"
+        bn.name = f"{tag}_Conv"
+        del bn.input[1:]
+        bn.input.extend([f"{tag}_w", f"{tag}_b"])
+        del bn.attribute[:]
+        bn.attribute.extend([helper.make_attribute("group", c), helper.make_attribute("kernel_shape", [1, 1])])
+        self.affine += 1
         return True
 
     def _scale_conv(self, conv: onnx.NodeProto, gain, shift, tag: str) -> None:
@@ -179,27 +194,38 @@ class _Fold:
                                                                          ["folded", *chw]))
         self.shapes[name] = [None, *chw]
 
-    def _drop(self, bn: onnx.NodeProto) -> None:
-        """The BatchNorm goes: its readers read its input (an Identity keeps a graph output's name)."""
-        graph = self.model.graph
+    def _rewrite(self, bn: onnx.NodeProto, path: List, new: List) -> None:
+        """One pass over the nodes: the BatchNorm and ``path`` (the old Add and its reshapes) go, ``new`` takes the
+        old Add's place (its inputs are computed before it), the BatchNorm's readers read its input (an Identity
+        keeps a graph output's name). Protobuf copies nodes on insertion: no node object is kept past this."""
         x, y = bn.input[0], bn.output[0]
-        if y in self.g.outputs:
-            graph.node.insert(next(k for k, n in enumerate(graph.node) if n is bn),
-                              helper.make_node("Identity", [x], [y], name=f"{bn.name}_folded"))
-        else:
-            for n in graph.node:
-                for k, i in enumerate(n.input):
-                    if i == y:
-                        n.input[k] = x
-        graph.node.remove(bn)
+        drop = {id(p) for p in path}
+        add = next((id(p) for p in path if p.op_type == "Add"), None)
+        order = []
+        for n in self.model.graph.node:
+            if n is bn:
+                if y in self.g.outputs:
+                    order.append(helper.make_node("Identity", [x], [y], name=f"{bn.name}_folded"))
+                continue
+            if id(n) == add:
+                order.extend(new)
+            if id(n) in drop:
+                continue
+            if y not in self.g.outputs:
+                n.input[:] = [x if i == y else i for i in n.input]
+            order.append(n)
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(order)
 
 
-def fold_batchnorms(model: onnx.ModelProto) -> Dict[str, int]:
+def fold_batchnorms(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, int]:
     """Fold every inference BatchNorm fed by convolutions (or a residual Add of convolutions and spikes) into
-    them, in place (module docstring). Returns counts for the quantisation record."""
-    f = _Fold(model)
-    for bn in [n for n in model.graph.node if n.op_type == "BatchNormalization"]:
-        if f.fold(bn):
+    them, the others a depthwise 1x1 Conv, in place (module docstring). Returns counts for the quantisation
+    record."""
+    f = _Fold(model, quantize_all)
+    for y in [n.output[0] for n in model.graph.node if n.op_type == "BatchNormalization" and n.output]:
+        bn = f.g.producer.get(y)  # the live node (each fold rebuilds the node list)
+        if bn is not None and f.fold(bn):
             f.g = Graph(model)  # the maps after the rewrite
     used = {i for n in model.graph.node for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
@@ -209,7 +235,7 @@ def fold_batchnorms(model: onnx.ModelProto) -> Dict[str, int]:
     vis = [vi for vi in model.graph.value_info if vi.name in produced]  # of the tensors still computed
     del model.graph.value_info[:]
     model.graph.value_info.extend(vis)
-    return {"folded_batchnorms": f.folded, "spike_scale_convs": f.spike_terms}
+    return {"folded_batchnorms": f.folded, "spike_scale_convs": f.spike_terms, "batchnorm_convs": f.affine}
 
 
 def _per_tensor_dq(g, inits, t: str) -> Optional[onnx.NodeProto]:

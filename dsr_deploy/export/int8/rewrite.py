@@ -55,7 +55,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import UserError
-from .calibrate import calibrate
+from .calibrate import calibrate, grid_qparams
 from .graph import EXACT_OPS, Graph, const, qdq, safe_name, spike_value
 
 META_QUANT = "dsr_deploy.int8"
@@ -102,6 +102,14 @@ def plan(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, Any]:
             currents.append(t)
     return {"layers": layers, "spikes": spikes, "calibrated": calibrated, "currents": currents,
             "float_layers": float_layers}
+
+
+def _input_view(graph, tensor: str) -> bool:
+    """Whether ``tensor`` is a graph input, or one seen through value-preserving ops only."""
+    producer = {o: n for n in graph.node for o in n.output}
+    while tensor in producer and producer[tensor].op_type in EXACT_OPS:
+        tensor = producer[tensor].input[0]
+    return tensor not in producer and any(i.name == tensor for i in graph.input)
 
 
 def quantize_weight(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -192,7 +200,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
 
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
-    folds = fold_batchnorms(folded) if fold_residual else {}  # the residual path in int8 (.residual);
+    folds = fold_batchnorms(folded, quantize_all) if fold_residual else {}  # the residual path in int8 (.residual);
     #                                                           calibrated on the folded graph
     out = onnx.ModelProto()
     out.CopyFrom(folded)
@@ -201,6 +209,10 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
     params = calibrate(folded, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
+    grid = grid_qparams(calibration, signed)
+    for t in p["calibrated"]:
+        if grid is not None and _input_view(out.graph, t):  # the analog input on its own grid: exact
+            params[t] = grid
     graph = out.graph
     g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
