@@ -118,7 +118,8 @@ def test_folding_computes_the_same_function(after_add):
 
 
 def test_verify_int8_rule_passes_on_a_preact_resnet_in_the_cpu_form(tmp_path):
-    """A PreAct ResNet in the CPU target's form (folded BatchNorms, QLinearAdd's Q/DQ, first layer quantised):
+    """The authors' PreAct ResNet in the CPU target's form (BatchNorms folded or depthwise convs, QLinearAdd's
+    Q/DQ, first layer quantised):
     every layer teacher-forced (nchw: verify cannot force the channels-last file's spike codes; it gives the same
     outputs bit for bit, above), spikes exact, every current within a few steps of its recorded scale."""
     from dsr_deploy.verify import verify_folder
@@ -129,7 +130,17 @@ def test_verify_int8_rule_passes_on_a_preact_resnet_in_the_cpu_form(tmp_path):
                             precision="int8", target="onnxruntime-cpu",
                             int8=Int8Options(calibration=x, layout="nchw"))
     record = manifest["artifacts"][0]["quantization"]
-    assert record["all_layers"] and record["folded_batchnorms"] >= 2 and record["quantized_neurons"] > 0
+    # its shortcut adds the block's input (read by the BatchNorm too): that BatchNorm a depthwise 1x1 conv
+    assert record["all_layers"] and record["quantized_neurons"] > 0
+    assert record["folded_batchnorms"] == 1 and record["batchnorm_convs"] == 2
+    model = onnx.load(str(folder / "model.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node} and record["float_layers"] == {}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):  # every one reads codes (through reshapes)
+        src = producer[conv.input[0]]
+        while src.op_type == "Reshape":
+            src = producer[src.input[0]]
+        assert src.op_type == "DequantizeLinear", conv.name
     report = verify_folder(folder, trust_model_code=True)
     assert report["passed"], [r["failures"] for r in report["runs"]]
     runs = [r for r in report["runs"] if r["format"] == "onnx" and r["status"] == "ok"]
@@ -149,3 +160,42 @@ def test_fold_leaves_a_batchnorm_it_cannot_fold():
     model = helper.make_model(graph)
     assert fold_batchnorms(model) == {"folded_batchnorms": 0, "spike_scale_convs": 0, "batchnorm_convs": 0}
     assert [n.op_type for n in model.graph.node] == ["BatchNormalization"]
+
+
+def test_verify_int8_rule_passes_with_a_spike_shortcut(tmp_path):
+    """The zoo's block form (the shortcut adds the spikes: the BatchNorm folded into the convolution and a
+    depthwise scale of the spikes) in the CPU target's form, nchw: verify's int8 rule passes. Calibrated on data
+    like verify's (a 2-channel time-major input: Poisson event counts; integers, so the input is exact)."""
+    from dsr_deploy.verify import verify_folder
+
+    layout_tests = Path(__file__).resolve().parent / "test_int8_layout.py"
+    events = np.random.default_rng(3).poisson(0.3, (SHAPE[0], 32, *SHAPE[2:])).astype(np.float32)
+    folder = tmp_path / "net"
+    manifest = export_model(Net(), SHAPE, folder, formats=("onnx",), spec=f"{layout_tests}:Net", precision="int8",
+                            target="onnxruntime-cpu", int8=Int8Options(calibration=events, layout="nchw"))
+    assert manifest["artifacts"][0]["quantization"]["spike_scale_convs"] == 1
+    report = verify_folder(folder, trust_model_code=True)
+    assert report["passed"], [r["failures"] for r in report["runs"]]
+    runs = [r for r in report["runs"] if r["format"] == "onnx" and r["status"] == "ok"]
+    assert runs and all(r["defects"] == [] and "int8 currents within" in r["layer_check"] for r in runs)
+
+
+def test_the_cpu_target_quantises_every_layer_unless_told_not_to():
+    assert Int8Options().resolved("onnxruntime-cpu").all_layers is True
+    assert Int8Options().resolved("portable").all_layers is False
+    assert Int8Options().resolved("tensorrt").all_layers is False
+    assert Int8Options(all_layers=False).resolved("onnxruntime-cpu").all_layers is False  # --no-int8-all-layers
+    assert not Int8Options().given() and Int8Options(all_layers=False).given()
+
+
+def test_an_input_on_a_grid_is_quantised_exactly():
+    """Pixels / 16 (the digits model's input): scale 1/16, zero point 0, every value a code; data off any grid
+    (or with more than 256 levels) gets none."""
+    from dsr_deploy.export.int8.calibrate import grid_qparams
+
+    x = (np.random.default_rng(0).integers(0, 17, size=(4, 5, 8, 8)) / 16).astype(np.float32)
+    assert grid_qparams(x) == (0.0625, 0) and grid_qparams(x, signed=True) == (0.0625, 0)
+    assert grid_qparams(x - 0.5) == (0.0625, 8)
+    assert grid_qparams(np.random.default_rng(1).normal(size=1000).astype(np.float32)) is None
+    assert grid_qparams(np.arange(300, dtype=np.float32)) is None
+    assert grid_qparams(np.array([0.0, 0.1, 0.25], np.float32)) is None  # no common step

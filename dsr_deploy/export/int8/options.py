@@ -27,12 +27,15 @@ ACTIVATIONS = ("uint8", "int8")
 LAYOUTS = ("nchw", "nhwc")
 #: The int8 forms each target picks (measured fastest there: docs/export.md, benchmarks/results).
 TARGET_FORMS = {
-    "portable": {"neuron": "qdq", "activations": "uint8", "layout": "nchw", "all_layers": False},
-    # onnxruntime-cpu: the analog first layer and the readout quantised too (verify's int8 rule holds; the digits
-    # model's held-out accuracy: quickstart --precision int8, benchmarks/results).
-    "onnxruntime-cpu": {"neuron": "quantized", "activations": "uint8", "layout": "nhwc", "all_layers": True},
-    "tensorrt": {"neuron": "quantized", "activations": "int8", "layout": "nchw", "all_layers": False},
+    "portable": {"neuron": "qdq", "activations": "uint8", "layout": "nchw"},
+    "onnxruntime-cpu": {"neuron": "quantized", "activations": "uint8", "layout": "nhwc"},
+    "tensorrt": {"neuron": "quantized", "activations": "int8", "layout": "nchw"},
 }
+
+
+#: ``--int8-all-layers`` by target: onnxruntime-cpu quantises the analog first layer and the readout too (verify's
+#: int8 rule holds; the digits model's held-out accuracy within 0.5 points: quickstart --precision int8).
+TARGET_ALL_LAYERS = {"portable": False, "onnxruntime-cpu": True, "tensorrt": False}
 
 
 def _choice(flag: str, value: str, choices: Sequence[str]) -> str:
@@ -64,7 +67,7 @@ class Int8Options:
         if activations == "int8" and layout != "nchw":
             raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
                             f"{layout} is for ONNX Runtime's CPU, where uint8 activations are faster: choose one")
-        all_layers = picks["all_layers"] if self.all_layers is None else bool(self.all_layers)
+        all_layers = TARGET_ALL_LAYERS[target] if self.all_layers is None else bool(self.all_layers)
         return replace(self, all_layers=all_layers, neuron=neuron, activations=activations,
                        layout=layout)
 
