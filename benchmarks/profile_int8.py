@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     flags = cpu_flags()
     load = os.getloadavg()
     x = direct_encoded(args.batch, args.T, seed=3)
-    res = {"config": {"T": args.T, "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
+    res = {"command": "python benchmarks/profile_int8.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "config": {"T": args.T, "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
                       "threads": args.threads, "calibration_samples": args.calibration_samples},
            "machine": machine_info(), "cpu_flags": flags, "int8_peak_vs_float32": int8_peak(flags),
            "versions": library_versions(), "forms": {}}
