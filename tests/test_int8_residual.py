@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from test_export_int8 import SHAPE, _calibration
 from test_int8_layout import Net, _run
 
+from dsr_deploy.engine import tensorrt_quantization_problem
 from dsr_deploy.export import Int8Options, export_model
 from dsr_deploy.export.int8.residual import fold_batchnorms
 
@@ -66,6 +67,8 @@ def test_portable_and_tensorrt_forms_put_qdq_around_the_add(tmp_path):
         assert [n.op_type for n in users] == ["QuantizeLinear"], target
         zp = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[users[0].input[2]]
         assert zp.dtype == (np.int8 if target == "tensorrt" else np.uint8) and (target != "tensorrt" or zp == 0)
+        # the TensorRT form stays what its explicit quantisation takes (signed codes, zero points 0, float biases)
+        assert (tensorrt_quantization_problem(model) is None) == (target == "tensorrt")
 
 
 def test_cpu_form_gives_the_nchw_forms_outputs_bit_for_bit(tmp_path):

@@ -11,6 +11,8 @@ This pass writes the graph channels-last itself, so no transpose is left between
 * each quantised 2-D ``Conv`` in Q/DQ form (input, weight and bias dequantised from codes, its output read only
   by a ``QuantizeLinear``) becomes ``com.microsoft.QLinearConv`` with ``channels_last=1`` on the codes -- the op
   ONNX Runtime would fuse it into, so the arithmetic is the same;
+* an ``Add`` of two per-tensor dequantised uint8 tensors whose output only a ``QuantizeLinear`` reads (the
+  residual add, :mod:`.residual`) becomes ``com.microsoft.QLinearAdd`` on the codes (element-wise: any layout);
 * a float 2-D ``Conv`` (the analog first layer) gives its output channels-last through one ``Transpose``;
 * element-wise ops (the dsr neurons, ``QuantizeLinear`` / ``DequantizeLinear`` per tensor, ``Add``, ...) carry the
   layout; a ``Reshape`` that only splits or merges the leading (time, batch) dimensions carries it with its
