@@ -13,7 +13,8 @@ Entries, in order (the first is the baseline of the `speedup` column):
 8. (``--int8``, default on) the ``export --precision int8`` model of the same network (calibrated on
    direct-encoded N(0, 1) images) in ONNX Runtime, function fallback and custom ops, with the quantised
    neuron ops (``int8_neuron="quantized"``), and channels-last for ONNX Runtime's CPU (``int8_layout="nhwc"``,
-   function fallback and quantised neuron ops); the notes add its top-1 agreement with the float32 export on
+   function fallback and quantised neuron ops), and what ``--target onnxruntime-cpu`` exports (also the residual
+   path in int8 and the first layer quantised); the notes add its top-1 agreement with the float32 export on
    direct-encoded inputs.
 
 Every row also has the time of a memcpy of the same bytes, measured in the same run. Kept feasible on a
@@ -219,17 +220,22 @@ def main(argv=None) -> int:
             if lib is not None:
                 forms += [("onnxruntime int8 quantized-neuron ops", {"neuron": "quantized"}, "require"),
                           ("onnxruntime int8 nhwc quantized-neuron ops",
-                           {"neuron": "quantized", "layout": "nhwc"}, "require")]
+                           {"neuron": "quantized", "layout": "nhwc"}, "require"),
+                          # what `--target onnxruntime-cpu` exports: also the residual path in int8 (folded
+                          # BatchNorms, QLinearAdd) and the first layer and readout quantised
+                          ("onnxruntime int8 --target onnxruntime-cpu", {"target": "onnxruntime-cpu"}, "require")]
             for k, (label, options, custom_ops) in enumerate(forms):
-                if options and options.get("layout") == "nhwc" and args.device != "cpu":
+                if options and (options.get("layout") == "nhwc" or "target" in options) and args.device != "cpu":
                     notes.append(f"{label}: not measured on {args.device} (ONNX Runtime's CPU provider only)")
                     continue
                 folder = int8
                 if options:
                     folder = Path(tmp) / f"export-int8-{k}"
+                    forms_opts = {k: v for k, v in options.items() if k != "target"}
                     export_model(model, (args.T, 2, 3, 32, 32), folder, formats=("onnx",), spec=f"zoo:{name}",
-                                 precision="int8", int8=Int8Options(calibration=direct_encoded(
-                                     args.calibration_samples, args.T, seed=1), **options))
+                                 precision="int8", target=options.get("target", "portable"),
+                                 int8=Int8Options(calibration=direct_encoded(args.calibration_samples, args.T, seed=1),
+                                                  **forms_opts))
                 entries.append(B.BenchEntry(label, load_runner(folder, backend="onnxruntime", custom_ops=custom_ops,
                                                                **ort_opts)))
         if args.device.startswith("cuda"):

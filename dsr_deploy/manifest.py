@@ -122,6 +122,9 @@ QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/e
     "quantized_neurons": integer(0),
     "activations": one_of("uint8", "int8"),  # --int8-activations (int8: the TensorRT form); absent: uint8
     "layout": one_of("nchw", "nhwc"),  # --int8-layout (nhwc: channels-last for ONNX Runtime's CPU)
+    "folded_batchnorms": integer(0),  # BatchNorms folded into the convolutions feeding them (int8/residual.py)
+    "spike_scale_convs": integer(0),
+    "batchnorm_convs": integer(0),
 })
 
 

@@ -63,11 +63,15 @@ def _int8_rows(results: Path) -> list:
     mean = {(r["label"], r["batch"]): r["latency_ms"]["mean"] for r in d["results"] if r.get("latency_ms")}
     f32, q, best = ("onnxruntime custom ops", "onnxruntime int8 custom ops",
                     "onnxruntime int8 nhwc quantized-neuron ops")
+    form = "`--int8-neuron quantized --int8-layout nhwc`"
+    if ("onnxruntime int8 --target onnxruntime-cpu", 8) in mean:  # results since issue 26: the target's own row
+        best = "onnxruntime int8 --target onnxruntime-cpu"
+        form = "`--int8-neuron quantized --int8-layout nhwc --int8-all-layers`, the residual path in int8"
     sj, sjc = "spikingjelly eager", "spikingjelly torch.compile"
     load = d["settings"].get("load_average", {}).get("before", [0.0])[0]
     speed = (f"{mean[(best, 8)]:.0f} vs {mean[(f32, 8)]:.0f} ms ({_x(mean[(f32, 8)] / mean[(best, 8)])}) / "
              f"{mean[(best, 1)]:.1f} vs {mean[(f32, 1)]:.1f} ms ({_x(mean[(f32, 1)] / mean[(best, 1)])}) with "
-             "`--target onnxruntime-cpu` (`--int8-neuron quantized --int8-layout nhwc`); "
+             f"`--target onnxruntime-cpu` ({form}); "
              f"{_x(mean[(sj, 8)] / mean[(best, 8)])} faster than SpikingJelly eager and "
              f"{_x(mean[(sjc, 8)] / mean[(best, 8)])} than SpikingJelly under `torch.compile` at batch 8; the "
              f"portable Q/DQ form {_x(mean[(f32, 8)] / mean[(q, 8)])} / {_x(mean[(f32, 1)] / mean[(q, 1)])} "

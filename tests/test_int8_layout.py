@@ -26,7 +26,8 @@ ort = pytest.importorskip("onnxruntime")
 
 class Net(torch.nn.Module):
     """A pre-activation residual block between an analog first layer and a readout: a BatchNorm after the
-    residual Add (not foldable into a convolution), a 1x1 convolution, three quantised convolutions."""
+    residual Add of a convolution and spikes (folded into them, :mod:`dsr_deploy.export.int8.residual`), a 1x1
+    convolution, three quantised convolutions."""
 
     def __init__(self):
         super().__init__()
@@ -89,7 +90,9 @@ def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron, all_layers):
     _export(tmp_path, "nchw", **opts)
     manifest, model = _export(tmp_path, "nhwc", int8_layout="nhwc", **opts)
     record = manifest["artifacts"][0]["quantization"]
-    convs = 4 if all_layers else 3  # --int8-all-layers: the analog first convolution too
+    # c1, c2, c3 and the spike term of the residual Add (its BatchNorm folded: a depthwise 1x1 scale on the
+    # spikes, tests/test_int8_residual.py); --int8-all-layers: the analog first convolution too
+    convs = 5 if all_layers else 4
     assert record["layout"] == "nhwc" and record["channels_last"]["qlinear_convs"] == convs
     assert any(o.domain == "com.microsoft" for o in model.opset_import)
     qconvs = [n for n in model.graph.node if n.op_type == "QLinearConv"]

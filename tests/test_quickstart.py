@@ -170,9 +170,12 @@ def test_int8_quickstart_reports_accuracy_next_to_float32(tmp_path):
     assert result.manifest["artifacts"][0]["precision"] == "int8"
     rows = [a for a in result.accuracy if a.status == "ok"]
     assert {a.variant for a in rows} >= {"function fallback", "dsr custom-op library"}
-    assert all(a.accuracy >= 0.99 for a in rows), [(a.variant, a.accuracy) for a in rows]
-    assert result.neurons_exact and result.passed
     assert summary["pytorch_accuracy"] >= 0.99  # the float32 model's, reported next to the int8 rows
+    # --target onnxruntime-cpu (the default) quantises the first layer and the readout too: within 0.5 points
+    # of float32 (issue 26)
+    assert all(a.accuracy >= summary["pytorch_accuracy"] - 0.005 for a in rows), [(a.variant, a.accuracy)
+                                                                                  for a in rows]
+    assert result.neurons_exact and result.passed
 
 
 def test_quickstart_shows_the_early_exit_curve_and_batch1_latency(quickstart):

@@ -57,8 +57,9 @@ Target = Annotated[str, typer.Option(
 Calibration = Annotated[Optional[Path], typer.Option(
     "--calibration", help="--precision int8: inputs as the model takes them (.npy, any number along the batch "
     "dimension; default for zoo:digits-cnn: its training split)")]
-AllLayers = Annotated[bool, typer.Option("--int8-all-layers", help="--precision int8: quantise the analog first "
-                                         "layer and the readout too (float32 by default)")]
+AllLayers = Annotated[Optional[bool], typer.Option(
+    "--int8-all-layers/--no-int8-all-layers", help="--precision int8: quantise the analog first layer and the "
+    "readout too (default: the --target's: yes for onnxruntime-cpu, float32 otherwise)")]
 Neuron = Annotated[Optional[str], typer.Option(
     "--int8-neuron", help="--precision int8: qdq (Q/DQ around the float32 dsr node) | quantized (dsr ops on the "
     "current codes giving spike codes: same results, faster with the custom-op library); verify teacher-forces "
@@ -85,7 +86,7 @@ def export(model: Model, out: Out, input_shape: InputShape = None, fmt: Formats 
            settings: Settings = None, layout: Layout = "TB", encode: Encode = "none", readout: Readout = "none",
            per_step_readout: PerStepReadout = False,
            precision: Precision = "float32", target: Target = "portable", calibration: Calibration = None,
-           int8_all_layers: AllLayers = False, int8_neuron: Neuron = None, int8_activations: Activations = None,
+           int8_all_layers: AllLayers = None, int8_neuron: Neuron = None, int8_activations: Activations = None,
            int8_layout: Int8Layout = None):
     """Export a DSR network to TorchScript, ONNX and/or torch.export (pt2) artifacts with a manifest."""
     from ..export import ExportOptions, Int8Options, IOOptions, check_input_shape, export_model

@@ -4,7 +4,10 @@
 * :mod:`.calibrate`: calibration data and the per-tensor scales (MSE over candidate clipping ranges);
 * :mod:`.rewrite`: what to quantise and the Q/DQ graph (the method is described there);
 * :mod:`.neurons`: ``--int8-neuron quantized``, the dsr ops on the current codes;
-* :mod:`.layout`: ``--int8-layout nhwc``, channels-last for ONNX Runtime's CPU provider;
+* :mod:`.residual`: the residual path in int8 (BatchNorms folded into the convolutions feeding them, the shortcut
+  add quantised: ``QLinearAdd``);
+* :mod:`.layout`: ``--int8-layout nhwc``, channels-last for ONNX Runtime's CPU provider (:mod:`.prune`: the
+  nodes it leaves out);
 * :mod:`.graph`: the graph questions and builders they share.
 """
 

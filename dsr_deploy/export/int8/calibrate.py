@@ -62,6 +62,23 @@ def qparams(values: np.ndarray, signed: bool = False) -> Tuple[float, int]:
     return best[1], best[2]
 
 
+def grid_qparams(data: np.ndarray, signed: bool = False) -> Optional[Tuple[float, int]]:
+    """(scale, zero point) that represent every value of ``data`` (and 0) on its own grid when it takes at most
+    256 (int8: 255, symmetric) evenly spaced values -- an 8-bit image scaled by a constant, say -- else None. An
+    analog input quantised with it is exact up to float rounding: the first layer then sees the data itself."""
+    u = np.unique(np.concatenate([np.asarray(data, np.float64).reshape(-1), [0.0]]))
+    if u.size < 2 or u.size > 256:
+        return None
+    scale = float(np.float32(np.min(np.diff(u))))
+    codes = np.round(u / scale)
+    if scale <= 0 or np.max(np.abs(codes * scale - u)) > 1e-6 * max(np.max(np.abs(u)), scale):
+        return None
+    if signed:
+        return (scale, 0) if np.max(np.abs(codes)) <= 127 else None
+    zp = int(-codes[0])
+    return (scale, zp) if codes[-1] + zp <= 255 else None
+
+
 def _symmetric_qparams(v: np.ndarray) -> Tuple[float, int]:
     """int8 (scale, 0): the clipping range ``[-a, a]`` whose codes (QuantizeLinear: round, saturate to
     [-128, 127]) give the smallest mean squared error, ``a`` the extreme or a percentile of ``|v|``."""

@@ -11,6 +11,8 @@ This pass writes the graph channels-last itself, so no transpose is left between
 * each quantised 2-D ``Conv`` in Q/DQ form (input, weight and bias dequantised from codes, its output read only
   by a ``QuantizeLinear``) becomes ``com.microsoft.QLinearConv`` with ``channels_last=1`` on the codes -- the op
   ONNX Runtime would fuse it into, so the arithmetic is the same;
+* an ``Add`` of two per-tensor dequantised uint8 tensors whose output only a ``QuantizeLinear`` reads (the
+  residual add, :mod:`.residual`) becomes ``com.microsoft.QLinearAdd`` on the codes (element-wise: any layout);
 * a float 2-D ``Conv`` (the analog first layer) gives its output channels-last through one ``Transpose``;
 * element-wise ops (the dsr neurons, ``QuantizeLinear`` / ``DequantizeLinear`` per tensor, ``Add``, ...) carry the
   layout; a ``Reshape`` that only splits or merges the leading (time, batch) dimensions carries it with its
@@ -42,13 +44,14 @@ from onnx import TensorProto, helper, numpy_helper
 from ...contract import QUANTIZED_OP_TYPES
 from ...convert import ONNX_DOMAIN
 from ...onnx_graph import GraphMaps
-from ..onnx_neurons import META_CHANNELS_LAST, META_LAYER_INPUTS, META_LAYER_OUTPUTS, META_PROBE_NODES
+from ..onnx_neurons import META_CHANNELS_LAST, META_PROBE_NODES
+from .prune import detach_probe_nodes, prune
 
 ORT_DOMAIN = "com.microsoft"
 
 #: Ops applied element by element (one output element from the same position of each input): any layout passes.
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Identity", "Neg",
-               "Abs", "Max", "Min", "Cast", "QuantizeLinear", "DequantizeLinear"}
+               "Abs", "Max", "Min", "Cast", "QuantizeLinear", "DequantizeLinear", "QLinearAdd"}
 _SHAPE_OPS = ("Reshape", "Unsqueeze", "Squeeze")  # between a DequantizeLinear and the Conv it feeds
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
@@ -170,7 +173,7 @@ class _Rewrite:
             elif id(n) not in drop:
                 order.append(n)
         del g.node[:]
-        g.node.extend(order)  # the dequantised weights and biases it no longer reads go in channels_last's _prune
+        g.node.extend(order)  # the dequantised weights and biases it no longer reads go in channels_last's prune
         return len(replace)
 
     # ---- step 2: carry the channels-last layout through the graph
@@ -404,60 +407,13 @@ def _attrs(node: onnx.NodeProto) -> Dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _recorded(model: onnx.ModelProto) -> set:
-    """The tensors the metadata names (each neuron call's spikes and input, for probes)."""
-    names = set()
-    for p in model.metadata_props:
-        if p.key in (META_LAYER_OUTPUTS, META_LAYER_INPUTS):
-            names.update(t for _, t in json.loads(p.value))
-    return names
-
-
-def _prune(model: onnx.ModelProto) -> None:
-    """Drop nodes whose outputs nothing reads (repeat until stable; the recorded neuron tensors stay) and
-    initializers no node reads."""
-    g = model.graph
-    outs = {o.name for o in g.output} | _recorded(model)
-    while True:
-        used = {i for n in g.node for i in n.input} | outs
-        keep = [n for n in g.node if any(o in used for o in n.output if o)]
-        if len(keep) == len(g.node):
-            break
-        del g.node[:]
-        g.node.extend(keep)
-    used = {i for n in g.node for i in n.input}
-    inits = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-
-
-def _detach_probe_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
-    """Move the nodes that only the recorded neuron tensors need (e.g. a spike ``DequantizeLinear`` whose float
-    spikes no layer reads) out of the graph, so the inference file does not compute them; returns them (in
-    order) for :data:`META_PROBE_NODES`. ONNX Runtime runs every node of a graph, read or not."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output if o}
-    needed, todo = set(), [o.name for o in g.output]
-    while todo:
-        n = producer.get(todo.pop())
-        if n is None or id(n) in needed:
-            continue
-        needed.add(id(n))
-        todo.extend(i for i in n.input if i)
-        for a in n.attribute:  # subgraphs read outer tensors
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                todo.extend(i for sn in sub.node for i in sn.input if i)
-    detached = [n for n in g.node if id(n) not in needed]
-    keep = [n for n in g.node if id(n) in needed]
-    del g.node[:]
-    g.node.extend(keep)
-    return detached
-
-
 def channels_last(model: onnx.ModelProto) -> Dict[str, int]:
     """Rewrite the int8 ``model`` channels-last in place (module docstring). Returns counts for the manifest's
     quantisation record."""
+    from .residual import fuse_adds
+
     fused = _Rewrite(model).fuse_convs()
+    adds = fuse_adds(model) if fused else 0
     perms = _Rewrite(model).propagate() if fused else {}
     produced = {o for n in model.graph.node for o in n.output}
     vis = []
@@ -474,15 +430,16 @@ def channels_last(model: onnx.ModelProto) -> Dict[str, int]:
         vis.append(vi)
     del model.graph.value_info[:]
     model.graph.value_info.extend(vis)
-    _prune(model)
+    prune(model)
     if fused:
         if not any(o.domain == ORT_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
         produced = {o for n in model.graph.node for o in n.output}
         model.metadata_props.append(onnx.StringStringEntryProto(
             key=META_CHANNELS_LAST, value=json.dumps({t: p for t, p in perms.items() if t in produced})))
-        detached = _detach_probe_nodes(model)
+        detached = detach_probe_nodes(model)
         if detached:
             model.metadata_props.append(onnx.StringStringEntryProto(key=META_PROBE_NODES, value=json.dumps(
                 [base64.b64encode(n.SerializeToString()).decode("ascii") for n in detached])))
-    return {"qlinear_convs": fused, "transposes": sum(1 for n in model.graph.node if n.op_type == "Transpose")}
+    return {"qlinear_convs": fused, "qlinear_adds": adds,
+            "transposes": sum(1 for n in model.graph.node if n.op_type == "Transpose")}

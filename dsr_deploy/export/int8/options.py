@@ -33,6 +33,11 @@ TARGET_FORMS = {
 }
 
 
+#: ``--int8-all-layers`` by target: onnxruntime-cpu quantises the analog first layer and the readout too (verify's
+#: int8 rule holds; the digits model's held-out accuracy within 0.5 points: quickstart --precision int8).
+TARGET_ALL_LAYERS = {"portable": False, "onnxruntime-cpu": True, "tensorrt": False}
+
+
 def _choice(flag: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise UserError(f"unknown {flag} {value!r}; choose from {', '.join(choices)}")
@@ -45,7 +50,7 @@ class Int8Options:
     or the zoo's data) and the three forms; a form left None is the target's (:data:`TARGET_FORMS`)."""
 
     calibration: Optional[Any] = None  # numpy array [.., N, ..]: N samples along the batch dimension
-    all_layers: bool = False  # --int8-all-layers: the analog first layer and the readout too
+    all_layers: Optional[bool] = None  # --int8-all-layers: the analog first layer and the readout too
     neuron: Optional[str] = None
     activations: Optional[str] = None
     layout: Optional[str] = None
@@ -62,7 +67,8 @@ class Int8Options:
         if activations == "int8" and layout != "nchw":
             raise UserError("--int8-activations int8 is the TensorRT form (the portable Q/DQ graph); --int8-layout "
                             f"{layout} is for ONNX Runtime's CPU, where uint8 activations are faster: choose one")
-        return replace(self, all_layers=bool(self.all_layers), neuron=neuron, activations=activations,
+        all_layers = TARGET_ALL_LAYERS[target] if self.all_layers is None else bool(self.all_layers)
+        return replace(self, all_layers=all_layers, neuron=neuron, activations=activations,
                        layout=layout)
 
     def with_calibration(self, shape: Sequence[int], batch_dim: int, *, network_shape: Optional[Sequence[int]] = None,
@@ -78,5 +84,5 @@ class Int8Options:
 
     def given(self) -> bool:
         """Whether any int8 option was given (they apply to ``--precision int8`` only)."""
-        return self.calibration is not None or bool(self.all_layers) or any(
-            v is not None for v in (self.neuron, self.activations, self.layout))
+        return self.calibration is not None or any(
+            v is not None for v in (self.all_layers, self.neuron, self.activations, self.layout))

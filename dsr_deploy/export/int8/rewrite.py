@@ -55,7 +55,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import UserError
-from .calibrate import calibrate
+from .calibrate import calibrate, grid_qparams
 from .graph import EXACT_OPS, Graph, const, qdq, safe_name, spike_value
 
 META_QUANT = "dsr_deploy.int8"
@@ -95,11 +95,21 @@ def plan(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, Any]:
         if t in quantised_outputs:
             continue  # the layer's quantised output reaches the neuron unchanged
         feeding = g.upstream(x, lambda n: g.weighted(n) or g.is_dsr(n))
-        if any(n.output[0] in quantised_outputs for n in feeding) and x not in calibrated:
-            calibrated.append(x)
-            currents.append(x)
+        # The current is quantised where it is computed (before the reshapes to the neuron: the same values),
+        # so a residual Add's output is its Q/DQ's input (QLinearAdd).
+        if any(n.output[0] in quantised_outputs for n in feeding) and t not in calibrated:
+            calibrated.append(t)
+            currents.append(t)
     return {"layers": layers, "spikes": spikes, "calibrated": calibrated, "currents": currents,
             "float_layers": float_layers}
+
+
+def _input_view(graph, tensor: str) -> bool:
+    """Whether ``tensor`` is a graph input, or one seen through value-preserving ops only."""
+    producer = {o: n for n in graph.node for o in n.output}
+    while tensor in producer and producer[tensor].op_type in EXACT_OPS:
+        tensor = producer[tensor].input[0]
+    return tensor not in producer and any(i.name == tensor for i in graph.input)
 
 
 def quantize_weight(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -178,19 +188,31 @@ def _insert(graph, g: Graph, new_nodes: Dict[str, List[onnx.NodeProto]], rename:
 
 def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: int, *,
                    quantize_all: bool = False, states=None, neuron: str = "qdq",
-                   activations: str = "uint8", layout: str = "nchw") -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+                   activations: str = "uint8", layout: str = "nchw",
+                   fold_residual: bool = True) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The Q/DQ int8 model of the float32 ``model`` (module docstring) and the manifest's quantisation record.
     ``states``: a streaming step model's membranes (:func:`calibrate`); ``activations``: uint8 | int8 (the
-    TensorRT form)."""
+    TensorRT form); ``fold_residual=False``: BatchNorms stay float (the form before :mod:`.residual`, for
+    benchmarks/profile_int8.py's comparison)."""
     signed = activations == "int8"
     code = np.int8 if signed else np.uint8
+    from .residual import fold_batchnorms
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    folds = fold_batchnorms(folded, quantize_all) if fold_residual else {}  # the residual path in int8 (.residual);
+    #                                                           calibrated on the folded graph
     out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out.CopyFrom(folded)
     p = plan(out, quantize_all)
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    params = calibrate(model, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
+    params = calibrate(folded, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
+    grid = grid_qparams(calibration, signed)
+    for t in p["calibrated"]:
+        if grid is not None and _input_view(out.graph, t):  # the analog input on its own grid: exact
+            params[t] = grid
     graph = out.graph
     g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
@@ -218,6 +240,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         "weights": "int8 symmetric per output channel",
         "all_layers": bool(quantize_all),
         "activations": activations,
+        **folds,
     }
     if neuron == "quantized":
         from .neurons import quantized_neurons
