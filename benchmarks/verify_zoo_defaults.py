@@ -90,7 +90,7 @@ def _markdown(meta: dict, rows: list) -> str:
     lines = ["# verify's default verdict on the zoo's PreAct-ResNet-18 (no --input)", "",
              "  ".join(f"{k}: {v}" for k, v in meta.items()), "",
              "| model | precision | samples (seed, encoding) | artifact | backend | verdict | neuron exact | top-1 "
-             "| max abs diff | divergence starts | defects | pass |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| max abs diff | divergence starts | defects | pass |", "|---" * 12 + "|"]
     for row in rows:
         g = row["generated"]
         head = f"| {row['model']} | {row['precision']} | {row['samples']} ({g['seed']}, {g['encoding']})"
@@ -104,9 +104,11 @@ def _markdown(meta: dict, rows: list) -> str:
             lines.append(f"{head} | {r['artifact']} | {backend} | {r['verdict']} | {r['neuron_exact']} | {top1} | "
                          f"{r['max_abs_diff']:.3g} | {r['divergence_starts'] or '-'} | "
                          f"{'; '.join(r['defects']) or '-'} | {r['passed']} |")
-    lines += ["", "Folder verdicts: " + "; ".join(
-        f"{r['model']} {r['precision']}: {'PASSED' if r['passed'] else 'FAILED'} (exit {r['exit_code']}, "
-        f"{r['samples']} samples; rule: {r['rule']['top1']}{'; int8: ' + r['rule']['int8'] if r['precision'] == 'int8' else ''})" for r in rows)]
+    lines += ["", "Folder verdicts:", ""]
+    for r in rows:
+        rule = r["rule"]["top1"] + (f"; int8: {r['rule']['int8']}" if r["precision"] == "int8" else "")
+        lines.append(f"* {r['model']} {r['precision']}: {'PASSED' if r['passed'] else 'FAILED'} (exit "
+                     f"{r['exit_code']}, {r['samples']} samples; rule: {rule})")
     return "\n".join(lines) + "\n"
 
 

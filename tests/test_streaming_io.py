@@ -53,7 +53,8 @@ def _static_images(seed: int = 0) -> np.ndarray:
 def test_the_manifest_records_the_io_and_the_readout_state(conv_readout):
     stream, multi = conv_readout
     m = json.loads((stream / "manifest.json").read_text())
-    assert m["io"] == io_record(T, "TB", "direct", "lif-rate") == json.loads((multi / "manifest.json").read_text())["io"]
+    multi_io = json.loads((multi / "manifest.json").read_text())["io"]
+    assert m["io"] == io_record(T, "TB", "direct", "lif-rate") == multi_io
     assert m["mode"] == "streaming" and m["input_shape"] == [B, 2, 8, 8] and m["step_shape"] == [B, 2, 8, 8]
     window = m["states"][-1]
     assert window == {"input": "v_in_2", "output": "v_out_2", "shape": [T, 5], "dtype": "float32",

@@ -84,9 +84,9 @@ def io_names(n: int) -> tuple[list[str], list[str]]:
 
 def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | str) -> Path:
     """Trace ``sm`` around its scripted neuron steps and save it (loads with plain ``torch.jit.load``)."""
-    from ..io import atomic_path, write_through_memory
-
     import warnings
+
+    from ..io import atomic_path, write_through_memory
 
     states = sm.zero_states(example_step.shape[0])
     with torch.no_grad(), warnings.catch_warnings():

@@ -91,9 +91,8 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
     import onnx
 
     from ..runtime import load_runner
-    from .layers import dequantized_by, init_value
-
     from ..runtime.stream import neuron_states, stream_steps
+    from .layers import dequantized_by, init_value
 
     model = onnx.load(str(target.path))
     all_states = ctx.manifest.states  # at the manifest's top level (one place); the readout's window is carried
