@@ -1,5 +1,5 @@
 """The one table of numeric option ranges (``cli/validate.py`` RANGES) holds no stale entry: every name in it is an
-option some command still has (``verify --random`` became ``--samples`` / ``--seed``)."""
+option some command still has (``verify --random`` became ``--samples`` / ``--seed``; no command has ``--timeout``)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,6 @@ RANGES: Dict[str, Range] = {
     "--min-agreement": Range(0, 1),
     "--samples": COUNT,  # verify: generated samples (0: only --input)
     "--seed": Range(0, 2**32 - 1),
-    "--timeout": Range(0, 365 * 24 * 3600, lo_open=True),
     "--max-drop": Range(0, 100),  # percentage points of accuracy (exit-calibrate)
     "--k8s-replicas": Range(1, 10_000),
 }
