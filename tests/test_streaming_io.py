@@ -208,3 +208,17 @@ def test_triton_repository_keeps_the_readout_window_as_implicit_state(conv_reado
     states = [(s.input_name, s.output_name, list(s.dims)) for s in cfg.sequence_batching.state]
     assert states[-1] == ("v_in_2", "v_out_2", [T, 5]) and len(states) == 3
     assert [o.name for o in cfg.output] == ["y_t"] and list(cfg.output[0].dims) == [5]
+
+
+def test_an_int8_streaming_export_carries_the_readout_window_and_passes_verify(tmp_path):
+    from dsr_deploy.export import Int8Options, IOOptions
+    from dsr_deploy.verify import verify_folder
+
+    cal = (np.random.default_rng(0).standard_normal((T, 16, 2, 8, 8)) * 3).astype(np.float32)
+    export_model(N.conv_net(), CONV, tmp_path / "q", formats=("onnx",), mode="streaming", spec=f"{NETS}:conv_net",
+                 precision="int8", int8=Int8Options(calibration=cal, all_layers=True),
+                 io=IOOptions(readout="lif-rate"))
+    report = verify_folder(tmp_path / "q", trust_model_code=True)
+    assert report["passed"], [r["failures"] for r in report["runs"]]
+    runs = [r for r in report["runs"] if r["status"] == "ok"]
+    assert runs and all(r["precision"] == "int8" and r["defects"] == [] and r["neuron_exact"] for r in runs)
