@@ -222,3 +222,25 @@ def test_an_int8_streaming_export_carries_the_readout_window_and_passes_verify(t
     assert report["passed"], [r["failures"] for r in report["runs"]]
     runs = [r for r in report["runs"] if r["status"] == "ok"]
     assert runs and all(r["precision"] == "int8" and r["defects"] == [] and r["neuron_exact"] for r in runs)
+
+
+def test_a_zoo_network_streams_with_the_authors_input_and_readout(tmp_path):
+    """zoo:cnn-small (IF) from a checkpoint, streamed with --encode direct --readout mean (the authors' CIFAR input and
+    IF readout): T steps of the static image give the multi-step export's logits, in TorchScript and ONNX Runtime."""
+    from dsr_deploy import models
+
+    torch.manual_seed(0)
+    net = models.build("cnn-small", T=T, image_size=8, v_threshold=0.3).eval()
+    torch.save(net.state_dict(), tmp_path / "ck.pt")
+    common = ["zoo:cnn-small", "--checkpoint", str(tmp_path / "ck.pt"), "--set", "image_size=8", "--set",
+              "v_threshold=0.3", "--input-shape", f"{T},2,1,8,8", "--format", "torchscript,onnx",
+              "--encode", "direct", "--readout", "mean"]
+    main(["export", *common, "--mode", "streaming", "--out", str(tmp_path / "s")])
+    main(["export", *common, "--out", str(tmp_path / "m")])
+    x = (np.random.default_rng(2).standard_normal((6, 1, 8, 8)) * 2).astype(np.float32)
+    for backend in ("torchscript", "onnxruntime"):
+        with load_runner(tmp_path / "m", backend) as runner:
+            want = np.asarray(runner.infer({"input": x})["output"])
+        with load_runner(tmp_path / "s", backend) as runner:
+            got = StreamSession.from_manifest(runner, tmp_path / "s").run(x)
+        assert want.shape == (6, 10) and (want != 0).any() and np.array_equal(got, want), backend
