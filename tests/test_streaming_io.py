@@ -233,7 +233,7 @@ def test_a_zoo_network_streams_with_the_authors_input_and_readout(tmp_path):
     net = models.build("cnn-small", T=T, image_size=8, v_threshold=0.3).eval()
     torch.save(net.state_dict(), tmp_path / "ck.pt")
     common = ["zoo:cnn-small", "--checkpoint", str(tmp_path / "ck.pt"), "--set", "image_size=8", "--set",
-              "v_threshold=0.3", "--input-shape", f"{T},2,1,8,8", "--format", "torchscript,onnx",
+              "v_threshold=0.3", "--input-shape", f"{T},1,1,8,8", "--format", "torchscript,onnx",
               "--encode", "direct", "--readout", "mean"]
     main(["export", *common, "--mode", "streaming", "--out", str(tmp_path / "s")])
     main(["export", *common, "--out", str(tmp_path / "m")])

@@ -187,7 +187,8 @@ class StreamingModule(nn.Module):
         if self.readout is None:
             return (y[0], *v_out)
         # The window moves one step: the oldest step leaves, this step's spikes enter last.
-        window = torch.cat([v_in[n][:, 1:].to(y.dtype), y[0].unsqueeze(1)], dim=1)
+        # (y is [1, B, ...]: a transpose, not a reshape, so the exported graph keeps the batch symbolic)
+        window = torch.cat([v_in[n][:, 1:].to(y.dtype), y.transpose(0, 1)], dim=1)
         logits = self.readout(window.transpose(0, 1).contiguous())  # [T, B, ...] as the multi-step readout sees
         return (logits, *v_out, window.to(torch.float32))
 

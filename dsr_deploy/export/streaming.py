@@ -126,6 +126,8 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
 
     from ..io import atomic_path
 
+    if dynamic_batch and example_step.shape[0] < 2:  # torch.export specialises a dimension of size 1: trace 2
+        example_step = torch.cat([example_step] * 2)
     states = sm.zero_states(example_step.shape[0])
     in_names, out_names = io_names(len(states))
     dyn = None
