@@ -47,6 +47,8 @@ STREAM_INPUT = "x_t"  # the step's input  [B, ...]
 STREAM_OUTPUT = "y_t"  # the step's output
 STATE_IN_PREFIX = "v_in_"  # membrane state of neuron layer i, fed in: v_in_0, v_in_1, ...
 STATE_OUT_PREFIX = "v_out_"  # ... and returned: v_out_0, v_out_1, ...
+# With export --readout the last pair (v_in_n / v_out_n, after the n membranes) is the readout's window, carried
+# like a membrane (the manifest's state record says "readout"): every client and server carries it unchanged.
 
 # -- serving past one machine -----------------------------------------------------------------------------------
 # The streaming clients send each step's sequence id in this HTTP header (gRPC metadata: lower case) as well as in

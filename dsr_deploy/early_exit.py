@@ -94,6 +94,9 @@ def readout_of_manifest(manifest: Mapping) -> Readout:
     neurons = as_manifest(manifest).neurons
     last = neurons[-1] if neurons else {}
     io = as_manifest(manifest).io or {}
+    if as_manifest(manifest).mode == "streaming" and io.get("output") == "logits":
+        raise UserError("early exit reads the output spikes after every step; this streaming export returns its "
+                        "readout (export --readout): export it without --readout")
     kind = io.get("readout") if io.get("readout") in READOUTS else ("lif-rate" if last.get("kind") == "lif"
                                                                    else "mean")
     if kind == "lif-rate":

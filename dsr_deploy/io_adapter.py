@@ -101,7 +101,7 @@ def dynamic_T(io: Optional[Mapping[str, Any]]) -> bool:
     return time_dim(io) is not None and (io or {}).get("readout", "none") == "none"
 
 
-def _readout_module(readout: str, neurons: List[Any]) -> nn.Module:
+def readout_module(readout: str, neurons: List[Any]) -> nn.Module:
     from .models.common import RateReadout
 
     if readout == "mean":
@@ -125,7 +125,7 @@ class IOAdapter(nn.Module):
         self.static = io["input_layout"] == "static"
         self.bt = io["input_layout"] == "BT"
         self.logits = io["readout"] != "none"
-        self.readout = _readout_module(io["readout"], neurons or find_neurons(net)) if self.logits else nn.Identity()
+        self.readout = readout_module(io["readout"], neurons or find_neurons(net)) if self.logits else nn.Identity()
         self.readout.eval()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -106,6 +106,7 @@ IO = Record("io", {  # how the exported model takes its input and gives its outp
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
     "initial": one_of("zeros", "fill"), "initial_value": optional(number), "neuron": integer(0), "layer": string,
+    "readout": one_of("mean", "lif-rate"),  # streaming --readout: this state is the readout's window, not a membrane
 }, required=("input", "output", "shape"))
 
 

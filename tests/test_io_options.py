@@ -125,7 +125,7 @@ def test_bt_layout_keeps_a_dynamic_T(tmp_path):
     (["--readout", "max"], "unknown --readout"),
     (["--encode", "direct", "--layout", "BT"], "--layout does not apply"),
     (["--readout", "lif-rate"], "is an IF neuron: use --readout mean"),
-    (["--readout", "mean", "--mode", "streaming"], "not to --mode streaming"),
+    (["--readout", "mean", "--mode", "streaming", "--per-step-readout"], "already returns the readout"),
 ])
 def test_cli_bad_io_options_exit_2(tmp_path, capsys, argv, msg):
     out = tmp_path / "never"

@@ -63,10 +63,8 @@ RANGES: Dict[str, Range] = {
     "--min-top1": Range(0, 1),
     "--max-accuracy-drop": Range(0, 1),
     "--min-agreement": Range(0, 1),
-    "--random": COUNT,
     "--samples": COUNT,  # verify: generated samples (0: only --input)
     "--seed": Range(0, 2**32 - 1),
-    "--timeout": Range(0, 365 * 24 * 3600, lo_open=True),
     "--max-drop": Range(0, 100),  # percentage points of accuracy (exit-calibrate)
     "--k8s-replicas": Range(1, 10_000),
 }

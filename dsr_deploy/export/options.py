@@ -127,9 +127,10 @@ class ExportOptions:
                             "apply to --precision int8")
         else:
             int8 = None
-        self.io.record(1)  # bad values fail before any work
-        if self.mode != "multistep" and not self.io.default:
-            raise UserError("--layout, --encode and --readout apply to multi-step exports, not to --mode streaming")
+        self.io.record(1)  # bad values fail before any work (streaming honours them too: export/streaming.py)
+        if self.mode == "streaming" and self.io.per_step_readout:
+            raise UserError("--per-step-readout: a streaming step with --readout already returns the readout after "
+                            "every step; drop --per-step-readout")
         return replace(self, formats=wanted, lowering=lowering, int8=int8)
 
     def check_precision(self, wanted) -> None:

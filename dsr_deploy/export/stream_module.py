@@ -138,34 +138,67 @@ class _StepNeuron(nn.Module):
 
 
 class StreamingModule(nn.Module):
-    """``forward(x_t, v_in_0, ..., v_in_{n-1}) -> (y_t, v_out_0, ..., v_out_{n-1})`` around a multi-step net."""
+    """``forward(x_t, v_in_0, ..., v_in_{n-1}) -> (y_t, v_out_0, ..., v_out_{n-1})`` around a multi-step net.
+
+    With a readout (:meth:`with_readout`, ``export --mode streaming --readout``) one more state pair follows the
+    membranes, ``v_in_n`` / ``v_out_n``: the output layer's spikes of the last ``window`` steps ``[B, window, ...]``,
+    newest last, and ``y_t`` is the readout of that window (:class:`RateReadout` over ``window`` steps, zeros for
+    steps not yet seen). After ``window`` steps from zeros it is the multi-step export's readout, the same module on
+    the same ``[T, B, ...]`` spikes; the step itself stays stateless, so servers and clients carry it as they carry
+    the membranes."""
 
     def __init__(self, net: nn.Module, neurons: list, state_shapes: list[tuple[int, ...]],
                  lowering: str = "functional"):
         super().__init__()
         self.net = net
         self.neurons = neurons
-        self.state_shapes = state_shapes  # per-sample shapes (no batch dim)
+        self.state_shapes = state_shapes  # per-sample shapes (no batch dim), one per neuron layer
         self.lowering = lowering
+        self.readout: nn.Module | None = None
+        self.readout_kind = "none"
+        self.readout_shape: tuple[int, ...] | None = None  # per sample: (window, *y_t)
         object.__setattr__(self, "_io", None)
 
+    def with_readout(self, kind: str, window: int, step_output_shape: Sequence[int]) -> StreamingModule:
+        """Carry the readout ``kind`` (``mean`` / ``lif-rate``) over ``window`` steps as the last state pair."""
+        from ..io_adapter import readout_module
+
+        self.readout = readout_module(kind, self.neurons).eval()
+        self.readout_kind = kind
+        self.readout_shape = (int(window), *(int(d) for d in step_output_shape))
+        return self
+
+    @property
+    def all_state_shapes(self) -> list[tuple[int, ...]]:
+        """Every state's per-sample shape: the membranes, then the readout's window (when there is one)."""
+        return list(self.state_shapes) + ([self.readout_shape] if self.readout_shape is not None else [])
+
     def forward(self, x_t: Tensor, *v_in: Tensor):
-        io = self._io
-        if len(v_in) != len(self.neurons):
-            raise RuntimeError(f"expected {len(self.neurons)} membranes, got {len(v_in)}")
-        io.v_in, io.v_out = v_in, [None] * len(self.neurons)
+        io, n = self._io, len(self.neurons)
+        if len(v_in) != len(self.all_state_shapes):
+            raise RuntimeError(f"expected {len(self.all_state_shapes)} states, got {len(v_in)}")
+        io.v_in, io.v_out = v_in[:n], [None] * n
         y = self.net(x_t.unsqueeze(0))
         missing = [self.neurons[i].name for i, v in enumerate(io.v_out) if v is None]
         if missing:
             raise RuntimeError(f"neurons not called in this step: {missing}")
         v_out = list(io.v_out)
-        io.v_in, io.v_out = (), [None] * len(self.neurons)
-        return (y[0], *v_out)
+        io.v_in, io.v_out = (), [None] * n
+        if self.readout is None:
+            return (y[0], *v_out)
+        # The window moves one step: the oldest step leaves, this step's spikes enter last.
+        # (y is [1, B, ...]: a transpose, not a reshape, so the exported graph keeps the batch symbolic)
+        window = torch.cat([v_in[n][:, 1:].to(y.dtype), y.transpose(0, 1)], dim=1)
+        logits = self.readout(window.transpose(0, 1).contiguous())  # [T, B, ...] as the multi-step readout sees
+        return (logits, *v_out, window.to(torch.float32))
 
     def zero_states(self, batch: int, device=None) -> list[Tensor]:
-        """The membranes that start a stream: zeros, v_reset for a SpikingJelly hard-reset layer."""
-        return [torch.full((batch, *s), initial_membrane(n), dtype=torch.float32, device=device)
-                for n, s in zip(self.neurons, self.state_shapes)]
+        """The states that start a stream: zeros, v_reset for a SpikingJelly hard-reset layer; an empty window."""
+        states = [torch.full((batch, *s), initial_membrane(n), dtype=torch.float32, device=device)
+                  for n, s in zip(self.neurons, self.state_shapes)]
+        if self.readout_shape is not None:
+            states.append(torch.zeros((batch, *self.readout_shape), dtype=torch.float32, device=device))
+        return states
 
 
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -211,11 +244,13 @@ def _check_keeps_T(net: nn.Module, example_step: Tensor, out: Any) -> None:
         )
 
 
-def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional") -> StreamingModule:
+def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str = "functional",
+                           readout: str = "none", window: int | None = None) -> StreamingModule:
     """Wrap ``model`` (multi-step, [T, B, ...]) as a single-step :class:`StreamingModule`.
 
     ``example_step`` is one time step ``[B, ...]``; it fixes each membrane's per-sample shape. ``model`` itself
-    is not modified (a copy is wrapped) and must be in eval mode semantics (it is put in eval mode).
+    is not modified (a copy is wrapped) and must be in eval mode semantics (it is put in eval mode). ``readout``
+    (``mean`` / ``lif-rate``) over ``window`` steps: :meth:`StreamingModule.with_readout`.
     """
     from ..convert import find_neuron_modules
 
@@ -271,5 +306,7 @@ def build_streaming_module(model: nn.Module, example_step: Tensor, lowering: str
         p.requires_grad_(False)
     sm = StreamingModule(net, neurons, shapes, lowering)
     object.__setattr__(sm, "_io", io)
+    if readout != "none":
+        sm.with_readout(readout, int(window or 1), tuple(out.shape[2:]))
     return sm.eval()
 

@@ -84,13 +84,17 @@ def io_names(n: int) -> tuple[list[str], list[str]]:
 
 def export_torchscript(sm: StreamingModule, example_step: Tensor, path: Path | str) -> Path:
     """Trace ``sm`` around its scripted neuron steps and save it (loads with plain ``torch.jit.load``)."""
+    import warnings
+
     from ..io import atomic_path, write_through_memory
 
     states = sm.zero_states(example_step.shape[0])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the readout's weights over the fixed T become constants of the trace, as they should
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(sm, (example_step, *states), check_trace=False, strict=False)
     # The contract's names on the forward arguments (the code shows them; callers pass them by position).
-    for value, name in zip(list(traced.graph.inputs())[1:], io_names(len(sm.neurons))[0]):
+    for value, name in zip(list(traced.graph.inputs())[1:], io_names(len(states))[0]):
         value.setDebugName(name)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -122,9 +126,10 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
 
     from ..io import atomic_path
 
-    n = len(sm.neurons)
+    if dynamic_batch and example_step.shape[0] < 2:  # torch.export specialises a dimension of size 1: trace 2
+        example_step = torch.cat([example_step] * 2)
     states = sm.zero_states(example_step.shape[0])
-    in_names, out_names = io_names(n)
+    in_names, out_names = io_names(len(states))
     dyn = None
     if dynamic_batch:
         b = torch.export.Dim("batch")
@@ -153,12 +158,21 @@ def export_onnx(sm: StreamingModule, example_step: Tensor, path: Path | str, dyn
     return path
 
 
+def stream_io(opts: ExportOptions, T: int) -> Optional[Dict[str, Any]]:
+    """The manifest's ``io`` record of a streaming export (``--layout`` / ``--encode`` / ``--readout``), as a
+    multi-step export records it. The step itself takes ``x_t [B, ...]`` whatever the layout: the record says how
+    a whole sequence is held (``StreamSession.run``, verify) and, with ``--encode direct``, that every step is fed
+    the same static image; with a readout the step returns the readout of its window (:class:`StreamingModule`)."""
+    return opts.io.record(T)  # (--per-step-readout is refused by ExportOptions.validate)
+
+
 def prepare(model: nn.Module, shape: tuple, opts: ExportOptions, spec: Optional[str] = None) -> ExportContext:
     """The export context of a streaming export; builds the step module (which validates the model) before
     anything is written. int8 calibration data is ``[T, N, ...]``, fed one step at a time."""
     neurons = streamable_neurons(model, opts.lowering)
+    io = stream_io(opts, shape[0])
     ctx = ExportContext(model=model, neurons=neurons, input_shape=shape, dynamic_batch=not opts.static_batch,
-                        dtype=opts.dtype, options=opts, spec=spec)
+                        dtype=opts.dtype, options=opts, spec=spec, io=io)
     if opts.int8 is not None:
         from dataclasses import replace
 
@@ -174,23 +188,34 @@ def step_module(ctx: ExportContext) -> tuple:
         model = ctx.model
         if ctx.dtype != torch.float32:  # --precision: weights and activations in that dtype, membranes float32
             model = copy.deepcopy(model).to(ctx.dtype)
-        ctx.cache["step_module"] = (build_streaming_module(model, step, ctx.options.lowering or "functional"), step)
+        readout = (ctx.io or {}).get("readout", "none")
+        sm = build_streaming_module(model, step, ctx.options.lowering or "functional", readout, ctx.input_shape[0])
+        ctx.cache["step_module"] = (sm, step)
     return ctx.cache["step_module"]
 
 
 def states(sm: StreamingModule) -> list[dict]:
-    """The manifest's ``states``: one record per membrane."""
-    return [{"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
-             "initial": "zeros" if initial_membrane(n) == 0.0 else "fill", "initial_value": initial_membrane(n),
-             "neuron": i, "layer": n.name}
-            for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))]
+    """The manifest's ``states``: one record per membrane, then the readout's window (``readout``: its kind)."""
+    records = [{"input": state_input_name(i), "output": state_output_name(i), "shape": list(s), "dtype": "float32",
+                "initial": "zeros" if initial_membrane(n) == 0.0 else "fill", "initial_value": initial_membrane(n),
+                "neuron": i, "layer": n.name}
+               for i, (n, s) in enumerate(zip(sm.neurons, sm.state_shapes))]
+    if sm.readout_shape is not None:
+        i = len(records)
+        records.append({"input": state_input_name(i), "output": state_output_name(i), "shape": list(sm.readout_shape),
+                        "dtype": "float32", "initial": "zeros", "initial_value": 0.0, "readout": sm.readout_kind})
+    return records
 
 
 def manifest_fields(ctx: ExportContext) -> Dict[str, Any]:
     """What a streaming export adds to the manifest (the one place ``states`` live)."""
+    from ..io_adapter import artifact_shape
+
     sm, _ = step_module(ctx)
-    ins, outs = io_names(len(sm.neurons))
+    ins, outs = io_names(len(sm.all_state_shapes))
+    # input_shape: the whole sequence as the client holds it (the multi-step export's input with the same flags)
     return {"lowering": f"streaming-{sm.lowering}", "inputs": ins, "outputs": outs,
+            "input_shape": list(artifact_shape(ctx.input_shape, ctx.io)),
             "step_shape": list(ctx.input_shape[1:]), "states": states(sm)}
 
 

@@ -25,19 +25,21 @@ from .plan import Target, artifact_targets
 from .report import LayerStat, Run
 
 
-def _stream(runner, art: dict, x: np.ndarray, extra=None, collect=None) -> np.ndarray:
-    """Step ``x`` [T, B, ...] through ``runner`` from zero membranes; ``extra(t)``: more feeds per step,
-    ``collect(t, out)``: sees every step's outputs."""
-    states = art.get("states") or []
+def _stream(runner, states: list, x: np.ndarray, extra=None, collect=None) -> np.ndarray:
+    """Step ``x`` [T, B, ...] through ``runner`` from the manifest's initial states; ``extra(t)``: more feeds per
+    step, ``collect(t, feeds, out)``: sees every step's feeds and outputs."""
+    from ..runtime.stream import initial_value
+
     B = x.shape[1]
-    v = {s["input"]: np.zeros((B, *s["shape"]), np.float32) for s in states}
+    v = {s["input"]: np.full((B, *s["shape"]), initial_value(s), np.float32) for s in states}
     ys = []
     for t in range(x.shape[0]):
-        out = runner.infer({STREAM_INPUT: np.ascontiguousarray(x[t]), **v, **(extra(t) if extra else {})})
+        feeds = {STREAM_INPUT: np.ascontiguousarray(x[t]), **v, **(extra(t) if extra else {})}
+        out = runner.infer(feeds)
         ys.append(np.asarray(out[STREAM_OUTPUT], dtype=np.float32))
         v = {s["input"]: np.asarray(out[s["output"]], np.float32) for s in states}
         if collect:
-            collect(t, out)
+            collect(t, feeds, out)
     return np.stack(ys)
 
 
@@ -89,10 +91,12 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
     import onnx
 
     from ..runtime import load_runner
+    from ..runtime.stream import neuron_states, stream_steps
     from .layers import dequantized_by, init_value
 
     model = onnx.load(str(target.path))
-    states = ctx.manifest.states  # the membranes: at the manifest's top level (one place)
+    all_states = ctx.manifest.states  # at the manifest's top level (one place); the readout's window is carried
+    states = neuron_states(all_states)
     first = calls_of(ctx.refs[0][3])
     forced, currents = forced_step_model(model, len(states), [first[i].x.ndim - 1 for i in range(len(states))])
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -109,20 +113,20 @@ def _forced_run(ctx: VerifyContext, target: Target, run: Run, calls_of) -> Dict[
              for i in range(len(states))}
     with load_runner(path, target.backend, **target.options) as runner:
         for _name, x, _out, calls in ctx.refs:
-            _forced_input(runner, {**target.artifact, "states": states}, x, calls_of(calls), stats, figures, qp)
+            _forced_input(runner, all_states, stream_steps(x, ctx.io), calls_of(calls), stats, figures, qp)
     run.layers = [stats[i] for i in sorted(stats)]
     run.neuron_checked = True
     return figures
 
 
-def _forced_input(runner, art: dict, x: np.ndarray, by: list, stats: Dict[int, LayerStat],
+def _forced_input(runner, states: list, x: np.ndarray, by: list, stats: Dict[int, LayerStat],
                   figures: Dict[int, LayerFigures], qp: dict) -> None:
     """One input through the forced step file: the reference's currents and spikes fed at every step."""
     def feeds(t):
         return {**{f"verify_x_{i}": np.ascontiguousarray(by[i].x[t]) for i in stats},
                 **{f"verify_ref_{i}": np.ascontiguousarray(by[i].y[t]) for i in stats}}
 
-    def collect(t, out):
+    def collect(t, _feeds, out):
         for i, st in stats.items():
             own = np.asarray(out[f"verify_own_{i}"], np.float32)
             st.neuron_equal += int((own == by[i].y[t]).sum())
@@ -130,7 +134,7 @@ def _forced_input(runner, art: dict, x: np.ndarray, by: list, stats: Dict[int, L
             cur = np.asarray(out[f"verify_cur_{i}"]).reshape(by[i].x[t].shape)
             compare(figures.setdefault(i, LayerFigures()), cur, by[i].x[t], *qp[i])
 
-    _stream(runner, art, x, feeds, collect)
+    _stream(runner, states, x, feeds, collect)
 
 
 def _layer_of(ctx: VerifyContext, states: list) -> List[int]:
@@ -140,6 +144,9 @@ def _layer_of(ctx: VerifyContext, states: list) -> List[int]:
 
 
 def _calls_by_state(ctx: VerifyContext, states: list):
+    from ..runtime.stream import neuron_states
+
+    states = neuron_states(states)
     layer_of = _layer_of(ctx, states)
 
     def calls_of(calls) -> list:
@@ -149,16 +156,69 @@ def _calls_by_state(ctx: VerifyContext, states: list):
 
 
 def _end_to_end(ctx: VerifyContext, target: Target, run: Run, runner) -> None:
+    """Each input stepped as a stream carries it (the recorded I/O: ``BT`` transposed, a static image fed every
+    step) against the multi-step reference with the same I/O; with ``--readout``, the readout's window checked."""
     from ..numerics import max_abs_diff
+    from ..runtime.stream import readout_state, stream_result, stream_steps
     from .reference import top1
 
+    states = ctx.manifest.states
+    window = readout_state(states)
     for _name, x, ref_out, _calls in ctx.refs:
-        y = _stream(runner, {**target.artifact, "states": ctx.manifest.states}, x)
+        check = _WindowCheck(window, _window_readout(ctx, window)) if window is not None else None
+        ys = _stream(runner, states, stream_steps(x, ctx.io), collect=check)
+        y = stream_result(ys, ctx.io)
         if y.shape != ref_out.shape:
             raise ValueError(f"stepped output {list(y.shape)} differs from the model's {list(ref_out.shape)}")
         run.max_abs_diff = max_abs_diff(y, ref_out, run.max_abs_diff)
-        run.top1_equal += int((top1(y) == top1(ref_out)).sum())
-        run.top1_total += int(ref_out.shape[1])
+        run.top1_equal += int((top1(y, ctx.io) == top1(ref_out, ctx.io)).sum())
+        run.top1_total += int(top1(ref_out, ctx.io).shape[0])
+        if check is not None:
+            check.finish(y, run)
+
+
+class _WindowCheck:
+    """A ``--readout`` streaming artifact's readout state (the output spikes of the last T steps, newest last):
+    each step must carry the window one step on (the new ``v_out``'s older entries are the ``v_in``'s newer ones,
+    bit for bit), and the last step's readout must be the reference readout of the artifact's own final window. A
+    tampered window (scaled, dropped, shifted the wrong way) fails as a defect of the readout."""
+
+    def __init__(self, state: dict, readout):
+        self.state, self.readout, self.problem, self.window = state, readout, None, None
+
+    def __call__(self, t: int, feeds: dict, out: dict) -> None:
+        v_in = np.asarray(feeds[self.state["input"]], np.float32)
+        v_out = np.asarray(out[self.state["output"]], np.float32)
+        self.window = v_out
+        if self.problem is None and (v_out.shape != v_in.shape or not np.array_equal(v_out[:, :-1], v_in[:, 1:])):
+            self.problem = (f"the readout state {self.state['input']} -> {self.state['output']} is not carried: at "
+                            f"step {t} the window's older steps are not the ones fed in")
+
+    def finish(self, y: np.ndarray, run: Run) -> None:
+        if self.problem is None and self.window is not None:
+            kind = self.readout.kind
+            expected = self.readout(np.ascontiguousarray(np.swapaxes(self.window, 0, 1)))
+            # mean: a count, exact in every backend; lif-rate: a float sum (its order is the backend's)
+            ok = np.array_equal(expected, y) if kind == "mean" else np.allclose(expected, y, rtol=1e-5, atol=0)
+            if not ok:
+                self.problem = (f"the step's readout is not the {kind} readout of its own window (max |diff| "
+                                f"{float(np.abs(expected - y).max()):.3g})")
+        if self.problem and not any(d.get("name") == "readout" for d in run.defects):
+            run.defects.append({"layer": None, "name": "readout", "text": self.problem})
+
+
+def _window_readout(ctx: VerifyContext, state: dict):
+    """The readout the window state names (lif-rate: with the output layer's tau / delta_t, as the export took)."""
+    from ..early_exit import Readout
+    from ..errors import UserError
+
+    if state.get("readout") != "lif-rate":
+        return Readout("mean")
+    last = (ctx.manifest.neurons or [{}])[-1]
+    tau, dt = last.get("tau"), last.get("delta_t")
+    if not isinstance(tau, (int, float)) or not isinstance(dt, (int, float)) or not tau > 0 or not dt > 0:
+        raise UserError("the manifest's output layer has no positive tau / delta_t for the lif-rate readout")
+    return Readout("lif-rate", float(tau), float(dt))
 
 
 def _defects(run: Run, figures: Dict[int, LayerFigures]) -> None:
@@ -209,7 +269,7 @@ def verify_streaming(folder: Path, manifest, options, rule, progress=None) -> di
     if options.input_file is None and options.samples == 0:
         options.samples = None
     with tempfile.TemporaryDirectory(prefix="dsr-verify-") as tmpdir:
-        ctx = build_context(folder, manifest, options, rule, reference_model=lambda m: m, progress=progress)
+        ctx = build_context(folder, manifest, options, rule, progress=progress)  # the reference with the same io
         ctx.tmp = Path(tmpdir)
         targets: List[Target] = []
         for art in manifest.artifacts:
