@@ -71,7 +71,7 @@ def _copy(src: Path, dst: Path, edit=None) -> Path:
 
 
 def _temp_leftovers() -> set:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("dsr-verify-")}
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("dsr-")}
 
 
 # -- the module: typed, lenient with unknown keys, extensible ---------------------------------------------
@@ -147,7 +147,10 @@ _RAW = {"not-json": '{"schema": 1, "artifacts": [', "too-deep": "[" * 200_000}
 
 @pytest.mark.parametrize("command", ["verify", "inspect", "bench", "triton-repo"])
 @pytest.mark.parametrize("case", sorted(_BAD))
-def test_weak_manifest_cases_on_the_command_line(zoo_export, tmp_path, capsys, command, case):
+def test_weak_manifest_cases_on_the_command_line(zoo_export, tmp_path, tmp_path_factory, monkeypatch, capsys,
+                                                 command, case):
+    # A private temp folder: another test (or pytest worker) may make its own dsr-* folders in the shared one.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("private-tmp")))
     d = _copy(zoo_export, tmp_path / "d", _BAD[case])
     if case in _RAW:
         (d / "manifest.json").write_text(_RAW[case])
