@@ -271,7 +271,8 @@ def test_sj_plugins_enqueue_bit_exact_with_the_reference(sj_emu, tmp_path, famil
         v_reset = _f32(float(torch.empty(()).uniform_(-0.5, 0.3, generator=gen))) if hard else None
         leak = _f32(float(torch.empty(()).uniform_(1.1, 6.0, generator=gen)) if family == "lif"
                     else float(torch.empty(()).uniform_(0.05, 0.95, generator=gen)))
-        x = (torch.randn(6, 3, 301, generator=gen) * vth * 2).float()
+        gain = {"if": 1.0, "lif": 1.0 / leak, "plif": leak}[family] if decay_input else 1.0  # of x into h
+        x = (torch.randn(6, 3, 301, generator=gen) * vth * 2 / gain).float()
         x[0, 0, :9] = vth  # inputs at the threshold (an IF layer's first h is exactly vth: it fires)
         want_y, want_v = F.sj_forward(x, family, vth, v_reset, leak, decay_input, None, True)
         assert want_y.any() and not want_y.all()
