@@ -92,3 +92,16 @@ def test_a_plugin_library_without_the_sj_creators_is_one_line(trt, sj_exports, t
         E.build_engine(sj_exports / "multi" / "model.onnx", tmp_path / "m.plan", batch=E.Range(2, 2, 2),
                        timesteps=E.Range(4, 4, 4), plugin=_plugin(tmp_path), log=lambda m: None)
     assert not (tmp_path / "m.plan").exists()
+
+
+def test_a_half_precision_sj_model_is_refused_with_the_plugins(trt, tmp_path):
+    """The SJ plugins compute float32 only (the SJ CUDA kernel has no half path): a float16 export's SJ layers
+    cannot go to them, and the build stops in one line before parsing, leaving no engine."""
+    d = tmp_path / "half"
+    export_model(sj_net(), (4, 2, 6), d, formats=("onnx",), precision="float16")
+    fake = trt(version="11.1.0.106", creators=ALL_CREATORS)
+    with pytest.raises(UserError, match=r"float16 and its SpikingJelly layers \(SJIFSpike, SJLIFSpike, SJPLIFSpike\) "
+                                        r"have float32 TensorRT plugins only"):
+        E.build_engine(d / "model.onnx", d / "model.plan", batch=E.Range(2, 2, 2), timesteps=E.Range(4, 4, 4),
+                       plugin=_plugin(tmp_path), log=lambda m: None)
+    assert not (d / "model.plan").exists() and not [c for c in fake.calls if c[0] == "parse_from_file"]
