@@ -270,3 +270,34 @@ def test_spiking_vgg11_bn_plif_inference_copy_equals_sj():
         ref = net(x)
         got = convert.inference_copy(net)(x)
     assert torch.equal(got, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,neuron", [("sew_resnet18", "LIFNode"), ("spiking_resnet18", "IFNode"),
+                                         ("spiking_resnet18", "LIFNode"), ("sew_resnet18", "IFNode")])
+def test_zoo_from_checkpoint_streaming_and_int8_verified(capsys, tmp_path, name, neuron):
+    """The zoo networks from a trained checkpoint (their neurons hard-reset to v_reset=0.0, SpikingJelly's default):
+    the streaming export, membranes as I/O, verified stepped over T against the multi-step model with every
+    neuron teacher-forced exact; and the int8 export (spikes quantised with scale 1) passing verify's int8 rule."""
+    import numpy as np
+
+    ckpt = tmp_path / "trained.pt"
+    train_zoo(name, neuron, ckpt)
+    spec = f"{ZOO}:{name}"
+    common = ["--set", f"spiking_neuron={neuron}", "--set", "step_mode=m", "--set", "num_classes=10",
+              "--checkpoint", ckpt, "--input-shape", "2,1,3,32,32"]
+    stream = tmp_path / "stream"
+    code, _, err = run_cli(capsys, "export", spec, *common, "--mode", "streaming", "--format", "onnx", "--out", stream)
+    assert code == 0, err
+    manifest = json.loads((stream / "manifest.json").read_text())
+    assert manifest["mode"] == "streaming" and all(s["initial"] in ("zeros", "fill") for s in manifest["states"])
+    report = verified(capsys, stream, spec)
+    assert any(r["artifact"] != "(PyTorch)" and r["status"] == "ok" for r in report["runs"])
+    calib = tmp_path / "calib.npy"
+    np.save(calib, (np.random.default_rng(0).random((2, 4, 3, 32, 32)) * 3).astype(np.float32))
+    int8 = tmp_path / "int8"
+    code, _, err = run_cli(capsys, "export", spec, *common, "--format", "onnx", "--precision", "int8",
+                           "--calibration", calib, "--out", int8)
+    assert code == 0, err
+    report = verified(capsys, int8, spec)
+    assert "int8" in report["rule"]
