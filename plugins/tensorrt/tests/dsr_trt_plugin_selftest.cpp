@@ -198,7 +198,8 @@ char const* field_type(PluginFieldType t) {
 void print_fields(IPluginCreatorV3One* c) {
   std::string line = std::string("fields ") + c->getPluginName() + ":";
   PluginFieldCollection const* fc = c->getFieldNames();
-  for (int32_t i = 0; i < fc->nbFields; ++i) line += std::string(" ") + fc->fields[i].name + ":" + field_type(fc->fields[i].type);
+  for (int32_t i = 0; i < fc->nbFields; ++i)
+    line += std::string(" ") + fc->fields[i].name + ":" + field_type(fc->fields[i].type);
   std::printf("%s\n", line.c_str());
 }
 
