@@ -179,7 +179,8 @@ def test_reference_matches_sj_node_float64():
 
 def test_sj_streaming_equals_multistep(capsys, tmp_path):
     """Membranes as I/O, a hard-reset layer (v_reset -0.1) starting its stream at v_reset: every step of every
-    backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library."""
+    backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library; and
+    verify passes on the folder (stepped from v_reset, every SJ*Step node teacher-forced exact)."""
     import numpy as np
 
     from dsr_deploy.export.streaming import build_streaming_module
@@ -216,6 +217,10 @@ def test_sj_streaming_equals_multistep(capsys, tmp_path):
             for t in range(4):
                 y, *states = sm(x[t], *states)
                 assert np.array_equal(y.numpy(), ref[t]), (lowering, t)
+    # verify steps the folder from the manifest's initial membranes and teacher-forces every SJ*Step node
+    report = verified(capsys, out, spec)
+    assert "initial membranes" in report["stepped"]
+    assert any(r["format"] == "onnx" and r["neuron_exact"] is True for r in report["runs"] if r["status"] == "ok")
 
 
 def test_sj_int8_spikes_scale_one_and_verified(capsys, tmp_path):
@@ -301,3 +306,17 @@ def test_zoo_from_checkpoint_streaming_and_int8_verified(capsys, tmp_path, name,
     assert code == 0, err
     report = verified(capsys, int8, spec)
     assert "int8" in report["rule"]
+
+
+def test_package_module_factory_spec_with_settings(capsys, monkeypatch):
+    """A ``package.module:factory`` spec of a SpikingJelly zoo factory, its settings from ``--set``: inspect lists
+    every neuron as SpikingJelly's own family with its reset (the zoo's IFNode default: hard, to 0.0)."""
+    monkeypatch.syspath_prepend(str(HERE))  # sj_zoo importable as a module, as an installed package would be
+    code, out, err = run_cli(capsys, "inspect", "sj_zoo:spiking_resnet18", "--set", "spiking_neuron=IFNode",
+                             "--set", "step_mode=m", "--set", "num_classes=10", "--json")
+    assert code == 0, err
+    neurons = json.loads(out)["neurons"]
+    assert len(neurons) == 17 and {n["kind"] for n in neurons} == {"sj_if"}
+    assert {(n["spec"]["reset"], n["spec"]["v_reset"]) for n in neurons} == {("hard", 0.0)}
+    code, _, err = run_cli(capsys, "inspect", "sj_zoo:spiking_resnet18", "--set", "spiking_neuron=QIFNode")
+    assert code == 2 and len(err.strip().splitlines()) == 1
