@@ -101,13 +101,13 @@ def small_net_file(tmp_path: Path) -> Path:
     return path
 
 
-def verified(capsys, out: Path, spec: str) -> dict:
+def verified(capsys, out: Path, spec: str, min_runs: int = 2) -> dict:
     code, stdout, err = run_cli(capsys, "verify", out, "--model", spec, "--json")
     assert code == 0, err + stdout[-2000:]
     report = json.loads(stdout)
     assert report["passed"] is True
     ran = [r for r in report["runs"] if r["status"] == "ok"]
-    assert len(ran) >= 2 and all(r["neuron_exact"] is True for r in ran if r["artifact"] != "(PyTorch)")
+    assert len(ran) >= min_runs and all(r["neuron_exact"] is True for r in ran if r["artifact"] != "(PyTorch)")
     assert all(layer["neuron_agreement"] == 1.0 for r in ran for layer in r.get("layers") or [])
     return report
 
@@ -292,19 +292,19 @@ def test_zoo_from_checkpoint_streaming_and_int8_verified(capsys, tmp_path, name,
     common = ["--set", f"spiking_neuron={neuron}", "--set", "step_mode=m", "--set", "num_classes=10",
               "--checkpoint", ckpt, "--input-shape", "2,1,3,32,32"]
     stream = tmp_path / "stream"
-    code, _, err = run_cli(capsys, "export", spec, *common, "--mode", "streaming", "--format", "onnx", "--out", stream)
+    code, _, err = run_cli(capsys, "export", spec, *common, "--mode", "streaming", "--out", stream)
     assert code == 0, err
     manifest = json.loads((stream / "manifest.json").read_text())
     assert manifest["mode"] == "streaming" and all(s["initial"] in ("zeros", "fill") for s in manifest["states"])
-    report = verified(capsys, stream, spec)
-    assert any(r["artifact"] != "(PyTorch)" and r["status"] == "ok" for r in report["runs"])
+    report = verified(capsys, stream, spec)  # ONNX (every SJ*Step teacher-forced) and TorchScript, stepped
+    assert {r["format"] for r in report["runs"] if r["status"] == "ok"} >= {"onnx", "torchscript"}
     calib = tmp_path / "calib.npy"
     np.save(calib, (np.random.default_rng(0).random((2, 4, 3, 32, 32)) * 3).astype(np.float32))
     int8 = tmp_path / "int8"
     code, _, err = run_cli(capsys, "export", spec, *common, "--format", "onnx", "--precision", "int8",
                            "--calibration", calib, "--out", int8)
     assert code == 0, err
-    report = verified(capsys, int8, spec)
+    report = verified(capsys, int8, spec, min_runs=1)  # the function fallback (and the custom-op library if built)
     assert "int8" in report["rule"]
 
 
