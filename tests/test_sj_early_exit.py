@@ -113,3 +113,15 @@ def test_calibration_on_sj_stream_uses_the_v_reset_start(exported):
     np.testing.assert_array_equal(got, sj_readouts(net, x))
     assert not np.array_equal(zero_readouts, got)
     assert calibrate(got, labels, 0.5) == calibrate(sj_readouts(net, x), labels, 0.5)
+
+
+def test_triton_repository_refuses_a_stream_starting_at_nonzero_v_reset(exported, tmp_path):
+    """Triton's sequence batcher starts every membrane at zeros: a repository of this stream would run it from the
+    wrong state, so triton-repo refuses it in one line and writes nothing."""
+    from dsr_deploy.errors import UserError
+    from dsr_deploy.serving.triton_repo import write_repository
+
+    _net, d = exported
+    with pytest.raises(UserError, match=r"SJIFStep\) starts its membrane at v_reset=0.5.*from zeros"):
+        write_repository([d], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
