@@ -125,3 +125,13 @@ def test_triton_repository_refuses_a_stream_starting_at_nonzero_v_reset(exported
     with pytest.raises(UserError, match=r"SJIFStep\) starts its membrane at v_reset=0.5.*from zeros"):
         write_repository([d], tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_serving_refuses_a_stream_starting_at_nonzero_v_reset(exported):
+    """serve's sequence store starts streams at zeros too: the folder is refused in one line naming the layer."""
+    from dsr_deploy.errors import UserError
+    from dsr_deploy.serving.served_model import prepare_model
+
+    _net, d = exported
+    with pytest.raises(UserError, match=r"layer 1 starts its stream at a nonzero membrane"):
+        prepare_model(d, "onnxruntime")
