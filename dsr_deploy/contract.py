@@ -22,8 +22,9 @@ SJ_SPIKE_OP_TYPES = {"sj_if": "SJIFSpike", "sj_lif": "SJLIFSpike", "sj_plif": "S
 SJ_STEP_OP_TYPES = {"sj_if": "SJIFStep", "sj_lif": "SJLIFStep", "sj_plif": "SJPLIFStep"}
 DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
            *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())
-#: The ops the TensorRT plugin libraries implement (SpikingJelly's run there as their inlined function bodies).
-TENSORRT_PLUGIN_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values())
+#: The ops the TensorRT plugin libraries implement (every dsr op; plugins/tensorrt/).
+TENSORRT_PLUGIN_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
+                       *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())
 
 # -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
 TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .contract import PLUGIN_NAMESPACE, PLUGIN_VERSION, is_streaming_input
+from .contract import PLUGIN_NAMESPACE, PLUGIN_VERSION, SJ_SPIKE_OP_TYPES, SJ_STEP_OP_TYPES, is_streaming_input
 from .errors import UserError
 from .onnx_graph import dsr_nodes
 
 Dim = Union[int, str, None]
+SJ_OPS = frozenset((*SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values()))  # their plugins take float32 only
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,10 @@ def _check_tensorrt(trt, onnx_path: Path, info, lib, precision: str, fp16: bool,
     if fp16 and precision != "float32":
         raise UserError(f"--fp16: {onnx_path} is already {precision} (its types set the precision); drop --fp16")
     expected = expected_dsr_path(version, info, lib is not None)
+    sj = sorted(op for op in info.dsr_ops if op in SJ_OPS)
+    if expected == "plugin" and sj and precision in ("float16", "bfloat16"):
+        raise UserError(f"{onnx_path} is {precision} and its SpikingJelly layers ({', '.join(sj)}) have float32 "
+                        "TensorRT plugins only; build the engine from a float32 export")
     if lib is not None and expected == "function":
         msg = (f"TensorRT {trt.__version__} builds dsr nodes that carry a model-local function from that function, "
                "never from the plugin (a registered plugin wins only from TensorRT 10.7)")

@@ -413,16 +413,22 @@ def trt_emu(emu, tmp_path_factory):
                 if (d / "cuda_runtime_api.h").is_file()]
     if not cuda_inc:
         pytest.skip("CUDA headers (cuda_runtime_api.h, needed by NvInferRuntime.h) not found")
-    exe = tmp_path_factory.mktemp("trt_emu") / "trt_enqueue_emu"
+    d = tmp_path_factory.mktemp("trt_emu")
+    exe, sj_obj = d / "trt_enqueue_emu", d / "dsr_sj_cuda_emu.o"
     src = repo_root() / "plugins"
-    cmd = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-Wno-deprecated-declarations",
-           "-DDSR_WITH_CUDA=1", f"-I{CORE}", f"-I{src / 'tensorrt'}", f"-I{TRT['include']}", f"-I{cuda_inc[0]}",
-           str(repo_root() / "tests" / "cuda_emulation" / "trt_enqueue_emu.cpp"),
-           str(src / "tensorrt" / "dsr_trt_plugin.cpp"),
-           str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
-           "-o", str(exe), "-pthread"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-DDSR_WITH_CUDA=1", f"-I{CORE}"]
+    steps = [  # the SpikingJelly kernel under the emulation too: the creator list holds its plugins
+        [CXX, *flags, "-DDSR_CUDA_HOST_EMULATION", "-include", str(SHIM), "-x", "c++", "-c",
+         str(CORE / "dsr_sj_cuda.cu"), "-o", str(sj_obj)],
+        [CXX, *flags, "-Wno-deprecated-declarations", f"-I{src / 'tensorrt'}", f"-I{TRT['include']}",
+         f"-I{cuda_inc[0]}", str(repo_root() / "tests" / "cuda_emulation" / "trt_enqueue_emu.cpp"),
+         str(src / "tensorrt" / "dsr_trt_plugin.cpp"), str(src / "tensorrt" / "dsr_trt_sj_plugin.cpp"),
+         str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"), str(emu.emulated_object),
+         str(sj_obj), "-o", str(exe), "-pthread"],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return exe
 
 

@@ -5,11 +5,15 @@ Needs the TensorRT headers ($TENSORRT_ROOT/include/NvInferRuntime.h; no pip pack
 otherwise (so it skips in CI, which has no TENSORRT_ROOT; tests/test_tensorrt_runner.py covers the CMake search
 and refusal and the Python loading without headers). The stub libnvinfer (plugins/tensorrt/tests/stub_nvinfer.cpp,
 built here as libnvinfer.so.<major>) defines getPluginRegistry, the one libnvinfer symbol the plugin uses, with a
-recording registry. Engines and enqueue need TensorRT and a GPU and are not exercised here (see plugins/README.md).
+recording registry. Engines need TensorRT and a GPU and are not built here (see plugins/README.md); the plugins'
+enqueue runs on host memory over the host-emulated CUDA core (DSR's in tests/test_cuda_emulation.py, SpikingJelly's
+here), bit-exact with the reference.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -20,7 +24,7 @@ from pathlib import Path
 import pytest
 from _native_util import repo_root
 
-from dsr_deploy import plugin_build, plugins
+from dsr_deploy import contract, plugin_build, plugins
 
 FOUND = plugins.detect(trt_root=os.environ.get("TENSORRT_ROOT"))
 pytestmark = [
@@ -70,11 +74,57 @@ def built(tmp_path_factory):
     return {"stub": stub_dir / soname, "build": build, "tmp": tmp}
 
 
-def test_plugin_selftest(built):
+def _selftest(built) -> str:
     build = built["build"]
     rc, out = _run([str(build / "dsr_trt_plugin_selftest"), str(build / plugins.TRT_LIBRARY),
                     str(build / plugins.TRT_DYNAMIC_LIBRARY)], )
     assert rc == 0 and "self-test: passed (0 failures)" in out, out
+    return out
+
+
+def test_plugin_selftest(built):
+    _selftest(built)
+
+
+#: How the ONNX parser hands an attribute of the op table to a creator field (an int attribute as the creator's
+#: declared kINT32).
+FIELD_TYPE = {"float32": "float32", "int64": "int32"}
+
+
+def _table_fields(spec: dict) -> dict[str, list[tuple[str, str]]]:
+    """{plugin name: [(field, type)]} as plugins/ops.json says (the string lookup attributes are no fields)."""
+    out = {}
+    for form in spec["forms"]:
+        if not form["tensorrt_plugin"]:
+            continue
+        for key, op in form["ops"].items():
+            attrs = spec[form.get("attributes", "attributes")]
+            out[op] = [(a["name"], FIELD_TYPE[a["type"]]) for a in attrs if a["type"] != "string"
+                       and (a["ops"] == "all" or a["ops"] == key or (isinstance(a["ops"], list) and key in a["ops"]))]
+    return out
+
+
+def test_registered_fields_are_the_op_table(built):
+    """Every creator's fields (name and type, in order) are its op's attributes in plugins/ops.json, and every op
+    the table marks for TensorRT has a creator: SpikingJelly's six with v_threshold, v_reset, hard_reset (+ leak,
+    decay_input)."""
+    spec = json.loads((repo_root() / "plugins" / "ops.json").read_text())
+    got = {}
+    for line in _selftest(built).splitlines():
+        if line.startswith("fields "):
+            name, _, rest = line[len("fields "):].partition(":")
+            got[name] = [tuple(f.rsplit(":", 1)) for f in rest.split()]
+    want = _table_fields(spec)
+    assert got == want
+    assert got["SJLIFStep"] == [("v_threshold", "float32"), ("v_reset", "float32"), ("hard_reset", "int32"),
+                                ("leak", "float32"), ("decay_input", "int32")]
+    assert sorted(got) == sorted(contract.TENSORRT_PLUGIN_OPS)
+
+
+def test_the_field_check_can_fail():
+    spec = json.loads((repo_root() / "plugins" / "ops.json").read_text())
+    spec["sj_attributes"][1]["name"] = "v_rest"
+    assert _table_fields(spec)["SJIFSpike"][1] == ("v_rest", "float32")
 
 
 def test_static_library_needs_libnvinfer_and_leaves_nothing_undefined(built):
@@ -128,8 +178,9 @@ def test_static_library_loads_in_a_fresh_process_with_only_the_stub(built):
     rc, out = _run([sys.executable, "-c", code], env=env)
     assert rc == 0, out
     count, names = out.split()[:2]
-    assert count == "6" and sorted(names.strip(";").split(";")) == [
-        "DSRIFSpike@dsr", "DSRIFSpikeQ@dsr", "DSRIFStep@dsr", "DSRLIFSpike@dsr", "DSRLIFSpikeQ@dsr", "DSRLIFStep@dsr"]
+    assert count == str(len(contract.TENSORRT_PLUGIN_OPS)) == "12"
+    assert sorted(names.strip(";").split(";")) == sorted(f"{op}@dsr" for op in contract.TENSORRT_PLUGIN_OPS)
+    assert {"SJIFSpike@dsr", "SJLIFStep@dsr", "SJPLIFSpike@dsr"} <= set(names.split(";"))
 
 
 def test_without_libnvinfer_only_the_dynamic_library_is_built(built):
@@ -147,3 +198,98 @@ def test_without_libnvinfer_only_the_dynamic_library_is_built(built):
     assert record["skipped"]["trt"].startswith("dsr: " + plugins.TRT_NOT_BUILT)
     assert set(record["libraries"]) == {"trt_dynamic", "kernels"}
     assert (lib_dir / plugins.TRT_DYNAMIC_LIBRARY).is_file() and not (lib_dir / plugins.TRT_LIBRARY).exists()
+
+
+# ---- SpikingJelly plugins: enqueue over the host-emulated SJ CUDA kernel ---------------------------------------
+
+CORE = repo_root() / "plugins" / "core"
+SHIM = repo_root() / "tests" / "cuda_emulation" / "cuda_host_emulation.h"
+
+
+@pytest.fixture(scope="module")
+def sj_emu(tmp_path_factory):
+    """tests/cuda_emulation/trt_sj_enqueue_emu.cpp with the plugin sources and both CUDA kernels compiled as host C++
+    (the emulation header runs the grid as loops and the _rn intrinsics as IEEE operations)."""
+    d = tmp_path_factory.mktemp("trt_sj_emu")
+    cxx, src = FOUND["cxx"]["path"], repo_root() / "plugins"
+    cuda_inc = Path(FOUND["cuda"]["root"] or "/usr/local/cuda") / "include"
+    flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-trapping-math", "-DDSR_WITH_CUDA=1", f"-I{CORE}"]
+    objects = []
+    for kernel in ("dsr_spike_cuda.cu", "dsr_sj_cuda.cu"):
+        objects.append(d / (kernel + ".o"))
+        rc, out = _run([cxx, *flags, "-DDSR_CUDA_HOST_EMULATION", "-include", str(SHIM), "-x", "c++", "-c",
+                        str(CORE / kernel), "-o", str(objects[-1])])
+        assert rc == 0, out[-3000:]
+    exe = d / "trt_sj_enqueue_emu"
+    rc, out = _run([cxx, *flags, "-Wno-deprecated-declarations", f"-I{src / 'tensorrt'}",
+                    f"-I{FOUND['trt']['include']}", f"-I{cuda_inc}",
+                    str(repo_root() / "tests" / "cuda_emulation" / "trt_sj_enqueue_emu.cpp"),
+                    str(src / "tensorrt" / "dsr_trt_plugin.cpp"), str(src / "tensorrt" / "dsr_trt_sj_plugin.cpp"),
+                    str(CORE / "dsr_spike_cpu.cpp"), str(CORE / "dsr_spike_cpu_baseline.cpp"),
+                    *map(str, objects), "-o", str(exe), "-pthread"])
+    assert rc == 0, out[-3000:]
+    return exe
+
+
+def _run_sj(exe, tmp_path, op, x, vth, v_reset, leak, decay_input, v=None):
+    import numpy as np
+    import torch
+
+    (tmp_path / "x.bin").write_bytes(x.contiguous().numpy().tobytes())
+    if v is not None:
+        (tmp_path / "v.bin").write_bytes(v.contiguous().numpy().tobytes())
+    T, N = (1, x.numel()) if v is not None else (x.shape[0], x[0].numel())
+    rc, out = _run([str(exe), op, str(T), str(N), repr(vth), "-" if v_reset is None else repr(v_reset),
+                    str(int(v_reset is not None)), repr(leak), str(int(decay_input)), str(tmp_path)])
+    assert rc == 0, (rc, out)
+    read = lambda name: torch.from_numpy(np.frombuffer((tmp_path / name).read_bytes(), np.float32).copy())  # noqa: E731
+    return read("y.bin").view(x.shape), (read("v_new.bin").view(v.shape) if v is not None else None)
+
+
+def _f32(value: float) -> float:
+    import torch
+
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("family", ["if", "lif", "plif"])
+def test_sj_plugins_enqueue_bit_exact_with_the_reference(sj_emu, tmp_path, family):
+    """SJ{IF,LIF,PLIF}Spike over a whole sequence and SJ*Step chained over a stream (its v_new fed back, starting
+    at v_reset as the manifest's initial state), soft and hard reset, decay_input on and off, random thresholds,
+    reset values and leaks (float32 as the ONNX attributes carry them), inputs exactly at the threshold: the spikes
+    and the membrane are those of dsr_deploy.functional.sj_forward (SpikingJelly 2.0's torch reference), bit for
+    bit."""
+    import torch
+
+    from dsr_deploy import functional as F
+
+    gen = torch.Generator().manual_seed(7)
+    name = {"if": "IF", "lif": "LIF", "plif": "PLIF"}[family]
+    decay_inputs = (True,) if family == "if" else (True, False)
+    for hard, decay_input in itertools.product((False, True), decay_inputs):
+        vth = _f32(float(torch.empty(()).uniform_(0.2, 2.0, generator=gen)))
+        v_reset = _f32(float(torch.empty(()).uniform_(-0.5, 0.3, generator=gen))) if hard else None
+        leak = _f32(float(torch.empty(()).uniform_(1.1, 6.0, generator=gen)) if family == "lif"
+                    else float(torch.empty(()).uniform_(0.05, 0.95, generator=gen)))
+        gain = {"if": 1.0, "lif": 1.0 / leak, "plif": leak}[family] if decay_input else 1.0  # of x into h
+        x = (torch.randn(6, 3, 301, generator=gen) * vth * 2 / gain).float()
+        x[0, 0, :9] = vth  # inputs at the threshold (an IF layer's first h is exactly vth: it fires)
+        want_y, want_v = F.sj_forward(x, family, vth, v_reset, leak, decay_input, None, True)
+        assert want_y.any() and not want_y.all()
+        y, _ = _run_sj(sj_emu, tmp_path, f"SJ{name}Spike", x, vth, v_reset, leak, decay_input)
+        assert torch.equal(y, want_y), (family, hard, decay_input)
+        v = torch.full(x.shape[1:], 0.0 if v_reset is None else v_reset)
+        ys = []
+        for t in range(x.shape[0]):
+            y_t, v = _run_sj(sj_emu, tmp_path, f"SJ{name}Step", x[t], vth, v_reset, leak, decay_input, v)
+            ys.append(y_t)
+        assert torch.equal(torch.stack(ys), want_y) and torch.equal(v, want_v), (family, hard, decay_input)
+
+
+def test_sj_plugin_refuses_bad_fields(sj_emu, tmp_path):
+    """A hard reset without its v_reset field cannot be created (the run stops before enqueue)."""
+    import torch
+
+    (tmp_path / "x.bin").write_bytes(torch.zeros(2, 4).numpy().tobytes())
+    rc, out = _run([str(sj_emu), "SJLIFSpike", "2", "4", "1.0", "-", "1", "2.0", "1", str(tmp_path)])
+    assert rc == 3 and "v_reset" in out, (rc, out)

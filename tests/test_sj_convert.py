@@ -101,13 +101,13 @@ def small_net_file(tmp_path: Path) -> Path:
     return path
 
 
-def verified(capsys, out: Path, spec: str) -> dict:
-    code, stdout, err = run_cli(capsys, "verify", out, "--model", spec, "--json")
+def verified(capsys, out: Path, spec: str, min_runs: int = 2, *extra) -> dict:
+    code, stdout, err = run_cli(capsys, "verify", out, "--model", spec, "--json", *extra)
     assert code == 0, err + stdout[-2000:]
     report = json.loads(stdout)
     assert report["passed"] is True
     ran = [r for r in report["runs"] if r["status"] == "ok"]
-    assert len(ran) >= 2 and all(r["neuron_exact"] is True for r in ran if r["artifact"] != "(PyTorch)")
+    assert len(ran) >= min_runs and all(r["neuron_exact"] is True for r in ran if r["artifact"] != "(PyTorch)")
     assert all(layer["neuron_agreement"] == 1.0 for r in ran for layer in r.get("layers") or [])
     return report
 
@@ -179,7 +179,8 @@ def test_reference_matches_sj_node_float64():
 
 def test_sj_streaming_equals_multistep(capsys, tmp_path):
     """Membranes as I/O, a hard-reset layer (v_reset -0.1) starting its stream at v_reset: every step of every
-    backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library."""
+    backend equals SpikingJelly's own multi-step output, for the function fallback and the custom-op library; and
+    verify passes on the folder (stepped from v_reset, every SJ*Step node teacher-forced exact)."""
     import numpy as np
 
     from dsr_deploy.export.streaming import build_streaming_module
@@ -216,6 +217,10 @@ def test_sj_streaming_equals_multistep(capsys, tmp_path):
             for t in range(4):
                 y, *states = sm(x[t], *states)
                 assert np.array_equal(y.numpy(), ref[t]), (lowering, t)
+    # verify steps the folder from the manifest's initial membranes and teacher-forces every SJ*Step node
+    report = verified(capsys, out, spec)
+    assert "initial membranes" in report["stepped"]
+    assert any(r["format"] == "onnx" and r["neuron_exact"] is True for r in report["runs"] if r["status"] == "ok")
 
 
 def test_sj_int8_spikes_scale_one_and_verified(capsys, tmp_path):
@@ -270,3 +275,68 @@ def test_spiking_vgg11_bn_plif_inference_copy_equals_sj():
         ref = net(x)
         got = convert.inference_copy(net)(x)
     assert torch.equal(got, ref)
+
+
+ZOO_NETS = [("sew_resnet18", "LIFNode"), ("spiking_resnet18", "IFNode"), ("spiking_resnet18", "LIFNode"),
+            ("sew_resnet18", "IFNode")]
+
+
+def _zoo_args(tmp_path: Path, name: str, neuron: str) -> list:
+    ckpt = tmp_path / "trained.pt"
+    train_zoo(name, neuron, ckpt)
+    return ["--set", f"spiking_neuron={neuron}", "--set", "step_mode=m", "--set", "num_classes=10",
+            "--checkpoint", ckpt, "--input-shape", "2,1,3,32,32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,neuron", ZOO_NETS)
+def test_zoo_from_checkpoint_streaming_verified(capsys, tmp_path, name, neuron):
+    """The zoo networks from a trained checkpoint (their neurons hard-reset to v_reset=0.0, SpikingJelly's default),
+    exported for streaming (membranes as I/O): verify steps them over T against the multi-step model, every SJ*Step
+    node teacher-forced exact (ONNX) and the TorchScript step file's output equal."""
+    spec = f"{ZOO}:{name}"
+    stream = tmp_path / "stream"
+    code, _, err = run_cli(capsys, "export", spec, *_zoo_args(tmp_path, name, neuron), "--mode", "streaming",
+                           "--out", stream)
+    assert code == 0, err
+    manifest = json.loads((stream / "manifest.json").read_text())
+    assert manifest["mode"] == "streaming" and all(s["initial"] in ("zeros", "fill") for s in manifest["states"])
+    report = verified(capsys, stream, spec)
+    assert {r["format"] for r in report["runs"] if r["status"] == "ok"} >= {"onnx", "torchscript"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,neuron", [
+    pytest.param(*ZOO_NETS[0], marks=pytest.mark.xfail(
+        reason="2026-12-07: verify finds an int8 defect at layer2.0.downsample_sn (its int8 current 12.6 steps "
+               "off at the 99th percentile, a correct layer <= 8): the SEW residual's int8 path (issue 26)")),
+    *ZOO_NETS[1:]])
+def test_zoo_from_checkpoint_int8_verified(capsys, tmp_path, name, neuron):
+    """The int8 export of the zoo networks from a trained checkpoint (spikes quantised with scale 1) passes verify's
+    int8 rule on the inputs it was calibrated on (each layer's current checked against its recorded scale)."""
+    import numpy as np
+
+    spec = f"{ZOO}:{name}"
+    calib = tmp_path / "calib.npy"
+    np.save(calib, (np.random.default_rng(0).random((2, 16, 3, 32, 32)) * 3).astype(np.float32))
+    int8 = tmp_path / "int8"
+    code, _, err = run_cli(capsys, "export", spec, *_zoo_args(tmp_path, name, neuron), "--format", "onnx",
+                           "--precision", "int8", "--calibration", calib, "--out", int8)
+    assert code == 0, err
+    # the function fallback, and the custom-op library if built
+    report = verified(capsys, int8, spec, 1, "--input", calib)
+    assert "int8" in report["rule"]
+
+
+def test_package_module_factory_spec_with_settings(capsys, monkeypatch):
+    """A ``package.module:factory`` spec of a SpikingJelly zoo factory, its settings from ``--set``: inspect lists
+    every neuron as SpikingJelly's own family with its reset (the zoo's IFNode default: hard, to 0.0)."""
+    monkeypatch.syspath_prepend(str(HERE))  # sj_zoo importable as a module, as an installed package would be
+    code, out, err = run_cli(capsys, "inspect", "sj_zoo:spiking_resnet18", "--set", "spiking_neuron=IFNode",
+                             "--set", "step_mode=m", "--set", "num_classes=10", "--json")
+    assert code == 0, err
+    neurons = json.loads(out)["neurons"]
+    assert len(neurons) == 17 and {n["kind"] for n in neurons} == {"sj_if"}
+    assert {(n["spec"]["reset"], n["spec"]["v_reset"]) for n in neurons} == {("hard", 0.0)}
+    code, _, err = run_cli(capsys, "inspect", "sj_zoo:spiking_resnet18", "--set", "spiking_neuron=QIFNode")
+    assert code == 2 and len(err.strip().splitlines()) == 1

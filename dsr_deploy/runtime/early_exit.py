@@ -87,12 +87,13 @@ def per_step_readouts(runner: Any, feeds: Mapping[str, Any], manifest: Mapping,
     return (readout or readout_of_manifest(manifest)).prefixes(spikes)
 
 
-def streaming_readouts(runner: Any, x_seq: np.ndarray, readout: Readout,
-                       state_shapes: list[tuple[int, ...]]) -> np.ndarray:
-    """``[T, B, C]``: the running readout of a streaming runner after every step (no early exit)."""
+def streaming_readouts(runner: Any, x_seq: np.ndarray, readout: Readout, state_shapes: list[tuple[int, ...]],
+                       initial_values: list[float] | None = None) -> np.ndarray:
+    """``[T, B, C]``: the running readout of a streaming runner after every step (no early exit); each membrane
+    starts at its ``initial_values`` entry (the manifest's: a hard-reset SpikingJelly layer at v_reset)."""
     from .stream import StreamSession
 
-    session = StreamSession(runner, state_shapes)
+    session = StreamSession(runner, state_shapes, initial_values=initial_values)
     spikes = session.run(x_seq)
     return readout.prefixes(spikes.reshape(spikes.shape[0], spikes.shape[1], -1))
 
@@ -102,10 +103,11 @@ def readouts_of(runner: Any, x: np.ndarray, manifest: Manifest | None = None) ->
     manifest = manifest if manifest is not None else artifact_manifest(runner)
     readout = manifest_readout(manifest)
     if manifest.mode == "streaming":
-        from .stream import manifest_states
+        from .stream import initial_value, manifest_states
 
-        shapes = [tuple(s["shape"]) for s in manifest_states(manifest)]
-        return streaming_readouts(runner, x, readout, shapes)
+        states = manifest_states(manifest)
+        return streaming_readouts(runner, x, readout, [tuple(s["shape"]) for s in states],
+                                  [initial_value(s) for s in states])
     name = runner.inputs()[0].name
     return per_step_readouts(runner, {name: x}, manifest, readout)
 

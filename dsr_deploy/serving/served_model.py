@@ -260,7 +260,9 @@ def prepare_model(artifact: str | Path, backend: Optional[str] = None, name: Opt
         if manifest is None:
             raise UserError(f"{path}: a streaming model needs its export folder's manifest.json (states)")
         states = manifest_states(manifest)
-        filled = [s.get("layer") or s.get("input") for s in states if s.get("initial", "zeros") != "zeros"]
+        from ..runtime.stream import initial_value
+
+        filled = [s.get("layer") or s.get("input") for s in states if initial_value(s) != 0.0]
         if filled:  # the sequence store and Triton's sequence batcher start every stream from zeros
             raise UserError(f"{path}: layer {filled[0]} starts its stream at a nonzero membrane (a SpikingJelly hard "
                             "reset's v_reset); serving starts streams from zeros: run it with StreamSession instead")

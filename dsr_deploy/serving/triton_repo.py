@@ -223,6 +223,7 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
             if batched:
                 _require_dynamic_batch(src, ins0, streaming)
             if streaming:
+                _refuse_nonzero_start(src, model)
                 add_sequence_controls(model, batched)
                 note = "streaming: sequence batching, implicit membrane state, START/READY"
             elif batched:
@@ -252,6 +253,22 @@ def write_repository(artifacts: Sequence[Path | str], out: Path | str, max_batch
         (tmp / "README.md").write_text(readme_text(version=__version__, models=listing, plugin_flag=flag,
                                                    ort_section=_ort_section(kind, ort_ops_library)))
     return summary
+
+
+def _refuse_nonzero_start(src: ModelSource, model) -> None:
+    """Triton's sequence batcher starts every membrane from zeros (``zero_data``): a hard-reset SpikingJelly step
+    node whose membrane starts at a nonzero ``v_reset`` would run from the wrong state, so it is refused."""
+    from onnx import helper
+
+    steps = set(contract.SJ_STEP_OP_TYPES.values())
+    for node in model.graph.node:
+        if node.domain != contract.DOMAIN or node.op_type not in steps:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("hard_reset") and attrs.get("v_reset", 0.0) != 0.0:
+            raise UserError(f"{src.onnx}: node {node.name or node.output[0]!r} ({node.op_type}) starts its membrane at "
+                            f"v_reset={attrs['v_reset']:g}, and Triton's sequence batcher starts every stream from "
+                            "zeros; serve it with StreamSession instead, or export with v_reset=0 or a soft reset")
 
 
 def plan_max_batch(src: ModelSource, inputs: Sequence[Edge], streaming: bool, wanted: int) -> tuple[int, str]:

@@ -1,7 +1,8 @@
 """Streaming folders (``export --mode streaming``): the step artifact run over T steps, its membranes carried as a
 stream carries them, against the multi-step reference.
 
-* **End to end**: from zero membranes, each step's ``x_t`` fed and each ``v_out_i`` fed back as ``v_in_i``; the
+* **End to end**: from the manifest's initial membranes (zeros; a hard-reset SpikingJelly layer's v_reset), each
+  step's ``x_t`` fed and each ``v_out_i`` fed back as ``v_in_i``; the
   stacked ``y_t`` against the multi-step network's output (max |diff|, top-1 of the rate over T).
 * **Teacher-forced** (ONNX step files, :func:`forced_step_model`): every step node fed the reference's input
   current at that step and downstream fed the reference's spikes, its membrane carried *through the file's own
@@ -18,7 +19,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..contract import STEP_OP_TYPES, STREAM_INPUT, STREAM_OUTPUT, state_input_name, state_output_name
+from ..contract import SJ_STEP_OP_TYPES, STEP_OP_TYPES, STREAM_INPUT, STREAM_OUTPUT, state_input_name, state_output_name
 from .context import VerifyContext, build_context
 from .layers import FLOAT_TOLERANCE, LayerFigures, compare
 from .plan import Target, artifact_targets
@@ -62,7 +63,7 @@ def forced_step_model(model, n_states: int, ranks: List[int]):
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    nodes = dsr_nodes(m, STEP_OP_TYPES.values(), subgraphs=False)
+    nodes = dsr_nodes(m, (*STEP_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values()), subgraphs=False)
     alias = {o.name: o.name for o in m.graph.output}
     for n in m.graph.node:  # v_out_i may leave through an Identity
         if n.op_type == "Identity" and n.output[0] in alias:
@@ -275,4 +276,4 @@ def verify_streaming(folder: Path, manifest, options, rule, progress=None) -> di
         for art in manifest.artifacts:
             targets += artifact_targets(ctx, art)
         runs = [run_stream_target(ctx, t) for t in targets]
-    return report(ctx, runs, stepped=f"{manifest.T} steps from zero membranes")
+    return report(ctx, runs, stepped=f"{manifest.T} steps from the manifest's initial membranes")

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "dsr_spike_cuda.h"
+#include "dsr_trt_sj_plugin.h"
 
 using namespace nvinfer1;
 
@@ -284,9 +285,15 @@ nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) noexcept 
   static DsrSpikeCreator lif_step({"DSRLIFStep", dsr::Neuron::LIF, true});
   static DsrSpikeCreator if_spike_q({"DSRIFSpikeQ", dsr::Neuron::IF, false, true});
   static DsrSpikeCreator lif_spike_q({"DSRLIFSpikeQ", dsr::Neuron::LIF, false, true});
-  static IPluginCreatorInterface* const list[] = {&if_spike, &lif_spike,  &if_step,
-                                                  &lif_step, &if_spike_q, &lif_spike_q};
-  count = 6;
+  // then SpikingJelly's six (dsr_trt_sj_plugin.cpp)
+  static IPluginCreatorInterface* const* const list = [] {
+    static IPluginCreatorInterface* all[12] = {&if_spike, &lif_spike, &if_step, &lif_step, &if_spike_q, &lif_spike_q};
+    int32_t n = 0;
+    IPluginCreatorInterface* const* sj = sj_creators(n);
+    for (int32_t i = 0; i < n && i < 6; ++i) all[6 + i] = sj[i];
+    return all;
+  }();
+  count = 12;
   return list;
 }
 

@@ -107,7 +107,8 @@ class DsrSpikeCreator : public nvinfer1::IPluginCreatorV3One {
   nvinfer1::PluginFieldCollection field_collection_{};
 };
 
-// The six creators (IF/LIF x Spike/Step/SpikeQ), one static instance each; shared by both registration libraries.
+// The twelve creators: DSR's six (IF/LIF x Spike/Step/SpikeQ) and SpikingJelly's six (dsr_trt_sj_plugin.h,
+// IF/LIF/PLIF x Spike/Step), one static instance each; shared by both registration libraries.
 nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) noexcept;
 
 // Where plugin errors go: the logger TensorRT handed to setLoggerFinder (dynamic library), else stderr.

@@ -153,17 +153,18 @@ inline void __stcs(T* p, T v) {
   *p = v;
 }
 
-// Read by the test through ctypes.
-extern "C" __attribute__((visibility("default"))) long dsr_emu_vector_accesses() { return dsr_emu::vector_accesses; }
-extern "C" __attribute__((visibility("default"))) void dsr_emu_set_device(int dev, int sms) {
+// Read by the test through ctypes. Weak: a program that links two emulated kernels (each unit including this
+// header, e.g. the TensorRT plugins over dsr_spike_cuda.cu and dsr_sj_cuda.cu) keeps one copy of each.
+#define DSR_EMU_ENTRY extern "C" __attribute__((visibility("default"), weak))
+DSR_EMU_ENTRY long dsr_emu_vector_accesses() { return dsr_emu::vector_accesses; }
+DSR_EMU_ENTRY void dsr_emu_set_device(int dev, int sms) {
   dsr_emu::current_device = dev;
   if (dev >= 0 && dev < 64) dsr_emu::device_sms[dev] = sms;
 }
-extern "C" __attribute__((visibility("default"))) long dsr_emu_last_grid() { return dsr_emu::last_grid; }
-extern "C" __attribute__((visibility("default"))) int dsr_emu_last_block() { return dsr_emu::last_block; }
-extern "C" __attribute__((visibility("default"))) long dsr_emu_scalar_accesses() { return dsr_emu::scalar_accesses; }
-extern "C" __attribute__((visibility("default"))) void dsr_emu_set_regions(const uintptr_t* lo, const uintptr_t* bytes,
-                                                                            int n) {
+DSR_EMU_ENTRY long dsr_emu_last_grid() { return dsr_emu::last_grid; }
+DSR_EMU_ENTRY int dsr_emu_last_block() { return dsr_emu::last_block; }
+DSR_EMU_ENTRY long dsr_emu_scalar_accesses() { return dsr_emu::scalar_accesses; }
+DSR_EMU_ENTRY void dsr_emu_set_regions(const uintptr_t* lo, const uintptr_t* bytes, int n) {
   dsr_emu::num_regions = n < 0 ? 0 : (n > 8 ? 8 : n);
   for (int i = 0; i < dsr_emu::num_regions; ++i) {
     dsr_emu::region_lo[i] = lo[i];
