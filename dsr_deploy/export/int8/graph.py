@@ -48,6 +48,22 @@ class Graph(GraphMaps):
             node = self.producer.get(node.input[0])
         return node if self.is_dsr(node) else None
 
+    def spike_count(self, tensor: str) -> Optional[Tuple[float, int]]:
+        """``(spike value, most spikes summed)`` when ``tensor`` is a sum of spike trains of one spike value (a SEW
+        ResNet's ADD shortcut: every value is a count times the spike value), else None. Quantised with scale = the
+        spike value and zero point 0 it is exact, as spikes are; a range calibrated on it would cut rare counts."""
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in EXACT_OPS:
+            node = self.producer.get(node.input[0])
+        if self.is_dsr(node):
+            return spike_value(node), 1
+        if node is None or node.op_type not in ("Add", "Sum"):
+            return None
+        parts = [self.spike_count(i) for i in node.input]
+        if any(p is None for p in parts) or len({p[0] for p in parts}) != 1:
+            return None
+        return parts[0][0], sum(p[1] for p in parts)
+
     def upstream(self, tensor: str, stop) -> List[onnx.NodeProto]:
         """The nearest nodes upstream of ``tensor`` for which ``stop(node)`` holds (the search ends there)."""
         seen, found, todo = set(), [], [tensor]

@@ -210,11 +210,14 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
     params = calibrate(folded, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
     grid = grid_qparams(calibration, signed)
+    g = Graph(out)
     for t in p["calibrated"]:
         if grid is not None and _input_view(out.graph, t):  # the analog input on its own grid: exact
             params[t] = grid
+        counted = g.spike_count(t)
+        if counted is not None and counted[1] <= (127 if signed else 255):  # summed spikes: exact, as spikes are
+            params[t] = (counted[0], 0)
     graph = out.graph
-    g = Graph(out)
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
     rename: Dict[str, str] = {}  # tensor -> its dequantised twin, for the consumers that take it
     for t, (scale, zp) in [*((t, (s, 0)) for t, s in p["spikes"].items()), *((t, params[t]) for t in
