@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_util import run_cli
 from _native_util import assert_bit_equal, ensure_torch_native, f32
-from test_cli_export import run_cli
 
 from dsr_deploy import functional as F
 from dsr_deploy import ops

@@ -8,21 +8,11 @@ import random
 
 import pytest
 import torch
+from _cli_util import run_cli
 from export_nets import NEURON_SHAPE, exported, nets_file, ours_conv_net
-
-from dsr_deploy.cli import main
 
 NETS = nets_file()
 
-
-def run_cli(capsys, *argv):
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

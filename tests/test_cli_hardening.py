@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_util import run_cli
 from export_nets import exported, nets_file
-from test_cli_export import run_cli
 
 from dsr_deploy import io as dio
 from dsr_deploy.errors import UserError

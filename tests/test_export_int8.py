@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _cli_util import run_cli
 from _native_util import ensure_ort_library
 from onnx import numpy_helper
-from test_cli_export import run_cli
 
 from dsr_deploy import functional as F
 from dsr_deploy.errors import UserError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from test_cli_export import run_cli
+from _cli_util import run_cli
 from test_export_int8 import SHAPE, _calibration, _net
 
 from dsr_deploy.errors import UserError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli_export import run_cli
+from _cli_util import run_cli
 
 from dsr_deploy.errors import UserError
 from dsr_deploy.model_spec import load_model

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli_util import run_cli
 from export_nets import exported, nets_file
-from test_cli_export import run_cli
 
 from dsr_deploy.errors import UserError
 

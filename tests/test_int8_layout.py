@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _cli_util import run_cli
 from _native_util import ensure_ort_library
-from test_cli_export import run_cli
 from test_export_int8 import IF, LIF, SHAPE, T, _calibration
 
 from dsr_deploy.errors import UserError

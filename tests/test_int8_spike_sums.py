@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 pytest.importorskip("spikingjelly.activation_based.neuron", reason="SpikingJelly 2.0 (the test oracle)")
 
-from dsr_deploy.cli import main  # noqa: E402
+from _cli_util import run_cli  # noqa: E402
 
 NET = (
     "import torch\n"
@@ -37,15 +37,6 @@ NET = (
     "    functional.set_step_mode(net, 'm')\n"
     "    return net\n")
 
-
-def run_cli(capsys, *argv):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_summed_spikes_are_quantised_exactly_and_verify_passes(capsys, tmp_path: Path):

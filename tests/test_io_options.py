@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
+from _cli_util import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 from dsr_deploy import models
 from dsr_deploy.export import IOOptions, export_model

@@ -15,24 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_util import run_cli
 from export_nets import NEURON_SHAPE, exported
 
-from dsr_deploy.cli import main
 from dsr_deploy.errors import UserError
 from dsr_deploy.manifest import ARTIFACT, MAX_ELEMENTS, Record, optional, parse_manifest, read_manifest, string
 
 ZOO = "zoo:digits-cnn"  # the zoo's smallest model: a manifest naming it may be rebuilt without any flag
 ZOO_SHAPE = (8, 1, 1, 8, 8)
 
-
-def run_cli(capsys, *argv):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 class _Marker:

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from test_cli_export import run_cli  # (exit code, stdout, stderr) of one CLI call
+from _cli_util import run_cli  # (exit code, stdout, stderr) of one CLI call
 
 from dsr_deploy import models
 from dsr_deploy.errors import UserError

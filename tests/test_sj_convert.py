@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_util import run_cli
 
 from dsr_deploy import convert
 from dsr_deploy import functional as F
-from dsr_deploy.cli import main
 
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="SpikingJelly 2.0 (the test oracle)")
 from spikingjelly.activation_based import functional as sjf  # noqa: E402
@@ -21,15 +21,6 @@ from spikingjelly.activation_based import layer  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ZOO = HERE / "sj_zoo.py"
 
-
-def run_cli(capsys, *argv):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def neurons():
