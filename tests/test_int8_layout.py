@@ -83,6 +83,16 @@ def _run(folder, x, custom_ops):
         runner.release()
 
 
+def assert_nhwc_equals_nchw(root):
+    """``root/nhwc`` gives ``root/nchw``'s outputs bit for bit, with the custom ops off and required."""
+    x = _calibration(n=3, seed=5)
+    want = _run(root / "nchw", x, "off")
+    assert (want != 0).any()
+    for mode in ("off", "require"):
+        got = _run(root / "nhwc", x, mode)
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), mode
+
+
 @pytest.mark.parametrize("neuron,all_layers", [("qdq", False), ("quantized", False), ("quantized", True)])
 def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron, all_layers):
     ensure_ort_library()
@@ -103,12 +113,7 @@ def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron, all_layers):
     transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
     assert len(transposes) == 2
     assert not any(n.op_type == "Conv" and any("int8" in i for i in n.input) for n in model.graph.node)
-    x = _calibration(n=3, seed=5)
-    want = _run(tmp_path / "nchw", x, "off")
-    assert (want != 0).any()
-    for mode in ("off", "require"):
-        got = _run(tmp_path / "nhwc", x, mode)
-        assert np.array_equal(got.view(np.int32), want.view(np.int32)), mode
+    assert_nhwc_equals_nchw(tmp_path)
 
 
 def test_nhwc_probes_give_each_layer_in_the_original_layout(tmp_path):

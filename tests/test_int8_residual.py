@@ -19,7 +19,7 @@ import pytest
 from _native_util import ensure_ort_library
 from onnx import numpy_helper
 from test_export_int8 import SHAPE, _calibration
-from test_int8_layout import Net, _run
+from test_int8_layout import Net, assert_nhwc_equals_nchw
 
 from dsr_deploy.engine import tensorrt_quantization_problem
 from dsr_deploy.export import Int8Options, export_model
@@ -75,12 +75,7 @@ def test_cpu_form_gives_the_nchw_forms_outputs_bit_for_bit(tmp_path):
     ensure_ort_library()
     _export(tmp_path, "nhwc")
     _export(tmp_path, "nchw", layout="nchw")
-    x = _calibration(n=3, seed=5)
-    want = _run(tmp_path / "nchw", x, "off")
-    assert (want != 0).any()
-    for mode in ("off", "require"):
-        got = _run(tmp_path / "nhwc", x, mode)
-        assert np.array_equal(got.view(np.int32), want.view(np.int32)), mode
+    assert_nhwc_equals_nchw(tmp_path)
 
 
 def _bn_graph(after_add: bool):
