@@ -28,6 +28,8 @@ TENSORRT_PLUGIN_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANT
 
 # -- export targets: the runtime an export is for (manifest "target"; `dsr-deploy export --target`) -----------
 TARGETS = ("portable", "onnxruntime-cpu", "tensorrt")
+#: How logits are read from the output layer's spikes (export --readout; a streaming readout state; early exit).
+READOUT_KINDS = ("mean", "lif-rate")
 
 # -- TensorRT plugins ---------------------------------------------------------------------------------------
 PLUGIN_NAMESPACE = "dsr"  # plugin_namespace attribute / creator namespace

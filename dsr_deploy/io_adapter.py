@@ -25,11 +25,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .contract import READOUT_KINDS
 from .errors import UserError
 
 LAYOUTS = ("TB", "BT")
 ENCODINGS = ("none", "direct")
-READOUTS = ("none", "mean", "lif-rate")
+READOUTS = ("none", *READOUT_KINDS)
 
 
 def io_record(T: int, layout: str = "TB", encode: str = "none", readout: str = "none",

@@ -32,7 +32,7 @@ import json
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
-from .contract import TARGETS
+from .contract import READOUT_KINDS, TARGETS
 from .errors import UserError
 from .schema import (  # noqa: F401  (the checkers are re-exported: fields are added from here)
     MAX_ELEMENTS,
@@ -106,7 +106,7 @@ IO = Record("io", {  # how the exported model takes its input and gives its outp
 STATE = Record("state", {
     "input": nonempty_string, "output": nonempty_string, "shape": dims(min_rank=0), "dtype": string,
     "initial": one_of("zeros", "fill"), "initial_value": optional(number), "neuron": integer(0), "layer": string,
-    "readout": one_of("mean", "lif-rate"),  # streaming --readout: this state is the readout's window, not a membrane
+    "readout": one_of(*READOUT_KINDS),  # streaming --readout: this state is the readout's window, not a membrane
 }, required=("input", "output", "shape"))
 
 
@@ -176,7 +176,7 @@ NEURON = Record("neuron", {
 # ``dsr-deploy exit-calibrate``'s rule and what it kept (dsr_deploy/early_exit.py writes it). Declared here, not by
 # its owner, so every reader validates it, also one that never imports the early-exit code.
 EXIT_RULES = ("max-prob", "margin", "stable", "full")
-EXIT_READOUTS = ("mean", "lif-rate")
+EXIT_READOUTS = READOUT_KINDS
 EARLY_EXIT = Record("early_exit", {
     "rule": one_of(*EXIT_RULES), "threshold": finite(), "max_steps": optional(integer(1)),
     "readout": Record("readout", {"kind": one_of(*EXIT_READOUTS), "tau": finite(), "delta_t": finite()},
