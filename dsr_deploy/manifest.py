@@ -116,6 +116,7 @@ QUANTIZATION = Record("quantization", {  # export --precision int8 (dsr_deploy/e
     "calibration_samples": integer(1),
     "quantized_layers": integer(0),
     "float_layers": string_map,
+    "rounding_steps_max": finite(),  # the int8 layers' worst parameter rounding, in steps (int8/sensitivity.py)
     "currents": integer(0),
     "weights": string,
     "all_layers": boolean,

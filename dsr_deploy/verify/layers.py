@@ -19,19 +19,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..export.base import CURRENT_PREFIX, INPUT_NAME
+from ..export.int8.options import INT8_MAX_STEPS, INT8_MIN_STEPS, INT8_QUANTILE
 
 #: Relative (to the layer input's largest magnitude) difference a layer's own arithmetic explains: a sum of K
 #: products rounds within about sqrt(K) ulps typically and K ulps at worst; 1e-4 is K ulps of float32 for K ~ 800
 #: and still 100x below any real defect seen (a zero point or weight edit moves an input by percents).
 FLOAT_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
-#: int8: a correct layer's dequantised current is within a few steps of its scale of the reference's (its own
-#: rounding, half a step, plus the int8 weights' rounding); 99 % of the values must be (the rest: clipped outliers).
-INT8_MAX_STEPS = 8.0
-INT8_QUANTILE = 99.0
-#: int8: the recorded scale must resolve the current: its middle 99.8 % spans at least this many steps (a
-#: calibration on all-zero or huge data leaves it a step or two).
-INT8_MIN_STEPS = 16.0
-
+#: int8: INT8_MAX_STEPS / INT8_QUANTILE / INT8_MIN_STEPS (imported above) live beside the export's rounding check
+#: (export/int8/options.py), which keeps float32 the layers whose parameters alone would spend half the bound.
 
 _MOVES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}  # values moved, not changed
 

@@ -23,7 +23,7 @@ __all__ = ["ACTIVATIONS", "CALIBRATION_HINT", "LAYOUTS", "META_QUANT", "NEURON_F
 # The graph rewrite imports onnx: loaded when first used, so `import dsr_deploy.export` stays cheap.
 _LAZY = {"spike_value": ".graph", "META_QUANT": ".rewrite", "plan": ".rewrite",
          "quantize": ".rewrite", "quantize_file": ".rewrite", "quantize_model": ".rewrite",
-         "quantize_weight": ".rewrite"}
+         "quantize_weight": ".weights"}
 
 
 def __getattr__(name: str):

@@ -16,26 +16,47 @@ PERCENTILES = (100.0, 99.999, 99.99, 99.9)
 SAMPLE = 1 << 20  # values kept per tensor for the MSE search
 
 
-class _Reservoir:
-    def __init__(self, seed: int):
+class Reservoir:
+    """A uniform sample (at most :data:`SAMPLE` values) of everything a tensor took; with ``axis``, each value's
+    channel index along that axis is kept beside it."""
+
+    def __init__(self, seed: int, axis: Optional[int] = None):
         self.parts: List[np.ndarray] = []
+        self.chans: List[np.ndarray] = []
         self.count = 0
+        self.axis = axis
         self.rng = np.random.default_rng(seed)
 
     def add(self, a: np.ndarray) -> None:
-        a = np.asarray(a, dtype=np.float32).reshape(-1)
-        a = a[np.isfinite(a)]
+        a = np.asarray(a, dtype=np.float32)
+        ch = None
+        if self.axis is not None:  # the channel of each element of the C-ordered array
+            axis = self.axis % a.ndim
+            inner = int(np.prod(a.shape[axis + 1:], dtype=np.int64))
+            ch = ((np.arange(a.size, dtype=np.int64) // inner) % a.shape[axis]).astype(np.int32)
+        a = a.reshape(-1)
+        keep = np.isfinite(a)
+        a, ch = a[keep], (ch[keep] if ch is not None else None)
         if a.size > SAMPLE // 4:
-            a = a[self.rng.integers(0, a.size, SAMPLE // 4)]
+            pick = self.rng.integers(0, a.size, SAMPLE // 4)
+            a, ch = a[pick], (ch[pick] if ch is not None else None)
         self.parts.append(a)
+        if ch is not None:
+            self.chans.append(ch)
         self.count += a.size
         if self.count > 2 * SAMPLE:
-            allv = np.concatenate(self.parts)
-            self.parts = [allv[self.rng.integers(0, allv.size, SAMPLE)]]
+            pick = self.rng.integers(0, self.count, SAMPLE)
+            self.parts = [np.concatenate(self.parts)[pick]]
+            if self.chans:
+                self.chans = [np.concatenate(self.chans)[pick]]
             self.count = SAMPLE
 
     def values(self) -> np.ndarray:
         return np.concatenate(self.parts) if self.parts else np.zeros(1, np.float32)
+
+    def channels(self) -> np.ndarray:
+        """The channel index of each of :meth:`values` (``axis`` given)."""
+        return np.concatenate(self.chans) if self.chans else np.zeros(1, np.int32)
 
 
 def qparams(values: np.ndarray, signed: bool = False) -> Tuple[float, int]:
@@ -105,15 +126,24 @@ def _batches(data: np.ndarray, batch_dim: int, chunk: int) -> Iterable[np.ndarra
 def calibrate(model: Any, tensors: Sequence[str], data: np.ndarray, batch_dim: int,
               chunk: int = 4, states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None,
               signed: bool = False) -> Dict[str, Tuple[float, int]]:
-    """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return the
-    uint8 (``signed``: int8 symmetric) (scale, zero point) of each tensor in ``tensors``. ``states`` (a streaming
-    step model): ``(input,
-    output, per-sample shape)`` of each membrane; ``data`` ``[T, N, ...]`` is then fed one step at a time from
-    zero membranes, as a stream runs."""
+    """Run the float32 ``model`` on ``data`` (:func:`collect`) and return the uint8 (``signed``: int8 symmetric)
+    (scale, zero point) of each tensor in ``tensors``."""
+    return {t: qparams(s.values(), signed) for t, s in collect(model, tensors, data, batch_dim, chunk,
+                                                                states).items()}
+
+
+def collect(model: Any, tensors: Sequence[str], data: np.ndarray, batch_dim: int, chunk: int = 4,
+            states: Optional[Sequence[Tuple[str, str, Sequence[int]]]] = None,
+            axes: Optional[Dict[str, int]] = None) -> Dict[str, Reservoir]:
+    """Run the float32 ``model`` on ``data`` (batched along ``batch_dim``) with stock ONNX Runtime and return a
+    sample of each tensor in ``tensors`` (``axes``: {tensor: channel axis} of those whose samples keep their
+    channel index). ``states`` (a streaming step model): ``(input, output, per-sample shape)`` of each membrane;
+    ``data`` ``[T, N, ...]`` is then fed one step at a time from zero membranes, as a stream runs."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
+    tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
     probe = onnx.ModelProto()
@@ -126,20 +156,20 @@ def calibrate(model: Any, tensors: Sequence[str], data: np.ndarray, batch_dim: i
     opts.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    stats = {t: _Reservoir(k) for k, t in enumerate(tensors)}
+    stats = {t: Reservoir(k, (axes or {}).get(t)) for k, t in enumerate(tensors)}
     for x in _batches(data.astype(np.float32, copy=False), batch_dim, chunk):
         if not states:
-            outs = sess.run(list(tensors), {name: x})
+            outs = sess.run(tensors, {name: x})
             for t, v in zip(tensors, outs):
                 stats[t].add(v)
             continue
         v = {i: np.zeros((x.shape[1], *shape), np.float32) for i, _, shape in states}
         for step in x:
-            outs = sess.run(list(tensors) + [o for _, o, _ in states], {name: step, **v})
+            outs = sess.run(tensors + [o for _, o, _ in states], {name: step, **v})
             for t, val in zip(tensors, outs):
                 stats[t].add(val)
             v = {i: val for (i, _, _), val in zip(states, outs[len(tensors):])}
-    return {t: qparams(s.values(), signed) for t, s in stats.items()}
+    return stats
 
 
 def check_calibration(data: Any, shape: Sequence[int], batch_dim: int, where: str) -> np.ndarray:

@@ -38,6 +38,20 @@ TARGET_FORMS = {
 TARGET_ALL_LAYERS = {"portable": False, "onnxruntime-cpu": True, "tensorrt": False}
 
 
+#: verify's int8 rule (dsr_deploy/verify/layers.py), read by the export's rounding check too: a correct layer's
+#: dequantised current is within a few steps of its scale of the reference's (its own rounding, half a step, plus
+#: the int8 weights' rounding); 99 % of the values must be (the rest: clipped outliers).
+INT8_MAX_STEPS = 8.0
+INT8_QUANTILE = 99.0
+#: The recorded scale must resolve the current: its middle 99.8 % spans at least this many steps (a calibration on
+#: all-zero or huge data leaves it a step or two).
+INT8_MIN_STEPS = 16.0
+#: Export keeps a layer float32 when its int8 weights' and bias' rounding alone moves its current by more than
+#: this many steps of its scale (99th percentile, on the calibration inputs: .sensitivity). Half of verify's
+#: bound: the other half is the margin for the current's own rounding, clipping and inputs unlike the calibration
+#: data; a layer that spends more than half the budget on its parameters is not within it on other inputs.
+ROUNDING_MAX_STEPS = INT8_MAX_STEPS / 2
+
 def _choice(flag: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise UserError(f"unknown {flag} {value!r}; choose from {', '.join(choices)}")

@@ -48,33 +48,39 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import UserError
-from .calibrate import calibrate, grid_qparams
+from .calibrate import calibrate, collect, grid_qparams, qparams
 from .graph import EXACT_OPS, Graph, const, qdq, safe_name, spike_value
+from .sensitivity import error_twins, fallback, layer_name, rounding_steps
+from .weights import quantize_bias, quantize_weight, weight_axis
 
 META_QUANT = "dsr_deploy.int8"
 
 
-def plan(model: onnx.ModelProto, quantize_all: bool = False) -> Dict[str, Any]:
+def plan(model: onnx.ModelProto, quantize_all: bool = False,
+         keep_float: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """What to quantise: ``layers`` (weighted nodes' names), ``spikes`` ({dsr output: spike value}),
     ``calibrated`` (tensor names that need a calibrated scale: layer outputs, float-fed layer inputs, currents),
-    ``float_layers`` (kept float32 and why)."""
+    ``float_layers`` (kept float32 and why: ``keep_float`` {layer name: reason} too, :mod:`.sensitivity`)."""
     g = Graph(model)
     layers, float_layers, spikes = [], {}, {}
     calibrated: List[str] = []
     for node in model.graph.node:
         if not g.weighted(node):
             continue
+        if keep_float and layer_name(node) in keep_float:
+            float_layers[layer_name(node)] = keep_float[layer_name(node)]
+            continue
         analog = not g.upstream(node.input[0], g.is_dsr)
         readout = not g.downstream_has(node.output[0], g.weighted)
         if (analog or readout) and not quantize_all:
-            float_layers[node.name or node.output[0]] = "analog input" if analog else "readout"
+            float_layers[layer_name(node)] = "analog input" if analog else "readout"
             continue
         layers.append(node)
         src = g.spike_source(node.input[0])
@@ -112,31 +118,62 @@ def _input_view(graph, tensor: str) -> bool:
     return tensor not in producer and any(i.name == tensor for i in graph.input)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8 along ``axis``: (codes, scales) with ``scale = max|w| / 127`` per channel."""
-    other = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.max(np.abs(w), axis=other) if other else np.abs(w)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-    return q, scale
+def _in_scale(g: Graph, p: Dict[str, Any], params: Dict[str, Tuple[float, int]], node: onnx.NodeProto) -> float:
+    """The scale of a quantised layer's input: its spikes' value, else the input's calibrated scale."""
+    src = g.spike_source(node.input[0])
+    return p["spikes"][src.output[0]] if src is not None else params[node.input[0]][0]
 
 
-def _weight_axis(node: onnx.NodeProto) -> int:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        trans = {a.name: a.i for a in node.attribute}.get("transB", 0)
-        return 0 if trans else 1
-    return 1  # MatMul: [K, N]
+def _exact_scales(model: onnx.ModelProto, tensors: Sequence[str], params: Dict[str, Tuple[float, int]],
+                  calibration: np.ndarray, signed: bool) -> None:
+    """Scales that represent a tensor exactly, over the calibrated ones: the analog input on its own grid, sums
+    of spikes on the spike value."""
+    grid = grid_qparams(calibration, signed)
+    g = Graph(model)
+    for t in tensors:
+        if grid is not None and _input_view(model.graph, t):  # the analog input on its own grid: exact
+            params[t] = grid
+        counted = g.spike_count(t)
+        if counted is not None and counted[1] <= (127 if signed else 255):  # summed spikes: exact, as spikes are
+            params[t] = (counted[0], 0)
+
+
+def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str, Any], calibration: np.ndarray,
+                     batch_dim: int, states, signed: bool, quantize_all: bool):
+    """(plan, {tensor: (scale, zero point)}, {int8 layer: rounding steps}): one calibration run samples the
+    tensors to quantise and each layer's int8 rounding error (:mod:`.sensitivity`); the layers int8 cannot carry
+    are kept float32 and the graph re-planned, a second run calibrating only what the new plan quantises that
+    the first did not (a current whose feeding layer turned float, say)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(folded)
+    twins = error_twins(probe, p["layers"])
+    samples = collect(probe, p["calibrated"] + [t for t, _ in twins.values()], calibration, batch_dim,
+                      states=states, axes=dict(twins.values()))
+    params = {t: qparams(samples[t].values(), signed) for t in p["calibrated"]}
+    _exact_scales(out, p["calibrated"], params, calibration, signed)
+    g = Graph(out)
+    steps = rounding_steps(g, p["layers"], twins, samples,
+                           {layer_name(n): _in_scale(g, p, params, n) for n in p["layers"]},
+                           {layer_name(n): params[n.output[0]][0] for n in p["layers"]}, signed)
+    drop = fallback(steps)
+    if not drop:
+        return p, params, steps
+    p = plan(out, quantize_all, keep_float=drop)
+    if not p["layers"]:
+        raise UserError("--precision int8: no layer can be int8 (each one's weight rounding moves its current "
+                        "by more than a few steps of its scale: see the float32 export)")
+    missing = [t for t in p["calibrated"] if t not in params]
+    if missing:
+        params.update(calibrate(folded, missing, calibration, batch_dim, states=states, signed=signed))
+        _exact_scales(out, missing, params, calibration, signed)
+    return p, params, {k: v for k, v in steps.items() if k not in drop}
 
 
 def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool) -> List[onnx.NodeProto]:
     """Per-channel int8 weights (and, for uint8 activations, an int32 bias) for one weighted ``node``: the
     DequantizeLinear nodes to insert; ``node`` reads their outputs."""
     out = []
-    axis = _weight_axis(node)
+    axis = weight_axis(node)
     w = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float32)
     codes, scales = quantize_weight(w, axis)
     tag = f"int8_{safe_name(node.input[1])}"
@@ -146,13 +183,12 @@ def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, sign
     out.append(helper.make_node("DequantizeLinear", [wq, ws, wz], [f"{tag}_dq"], axis=axis, name=f"{tag}_DQ"))
     node.input[1] = f"{tag}_dq"
     if len(node.input) > 2 and node.input[2] in g.inits and not signed:  # int8: the bias stays float32
-        b = numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float64)
-        bs = (np.float64(in_scale) * scales.astype(np.float64)).astype(np.float32)
-        if b.shape == bs.shape:
+        bias = quantize_bias(numpy_helper.to_array(g.inits[node.input[2]]), in_scale, scales)
+        if bias is not None:
             btag = f"int8_{safe_name(node.input[2])}"
-            bq = const(graph, f"{btag}_codes", np.round(b / bs).astype(np.int32))
-            bsn = const(graph, f"{btag}_scale", bs)
-            bz = const(graph, f"{btag}_zp", np.zeros(bs.shape, np.int32))
+            bq = const(graph, f"{btag}_codes", bias[0])
+            bsn = const(graph, f"{btag}_scale", bias[1])
+            bz = const(graph, f"{btag}_zp", np.zeros(bias[1].shape, np.int32))
             out.append(helper.make_node("DequantizeLinear", [bq, bsn, bz], [f"{btag}_dq"], axis=0,
                                         name=f"{btag}_DQ"))
             node.input[2] = f"{btag}_dq"
@@ -208,15 +244,8 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    params = calibrate(folded, p["calibrated"], calibration, batch_dim, states=states, signed=signed)
-    grid = grid_qparams(calibration, signed)
+    p, params, steps = _calibrated_plan(folded, out, p, calibration, batch_dim, states, signed, quantize_all)
     g = Graph(out)
-    for t in p["calibrated"]:
-        if grid is not None and _input_view(out.graph, t):  # the analog input on its own grid: exact
-            params[t] = grid
-        counted = g.spike_count(t)
-        if counted is not None and counted[1] <= (127 if signed else 255):  # summed spikes: exact, as spikes are
-            params[t] = (counted[0], 0)
     graph = out.graph
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
     rename: Dict[str, str] = {}  # tensor -> its dequantised twin, for the consumers that take it
@@ -226,9 +255,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
             nodes, rename[t] = qdq(graph, t, scale, zp, f"int8_{safe_name(t)}", code)
             new_nodes[t].extend(nodes)
     for node in p["layers"]:
-        src = g.spike_source(node.input[0])
-        in_scale = p["spikes"][src.output[0]] if src is not None else params[node.input[0]][0]
-        new_nodes[""].extend(_quantize_layer(graph, g, node, in_scale, signed))
+        new_nodes[""].extend(_quantize_layer(graph, g, node, _in_scale(g, p, params, node), signed))
     _insert(graph, g, new_nodes, rename)
     for prop in out.metadata_props:  # the recorded neuron inputs: the dequantised current the neuron reads
         if prop.key == "dsr_deploy.layer_inputs":
@@ -238,6 +265,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         "calibration_samples": int(calibration.shape[batch_dim]),
         "quantized_layers": len(p["layers"]),
         "float_layers": p["float_layers"],
+        "rounding_steps_max": round(max(steps.values(), default=0.0), 4),  # of the int8 layers (.sensitivity)
         "spikes": {t: {"scale": s, "zero_point": 0} for t, s in p["spikes"].items()},
         "currents": len(p["calibrated"]),
         "weights": "int8 symmetric per output channel",
