@@ -1,0 +1,135 @@
+"""Float fallback of int8 layers (dsr_deploy/export/int8/sensitivity.py): a layer whose int8 weights' and bias'
+rounding alone moves its current by more than half of verify's bound (measured at export on the calibration
+inputs) stays float32, recorded with its reason; verify then passes, where the same layer left int8 is a defect.
+
+Two small networks, one per way a current escapes int8 (both met in SpikingJelly's trained ResNets):
+
+* ``weights_net``: the second convolution holds large weights on an input channel whose neuron never fires, so
+  each output channel's weight scale is large while the current it computes varies little: the rounding of the
+  live weights is tens of the current's steps;
+* ``bias_net``: the first neuron never fires, so the second layer's current is its (folded) bias alone, spread
+  over ~1e-4, while the int32 bias steps (``spike value x weight scale``) are ~1e-2; the int8 activations form
+  (TensorRT's) keeps biases float32, so there the same layer is exact enough and stays int8.
+
+Ordinary layers never trip the bound: the package's networks keep every layer int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_export_int8 import IF, SHAPE, Fold
+
+from dsr_deploy.export import Int8Options, export_model
+from dsr_deploy.export.int8.options import INT8_MAX_STEPS, ROUNDING_MAX_STEPS
+from dsr_deploy.neuron import DSRIFNode
+from dsr_deploy.verify import verify_folder
+
+pytest.importorskip("onnxruntime")
+HERE = Path(__file__).resolve()
+ROUNDING = "int8 weight/bias rounding"
+
+
+def _layers():
+    """analog first layer, an ordinary int8 layer, the layer under test (a BatchNorm folded into it), readout."""
+    torch.manual_seed(7)
+    return torch.nn.Sequential(
+        Fold(torch.nn.Conv2d(2, 4, 3, padding=1)), DSRIFNode(T=None, **IF),
+        Fold(torch.nn.Conv2d(4, 4, 3, padding=1)), DSRIFNode(T=None, **IF),
+        Fold(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4)), DSRIFNode(T=None, **IF),
+        Fold(torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3)), DSRIFNode(T=None, **IF),
+    ).eval()
+
+
+def weights_net():
+    net = _layers()
+    with torch.no_grad():
+        c0, ca, c1, fc = net[0].m[0], net[2].m[0], net[4].m[0], net[6].m[1]
+        for conv in (c0, ca):
+            conv.weight.mul_(3.0)
+        ca.weight[3] = 0.0
+        ca.bias[3] = -10.0  # input channel 3 of the layer under test never fires
+        c1.weight[:, 3] = 20.0  # ... and sets its weight scales (20 / 127)
+        fc.weight.mul_(8.0)
+        fc.bias.uniform_(-1.0, 1.0)
+    return net
+
+
+def bias_net():
+    net = _layers()
+    with torch.no_grad():
+        c0, ca, c1, fc = net[0].m[0], net[2].m[0], net[4].m[0], net[6].m[1]
+        c0.weight.mul_(3.0)
+        ca.weight.zero_()
+        ca.bias.fill_(-10.0)  # its neurons never fire: the layer under test's current is its bias alone
+        c1.bias.copy_(torch.tensor([1.0, -2.0, 3.0, 0.5]) * 1e-4)
+        fc.bias.uniform_(-1.0, 1.0)  # the readout's current: its bias, spread over units
+    return net
+
+
+NETS = {"weights_net": weights_net, "bias_net": bias_net}
+
+
+def _data() -> np.ndarray:
+    """Event counts (integers: the analog input on its own grid, so its codes are the counts). A calibrated range
+    over a wide analog input puts codes near 255, which ONNX Runtime's u8s8 convolution saturates on a CPU without
+    VNNI (not what these tests are about)."""
+    return np.random.default_rng(0).poisson(0.8, (SHAPE[0], 8, *SHAPE[2:])).astype(np.float32)
+
+
+def _export(tmp_path, name, target="portable", **kw):
+    folder = tmp_path / f"{name}_{target}_{'_'.join(map(str, kw.values()))}"
+    manifest = export_model(NETS[name](), SHAPE, folder, formats=("onnx",), spec=f"{HERE}:{name}", precision="int8",
+                            target=target, int8=Int8Options(calibration=_data(), **kw))
+    return folder, manifest["artifacts"][0]["quantization"]
+
+
+def _verify(tmp_path, folder) -> dict:
+    """verify on the calibration inputs (its own random inputs would leave the calibrated ranges: clipping is not
+    what these tests are about)."""
+    data = tmp_path / "calibration.npy"
+    np.save(data, _data())
+    report = verify_folder(folder, input_file=str(data), trust_model_code=True)
+    assert [r for r in report["runs"] if r["format"] == "onnx" and r["status"] == "ok"]
+    return report
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("target,kw", [("portable", {}), ("onnxruntime-cpu", {}),
+                                       ("onnxruntime-cpu", {"layout": "nchw"}), ("tensorrt", {})])
+def test_a_layer_int8_cannot_carry_stays_float_and_verify_passes(tmp_path, name, target, kw):
+    """The second layer (its BatchNorm folded in) is recorded float32 with the measured steps; every other layer the
+    target quantises stays int8; the file passes verify (the float layer's input by the float rule, the others
+    within verify's int8 bound) in each form: Q/DQ, channels-last with the neurons on the codes, the TensorRT form
+    with int8 activations and float biases."""
+    folder, record = _export(tmp_path, name, target, **kw)
+    rounded = {k: v for k, v in record["float_layers"].items() if v.startswith(ROUNDING)}
+    if name == "bias_net" and target == "tensorrt":  # float32 biases: no bias rounding, silent input: no error
+        assert rounded == {} and record["rounding_steps_max"] == 0.0
+    else:
+        assert len(rounded) == 1, record["float_layers"]
+        steps = float(next(iter(rounded.values())).split()[3])
+        assert steps > ROUNDING_MAX_STEPS and f"(> {ROUNDING_MAX_STEPS:g})" in next(iter(rounded.values()))
+    assert record["rounding_steps_max"] <= ROUNDING_MAX_STEPS
+    others = {"analog input", "readout"} if not record["all_layers"] else set()
+    assert set(record["float_layers"].values()) - {v for v in rounded.values()} == others
+    report = _verify(tmp_path, folder)
+    assert report["passed"], [r["failures"] for r in report["runs"]]
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_the_same_layer_left_int8_is_a_verify_defect(tmp_path, monkeypatch, name):
+    """Without the fallback (the bound lifted) the layer stays int8 and verify's int8 rule calls it a defect: the
+    bound is what makes these files pass, and verify measures what export measured."""
+    import dsr_deploy.export.int8.sensitivity as sensitivity
+
+    monkeypatch.setattr(sensitivity, "ROUNDING_MAX_STEPS", float("inf"))
+    folder, record = _export(tmp_path, name)
+    assert not any(v.startswith(ROUNDING) for v in record["float_layers"].values())
+    assert record["rounding_steps_max"] > INT8_MAX_STEPS
+    report = _verify(tmp_path, folder)
+    assert not report["passed"]
+    defects = [d for r in report["runs"] for d in r.get("defects") or []]
+    assert defects and all(d["layer"] == 2 and d["int8_steps"] > INT8_MAX_STEPS for d in defects), defects
