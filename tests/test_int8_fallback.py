@@ -15,11 +15,13 @@ Ordinary layers never trip the bound: the package's networks keep every layer in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _cli_util import run_cli
 from test_export_int8 import IF, SHAPE, Fold
 
 from dsr_deploy.export import Int8Options, export_model
@@ -133,3 +135,36 @@ def test_the_same_layer_left_int8_is_a_verify_defect(tmp_path, monkeypatch, name
     assert not report["passed"]
     defects = [d for r in report["runs"] for d in r.get("defects") or []]
     assert defects and all(d["layer"] == 2 and d["int8_steps"] > INT8_MAX_STEPS for d in defects), defects
+
+
+def test_ordinary_layers_stay_int8(capsys, tmp_path):
+    """The digits model, every layer quantised (the onnxruntime-cpu target): no layer trips the bound (measured:
+    at most ~1 step, against a bound of 4)."""
+    code, _, err = run_cli(capsys, "export", "zoo:digits-cnn", "--precision", "int8", "--format", "onnx",
+                           "--target", "onnxruntime-cpu", "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]["quantization"]
+    assert record["float_layers"] == {} and record["quantized_layers"] == 3
+    assert 0.0 < record["rounding_steps_max"] < ROUNDING_MAX_STEPS / 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,settings", [("preact-resnet18-lif", {}), ("preact-resnet18-if", {"v_threshold": 0.3})])
+def test_preact_resnet18_keeps_every_layer_int8(capsys, tmp_path, name, settings):
+    """PreAct-ResNet-18 with random weights, every layer quantised: all 26 stay int8 (measured: < 1 step)."""
+    from dsr_deploy import models
+
+    T = 4
+    torch.manual_seed(0)
+    ckpt = tmp_path / "net.pt"
+    torch.save(models.build(name, T=T, **settings).state_dict(), ckpt)
+    cal = tmp_path / "cal.npy"
+    np.save(cal, np.repeat(np.random.default_rng(7).standard_normal((1, 32, 3, 32, 32)).astype(np.float32), T, 0))
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    code, _, err = run_cli(capsys, "export", f"zoo:{name}", "--checkpoint", ckpt, *sets, "--input-shape",
+                           f"{T},1,3,32,32", "--precision", "int8", "--format", "onnx", "--calibration", cal,
+                           "--target", "onnxruntime-cpu", "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]["quantization"]
+    assert record["float_layers"] == {} and record["quantized_layers"] == 26
+    assert 0.0 < record["rounding_steps_max"] < ROUNDING_MAX_STEPS / 2
