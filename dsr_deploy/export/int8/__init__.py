@@ -8,6 +8,8 @@
   add quantised: ``QLinearAdd``);
 * :mod:`.layout`: ``--int8-layout nhwc``, channels-last for ONNX Runtime's CPU provider (:mod:`.prune`: the
   nodes it leaves out);
+* :mod:`.weights`: the int8 weight and bias codes; :mod:`.sensitivity`: the layers whose int8 rounding is too
+  coarse for their current, kept float32 (float fallback, recorded in ``float_layers``);
 * :mod:`.graph`: the graph questions and builders they share.
 """
 

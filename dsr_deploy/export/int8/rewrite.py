@@ -27,7 +27,9 @@ its int8 convolution).
 analog data (the first convolution of a direct-encoded network: nothing between the graph input and it passes a
 neuron) and the readout (the last weighted layers: no weighted layer after them) stay float32 by default, as does
 a neuron's current computed by such a layer; ``quantize_all`` (``export --int8-all-layers``) quantises them too
-(their data inputs with a calibrated scale).
+(their data inputs with a calibrated scale). A layer whose int8 weights' and bias' rounding alone would move its
+current by more than half of verify's bound (measured at export on the calibration inputs: :mod:`.sensitivity`)
+stays float32 too, recorded in ``float_layers`` with the measured steps.
 
 *Calibration* (:func:`calibrate`): the float32 model runs on the calibration inputs (ONNX Runtime, its function
 bodies inlined); for each tensor to quantise a sample of its values is kept, and the clipping range
