@@ -168,3 +168,35 @@ def test_preact_resnet18_keeps_every_layer_int8(capsys, tmp_path, name, settings
     record = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]["quantization"]
     assert record["float_layers"] == {} and record["quantized_layers"] == 26
     assert 0.0 < record["rounding_steps_max"] < ROUNDING_MAX_STEPS / 2
+
+
+def test_streaming_export_measures_the_same_and_verify_passes(tmp_path):
+    """A streaming step model (membranes as I/O) is calibrated one step at a time: its rounding check samples the
+    same layer inputs, so it keeps the same layer float32 for the same reason, and verify (stepping the file over
+    T) passes."""
+    _, multi = _export(tmp_path, "weights_net")
+    folder = tmp_path / "stream"
+    manifest = export_model(weights_net(), SHAPE, folder, mode="streaming", formats=("onnx",),
+                            spec=f"{HERE}:weights_net", precision="int8", int8=Int8Options(calibration=_data()))
+    record = manifest["artifacts"][0]["quantization"]
+    rounded = [v for v in record["float_layers"].values() if v.startswith(ROUNDING)]
+    assert rounded == [v for v in multi["float_layers"].values() if v.startswith(ROUNDING)] and len(rounded) == 1
+    report = _verify(tmp_path, folder)
+    assert report["passed"], [r["failures"] for r in report["runs"]]
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_channels_last_with_a_float_layer_in_the_middle_gives_the_nchw_outputs(tmp_path, name):
+    """The float layer between two int8 ones in the channels-last form (a float Conv fed by dequantised spike codes:
+    transposed back, then forward again) gives the portable layout's outputs bit for bit, with the custom ops off
+    and required."""
+    from _native_util import ensure_ort_library
+    from test_int8_layout import assert_nhwc_equals_nchw
+
+    ensure_ort_library()
+    for layout in ("nhwc", "nchw"):
+        manifest = export_model(NETS[name](), SHAPE, tmp_path / layout, formats=("onnx",), precision="int8",
+                                target="onnxruntime-cpu", int8=Int8Options(calibration=_data(), layout=layout))
+        record = manifest["artifacts"][0]["quantization"]
+        assert [v for v in record["float_layers"].values() if v.startswith(ROUNDING)], layout
+    assert_nhwc_equals_nchw(tmp_path)
