@@ -200,3 +200,15 @@ def test_channels_last_with_a_float_layer_in_the_middle_gives_the_nchw_outputs(t
         record = manifest["artifacts"][0]["quantization"]
         assert [v for v in record["float_layers"].values() if v.startswith(ROUNDING)], layout
     assert_nhwc_equals_nchw(tmp_path)
+
+
+def test_no_layer_int8_can_carry_is_a_one_line_error(tmp_path, monkeypatch):
+    """Every layer over the bound (the bound made negative): a one-line UserError, no folder left behind."""
+    import dsr_deploy.export.int8.sensitivity as sensitivity
+    from dsr_deploy.errors import UserError
+
+    monkeypatch.setattr(sensitivity, "ROUNDING_MAX_STEPS", -1.0)
+    with pytest.raises(UserError, match="no layer can be int8") as info:
+        _export(tmp_path, "weights_net")
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
