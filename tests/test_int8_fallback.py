@@ -218,3 +218,26 @@ def test_no_layer_int8_can_carry_is_a_one_line_error(tmp_path, monkeypatch):
         _export(tmp_path, "weights_net")
     assert "\n" not in str(info.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_maxpool_of_spikes_keeps_a_spike_sum_exact():
+    """A MaxPool of spikes is spikes (and of counts, counts): a SEW sum through the stem's pool is quantised on the
+    spike value (codes = counts), not on a calibrated range that puts a count of 1 at code 255. An average pool
+    is not."""
+    from onnx import TensorProto, helper
+
+    from dsr_deploy.contract import DOMAIN, SPIKE_OP_TYPES
+    from dsr_deploy.export.int8.graph import Graph
+
+    spike = SPIKE_OP_TYPES["if"]
+    nodes = [helper.make_node(spike, ["x"], ["s0"], domain=DOMAIN, v_threshold=0.5),
+             helper.make_node("MaxPool", ["s0"], ["p"], kernel_shape=[2, 2]),
+             helper.make_node(spike, ["p"], ["s1"], domain=DOMAIN, v_threshold=0.5),
+             helper.make_node("Add", ["s1", "p"], ["sum"]),
+             helper.make_node("MaxPool", ["sum"], ["pooled_sum"], kernel_shape=[1, 1]),
+             helper.make_node("AveragePool", ["s0"], ["avg"], kernel_shape=[2, 2]),
+             helper.make_node("Add", ["s1", "avg"], ["not_counts"])]
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+    g = Graph(helper.make_model(helper.make_graph(nodes, "g", [vi("x")], [vi("pooled_sum"), vi("not_counts")])))
+    assert g.spike_count("p") == (0.5, 1) and g.spike_count("sum") == (0.5, 2)
+    assert g.spike_count("pooled_sum") == (0.5, 2) and g.spike_count("not_counts") is None
