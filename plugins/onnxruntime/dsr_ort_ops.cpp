@@ -489,7 +489,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     if (!kSpecs[i].sj) DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));  // SpikingJelly ops: CPU EP only
 #endif
   }
+#if !defined(DSR_ORT_CUDA_KERNELS_ON_CPU_EP)
   DSR_ORT_TRY(api->CustomOpDomain_Add(domain, dsr_ort::spike_conv_op(api)));  // event-driven int8 conv: CPU EP
+#endif
   // The session options keep the domain; ORT never frees a custom-op domain it was given, so neither do we:
   // a library may be registered into many sessions, each with its own domain object.
   return api->AddCustomOpDomain(options, domain);
