@@ -37,8 +37,12 @@ constexpr int64_t kSpikeConvTile = 64;
 struct SpikeConvWeights {
   int64_t M = 0, C = 0, KH = 0, KW = 0, tiles = 0, Mpad = 0;  // Mpad = tiles * 64
   bool wide = true;  // int16 rows (w16), else int8 (w8)
-  std::vector<int16_t> w16;
-  std::vector<int8_t> w8;
+  const int16_t* w16 = nullptr;  // 64-byte aligned views of `storage`: a row is whole cache lines
+  const int8_t* w8 = nullptr;
+  std::vector<unsigned char> storage;
+  SpikeConvWeights() = default;
+  SpikeConvWeights(const SpikeConvWeights&) = delete;  // the views point into this object's storage
+  SpikeConvWeights& operator=(const SpikeConvWeights&) = delete;
 };
 
 void spike_conv_pack(const int8_t* w, int64_t M, int64_t C, int64_t KH, int64_t KW, SpikeConvWeights* out);

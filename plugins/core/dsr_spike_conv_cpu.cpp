@@ -34,8 +34,14 @@ void spike_conv_pack(const int8_t* w, int64_t M, int64_t C, int64_t KH, int64_t 
   out->Mpad = out->tiles * kTile;
   out->wide = rows * kTile * 2 <= kWideBytes;
   const size_t n = static_cast<size_t>(out->tiles * rows * kTile);
-  out->w16.assign(out->wide ? n : 0, int16_t(0));
-  out->w8.assign(out->wide ? 0 : n, int8_t(0));
+  const size_t bytes = n * (out->wide ? 2 : 1);
+  out->storage.assign(bytes + 64, 0);
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(out->storage.data());
+  unsigned char* base = out->storage.data() + ((64 - raw % 64) % 64);
+  auto* w16 = reinterpret_cast<int16_t*>(base);
+  auto* w8 = reinterpret_cast<int8_t*>(base);
+  out->w16 = out->wide ? w16 : nullptr;
+  out->w8 = out->wide ? nullptr : w8;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t ky = 0; ky < KH; ++ky)
@@ -43,9 +49,9 @@ void spike_conv_pack(const int8_t* w, int64_t M, int64_t C, int64_t KH, int64_t 
           const int8_t v = w[((m * C + c) * KH + ky) * KW + kx];
           const size_t i = static_cast<size_t>(((m / kTile) * rows + (ky * KW + kx) * C + c) * kTile + m % kTile);
           if (out->wide)
-            out->w16[i] = v;
+            w16[i] = v;
           else
-            out->w8[i] = v;
+            w8[i] = v;
         }
 }
 
@@ -339,9 +345,9 @@ void spike_conv_rows(const SpikeConvArgs& a, int64_t row_begin, int64_t row_end)
       for (int64_t ox = 0; ox < s.OW; ++ox) gather(a, &g, n, oy, ox);
     }
     if (a.w->wide)
-      run_tiles(a, a.w->w16.data(), g, r0, avx2);
+      run_tiles(a, a.w->w16, g, r0, avx2);
     else
-      run_tiles(a, a.w->w8.data(), g, r0, avx2);
+      run_tiles(a, a.w->w8, g, r0, avx2);
   }
 }
 
