@@ -184,3 +184,13 @@ def test_the_portable_loop_gives_the_same_codes(ort_lib):
                           "equals_onnxruntime or codes_other or per_tensor"], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_a_kernel_too_large_for_the_loop_is_refused(ort_lib):
+    """The loop addresses weight rows with int32 offsets: a file whose KH * KW * C passes 2^25 is refused in one
+    line rather than read out of bounds."""
+    C = (1 << 25) + 1
+    w = np.zeros((1, C, 1, 1), np.int8)
+    x = np.zeros((1, 1, 1, C), np.uint8)
+    with pytest.raises(Exception, match="too large"):
+        run(conv_model(OP_TYPE, w, np.float32(0.01), None), x, ort_lib)

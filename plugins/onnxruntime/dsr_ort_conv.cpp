@@ -165,6 +165,9 @@ OrtStatus* check_inputs(const Tensor* t, bool has_bias) {
     if (wz[i] != 0) return fail("supports symmetric weights only (w_zero_point 0)");
   if (has_bias && (t[8].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || t[8].size() != M))
     return fail("B must be int32 with one value per output channel");
+  // The kernel addresses a tile's weight rows with int32 offsets: KH * KW * C rows of 64.
+  if (t[3].dims[1] * t[3].dims[2] * t[3].dims[3] > (int64_t(1) << 31) / 64 - 1)
+    return fail("w is too large (KH * KW * C must stay below 2^25)");
   if (t[0].dims[3] != t[3].dims[1])
     return fail("x has " + std::to_string(t[0].dims[3]) + " channels but w takes " + std::to_string(t[3].dims[1]));
   return nullptr;
