@@ -243,14 +243,17 @@ template <typename T>
 __attribute__((target("avx2"))) void tile_avx2(const SpikeConvArgs& a, const T* wt, const Group& g, const Window& w,
                                                int64_t m0, uint8_t* y) {
   __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-  __m256i acc[8];
-  for (auto& v : acc) v = _mm256_setzero_si256();
+  __m256i acc[8];  // set by the first widen (no zeroing: a memset here costs more than a small tile's adds)
+  bool first = true;
   auto widen = [&]() __attribute__((target("avx2"))) {
     const __m256i s[4] = {s0, s1, s2, s3};
     for (int v = 0; v < 4; ++v) {
-      acc[2 * v] = _mm256_add_epi32(acc[2 * v], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s[v])));
-      acc[2 * v + 1] = _mm256_add_epi32(acc[2 * v + 1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s[v], 1)));
+      const __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s[v]));
+      const __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s[v], 1));
+      acc[2 * v] = first ? lo : _mm256_add_epi32(acc[2 * v], lo);
+      acc[2 * v + 1] = first ? hi : _mm256_add_epi32(acc[2 * v + 1], hi);
     }
+    first = false;
     s0 = s1 = s2 = s3 = _mm256_setzero_si256();
   };
   int32_t budget = 256;  // rows the int16 lanes still take without overflow
