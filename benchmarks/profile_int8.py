@@ -8,12 +8,16 @@ ONNX Runtime's CPU provider with the dsr custom-op library, profiled with ``Sess
 * ``int8 before``: the form ``--target onnxruntime-cpu`` gave before issue 26: quantised neuron ops, channels-last,
   the residual path (DequantizeLinear + Add + BatchNormalization) and the analog first layer in float32
   (``quantize_model(..., fold_residual=False, quantize_all=False)``);
-* ``int8 after``: ``export --precision int8 --target onnxruntime-cpu`` today: BatchNorms folded into the
-  convolutions, the shortcut add a ``QLinearAdd``, the first layer and the readout quantised.
+* ``int8 dense``: ``export --precision int8 --target onnxruntime-cpu`` with every convolution ONNX Runtime's
+  dense ``QLinearConv``: BatchNorms folded into the convolutions, the shortcut add a ``QLinearAdd``, the first
+  layer and the readout quantised (the form issue 26 measured first);
+* ``int8 after``: that export as it is written today: the convolutions on spikes event-driven
+  (``dsr::SpikeQLinearConv``, the same output codes; their time follows the spike rate, recorded per layer).
 
 Per form: the median latency of ``--iters`` runs (a session without profiling), and the share of ONNX Runtime's
-kernel time per op type (a profiled session, warm-up runs left out), grouped as ``QLinearConv``, the dsr neurons,
-and the *float work around the convolutions* (every other op). The ratio to float32 is read against this CPU's int8
+kernel time per op type (a profiled session, warm-up runs left out), grouped as the convolutions (``QLinearConv``,
+``SpikeQLinearConv``), the dsr neurons, and the *float work around the convolutions* (every other op). The ratio
+to float32 is read against this CPU's int8
 peak (about 2x float32 with AVX2 and no VNNI, about 4x with AVX-512 VNNI / AVX-VNNI). ``--spikingjelly eager,compile``
 adds SpikingJelly's paths on the same input (the issue's target: int8 >= 3.2x the best on AVX2).
 
@@ -34,8 +38,13 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+CONV_OPS = ("QLinearConv", "SpikeQLinearConv")  # the int8 convolutions: dense and event-driven
 
 
 def int8_peak(flags) -> float:
@@ -91,9 +100,9 @@ def groups(shares: dict) -> dict:
     from dsr_deploy.contract import QUANTIZED_OP_TYPES, SJ_SPIKE_OP_TYPES, SPIKE_OP_TYPES
 
     neurons = set(SPIKE_OP_TYPES.values()) | set(QUANTIZED_OP_TYPES.values()) | set(SJ_SPIKE_OP_TYPES.values())
-    out = {"QLinearConv": shares.get("QLinearConv", 0.0),
+    out = {"convolutions": sum(shares.get(k, 0.0) for k in CONV_OPS),
            "dsr neurons": sum(v for k, v in shares.items() if k in neurons)}
-    out["float work"] = max(0.0, 1.0 - out["QLinearConv"] - out["dsr neurons"])
+    out["float work"] = max(0.0, 1.0 - out["convolutions"] - out["dsr neurons"])
     return out
 
 
@@ -106,6 +115,7 @@ def build_forms(T: int, samples: int, tmp: Path) -> dict:
     from dsr_deploy import models
     from dsr_deploy.export import export_model
     from dsr_deploy.export.int8.rewrite import quantize_model
+    from dsr_deploy.export.int8.spike_conv import dense_convs
 
     torch.manual_seed(0)
     name = "preact-resnet18-lif"
@@ -115,13 +125,35 @@ def build_forms(T: int, samples: int, tmp: Path) -> dict:
     cal = direct_encoded(samples, T, seed=1)
     forms = {"float32": tmp / "float32" / "model.onnx"}
     for label, kw in (("int8 before", {"fold_residual": False, "quantize_all": False}),
+                      ("int8 dense", {"fold_residual": True, "quantize_all": True}),
                       ("int8 after", {"fold_residual": True, "quantize_all": True})):
         q, _ = quantize_model(float_model, cal, 1, neuron="quantized", layout="nhwc", **kw)
+        if label != "int8 after":
+            dense_convs(q)
         folder = tmp / label.replace(" ", "_")
         folder.mkdir()
         onnx.save(q, str(folder / "model.onnx"))
         forms[label] = folder / "model.onnx"
     return forms, model
+
+
+def spike_rates(model, x) -> dict:
+    """{neuron layer: share of its outputs that are spikes} on the benchmark input: the event-driven convolutions'
+    work follows these."""
+    import torch
+
+    from dsr_deploy.neuron import DSRIFNode, DSRLIFNode
+
+    rates, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (DSRIFNode, DSRLIFNode)):
+            hooks.append(m.register_forward_hook(
+                lambda mod, _i, out, name=name: rates.__setitem__(name, float((out != 0).float().mean()))))
+    with torch.no_grad():
+        model(torch.from_numpy(np.ascontiguousarray(x)))
+    for h in hooks:
+        h.remove()
+    return rates
 
 
 def spikingjelly_ms(model, x, kinds, warmup: int, iters: int) -> dict:
@@ -154,10 +186,10 @@ def markdown(res: dict) -> str:
              "", f"CPU: {m['cpu_model']} ({m['cpu_cores_usable']} cores usable); flags: {' '.join(res['cpu_flags'])}; "
              f"int8 peak on this CPU: about {res['int8_peak_vs_float32']:g}x float32. ONNX Runtime "
              f"{res['versions'].get('onnxruntime')}. Load average {res['load_average']}.", "",
-             "| form | median ms | x float32 | QLinearConv | dsr neurons | float work |", "|---|---|---|---|---|---|"]
+             "| form | median ms | x float32 | convolutions | dsr neurons | float work |", "|---|---|---|---|---|---|"]
     for label, f in res["forms"].items():
         g = f["groups"]
-        lines.append(f"| {label} | {f['median_ms']:.1f} | {f['vs_float32']:.2f}x | {g['QLinearConv']:.1%} | "
+        lines.append(f"| {label} | {f['median_ms']:.1f} | {f['vs_float32']:.2f}x | {g['convolutions']:.1%} | "
                      f"{g['dsr neurons']:.1%} | {g['float work']:.1%} |")
     lines += ["", f"Float work after / before: {res['float_work_after_vs_before']:.2f} (the issue's target: <= 0.33). "
               f"int8 after vs float32: {res['forms']['int8 after']['vs_float32']:.2f}x, "
@@ -166,6 +198,12 @@ def markdown(res: dict) -> str:
     for label, ms in res.get("spikingjelly_ms", {}).items():
         ratio = ms / res["forms"]["int8 after"]["median_ms"]
         lines.append(f"- {label}: {ms:.1f} ms; int8 after is {ratio:.2f}x faster")
+    rates = res.get("spike_rates", {})
+    if rates:
+        lines += ["", f"Spike rate of the neuron layers on this input (random weights, seed 0): mean "
+                  f"{sum(rates.values()) / len(rates):.1%}, from {min(rates.values()):.1%} to "
+                  f"{max(rates.values()):.1%}; the event-driven convolutions' time follows it, the dense ones' "
+                  "does not."]
     lines += ["", "Share of ONNX Runtime's kernel time per op type:", ""]
     for label, f in res["forms"].items():
         top = ", ".join(f"{k} {v:.1%}" for k, v in f["op_shares"].items() if v >= 0.001)
@@ -214,6 +252,7 @@ def main(argv=None) -> int:
             res["forms"][label] = {"median_ms": statistics.median(times), "times_ms": times, "op_shares": shares,
                                    "groups": groups(shares)}
             print(f"{label:12s} {statistics.median(times):9.1f} ms  {groups(shares)}", flush=True)
+        res["spike_rates"] = spike_rates(model, x)
         kinds = [k for k in args.spikingjelly.split(",") if k]
         if kinds:
             res["spikingjelly_ms"] = spikingjelly_ms(model, x, kinds, args.warmup, args.iters)

@@ -20,8 +20,11 @@ QUANTIZED_OP_TYPES = {"if": "DSRIFSpikeQ", "lif": "DSRLIFSpikeQ"}
 # leak (tau, or sigmoid(w)) and decay_input); the same names with "Step" for the streaming single step.
 SJ_SPIKE_OP_TYPES = {"sj_if": "SJIFSpike", "sj_lif": "SJLIFSpike", "sj_plif": "SJPLIFSpike"}
 SJ_STEP_OP_TYPES = {"sj_if": "SJIFStep", "sj_lif": "SJLIFStep", "sj_plif": "SJPLIFStep"}
+#: int8 exports for ONNX Runtime's CPU (``--int8-layout nhwc``): a channels-last quantised convolution whose input
+#: is spike codes, event-driven (``com.microsoft.QLinearConv``'s inputs and attributes; its function body is that op).
+SPIKE_CONV_OP_TYPES = {"conv": "SpikeQLinearConv"}
 DSR_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
-           *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())
+           *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values(), *SPIKE_CONV_OP_TYPES.values())
 #: The ops the TensorRT plugin libraries implement (every dsr op; plugins/tensorrt/).
 TENSORRT_PLUGIN_OPS = (*SPIKE_OP_TYPES.values(), *STEP_OP_TYPES.values(), *QUANTIZED_OP_TYPES.values(),
                        *SJ_SPIKE_OP_TYPES.values(), *SJ_STEP_OP_TYPES.values())

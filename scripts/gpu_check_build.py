@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "plugins" / "core"
 KERNELS = "libdsr_kernels.so"
-CORE_SOURCES = ("dsr_spike_capi.cpp", "dsr_spike_cpu.cpp", "dsr_spike_cpu_baseline.cpp")
+CORE_SOURCES = ("dsr_spike_capi.cpp", "dsr_spike_cpu.cpp", "dsr_spike_cpu_baseline.cpp", "dsr_spike_conv_cpu.cpp")
 # The CMake build's exactness flags (plugins/CMakeLists.txt: DSR_EXACT_CXX_FLAGS, DSR_EXACT_CUDA_FLAGS).
 EXACT_CXX = ("-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno")
 EXACT_CUDA = ("--fmad=false", "--ftz=false")

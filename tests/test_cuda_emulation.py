@@ -51,6 +51,7 @@ def emu(tmp_path_factory):
         [CXX, *flags, "-DDSR_CUDA_HOST_EMULATION", "-include", str(SHIM), "-x", "c++", "-c",
          str(CORE / "dsr_spike_cuda.cu"), "-o", str(obj)],
         [CXX, *flags, "-shared", str(CORE / "dsr_spike_capi.cpp"), str(CORE / "dsr_spike_cpu.cpp"),
+         str(CORE / "dsr_spike_conv_cpu.cpp"),
          str(CORE / "dsr_spike_cpu_baseline.cpp"), str(obj), "-o", str(d / "libdsr_cuda_emu.so"), "-pthread"],
     ]
     for cmd in steps:

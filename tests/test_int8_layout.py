@@ -105,9 +105,13 @@ def test_nhwc_structure_and_same_outputs_as_nchw(tmp_path, neuron, all_layers):
     convs = 5 if all_layers else 4
     assert record["layout"] == "nhwc" and record["channels_last"]["qlinear_convs"] == convs
     assert any(o.domain == "com.microsoft" for o in model.opset_import)
-    qconvs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
-    assert len(qconvs) == convs and all(n.domain == "com.microsoft" for n in qconvs)
+    qconvs = [n for n in model.graph.node if n.op_type in ("QLinearConv", "SpikeQLinearConv")]
+    assert len(qconvs) == convs
+    assert all(n.domain == ("dsr" if n.op_type == "SpikeQLinearConv" else "com.microsoft") for n in qconvs)
     assert all({a.name: a.i for a in n.attribute}["channels_last"] == 1 for n in qconvs)
+    # The convolutions on spikes (c1, c2, c3) are event-driven; the analog first layer and the residual's depthwise
+    # scale (group C) stay ONNX Runtime's QLinearConv.
+    assert record["event_convs"] == 3 == sum(n.op_type == "SpikeQLinearConv" for n in qconvs)
     # Only the first layer's input or output and the readout's input change layout: nothing between quantised
     # layers.
     transposes = [n for n in model.graph.node if n.op_type == "Transpose"]

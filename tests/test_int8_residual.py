@@ -50,7 +50,10 @@ def test_cpu_target_folds_the_batchnorms_and_quantises_the_add_and_first_layer(t
     ops = _ops(model)
     assert ops.count(("com.microsoft", "QLinearAdd")) == 1 and record["channels_last"]["qlinear_adds"] == 1
     # c0 (the analog first layer), c1, c2, the spike scale, c3
-    assert ops.count(("com.microsoft", "QLinearConv")) == 5 == record["channels_last"]["qlinear_convs"]
+    # the three convolutions on spikes event-driven (dsr::SpikeQLinearConv, the same codes: tests/test_spike_conv.py)
+    assert ops.count(("com.microsoft", "QLinearConv")) + ops.count(("dsr", "SpikeQLinearConv")) == 5 \
+        == record["channels_last"]["qlinear_convs"]
+    assert ops.count(("dsr", "SpikeQLinearConv")) == record["event_convs"] == 3
     assert not {op for _, op in ops} & {"BatchNormalization", "Add", "Conv"}, ops
     assert len([n for n in model.graph.node if n.op_type == "Transpose"]) == 2  # the input's, the readout's
 

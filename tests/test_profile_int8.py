@@ -1,5 +1,6 @@
 """benchmarks/profile_int8.py's bookkeeping (the profile itself is a benchmark, run by hand): op types grouped as
-QLinearConv, the dsr neurons and the float work around them; the int8 peak read from the CPU's flags."""
+the convolutions (dense and event-driven), the dsr neurons and the float work around them; the int8 peak read from
+the CPU's flags."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ profile_int8 = pytest.importorskip("profile_int8")
 
 
 def test_op_types_are_grouped_into_convolutions_neurons_and_float_work():
-    shares = {"QLinearConv": 0.7, "DSRLIFSpikeQ": 0.05, "DSRIFSpike": 0.05, "DequantizeLinear": 0.1, "Add": 0.06,
-              "BatchNormalization": 0.04}
+    shares = {"QLinearConv": 0.5, "SpikeQLinearConv": 0.2, "DSRLIFSpikeQ": 0.05, "DSRIFSpike": 0.05,
+              "DequantizeLinear": 0.1, "Add": 0.06, "BatchNormalization": 0.04}
     g = profile_int8.groups(shares)
-    assert g["QLinearConv"] == pytest.approx(0.7) and g["dsr neurons"] == pytest.approx(0.1)
+    assert g["convolutions"] == pytest.approx(0.7) and g["dsr neurons"] == pytest.approx(0.1)
     assert g["float work"] == pytest.approx(0.2)
 
 

@@ -5,6 +5,7 @@
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16. neuron: 0 IF, 1 LIF. v_in / v_out: compute-dtype membranes or
 // NULL. Returns 0 on success.
 #include "dsr_spike.h"
+#include "dsr_spike_conv.h"
 #if defined(DSR_WITH_CUDA)
 #include "dsr_spike_cuda.h"
 #endif
@@ -22,6 +23,8 @@ DSR_C_EXPORT int dsr_cpu_forward(int dtype, const void* x, void* y, const void* 
 }
 
 DSR_C_EXPORT const char* dsr_cpu_kernel_isa() { return dsr::cpu_kernel_isa(); }
+// The event-driven int8 convolution's loop on this CPU ("avx2" / "baseline"; DSR_SPIKE_CONV_ISA=baseline forces it).
+DSR_C_EXPORT const char* dsr_spike_conv_isa() { return dsr::spike_conv_isa(); }
 
 // The quantised op (dsr_spike.h, QuantArgs): code 0 uint8, 1 int8 (x, y and *zero_point); scale one float32.
 DSR_C_EXPORT int dsr_cpu_forward_quantized(int code, const void* x, void* y, const float* scale, const void* zero_point,

@@ -57,6 +57,7 @@ typedef enum ONNXTensorElementDataType {
   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT = 1,
   ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 = 2,  // the quantised neuron ops' codes (export --precision int8)
   ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 = 3,   // ... with --int8-activations int8
+  ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 = 6,  // SpikeQLinearConv's bias
   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 = 10,
 } ONNXTensorElementDataType;
 
@@ -75,11 +76,13 @@ typedef enum OrtMemType {
 
 typedef enum OrtCustomOpInputOutputCharacteristic {
   INPUT_OUTPUT_REQUIRED = 0,
+  INPUT_OUTPUT_OPTIONAL = 1,  // SpikeQLinearConv's bias
 } OrtCustomOpInputOutputCharacteristic;
 
 #define DSR_ORT_ENUM_VALUES(X)                                                                         \
   X(ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) X(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)                    \
   X(ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) X(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)                         \
+  X(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) X(INPUT_OUTPUT_OPTIONAL)                                      \
   X(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) X(ORT_OK) X(ORT_FAIL) X(ORT_INVALID_ARGUMENT)               \
   X(ORT_NOT_IMPLEMENTED) X(ORT_EP_FAIL) X(OrtMemTypeCPUInput) X(OrtMemTypeDefault) X(INPUT_OUTPUT_REQUIRED)
 #define DSR_ORT_ENUM_TYPES(X) \
@@ -112,10 +115,13 @@ typedef struct OrtApiBase OrtApiBase;
   X(65, GetTensorTypeAndShape)                \
   X(85, KernelInfoGetAttribute_float)         \
   X(86, KernelInfoGetAttribute_int64)         \
+  X(87, KernelInfoGetAttribute_string)        \
+  X(88, KernelContext_GetInputCount)          \
   X(90, KernelContext_GetInput)               \
   X(91, KernelContext_GetOutput)              \
   X(93, ReleaseStatus)                        \
   X(99, ReleaseTensorTypeAndShapeInfo)        \
+  X(163, KernelInfoGetAttributeArray_int64)   \
   X(193, KernelContext_GetGPUComputeStream)   \
   X(274, KernelContext_ParallelFor)
 
@@ -145,7 +151,10 @@ struct OrtApi {
                                                          float* out) noexcept;
   /*  86 */ OrtStatusPtr (*KernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name,
                                                          int64_t* out) noexcept;
-  /*  87 */ DSR_ORT_SKIP(87, 89);
+  /*  87 */ OrtStatusPtr (*KernelInfoGetAttribute_string)(const OrtKernelInfo* info, const char* name, char* out,
+                                                          size_t* size) noexcept;
+  /*  88 */ OrtStatusPtr (*KernelContext_GetInputCount)(const OrtKernelContext* context, size_t* out) noexcept;
+  /*  89 */ DSR_ORT_SKIP(89, 89);
   /*  90 */ OrtStatusPtr (*KernelContext_GetInput)(const OrtKernelContext* context, size_t index,
                                                    const OrtValue** out) noexcept;
   /*  91 */ OrtStatusPtr (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dim_values,
@@ -154,7 +163,10 @@ struct OrtApi {
   /*  93 */ void (*ReleaseStatus)(OrtStatus* input);
   /*  94 */ DSR_ORT_SKIP(94, 98);
   /*  99 */ void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* input);
-  /* 100 */ DSR_ORT_SKIP(100, 192);
+  /* 100 */ DSR_ORT_SKIP(100, 162);
+  /* 163 */ OrtStatusPtr (*KernelInfoGetAttributeArray_int64)(const OrtKernelInfo* info, const char* name, int64_t* out,
+                                                              size_t* size) noexcept;
+  /* 164 */ DSR_ORT_SKIP(164, 192);
   /* 193 */ OrtStatusPtr (*KernelContext_GetGPUComputeStream)(const OrtKernelContext* context, void** out) noexcept;
   /* 194 */ DSR_ORT_SKIP(194, 273);
   /* 274 */ OrtStatusPtr (*KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void*, size_t),

@@ -7,6 +7,7 @@
 //   SJIFSpike / SJLIFSpike / SJPLIFSpike (x [T, ...]) -> y [T, ...]  SpikingJelly's IF / LIF / PLIF (dsr_sj.h),
 //               attrs v_threshold, v_reset, hard_reset (int); LIF / PLIF also leak (tau / sigmoid(w)), decay_input
 //               (int); SJIFStep / SJLIFStep / SJPLIFStep (x_t, v) -> (y_t, v_new) one step. CPU EP only.
+//   SpikeQLinearConv  com.microsoft.QLinearConv (channels_last=1) on spike codes, event-driven (dsr_ort_conv.cpp)
 //   DSRIFSpikeQ / DSRLIFSpikeQ (x codes [T, ...], x_scale float32, x_zero_point) -> spike codes {0, 1} [T, ...]
 //               codes uint8 or int8 (x, x_zero_point and the output of one type); the float op on the exact
 //               DequantizeLinear of x (dsr_spike.h, QuantArgs); CPU and CUDA EP
@@ -29,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dsr_ort_conv.h"
 #include "dsr_sj.h"
 #include "dsr_spike.h"
 #if defined(DSR_WITH_CUDA)
@@ -487,6 +489,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     if (!kSpecs[i].sj) DSR_ORT_TRY(api->CustomOpDomain_Add(domain, &t.cuda[i]));  // SpikingJelly ops: CPU EP only
 #endif
   }
+#if !defined(DSR_ORT_CUDA_KERNELS_ON_CPU_EP)
+  DSR_ORT_TRY(api->CustomOpDomain_Add(domain, dsr_ort::spike_conv_op(api)));  // event-driven int8 conv: CPU EP
+#endif
   // The session options keep the domain; ORT never frees a custom-op domain it was given, so neither do we:
   // a library may be registered into many sessions, each with its own domain object.
   return api->AddCustomOpDomain(options, domain);

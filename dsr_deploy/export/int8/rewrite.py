@@ -43,7 +43,8 @@ The neurons themselves stay float32 ``dsr`` nodes (custom-op library or function
 dequantised current, so given that input the neuron's spikes are the float32 reference's bit for bit. With
 ``int8_neuron="quantized"`` (:func:`quantized_neurons`) they become ``DSRIFSpikeQ`` / ``DSRLIFSpikeQ`` on the
 current codes (uint8 or int8; same results, measured faster with the custom-op library; verify teacher-forces them
-too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.layout`).
+too). With ``layout="nhwc"`` the graph is then written channels-last for ONNX Runtime's CPU (:mod:`.layout`), its
+convolutions on spikes event-driven (:mod:`.spike_conv`).
 """
 
 from __future__ import annotations
@@ -285,6 +286,10 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         from .layout import channels_last
 
         record["channels_last"] = channels_last(out)
+        if not signed:  # the convolutions on spikes, event-driven (.spike_conv; the same codes)
+            from .spike_conv import event_convs
+
+            record["event_convs"] = event_convs(out)
     out.metadata_props.append(onnx.StringStringEntryProto(key=META_QUANT, value=json.dumps(record)))
     return out, record
 
