@@ -61,7 +61,7 @@ from ...errors import UserError
 from .calibrate import calibrate, collect, grid_qparams, qparams
 from .graph import EXACT_OPS, Graph, const, qdq, safe_name, spike_value
 from .sensitivity import error_twins, fallback, layer_name, rounding_steps
-from .weights import quantize_bias, quantize_weight, weight_axis
+from .weights import SAFE_INPUT_CODE, quantize_bias, quantize_weight, weight_axis, weight_levels
 
 META_QUANT = "dsr_deploy.int8"
 
@@ -141,6 +141,20 @@ def _exact_scales(model: onnx.ModelProto, tensors: Sequence[str], params: Dict[s
             params[t] = (counted[0], 0)
 
 
+def narrow_inputs(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], calibration: np.ndarray,
+                  signed: bool) -> set:
+    """The inputs of quantised ``layers`` whose uint8 codes may pass :data:`.weights.SAFE_INPUT_CODE` (their layers
+    get 7-bit weights): calibrated inputs, not spikes or counts of spikes, nor the analog input on a grid of small
+    codes (the digits' pixel levels)."""
+    if signed:
+        return set()
+    g = Graph(model)
+    grid = grid_qparams(calibration, signed)
+    small_grid = grid is not None and int(np.round(np.max(calibration) / grid[0])) + grid[1] <= SAFE_INPUT_CODE
+    return {n.input[0] for n in layers if g.spike_source(n.input[0]) is None and g.spike_count(n.input[0]) is None
+            and not (small_grid and _input_view(model.graph, n.input[0]))}
+
+
 def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str, Any], calibration: np.ndarray,
                      batch_dim: int, states, signed: bool, quantize_all: bool):
     """(plan, {tensor: (scale, zero point)}, {int8 layer: rounding steps}): one calibration run samples the
@@ -149,7 +163,8 @@ def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str,
     the first did not (a current whose feeding layer turned float, say)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(folded)
-    twins = error_twins(probe, p["layers"])
+    narrow = narrow_inputs(out, p["layers"], calibration, signed)
+    twins = error_twins(probe, p["layers"], narrow)
     samples = collect(probe, p["calibrated"] + [t for t, _ in twins.values()], calibration, batch_dim,
                       states=states, axes=dict(twins.values()))
     params = {t: qparams(samples[t].values(), signed) for t in p["calibrated"]}
@@ -157,7 +172,7 @@ def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str,
     g = Graph(out)
     steps = rounding_steps(g, p["layers"], twins, samples,
                            {layer_name(n): _in_scale(g, p, params, n) for n in p["layers"]},
-                           {layer_name(n): params[n.output[0]][0] for n in p["layers"]}, signed)
+                           {layer_name(n): params[n.output[0]][0] for n in p["layers"]}, signed, narrow)
     drop = fallback(steps)
     if not drop:
         return p, params, steps
@@ -172,13 +187,14 @@ def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str,
     return p, params, {k: v for k, v in steps.items() if k not in drop}
 
 
-def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool) -> List[onnx.NodeProto]:
+def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool,
+                    narrow: set) -> List[onnx.NodeProto]:
     """Per-channel int8 weights (and, for uint8 activations, an int32 bias) for one weighted ``node``: the
     DequantizeLinear nodes to insert; ``node`` reads their outputs."""
     out = []
     axis = weight_axis(node)
     w = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float32)
-    codes, scales = quantize_weight(w, axis)
+    codes, scales = quantize_weight(w, axis, weight_levels(node, narrow))
     tag = f"int8_{safe_name(node.input[1])}"
     wq = const(graph, f"{tag}_codes", codes)
     ws = const(graph, f"{tag}_scale", scales)
@@ -257,8 +273,9 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         if t not in rename:
             nodes, rename[t] = qdq(graph, t, scale, zp, f"int8_{safe_name(t)}", code)
             new_nodes[t].extend(nodes)
+    narrow = narrow_inputs(out, p["layers"], calibration, signed)  # before any node is rewritten
     for node in p["layers"]:
-        new_nodes[""].extend(_quantize_layer(graph, g, node, _in_scale(g, p, params, node), signed))
+        new_nodes[""].extend(_quantize_layer(graph, g, node, _in_scale(g, p, params, node), signed, narrow))
     _insert(graph, g, new_nodes, rename)
     for prop in out.metadata_props:  # the recorded neuron inputs: the dequantised current the neuron reads
         if prop.key == "dsr_deploy.layer_inputs":

@@ -19,7 +19,7 @@ rule.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Collection, Dict, List, Tuple
 
 import numpy as np
 import onnx
@@ -28,7 +28,15 @@ from onnx import helper, numpy_helper
 from .calibrate import Reservoir
 from .graph import Graph, safe_name
 from .options import INT8_QUANTILE, ROUNDING_MAX_STEPS
-from .weights import bias_gain, dequantized_weight, output_channel_axis, quantize_bias, quantize_weight, weight_axis
+from .weights import (
+    bias_gain,
+    dequantized_weight,
+    output_channel_axis,
+    quantize_bias,
+    quantize_weight,
+    weight_axis,
+    weight_levels,
+)
 
 TWIN_SUFFIX = "__int8_rounding"
 
@@ -38,15 +46,16 @@ def layer_name(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def error_twins(probe: onnx.ModelProto, layers: List[onnx.NodeProto]) -> Dict[str, Tuple[str, int]]:
+def error_twins(probe: onnx.ModelProto, layers: List[onnx.NodeProto],
+                narrow: Collection[str] = ()) -> Dict[str, Tuple[str, int]]:
     """Add to ``probe`` (in place), for each layer of ``layers`` (nodes of a graph with the same tensors), a twin
-    node computing ``op(x, w - dq(q(w)))`` on the layer's own input. Returns {layer name: (twin output, channel
-    axis of that output)}."""
+    node computing ``op(x, w - dq(q(w)))`` on the layer's own input (the codes the rewrite writes:
+    :func:`.weights.weight_levels`). Returns {layer name: (twin output, channel axis of that output)}."""
     inits = Graph(probe).inits
     twins = {}
     for node in layers:
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        err = (w - dequantized_weight(w, weight_axis(node))).astype(np.float32)
+        err = (w - dequantized_weight(w, weight_axis(node), weight_levels(node, narrow))).astype(np.float32)
         tag = f"{safe_name(node.output[0])}{TWIN_SUFFIX}"
         probe.graph.initializer.append(numpy_helper.from_array(err, f"{tag}_w"))
         twin = helper.make_node(node.op_type, [node.input[0], f"{tag}_w"], [tag], name=tag)
@@ -56,13 +65,14 @@ def error_twins(probe: onnx.ModelProto, layers: List[onnx.NodeProto]) -> Dict[st
     return twins
 
 
-def _bias_error(g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool) -> np.ndarray:
+def _bias_error(g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool,
+                narrow: Collection[str]) -> np.ndarray:
     """Per output channel: ``beta x (b - dq(q(b)))`` of the int32 bias the rewrite writes, 0 where none is."""
     if signed or len(node.input) < 3 or node.input[2] not in g.inits:
         return np.zeros(1)
     w = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float32)
     b = numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float32)
-    q = quantize_bias(b, in_scale, quantize_weight(w, weight_axis(node))[1])
+    q = quantize_bias(b, in_scale, quantize_weight(w, weight_axis(node), weight_levels(node, narrow))[1])
     if q is None:
         return np.zeros(1)
     return bias_gain(node) * (b.astype(np.float64) - (q[0].astype(np.float32) * q[1]).astype(np.float64))
@@ -70,7 +80,7 @@ def _bias_error(g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool) -
 
 def rounding_steps(g: Graph, layers: List[onnx.NodeProto], twins: Dict[str, Tuple[str, int]],
                    samples: Dict[str, Reservoir], in_scales: Dict[str, float], out_scales: Dict[str, float],
-                   signed: bool) -> Dict[str, float]:
+                   signed: bool, narrow: Collection[str] = ()) -> Dict[str, float]:
     """{layer name: the 99th percentile of |its int8 parameters' error| in steps of its output's scale} over the
     sampled calibration values; ``in_scales`` / ``out_scales``: {layer name: scale} of its input and output."""
     steps = {}
@@ -78,7 +88,7 @@ def rounding_steps(g: Graph, layers: List[onnx.NodeProto], twins: Dict[str, Tupl
         name = layer_name(node)
         sample = samples[twins[name][0]]
         err = sample.values().astype(np.float64)
-        bias = _bias_error(g, node, in_scales[name], signed)
+        bias = _bias_error(g, node, in_scales[name], signed, narrow)
         err = err + (bias[sample.channels()] if bias.size > 1 else bias[0])
         steps[name] = float(np.percentile(np.abs(err), INT8_QUANTILE) / out_scales[name]) if err.size else 0.0
     return steps
