@@ -171,7 +171,8 @@ def main(argv=None) -> int:
     model = models.build(name, pretrained=False, T=args.T).eval()
     shape = (args.T, 1, 3, 32, 32)
     neurons = B.count_neurons(model, shape)
-    notes = [f"Model: zoo `{name}` (random weights, seed 0; latency does not depend on the weights' values)",
+    notes = [f"Model: zoo `{name}` (random weights, seed 0; latency does not depend on the weights' values, but for "
+             "the event-driven int8 convolutions of `--target onnxruntime-cpu`, whose time follows the spike rate)",
              *args.note]
     native = ops.native_status()
     notes.append("dsr_deploy eager / pt2 neuron kernels: " + (f"native ({native['path']})" if native["loaded"]
