@@ -66,7 +66,8 @@ def _int8_rows(results: Path) -> list:
     form = "`--int8-neuron quantized --int8-layout nhwc`"
     if ("onnxruntime int8 --target onnxruntime-cpu", 8) in mean:  # results since issue 26: the target's own row
         best = "onnxruntime int8 --target onnxruntime-cpu"
-        form = "`--int8-neuron quantized --int8-layout nhwc --int8-all-layers`, the residual path in int8"
+        form = ("`--int8-neuron quantized --int8-layout nhwc --int8-all-layers`, the residual path in int8, the "
+                "convolutions on spikes event-driven")
     sj, sjc = "spikingjelly eager", "spikingjelly torch.compile"
     load = d["settings"].get("load_average", {}).get("before", [0.0])[0]
     speed = (f"{mean[(best, 8)]:.0f} vs {mean[(f32, 8)]:.0f} ms ({_x(mean[(f32, 8)] / mean[(best, 8)])}) / "
