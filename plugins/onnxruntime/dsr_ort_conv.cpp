@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "dsr_ort_tensor.h"
 #include "dsr_spike_conv.h"
 
 namespace dsr_ort {
@@ -113,21 +114,8 @@ OrtStatus* input(OrtKernelContext* ctx, size_t i, Tensor* t, bool* present = nul
   DSR_CONV_TRY(g_api->KernelContext_GetInput(ctx, i, &v));
   if (present) *present = v != nullptr;
   if (v == nullptr) return present ? nullptr : fail("input " + std::to_string(i) + " is missing");
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  DSR_CONV_TRY(g_api->GetTensorTypeAndShape(v, &info));
-  size_t n = 0;
-  OrtStatus* st = g_api->GetDimensionsCount(info, &n);
-  if (!st) {
-    t->dims.resize(n);
-    st = g_api->GetDimensions(info, t->dims.data(), n);
-  }
-  if (!st) st = g_api->GetTensorElementType(info, &t->type);
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
-  if (st) return st;
-  void* p = nullptr;
-  DSR_CONV_TRY(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &p));  // only read
-  t->data = p;
-  return nullptr;
+  DSR_CONV_TRY(tensor_shape(g_api, v, &t->dims, &t->type));
+  return tensor_data(g_api, v, &t->data);
 }
 
 // The attribute `v` (absent: `n` copies of `fallback`), checked to hold `n` values.

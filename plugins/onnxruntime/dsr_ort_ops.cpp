@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "dsr_ort_conv.h"
+#include "dsr_ort_tensor.h"
 #include "dsr_sj.h"
 #include "dsr_spike.h"
 #if defined(DSR_WITH_CUDA)
@@ -146,19 +147,7 @@ struct Shape {
   ONNXTensorElementDataType type;
 };
 
-OrtStatus* shape_of(const OrtValue* v, Shape* s) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  DSR_ORT_TRY(g_api->GetTensorTypeAndShape(v, &info));
-  size_t n = 0;
-  OrtStatus* st = g_api->GetDimensionsCount(info, &n);
-  if (!st) {
-    s->dims.resize(n);
-    st = g_api->GetDimensions(info, s->dims.data(), n);
-  }
-  if (!st) st = g_api->GetTensorElementType(info, &s->type);
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
-  return st;
-}
+OrtStatus* shape_of(const OrtValue* v, Shape* s) { return dsr_ort::tensor_shape(g_api, v, &s->dims, &s->type); }
 
 std::string dims_str(const std::vector<int64_t>& d) {
   std::string s = "[";
@@ -166,14 +155,7 @@ std::string dims_str(const std::vector<int64_t>& d) {
   return s + "]";
 }
 
-// An input's data. GetTensorData (const) is newer than API 18; GetTensorMutableData serves every version and the
-// kernels only read through the pointer.
-OrtStatus* input_data(const OrtValue* v, const void** out) {
-  void* p = nullptr;
-  DSR_ORT_TRY(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &p));
-  *out = p;
-  return nullptr;
-}
+OrtStatus* input_data(const OrtValue* v, const void** out) { return dsr_ort::tensor_data(g_api, v, out); }
 
 struct ParallelCtx {
   const dsr::ForwardArgs* args;

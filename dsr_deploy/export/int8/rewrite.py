@@ -157,7 +157,8 @@ def narrow_inputs(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], cali
 
 def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str, Any], calibration: np.ndarray,
                      batch_dim: int, states, signed: bool, quantize_all: bool):
-    """(plan, {tensor: (scale, zero point)}, {int8 layer: rounding steps}): one calibration run samples the
+    """(plan, {tensor: (scale, zero point)}, {int8 layer: rounding steps}, the 7-bit-weight layer inputs
+    (:func:`narrow_inputs`)): one calibration run samples the
     tensors to quantise and each layer's int8 rounding error (:mod:`.sensitivity`); the layers int8 cannot carry
     are kept float32 and the graph re-planned, a second run calibrating only what the new plan quantises that
     the first did not (a current whose feeding layer turned float, say)."""
@@ -175,7 +176,7 @@ def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str,
                            {layer_name(n): params[n.output[0]][0] for n in p["layers"]}, signed, narrow)
     drop = fallback(steps)
     if not drop:
-        return p, params, steps
+        return p, params, steps, narrow
     p = plan(out, quantize_all, keep_float=drop)
     if not p["layers"]:
         raise UserError("--precision int8: no layer can be int8 (each one's weight rounding moves its current "
@@ -184,7 +185,7 @@ def _calibrated_plan(folded: onnx.ModelProto, out: onnx.ModelProto, p: Dict[str,
     if missing:
         params.update(calibrate(folded, missing, calibration, batch_dim, states=states, signed=signed))
         _exact_scales(out, missing, params, calibration, signed)
-    return p, params, {k: v for k, v in steps.items() if k not in drop}
+    return p, params, {k: v for k, v in steps.items() if k not in drop}, narrow
 
 
 def _quantize_layer(graph, g: Graph, node: onnx.NodeProto, in_scale: float, signed: bool,
@@ -263,7 +264,7 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
     if not p["layers"]:
         raise UserError("--precision int8: the model has no layer to quantise (weighted layers fed by spikes; the "
                         "analog first layer and the readout stay float32 unless --int8-all-layers)")
-    p, params, steps = _calibrated_plan(folded, out, p, calibration, batch_dim, states, signed, quantize_all)
+    p, params, steps, narrow = _calibrated_plan(folded, out, p, calibration, batch_dim, states, signed, quantize_all)
     g = Graph(out)
     graph = out.graph
     new_nodes: Dict[str, List[onnx.NodeProto]] = defaultdict(list)  # inserted after the producer of the key
@@ -273,7 +274,6 @@ def quantize_model(model: onnx.ModelProto, calibration: np.ndarray, batch_dim: i
         if t not in rename:
             nodes, rename[t] = qdq(graph, t, scale, zp, f"int8_{safe_name(t)}", code)
             new_nodes[t].extend(nodes)
-    narrow = narrow_inputs(out, p["layers"], calibration, signed)  # before any node is rewritten
     for node in p["layers"]:
         new_nodes[""].extend(_quantize_layer(graph, g, node, _in_scale(g, p, params, node), signed, narrow))
     _insert(graph, g, new_nodes, rename)
